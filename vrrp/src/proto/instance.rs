@@ -1,0 +1,487 @@
+//! One virtual router: the RFC 9568 §6.4 state machine (RFC 3768 §6.4 for v2).
+//!
+//! An [`Instance`] is driven by four inputs, each taking the current time:
+//! [`Instance::startup`], [`Instance::shutdown`], [`Instance::handle_datagram`]
+//! and [`Instance::handle_timeout`] (plus [`Instance::set_priority`]). Its
+//! outputs are pulled: [`Instance::poll_event`] yields advertisements to send
+//! and state changes to carry out, in order; [`Instance::poll_timeout`] says
+//! when to call [`Instance::handle_timeout`] next.
+//!
+//! ```
+//! use std::net::Ipv4Addr;
+//! use std::time::{Duration, Instant};
+//! use vrrp::proto::{Config, Event, Instance, Reason, State};
+//!
+//! let vip = Ipv4Addr::new(192, 0, 2, 7);
+//! let mut vr = Instance::new(Config::v3(7, 100, Ipv4Addr::new(192, 0, 2, 1), vec![vip])).unwrap();
+//! let t0 = Instant::now(); // the driver's clock; the instance never reads one
+//! vr.startup(t0);
+//! assert_eq!(vr.poll_event(), Some(Event::BecomeBackup(Reason::Startup)));
+//!
+//! // Nobody advertises: Master_Down_Interval = 3 * 1 s + (256 - 100) / 256 s.
+//! let down = vr.poll_timeout().unwrap();
+//! assert_eq!(down - t0, Duration::from_micros(3_609_375));
+//! vr.handle_timeout(down);
+//! assert!(matches!(vr.poll_event(), Some(Event::Transmit(_))));
+//! assert_eq!(vr.poll_event(), Some(Event::BecomeMaster(Reason::MasterDown)));
+//! assert_eq!(vr.state(), State::Master);
+//! ```
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use super::timers::{Timer, TimerTable};
+use super::{Config, ConfigError, Counters, DropReason, Event, Reason, State, V3Checksum};
+use crate::wire::{self, ipv4, Checksum, Packet, Repr, Version};
+
+/// The priority of the router that owns the virtual addresses.
+const OWNER: u8 = 255;
+/// The priority a master advertises when it stops (RFC 9568 §6.4.3).
+const LEAVING: u8 = 0;
+
+/// The master as seen by a backup: the sender of the last accepted advert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    src: Ipv4Addr,
+    priority: u8,
+}
+
+/// One virtual router instance.
+#[derive(Debug)]
+pub struct Instance {
+    config: Config,
+    state: State,
+    counters: Counters,
+    events: VecDeque<Event>,
+    timers: TimerTable,
+    /// The configured virtual addresses as a set, to compare received lists
+    /// regardless of order.
+    addresses: BTreeSet<Ipv4Addr>,
+    /// Master_Adver_Interval in centiseconds: learned from the master's
+    /// adverts by a v3 backup, the configured interval otherwise.
+    master_adver_interval_cs: u16,
+    /// The Master_Down_Timer was armed by a priority-0 advert, so its expiry
+    /// means the master left rather than went silent.
+    master_left: bool,
+    /// Backup only: the last accepted advert's sender.
+    master: Option<Seen>,
+}
+
+impl Instance {
+    /// Validates `config` and builds an instance in [`State::Initialize`].
+    ///
+    /// # Errors
+    /// The configuration error.
+    pub fn new(config: Config) -> Result<Instance, ConfigError> {
+        config.validate()?;
+        Ok(Instance {
+            addresses: config.addresses.iter().copied().collect(),
+            master_adver_interval_cs: config.advert_interval_cs,
+            config,
+            state: State::Initialize,
+            counters: Counters::default(),
+            events: VecDeque::new(),
+            timers: TimerTable::default(),
+            master_left: false,
+            master: None,
+        })
+    }
+
+    /// Startup event (RFC 9568 §6.4.1).
+    ///
+    /// The address owner (priority 255) advertises and becomes master at
+    /// once; anyone else becomes backup and waits Master_Down_Interval for a
+    /// master to show up. A no-op unless in [`State::Initialize`].
+    pub fn startup(&mut self, now: Instant) {
+        if self.state != State::Initialize {
+            return;
+        }
+        self.master = None;
+        self.master_left = false;
+        // "Set Master_Adver_Interval to Advertisement_Interval"
+        self.master_adver_interval_cs = self.config.advert_interval_cs;
+        if self.config.priority == OWNER {
+            self.become_master(now, Reason::Owner);
+        } else {
+            self.become_backup(now, Reason::Startup);
+        }
+    }
+
+    /// Shutdown event: a master sends priority 0; then Initialize.
+    ///
+    /// Every timer is cancelled. A no-op in [`State::Initialize`]; call
+    /// [`Instance::startup`] to run again.
+    pub fn shutdown(&mut self, _now: Instant) {
+        match self.state {
+            State::Initialize => return,
+            // RFC 9568 §6.4.3: "Cancel the Adver_Timer, Send an ADVERTISEMENT
+            // with Priority = 0, Transition to the {Initialize state}".
+            State::Master => self.transmit(LEAVING),
+            State::Backup => {}
+        }
+        self.timers.stop_all();
+        self.master = None;
+        self.master_left = false;
+        self.state = State::Initialize;
+        self.counters.became_initialize += 1;
+        self.events.push_back(Event::BecomeInitialize);
+    }
+
+    /// A datagram as received from a raw IPv4 socket (IP header included).
+    ///
+    /// A datagram that fails validation is counted under its
+    /// [`DropReason`] and changes nothing else; our own looped-back adverts
+    /// are ignored without being counted. Never panics, whatever the bytes.
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
+        let (src, advert) = match self.validate(datagram) {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => return,
+            Err(reason) => {
+                self.counters.drop(reason);
+                return;
+            }
+        };
+        self.counters.adverts_received += 1;
+        if advert.priority == LEAVING {
+            self.counters.priority_zero_received += 1;
+        }
+        match self.state {
+            State::Initialize => {}
+            State::Backup => self.backup_advert(now, src, &advert),
+            State::Master => self.master_advert(now, src, &advert),
+        }
+    }
+
+    /// A timer may have expired; a spurious call is a no-op.
+    ///
+    /// Every timer due at `now` fires, earliest first; a timer that a
+    /// previous one cancelled does not.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.take_expired(now) {
+            match (timer, self.state) {
+                // RFC 9568 §6.4.3: "If the Adver_Timer fires, then: Send an
+                // ADVERTISEMENT; Reset the Adver_Timer to Advertisement_Interval".
+                (Timer::Adver, State::Master) => {
+                    self.transmit(self.config.priority);
+                    self.timers.set(Timer::Adver, now + self.advertisement_interval());
+                }
+                // RFC 9568 §6.4.2: "If the Master_Down_Timer fires, then: Send
+                // an ADVERTISEMENT ... Transition to the {Master state}".
+                (Timer::MasterDown, State::Backup) => {
+                    let reason = if self.master_left {
+                        Reason::MasterLeft
+                    } else {
+                        Reason::MasterDown
+                    };
+                    self.become_master(now, reason);
+                }
+                (Timer::Preempt, State::Backup) => self.become_master(now, Reason::Preempt),
+                // Timers are cleared on every state change, so a timer never
+                // outlives the state that armed it; nothing to do if one did.
+                _ => {}
+            }
+        }
+    }
+
+    /// Changes the local priority at run time (1..=254; ignored otherwise).
+    ///
+    /// Ignored for the address owner (configured priority 255), whose
+    /// priority is fixed. Skew_Time and Master_Down_Interval follow the new
+    /// priority from now on, but no running timer is touched:
+    ///
+    /// - a master keeps advertising on schedule, with the new priority from
+    ///   its next advert on; if that is now below a backup's that preempts,
+    ///   the backup takes over when its Master_Down_Timer expires;
+    /// - a backup keeps its Master_Down_Timer; the new priority decides how
+    ///   the next advert is treated (RFC 9568 §6.4.2). The one exception is a
+    ///   pending preempt-delay timer, cancelled when the new priority no
+    ///   longer outranks the master's last advert, so that the backup does not
+    ///   take over from a master it would now follow.
+    pub fn set_priority(&mut self, _now: Instant, priority: u8) {
+        if !(1..OWNER).contains(&priority) || self.config.priority == OWNER {
+            return;
+        }
+        self.config.priority = priority;
+        if let (State::Backup, Some(master)) = (self.state, self.master) {
+            if master.priority >= priority {
+                self.timers.stop(Timer::Preempt);
+            }
+        }
+    }
+
+    /// The earliest instant at which [`Instance::handle_timeout`] must be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_timeout()
+    }
+
+    /// The next output, in order.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The configuration in force (priority reflects [`Instance::set_priority`]).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The deadline of one timer, if armed (for status displays and tests).
+    pub fn timer(&self, timer: Timer) -> Option<Instant> {
+        self.timers.get(timer)
+    }
+
+    /// Whether the virtual addresses should accept traffic now: master and
+    /// (owner or Accept_Mode).
+    pub fn accepts_vip_traffic(&self) -> bool {
+        self.state == State::Master && (self.config.priority == OWNER || self.config.accept_mode)
+    }
+
+    /// Master_Adver_Interval as currently learned.
+    ///
+    /// v3: the interval of the master's last accepted advert while backup,
+    /// our own Advertisement_Interval after startup and while master. v2:
+    /// always the configured interval, which every router must share.
+    pub fn master_adver_interval(&self) -> Duration {
+        cs_to_duration(self.master_adver_interval_cs)
+    }
+
+    /// Skew_Time for the current priority and Master_Adver_Interval.
+    ///
+    /// v3 (RFC 9568 §6.1): `((256 - Priority) * Master_Adver_Interval) / 256`,
+    /// computed in nanoseconds rather than centiseconds so that no precision
+    /// is lost. v2 (RFC 3768 §6.1): `(256 - Priority) / 256` seconds.
+    pub fn skew_time(&self) -> Duration {
+        let weight = 256 - u64::from(self.config.priority);
+        let unit_ns = match self.config.version {
+            Version::V2 => 1_000_000_000,
+            _ => u64::from(self.master_adver_interval_cs) * 10_000_000,
+        };
+        Duration::from_nanos(weight * unit_ns / 256)
+    }
+
+    /// Master_Down_Interval: `3 * Master_Adver_Interval + Skew_Time`.
+    pub fn master_down_interval(&self) -> Duration {
+        3 * self.master_adver_interval() + self.skew_time()
+    }
+
+    /// The address of the master as last seen (ourselves when master).
+    ///
+    /// `None` in [`State::Initialize`] and for a backup that has not yet
+    /// accepted an advertisement.
+    pub fn master_address(&self) -> Option<Ipv4Addr> {
+        match self.state {
+            State::Master => Some(self.config.primary_address),
+            State::Backup => self.master.map(|m| m.src),
+            State::Initialize => None,
+        }
+    }
+
+    /// Our own Advertisement_Interval.
+    fn advertisement_interval(&self) -> Duration {
+        cs_to_duration(self.config.advert_interval_cs)
+    }
+
+    /// Queues an advertisement with `priority`.
+    fn transmit(&mut self, priority: u8) {
+        self.counters.adverts_sent += 1;
+        if priority == LEAVING {
+            self.counters.priority_zero_sent += 1;
+        }
+        self.events.push_back(Event::Transmit(Repr {
+            version: self.config.version,
+            vrid: self.config.vrid,
+            priority,
+            interval_cs: self.config.advert_interval_cs,
+            addresses: self.config.addresses.clone(),
+            auth: self.config.auth,
+        }));
+    }
+
+    /// Advertises and enters Master, with only the Adver_Timer running.
+    fn become_master(&mut self, now: Instant, reason: Reason) {
+        self.transmit(self.config.priority);
+        self.timers.stop_all();
+        self.timers.set(Timer::Adver, now + self.advertisement_interval());
+        // A master advertises, and so runs on, its own interval.
+        self.master_adver_interval_cs = self.config.advert_interval_cs;
+        self.master_left = false;
+        self.master = None;
+        self.state = State::Master;
+        self.counters.became_master += 1;
+        self.events.push_back(Event::BecomeMaster(reason));
+    }
+
+    /// Enters Backup with only the Master_Down_Timer running, from the
+    /// Master_Adver_Interval already in force.
+    fn become_backup(&mut self, now: Instant, reason: Reason) {
+        self.timers.stop_all();
+        self.timers
+            .set(Timer::MasterDown, now + self.master_down_interval());
+        self.master_left = false;
+        self.state = State::Backup;
+        self.counters.became_backup += 1;
+        self.events.push_back(Event::BecomeBackup(reason));
+    }
+
+    /// RFC 9568 §6.4.2: the Backup state's handling of an accepted advert.
+    fn backup_advert(&mut self, now: Instant, src: Ipv4Addr, advert: &Repr) {
+        self.master = Some(Seen {
+            src,
+            priority: advert.priority,
+        });
+        // "If the Priority in the ADVERTISEMENT is zero, then: Set the
+        // Master_Down_Timer to Skew_Time".
+        if advert.priority == LEAVING {
+            self.timers.set(Timer::MasterDown, now + self.skew_time());
+            self.master_left = true;
+            return;
+        }
+        // "If Preempt_Mode is False, or if the Priority in the ADVERTISEMENT
+        // is greater than or equal to the local Priority, then: ..."
+        if !self.config.preempt || advert.priority >= self.config.priority {
+            self.timers.stop(Timer::Preempt);
+            self.follow(now, advert);
+        } else if !self.config.preempt_delay.is_zero() {
+            // We outrank the master but hold back for the preempt delay:
+            // follow it as if preemption were off until the Preempt timer fires.
+            if !self.timers.is_armed(Timer::Preempt) {
+                self.timers.set(Timer::Preempt, now + self.config.preempt_delay);
+            }
+            self.follow(now, advert);
+        }
+        // "Else: Discard the ADVERTISEMENT": the Master_Down_Timer keeps
+        // running and we take over when it expires.
+    }
+
+    /// Learns the master's interval (v3) and restarts the Master_Down_Timer.
+    fn follow(&mut self, now: Instant, advert: &Repr) {
+        self.learn_interval(advert);
+        self.timers
+            .set(Timer::MasterDown, now + self.master_down_interval());
+        self.master_left = false;
+    }
+
+    /// RFC 9568 §6.4.2: "Set Master_Adver_Interval to Adver Interval
+    /// contained in the ADVERTISEMENT". v2 has no such step (RFC 3768 §6.4.2);
+    /// its interval was already checked equal to ours.
+    fn learn_interval(&mut self, advert: &Repr) {
+        if self.config.version == Version::V3 {
+            self.master_adver_interval_cs = advert.interval_cs;
+        }
+    }
+
+    /// RFC 9568 §6.4.3: the Master state's handling of an accepted advert.
+    fn master_advert(&mut self, now: Instant, src: Ipv4Addr, advert: &Repr) {
+        let local = self.config.priority;
+        if advert.priority == LEAVING {
+            // "Send an ADVERTISEMENT; Reset the Adver_Timer to
+            // Advertisement_Interval".
+            self.transmit(local);
+            self.timers.set(Timer::Adver, now + self.advertisement_interval());
+        } else if advert.priority > local
+            || (advert.priority == local && u32::from(src) > u32::from(self.config.primary_address))
+        {
+            // "Cancel Adver_Timer; Set Master_Adver_Interval to Adver Interval
+            // contained in the ADVERTISEMENT; Recompute the Skew_Time;
+            // Recompute the Master_Down_Interval; Set Master_Down_Timer to
+            // Master_Down_Interval; Transition to the {Backup state}".
+            self.learn_interval(advert);
+            self.master = Some(Seen {
+                src,
+                priority: advert.priority,
+            });
+            self.become_backup(now, Reason::HigherPriority);
+        }
+        // Else: "Discard the ADVERTISEMENT".
+    }
+
+    /// RFC 9568 §7.1 / RFC 3768 §7.1 receive checks, in order.
+    ///
+    /// `Ok(None)` for our own looped-back advert, `Ok(Some)` for one to act
+    /// on, `Err` with the reason to count otherwise.
+    fn validate(&self, datagram: &[u8]) -> Result<Option<(Ipv4Addr, Repr)>, DropReason> {
+        let ip = ipv4::parse(datagram).map_err(|_| DropReason::Ip)?;
+        if ip.protocol != wire::IP_PROTOCOL {
+            return Err(DropReason::Ip);
+        }
+        if ip.src == self.config.primary_address {
+            return Ok(None);
+        }
+        if !self.config.unicast_peers.is_empty() && !self.config.unicast_peers.contains(&ip.src) {
+            return Err(DropReason::UnknownPeer);
+        }
+        // "MUST verify that the IP TTL is 255".
+        if ip.ttl != wire::TTL {
+            return Err(DropReason::Ttl);
+        }
+        let packet = Packet::new_checked(ip.payload).map_err(wire_drop)?;
+        // "MUST verify the VRRP version": before the checksum, whose form
+        // depends on the version.
+        if packet.version() != self.config.version {
+            return Err(DropReason::Version);
+        }
+        let checksum = match (self.config.version, self.config.v3_checksum) {
+            (Version::V3, V3Checksum::PseudoHeader) => Checksum::PseudoHeader {
+                src: ip.src,
+                dst: ip.dst,
+            },
+            _ => Checksum::MessageOnly,
+        };
+        let advert = Repr::parse(&packet, checksum).map_err(wire_drop)?;
+        // "MUST verify that the VRID is configured on the receiving interface".
+        if advert.vrid != self.config.vrid {
+            return Err(DropReason::Vrid);
+        }
+        if self.config.version == Version::V2 {
+            // RFC 3768 §7.1: "MUST perform authentication specified by Auth
+            // Type" and "MUST verify that the Adver Interval in the VRRP
+            // packet is the same as the locally configured for this virtual
+            // router".
+            if advert.auth != self.config.auth {
+                return Err(DropReason::Auth);
+            }
+            if advert.interval_cs != self.config.advert_interval_cs {
+                return Err(DropReason::Interval);
+            }
+        }
+        // Stricter than RFC 9568 §7.1, which lets an owner's (priority 255)
+        // advert through with a differing list: a mismatch is always a
+        // configuration error worth surfacing, and acting on it would have
+        // two routers disagree on which addresses move.
+        let received: BTreeSet<Ipv4Addr> = advert.addresses.iter().copied().collect();
+        if received != self.addresses {
+            return Err(DropReason::AddressList);
+        }
+        Ok(Some((ip.src, advert)))
+    }
+}
+
+/// The drop reason for a codec error.
+fn wire_drop(error: wire::Error) -> DropReason {
+    match error {
+        wire::Error::Truncated { .. } | wire::Error::Length { .. } => DropReason::Length,
+        wire::Error::Version(_) => DropReason::Version,
+        wire::Error::Type(_) => DropReason::Type,
+        wire::Error::Checksum => DropReason::Checksum,
+        wire::Error::Vrid => DropReason::Vrid,
+        wire::Error::NoAddresses => DropReason::Malformed,
+        wire::Error::Interval => DropReason::Interval,
+        wire::Error::AuthType(_) => DropReason::Auth,
+    }
+}
+
+fn cs_to_duration(cs: u16) -> Duration {
+    Duration::from_millis(u64::from(cs) * 10)
+}
