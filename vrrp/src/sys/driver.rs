@@ -1,0 +1,419 @@
+//! The tokio driver: runs one [`Instance`] against a real interface.
+//!
+//! One task owns the instance, the socket, the netlink handle and the ARP
+//! sender. It sleeps until the earliest of the instance's timer and its own
+//! gratuitous-ARP schedule, and wakes for datagrams, commands and shutdown.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::arp::{virtual_mac, ArpSender};
+use super::netlink::Netlink;
+use super::socket::VrrpSocket;
+use crate::proto::{Config, Counters, Event, Instance, Reason, State, V3Checksum};
+use crate::wire::{Checksum, Version, MULTICAST_GROUP};
+
+/// Gratuitous ARP on takeover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GarpConfig {
+    /// Requests per virtual address sent on becoming master (0 disables).
+    pub count: u32,
+    /// Delay between two requests of one burst.
+    pub interval: Duration,
+    /// While master, send one more burst this often (None: never).
+    pub refresh: Option<Duration>,
+}
+
+impl Default for GarpConfig {
+    fn default() -> Self {
+        GarpConfig {
+            count: 3,
+            interval: Duration::from_millis(100),
+            refresh: None,
+        }
+    }
+}
+
+/// Everything needed to run one instance on one interface.
+#[derive(Debug, Clone)]
+pub struct SpeakerConfig {
+    /// Interface carrying the virtual router (its parent when `virtual_mac`).
+    pub interface: String,
+    /// The instance. An unspecified `primary_address` (0.0.0.0) is replaced by
+    /// the interface's first IPv4 address that is not a virtual address.
+    pub vrrp: Config,
+    /// Prefix length the virtual addresses are installed with.
+    pub prefix_len: u8,
+    /// Gratuitous ARP behaviour.
+    pub garp: GarpConfig,
+    /// Use the RFC 5798 §7.3 virtual MAC (00:00:5e:00:01:VRID) on a macvlan
+    /// named `vrrp.<vrid>` created on `interface`.
+    pub virtual_mac: bool,
+}
+
+/// A state change, as broadcast to subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Transition {
+    /// Previous state.
+    pub from: State,
+    /// New state.
+    pub to: State,
+    /// Why.
+    pub reason: Option<Reason>,
+    /// Wall-clock time of the change.
+    pub at: SystemTime,
+}
+
+/// A snapshot of the instance, published after every input.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// Current state.
+    pub state: State,
+    /// Current priority.
+    pub priority: u8,
+    /// Our primary address on the interface.
+    pub primary_address: Ipv4Addr,
+    /// The master as last seen.
+    pub master: Option<Ipv4Addr>,
+    /// Whether the virtual addresses are installed here.
+    pub vip_installed: bool,
+    /// Whether Accept_Mode lets services answer on the virtual addresses now.
+    pub accepts_vip_traffic: bool,
+    /// Counters.
+    pub counters: Counters,
+}
+
+enum Command {
+    SetPriority(u8),
+}
+
+/// A running speaker.
+#[derive(Debug)]
+pub struct Speaker {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<Status>,
+    transitions: broadcast::Sender<Transition>,
+    cancel: CancellationToken,
+    task: JoinHandle<io::Result<Counters>>,
+}
+
+impl Speaker {
+    /// Opens the socket, resolves addresses, and starts the instance.
+    ///
+    /// # Errors
+    /// An unknown interface, an invalid configuration, no usable primary
+    /// address, or an OS error (raw sockets and netlink need root or
+    /// `CAP_NET_RAW` + `CAP_NET_ADMIN`).
+    pub async fn start(mut config: SpeakerConfig) -> io::Result<Speaker> {
+        let netlink = Netlink::open()?;
+        let parent = netlink.link_index(&config.interface).await?;
+        if config.vrrp.primary_address.is_unspecified() {
+            let vips = &config.vrrp.addresses;
+            config.vrrp.primary_address = netlink
+                .ipv4_addresses(parent)
+                .await?
+                .into_iter()
+                .map(|(a, _)| a)
+                .find(|a| !vips.contains(a))
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!(
+                            "interface {} has no IPv4 address of its own: add one, or give the primary address",
+                            config.interface
+                        ),
+                    )
+                })?;
+        }
+        let instance =
+            Instance::new(config.vrrp.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+
+        let (link_name, link_index, mac) = if config.virtual_mac {
+            let name = format!("vrrp.{}", config.vrrp.vrid);
+            let mac = virtual_mac(config.vrrp.vrid);
+            let index = netlink.create_macvlan(parent, &name, mac).await?;
+            (name, index, Some(mac))
+        } else {
+            (config.interface.clone(), parent, None)
+        };
+        let multicast = config.vrrp.unicast_peers.is_empty();
+        let socket = VrrpSocket::open(&link_name, link_index, config.vrrp.primary_address, multicast)?;
+        let arp = if config.garp.count > 0 {
+            Some(ArpSender::open(&link_name, mac)?)
+        } else {
+            None
+        };
+
+        let status = Status {
+            state: State::Initialize,
+            priority: config.vrrp.priority,
+            primary_address: config.vrrp.primary_address,
+            master: None,
+            vip_installed: false,
+            accepts_vip_traffic: false,
+            counters: Counters::default(),
+        };
+        let (status_tx, status_rx) = watch::channel(status);
+        let (transitions, _) = broadcast::channel(64);
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let cancel = CancellationToken::new();
+        let driver = Driver {
+            instance,
+            socket,
+            netlink,
+            arp,
+            link_index,
+            created_link: config.virtual_mac.then_some(link_index),
+            prefix_len: config.prefix_len,
+            garp: config.garp.clone(),
+            garp_next: None,
+            garp_left: 0,
+            vip_installed: false,
+            status: status_tx,
+            transitions: transitions.clone(),
+        };
+        let task = tokio::spawn(driver.run(cmd_rx, cancel.clone()));
+        Ok(Speaker {
+            commands: cmd_tx,
+            status: status_rx,
+            transitions,
+            cancel,
+            task,
+        })
+    }
+
+    /// Changes the priority at run time (1..=254; the owner's 255 is fixed).
+    pub async fn set_priority(&self, priority: u8) {
+        // The driver only stops after `shutdown`, which consumes self.
+        let _ = self.commands.send(Command::SetPriority(priority)).await;
+    }
+
+    /// The latest status; `changed()` on the receiver waits for the next one.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Every state change from now on.
+    pub fn transitions(&self) -> broadcast::Receiver<Transition> {
+        self.transitions.subscribe()
+    }
+
+    /// Stops the instance: a master sends priority 0, the virtual addresses
+    /// are removed, a virtual-MAC interface is deleted. Returns the counters.
+    ///
+    /// # Errors
+    /// The error that stopped the driver, if any.
+    pub async fn shutdown(self) -> io::Result<Counters> {
+        self.cancel.cancel();
+        self.task.await.map_err(io::Error::other)?
+    }
+
+    /// Waits until the driver stops by itself (an I/O error) and returns why.
+    ///
+    /// # Errors
+    /// The error that stopped the driver.
+    pub async fn stopped(&mut self) -> io::Result<Counters> {
+        (&mut self.task).await.map_err(io::Error::other)?
+    }
+}
+
+struct Driver {
+    instance: Instance,
+    socket: VrrpSocket,
+    netlink: Netlink,
+    arp: Option<ArpSender>,
+    link_index: u32,
+    created_link: Option<u32>,
+    prefix_len: u8,
+    garp: GarpConfig,
+    garp_next: Option<Instant>,
+    garp_left: u32,
+    vip_installed: bool,
+    status: watch::Sender<Status>,
+    transitions: broadcast::Sender<Transition>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) -> io::Result<Counters> {
+        // A VIP left behind by a crash must not stay on a node that starts as backup.
+        self.remove_vips().await?;
+        self.instance.startup(Instant::now());
+        self.drain().await?;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let deadline = [self.instance.poll_timeout(), self.garp_next]
+                .into_iter()
+                .flatten()
+                .min();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                received = self.socket.recv(&mut buf) => {
+                    let len = received?;
+                    self.instance.handle_datagram(Instant::now(), &buf[..len]);
+                }
+                Some(cmd) = commands.recv() => match cmd {
+                    Command::SetPriority(p) => {
+                        info!(priority = p, "priority changed");
+                        self.instance.set_priority(Instant::now(), p);
+                    }
+                },
+                () = sleep => {
+                    let now = Instant::now();
+                    self.instance.handle_timeout(now);
+                    if self.garp_next.is_some_and(|at| at <= now) {
+                        self.send_garp(now);
+                    }
+                }
+            }
+            self.drain().await?;
+        }
+        self.instance.shutdown(Instant::now());
+        self.drain().await?;
+        if let Some(index) = self.created_link {
+            self.netlink.delete_link(index).await?;
+        }
+        Ok(self.instance.counters().clone())
+    }
+
+    /// Carries out every pending event, then publishes the status.
+    async fn drain(&mut self) -> io::Result<()> {
+        while let Some(event) = self.instance.poll_event() {
+            match event {
+                Event::Transmit(repr) => {
+                    let checksum = match (repr.version, self.instance.config().v3_checksum) {
+                        (Version::V3, V3Checksum::PseudoHeader) => None,
+                        _ => Some(Checksum::MessageOnly),
+                    };
+                    let peers = &self.instance.config().unicast_peers;
+                    let dsts: Vec<Ipv4Addr> = if peers.is_empty() {
+                        vec![MULTICAST_GROUP]
+                    } else {
+                        peers.clone()
+                    };
+                    for dst in dsts {
+                        let mode = checksum.unwrap_or(Checksum::PseudoHeader {
+                            src: self.socket.source(),
+                            dst,
+                        });
+                        let bytes = repr.to_bytes(mode);
+                        if let Err(e) = self.socket.send(dst, &bytes).await {
+                            // A full queue or a link flap must not stop the
+                            // instance: the next advert retries.
+                            warn!(%dst, error = %e, "advertisement not sent");
+                        }
+                    }
+                }
+                Event::BecomeMaster(reason) => {
+                    self.transition(State::Master, Some(reason));
+                    self.install_vips().await?;
+                    if self.garp.count > 0 {
+                        self.garp_left = self.garp.count;
+                        self.send_garp(Instant::now());
+                    }
+                }
+                Event::BecomeBackup(reason) => {
+                    self.transition(State::Backup, Some(reason));
+                    self.garp_next = None;
+                    self.remove_vips().await?;
+                }
+                Event::BecomeInitialize => {
+                    self.transition(State::Initialize, Some(Reason::Shutdown));
+                    self.garp_next = None;
+                    self.remove_vips().await?;
+                }
+            }
+        }
+        let status = Status {
+            state: self.instance.state(),
+            priority: self.instance.config().priority,
+            primary_address: self.instance.config().primary_address,
+            master: self.instance.master_address(),
+            vip_installed: self.vip_installed,
+            accepts_vip_traffic: self.instance.accepts_vip_traffic(),
+            counters: self.instance.counters().clone(),
+        };
+        self.status.send_if_modified(|old| {
+            let changed = *old != status;
+            *old = status;
+            changed
+        });
+        Ok(())
+    }
+
+    fn transition(&mut self, to: State, reason: Option<Reason>) {
+        let from = self.status.borrow().state;
+        let at = SystemTime::now();
+        info!(vrid = self.instance.config().vrid, %from, %to, ?reason, "VRRP state change");
+        // No subscriber is not an error.
+        let _ = self.transitions.send(Transition { from, to, reason, at });
+        self.status.send_modify(|s| s.state = to);
+    }
+
+    async fn install_vips(&mut self) -> io::Result<()> {
+        for addr in self.instance.config().addresses.clone() {
+            self.netlink
+                .add_address(self.link_index, addr, self.prefix_len)
+                .await?;
+        }
+        self.vip_installed = true;
+        debug!("virtual addresses installed");
+        Ok(())
+    }
+
+    async fn remove_vips(&mut self) -> io::Result<()> {
+        for addr in self.instance.config().addresses.clone() {
+            // The owner's own address is its real address: never remove it.
+            if addr == self.instance.config().primary_address {
+                continue;
+            }
+            self.netlink
+                .del_address(self.link_index, addr, self.prefix_len)
+                .await?;
+        }
+        if self.vip_installed {
+            debug!("virtual addresses removed");
+        }
+        self.vip_installed = false;
+        Ok(())
+    }
+
+    /// Sends one request per virtual address and schedules the next one.
+    fn send_garp(&mut self, now: Instant) {
+        let Some(arp) = self.arp.as_mut() else { return };
+        if self.instance.state() != State::Master {
+            self.garp_next = None;
+            return;
+        }
+        for addr in &self.instance.config().addresses {
+            if let Err(e) = arp.announce(*addr) {
+                warn!(%addr, error = %e, "gratuitous ARP not sent");
+            }
+        }
+        self.garp_left = self.garp_left.saturating_sub(1);
+        self.garp_next = if self.garp_left > 0 {
+            Some(now + self.garp.interval)
+        } else if let Some(refresh) = self.garp.refresh {
+            self.garp_left = self.garp.count;
+            Some(now + refresh)
+        } else {
+            None
+        };
+    }
+}
