@@ -1,0 +1,42 @@
+//! `vipool`: the license server daemon and its operator tools.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// vipool: a high-availability license server pair for network switches.
+#[derive(Debug, Parser)]
+#[command(name = "vipool", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one VRRP instance in the foreground (like a one-instance keepalived).
+    Vrrp(cmd::vrrp::Args),
+}
+
+fn init_tracing(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Vrrp(args) => runtime.block_on(cmd::vrrp::run(args)),
+    }
+}
