@@ -19,6 +19,12 @@ struct Cli {
 enum Command {
     /// Run one VRRP instance in the foreground (like a one-instance keepalived).
     Vrrp(cmd::vrrp::Args),
+    /// Run a standalone license server (one node, no replication or VRRP yet).
+    Serve(cmd::serve::Args),
+    /// Run simulated switches (license clients) against a license server.
+    Client(cmd::client::Args),
+    /// Show the license tables and node status as an operator.
+    Show(cmd::show::Args),
 }
 
 fn init_tracing(default: &str) {
@@ -27,6 +33,7 @@ fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -38,5 +45,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Vrrp(args) => runtime.block_on(cmd::vrrp::run(args)),
+        Command::Serve(args) => runtime.block_on(cmd::serve::run(args)),
+        Command::Client(args) => runtime.block_on(cmd::client::run(args)),
+        Command::Show(args) => runtime.block_on(cmd::show::run(args)),
     }
 }

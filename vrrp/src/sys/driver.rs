@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use super::arp::{virtual_mac, ArpSender};
 use super::netlink::Netlink;
 use super::socket::VrrpSocket;
+use super::sysctl::Sysctls;
 use crate::proto::{Config, Counters, Event, Instance, Reason, State, V3Checksum};
 use crate::wire::{Checksum, Version, MULTICAST_GROUP};
 
@@ -134,10 +135,15 @@ impl Speaker {
         let instance =
             Instance::new(config.vrrp.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
 
+        let mut sysctls = Sysctls::default();
         let (link_name, link_index, mac) = if config.virtual_mac {
             let name = format!("vrrp.{}", config.vrrp.vrid);
             let mac = virtual_mac(config.vrrp.vrid);
             let index = netlink.create_macvlan(parent, &name, mac).await?;
+            sysctls.set("ipv6", &name, "disable_ipv6", "1")?;
+            sysctls.set("ipv4", &config.interface, "arp_ignore", "1")?;
+            sysctls.set("ipv4", &config.interface, "arp_filter", "1")?;
+            sysctls.set("ipv4", &config.interface, "arp_announce", "2")?;
             (name, index, Some(mac))
         } else {
             (config.interface.clone(), parent, None)
@@ -170,6 +176,7 @@ impl Speaker {
             arp,
             link_index,
             created_link: config.virtual_mac.then_some(link_index),
+            sysctls,
             prefix_len: config.prefix_len,
             garp: config.garp.clone(),
             garp_next: None,
@@ -230,6 +237,7 @@ struct Driver {
     arp: Option<ArpSender>,
     link_index: u32,
     created_link: Option<u32>,
+    sysctls: Sysctls,
     prefix_len: u8,
     garp: GarpConfig,
     garp_next: Option<Instant>,
@@ -242,9 +250,31 @@ struct Driver {
 impl Driver {
     async fn run(
         mut self,
-        mut commands: mpsc::Receiver<Command>,
+        commands: mpsc::Receiver<Command>,
         cancel: CancellationToken,
     ) -> io::Result<Counters> {
+        let result = self.serve(commands, cancel).await;
+        if let Err(e) = &result {
+            warn!(error = %e, "VRRP driver failed; leaving the virtual router");
+        }
+        // Whatever stopped us, leave as a good neighbour: priority 0 if we
+        // were master, VIPs removed, the link and sysctls as we found them.
+        self.instance.shutdown(Instant::now());
+        let left = self.drain().await;
+        if let Some(index) = self.created_link {
+            if let Err(e) = self.netlink.delete_link(index).await {
+                warn!(error = %e, "virtual MAC interface not deleted");
+            }
+        }
+        self.sysctls.restore();
+        result.and(left).map(|()| self.instance.counters().clone())
+    }
+
+    async fn serve(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) -> io::Result<()> {
         // A VIP left behind by a crash must not stay on a node that starts as backup.
         self.remove_vips().await?;
         self.instance.startup(Instant::now());
@@ -263,7 +293,7 @@ impl Driver {
             };
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => break,
+                () = cancel.cancelled() => return Ok(()),
                 received = self.socket.recv(&mut buf) => {
                     let len = received?;
                     self.instance.handle_datagram(Instant::now(), &buf[..len]);
@@ -284,12 +314,6 @@ impl Driver {
             }
             self.drain().await?;
         }
-        self.instance.shutdown(Instant::now());
-        self.drain().await?;
-        if let Some(index) = self.created_link {
-            self.netlink.delete_link(index).await?;
-        }
-        Ok(self.instance.counters().clone())
     }
 
     /// Carries out every pending event, then publishes the status.

@@ -4,11 +4,13 @@
 //!   the interface, or unicast peers).
 //! - [`netlink`]: virtual addresses and the virtual-MAC macvlan via rtnetlink.
 //! - [`arp`]: gratuitous ARP through an `AF_PACKET` socket (pnet).
+//! - [`sysctl`]: the ARP sysctls the virtual-MAC mode needs.
 //! - [`driver`]: the tokio task that runs one [`crate::proto::Instance`].
 
 pub mod arp;
 pub mod driver;
 pub mod netlink;
 pub mod socket;
+pub mod sysctl;
 
 pub use driver::{GarpConfig, Speaker, SpeakerConfig, Status, Transition};
