@@ -1,0 +1,171 @@
+//! Benchmark: VIP takeover time after SIGKILL and SIGTERM of the master, for
+//! a vipool pair and a keepalived pair in the same namespaced lab, with the
+//! same priorities (200 and 100) and advert intervals (1 s and 100 ms).
+//!
+//! ```text
+//! cargo build --release && sudo target/release/examples/takeover_bench [RUNS]
+//! ```
+//! (or `cargo run --release --example takeover_bench -- 5` as root).
+//!
+//! The takeover time is measured from the signal to the moment the kernel of
+//! the backup's host reports the VIP added (`ip monitor address`, event
+//! driven, no polling). Prints median, min and max per case, side by side.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{lab_available, tool_available, wait_for, Host, Lab};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Impl {
+    Vipool,
+    Keepalived,
+}
+
+fn keepalived_conf(priority: u8, advert_ms: u32) -> String {
+    let advert = if advert_ms % 1000 == 0 {
+        format!("{}", advert_ms / 1000)
+    } else {
+        format!("{:.2}", f64::from(advert_ms) / 1000.0)
+    };
+    format!(
+        "global_defs {{\n    router_id bench\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\n\
+         vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 50\n    \
+         priority {priority}\n    advert_int {advert}\n    virtual_ipaddress {{\n        {VIP}/24 dev eth0\n    }}\n}}\n"
+    )
+}
+
+/// Starts a speaker of `which` on `host`; returns its pid.
+fn start(lab: &mut Lab, which: Impl, host: &Host, priority: u8, advert_ms: u32, tag: &str) -> i32 {
+    match which {
+        Impl::Vipool => {
+            let (p, a) = (priority.to_string(), advert_ms.to_string());
+            let sp = lab.vipool_vrrp(
+                host,
+                &[
+                    "--vrid",
+                    "50",
+                    "--priority",
+                    &p,
+                    "--vip",
+                    "192.0.2.100/24",
+                    "--advert-interval-ms",
+                    &a,
+                ],
+            );
+            sp.pid()
+        }
+        Impl::Keepalived => {
+            let child = lab.keepalived(host, tag, &keepalived_conf(priority, advert_ms));
+            let pid = child.lock().unwrap().id() as i32;
+            pid
+        }
+    }
+}
+
+/// Watches `host` for the VIP being added; the receiver gets the instant.
+fn watch_vip(lab: &mut Lab, host: &Host) -> mpsc::Receiver<Instant> {
+    let mut child = host
+        .command("ip")
+        .args(["-4", "monitor", "address"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ip monitor");
+    let out = child.stdout.take().expect("piped");
+    lab.adopt(child);
+    let (tx, rx) = mpsc::channel();
+    let needle = format!("inet {VIP}/");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains(&needle) && !line.starts_with("Deleted") {
+                let _ = tx.send(Instant::now());
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// One takeover; `None` when it did not happen within 20 s.
+fn run_once(which: Impl, advert_ms: u32, sig: Signal) -> Option<Duration> {
+    let mut lab = Lab::new(2);
+    let (h0, h1) = (lab.hosts[0].clone(), lab.hosts[1].clone());
+    let master = start(&mut lab, which, &h0, 200, advert_ms, "m");
+    start(&mut lab, which, &h1, 100, advert_ms, "b");
+    let settle = Duration::from_millis(u64::from(advert_ms) * 5 + 5000);
+    if !wait_for(settle, || h0.has_addr(VIP) && !h1.has_addr(VIP)) {
+        eprintln!("{which:?}: pair did not settle");
+        return None;
+    }
+    // Let the backup hear a few adverts (and learn the interval).
+    std::thread::sleep(Duration::from_millis(u64::from(advert_ms) * 4));
+    let added = watch_vip(&mut lab, &h1);
+    std::thread::sleep(Duration::from_millis(50)); // monitor subscribed
+                                                   // A crash takes the whole host's speaker down at once: keepalived's VRRP
+                                                   // child would otherwise get SIGTERM from its dying parent and leave
+                                                   // gracefully, which is not a crash.
+    let victims: Vec<i32> = if sig == Signal::SIGKILL {
+        common::sh(&["ip", "netns", "pids", &h0.ns])
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    } else {
+        vec![master]
+    };
+    let t0 = Instant::now();
+    for pid in victims {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+    let at = added.recv_timeout(Duration::from_secs(20)).ok()?;
+    Some(at.saturating_duration_since(t0))
+}
+
+fn stats(mut v: Vec<Duration>) -> String {
+    if v.is_empty() {
+        return "no successful run".into();
+    }
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "median {:8.1} ms  min {:8.1}  max {:8.1}  (n={})",
+        ms(v[v.len() / 2]),
+        ms(v[0]),
+        ms(v[v.len() - 1]),
+        v.len()
+    )
+}
+
+fn main() {
+    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    if !lab_available("takeover_bench") || !tool_available("takeover_bench", "keepalived", "keepalived") {
+        return;
+    }
+    println!("VIP takeover time, {runs} runs per case, priorities 200 -> 100, VRRPv3");
+    for advert_ms in [1000u32, 100] {
+        for sig in [Signal::SIGKILL, Signal::SIGTERM] {
+            let bound = Duration::from_millis(u64::from(advert_ms)) * 3
+                + Duration::from_micros(u64::from(advert_ms) * 1000 * 156 / 256);
+            println!(
+                "\nadvert {advert_ms} ms, {sig:?} (Master_Down_Interval {:.1} ms)",
+                bound.as_secs_f64() * 1e3
+            );
+            for which in [Impl::Vipool, Impl::Keepalived] {
+                let times: Vec<Duration> = (0..runs)
+                    .filter_map(|_| run_once(which, advert_ms, sig))
+                    .collect();
+                println!("  {:<10} {}", format!("{which:?}"), stats(times));
+            }
+        }
+    }
+}

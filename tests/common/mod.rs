@@ -1,0 +1,488 @@
+//! A namespaced lab: hosts on one broadcast domain, built with `ip netns`,
+//! veth pairs and a Linux bridge that lives in a "switch" namespace of its
+//! own (never in the root namespace, whose firewall may drop bridged frames).
+//!
+//! Everything a [`Lab`] creates is removed when it is dropped, also when the
+//! test panics. Names are unique per process and lab, so tests run in parallel.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this environment can build labs. Without root or `ip`, a test
+/// skips with a printed reason, except under `CI=true`, where it fails.
+pub fn lab_available(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let missing = match (root, ip) {
+        (true, true) => return true,
+        (false, _) => "root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)",
+        (true, false) => "the `ip` command (Debian package iproute2)",
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: CI=true but this run lacks {missing}");
+    }
+    eprintln!("SKIP {test}: needs {missing}");
+    false
+}
+
+/// Whether `program` runs; skip rules as [`lab_available`].
+pub fn tool_available(test: &str, program: &str, package: &str) -> bool {
+    if Command::new(program).arg("--version").output().is_ok() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: CI=true but `{program}` (Debian package {package}) is missing");
+    }
+    eprintln!("SKIP {test}: needs `{program}` (Debian package {package})");
+    false
+}
+
+/// Runs a command, panicking with its output on failure.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One host: a namespace with `eth0` on the lab's bridge.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Namespace name.
+    pub ns: String,
+    /// Its address on eth0 (/24).
+    pub addr: Ipv4Addr,
+    /// Bridge port name in the switch namespace.
+    pub port: String,
+}
+
+impl Host {
+    /// `ip netns exec NS args...` as a command to spawn.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, program]);
+        cmd
+    }
+
+    /// Runs a command in the namespace and returns stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "netns", "exec", &self.ns];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    /// Whether `addr` is configured on this host's eth0.
+    pub fn has_addr(&self, addr: Ipv4Addr) -> bool {
+        let out = sh(&["ip", "-n", &self.ns, "-4", "-o", "addr", "show", "dev", "eth0"]);
+        out.split_whitespace()
+            .any(|w| w.split('/').next() == Some(&addr.to_string()))
+    }
+
+    /// Whether `addr` is configured on any interface of this host.
+    pub fn has_addr_anywhere(&self, addr: Ipv4Addr) -> bool {
+        let out = sh(&["ip", "-n", &self.ns, "-4", "-o", "addr", "show"]);
+        out.split_whitespace()
+            .any(|w| w.split('/').next() == Some(&addr.to_string()))
+    }
+
+    /// eth0's MAC address.
+    pub fn mac(&self) -> String {
+        let out = sh(&["ip", "-n", &self.ns, "-o", "link", "show", "dev", "eth0"]);
+        let mut words = out.split_whitespace();
+        words.find(|w| *w == "link/ether");
+        words.next().expect("eth0 has a MAC").to_string()
+    }
+
+    /// The MAC this host's neighbour table holds for `addr`, if any.
+    pub fn neighbour_mac(&self, addr: Ipv4Addr) -> Option<String> {
+        let out = sh(&["ip", "-n", &self.ns, "neigh", "show", &addr.to_string()]);
+        let mut words = out.split_whitespace();
+        words.find(|w| *w == "lladdr")?;
+        words.next().map(str::to_string)
+    }
+}
+
+/// A broadcast domain of hosts. Dropping it removes every namespace.
+#[derive(Debug)]
+pub struct Lab {
+    /// Prefix of every name this lab made.
+    pub prefix: String,
+    /// The switch namespace holding bridge `br0`.
+    pub switch: String,
+    /// Hosts, in creation order; host `i` has address 192.0.2.(i+1).
+    pub hosts: Vec<Host>,
+    children: Vec<Arc<Mutex<Child>>>,
+}
+
+impl Lab {
+    /// Builds a bridge and `n` hosts with 192.0.2.1, .2, ... on eth0.
+    pub fn new(n: usize) -> Lab {
+        let seq = LAB_SEQ.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("vp{}x{}", std::process::id() % 1_000_000, seq);
+        let switch = format!("{prefix}sw");
+        let mut lab = Lab {
+            prefix: prefix.clone(),
+            switch: switch.clone(),
+            hosts: Vec::new(),
+            children: Vec::new(),
+        };
+        sh(&["ip", "netns", "add", &switch]);
+        sh(&["ip", "-n", &switch, "link", "set", "lo", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &switch,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        sh(&["ip", "-n", &switch, "link", "set", "br0", "up"]);
+        for i in 0..n {
+            lab.add_host(Ipv4Addr::new(192, 0, 2, (i + 1) as u8));
+        }
+        lab
+    }
+
+    /// Adds one more host with `addr`/24 on eth0.
+    pub fn add_host(&mut self, addr: Ipv4Addr) -> Host {
+        let i = self.hosts.len();
+        let ns = format!("{}h{i}", self.prefix);
+        let port = format!("p{i}");
+        sh(&["ip", "netns", "add", &ns]);
+        // Both ends are created inside our namespaces: nothing touches the
+        // root namespace, not even briefly.
+        sh(&[
+            "ip",
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        let host = Host { ns, addr, port };
+        self.hosts.push(host.clone());
+        host
+    }
+
+    /// Takes the host's bridge port down (cuts it off the link) or up.
+    pub fn set_port(&self, host: &Host, up: bool) {
+        sh(&[
+            "ip",
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &host.port,
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    /// Keeps a spawned child so that it is killed when the lab is dropped.
+    pub fn adopt(&mut self, child: Child) -> Arc<Mutex<Child>> {
+        let child = Arc::new(Mutex::new(child));
+        self.children.push(child.clone());
+        child
+    }
+
+    /// A scratch directory for this lab, removed with it.
+    pub fn dir(&self) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(&self.prefix);
+        std::fs::create_dir_all(&dir).expect("lab scratch dir");
+        dir
+    }
+
+    /// Starts keepalived (VRRP only, foreground, logging to stderr) on
+    /// `host` with the configuration text `conf`.
+    pub fn keepalived(&mut self, host: &Host, name: &str, conf: &str) -> Arc<Mutex<Child>> {
+        let dir = self.dir();
+        let path = |ext: &str| dir.join(format!("{name}.{ext}")).to_string_lossy().into_owned();
+        std::fs::write(path("conf"), conf).expect("write keepalived.conf");
+        let child = host
+            .command("keepalived")
+            .args([
+                "--dont-fork",
+                "--log-console",
+                "--log-detail",
+                "--no-syslog",
+                "--vrrp",
+            ])
+            .args(["-f", &path("conf"), "-p", &path("pid"), "-r", &path("vrrp.pid")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn keepalived");
+        self.adopt(child)
+    }
+
+    /// Starts `vipool vrrp --json ...args` on `host`, with `--interface eth0`.
+    pub fn vipool_vrrp(&mut self, host: &Host, args: &[&str]) -> Speaker {
+        let mut cmd = host.command(&vipool_bin());
+        cmd.args(["vrrp", "--json", "--interface", "eth0"]).args(args);
+        cmd.env("RUST_LOG", "info");
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vipool vrrp");
+        Speaker::new(self.adopt(child), host.clone())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &self.children {
+            if let Ok(mut c) = child.lock() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for host in &self.hosts {
+            // Anything still running in the namespace (a daemon's forked
+            // children, say) would outlive it: end it first.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &host.ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", &host.ns]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.switch]).status();
+        let _ = std::fs::remove_dir_all(self.dir());
+    }
+}
+
+/// One JSON event line and when the test read it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The parsed line.
+    pub value: Value,
+    /// When the reader thread got it.
+    pub at: Instant,
+}
+
+/// A `vipool vrrp --json` process and the events it printed.
+#[derive(Debug, Clone)]
+pub struct Speaker {
+    child: Arc<Mutex<Child>>,
+    /// The host it runs on.
+    pub host: Host,
+    events: Arc<Mutex<Vec<Seen>>>,
+    pid: i32,
+}
+
+impl Speaker {
+    fn new(child: Arc<Mutex<Child>>, host: Host) -> Speaker {
+        let (stdout, pid) = {
+            let mut c = child.lock().unwrap();
+            (c.stdout.take().expect("stdout piped"), c.id() as i32)
+        };
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+                sink.lock().unwrap().push(Seen {
+                    value,
+                    at: Instant::now(),
+                });
+            }
+        });
+        Speaker {
+            child,
+            host,
+            events,
+            pid,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Seen> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// The `to` states of every state event so far.
+    pub fn states(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e.value["event"] == "state")
+            .map(|e| e.value["to"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The latest state reported, "Initialize" before any.
+    pub fn state(&self) -> String {
+        self.states().pop().unwrap_or_else(|| "Initialize".into())
+    }
+
+    /// Waits until the latest state is `state`.
+    pub fn wait_state(&self, state: &str, timeout: Duration) -> bool {
+        wait_for(timeout, || self.state() == state)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig).expect("signal");
+    }
+
+    /// Asks for a status event (SIGUSR1) and returns it.
+    pub fn status(&self) -> Value {
+        let before = self.events().len();
+        self.signal(nix::sys::signal::Signal::SIGUSR1);
+        let mut found = None;
+        wait_for(Duration::from_secs(5), || {
+            found = self.events()[before..]
+                .iter()
+                .find(|e| e.value["event"] == "status")
+                .map(|e| e.value["status"].clone());
+            found.is_some()
+        });
+        found.expect("status event after SIGUSR1")
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.lock().unwrap().try_wait().expect("try_wait") {
+                // Let the reader thread catch the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The counters of the `exit` event.
+    pub fn exit_counters(&self) -> Option<Value> {
+        self.events()
+            .iter()
+            .find(|e| e.value["event"] == "exit")
+            .map(|e| e.value["counters"].clone())
+    }
+}
+
+/// The `vipool` binary: cargo tells integration tests where it is; an
+/// example (the benchmarks) finds it beside its own directory.
+pub fn vipool_bin() -> String {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_vipool") {
+        return path.to_string();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("vipool");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release` first",
+        bin.display()
+    );
+    bin.to_string_lossy().into_owned()
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A drop counter out of a status or exit `counters` object.
+pub fn drops(counters: &Value, reason: &str) -> u64 {
+    counters["drops"][reason].as_u64().unwrap_or(0)
+}
+
+/// Sends complete IPv4 datagrams (header included, so TTL and source are
+/// ours to choose) out of `host`'s eth0 to `dst`, from a thread that joins
+/// the host's network namespace.
+pub fn inject(host: &Host, dst: Ipv4Addr, datagrams: Vec<Vec<u8>>) {
+    let ns = host.ns.clone();
+    std::thread::spawn(move || {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+        // A thread's network namespace is its own: this does not move the
+        // rest of the test process.
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).expect("raw socket");
+        socket.set_header_included_v4(true).expect("IP_HDRINCL");
+        socket.bind_device(Some(b"eth0")).expect("SO_BINDTODEVICE");
+        let addr = SockAddr::from(std::net::SocketAddrV4::new(dst, 0));
+        for d in datagrams {
+            socket.send_to(&d, &addr).expect("send injected datagram");
+        }
+    })
+    .join()
+    .expect("injector thread");
+}

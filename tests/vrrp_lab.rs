@@ -1,0 +1,457 @@
+//! `vipool vrrp` on a real namespaced network: election, crash and graceful
+//! failover, gratuitous ARP, preemption, and bad packets from a third host.
+//!
+//! Bounds are the protocol's own timers plus a generous margin for a loaded
+//! CI machine; the figures themselves are measured by the takeover benchmark.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::{drops, inject, lab_available, wait_for, Lab};
+use nix::sys::signal::Signal;
+use vrrp::wire::{self, Auth, Checksum, Repr, Version};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const VIP_ARG: &str = "192.0.2.100/24";
+/// Allowance for process scheduling, netlink and the polling in `wait_for`.
+const MARGIN: Duration = Duration::from_millis(1000);
+const START: Duration = Duration::from_secs(10);
+
+/// RFC 9568 §6.1: Skew_Time = ((256 - Priority) * Master_Adver_Interval) / 256.
+fn skew(priority: u8, advert: Duration) -> Duration {
+    advert * (256 - u32::from(priority)) / 256
+}
+
+/// Master_Down_Interval = 3 * Master_Adver_Interval + Skew_Time.
+fn master_down(priority: u8, advert: Duration) -> Duration {
+    advert * 3 + skew(priority, advert)
+}
+
+fn speaker_args<'a>(vrid: &'a str, priority: &'a str, advert_ms: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--vrid",
+        vrid,
+        "--priority",
+        priority,
+        "--vip",
+        VIP_ARG,
+        "--advert-interval-ms",
+        advert_ms,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn elects_higher_priority_and_survives_sigkill_with_garp() {
+    if !lab_available("elects_higher_priority_and_survives_sigkill_with_garp") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let advert = Duration::from_secs(1);
+    let a = lab.vipool_vrrp(&h0, &speaker_args("10", "200", "1000", &[]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("10", "100", "1000", &[]));
+
+    assert!(
+        a.wait_state("Master", START),
+        "priority 200 never became master: {:?}",
+        a.states()
+    );
+    assert!(
+        b.wait_state("Backup", START),
+        "priority 100 is not backup: {:?}",
+        b.states()
+    );
+    assert!(wait_for(START, || h0.has_addr(VIP)), "master has no VIP");
+    assert!(!h1.has_addr(VIP), "backup holds the VIP too");
+
+    // The observer learns the VIP's MAC the ordinary way.
+    h2.run(&["ping", "-c", "1", "-W", "2", &VIP.to_string()]);
+    assert_eq!(
+        h2.neighbour_mac(VIP),
+        Some(h0.mac()),
+        "observer's ARP entry is not the master's MAC"
+    );
+
+    let killed = Instant::now();
+    a.signal(Signal::SIGKILL);
+    // The backup can only notice after Master_Down_Interval from the last
+    // advert it heard, which was at most one interval before the kill.
+    let bound = master_down(100, advert) + MARGIN;
+    assert!(
+        wait_for(bound, || h1.has_addr(VIP)),
+        "backup did not take the VIP within {bound:?}"
+    );
+    let took = killed.elapsed();
+    let earliest = master_down(100, advert) - advert;
+    assert!(
+        took >= earliest.saturating_sub(Duration::from_millis(100)),
+        "took over after {took:?}, before Master_Down_Interval could expire"
+    );
+    eprintln!(
+        "SIGKILL takeover after {took:?} (Master_Down_Interval {:?})",
+        master_down(100, advert)
+    );
+    assert_eq!(b.state(), "Master");
+    // Only the new master's gratuitous ARP can have moved the entry.
+    assert!(
+        wait_for(MARGIN, || h2.neighbour_mac(VIP) == Some(h1.mac())),
+        "observer's ARP entry did not follow the new master: {:?}",
+        h2.neighbour_mac(VIP)
+    );
+}
+
+#[test]
+fn sigterm_hands_over_within_skew_time() {
+    if !lab_available("sigterm_hands_over_within_skew_time") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    let (h0, h1) = (lab.hosts[0].clone(), lab.hosts[1].clone());
+    let advert = Duration::from_secs(1);
+    let a = lab.vipool_vrrp(&h0, &speaker_args("11", "200", "1000", &[]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("11", "100", "1000", &[]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+    assert!(wait_for(START, || h0.has_addr(VIP)));
+
+    let stopped = Instant::now();
+    a.signal(Signal::SIGTERM);
+    // RFC 9568 §6.4.2: on a priority-0 advert the backup sets its
+    // Master_Down_Timer to Skew_Time, far below Master_Down_Interval.
+    let bound = skew(100, advert) + MARGIN;
+    assert!(
+        bound < master_down(100, advert),
+        "test would not tell the two paths apart"
+    );
+    assert!(
+        wait_for(bound, || h1.has_addr(VIP)),
+        "backup did not take over within {bound:?}"
+    );
+    eprintln!(
+        "SIGTERM takeover after {:?} (Skew_Time {:?})",
+        stopped.elapsed(),
+        skew(100, advert)
+    );
+    assert_eq!(a.wait_exit(START), Some(0), "SIGTERM must exit 0");
+    assert!(!h0.has_addr(VIP), "the leaving master kept the VIP");
+    let counters = a.exit_counters().expect("exit event with counters");
+    assert_eq!(counters["priority_zero_sent"], 1);
+    assert_eq!(b.state(), "Master");
+}
+
+#[test]
+fn returning_higher_priority_preempts_only_when_enabled() {
+    if !lab_available("returning_higher_priority_preempts_only_when_enabled") {
+        return;
+    }
+    let advert = Duration::from_millis(100);
+    for preempt in [true, false] {
+        let mut lab = Lab::new(2);
+        let (h0, h1) = (lab.hosts[0].clone(), lab.hosts[1].clone());
+        let low = lab.vipool_vrrp(&h1, &speaker_args("12", "100", "100", &[]));
+        assert!(
+            low.wait_state("Master", START),
+            "lone speaker never became master"
+        );
+        let extra: &[&str] = if preempt { &[] } else { &["--no-preempt"] };
+        let high = lab.vipool_vrrp(&h0, &speaker_args("12", "200", "100", extra));
+        assert!(high.wait_state("Backup", START));
+        if preempt {
+            let bound = master_down(200, advert) + MARGIN;
+            assert!(
+                high.wait_state("Master", bound),
+                "higher priority did not preempt"
+            );
+            assert!(low.wait_state("Backup", MARGIN), "lower priority did not yield");
+            assert!(wait_for(MARGIN, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+        } else {
+            // Ten Master_Down_Intervals with no preemption.
+            std::thread::sleep(master_down(200, advert) * 10);
+            assert_eq!(
+                high.state(),
+                "Backup",
+                "preempted with --no-preempt: {:?}",
+                high.states()
+            );
+            assert!(
+                !high.states().contains(&"Master".to_string()),
+                "preempted with --no-preempt"
+            );
+            assert_eq!(low.state(), "Master");
+            assert!(h1.has_addr(VIP) && !h0.has_addr(VIP));
+        }
+    }
+}
+
+/// A datagram as a peer at `src` would send it, then spoiled by `spoil`.
+fn datagram(src: Ipv4Addr, repr: &Repr, ttl: u8, spoil: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut msg = repr.to_bytes(Checksum::PseudoHeader {
+        src,
+        dst: wire::MULTICAST_GROUP,
+    });
+    spoil(&mut msg);
+    wire::ipv4::build(src, wire::MULTICAST_GROUP, ttl, &msg)
+}
+
+#[test]
+fn bad_packets_are_dropped_counted_and_change_nothing() {
+    if !lab_available("bad_packets_are_dropped_counted_and_change_nothing") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let a = lab.vipool_vrrp(&h0, &speaker_args("13", "200", "100", &[]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("13", "100", "100", &[]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+
+    // Every forgery claims priority 254: accepted, it would unseat the master.
+    let src = h2.addr;
+    let good = Repr::advertisement(Version::V3, 13, 254, 10, vec![VIP]);
+    let fix = |m: &mut Vec<u8>| {
+        let mut p = wire::Packet::new_unchecked(&mut m[..]);
+        p.fill_checksum(Checksum::PseudoHeader {
+            src,
+            dst: wire::MULTICAST_GROUP,
+        });
+    };
+    let bad = vec![
+        ("checksum", datagram(src, &good, 255, |m| m[6] ^= 0xff)),
+        ("ttl", datagram(src, &good, 254, |_| {})),
+        (
+            "version",
+            datagram(
+                src,
+                &Repr {
+                    version: Version::V2,
+                    ..good.clone()
+                },
+                255,
+                |_| {},
+            ),
+        ),
+        (
+            "type",
+            datagram(src, &good, 255, |m| {
+                m[0] = 0x32;
+                fix(m)
+            }),
+        ),
+        ("length", datagram(src, &good, 255, |m| m.truncate(10))),
+        (
+            "length",
+            datagram(src, &good, 255, |m| {
+                m[3] = 2;
+                fix(m)
+            }),
+        ),
+        (
+            "address_list",
+            datagram(
+                src,
+                &Repr {
+                    addresses: vec![Ipv4Addr::new(192, 0, 2, 99)],
+                    ..good.clone()
+                },
+                255,
+                |_| {},
+            ),
+        ),
+        (
+            "address_list",
+            datagram(
+                src,
+                &Repr {
+                    addresses: vec![VIP, Ipv4Addr::new(192, 0, 2, 99)],
+                    ..good.clone()
+                },
+                255,
+                |_| {},
+            ),
+        ),
+        (
+            "vrid",
+            datagram(
+                src,
+                &Repr {
+                    vrid: 14,
+                    ..good.clone()
+                },
+                255,
+                |_| {},
+            ),
+        ),
+        (
+            "malformed",
+            datagram(src, &good, 255, |m| {
+                m[3] = 0;
+                m.truncate(8);
+                fix(m)
+            }),
+        ),
+    ];
+    let mut expected = std::collections::BTreeMap::<&str, u64>::new();
+    for (reason, _) in &bad {
+        *expected.entry(reason).or_default() += 1;
+    }
+    let (states_a, states_b) = (a.states(), b.states());
+    let before_a = a.status()["counters"].clone();
+    let before_b = b.status()["counters"].clone();
+    inject(
+        &h2,
+        wire::MULTICAST_GROUP,
+        bad.into_iter().map(|(_, d)| d).collect(),
+    );
+    // Let several advert intervals pass: any state change would show by now.
+    std::thread::sleep(Duration::from_millis(1000));
+    for (who, sp, before) in [("master", &a, &before_a), ("backup", &b, &before_b)] {
+        let after = sp.status()["counters"].clone();
+        for (reason, n) in &expected {
+            assert_eq!(
+                drops(&after, reason) - drops(before, reason),
+                *n,
+                "{who}: drops for {reason}: before {before} after {after}"
+            );
+        }
+    }
+    assert_eq!(a.states(), states_a, "master changed state");
+    assert_eq!(b.states(), states_b, "backup changed state");
+    assert!(h0.has_addr(VIP) && !h1.has_addr(VIP));
+
+    // Control: the same injection path with a valid advert does unseat the
+    // master, so the drops above are the validation's doing.
+    inject(
+        &h2,
+        wire::MULTICAST_GROUP,
+        vec![datagram(src, &good, 255, |_| {})],
+    );
+    assert!(
+        a.wait_state("Backup", Duration::from_secs(2)),
+        "a valid priority-254 advert was ignored"
+    );
+}
+
+#[test]
+fn v2_auth_mismatch_is_dropped() {
+    if !lab_available("v2_auth_mismatch_is_dropped") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    let (h0, h1) = (lab.hosts[0].clone(), lab.hosts[1].clone());
+    let a = lab.vipool_vrrp(
+        &h0,
+        &speaker_args("15", "200", "1000", &["--version", "2", "--auth-pass", "s3cret"]),
+    );
+    assert!(a.wait_state("Master", START));
+    let states = a.states();
+    let src = h1.addr;
+    let v2 = |auth, interval_cs| Repr {
+        version: Version::V2,
+        vrid: 15,
+        priority: 254,
+        interval_cs,
+        addresses: vec![VIP],
+        auth,
+    };
+    let bad = vec![
+        datagram(src, &v2(Auth::None, 100), 255, |_| {}),
+        datagram(src, &v2(Auth::simple_text(b"wrong").unwrap(), 100), 255, |_| {}),
+        datagram(src, &v2(Auth::simple_text(b"s3cret").unwrap(), 200), 255, |_| {}),
+    ];
+    inject(&h1, wire::MULTICAST_GROUP, bad);
+    std::thread::sleep(Duration::from_millis(500));
+    let counters = a.status()["counters"].clone();
+    assert_eq!(drops(&counters, "auth"), 2, "{counters}");
+    assert_eq!(drops(&counters, "interval"), 1, "{counters}");
+    assert_eq!(a.states(), states, "state changed on bad adverts");
+    inject(
+        &h1,
+        wire::MULTICAST_GROUP,
+        vec![datagram(
+            src,
+            &v2(Auth::simple_text(b"s3cret").unwrap(), 100),
+            255,
+            |_| {},
+        )],
+    );
+    assert!(
+        a.wait_state("Backup", Duration::from_secs(2)),
+        "a valid authenticated advert was ignored"
+    );
+}
+
+#[test]
+fn unicast_peers_elect_fail_over_and_ignore_strangers() {
+    if !lab_available("unicast_peers_elect_fail_over_and_ignore_strangers") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let (p0, p1) = (h1.addr.to_string(), h0.addr.to_string());
+    let a = lab.vipool_vrrp(&h0, &speaker_args("16", "200", "100", &["--unicast-peer", &p0]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("16", "100", "100", &["--unicast-peer", &p1]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+
+    // A valid, higher-priority advert from a host that is not a peer.
+    let states = a.states();
+    let src = h2.addr;
+    let stranger = Repr::advertisement(Version::V3, 16, 254, 10, vec![VIP]);
+    let msg = stranger.to_bytes(Checksum::PseudoHeader { src, dst: h0.addr });
+    inject(&h2, h0.addr, vec![wire::ipv4::build(src, h0.addr, 255, &msg)]);
+    assert!(wait_for(Duration::from_secs(2), || drops(
+        &a.status()["counters"],
+        "unknown_peer"
+    ) == 1));
+    assert_eq!(a.states(), states, "a stranger's advert changed the state");
+
+    a.signal(Signal::SIGTERM);
+    let bound = skew(100, Duration::from_millis(100)) + MARGIN;
+    assert!(
+        wait_for(bound, || h1.has_addr(VIP)),
+        "unicast backup did not take over within {bound:?}"
+    );
+    assert_eq!(a.wait_exit(START), Some(0));
+}
+
+#[test]
+fn virtual_mac_stays_the_same_across_failover() {
+    if !lab_available("virtual_mac_stays_the_same_across_failover") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let a = lab.vipool_vrrp(&h0, &speaker_args("17", "200", "100", &["--vmac"]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("17", "100", "100", &["--vmac"]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+    assert!(wait_for(START, || h0.has_addr_anywhere(VIP)), "master has no VIP");
+    assert!(
+        !h0.has_addr(VIP),
+        "with --vmac the VIP belongs on the macvlan, not eth0"
+    );
+
+    let vmac = "00:00:5e:00:01:11"; // RFC 5798 §7.3, VRID 17
+    h2.run(&["ping", "-c", "1", "-W", "2", &VIP.to_string()]);
+    assert_eq!(
+        h2.neighbour_mac(VIP).as_deref(),
+        Some(vmac),
+        "the VIP must resolve to the virtual MAC"
+    );
+
+    a.signal(Signal::SIGTERM);
+    assert!(
+        wait_for(START, || h1.has_addr_anywhere(VIP)),
+        "backup did not take over"
+    );
+    assert_eq!(a.wait_exit(START), Some(0));
+    let links = h0.run(&["ip", "-o", "link", "show"]);
+    assert!(
+        !links.contains("vrrp.17"),
+        "the macvlan outlived the speaker: {links}"
+    );
+    // Same MAC, new holder: the observer reaches the VIP without relearning.
+    h2.run(&["ping", "-c", "1", "-W", "2", &VIP.to_string()]);
+    assert_eq!(h2.neighbour_mac(VIP).as_deref(), Some(vmac));
+}
