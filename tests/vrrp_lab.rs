@@ -455,3 +455,38 @@ fn virtual_mac_stays_the_same_across_failover() {
     h2.run(&["ping", "-c", "1", "-W", "2", &VIP.to_string()]);
     assert_eq!(h2.neighbour_mac(VIP).as_deref(), Some(vmac));
 }
+
+#[test]
+fn gratuitous_arp_refresh_repeats_while_master() {
+    if !lab_available("gratuitous_arp_refresh_repeats_while_master") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    let (h0, h1) = (lab.hosts[0].clone(), lab.hosts[1].clone());
+    // The observer accepts unsolicited ARP, so only a gratuitous ARP can
+    // create its neighbour entry for the VIP.
+    h1.run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_accept"]);
+    let a = lab.vipool_vrrp(
+        &h0,
+        &speaker_args(
+            "18",
+            "200",
+            "100",
+            &["--garp-count", "1", "--garp-refresh-s", "1"],
+        ),
+    );
+    assert!(a.wait_state("Master", START));
+    assert!(
+        wait_for(START, || h1.neighbour_mac(VIP) == Some(h0.mac())),
+        "takeover GARP not seen"
+    );
+    for round in 0..2 {
+        h1.run(&["ip", "neigh", "flush", "dev", "eth0"]);
+        assert_eq!(h1.neighbour_mac(VIP), None);
+        assert!(
+            wait_for(Duration::from_secs(1) + MARGIN, || h1.neighbour_mac(VIP)
+                == Some(h0.mac())),
+            "refresh round {round}: no gratuitous ARP within the refresh period"
+        );
+    }
+}
