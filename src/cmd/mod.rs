@@ -1,1 +1,5 @@
+pub mod client;
+mod license_args;
+pub mod serve;
+pub mod show;
 pub mod vrrp;

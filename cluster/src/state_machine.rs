@@ -1,0 +1,36 @@
+//! The contract between the replicated log and what it replicates.
+
+/// A deterministic state machine replicated by the log.
+///
+/// `apply` must depend only on the current state, the index and the command:
+/// no clock, no randomness, no iteration order that can differ between
+/// nodes (use `BTreeMap`). Anything time-dependent is stamped into the
+/// command by the proposer (the leader).
+pub trait StateMachine: Send + 'static {
+    /// A command as proposed; the log stores it serialized with serde.
+    type Command: serde::Serialize + serde::de::DeserializeOwned + Send + 'static;
+    /// What applying a command returns to its proposer.
+    type Response: Send + 'static;
+
+    /// Applies the committed command at log `index` (strictly increasing).
+    fn apply(&mut self, index: u64, command: Self::Command) -> Self::Response;
+
+    /// The index of the last applied entry; stored with the state, so it
+    /// survives snapshot and restore.
+    fn applied_index(&self) -> u64;
+
+    /// The whole state, applied index included, as bytes.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the whole state with a snapshot taken by [`StateMachine::snapshot`].
+    ///
+    /// # Errors
+    /// The bytes are not a snapshot this version can read; the state is
+    /// left unchanged.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
+}
+
+/// A snapshot that cannot be restored.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot restore snapshot: {0}")]
+pub struct SnapshotError(pub String);

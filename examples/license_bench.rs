@@ -1,0 +1,278 @@
+//! Benchmark: figures for the license service through the real protocol.
+//!
+//! ```text
+//! cargo build --release && target/release/examples/license_bench [--switches 2000] ...
+//! ```
+//!
+//! It starts `vipool serve` (the release binary beside this example's
+//! directory) as a child process on 127.0.0.1 so
+//! that the server's CPU and memory are its own, then prints:
+//!
+//! - acquire/release operations per second and p50/p99 latency with 1 and
+//!   64 concurrent clients;
+//! - heartbeat handling for many switches at a (scaled) interval: server CPU,
+//!   CPU per heartbeat and the extrapolation to 10,000 switches at 30 s, and
+//!   the server's resident memory with all of them registered.
+//!
+//! A benchmark, not a test: it prints figures and fails only if the server
+//! cannot be started or stops answering.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use vipool::client::Connection;
+use vipool::table::{ClientReport, Key, LicenseType};
+
+/// Options of the license benchmark.
+#[derive(Debug, Parser)]
+#[command(name = "license_bench", about = "License service throughput, latency, CPU and memory")]
+struct Args {
+    /// Seconds each acquire/release run lasts.
+    #[arg(long, default_value_t = 3)]
+    ops_seconds: u64,
+    /// Simulated switches for the heartbeat run.
+    #[arg(long, default_value_t = 2000)]
+    switches: usize,
+    /// Real heartbeat interval being simulated, in seconds.
+    #[arg(long, default_value_t = 30)]
+    interval_s: u64,
+    /// Time compression: heartbeats come this many times faster than the real interval.
+    #[arg(long, default_value_t = 10)]
+    scale: u64,
+    /// Seconds the heartbeat run lasts.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_seconds: u64,
+    /// Connections the heartbeats are spread over.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+}
+
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // The bench owns this child; it is not needed past the figures.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the benchmark and prints its figures.
+async fn run(args: Args) -> anyhow::Result<()> {
+    let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    // target/<profile>/examples/license_bench -> target/<profile>/vipool
+    let exe = std::env::current_exe()?
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("vipool"))
+        .context("cannot locate the target directory")?;
+    if !exe.exists() {
+        bail!("{} is missing: run `cargo build --release` first", exe.display());
+    }
+    let child = Command::new(exe)
+        .args([
+            "--log",
+            "warn",
+            "serve",
+            "--listen",
+            &addr,
+            "--node",
+            "bench",
+            "--keys",
+            "AP=1000000",
+        ])
+        .args(["--sweep-interval-ms", "1000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting vipool serve")?;
+    let server = ServerProcess(child);
+    let pid = server.0.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Connection::connect(&addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("server did not come up on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    println!(
+        "acquire/release through the protocol ({}s per run)",
+        args.ops_seconds
+    );
+    for concurrency in [1usize, 64] {
+        let (ops, mut latencies) = ops_run(&addr, concurrency, Duration::from_secs(args.ops_seconds)).await?;
+        latencies.sort_unstable();
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+        println!(
+            "  {concurrency:>2} clients: {:>8.0} ops/s  p50 {:>7.1} us  p99 {:>7.1} us",
+            ops as f64 / args.ops_seconds as f64,
+            pct(0.50).as_secs_f64() * 1e6,
+            pct(0.99).as_secs_f64() * 1e6,
+        );
+    }
+
+    let interval = Duration::from_secs(args.interval_s) / u32::try_from(args.scale.max(1))?;
+    println!(
+        "heartbeats: {} switches every {}s scaled x{} (every {:?}) over {} connections, {}s",
+        args.switches, args.interval_s, args.scale, interval, args.connections, args.heartbeat_seconds
+    );
+    let rss_before = rss_kb(pid)?;
+    let ids = register_all(&addr, args.switches, args.connections).await?;
+    let rss_registered = rss_kb(pid)?;
+    let cpu_before = cpu_ticks(pid)?;
+    let started = Instant::now();
+    let sent = heartbeat_run(&addr, ids, interval, Duration::from_secs(args.heartbeat_seconds)).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_s = (cpu_ticks(pid)? - cpu_before) as f64 / 100.0;
+    let per_heartbeat = cpu_s / sent.max(1) as f64;
+    let target_rate = 10_000.0 / 30.0;
+    println!("  heartbeats answered: {sent} ({:.0}/s)", sent as f64 / elapsed);
+    println!("  server CPU: {:.1}% of one core", 100.0 * cpu_s / elapsed);
+    println!("  CPU per heartbeat: {:.1} us", per_heartbeat * 1e6);
+    println!(
+        "  extrapolated, 10,000 switches at 30 s: {:.2}% of one core",
+        100.0 * per_heartbeat * target_rate
+    );
+    println!(
+        "  server RSS: {} kB before, {} kB with {} clients registered, {} kB now",
+        rss_before,
+        rss_registered,
+        args.switches,
+        rss_kb(pid)?
+    );
+    Ok(())
+}
+
+async fn ops_run(addr: &str, concurrency: usize, duration: Duration) -> anyhow::Result<(u64, Vec<Duration>)> {
+    let ap = LicenseType::new("AP");
+    let mut tasks = Vec::new();
+    for n in 0..concurrency {
+        let addr = addr.to_owned();
+        let ap = ap.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("ops-{concurrency}-{n}");
+            let mut conn = Connection::connect(&addr).await?;
+            conn.register(&id, "bench", "bench", ClientReport::default())
+                .await?;
+            let mut latencies = Vec::new();
+            let end = Instant::now() + duration;
+            while Instant::now() < end {
+                let t = Instant::now();
+                conn.acquire(&id, &ap, 1).await?;
+                latencies.push(t.elapsed());
+                let t = Instant::now();
+                conn.release(&id, &ap, 1).await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok((all.len() as u64, all))
+}
+
+fn report(n: usize) -> ClientReport {
+    ClientReport {
+        builtin: BTreeMap::from([(LicenseType::new("AP"), 16)]),
+        keys: vec![
+            Key::permanent("AP", 4),
+            Key::permanent("PEFNG", 1 + (n % 3) as u32),
+        ],
+        used: BTreeMap::from([(LicenseType::new("AP"), (n % 5) as u32)]),
+    }
+}
+
+async fn register_all(addr: &str, switches: usize, connections: usize) -> anyhow::Result<Vec<Vec<usize>>> {
+    let connections = connections.clamp(1, switches.max(1));
+    let groups: Vec<Vec<usize>> = (0..connections)
+        .map(|c| (c..switches).step_by(connections).collect())
+        .collect();
+    let mut tasks = Vec::new();
+    for group in groups.clone() {
+        let addr = addr.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::connect(&addr).await?;
+            for n in group {
+                conn.register(&format!("hb-{n:05}"), "bench", "bench", report(n))
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(groups)
+}
+
+async fn heartbeat_run(
+    addr: &str,
+    groups: Vec<Vec<usize>>,
+    interval: Duration,
+    duration: Duration,
+) -> anyhow::Result<u64> {
+    let per_connection = groups.first().map_or(1, Vec::len).max(1);
+    let period = interval / u32::try_from(per_connection)?;
+    let mut tasks = Vec::new();
+    for group in groups {
+        let addr = addr.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::connect(&addr).await?;
+            let mut tick = tokio::time::interval(period.max(Duration::from_micros(50)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let end = Instant::now() + duration;
+            let mut sent = 0u64;
+            for n in group.iter().cycle() {
+                if Instant::now() >= end {
+                    break;
+                }
+                tick.tick().await;
+                conn.heartbeat(&format!("hb-{n:05}"), report(*n)).await?;
+                sent += 1;
+            }
+            anyhow::Ok(sent)
+        }));
+    }
+    let mut sent = 0;
+    for task in tasks {
+        sent += task.await??;
+    }
+    Ok(sent)
+}
+
+/// User plus system CPU of `pid` in clock ticks (USER_HZ, 100 on Linux).
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("odd /proc stat")?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // After the command name: state is field 3 of proc(5), utime 14, stime 15.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// Resident memory of `pid` in kB.
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("odd VmRSS")?.parse()?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+}

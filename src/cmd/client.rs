@@ -1,0 +1,118 @@
+//! `vipool client`: one simulated switch, or many in one process (load mode).
+//!
+//! Every grant, refusal, release and server up/down goes to the log; with
+//! `--json` also to stdout, one JSON object per line, so scripts and tests
+//! can count what the server acknowledged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use vipool::switch::{self, SwitchConfig};
+use vipool::table::LicenseType;
+
+use super::license_args::{keys, parse_counts, terminated};
+
+/// Options of `vipool client`.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// The license server: VIP:PORT.
+    #[arg(long)]
+    server: String,
+    /// Client id (with --count, the prefix of `ID-0001`, `ID-0002`, ...).
+    #[arg(long)]
+    id: String,
+    /// Serial number (default SIM-ID).
+    #[arg(long)]
+    serial: Option<String>,
+    /// Keys installed on the switch, e.g. AP=16,PEFNG=16.
+    #[arg(long, value_parser = parse_counts, default_value = "")]
+    installed: BTreeMap<LicenseType, u32>,
+    /// Built-in (factory) licenses, e.g. AP=16.
+    #[arg(long, value_parser = parse_counts, default_value = "")]
+    builtin: BTreeMap<LicenseType, u32>,
+    /// Access points up on the switch (each needs an AP license).
+    #[arg(long, default_value_t = 0)]
+    aps: u32,
+    /// Other licensed things up per type, e.g. PEFNG=20.
+    #[arg(long = "use", value_parser = parse_counts, default_value = "")]
+    in_use: BTreeMap<LicenseType, u32>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    heartbeat_interval_ms: u64,
+    /// Intervals without an answer after which the server is down.
+    #[arg(long, default_value_t = 3)]
+    missed: u32,
+    /// How long to keep the last limits while the server is down, in seconds.
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    retention_s: u64,
+    /// Load mode: run this many switches in one process.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
+    #[arg(long)]
+    for_s: Option<u64>,
+    /// Print events as JSON lines on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the simulated switches until a signal or `--for-s`.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.count >= 1, "--count must be at least 1");
+    let mut in_use = args.in_use.clone();
+    if args.aps > 0 {
+        in_use.insert(LicenseType::new("AP"), args.aps);
+    }
+    let shutdown = CancellationToken::new();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut tasks = Vec::with_capacity(args.count);
+    for n in 0..args.count {
+        let id = if args.count == 1 {
+            args.id.clone()
+        } else {
+            format!("{}-{:04}", args.id, n + 1)
+        };
+        let mut config = SwitchConfig::new(args.server.clone(), id);
+        if let Some(serial) = &args.serial {
+            config.serial = if args.count == 1 {
+                serial.clone()
+            } else {
+                format!("{serial}-{:04}", n + 1)
+            };
+        }
+        config.keys = keys(&args.installed);
+        config.builtin = args.builtin.clone();
+        config.in_use = in_use.clone();
+        config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(1));
+        config.missed_limit = args.missed.max(1);
+        config.retention = Duration::from_secs(args.retention_s);
+        tasks.push(switch::spawn(config, Some(events_tx.clone()), shutdown.clone()).task);
+    }
+    drop(events_tx);
+    let stop = shutdown.clone();
+    let limit = args.for_s;
+    tokio::spawn(async move {
+        let reason = match limit {
+            Some(s) => tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(s)) => Ok("--for-s elapsed"),
+                r = terminated() => r,
+            },
+            None => terminated().await,
+        };
+        info!(?reason, "stopping");
+        stop.cancel();
+    });
+    while let Some(event) = events.recv().await {
+        if args.json {
+            println!("{}", serde_json::to_string(&event)?);
+        }
+    }
+    for task in tasks {
+        task.await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `vipool serve`: a standalone license server on one node.
+//!
+//! One in-process table, no replication and no VRRP: the node always
+//! serves. It is what `vipool client` and `vipool show` talk to until the
+//! two-node daemon wires the same server to the replicated log and the VIP.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use vipool::server::{now_ms, Applier, LocalApplier, Server, ServerConfig};
+use vipool::table::{Command, Key, LicenseTable, LicenseType, TableConfig, TypeKind};
+
+use super::license_args::{parse_counts, parse_type, terminated};
+
+/// Options of `vipool serve`.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "0.0.0.0:4333")]
+    listen: SocketAddr,
+    /// Answer license requests only on this local address (the VIP).
+    #[arg(long)]
+    vip: Option<IpAddr>,
+    /// This node's name.
+    #[arg(long, default_value = "vipool")]
+    node: String,
+    /// Keys installed on this server at start, e.g. AP=16,PEFNG=16,XSEC=16.
+    #[arg(long, value_parser = parse_counts, default_value = "")]
+    keys: BTreeMap<LicenseType, u32>,
+    /// Poolable license types.
+    #[arg(long, value_delimiter = ',', value_parser = parse_type, default_value = "AP,PEFNG,RFPROTECT,XSEC,ACR")]
+    poolable: Vec<LicenseType>,
+    /// Switch-specific (never pooled) license types.
+    #[arg(long, value_delimiter = ',', value_parser = parse_type, default_value = "PEFV,WEBCC")]
+    switch_specific: Vec<LicenseType>,
+    /// Heartbeat interval clients use, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    heartbeat_interval_ms: u64,
+    /// Heartbeats missed in a row after which a client is down.
+    #[arg(long, default_value_t = 3)]
+    missed_heartbeats: u32,
+    /// Silence after which a client's contributions are removed, in seconds.
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    silence_remove_s: u64,
+    /// How often the table is swept, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    sweep_interval_ms: u64,
+    /// Largest request frame accepted, in bytes.
+    #[arg(long, default_value_t = vipool::proto::frame::DEFAULT_MAX_REQUEST)]
+    max_frame: u32,
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut types = BTreeMap::new();
+    for t in args.poolable {
+        types.insert(t, TypeKind::Poolable);
+    }
+    for t in args.switch_specific {
+        if types.insert(t.clone(), TypeKind::SwitchSpecific).is_some() {
+            anyhow::bail!("{t} is listed as both poolable and switch-specific");
+        }
+    }
+    let table_config = TableConfig {
+        types,
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+        missed_heartbeats_down: args.missed_heartbeats,
+        silence_remove_ms: args.silence_remove_s.saturating_mul(1000),
+    };
+    let applier = Arc::new(LocalApplier::new(LicenseTable::new(table_config)));
+    for (license_type, count) in &args.keys {
+        let command = Command::InstallServerKey {
+            now_ms: now_ms(),
+            key_id: format!("{}-{license_type}", args.node),
+            server: args.node.clone(),
+            key: Key::permanent(license_type.clone(), *count),
+        };
+        applier
+            .propose(command)
+            .await?
+            .with_context(|| format!("installing {license_type}={count}"))?;
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    info!(listen = %listener.local_addr()?, node = %args.node, "license server up (standalone)");
+    let (_serving_tx, serving) = watch::channel(true);
+    let shutdown = CancellationToken::new();
+    let config = ServerConfig {
+        node: args.node,
+        vip: args.vip,
+        max_frame: args.max_frame,
+        sweep_interval: Duration::from_millis(args.sweep_interval_ms.max(1)),
+        ..ServerConfig::default()
+    };
+    let server = Server::new(applier, config, serving, shutdown.clone());
+    let stop = shutdown.clone();
+    let signals = tokio::spawn(async move {
+        let reason = terminated().await;
+        info!(?reason, "stopping");
+        stop.cancel();
+    });
+    let result = server.run(listener).await;
+    signals.abort();
+    result.context("serving")
+}

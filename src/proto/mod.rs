@@ -1,0 +1,222 @@
+//! The client protocol: what license clients and operator tools say to the
+//! server, and what it answers.
+//!
+//! TCP, one [`frame`] per message. A client sends [`RequestFrame`]s and
+//! reads [`ServerMessage`]s: a [`ServerMessage::Reply`] for each request, in
+//! order and tagged with the request's `seq`, and, between them, unsolicited
+//! [`ServerMessage::Push`]es of revised pool totals to registered clients.
+
+pub mod frame;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::table::{
+    Client, ClientReport, CommandError, LicenseType, Pool, TableConfig, TableState, TypeKind,
+};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A request with the sequence number its reply will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the client; echoed in the reply.
+    pub seq: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Announce the client with its whole license state.
+    Register {
+        /// Client id.
+        id: String,
+        /// Serial number.
+        serial: String,
+        /// Software version.
+        version: String,
+        /// Whole license state.
+        report: ClientReport,
+    },
+    /// Periodic heartbeat with the whole state.
+    Heartbeat {
+        /// Client id.
+        id: String,
+        /// Whole license state.
+        report: ClientReport,
+    },
+    /// Immediate update after a change on the client, whole state.
+    Update {
+        /// Client id.
+        id: String,
+        /// Whole license state.
+        report: ClientReport,
+    },
+    /// Ask for `count` licenses of a poolable type.
+    Acquire {
+        /// Client id.
+        id: String,
+        /// Poolable type.
+        license_type: LicenseType,
+        /// How many.
+        count: u32,
+    },
+    /// Give back `count` licenses.
+    Release {
+        /// Client id.
+        id: String,
+        /// Poolable type.
+        license_type: LicenseType,
+        /// How many.
+        count: u32,
+    },
+    /// Operator: the whole table and this node's status.
+    Show,
+}
+
+/// Everything a server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// The answer to the request of sequence number `seq`.
+    Reply {
+        /// The request's `seq` (0 when the request could not be read).
+        seq: u64,
+        /// The answer.
+        response: Result<Response, ServerError>,
+    },
+    /// The pool changed; revised totals for registered clients.
+    Push {
+        /// The pool now.
+        pool: Pool,
+    },
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to client requests: the server's view of the client and the pool.
+    Client {
+        /// The client as the table holds it after the request.
+        client: Box<Client>,
+        /// The pool after the request.
+        pool: Pool,
+    },
+    /// Answer to [`Request::Show`].
+    Table(Box<TableDump>),
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ServerError {
+    /// This node does not hold the VIP, or the request came to another address.
+    #[error("not the license server, use VIP {}", vip.as_deref().unwrap_or("(unknown)"))]
+    NotLicenseServer {
+        /// Where the license server answers, when this node knows.
+        vip: Option<String>,
+    },
+    /// The frame's protocol version is not spoken here.
+    #[error("protocol version {got} not supported (server speaks {supported})")]
+    VersionNotSupported {
+        /// The client's version.
+        got: u16,
+        /// The server's version.
+        supported: u16,
+    },
+    /// The frame is larger than the server accepts.
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// Announced size.
+        size: u32,
+        /// The server's maximum.
+        max: u32,
+    },
+    /// The frame does not decode.
+    #[error("malformed frame: {0}")]
+    MalformedFrame(String),
+    /// The table refused the command (unknown client, over-subscribed, not enough licenses, ...).
+    #[error(transparent)]
+    Refused(#[from] CommandError),
+    /// The change could not be committed (the node stopped leading, or is shutting down).
+    #[error("not committed: {0}")]
+    NotCommitted(String),
+}
+
+impl From<frame::FrameError> for ServerError {
+    fn from(e: frame::FrameError) -> Self {
+        match e {
+            frame::FrameError::TooLarge { size, max } => Self::FrameTooLarge { size, max },
+            frame::FrameError::VersionNotSupported { got, supported } => {
+                Self::VersionNotSupported { got, supported }
+            }
+            frame::FrameError::Malformed(why) => Self::MalformedFrame(why),
+        }
+    }
+}
+
+/// One node's view of itself, for `vipool show status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node name.
+    pub node: String,
+    /// The VIP this node serves on, if configured.
+    pub vip: Option<String>,
+    /// Whether the node answers license requests now.
+    pub serving: bool,
+    /// VRRP state (`Master`, `Backup`, ... or `none` without VRRP).
+    pub vrrp_state: String,
+    /// Raft role (`Leader`, `Follower`, ... or `standalone`).
+    pub raft_role: String,
+    /// Raft term.
+    pub term: u64,
+    /// Raft commit index.
+    pub commit_index: u64,
+    /// Index of the last command applied to the table.
+    pub applied_index: u64,
+    /// Connected client connections.
+    pub connections: u64,
+    /// Frames refused (oversized, malformed, wrong version) since start.
+    pub bad_frames: u64,
+}
+
+/// Per-connection heartbeat counters kept by the serving node (not replicated).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatCounters {
+    /// Heartbeat requests received.
+    pub requests: u64,
+    /// Heartbeat answers sent.
+    pub responses: u64,
+}
+
+/// The whole table as one node holds it, for the operator views.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDump {
+    /// The node's clock when it answered (milliseconds since the Unix epoch).
+    pub now_ms: u64,
+    /// License types and their kinds.
+    pub types: BTreeMap<LicenseType, TypeKind>,
+    /// Heartbeat interval the node is configured with.
+    pub heartbeat_interval_ms: u64,
+    /// Clients and server keys.
+    pub state: TableState,
+    /// The pool.
+    pub pool: Pool,
+    /// Heartbeat counters by client id, as this node saw them.
+    pub heartbeats: BTreeMap<String, HeartbeatCounters>,
+    /// This node's status.
+    pub status: NodeStatus,
+}
+
+impl TableDump {
+    /// A table configuration with this dump's types and heartbeat interval.
+    pub fn config(&self) -> TableConfig {
+        TableConfig {
+            types: self.types.clone(),
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            ..TableConfig::default()
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The license server: accepts client connections and answers them from
+//! the table, only while this node holds the VIP and only on the VIP.
+//!
+//! In the shape of mini-redis: [`Server::run`] accepts connections under a
+//! semaphore and hands each to a task (`connection`); changes go through
+//! an [`Applier`]; shutdown is a cancellation token.
+
+mod applier;
+mod connection;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use applier::{Applier, LocalApplier};
+
+use crate::proto::{frame, HeartbeatCounters, NodeStatus};
+use crate::table::{Command, Reply};
+
+/// How a server is configured.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This node's name, shown in status.
+    pub node: String,
+    /// The VIP: license requests to any other local address are refused.
+    /// `None` answers on every address (a standalone server without VRRP).
+    pub vip: Option<IpAddr>,
+    /// Largest request frame accepted.
+    pub max_frame: u32,
+    /// Connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// How often the serving node proposes a sweep.
+    pub sweep_interval: Duration,
+    /// How long a pool change waits before it is pushed, so that a burst of
+    /// changes costs one push per client.
+    pub push_delay: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            node: "vipool".into(),
+            vip: None,
+            max_frame: frame::DEFAULT_MAX_REQUEST,
+            max_connections: 20_000,
+            sweep_interval: Duration::from_secs(10),
+            push_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Counters of one node, not replicated.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connections: AtomicU64,
+    pub(crate) bad_frames: AtomicU64,
+    pub(crate) heartbeats: Mutex<BTreeMap<String, HeartbeatCounters>>,
+}
+
+impl Counters {
+    pub(crate) fn heartbeat(&self, id: &str, f: impl FnOnce(&mut HeartbeatCounters)) {
+        let mut map = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counters) = map.get_mut(id) {
+            f(counters);
+        } else {
+            let mut counters = HeartbeatCounters::default();
+            f(&mut counters);
+            map.insert(id.to_owned(), counters);
+        }
+    }
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared<A> {
+    pub(crate) applier: Arc<A>,
+    pub(crate) config: ServerConfig,
+    pub(crate) serving: watch::Receiver<bool>,
+    pub(crate) counters: Counters,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl<A: Applier> Shared<A> {
+    pub(crate) fn status(&self) -> NodeStatus {
+        let applied_index = self.applier.read(|t| t.applied_index());
+        NodeStatus {
+            node: self.config.node.clone(),
+            vip: self.config.vip.map(|v| v.to_string()),
+            serving: *self.serving.borrow(),
+            vrrp_state: "none".into(),
+            raft_role: "standalone".into(),
+            term: 0,
+            commit_index: applied_index,
+            applied_index,
+            connections: self.counters.connections.load(Ordering::Relaxed),
+            bad_frames: self.counters.bad_frames.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A license server over an [`Applier`].
+pub struct Server<A> {
+    shared: Arc<Shared<A>>,
+}
+
+impl<A: Applier> Server<A> {
+    /// A server answering from `applier`. `serving` says whether this node
+    /// holds the VIP; when it turns false every client connection is closed
+    /// so that clients reconnect to the new holder.
+    pub fn new(
+        applier: Arc<A>,
+        config: ServerConfig,
+        serving: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let shared = Shared {
+            applier,
+            config,
+            serving,
+            counters: Counters::default(),
+            shutdown,
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// This node's status.
+    pub fn status(&self) -> NodeStatus {
+        self.shared.status()
+    }
+
+    /// Serves `listener` until the shutdown token is cancelled, then waits
+    /// for the connection tasks to finish.
+    ///
+    /// # Errors
+    /// Accepting failed for a reason other than running out of descriptors.
+    pub async fn run(&self, listener: TcpListener) -> std::io::Result<()> {
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        tracker.spawn(sweeper(Arc::clone(&self.shared)));
+        let shutdown = self.shared.shutdown.clone();
+        let result = loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&limit).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break Ok(()),
+                },
+                () = shutdown.cancelled() => break Ok(()),
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.cancelled() => break Ok(()),
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let shared = Arc::clone(&self.shared);
+                    tracker.spawn(async move {
+                        connection::serve(shared, stream, peer).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) if is_transient(&e) => {
+                    warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        result
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
+        || e.raw_os_error() == Some(24) // EMFILE: descriptors free up as connections close
+        || e.raw_os_error() == Some(23) // ENFILE
+}
+
+/// The leader's clock, stamped into proposals.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Proposes a sweep every `sweep_interval` while this node serves.
+async fn sweeper<A: Applier>(shared: Arc<Shared<A>>) {
+    let mut tick = tokio::time::interval(shared.config.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        if !*shared.serving.borrow() {
+            continue;
+        }
+        match shared.applier.propose(Command::Sweep { now_ms: now_ms() }).await {
+            Ok(Ok(Reply::Swept(report))) if !report.is_empty() => {
+                info!(down = ?report.down, removed = ?report.removed, expired_keys = report.expired_keys, "sweep");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "sweep not committed"),
+        }
+    }
+}

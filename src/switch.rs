@@ -1,0 +1,522 @@
+//! A simulated switch: a long-running license client that behaves as SPEC
+//! section 3 and 4 say.
+//!
+//! It registers with its whole state, takes from the pool what its
+//! licensed things (APs, ...) need beyond its built-in licenses, heartbeats
+//! every interval, sends an update at once when something changes on it,
+//! treats the server as down after three heartbeat intervals without an
+//! answer, keeps its last limits for the retention period, and reconnects
+//! to the VIP with exponential backoff. Every grant and refusal is an
+//! [`Event`], so a test (or `vipool client --json`) can count what was
+//! acknowledged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{ClientError, Connection};
+use crate::proto::ServerError;
+use crate::server::now_ms;
+use crate::table::{pool_demand, ClientReport, CommandError, Key, LicenseType, Pool};
+
+/// How a simulated switch is set up.
+#[derive(Debug, Clone)]
+pub struct SwitchConfig {
+    /// The license server: VIP and port.
+    pub server: String,
+    /// Client id.
+    pub id: String,
+    /// Serial number.
+    pub serial: String,
+    /// Software version it reports.
+    pub version: String,
+    /// Keys installed on the switch.
+    pub keys: Vec<Key>,
+    /// Factory licenses per type.
+    pub builtin: BTreeMap<LicenseType, u32>,
+    /// Licensed things up per type (APs for `AP`, ...).
+    pub in_use: BTreeMap<LicenseType, u32>,
+    /// Heartbeat interval (default 30 s).
+    pub heartbeat_interval: Duration,
+    /// Intervals without an answer after which the server is down (default 3).
+    pub missed_limit: u32,
+    /// How long the last limits are kept while the server is down (default 30 days).
+    pub retention: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl SwitchConfig {
+    /// A switch of id `id` talking to `server`, with the SPEC's timers and nothing installed.
+    pub fn new(server: impl Into<String>, id: impl Into<String>) -> Self {
+        let id = id.into();
+        Self {
+            server: server.into(),
+            serial: format!("SIM-{id}"),
+            id,
+            version: env!("CARGO_PKG_VERSION").into(),
+            keys: Vec::new(),
+            builtin: BTreeMap::new(),
+            in_use: BTreeMap::new(),
+            heartbeat_interval: Duration::from_secs(30),
+            missed_limit: 3,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Something a simulated switch did or saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Registered with the server.
+    Registered {
+        /// Switch id.
+        id: String,
+        /// Server address.
+        server: String,
+    },
+    /// The server granted licenses (the change is committed).
+    Granted {
+        /// Switch id.
+        id: String,
+        /// Type.
+        license_type: LicenseType,
+        /// How many.
+        count: u32,
+    },
+    /// The server refused a grant.
+    Refused {
+        /// Switch id.
+        id: String,
+        /// Type.
+        license_type: LicenseType,
+        /// How many were asked for.
+        count: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Licenses given back (committed).
+    Released {
+        /// Switch id.
+        id: String,
+        /// Type.
+        license_type: LicenseType,
+        /// How many.
+        count: u32,
+    },
+    /// No answer for `missed_limit` heartbeat intervals: the server is down.
+    ServerDown {
+        /// Switch id.
+        id: String,
+    },
+    /// An answer came again after the server was down.
+    ServerUp {
+        /// Switch id.
+        id: String,
+    },
+    /// The retained limits expire soon.
+    LimitsExpiring {
+        /// Switch id.
+        id: String,
+        /// Time left, in seconds.
+        remaining_s: u64,
+    },
+    /// The retained limits expired: the switch holds no pool licenses any more.
+    LimitsExpired {
+        /// Switch id.
+        id: String,
+    },
+    /// The connection ended.
+    Disconnected {
+        /// Switch id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a simulated switch currently believes, for tests and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SwitchView {
+    /// Connected and registered.
+    pub connected: bool,
+    /// The server answered within the last `missed_limit` intervals.
+    pub server_up: bool,
+    /// Licenses per type held from the pool.
+    pub granted: BTreeMap<LicenseType, u32>,
+    /// The last pool the server sent (the switch's limits).
+    pub limits: Option<Pool>,
+    /// Grants received.
+    pub grants: u64,
+    /// Grants refused.
+    pub refusals: u64,
+}
+
+/// A change on the switch, sent to the server at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Now this many licensed things of the type are up.
+    SetInUse(LicenseType, u32),
+    /// A key was installed.
+    AddKey(Key),
+    /// A key was deleted.
+    RemoveKey(Key),
+}
+
+/// A running simulated switch.
+#[derive(Debug)]
+pub struct SwitchHandle {
+    /// What the switch believes, updated as it goes.
+    pub view: watch::Receiver<SwitchView>,
+    /// Changes to make on the switch.
+    pub changes: mpsc::UnboundedSender<Change>,
+    /// The switch's task; ends when the shutdown token is cancelled.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a simulated switch. Events go to `events` when given.
+pub fn spawn(
+    config: SwitchConfig,
+    events: Option<mpsc::UnboundedSender<Event>>,
+    shutdown: CancellationToken,
+) -> SwitchHandle {
+    let (view_tx, view) = watch::channel(SwitchView::default());
+    let (changes, changes_rx) = mpsc::unbounded_channel();
+    let switch = Switch {
+        keys: config.keys.clone(),
+        in_use: config.in_use.clone(),
+        config,
+        events,
+        view: view_tx,
+        changes: changes_rx,
+        last_answer: None,
+        warned_expiry: false,
+    };
+    let task = tokio::spawn(switch.run(shutdown));
+    SwitchHandle { view, changes, task }
+}
+
+struct Switch {
+    config: SwitchConfig,
+    keys: Vec<Key>,
+    in_use: BTreeMap<LicenseType, u32>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+    view: watch::Sender<SwitchView>,
+    changes: mpsc::UnboundedReceiver<Change>,
+    last_answer: Option<Instant>,
+    warned_expiry: bool,
+}
+
+/// Why a session with the server ended.
+enum End {
+    Shutdown,
+    Lost(String),
+}
+
+impl Switch {
+    fn emit(&self, event: Event) {
+        tracing::info!(?event, "switch");
+        if let Some(events) = &self.events {
+            // A dropped receiver only means nobody is counting any more.
+            let _ = events.send(event);
+        }
+    }
+
+    fn id(&self) -> String {
+        self.config.id.clone()
+    }
+
+    fn report(&self) -> ClientReport {
+        ClientReport {
+            builtin: self.config.builtin.clone(),
+            keys: self.keys.clone(),
+            used: self.view.borrow().granted.clone(),
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = self.config.backoff_min;
+        // Spread reconnects of many switches without drawing randomness.
+        let spread = self
+            .config
+            .id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        loop {
+            self.check_server();
+            let connect = tokio::time::timeout(
+                self.config.heartbeat_interval,
+                Connection::connect(&self.config.server),
+            );
+            let connected = tokio::select! {
+                connected = connect => connected,
+                () = shutdown.cancelled() => return,
+            };
+            if let Ok(Ok(conn)) = connected {
+                backoff = self.config.backoff_min;
+                let end = self.session(conn, &shutdown).await;
+                self.view.send_modify(|v| v.connected = false);
+                match end {
+                    End::Shutdown => return,
+                    End::Lost(reason) => self.emit(Event::Disconnected {
+                        id: self.id(),
+                        reason,
+                    }),
+                }
+            }
+            let jitter = Duration::from_millis(spread % (backoff.as_millis() as u64 / 4 + 1));
+            tokio::select! {
+                () = tokio::time::sleep(backoff + jitter) => {}
+                () = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(self.config.backoff_max);
+        }
+    }
+
+    /// Marks the server down after `missed_limit` silent intervals, and lets
+    /// the retained limits expire after the retention period.
+    fn check_server(&mut self) {
+        let Some(last) = self.last_answer else { return };
+        let silent = last.elapsed();
+        let down_after = self.config.heartbeat_interval * self.config.missed_limit;
+        if silent > down_after && self.view.borrow().server_up {
+            self.view.send_modify(|v| v.server_up = false);
+            self.emit(Event::ServerDown { id: self.id() });
+        }
+        if self.view.borrow().server_up {
+            return;
+        }
+        let retention = self.config.retention;
+        if silent >= retention {
+            if self.view.borrow().limits.is_some() {
+                self.view.send_modify(|v| {
+                    v.limits = None;
+                    v.granted.clear();
+                });
+                self.emit(Event::LimitsExpired { id: self.id() });
+            }
+        } else if !self.warned_expiry && retention - silent < retention / 10 {
+            self.warned_expiry = true;
+            self.emit(Event::LimitsExpiring {
+                id: self.id(),
+                remaining_s: (retention - silent).as_secs(),
+            });
+        }
+    }
+
+    fn heard(&mut self, pool: Pool) {
+        // The first answer ever is no news; one after the server was down is.
+        let was_up = self.view.borrow().server_up || self.last_answer.is_none();
+        self.last_answer = Some(Instant::now());
+        self.warned_expiry = false;
+        self.view.send_modify(|v| {
+            v.server_up = true;
+            v.limits = Some(pool);
+        });
+        if !was_up {
+            self.emit(Event::ServerUp { id: self.id() });
+        }
+    }
+
+    /// One request with the heartbeat interval as its deadline.
+    async fn call<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.config.heartbeat_interval, request).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Io(std::io::ErrorKind::TimedOut.into())),
+        }
+    }
+
+    async fn register(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let (id, serial, version) = (self.id(), self.config.serial.clone(), self.config.version.clone());
+        let report = self.report();
+        let (_, pool) = self.call(conn.register(&id, &serial, &version, report)).await?;
+        self.heard(pool);
+        self.view.send_modify(|v| v.connected = true);
+        self.emit(Event::Registered {
+            id,
+            server: self.config.server.clone(),
+        });
+        Ok(())
+    }
+
+    async fn session(&mut self, mut conn: Connection, shutdown: &CancellationToken) -> End {
+        if let Err(e) = self.register(&mut conn).await {
+            return End::Lost(e.to_string());
+        }
+        if let Err(e) = self.reconcile(&mut conn).await {
+            return End::Lost(e.to_string());
+        }
+        let start = Instant::now() + self.config.heartbeat_interval;
+        let mut tick = tokio::time::interval_at(start, self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let expiry = self.next_key_expiry();
+            let result = tokio::select! {
+                _ = tick.tick() => self.heartbeat(&mut conn).await,
+                push = conn.next_push() => push.map(|pool| self.heard(pool)),
+                change = self.changes.recv() => match change {
+                    Some(change) => self.change(&mut conn, change).await,
+                    None => Ok(()),
+                },
+                () = sleep_until_ms(expiry) => self.expire_keys(&mut conn).await,
+                () = shutdown.cancelled() => return End::Shutdown,
+            };
+            self.check_server();
+            match result {
+                Ok(()) => {}
+                Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    if !self.view.borrow().server_up {
+                        return End::Lost("server down: no answer for too long".into());
+                    }
+                }
+                Err(e) => return End::Lost(e.to_string()),
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let report = self.report();
+        let id = self.id();
+        match self.call(conn.heartbeat(&id, report)).await {
+            Ok((_, pool)) => self.heard(pool),
+            // The table forgot us (30 days of silence, or an operator removed us): register anew.
+            Err(ClientError::Server(ServerError::Refused(CommandError::UnknownClient(_)))) => {
+                self.register(conn).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.reconcile(conn).await
+    }
+
+    async fn change(&mut self, conn: &mut Connection, change: Change) -> Result<(), ClientError> {
+        match change {
+            Change::SetInUse(license_type, n) => {
+                self.in_use.insert(license_type, n);
+            }
+            Change::AddKey(key) => {
+                self.keys.push(key);
+                self.keys.sort();
+            }
+            Change::RemoveKey(key) => {
+                if let Some(at) = self.keys.iter().position(|k| *k == key) {
+                    self.keys.remove(at);
+                }
+            }
+        }
+        self.send_update(conn).await?;
+        self.reconcile(conn).await
+    }
+
+    async fn send_update(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let report = self.report();
+        let id = self.id();
+        let (_, pool) = self.call(conn.update(&id, report)).await?;
+        self.heard(pool);
+        Ok(())
+    }
+
+    fn next_key_expiry(&self) -> Option<u64> {
+        self.keys.iter().filter_map(|k| k.expires_at_ms).min()
+    }
+
+    async fn expire_keys(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let now = now_ms();
+        let before = self.keys.len();
+        self.keys.retain(|k| !k.is_expired(now));
+        if self.keys.len() != before {
+            self.send_update(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes from or gives back to the pool so that what the switch holds
+    /// matches what its licensed things need beyond the built-in licenses.
+    async fn reconcile(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let id = self.id();
+        let poolable: Vec<LicenseType> = match &self.view.borrow().limits {
+            Some(pool) => pool.keys().cloned().collect(),
+            None => return Ok(()),
+        };
+        for license_type in poolable {
+            let builtin = self.config.builtin.get(&license_type).copied().unwrap_or(0);
+            let want = pool_demand(builtin, self.in_use.get(&license_type).copied().unwrap_or(0));
+            let have = self
+                .view
+                .borrow()
+                .granted
+                .get(&license_type)
+                .copied()
+                .unwrap_or(0);
+            if want > have {
+                let count = want - have;
+                match self.call(conn.acquire(&id, &license_type, count)).await {
+                    Ok((_, pool)) => {
+                        self.set_granted(&license_type, want, true);
+                        self.heard(pool);
+                        self.emit(Event::Granted {
+                            id: id.clone(),
+                            license_type,
+                            count,
+                        });
+                    }
+                    Err(ClientError::Server(ServerError::Refused(
+                        e @ (CommandError::NotEnoughLicenses { .. } | CommandError::OverSubscribed { .. }),
+                    ))) => {
+                        self.view.send_modify(|v| v.refusals += 1);
+                        let reason = e.to_string();
+                        self.emit(Event::Refused {
+                            id: id.clone(),
+                            license_type,
+                            count,
+                            reason,
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else if want < have {
+                let count = have - want;
+                let (_, pool) = self.call(conn.release(&id, &license_type, count)).await?;
+                self.set_granted(&license_type, want, false);
+                self.heard(pool);
+                self.emit(Event::Released {
+                    id: id.clone(),
+                    license_type,
+                    count,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn set_granted(&self, license_type: &LicenseType, n: u32, grant: bool) {
+        self.view.send_modify(|v| {
+            if n == 0 {
+                v.granted.remove(license_type);
+            } else {
+                v.granted.insert(license_type.clone(), n);
+            }
+            if grant {
+                v.grants += 1;
+            }
+        });
+    }
+}
+
+async fn sleep_until_ms(at_ms: Option<u64>) {
+    match at_ms {
+        Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
+    }
+}

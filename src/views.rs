@@ -1,0 +1,457 @@
+//! The operator views of `vipool show`: rows computed from a [`TableDump`],
+//! rendered as aligned tables or JSON.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::proto::{NodeStatus, TableDump};
+use crate::table::{pool, ClientState, LicenseType};
+
+/// Which view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Per type: total, used, available, contributed by whom.
+    ServerTable,
+    /// Per client: id, address, version, installed and used per type, state, last heard.
+    ClientTable,
+    /// Per client and type: built-in, installed, used from the pool.
+    LicenseUsage,
+    /// Clients up and down, and the pool per type.
+    Summary,
+    /// Per client: address, heartbeat requests, responses, total missed, last update.
+    Heartbeat,
+    /// The node: VRRP state, Raft role, term, commit index.
+    Status,
+}
+
+/// A row of the server table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerTableRow {
+    /// License type.
+    pub license_type: LicenseType,
+    /// Licenses in the pool.
+    pub total: u64,
+    /// Taken by clients.
+    pub used: u64,
+    /// `total - used`.
+    pub available: i64,
+    /// More used than there is.
+    pub over_subscribed: bool,
+    /// Who contributes how many (`server:NAME` or `client:ID`).
+    pub contributed_by: BTreeMap<String, u64>,
+}
+
+/// A row of the client table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientRow {
+    /// Client id.
+    pub id: String,
+    /// Address last heard from.
+    pub address: String,
+    /// Software version.
+    pub version: String,
+    /// Installed licenses per type.
+    pub installed: BTreeMap<LicenseType, u64>,
+    /// Used from the pool per type.
+    pub used: BTreeMap<LicenseType, u32>,
+    /// Up or down.
+    pub state: ClientState,
+    /// Seconds since last heard.
+    pub last_heard_s: u64,
+}
+
+/// A row of the license usage view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageRow {
+    /// Client id.
+    pub client: String,
+    /// License type.
+    pub license_type: LicenseType,
+    /// Built-in licenses.
+    pub builtin: u32,
+    /// Installed licenses.
+    pub installed: u64,
+    /// Used from the pool.
+    pub used: u32,
+}
+
+/// The aggregate summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Clients up.
+    pub clients_up: usize,
+    /// Clients down.
+    pub clients_down: usize,
+    /// Keys installed on the servers.
+    pub server_keys: usize,
+    /// The pool per type.
+    pub pool: Vec<ServerTableRow>,
+    /// Types over-subscribed now.
+    pub over_subscribed: Vec<LicenseType>,
+}
+
+/// A row of the heartbeat statistics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeartbeatRow {
+    /// Client id.
+    pub client: String,
+    /// Client address.
+    pub address: String,
+    /// Heartbeat requests this node received.
+    pub requests: u64,
+    /// Heartbeat answers this node sent.
+    pub responses: u64,
+    /// Heartbeats missed in total.
+    pub missed_total: u64,
+    /// Seconds since the last update.
+    pub last_update_s: u64,
+}
+
+/// The server table.
+pub fn server_table(dump: &TableDump) -> Vec<ServerTableRow> {
+    let config = dump.config();
+    let mut by_type = pool::contributors(
+        &config,
+        dump.state.clients.values(),
+        dump.state.server_keys.values(),
+    );
+    dump.pool
+        .iter()
+        .map(|(license_type, entry)| ServerTableRow {
+            license_type: license_type.clone(),
+            total: entry.total,
+            used: entry.used,
+            available: entry.available(),
+            over_subscribed: entry.over_subscribed(),
+            contributed_by: by_type
+                .remove(license_type)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(who, n)| (who.to_string(), n))
+                .collect(),
+        })
+        .collect()
+}
+
+fn seconds_since(dump: &TableDump, at_ms: u64) -> u64 {
+    dump.now_ms.saturating_sub(at_ms) / 1000
+}
+
+/// The client table.
+pub fn client_table(dump: &TableDump) -> Vec<ClientRow> {
+    dump.state
+        .clients
+        .values()
+        .map(|c| {
+            let mut installed = BTreeMap::new();
+            for key in &c.keys {
+                *installed.entry(key.license_type.clone()).or_default() += u64::from(key.count);
+            }
+            ClientRow {
+                id: c.id.clone(),
+                address: c.address.clone(),
+                version: c.version.clone(),
+                installed,
+                used: c.used.clone(),
+                state: c.state,
+                last_heard_s: seconds_since(dump, c.last_heard_ms),
+            }
+        })
+        .collect()
+}
+
+/// License usage per client and type (only types the client has something of).
+pub fn license_usage(dump: &TableDump) -> Vec<UsageRow> {
+    let mut rows = Vec::new();
+    for c in dump.state.clients.values() {
+        for license_type in dump.types.keys() {
+            let row = UsageRow {
+                client: c.id.clone(),
+                license_type: license_type.clone(),
+                builtin: c.builtin.get(license_type).copied().unwrap_or(0),
+                installed: c.installed(license_type),
+                used: c.used_of(license_type),
+            };
+            if row.builtin > 0 || row.installed > 0 || row.used > 0 {
+                rows.push(row);
+            }
+        }
+    }
+    rows
+}
+
+/// The summary.
+pub fn summary(dump: &TableDump) -> Summary {
+    let pool = server_table(dump);
+    let clients_up = dump
+        .state
+        .clients
+        .values()
+        .filter(|c| c.state == ClientState::Up)
+        .count();
+    Summary {
+        clients_up,
+        clients_down: dump.state.clients.len() - clients_up,
+        server_keys: dump.state.server_keys.len(),
+        over_subscribed: pool
+            .iter()
+            .filter(|r| r.over_subscribed)
+            .map(|r| r.license_type.clone())
+            .collect(),
+        pool,
+    }
+}
+
+/// Heartbeat statistics.
+pub fn heartbeat(dump: &TableDump) -> Vec<HeartbeatRow> {
+    dump.state
+        .clients
+        .values()
+        .map(|c| {
+            let counters = dump.heartbeats.get(&c.id).cloned().unwrap_or_default();
+            HeartbeatRow {
+                client: c.id.clone(),
+                address: c.address.clone(),
+                requests: counters.requests,
+                responses: counters.responses,
+                missed_total: c.stats.missed_total,
+                last_update_s: seconds_since(dump, c.last_heard_ms),
+            }
+        })
+        .collect()
+}
+
+/// `view` of `dump` as JSON.
+///
+/// # Errors
+/// Never in practice: every row type serializes.
+pub fn json(view: View, dump: &TableDump) -> serde_json::Result<serde_json::Value> {
+    match view {
+        View::ServerTable => serde_json::to_value(server_table(dump)),
+        View::ClientTable => serde_json::to_value(client_table(dump)),
+        View::LicenseUsage => serde_json::to_value(license_usage(dump)),
+        View::Summary => serde_json::to_value(summary(dump)),
+        View::Heartbeat => serde_json::to_value(heartbeat(dump)),
+        View::Status => serde_json::to_value(&dump.status),
+    }
+}
+
+fn counts<V: std::fmt::Display>(map: &BTreeMap<impl std::fmt::Display, V>) -> String {
+    if map.is_empty() {
+        return "-".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `view` of `dump` as an aligned text table.
+pub fn text(view: View, dump: &TableDump) -> String {
+    match view {
+        View::ServerTable => {
+            let rows = server_table(dump).into_iter().map(pool_cells).collect();
+            table(
+                &[
+                    "type",
+                    "total",
+                    "used",
+                    "available",
+                    "over-subscribed",
+                    "contributed by",
+                ],
+                rows,
+            )
+        }
+        View::ClientTable => {
+            let rows = client_table(dump)
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.id,
+                        r.address,
+                        r.version,
+                        counts(&r.installed),
+                        counts(&r.used),
+                        r.state.to_string(),
+                        r.last_heard_s.to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "client",
+                    "address",
+                    "version",
+                    "installed",
+                    "used",
+                    "state",
+                    "last heard (s)",
+                ],
+                rows,
+            )
+        }
+        View::LicenseUsage => {
+            let rows = license_usage(dump)
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.client,
+                        r.license_type.to_string(),
+                        r.builtin.to_string(),
+                        r.installed.to_string(),
+                        r.used.to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &["client", "type", "built-in", "installed", "used from pool"],
+                rows,
+            )
+        }
+        View::Summary => {
+            let s = summary(dump);
+            let mut out = format!(
+                "clients: {} up, {} down; server keys: {}\n",
+                s.clients_up, s.clients_down, s.server_keys
+            );
+            if !s.over_subscribed.is_empty() {
+                let names: Vec<String> = s.over_subscribed.iter().map(ToString::to_string).collect();
+                out.push_str(&format!("OVER-SUBSCRIBED: {}\n", names.join(", ")));
+            }
+            let rows = s.pool.into_iter().map(|r| pool_cells(r)[..5].to_vec()).collect();
+            out.push_str(&table(
+                &["type", "total", "used", "available", "over-subscribed"],
+                rows,
+            ));
+            out
+        }
+        View::Heartbeat => {
+            let rows = heartbeat(dump)
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.client,
+                        r.address,
+                        r.requests.to_string(),
+                        r.responses.to_string(),
+                        r.missed_total.to_string(),
+                        r.last_update_s.to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "client",
+                    "address",
+                    "requests",
+                    "responses",
+                    "total missed",
+                    "last update (s)",
+                ],
+                rows,
+            )
+        }
+        View::Status => status_text(&dump.status),
+    }
+}
+
+fn pool_cells(r: ServerTableRow) -> Vec<String> {
+    vec![
+        r.license_type.to_string(),
+        r.total.to_string(),
+        r.used.to_string(),
+        r.available.to_string(),
+        if r.over_subscribed { "yes" } else { "no" }.into(),
+        counts(&r.contributed_by),
+    ]
+}
+
+fn status_text(s: &NodeStatus) -> String {
+    status_table(&[(String::new(), Ok(s.clone()))])
+}
+
+/// The status of several nodes, one row each; a node that did not answer
+/// shows why in place of its figures.
+pub fn status_table(nodes: &[(String, Result<NodeStatus, String>)]) -> String {
+    let rows = nodes
+        .iter()
+        .map(|(asked, status)| match status {
+            Ok(s) => vec![
+                s.node.clone(),
+                s.vip.clone().unwrap_or_else(|| "-".into()),
+                if s.serving { "yes" } else { "no" }.into(),
+                s.vrrp_state.clone(),
+                s.raft_role.clone(),
+                s.term.to_string(),
+                s.commit_index.to_string(),
+                s.applied_index.to_string(),
+                s.connections.to_string(),
+                s.bad_frames.to_string(),
+            ],
+            Err(why) => vec![asked.clone(), format!("unreachable: {why}")],
+        })
+        .collect();
+    table(
+        &[
+            "node",
+            "vip",
+            "serving",
+            "vrrp",
+            "raft role",
+            "term",
+            "commit",
+            "applied",
+            "connections",
+            "bad frames",
+        ],
+        rows,
+    )
+}
+
+/// Left-aligned columns separated by two spaces, a header and a rule.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    out.push_str(&line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let out = table(&["a", "long header"], vec![vec!["wide cell".into(), "x".into()]]);
+        assert_eq!(
+            out,
+            "a          long header\n---------  -----------\nwide cell  x\n"
+        );
+    }
+}

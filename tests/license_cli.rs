@@ -1,0 +1,186 @@
+//! `vipool serve`, `vipool client` and `vipool show` as real processes on 127.0.0.1.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vipool");
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only on a failed test: the happy path waits for a clean exit.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn show(addr: &str, view: &str) -> Value {
+    let out = Command::new(BIN)
+        .args(["show", view, "--json", "--server", addr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "show {view}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_for_listener(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "server never listened on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_client_and_show_as_processes() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &addr,
+            "--node",
+            "primary",
+            "--keys",
+            "AP=16,PEFNG=16,XSEC=16",
+        ])
+        .args(["--sweep-interval-ms", "100", "--heartbeat-interval-ms", "200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Running(server);
+    wait_for_listener(&addr);
+
+    let client: Output = Command::new(BIN)
+        .args([
+            "client", "--server", &addr, "--id", "sw", "--count", "3", "--json", "--for-s", "1",
+        ])
+        .args([
+            "--installed",
+            "AP=4,PEFV=1",
+            "--builtin",
+            "AP=16",
+            "--aps",
+            "20",
+            "--heartbeat-interval-ms",
+            "200",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let events: Vec<Value> = String::from_utf8(client.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let granted: Vec<&Value> = events.iter().filter(|e| e["event"] == "granted").collect();
+    assert_eq!(granted.len(), 3, "{events:?}");
+    assert!(granted
+        .iter()
+        .all(|e| e["license_type"] == "AP" && e["count"] == 4));
+
+    // The clients are gone but not yet silent for long: their rows stay.
+    let table = show(&addr, "server-table");
+    let ap = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["license_type"] == "AP")
+        .unwrap();
+    assert_eq!((ap["total"].as_u64(), ap["used"].as_u64()), (Some(28), Some(12)));
+    assert_eq!(ap["contributed_by"]["server:primary"], 16);
+    assert!(!table
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["license_type"] == "PEFV"));
+    let clients = show(&addr, "client-table");
+    assert_eq!(clients.as_array().unwrap().len(), 3);
+    assert_eq!(clients[0]["installed"]["PEFV"], 1);
+    let usage = show(&addr, "license-usage");
+    assert!(usage
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["client"] == "sw-0001" && r["builtin"] == 16));
+    let heartbeat = show(&addr, "heartbeat");
+    assert!(heartbeat[0]["requests"].as_u64().unwrap() >= 1);
+    let summary = show(&addr, "summary");
+    assert_eq!(
+        summary["clients_up"].as_u64().unwrap() + summary["clients_down"].as_u64().unwrap(),
+        3
+    );
+    let status = show(&addr, "status");
+    assert_eq!(status["node"], "primary");
+    assert_eq!(status["raft_role"], "standalone");
+
+    let text = Command::new(BIN)
+        .args(["show", "server-table", "--server", &addr])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.starts_with("type "), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("AP ") && l.contains("28")),
+        "{text}"
+    );
+
+    // Status of every node asked, even one that is down.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let both = Command::new(BIN)
+        .args(["show", "status", "--server", &addr, "--server", &dead])
+        .output()
+        .unwrap();
+    assert!(both.status.success());
+    let both = String::from_utf8(both.stdout).unwrap();
+    assert!(
+        both.lines()
+            .any(|l| l.starts_with("primary ") && l.contains("standalone")),
+        "{both}"
+    );
+    assert!(
+        both.lines()
+            .any(|l| l.starts_with(&dead) && l.contains("unreachable")),
+        "{both}"
+    );
+    // Other views fall back to the next server.
+    let fallback = Command::new(BIN)
+        .args(["show", "summary", "--server", &dead, "--server", &addr])
+        .output()
+        .unwrap();
+    assert!(
+        fallback.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fallback.stderr)
+    );
+
+    kill(Pid::from_raw(server.0.id() as i32), Signal::SIGTERM).unwrap();
+    let status = server.0.wait().unwrap();
+    let mut log = String::new();
+    server.0.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(status.success(), "{log}");
+}

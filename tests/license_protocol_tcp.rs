@@ -1,0 +1,435 @@
+//! The client protocol over real TCP on 127.0.0.1: every typed error produced
+//! by a real bad client, the connection handled, the table untouched.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use vipool::client::{ClientError, Connection};
+use vipool::proto::frame::{self, DEFAULT_MAX_REQUEST};
+use vipool::proto::{Request, RequestFrame, ServerError, ServerMessage, PROTOCOL_VERSION};
+use vipool::server::{Applier, LocalApplier, Server, ServerConfig};
+use vipool::table::{
+    ClientReport, Command, CommandError, Key, LicenseTable, LicenseType, TableConfig, TableState,
+};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Harness {
+    addr: SocketAddr,
+    applier: Arc<LocalApplier>,
+    serving: watch::Sender<bool>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Harness {
+    async fn start(vip: Option<IpAddr>) -> Self {
+        let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
+        for (server, ty, count) in [
+            ("primary", "AP", 16),
+            ("backup", "AP", 16),
+            ("primary", "XSEC", 2),
+        ] {
+            let key = Key::permanent(ty, count);
+            let command = Command::InstallServerKey {
+                now_ms: 0,
+                key_id: format!("{server}-{ty}"),
+                server: server.into(),
+                key,
+            };
+            applier.propose(command).await.unwrap().unwrap();
+        }
+        let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (serving, serving_rx) = watch::channel(true);
+        let shutdown = CancellationToken::new();
+        let config = ServerConfig {
+            node: "test".into(),
+            vip,
+            ..ServerConfig::default()
+        };
+        let server = Server::new(Arc::clone(&applier), config, serving_rx, shutdown.clone());
+        let task = tokio::spawn(async move { server.run(listener).await });
+        Self {
+            addr,
+            applier,
+            serving,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn connect(&self) -> Connection {
+        Connection::connect(self.addr).await.unwrap()
+    }
+
+    fn state(&self) -> TableState {
+        self.applier.read(|t| t.state().clone())
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn ap() -> LicenseType {
+    LicenseType::new("AP")
+}
+
+fn keys(list: &[(&str, u32)]) -> ClientReport {
+    ClientReport {
+        keys: list.iter().map(|(t, n)| Key::permanent(*t, *n)).collect(),
+        ..ClientReport::default()
+    }
+}
+
+/// Sends raw bytes, then reads everything the server sends until it closes.
+async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<ServerMessage> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // The server may close before reading all of it: a failed write is part of the test.
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.shutdown().await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut received))
+        .await
+        .expect("server never closed");
+    // A reset after the server closed with unread input is fine: what was sent before still counts.
+    let _ = read;
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while let Ok(Some((message, used))) = frame::decode::<ServerMessage>(&received[at..], u32::MAX) {
+        messages.push(message);
+        at += used;
+    }
+    messages
+}
+
+fn only_error(messages: &[ServerMessage]) -> &ServerError {
+    match messages {
+        [ServerMessage::Reply {
+            seq: 0,
+            response: Err(e),
+        }] => e,
+        other => panic!("expected one error reply, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn register_acquire_release_over_tcp() {
+    let h = Harness::start(Some(LOOPBACK)).await;
+    let mut conn = h.connect().await;
+    let (client, pool) = conn
+        .register("sw1", "SN1", "6.5.3", keys(&[("AP", 4)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.address,
+        conn.peer_addr().map(|_| client.address.clone()).unwrap()
+    );
+    assert_eq!(pool[&ap()].total, 36);
+    let (client, pool) = conn.acquire("sw1", &ap(), 30).await.unwrap();
+    assert_eq!(client.used_of(&ap()), 30);
+    assert_eq!((pool[&ap()].used, pool[&ap()].available()), (30, 6));
+    let (_, pool) = conn.release("sw1", &ap(), 10).await.unwrap();
+    assert_eq!(pool[&ap()].used, 20);
+    let (client, _) = conn
+        .heartbeat(
+            "sw1",
+            ClientReport {
+                used: [(ap(), 20)].into(),
+                ..keys(&[("AP", 4)])
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(client.stats.heartbeats, 1);
+    let dump = conn.show().await.unwrap();
+    assert_eq!(dump.state.clients.len(), 1);
+    assert_eq!(dump.heartbeats["sw1"].requests, 1);
+    assert_eq!(dump.heartbeats["sw1"].responses, 1);
+    assert!(dump.status.serving);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn table_refusals_are_typed_and_keep_the_connection() {
+    let h = Harness::start(Some(LOOPBACK)).await;
+    let mut conn = h.connect().await;
+    let unknown = conn
+        .heartbeat("ghost", ClientReport::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unknown, ClientError::Server(ServerError::Refused(CommandError::UnknownClient(id))) if id == "ghost"),
+        "{unknown:?}"
+    );
+    conn.register("sw1", "SN1", "v", ClientReport::default())
+        .await
+        .unwrap();
+    let before = h.state();
+    let short = conn.acquire("sw1", &ap(), 33).await.unwrap_err();
+    assert!(
+        matches!(
+            short,
+            ClientError::Server(ServerError::Refused(CommandError::NotEnoughLicenses {
+                requested: 33,
+                available: 32,
+                ..
+            }))
+        ),
+        "{short:?}"
+    );
+    assert_eq!(h.state(), before);
+
+    // Over-subscribed: a heartbeat reports more than the pool has (its APs are up).
+    let xsec = LicenseType::new("XSEC");
+    let report = ClientReport {
+        used: BTreeMap::from([(xsec.clone(), 3)]),
+        ..ClientReport::default()
+    };
+    conn.heartbeat("sw1", report).await.unwrap();
+    let before = h.state();
+    let over = conn.acquire("sw1", &xsec, 1).await.unwrap_err();
+    assert!(
+        matches!(
+            over,
+            ClientError::Server(ServerError::Refused(CommandError::OverSubscribed {
+                available: -1,
+                ..
+            }))
+        ),
+        "{over:?}"
+    );
+    assert_eq!(h.state(), before);
+    // Same connection still answers.
+    conn.acquire("sw1", &ap(), 1).await.unwrap();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn not_the_license_server_off_the_vip_or_without_it() {
+    // Listening on 127.0.0.1 while the VIP is 127.0.0.2: requests arrive on the node's own address.
+    let h = Harness::start(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))).await;
+    let mut conn = h.connect().await;
+    let before = h.state();
+    let err = conn
+        .register("sw1", "SN1", "v", ClientReport::default())
+        .await
+        .unwrap_err();
+    match err {
+        ClientError::Server(ServerError::NotLicenseServer { vip }) => {
+            assert_eq!(vip.as_deref(), Some("127.0.0.2"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err_text(conn.acquire("sw1", &ap(), 1).await).contains("not the license server, use VIP 127.0.0.2")
+    );
+    // Operator views still work on any address.
+    assert_eq!(
+        conn.show().await.unwrap().status.vip.as_deref(),
+        Some("127.0.0.2")
+    );
+    assert_eq!(h.state(), before);
+    h.stop().await;
+
+    // On the VIP, but the node just lost it: refused, and connections are closed.
+    let h = Harness::start(Some(LOOPBACK)).await;
+    let mut conn = h.connect().await;
+    conn.register("sw1", "SN1", "v", ClientReport::default())
+        .await
+        .unwrap();
+    h.serving.send(false).unwrap();
+    let closed = tokio::time::timeout(WAIT, conn.next_push()).await.unwrap();
+    assert!(
+        matches!(closed, Err(ClientError::Closed) | Err(ClientError::Io(_))),
+        "{closed:?}"
+    );
+    let mut late = h.connect().await;
+    let before = h.state();
+    assert!(matches!(
+        late.acquire("sw1", &ap(), 1).await,
+        Err(ClientError::Server(ServerError::NotLicenseServer { .. }))
+    ));
+    assert_eq!(h.state(), before);
+    h.stop().await;
+}
+
+fn err_text<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
+    result.unwrap_err().to_string()
+}
+
+#[tokio::test]
+async fn bad_frames_close_only_their_connection() {
+    let h = Harness::start(Some(LOOPBACK)).await;
+    let mut good = h.connect().await;
+    good.register("sw1", "SN1", "v", keys(&[("AP", 1)]))
+        .await
+        .unwrap();
+    let before = h.state();
+
+    // Version not supported.
+    let mut wrong_version = frame::encode(
+        &RequestFrame {
+            seq: 1,
+            request: Request::Show,
+        },
+        u32::MAX,
+    )
+    .unwrap();
+    wrong_version[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
+    let messages = raw_exchange(h.addr, &wrong_version).await;
+    assert_eq!(
+        only_error(&messages),
+        &ServerError::VersionNotSupported {
+            got: PROTOCOL_VERSION + 1,
+            supported: PROTOCOL_VERSION
+        }
+    );
+
+    // Frame too large: refused from its length prefix alone.
+    let mut huge = (DEFAULT_MAX_REQUEST + 1).to_be_bytes().to_vec();
+    huge.extend_from_slice(&[0; 64]);
+    let messages = raw_exchange(h.addr, &huge).await;
+    assert_eq!(
+        only_error(&messages),
+        &ServerError::FrameTooLarge {
+            size: DEFAULT_MAX_REQUEST + 1,
+            max: DEFAULT_MAX_REQUEST
+        }
+    );
+
+    // Malformed: right length and version, garbage body.
+    let mut garbage = vec![0, 0, 0, 8];
+    garbage.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    garbage.extend_from_slice(&[0xff; 6]);
+    let messages = raw_exchange(h.addr, &garbage).await;
+    assert!(
+        matches!(only_error(&messages), ServerError::MalformedFrame(_)),
+        "{messages:?}"
+    );
+
+    // A valid request followed by garbage: the first is answered, then the close.
+    let mut mixed = frame::encode(
+        &RequestFrame {
+            seq: 9,
+            request: Request::Show,
+        },
+        u32::MAX,
+    )
+    .unwrap();
+    mixed.extend_from_slice(&garbage);
+    let messages = raw_exchange(h.addr, &mixed).await;
+    assert!(
+        matches!(
+            messages.as_slice(),
+            [
+                ServerMessage::Reply {
+                    seq: 9,
+                    response: Ok(_)
+                },
+                ServerMessage::Reply {
+                    seq: 0,
+                    response: Err(ServerError::MalformedFrame(_))
+                }
+            ]
+        ),
+        "{messages:?}"
+    );
+
+    assert_eq!(h.state(), before);
+    // The good connection was never disturbed.
+    good.acquire("sw1", &ap(), 1).await.unwrap();
+    let dump = good.show().await.unwrap();
+    assert_eq!(dump.status.bad_frames, 4);
+    h.stop().await;
+}
+
+/// Fuzzing-style: random bytes, truncated and bit-flipped valid frames. The
+/// server answers or closes, never dies, and the table is untouched unless a
+/// mutation happened to be a valid request that the server accepted.
+#[tokio::test]
+async fn garbage_and_mutated_frames_never_hurt_the_server() {
+    let h = Harness::start(Some(LOOPBACK)).await;
+    let mut good = h.connect().await;
+    good.register("sw1", "SN1", "v", keys(&[("AP", 1)]))
+        .await
+        .unwrap();
+    let before = h.state();
+    let valid = frame::encode(
+        &RequestFrame {
+            seq: 3,
+            request: Request::Acquire {
+                id: "sw1".into(),
+                license_type: ap(),
+                count: 1,
+            },
+        },
+        u32::MAX,
+    )
+    .unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut accepted = 0;
+    for case in 0..300 {
+        let bytes: Vec<u8> = match case % 3 {
+            0 => (0..next() % 64).map(|_| next() as u8).collect(),
+            1 => valid[..(next() as usize % valid.len())].to_vec(),
+            _ => {
+                let mut flipped = valid.clone();
+                for _ in 0..=(next() % 3) {
+                    let at = next() as usize % flipped.len();
+                    flipped[at] ^= 1 << (next() % 8);
+                }
+                flipped
+            }
+        };
+        let messages = raw_exchange(h.addr, &bytes).await;
+        accepted += messages
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Reply { response: Ok(_), .. }))
+            .count();
+    }
+    if accepted == 0 {
+        assert_eq!(h.state(), before);
+    }
+    good.acquire("sw1", &ap(), 1)
+        .await
+        .expect("the server still serves");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn pool_changes_are_pushed_to_registered_clients() {
+    let h = Harness::start(Some(LOOPBACK)).await;
+    let mut a = h.connect().await;
+    let mut b = h.connect().await;
+    a.register("sw-a", "A", "v", ClientReport::default())
+        .await
+        .unwrap();
+    b.register("sw-b", "B", "v", keys(&[("AP", 8)])).await.unwrap();
+    // sw-a learns of sw-b's 8 AP without asking.
+    let pool = tokio::time::timeout(WAIT, a.next_push()).await.unwrap().unwrap();
+    assert_eq!(pool[&ap()].total, 40);
+    b.acquire("sw-b", &ap(), 5).await.unwrap();
+    let pool = tokio::time::timeout(WAIT, a.next_push()).await.unwrap().unwrap();
+    assert_eq!(pool[&ap()].used, 5);
+    h.stop().await;
+}

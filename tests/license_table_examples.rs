@@ -1,0 +1,477 @@
+//! The worked examples of SPEC.md section 2 and 4 against the license table.
+
+use std::collections::BTreeMap;
+
+use cluster::StateMachine;
+use vipool::table::{
+    pool_demand, ClientReport, ClientState, Command, CommandError, Key, LicenseTable, LicenseType, Reply,
+    TableConfig,
+};
+
+const INTERVAL: u64 = 30_000;
+const DAY: u64 = 24 * 3600 * 1000;
+
+fn t(name: &str) -> LicenseType {
+    LicenseType::new(name)
+}
+
+struct Log {
+    table: LicenseTable,
+    index: u64,
+}
+
+impl Log {
+    fn new() -> Self {
+        Self {
+            table: LicenseTable::new(TableConfig::default()),
+            index: 0,
+        }
+    }
+
+    fn apply(&mut self, command: Command) -> Result<Reply, CommandError> {
+        self.index += 1;
+        self.table.apply(self.index, command)
+    }
+
+    fn server_key(&mut self, server: &str, license_type: &str, count: u32) {
+        let command = Command::InstallServerKey {
+            now_ms: 0,
+            key_id: format!("{server}-{license_type}"),
+            server: server.into(),
+            key: Key::permanent(license_type, count),
+        };
+        self.apply(command).unwrap();
+    }
+
+    fn register(&mut self, now_ms: u64, id: &str, report: ClientReport) {
+        let command = Command::Register {
+            now_ms,
+            id: id.into(),
+            serial: format!("SN-{id}"),
+            address: "192.0.2.50:4000".into(),
+            version: "6.5.3".into(),
+            report,
+        };
+        self.apply(command).unwrap();
+    }
+
+    fn heartbeat(&mut self, now_ms: u64, id: &str, report: ClientReport) -> Result<Reply, CommandError> {
+        let command = Command::Heartbeat {
+            now_ms,
+            id: id.into(),
+            address: "192.0.2.50:4000".into(),
+            report,
+        };
+        self.apply(command)
+    }
+
+    fn total(&self, name: &str) -> u64 {
+        self.table.pool()[&t(name)].total
+    }
+
+    fn used(&self, name: &str) -> u64 {
+        self.table.pool()[&t(name)].used
+    }
+}
+
+fn report(keys: &[(&str, u32)], used: &[(&str, u32)]) -> ClientReport {
+    ClientReport {
+        builtin: BTreeMap::new(),
+        keys: keys.iter().map(|(ty, n)| Key::permanent(*ty, *n)).collect(),
+        used: used.iter().map(|(ty, n)| (t(ty), *n)).collect(),
+    }
+}
+
+#[test]
+fn two_servers_with_16_ap_pefng_xsec_pool_32_each() {
+    let mut log = Log::new();
+    for server in ["primary", "backup"] {
+        for ty in ["AP", "PEFNG", "XSEC"] {
+            log.server_key(server, ty, 16);
+        }
+    }
+    for ty in ["AP", "PEFNG", "XSEC"] {
+        assert_eq!(log.total(ty), 32, "{ty}");
+        assert_eq!(log.table.pool()[&t(ty)].available(), 32, "{ty}");
+    }
+    assert_eq!(log.total("RFPROTECT"), 0);
+    // Every client of the pair may draw from it.
+    log.register(0, "sw1", ClientReport::default());
+    log.register(0, "sw2", ClientReport::default());
+    for id in ["sw1", "sw2"] {
+        let command = Command::Acquire {
+            now_ms: 1,
+            id: id.into(),
+            license_type: t("PEFNG"),
+            count: 16,
+        };
+        log.apply(command).unwrap();
+    }
+    assert_eq!(log.used("PEFNG"), 32);
+}
+
+#[test]
+fn builtin_16_ap_with_20_aps_reports_4() {
+    assert_eq!(pool_demand(16, 20), 4);
+    assert_eq!(pool_demand(16, 10), 0);
+    let mut log = Log::new();
+    log.server_key("primary", "AP", 16);
+    let mut client = report(&[], &[("AP", pool_demand(16, 20))]);
+    client.builtin.insert(t("AP"), 16);
+    log.register(0, "sw1", client);
+    assert_eq!(log.used("AP"), 4);
+    assert_eq!(
+        log.total("AP"),
+        16,
+        "built-in licenses are never part of the pool"
+    );
+    assert_eq!(log.table.client("sw1").unwrap().builtin[&t("AP")], 16);
+}
+
+#[test]
+fn three_missed_heartbeats_return_used_licenses_and_keep_contributions() {
+    let mut log = Log::new();
+    log.server_key("primary", "AP", 16);
+    log.register(0, "sw1", report(&[("AP", 8)], &[("AP", 10)]));
+    assert_eq!((log.total("AP"), log.used("AP")), (24, 10));
+
+    // Two heartbeats missed, and the third still within its interval: still up.
+    log.apply(Command::Sweep { now_ms: 3 * INTERVAL }).unwrap();
+    assert_eq!(log.table.client("sw1").unwrap().state, ClientState::Up);
+    assert_eq!(log.used("AP"), 10);
+
+    let reply = log
+        .apply(Command::Sweep {
+            now_ms: 3 * INTERVAL + 1,
+        })
+        .unwrap();
+    let Reply::Swept(swept) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(swept.down, vec!["sw1".to_owned()]);
+    let client = log.table.client("sw1").unwrap();
+    assert_eq!(client.state, ClientState::Down);
+    assert_eq!(client.stats.missed_total, 3);
+    assert_eq!(log.used("AP"), 0, "its used licenses return to the pool");
+    assert_eq!(log.total("AP"), 24, "its installed contributions stay");
+
+    // It comes back: its whole state in one heartbeat brings it up again.
+    log.heartbeat(4 * INTERVAL, "sw1", report(&[("AP", 8)], &[("AP", 10)]))
+        .unwrap();
+    assert_eq!(log.table.client("sw1").unwrap().state, ClientState::Up);
+    assert_eq!(log.used("AP"), 10);
+}
+
+#[test]
+fn thirty_days_of_silence_removes_contributions() {
+    let mut log = Log::new();
+    log.server_key("primary", "AP", 16);
+    log.register(0, "sw1", report(&[("AP", 8), ("XSEC", 4)], &[]));
+    log.register(0, "sw2", report(&[("AP", 2)], &[]));
+    // sw2 keeps talking; sw1 falls silent.
+    for day in 1..=30 {
+        log.heartbeat(day * DAY, "sw2", report(&[("AP", 2)], &[]))
+            .unwrap();
+        log.apply(Command::Sweep { now_ms: day * DAY }).unwrap();
+    }
+    assert_eq!(log.total("AP"), 26, "exactly 30 days: not yet");
+    let reply = log.apply(Command::Sweep { now_ms: 30 * DAY + 1 }).unwrap();
+    let Reply::Swept(swept) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(swept.removed, vec!["sw1".to_owned()]);
+    assert_eq!(log.total("AP"), 18);
+    assert_eq!(log.total("XSEC"), 0);
+    assert!(log.table.client("sw1").is_none());
+    assert_eq!(
+        log.heartbeat(30 * DAY + 2, "sw1", ClientReport::default()),
+        Err(CommandError::UnknownClient("sw1".into()))
+    );
+}
+
+#[test]
+fn thirty_days_in_test_time_follows_the_configured_timer() {
+    let config = TableConfig {
+        silence_remove_ms: 500,
+        heartbeat_interval_ms: 10,
+        ..TableConfig::default()
+    };
+    let mut table = LicenseTable::new(config);
+    let register = Command::Register {
+        now_ms: 1_000,
+        id: "sw1".into(),
+        serial: "SN1".into(),
+        address: "a".into(),
+        version: "v".into(),
+        report: report(&[("AP", 4)], &[]),
+    };
+    table.apply(1, register).unwrap();
+    table.apply(2, Command::Sweep { now_ms: 1_500 }).unwrap();
+    assert_eq!(table.pool()[&t("AP")].total, 4);
+    table.apply(3, Command::Sweep { now_ms: 1_501 }).unwrap();
+    assert_eq!(table.pool()[&t("AP")].total, 0);
+}
+
+#[test]
+fn switch_specific_types_are_never_pooled() {
+    let mut log = Log::new();
+    log.server_key("primary", "PEFV", 16);
+    log.register(0, "sw1", report(&[("PEFV", 8), ("WEBCC", 4), ("AP", 1)], &[]));
+    assert!(!log.table.pool().contains_key(&t("PEFV")));
+    assert!(!log.table.pool().contains_key(&t("WEBCC")));
+    assert_eq!(log.total("AP"), 1);
+    assert_eq!(
+        log.table.client("sw1").unwrap().installed(&t("PEFV")),
+        8,
+        "still shown on the client"
+    );
+
+    let acquire = Command::Acquire {
+        now_ms: 1,
+        id: "sw1".into(),
+        license_type: t("PEFV"),
+        count: 1,
+    };
+    assert_eq!(log.apply(acquire), Err(CommandError::NotPoolable(t("PEFV"))));
+    let reports_use = log.heartbeat(2, "sw1", report(&[("PEFV", 8)], &[("WEBCC", 1)]));
+    assert_eq!(reports_use, Err(CommandError::NotPoolable(t("WEBCC"))));
+}
+
+#[test]
+fn a_new_type_is_a_configuration_change() {
+    let mut config = TableConfig::default();
+    config.types.insert(t("VIA"), vipool::table::TypeKind::Poolable);
+    let mut table = LicenseTable::new(config);
+    let install = Command::InstallServerKey {
+        now_ms: 0,
+        key_id: "k".into(),
+        server: "primary".into(),
+        key: Key::permanent("via", 5),
+    };
+    table.apply(1, install).unwrap();
+    assert_eq!(table.pool()[&t("VIA")].total, 5);
+}
+
+#[test]
+fn over_subscription_refuses_new_grants_but_keeps_existing() {
+    let mut log = Log::new();
+    log.server_key("primary", "AP", 4);
+    // An evaluation key on sw1 brings the pool to 10.
+    let mut sw1 = report(&[], &[]);
+    sw1.keys.push(Key {
+        license_type: t("AP"),
+        count: 6,
+        expires_at_ms: Some(1_000),
+    });
+    log.register(0, "sw1", sw1);
+    log.register(0, "sw2", report(&[], &[("AP", 8)]));
+    assert_eq!((log.total("AP"), log.used("AP")), (10, 8));
+
+    // The key expires: 4 total, 8 used.
+    let reply = log.apply(Command::Sweep { now_ms: 1_000 }).unwrap();
+    let Reply::Swept(swept) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(swept.expired_keys, 1);
+    let entry = log.table.pool()[&t("AP")];
+    assert!(entry.over_subscribed());
+    assert_eq!(entry.available(), -4);
+    assert_eq!(
+        log.table.client("sw2").unwrap().used_of(&t("AP")),
+        8,
+        "APs already up stay up"
+    );
+
+    let acquire = |id: &str, count| Command::Acquire {
+        now_ms: 1_001,
+        id: id.into(),
+        license_type: t("AP"),
+        count,
+    };
+    let before = log.table.state().clone();
+    assert_eq!(
+        log.apply(acquire("sw1", 1)),
+        Err(CommandError::OverSubscribed {
+            license_type: t("AP"),
+            available: -4
+        })
+    );
+    assert_eq!(&before, log.table.state());
+
+    // Back to zero available: still no grant (nothing is available), then above it.
+    log.apply(Command::Release {
+        now_ms: 1_002,
+        id: "sw2".into(),
+        license_type: t("AP"),
+        count: 4,
+    })
+    .unwrap();
+    assert_eq!(log.table.pool()[&t("AP")].available(), 0);
+    assert!(matches!(
+        log.apply(acquire("sw1", 1)),
+        Err(CommandError::NotEnoughLicenses { .. })
+    ));
+    log.apply(Command::Release {
+        now_ms: 1_003,
+        id: "sw2".into(),
+        license_type: t("AP"),
+        count: 1,
+    })
+    .unwrap();
+    log.apply(acquire("sw1", 1)).unwrap();
+    assert_eq!((log.total("AP"), log.used("AP")), (4, 4));
+}
+
+#[test]
+fn acquire_is_decided_at_apply_time_the_last_license_goes_once() {
+    let mut log = Log::new();
+    log.server_key("primary", "AP", 1);
+    log.register(0, "sw1", ClientReport::default());
+    log.register(0, "sw2", ClientReport::default());
+    let acquire = |id: &str| Command::Acquire {
+        now_ms: 5,
+        id: id.into(),
+        license_type: t("AP"),
+        count: 1,
+    };
+    assert!(log.apply(acquire("sw1")).is_ok());
+    assert_eq!(
+        log.apply(acquire("sw2")),
+        Err(CommandError::NotEnoughLicenses {
+            license_type: t("AP"),
+            requested: 1,
+            available: 0
+        })
+    );
+}
+
+#[test]
+fn bad_commands_are_typed_errors_and_change_nothing() {
+    let mut log = Log::new();
+    log.server_key("primary", "AP", 4);
+    log.register(0, "sw1", report(&[], &[("AP", 2)]));
+    let before = log.table.clone();
+    let cases = [
+        (
+            Command::Acquire {
+                now_ms: 1,
+                id: "nope".into(),
+                license_type: t("AP"),
+                count: 1,
+            },
+            CommandError::UnknownClient("nope".into()),
+        ),
+        (
+            Command::Acquire {
+                now_ms: 1,
+                id: "sw1".into(),
+                license_type: t("BOGUS"),
+                count: 1,
+            },
+            CommandError::UnknownType(t("BOGUS")),
+        ),
+        (
+            Command::Acquire {
+                now_ms: 1,
+                id: "sw1".into(),
+                license_type: t("AP"),
+                count: 0,
+            },
+            CommandError::ZeroCount,
+        ),
+        (
+            Command::Release {
+                now_ms: 1,
+                id: "sw1".into(),
+                license_type: t("AP"),
+                count: 3,
+            },
+            CommandError::ReleaseExceedsUsed {
+                license_type: t("AP"),
+                requested: 3,
+                used: 2,
+            },
+        ),
+        (
+            Command::Update {
+                now_ms: 1,
+                id: "sw1".into(),
+                report: report(&[("AP", 0)], &[]),
+            },
+            CommandError::ZeroCount,
+        ),
+        (
+            Command::Update {
+                now_ms: 1,
+                id: "sw1".into(),
+                report: report(&[("BOGUS", 1)], &[]),
+            },
+            CommandError::UnknownType(t("BOGUS")),
+        ),
+        (
+            Command::RemoveClient { id: "nope".into() },
+            CommandError::UnknownClient("nope".into()),
+        ),
+        (
+            Command::RemoveServerKey {
+                key_id: "nope".into(),
+            },
+            CommandError::UnknownKey("nope".into()),
+        ),
+        (
+            Command::InstallServerKey {
+                now_ms: 0,
+                key_id: "primary-AP".into(),
+                server: "primary".into(),
+                key: Key::permanent("AP", 1),
+            },
+            CommandError::KeyExists("primary-AP".into()),
+        ),
+        (
+            Command::InstallServerKey {
+                now_ms: 10,
+                key_id: "eval".into(),
+                server: "primary".into(),
+                key: Key {
+                    license_type: t("AP"),
+                    count: 1,
+                    expires_at_ms: Some(10),
+                },
+            },
+            CommandError::KeyExpired,
+        ),
+        (
+            Command::Register {
+                now_ms: 0,
+                id: String::new(),
+                serial: "s".into(),
+                address: "a".into(),
+                version: "v".into(),
+                report: ClientReport::default(),
+            },
+            CommandError::EmptyId,
+        ),
+    ];
+    for (command, expected) in cases {
+        let shown = format!("{command:?}");
+        assert_eq!(log.apply(command), Err(expected), "{shown}");
+        assert_eq!(log.table.state(), before.state(), "{shown}");
+        assert_eq!(log.table.pool(), before.pool(), "{shown}");
+    }
+}
+
+#[test]
+fn snapshot_survives_restore_and_refuses_garbage() {
+    let mut log = Log::new();
+    log.server_key("primary", "AP", 16);
+    log.register(0, "sw1", report(&[("AP", 8), ("PEFV", 1)], &[("AP", 3)]));
+    let bytes = log.table.snapshot();
+    let mut other = LicenseTable::new(TableConfig::default());
+    other.restore(&bytes).unwrap();
+    assert_eq!(other, log.table);
+    assert_eq!(other.applied_index(), log.index);
+    let before = other.clone();
+    assert!(other.restore(&bytes[..bytes.len() - 1]).is_err());
+    assert!(other.restore(b"garbage").is_err());
+    assert_eq!(other, before, "a failed restore leaves the state unchanged");
+}

@@ -1,0 +1,240 @@
+//! Property tests of the license table over random command sequences.
+
+use std::collections::BTreeMap;
+
+use cluster::StateMachine;
+use proptest::prelude::*;
+use vipool::table::{
+    ClientReport, Command, CommandError, Key, LicenseTable, LicenseType, Pool, PoolEntry, TableConfig,
+};
+
+const IDS: [&str; 4] = ["sw1", "sw2", "sw3", ""];
+const TYPES: [&str; 5] = ["AP", "PEFNG", "XSEC", "PEFV", "BOGUS"];
+
+fn config() -> TableConfig {
+    // Short timers so random clocks cross every threshold.
+    TableConfig {
+        heartbeat_interval_ms: 100,
+        missed_heartbeats_down: 3,
+        silence_remove_ms: 2_000,
+        ..TableConfig::default()
+    }
+}
+
+fn license_type() -> impl Strategy<Value = LicenseType> {
+    prop::sample::select(TYPES.to_vec()).prop_map(LicenseType::new)
+}
+
+fn id() -> impl Strategy<Value = String> {
+    prop::sample::select(IDS.to_vec()).prop_map(str::to_owned)
+}
+
+fn key() -> impl Strategy<Value = Key> {
+    (license_type(), 0u32..20, prop::option::of(0u64..4_000)).prop_map(
+        |(license_type, count, expires_at_ms)| Key {
+            license_type,
+            count,
+            expires_at_ms,
+        },
+    )
+}
+
+fn report() -> impl Strategy<Value = ClientReport> {
+    (
+        prop::collection::btree_map(license_type(), 0u32..20, 0..3),
+        prop::collection::vec(key(), 0..4),
+        prop::collection::btree_map(license_type(), 0u32..20, 0..3),
+    )
+        .prop_map(|(builtin, keys, used)| ClientReport { builtin, keys, used })
+}
+
+/// A command with a time offset; times are made non-decreasing afterwards,
+/// as a leader stamps them.
+fn command() -> impl Strategy<Value = (u64, Command)> {
+    let dt = 0u64..400;
+    prop_oneof![
+        3 => (dt.clone(), id(), report()).prop_map(|(dt, id, report)| (dt, Command::Register {
+            now_ms: 0, id, serial: "SN".into(), address: "a".into(), version: "v".into(), report,
+        })),
+        4 => (dt.clone(), id(), report()).prop_map(|(dt, id, report)| (dt, Command::Heartbeat {
+            now_ms: 0, id, address: "b".into(), report,
+        })),
+        2 => (dt.clone(), id(), report()).prop_map(|(dt, id, report)| (dt, Command::Update { now_ms: 0, id, report })),
+        5 => (dt.clone(), id(), license_type(), 0u32..12).prop_map(|(dt, id, license_type, count)| {
+            (dt, Command::Acquire { now_ms: 0, id, license_type, count })
+        }),
+        3 => (dt.clone(), id(), license_type(), 0u32..12).prop_map(|(dt, id, license_type, count)| {
+            (dt, Command::Release { now_ms: 0, id, license_type, count })
+        }),
+        1 => id().prop_map(|id| (0, Command::RemoveClient { id })),
+        2 => (dt.clone(), 0u8..3, prop::sample::select(vec!["primary", "backup"]), key())
+            .prop_map(|(dt, n, server, key)| (dt, Command::InstallServerKey {
+                now_ms: 0, key_id: format!("k{n}"), server: server.into(), key,
+            })),
+        1 => (0u8..3).prop_map(|n| (0, Command::RemoveServerKey { key_id: format!("k{n}") })),
+        2 => dt.prop_map(|dt| (dt, Command::Sweep { now_ms: 0 })),
+    ]
+}
+
+fn stamp(commands: Vec<(u64, Command)>) -> Vec<Command> {
+    let mut now = 0;
+    commands
+        .into_iter()
+        .map(|(dt, mut command)| {
+            now += dt;
+            match &mut command {
+                Command::Register { now_ms, .. }
+                | Command::Heartbeat { now_ms, .. }
+                | Command::Update { now_ms, .. }
+                | Command::Acquire { now_ms, .. }
+                | Command::Release { now_ms, .. }
+                | Command::InstallServerKey { now_ms, .. }
+                | Command::Sweep { now_ms } => *now_ms = now,
+                Command::RemoveClient { .. } | Command::RemoveServerKey { .. } => {}
+            }
+            command
+        })
+        .collect()
+}
+
+fn stamped_at(command: &Command) -> Option<u64> {
+    match command {
+        Command::Register { now_ms, .. }
+        | Command::Heartbeat { now_ms, .. }
+        | Command::Update { now_ms, .. }
+        | Command::Acquire { now_ms, .. }
+        | Command::Release { now_ms, .. }
+        | Command::InstallServerKey { now_ms, .. }
+        | Command::Sweep { now_ms } => Some(*now_ms),
+        Command::RemoveClient { .. } | Command::RemoveServerKey { .. } => None,
+    }
+}
+
+/// The SPEC's definition, written out independently of the table's code.
+fn recomputed(table: &LicenseTable) -> Pool {
+    let config = table.config();
+    let poolable = |t: &LicenseType| config.is_poolable(t);
+    let mut pool: Pool = config
+        .poolable()
+        .map(|t| (t.clone(), PoolEntry::default()))
+        .collect();
+    for server_key in table.state().server_keys.values() {
+        if poolable(&server_key.key.license_type) {
+            pool.get_mut(&server_key.key.license_type).unwrap().total += u64::from(server_key.key.count);
+        }
+    }
+    for client in table.state().clients.values() {
+        for key in client.keys.iter().filter(|k| poolable(&k.license_type)) {
+            pool.get_mut(&key.license_type).unwrap().total += u64::from(key.count);
+        }
+        for (t, n) in client.used.iter().filter(|(t, _)| poolable(t)) {
+            pool.get_mut(t).unwrap().used += u64::from(*n);
+        }
+    }
+    pool
+}
+
+fn run(commands: &[Command]) -> (LicenseTable, Vec<Result<vipool::table::Reply, CommandError>>) {
+    let mut table = LicenseTable::new(config());
+    let replies = commands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| table.apply(i as u64 + 1, c.clone()))
+        .collect();
+    (table, replies)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pool_always_matches_a_recomputation(commands in prop::collection::vec(command(), 0..60)) {
+        let mut table = LicenseTable::new(config());
+        for (i, command) in stamp(commands).into_iter().enumerate() {
+            let shown = format!("{command:?}");
+            let before = table.clone();
+            let result = table.apply(i as u64 + 1, command.clone());
+            prop_assert_eq!(table.pool(), &recomputed(&table), "after {}", shown);
+            match result {
+                Err(_) => {
+                    // A refused command changes nothing but the applied index.
+                    prop_assert_eq!(table.state(), before.state(), "refused {}", shown);
+                    prop_assert_eq!(table.pool(), before.pool());
+                }
+                Ok(_) => {
+                    if let Command::Acquire { license_type, .. } = &command {
+                        let entry = table.pool()[license_type];
+                        prop_assert!(entry.used <= entry.total, "grant left {:?} after {}", entry, shown);
+                    }
+                }
+            }
+            prop_assert_eq!(table.applied_index(), i as u64 + 1);
+        }
+    }
+
+    #[test]
+    fn apply_is_deterministic(commands in prop::collection::vec(command(), 0..60)) {
+        let commands = stamp(commands);
+        let (a, replies_a) = run(&commands);
+        let (b, replies_b) = run(&commands);
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(replies_a, replies_b);
+        prop_assert_eq!(a.snapshot(), b.snapshot());
+    }
+
+    #[test]
+    fn snapshot_then_restore_gives_an_equal_table(
+        commands in prop::collection::vec(command(), 0..60),
+        more in prop::collection::vec(command(), 0..20),
+    ) {
+        let commands = stamp(commands.into_iter().chain(more).collect());
+        let split = commands.len() / 2;
+        let (mut whole, _) = run(&commands[..split]);
+        let mut restored = LicenseTable::new(config());
+        restored.restore(&whole.snapshot()).unwrap();
+        prop_assert_eq!(&restored, &whole);
+        // And the restored copy goes on exactly as the original.
+        for (i, command) in commands[split..].iter().enumerate() {
+            let index = (split + i) as u64 + 1;
+            prop_assert_eq!(whole.apply(index, command.clone()), restored.apply(index, command.clone()));
+        }
+        prop_assert_eq!(&restored, &whole);
+    }
+
+    #[test]
+    fn heartbeats_are_idempotent(
+        commands in prop::collection::vec(command(), 0..40),
+        client in prop::sample::select(vec!["sw1", "sw2", "sw3"]),
+        report in report(),
+        repeats in 2usize..5,
+    ) {
+        let mut commands = stamp(commands);
+        let now = commands.iter().filter_map(stamped_at).max().unwrap_or(0) + 1;
+        commands.push(Command::Register {
+            now_ms: now, id: client.into(), serial: "SN".into(), address: "a".into(), version: "v".into(),
+            report: ClientReport::default(),
+        });
+        let (mut table, _) = run(&commands);
+        let heartbeat = Command::Heartbeat { now_ms: now, id: client.into(), address: "a".into(), report };
+        let mut index = commands.len() as u64;
+        index += 1;
+        let first = table.apply(index, heartbeat.clone());
+        let after_one = table.clone();
+        for _ in 1..repeats {
+            index += 1;
+            let again = table.apply(index, heartbeat.clone());
+            prop_assert_eq!(&again.is_ok(), &first.is_ok());
+        }
+        prop_assert_eq!(table.pool(), after_one.pool());
+        // Everything but the heartbeat counter is as after the first one.
+        let strip = |t: &LicenseTable| -> BTreeMap<String, _> {
+            t.state().clients.iter().map(|(id, c)| {
+                let mut c = c.clone();
+                c.stats.heartbeats = 0;
+                (id.clone(), c)
+            }).collect()
+        };
+        prop_assert_eq!(strip(&table), strip(&after_one));
+        prop_assert_eq!(&table.state().server_keys, &after_one.state().server_keys);
+    }
+}
