@@ -29,7 +29,10 @@ use vipool::table::{ClientReport, Key, LicenseType};
 
 /// Options of the license benchmark.
 #[derive(Debug, Parser)]
-#[command(name = "license_bench", about = "License service throughput, latency, CPU and memory")]
+#[command(
+    name = "license_bench",
+    about = "License service throughput, latency, CPU and memory"
+)]
 struct Args {
     /// Seconds each acquire/release run lasts.
     #[arg(long, default_value_t = 3)]
@@ -274,5 +277,8 @@ fn rss_kb(pid: u32) -> anyhow::Result<u64> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
 }
