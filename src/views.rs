@@ -8,8 +8,8 @@ use serde::Serialize;
 use crate::proto::{NodeStatus, TableDump};
 use crate::table::{pool, ClientState, LicenseType};
 
-/// Which view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which view (also the argument of `vipool show`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum View {
     /// Per type: total, used, available, contributed by whom.
     ServerTable,

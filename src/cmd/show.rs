@@ -1,33 +1,16 @@
 //! `vipool show VIEW`: the operator views, as aligned tables or JSON.
 
-use clap::{Args as ClapArgs, ValueEnum};
+use clap::Args as ClapArgs;
 use vipool::client::Connection;
 use vipool::proto::TableDump;
 use vipool::views::{self, View};
-
-/// Which view to show.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Which {
-    /// Per type: total, used, available, contributed by whom.
-    ServerTable,
-    /// Per client: id, address, version, installed and used, state, last heard.
-    ClientTable,
-    /// Per client and type: built-in, installed, used from the pool.
-    LicenseUsage,
-    /// Clients up and down, and the pool.
-    Summary,
-    /// Heartbeat statistics per client.
-    Heartbeat,
-    /// The node: VIP, VRRP state, Raft role, term, commit index.
-    Status,
-}
 
 /// Options of `vipool show`.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
     /// The view.
     #[arg(value_enum)]
-    view: Which,
+    view: View,
     /// The server to ask: ADDRESS:PORT (a node's own address works for
     /// views). Repeat it: `status` asks every one, the other views the
     /// first that answers.
@@ -40,14 +23,7 @@ pub struct Args {
 
 /// Fetches the table from the server and prints the view.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let view = match args.view {
-        Which::ServerTable => View::ServerTable,
-        Which::ClientTable => View::ClientTable,
-        Which::LicenseUsage => View::LicenseUsage,
-        Which::Summary => View::Summary,
-        Which::Heartbeat => View::Heartbeat,
-        Which::Status => View::Status,
-    };
+    let view = args.view;
     if let View::Status = view {
         return status(&args.server, args.json).await;
     }
