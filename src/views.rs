@@ -393,7 +393,7 @@ pub fn status_table(nodes: &[(String, Result<NodeStatus, String>)]) -> String {
             Err(why) => vec![asked.clone(), format!("unreachable: {why}")],
         })
         .collect();
-    table(
+    let mut out = table(
         &[
             "node",
             "vip",
@@ -407,7 +407,15 @@ pub fn status_table(nodes: &[(String, Result<NodeStatus, String>)]) -> String {
             "bad frames",
         ],
         rows,
-    )
+    );
+    for (_, status) in nodes {
+        if let Ok(s) = status {
+            for warning in &s.warnings {
+                out.push_str(&format!("warning ({}): {warning}\n", s.node));
+            }
+        }
+    }
+    out
 }
 
 /// Left-aligned columns separated by two spaces, a header and a rule.

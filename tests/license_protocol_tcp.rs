@@ -433,3 +433,35 @@ async fn pool_changes_are_pushed_to_registered_clients() {
     assert_eq!(pool[&ap()].used, 5);
     h.stop().await;
 }
+
+/// SPEC section 4, "limits about to expire: both sides show a warning": the
+/// server lists evaluation keys that stop counting within its warning window
+/// in its status, and only those.
+#[tokio::test]
+async fn status_warns_about_evaluation_keys_about_to_expire() {
+    let h = Harness::start(None).await;
+    let now = vipool::server::now_ms();
+    let hour = 3_600_000;
+    for (key_id, hours) in [("eval-soon", 2), ("eval-later", 24 * 30)] {
+        let key = Key {
+            license_type: LicenseType::new("PEFNG"),
+            count: 8,
+            expires_at_ms: Some(now + hours * hour),
+        };
+        let command = Command::InstallServerKey {
+            now_ms: now,
+            key_id: key_id.into(),
+            server: "primary".into(),
+            key,
+        };
+        h.applier.propose(command).await.unwrap().unwrap();
+    }
+    let dump = h.connect().await.show().await.unwrap();
+    assert_eq!(dump.status.warnings.len(), 1, "{:?}", dump.status.warnings);
+    let warning = &dump.status.warnings[0];
+    assert!(
+        warning.contains("PEFNG x8 of server:primary expires in 0d 1h") || warning.contains("0d 2h"),
+        "{warning}"
+    );
+    h.shutdown.cancel();
+}

@@ -475,3 +475,57 @@ fn snapshot_survives_restore_and_refuses_garbage() {
     assert!(other.restore(b"garbage").is_err());
     assert_eq!(other, before, "a failed restore leaves the state unchanged");
 }
+
+/// SPEC section 4, "limits about to expire": the table lists evaluation keys
+/// of servers and clients that stop counting within the window, soonest
+/// first; permanent, distant and already expired keys are not listed.
+#[test]
+fn expiring_evaluation_keys_are_listed_soonest_first() {
+    let mut log = Log::new();
+    let now = 100 * DAY;
+    let eval = |ty: &str, count, at| Key {
+        license_type: t(ty),
+        count,
+        expires_at_ms: Some(at),
+    };
+    log.server_key("primary", "AP", 16);
+    log.apply(Command::InstallServerKey {
+        now_ms: now,
+        key_id: "eval-xsec".into(),
+        server: "backup".into(),
+        key: eval("XSEC", 4, now + 5 * DAY),
+    })
+    .unwrap();
+    let report = ClientReport {
+        keys: vec![
+            eval("AP", 2, now + DAY),
+            eval("PEFNG", 2, now + 40 * DAY),
+            eval("ACR", 1, now - 1),
+        ],
+        ..ClientReport::default()
+    };
+    log.register(now, "sw1", report);
+
+    let soon = log.table.expiring(now, 7 * DAY);
+    let listed: Vec<(String, String, u64)> = soon
+        .iter()
+        .map(|w| (w.owner.clone(), w.key.license_type.to_string(), w.expires_in_ms))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("client:sw1".to_string(), "AP".to_string(), DAY),
+            ("server:backup".to_string(), "XSEC".to_string(), 5 * DAY),
+        ]
+    );
+    assert_eq!(
+        soon[0].to_string(),
+        "evaluation key AP x2 of client:sw1 expires in 1d 0h 0m"
+    );
+    // Once a key has stopped counting it is the sweep's business, not a warning.
+    assert!(log
+        .table
+        .expiring(now + 6 * DAY, 7 * DAY)
+        .iter()
+        .all(|w| w.key.license_type != t("XSEC")));
+}

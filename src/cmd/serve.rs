@@ -53,6 +53,9 @@ pub struct Args {
     /// How often the table is swept, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     sweep_interval_ms: u64,
+    /// Warn (log and status) about evaluation keys that stop counting within this many seconds.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    expiry_warning_s: u64,
     /// Largest request frame accepted, in bytes.
     #[arg(long, default_value_t = vipool::proto::frame::DEFAULT_MAX_REQUEST)]
     max_frame: u32,
@@ -99,6 +102,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         vip: args.vip,
         max_frame: args.max_frame,
         sweep_interval: Duration::from_millis(args.sweep_interval_ms.max(1)),
+        expiry_warning: Duration::from_secs(args.expiry_warning_s),
         ..ServerConfig::default()
     };
     let server = Server::new(applier, config, serving, shutdown.clone());

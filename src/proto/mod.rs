@@ -180,6 +180,9 @@ pub struct NodeStatus {
     pub connections: u64,
     /// Frames refused (oversized, malformed, wrong version) since start.
     pub bad_frames: u64,
+    /// Evaluation keys about to stop counting, soonest first (SPEC §4:
+    /// "limits about to expire: both sides show a warning").
+    pub warnings: Vec<String>,
 }
 
 /// Per-connection heartbeat counters kept by the serving node (not replicated).

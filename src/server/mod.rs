@@ -23,7 +23,7 @@ use tracing::{info, warn};
 pub use applier::{Applier, LocalApplier};
 
 use crate::proto::{frame, HeartbeatCounters, NodeStatus};
-use crate::table::{Command, Reply};
+use crate::table::{Command, ExpiryWarning, Reply};
 
 /// How a server is configured.
 #[derive(Debug, Clone)]
@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// How long a pool change waits before it is pushed, so that a burst of
     /// changes costs one push per client.
     pub push_delay: Duration,
+    /// Evaluation keys that stop counting within this window are warned
+    /// about in the log and in status.
+    pub expiry_warning: Duration,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             max_connections: 20_000,
             sweep_interval: Duration::from_secs(10),
             push_delay: Duration::from_millis(100),
+            expiry_warning: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -101,7 +105,13 @@ impl<A: Applier> Shared<A> {
             applied_index,
             connections: self.counters.connections.load(Ordering::Relaxed),
             bad_frames: self.counters.bad_frames.load(Ordering::Relaxed),
+            warnings: self.expiring().iter().map(ToString::to_string).collect(),
         }
+    }
+
+    fn expiring(&self) -> Vec<ExpiryWarning> {
+        let within = u64::try_from(self.config.expiry_warning.as_millis()).unwrap_or(u64::MAX);
+        self.applier.read(|t| t.expiring(now_ms(), within))
     }
 }
 
@@ -197,6 +207,8 @@ pub fn now_ms() -> u64 {
 
 /// Proposes a sweep every `sweep_interval` while this node serves.
 async fn sweeper<A: Applier>(shared: Arc<Shared<A>>) {
+    // Each key is warned about once in the log; status lists them all.
+    let mut warned = std::collections::BTreeSet::new();
     let mut tick = tokio::time::interval(shared.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -206,6 +218,11 @@ async fn sweeper<A: Applier>(shared: Arc<Shared<A>>) {
         }
         if !*shared.serving.borrow() {
             continue;
+        }
+        for warning in shared.expiring() {
+            if warned.insert((warning.owner.clone(), warning.key.clone())) {
+                warn!(%warning, "limits about to expire");
+            }
         }
         match shared.applier.propose(Command::Sweep { now_ms: now_ms() }).await {
             Ok(Ok(Reply::Swept(report))) if !report.is_empty() => {

@@ -79,6 +79,37 @@ impl LicenseTable {
         self.state.clients.get(id)
     }
 
+    /// Evaluation keys (on servers and clients) that stop counting within
+    /// `within_ms` of `now_ms`, soonest first: what both sides warn about
+    /// before limits shrink (SPEC section 4). Already expired keys are not
+    /// listed; the sweep removes them.
+    pub fn expiring(&self, now_ms: u64, within_ms: u64) -> Vec<ExpiryWarning> {
+        let soon = |key: &Key| {
+            key.expires_at_ms
+                .filter(|at| *at > now_ms && *at - now_ms <= within_ms)
+                .map(|at| at - now_ms)
+        };
+        let servers = self.state.server_keys.values().filter_map(|sk| {
+            soon(&sk.key).map(|left| ExpiryWarning {
+                owner: format!("server:{}", sk.server),
+                key: sk.key.clone(),
+                expires_in_ms: left,
+            })
+        });
+        let clients = self.state.clients.values().flat_map(|c| {
+            c.keys.iter().filter_map(move |k| {
+                soon(k).map(|left| ExpiryWarning {
+                    owner: format!("client:{}", c.id),
+                    key: k.clone(),
+                    expires_in_ms: left,
+                })
+            })
+        });
+        let mut all: Vec<ExpiryWarning> = servers.chain(clients).collect();
+        all.sort_by(|a, b| (a.expires_in_ms, &a.owner).cmp(&(b.expires_in_ms, &b.owner)));
+        all
+    }
+
     /// The log index of the last applied command.
     pub fn applied_index(&self) -> u64 {
         self.applied_index
@@ -418,5 +449,32 @@ impl cluster::StateMachine for LicenseTable {
         let (applied_index, state) = snapshot::decode(bytes)?;
         self.replace(applied_index, state);
         Ok(())
+    }
+}
+
+/// An evaluation key about to stop counting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiryWarning {
+    /// `server:NAME` or `client:ID`, as the server table labels contributors.
+    pub owner: String,
+    /// The key.
+    pub key: Key,
+    /// Milliseconds until it stops counting.
+    pub expires_in_ms: u64,
+}
+
+impl std::fmt::Display for ExpiryWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.expires_in_ms / 1000;
+        write!(
+            f,
+            "evaluation key {} x{} of {} expires in {}d {}h {}m",
+            self.key.license_type,
+            self.key.count,
+            self.owner,
+            secs / 86_400,
+            secs % 86_400 / 3600,
+            secs % 3600 / 60
+        )
     }
 }
