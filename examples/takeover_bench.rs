@@ -29,6 +29,8 @@ const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Impl {
     Vipool,
+    /// vipool with `--pair-handoff`: a leaving master's backup takes over at once.
+    VipoolPair,
     Keepalived,
 }
 
@@ -48,22 +50,14 @@ fn keepalived_conf(priority: u8, advert_ms: u32) -> String {
 /// Starts a speaker of `which` on `host`; returns its pid.
 fn start(lab: &mut Lab, which: Impl, host: &Host, priority: u8, advert_ms: u32, tag: &str) -> i32 {
     match which {
-        Impl::Vipool => {
+        Impl::Vipool | Impl::VipoolPair => {
             let (p, a) = (priority.to_string(), advert_ms.to_string());
-            let sp = lab.vipool_vrrp(
-                host,
-                &[
-                    "--vrid",
-                    "50",
-                    "--priority",
-                    &p,
-                    "--vip",
-                    "192.0.2.100/24",
-                    "--advert-interval-ms",
-                    &a,
-                ],
-            );
-            sp.pid()
+            let mut args = vec!["--vrid", "50", "--priority", &p, "--vip", "192.0.2.100/24"];
+            args.extend(["--advert-interval-ms", &a]);
+            if which == Impl::VipoolPair {
+                args.push("--pair-handoff");
+            }
+            lab.vipool_vrrp(host, &args).pid()
         }
         Impl::Keepalived => {
             let child = lab.keepalived(host, tag, &keepalived_conf(priority, advert_ms));
@@ -98,7 +92,10 @@ fn watch_vip(lab: &mut Lab, host: &Host) -> mpsc::Receiver<Instant> {
 }
 
 /// One takeover; `None` when it did not happen within 20 s.
-fn run_once(which: Impl, advert_ms: u32, sig: Signal) -> Option<Duration> {
+/// `phase` in [0, 1) sets where in the advert cycle the signal lands, so a
+/// crash is measured at spread-out points of the master's cycle rather
+/// than at whatever offset the lab's start-up happens to give.
+fn run_once(which: Impl, advert_ms: u32, sig: Signal, phase: f64) -> Option<Duration> {
     let mut lab = Lab::new(2);
     let (h0, h1) = (lab.hosts[0].clone(), lab.hosts[1].clone());
     let master = start(&mut lab, which, &h0, 200, advert_ms, "m");
@@ -112,9 +109,10 @@ fn run_once(which: Impl, advert_ms: u32, sig: Signal) -> Option<Duration> {
     std::thread::sleep(Duration::from_millis(u64::from(advert_ms) * 4));
     let added = watch_vip(&mut lab, &h1);
     std::thread::sleep(Duration::from_millis(50)); // monitor subscribed
-                                                   // A crash takes the whole host's speaker down at once: keepalived's VRRP
-                                                   // child would otherwise get SIGTERM from its dying parent and leave
-                                                   // gracefully, which is not a crash.
+    std::thread::sleep(Duration::from_millis(u64::from(advert_ms)).mul_f64(phase));
+    // A crash takes the whole host's speaker down at once: keepalived's VRRP
+    // child would otherwise get SIGTERM from its dying parent and leave
+    // gracefully, which is not a crash.
     let victims: Vec<i32> = if sig == Signal::SIGKILL {
         common::sh(&["ip", "netns", "pids", &h0.ns])
             .split_whitespace()
@@ -160,11 +158,11 @@ fn main() {
                 "\nadvert {advert_ms} ms, {sig:?} (Master_Down_Interval {:.1} ms)",
                 bound.as_secs_f64() * 1e3
             );
-            for which in [Impl::Vipool, Impl::Keepalived] {
+            for which in [Impl::Vipool, Impl::VipoolPair, Impl::Keepalived] {
                 let times: Vec<Duration> = (0..runs)
-                    .filter_map(|_| run_once(which, advert_ms, sig))
+                    .filter_map(|i| run_once(which, advert_ms, sig, i as f64 / runs as f64))
                     .collect();
-                println!("  {:<10} {}", format!("{which:?}"), stats(times));
+                println!("  {:<11} {}", format!("{which:?}"), stats(times));
             }
         }
     }

@@ -490,3 +490,36 @@ fn gratuitous_arp_refresh_repeats_while_master() {
         );
     }
 }
+
+#[test]
+fn pair_handoff_takes_over_well_before_skew_time() {
+    if !lab_available("pair_handoff_takes_over_well_before_skew_time") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    let (h0, h1) = (lab.hosts[0].clone(), lab.hosts[1].clone());
+    // A long advert interval makes Skew_Time long (1.83 s), so the bound
+    // below is generous and still tells the handoff from the RFC path.
+    let advert = Duration::from_secs(3);
+    let a = lab.vipool_vrrp(&h0, &speaker_args("19", "200", "3000", &["--pair-handoff"]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("19", "100", "3000", &["--pair-handoff"]));
+    assert!(a.wait_state("Master", START * 2) && b.wait_state("Backup", START));
+    assert!(wait_for(START, || h0.has_addr(VIP)));
+    let stopped = Instant::now();
+    a.signal(Signal::SIGTERM);
+    let bound = MARGIN;
+    assert!(
+        bound < skew(100, advert),
+        "test would not tell handoff from Skew_Time"
+    );
+    assert!(
+        wait_for(bound, || h1.has_addr(VIP)),
+        "pair handoff took longer than {bound:?}"
+    );
+    eprintln!(
+        "pair handoff after {:?} (Skew_Time {:?})",
+        stopped.elapsed(),
+        skew(100, advert)
+    );
+    assert_eq!(a.wait_exit(START), Some(0));
+}

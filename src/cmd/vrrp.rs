@@ -67,6 +67,10 @@ pub struct Args {
     /// While master, repeat the gratuitous ARP burst this often.
     #[arg(long)]
     garp_refresh_s: Option<u64>,
+    /// Pair handoff: on the master's priority-0 advert take over at once, not
+    /// after Skew_Time. Only for a virtual router with exactly one backup.
+    #[arg(long)]
+    pair_handoff: bool,
     /// Use the virtual MAC 00:00:5e:00:01:VRID on a macvlan interface.
     #[arg(long)]
     vmac: bool,
@@ -145,6 +149,7 @@ impl Args {
                 ChecksumArg::MessageOnly => V3Checksum::MessageOnly,
             },
             unicast_peers: self.unicast_peers.clone(),
+            pair_handoff: self.pair_handoff,
         };
         // Validate before touching the system, with the field named.
         let mut probe = vrrp.clone();

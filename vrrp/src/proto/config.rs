@@ -48,6 +48,13 @@ pub struct Config {
     /// Unicast peers. Empty: multicast to 224.0.0.18. Otherwise adverts are
     /// sent to these addresses and accepted only from them.
     pub unicast_peers: Vec<Ipv4Addr>,
+    /// Pair handoff (an extension for two-router virtual routers): on the
+    /// master's priority-0 advert a backup takes over at once instead of
+    /// after Skew_Time. Skew_Time exists so that, of several backups, the
+    /// highest-priority one moves first; with a single backup there is no
+    /// one to wait for. With more than one backup, both would briefly be
+    /// master until their adverts settle it: use it only for a pair.
+    pub pair_handoff: bool,
 }
 
 impl Config {
@@ -67,6 +74,7 @@ impl Config {
             auth: Auth::None,
             v3_checksum: V3Checksum::PseudoHeader,
             unicast_peers: Vec::new(),
+            pair_handoff: false,
         }
     }
 

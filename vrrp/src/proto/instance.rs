@@ -344,8 +344,13 @@ impl Instance {
         // "If the Priority in the ADVERTISEMENT is zero, then: Set the
         // Master_Down_Timer to Skew_Time".
         if advert.priority == LEAVING {
-            self.timers.set(Timer::MasterDown, now + self.skew_time());
             self.master_left = true;
+            if self.config.pair_handoff {
+                // The only backup of a pair has no higher backup to defer to.
+                self.become_master(now, Reason::MasterLeft);
+            } else {
+                self.timers.set(Timer::MasterDown, now + self.skew_time());
+            }
             return;
         }
         // "If Preempt_Mode is False, or if the Priority in the ADVERTISEMENT

@@ -326,6 +326,34 @@ fn graceful_shutdown_hands_over_after_skew_time() {
     assert_eq!(net.state(1), State::Initialize);
 }
 
+/// The pair-handoff extension: the only backup of a pair has no higher
+/// backup to give precedence to, so it takes over the moment the master's
+/// priority-0 advert arrives instead of after Skew_Time.
+#[test]
+fn pair_handoff_takes_over_on_priority_zero_at_once() {
+    let pair = |priority, n| Config {
+        pair_handoff: true,
+        ..v3(priority, n)
+    };
+    let mut net = Network::started(vec![pair(200, 1), pair(100, 2)]);
+    net.run_until(secs(10));
+    assert_eq!(net.masters(), vec![0]);
+    net.shutdown(0);
+    assert_eq!(net.state(1), State::Master);
+    assert_eq!(net.masterships(1), vec![(net.at(secs(10)), Reason::MasterLeft)]);
+    // A crash still waits the full Master_Down_Interval: only an explicit
+    // leave is a handoff.
+    let mut net = Network::started(vec![pair(200, 1), pair(100, 2)]);
+    net.run_until(secs(10));
+    let last_advert = net.vr(1).timer(Timer::MasterDown).unwrap() - us(3_609_375);
+    net.crash(0);
+    net.run_until(secs(20));
+    assert_eq!(
+        net.masterships(1),
+        vec![(last_advert + us(3_609_375), Reason::MasterDown)]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 5. Ties
 // ---------------------------------------------------------------------------
