@@ -1,0 +1,813 @@
+//! The tokio driver: one task owns the [`Node`] (and so the `RawNode` and its
+//! store); everything else talks to it through [`Member`], a cheap handle that
+//! sends it messages.
+//!
+//! The task drains every queued request before it handles `Ready`, so
+//! proposals that arrive together share one fsync.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raft::eraftpb::{ConfChangeType, ConfState, Message};
+use raft::StateRole;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::node::{Applied, Node, NodeConfig, NodeError, Output, ProposeError, TakeoverError, Token};
+use crate::storage::LogStore;
+use crate::StateMachine;
+
+/// Where the member's outgoing raft messages go (the TCP transport, or an
+/// in-process network in tests). `send` must not block.
+pub trait Outbox: Send + Sync + 'static {
+    /// Queues `msg` for `msg.to`. Dropping it is allowed (raft retransmits);
+    /// a transport that knows the peer is unreachable tells the member with
+    /// [`Member::report_unreachable`].
+    fn send(&self, msg: Message);
+}
+
+/// Timers and limits of a running member.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    /// The raft side.
+    pub node: NodeConfig,
+    /// Wall-clock length of one raft tick.
+    pub tick: Duration,
+    /// How long `propose`, `read` and membership calls wait before [`ProposeError::Timeout`].
+    pub request_timeout: Duration,
+    /// Capacity of the member's request queue.
+    pub queue: usize,
+}
+
+impl MemberConfig {
+    /// Defaults for member `id`: 100 ms ticks (1 s elections), 5 s requests.
+    pub fn new(id: u64) -> MemberConfig {
+        MemberConfig {
+            node: NodeConfig::new(id),
+            tick: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(5),
+            queue: 4096,
+        }
+    }
+}
+
+/// What an operator sees of a member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// This member.
+    pub id: u64,
+    /// Leader, follower, candidate…
+    pub role: StateRole,
+    /// Current term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<u64>,
+    /// Highest committed index.
+    pub commit: u64,
+    /// Highest applied index.
+    pub applied: u64,
+    /// The configuration.
+    pub conf: ConfState,
+    /// Set when this member yielded after a split brain: (winner, committed
+    /// entries it discarded).
+    pub last_yield: Option<(u64, u64)>,
+    /// Whether a plain takeover would be accepted on the in-sync rule.
+    pub in_sync: bool,
+}
+
+type ReadFn<S> = Box<dyn FnOnce(Result<&S, ProposeError>) + Send>;
+type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
+
+enum Request<S: StateMachine> {
+    Propose(S::Command, Reply<S::Response>),
+    Membership(Vec<(ConfChangeType, u64)>, Reply<ConfState>),
+    Read(ReadFn<S>),
+    Raft(Box<Message>),
+    Unreachable(u64),
+    SnapshotSent(u64, bool),
+    TakeOver(bool, oneshot::Sender<Result<(), TakeoverError>>),
+    Transfer(u64),
+    Preferred(Option<u64>),
+    Status(oneshot::Sender<Status>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle to a running member. Clones talk to the same member.
+pub struct Member<S: StateMachine> {
+    id: u64,
+    tx: mpsc::Sender<Request<S>>,
+    timeout: Duration,
+    stopped: Arc<Mutex<Option<String>>>,
+}
+
+impl<S: StateMachine> Clone for Member<S> {
+    fn clone(&self) -> Self {
+        Member {
+            id: self.id,
+            tx: self.tx.clone(),
+            timeout: self.timeout,
+            stopped: self.stopped.clone(),
+        }
+    }
+}
+
+impl<S: StateMachine> std::fmt::Debug for Member<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member").field("id", &self.id).finish()
+    }
+}
+
+impl<S: StateMachine> Member<S> {
+    /// Starts the member task on the current tokio runtime.
+    ///
+    /// `initial_voters` bootstraps a brand-new store (see [`Node::new`]).
+    ///
+    /// # Errors
+    /// The store holds a log the member cannot trust or the state machine
+    /// refuses its snapshot: the member does not run.
+    pub fn start(
+        cfg: MemberConfig,
+        store: LogStore,
+        sm: S,
+        initial_voters: &[u64],
+        outbox: Arc<dyn Outbox>,
+    ) -> Result<Member<S>, NodeError> {
+        let node = Node::new(cfg.node.clone(), store, sm, initial_voters)?;
+        let (tx, rx) = mpsc::channel(cfg.queue);
+        let stopped = Arc::new(Mutex::new(None));
+        let task = Task {
+            node,
+            rx,
+            outbox,
+            tick: cfg.tick,
+            next_token: 1,
+            proposals: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            last_yield: None,
+            fatal: None,
+            stopped: stopped.clone(),
+        };
+        tokio::spawn(async move {
+            // The task (and with it the store and its file lock) is gone
+            // before the caller of `shutdown` hears back.
+            if let Some(done) = task.run().await {
+                let _ = done.send(());
+            }
+        });
+        Ok(Member {
+            id: cfg.node.id,
+            tx,
+            timeout: cfg.request_timeout,
+            stopped,
+        })
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Why the member stopped on its own (a storage failure), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.stopped.lock().expect("stopped lock").clone()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request<S>) -> Result<T, ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Err(_) => Err(ProposeError::Timeout),
+            Ok(Err(_)) => Err(ProposeError::ShuttingDown),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// Replicates `command` and returns the state machine's response once
+    /// the entry is committed and applied here.
+    ///
+    /// # Errors
+    /// See [`ProposeError`]: not the leader (with its id if known), dropped
+    /// by a newer term, outcome unknown, shutting down, timed out.
+    pub async fn propose(&self, command: S::Command) -> Result<S::Response, ProposeError> {
+        self.ask(|tx| Request::Propose(command, tx)).await
+    }
+
+    /// Runs `f` on the state machine once it reflects every write committed
+    /// before this call (ReadIndex): a linearizable read, on any member that
+    /// knows the leader. `f` runs on the member's task: keep it short (copy
+    /// out what the view needs).
+    ///
+    /// # Errors
+    /// No leader known, the read was overtaken by a new term, shutting down,
+    /// timed out.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&S) -> R + Send + 'static,
+    ) -> Result<R, ProposeError> {
+        self.ask(|tx| {
+            Request::Read(Box::new(move |sm: Result<&S, ProposeError>| {
+                let _ = tx.send(sm.map(f));
+            }))
+        })
+        .await
+    }
+
+    /// Changes membership; several changes go through joint consensus.
+    /// Returns the new configuration once applied here.
+    ///
+    /// # Errors
+    /// As [`Member::propose`], plus [`ProposeError::InvalidConfChange`].
+    pub async fn change_membership(
+        &self,
+        changes: Vec<(ConfChangeType, u64)>,
+    ) -> Result<ConfState, ProposeError> {
+        self.ask(|tx| Request::Membership(changes, tx)).await
+    }
+
+    /// Adds `id` as a learner (it catches up by snapshot, does not vote).
+    ///
+    /// # Errors
+    /// As [`Member::change_membership`].
+    pub async fn add_learner(&self, id: u64) -> Result<ConfState, ProposeError> {
+        self.change_membership(vec![(ConfChangeType::AddLearnerNode, id)])
+            .await
+    }
+
+    /// Makes learner `id` a voter.
+    ///
+    /// # Errors
+    /// As [`Member::change_membership`].
+    pub async fn promote(&self, id: u64) -> Result<ConfState, ProposeError> {
+        self.change_membership(vec![(ConfChangeType::AddNode, id)]).await
+    }
+
+    /// Removes `id` from the configuration.
+    ///
+    /// # Errors
+    /// As [`Member::change_membership`].
+    pub async fn remove(&self, id: u64) -> Result<ConfState, ProposeError> {
+        self.change_membership(vec![(ConfChangeType::RemoveNode, id)])
+            .await
+    }
+
+    /// See [`Node::take_over_as_sole_voter`]: only with independent evidence
+    /// (VRRP mastership) that the peer is gone.
+    ///
+    /// # Errors
+    /// As [`Node::take_over_as_sole_voter`]; a stopped member reports
+    /// [`TakeoverError::Node`].
+    pub async fn take_over_as_sole_voter(&self) -> Result<(), TakeoverError> {
+        self.take_over(false).await
+    }
+
+    /// See [`Node::force_take_over_as_sole_voter`]: for an operator who knows
+    /// the peer is gone for good.
+    ///
+    /// # Errors
+    /// As [`Member::take_over_as_sole_voter`], without the in-sync check.
+    pub async fn force_take_over_as_sole_voter(&self) -> Result<(), TakeoverError> {
+        self.take_over(true).await
+    }
+
+    async fn take_over(&self, force: bool) -> Result<(), TakeoverError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || TakeoverError::Node(NodeError::Raft("member stopped".into()));
+        self.tx
+            .send(Request::TakeOver(force, tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Asks the leader (if this member is it) to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: u64) {
+        let _ = self.tx.send(Request::Transfer(to)).await;
+    }
+
+    /// Names the member that should lead (the VIP holder); leadership moves
+    /// there once it is caught up. Tell every member.
+    pub async fn set_preferred_leader(&self, id: Option<u64>) {
+        let _ = self.tx.send(Request::Preferred(id)).await;
+    }
+
+    /// Role, term, commit index and configuration.
+    ///
+    /// # Errors
+    /// The member has stopped.
+    pub async fn status(&self) -> Result<Status, ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Status(tx))
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        rx.await.map_err(|_| ProposeError::ShuttingDown)
+    }
+
+    /// Delivers a raft message from the network. Never blocks: when the
+    /// queue is full the message is dropped (raft retransmits).
+    pub fn deliver(&self, msg: Message) {
+        let _ = self.tx.try_send(Request::Raft(Box::new(msg)));
+    }
+
+    /// The transport could not reach `id`.
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.tx.try_send(Request::Unreachable(id));
+    }
+
+    /// The transport wrote (or failed to write) a snapshot to `to`.
+    pub fn report_snapshot(&self, to: u64, delivered: bool) {
+        let _ = self.tx.try_send(Request::SnapshotSent(to, delivered));
+    }
+
+    /// Stops the member: pending requests fail with
+    /// [`ProposeError::ShuttingDown`], buffered state is flushed.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Task<S: StateMachine> {
+    node: Node<S>,
+    rx: mpsc::Receiver<Request<S>>,
+    outbox: Arc<dyn Outbox>,
+    tick: Duration,
+    next_token: Token,
+    proposals: BTreeMap<Token, Reply<S::Response>>,
+    changes: BTreeMap<Token, Reply<ConfState>>,
+    reads: BTreeMap<Token, ReadFn<S>>,
+    last_yield: Option<(u64, u64)>,
+    /// A failure while handling a request; the member stops on it.
+    fatal: Option<NodeError>,
+    stopped: Arc<Mutex<Option<String>>>,
+}
+
+impl<S: StateMachine> Task<S> {
+    async fn run(mut self) -> Option<oneshot::Sender<()>> {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut shutdown = None;
+            tokio::select! {
+                req = self.rx.recv() => {
+                    let req = req?;
+                    shutdown = self.handle(req);
+                    // Take everything already queued: one Ready, one fsync.
+                    while shutdown.is_none() {
+                        match self.rx.try_recv() {
+                            Ok(req) => shutdown = self.handle(req),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick() => {
+                    self.node.tick();
+                    // Callers that timed out no longer wait; the node resolves
+                    // their tokens later, to nobody.
+                    self.proposals.retain(|_, tx| !tx.is_closed());
+                    self.changes.retain(|_, tx| !tx.is_closed());
+                }
+            }
+            let failed = match self.fatal.take() {
+                Some(e) => Err(e),
+                None => self.ready(),
+            };
+            if let Err(e) = failed {
+                tracing::error!(member = self.node.id(), "member stops: {e}");
+                *self.stopped.lock().expect("stopped lock") = Some(e.to_string());
+                self.node.shutdown();
+                self.route();
+                return None;
+            }
+            if let Some(done) = shutdown {
+                self.node.shutdown();
+                self.route();
+                if let Err(e) = self.node.flush() {
+                    tracing::error!(member = self.node.id(), "final flush failed: {e}");
+                }
+                tracing::info!(member = self.node.id(), "member stopped");
+                return Some(done);
+            }
+        }
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn handle(&mut self, req: Request<S>) -> Option<oneshot::Sender<()>> {
+        match req {
+            Request::Propose(cmd, tx) => {
+                let tok = self.token();
+                match self.node.propose(tok, &cmd) {
+                    Ok(()) => {
+                        self.proposals.insert(tok, tx);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            }
+            Request::Membership(changes, tx) => {
+                let tok = self.token();
+                match self.node.propose_membership(tok, &changes) {
+                    Ok(()) => {
+                        self.changes.insert(tok, tx);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            }
+            Request::Read(f) => {
+                let tok = self.token();
+                match self.node.read(tok) {
+                    Ok(()) => {
+                        self.reads.insert(tok, f);
+                    }
+                    Err(e) => f(Err(e)),
+                }
+            }
+            Request::Raft(m) => {
+                if let Err(e) = self.node.step(*m) {
+                    // Only a yield rewriting the store fails here: fatal.
+                    self.fatal.get_or_insert(e);
+                }
+            }
+            Request::Unreachable(id) => self.node.report_unreachable(id),
+            Request::SnapshotSent(id, ok) => self.node.report_snapshot(id, ok),
+            Request::TakeOver(force, tx) => {
+                let r = if force {
+                    self.node.force_take_over_as_sole_voter()
+                } else {
+                    self.node.take_over_as_sole_voter()
+                };
+                let _ = tx.send(r);
+            }
+            Request::Transfer(to) => self.node.transfer_leader(to),
+            Request::Preferred(p) => self.node.set_preferred_leader(p),
+            Request::Status(tx) => {
+                let _ = tx.send(Status {
+                    id: self.node.id(),
+                    role: self.node.role(),
+                    term: self.node.term(),
+                    leader: self.node.leader(),
+                    commit: self.node.commit_index(),
+                    applied: self.node.applied_index(),
+                    conf: self.node.conf_state(),
+                    last_yield: self.last_yield,
+                    in_sync: self.node.in_sync(),
+                });
+            }
+            Request::Shutdown(done) => return Some(done),
+        }
+        None
+    }
+
+    fn ready(&mut self) -> Result<(), NodeError> {
+        loop {
+            self.node.process_ready()?;
+            let routed = self.route();
+            if !routed && !self.node.has_ready() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Delivers the node's outputs; returns whether there were any.
+    fn route(&mut self) -> bool {
+        let outs = self.node.drain_outputs();
+        let any = !outs.is_empty();
+        for o in outs {
+            match o {
+                Output::Send(m) => self.outbox.send(m),
+                Output::Proposed(tok, r) => {
+                    if let Some(tx) = self.proposals.remove(&tok) {
+                        let r = r.and_then(|a| match a {
+                            Applied::Command(resp) => Ok(resp),
+                            Applied::Conf(_) => Err(ProposeError::Unknown),
+                        });
+                        let _ = tx.send(r);
+                    } else if let Some(tx) = self.changes.remove(&tok) {
+                        let r = r.and_then(|a| match a {
+                            Applied::Conf(cs) => Ok(cs),
+                            Applied::Command(_) => Err(ProposeError::Unknown),
+                        });
+                        let _ = tx.send(r);
+                    }
+                }
+                Output::Read(tok, r) => {
+                    if let Some(f) = self.reads.remove(&tok) {
+                        match r {
+                            Ok(()) => f(Ok(self.node.state_machine())),
+                            Err(e) => f(Err(e)),
+                        }
+                    }
+                }
+                Output::Yielded {
+                    winner,
+                    discarded_committed,
+                } => {
+                    self.last_yield = Some((winner, discarded_committed));
+                }
+            }
+        }
+        any
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::sim::Recorder;
+    use crate::storage::Disk;
+
+    /// An in-process network of members.
+    #[derive(Default)]
+    pub(crate) struct LocalNet {
+        pub(crate) members: Mutex<BTreeMap<u64, Member<Recorder>>>,
+        /// Members whose messages, both ways, are lost.
+        pub(crate) cut: Mutex<std::collections::BTreeSet<u64>>,
+    }
+
+    impl Outbox for LocalNet {
+        fn send(&self, msg: Message) {
+            let cut = self.cut.lock().unwrap();
+            if cut.contains(&msg.to) || cut.contains(&msg.from) {
+                return;
+            }
+            drop(cut);
+            let to = self.members.lock().unwrap().get(&msg.to).cloned();
+            match to {
+                Some(m) => m.deliver(msg),
+                None => {
+                    let from = self.members.lock().unwrap().get(&msg.from).cloned();
+                    if let Some(f) = from {
+                        f.report_unreachable(msg.to);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn fast(id: u64) -> MemberConfig {
+        let mut cfg = MemberConfig::new(id);
+        cfg.tick = Duration::from_millis(10);
+        cfg.request_timeout = Duration::from_secs(10);
+        cfg.node.snapshot_interval = 50;
+        cfg
+    }
+
+    async fn leader_of(members: &[Member<Recorder>]) -> Member<Recorder> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for m in members {
+                if let Ok(s) = m.status().await {
+                    if s.role == StateRole::Leader {
+                        return m.clone();
+                    }
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn start(dir: &std::path::Path, id: u64, net: &Arc<LocalNet>) -> Member<Recorder> {
+        start_with(dir, fast(id), net)
+    }
+
+    fn start_with(dir: &std::path::Path, cfg: MemberConfig, net: &Arc<LocalNet>) -> Member<Recorder> {
+        let id = cfg.node.id;
+        let disk = Disk::open(dir.join(format!("m{id}.redb"))).unwrap();
+        let store = LogStore::open(disk).unwrap();
+        let m = Member::start(cfg, store, Recorder::default(), &[1, 2, 3], net.clone()).unwrap();
+        net.members.lock().unwrap().insert(id, m.clone());
+        m
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn propose_read_restart_over_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Arc::new(LocalNet::default());
+        let members: Vec<_> = (1..=3).map(|id| start(dir.path(), id, &net)).collect();
+        let leader = leader_of(&members).await;
+        let follower = members.iter().find(|m| m.id() != leader.id()).unwrap().clone();
+
+        assert_eq!(
+            follower.propose(1).await,
+            Err(ProposeError::NotLeader {
+                leader: Some(leader.id())
+            })
+        );
+        // Concurrent proposals: each gets its own index back.
+        let mut handles = Vec::new();
+        for c in 10..110u64 {
+            let l = leader.clone();
+            handles.push(tokio::spawn(async move { (c, l.propose(c).await) }));
+        }
+        let mut acked = BTreeMap::new();
+        for h in handles {
+            let (c, r) = h.await.unwrap();
+            acked.insert(r.expect("leader commits"), c);
+        }
+        assert_eq!(acked.len(), 100, "distinct indexes");
+        // A linearizable read on a follower sees every acknowledged write.
+        let seen = follower.read(|sm: &Recorder| sm.by_index.clone()).await.unwrap();
+        for (i, c) in &acked {
+            assert_eq!(seen.get(i), Some(c));
+        }
+        // Restart everyone from disk: the state comes back.
+        for m in &members {
+            m.shutdown().await;
+        }
+        assert_eq!(leader.propose(5).await, Err(ProposeError::ShuttingDown));
+        net.members.lock().unwrap().clear();
+        let members: Vec<_> = (1..=3).map(|id| start(dir.path(), id, &net)).collect();
+        let leader = leader_of(&members).await;
+        let idx = leader.propose(999).await.unwrap();
+        let seen = leader.read(|sm: &Recorder| sm.by_index.clone()).await.unwrap();
+        for (i, c) in &acked {
+            assert_eq!(seen.get(i), Some(c), "write at {i} survived the restart");
+        }
+        assert_eq!(seen.get(&idx), Some(&999));
+        let st = leader.status().await.unwrap();
+        assert!(st.commit >= idx && st.applied >= idx);
+        assert!(st.in_sync && st.last_yield.is_none());
+        for m in &members {
+            m.shutdown().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn corrupt_store_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m1.redb");
+        std::fs::write(&path, b"definitely not a database, just some bytes on a disk").unwrap();
+        let err = Disk::open(&path).and_then(LogStore::open).expect_err("refused");
+        assert!(err.to_string().contains("log store"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn propose_times_out_without_quorum() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Arc::new(LocalNet::default());
+        let disk = Disk::open(dir.path().join("solo.redb")).unwrap();
+        let mut cfg = fast(1);
+        cfg.request_timeout = Duration::from_millis(300);
+        // Two voters, the other never starts: no leader, no commit.
+        let m = Member::start(
+            cfg,
+            LogStore::open(disk).unwrap(),
+            Recorder::default(),
+            &[1, 2],
+            net.clone(),
+        )
+        .unwrap();
+        net.members.lock().unwrap().insert(1, m.clone());
+        assert!(matches!(
+            m.propose(1).await,
+            Err(ProposeError::NotLeader { leader: None })
+        ));
+        assert!(matches!(
+            m.read(|_| ()).await,
+            Err(ProposeError::NotLeader { leader: None })
+        ));
+        // Never in contact with its peer since start: a plain takeover is
+        // refused, the operator's forced one works.
+        assert!(matches!(
+            m.take_over_as_sole_voter().await,
+            Err(TakeoverError::NotInSync)
+        ));
+        m.force_take_over_as_sole_voter().await.unwrap();
+        let i = m.propose(7).await.unwrap();
+        assert!(i > 1);
+        m.shutdown().await;
+        assert_eq!(m.propose(8).await, Err(ProposeError::ShuttingDown));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn propose_on_a_cut_off_leader_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Arc::new(LocalNet::default());
+        let members: Vec<_> = (1..=3)
+            .map(|id| {
+                let mut cfg = fast(id);
+                cfg.request_timeout = Duration::from_secs(1);
+                start_with(dir.path(), cfg, &net)
+            })
+            .collect();
+        let leader = leader_of(&members).await;
+        leader.propose(1).await.unwrap();
+        net.cut.lock().unwrap().insert(leader.id());
+        let r = tokio::time::timeout(Duration::from_secs(30), leader.propose(2))
+            .await
+            .unwrap();
+        // The cut-off leader takes the proposal but cannot commit it; it
+        // steps down (check quorum) and nothing resolves the entry in time.
+        assert!(matches!(r, Err(ProposeError::Timeout)), "{r:?}");
+        net.cut.lock().unwrap().clear();
+        let leader = leader_of(&members).await;
+        leader.propose(3).await.unwrap();
+        for m in &members {
+            m.shutdown().await;
+        }
+    }
+
+    fn start_pair(dir: &std::path::Path, id: u64, net: &Arc<LocalNet>) -> Member<Recorder> {
+        let disk = Disk::open(dir.join(format!("p{id}.redb"))).unwrap();
+        let mut cfg = fast(id);
+        cfg.node.snapshot_interval = 20;
+        let m = Member::start(
+            cfg,
+            LogStore::open(disk).unwrap(),
+            Recorder::default(),
+            &[1, 2],
+            net.clone(),
+        )
+        .unwrap();
+        net.members.lock().unwrap().insert(id, m.clone());
+        m
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pair_takeover_and_rejoin_through_the_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Arc::new(LocalNet::default());
+        let members = vec![start_pair(dir.path(), 1, &net), start_pair(dir.path(), 2, &net)];
+        let leader = leader_of(&members).await;
+        let mut acked = BTreeMap::new();
+        for c in 0..30u64 {
+            acked.insert(leader.propose(c).await.unwrap(), c);
+        }
+        let old = leader.id();
+        let survivor = members.iter().find(|m| m.id() != old).unwrap().clone();
+        leader.shutdown().await;
+        net.members.lock().unwrap().remove(&old);
+        // In sync before the crash; VRRP would now say the peer is gone.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !survivor.status().await.unwrap().in_sync {
+            assert!(tokio::time::Instant::now() < deadline, "survivor never in sync");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        survivor.take_over_as_sole_voter().await.unwrap();
+        for c in 100..160u64 {
+            acked.insert(survivor.propose(c).await.unwrap(), c);
+        }
+        let back = start_pair(dir.path(), old, &net);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (a, b) = (survivor.status().await.unwrap(), back.status().await.unwrap());
+            if a.conf.voters.len() == 2 && b.conf.voters.len() == 2 && b.applied >= a.commit {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not promoted back: {a:?} {b:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        acked.insert(survivor.propose(999).await.unwrap(), 999);
+        let seen = back.read(|sm: &Recorder| sm.by_index.clone()).await.unwrap();
+        for (i, c) in &acked {
+            assert_eq!(
+                seen.get(i),
+                Some(c),
+                "acknowledged write at {i} on the returned member"
+            );
+        }
+        survivor.shutdown().await;
+        back.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_disk_stops_the_member_loudly() {
+        let cap = crate::logger::tests::Captured::default();
+        let _guard = tracing::subscriber::set_default(cap.subscriber());
+        let net = Arc::new(LocalNet::default());
+        let disk = Disk::memory();
+        let m = Member::start(
+            fast(1),
+            LogStore::open(disk.clone()).unwrap(),
+            Recorder::default(),
+            &[1],
+            net,
+        )
+        .unwrap();
+        leader_of(std::slice::from_ref(&m)).await;
+        m.propose(1).await.unwrap();
+        disk.break_writes();
+        assert_eq!(m.propose(2).await, Err(ProposeError::ShuttingDown));
+        let why = m.failure().expect("the member recorded why it stopped");
+        assert!(why.contains("disk is broken"), "{why}");
+        assert_eq!(m.propose(3).await, Err(ProposeError::ShuttingDown));
+        assert!(cap.text().contains("member stops"), "{}", cap.text());
+    }
+}
