@@ -5,7 +5,8 @@
 //! - [`proto`]: the client protocol (length-prefixed, versioned bincode frames);
 //! - [`server`]: answers clients from the table, only on the VIP;
 //! - [`client`]: one connection to the server; [`switch`]: a simulated switch on top of it;
-//! - [`views`]: the operator views of `vipool show`.
+//! - [`views`]: the operator views of `vipool show`;
+//! - [`node`]: one server of the pair (VRRP, the replicated table and the server together).
 //!
 //! The heart of the service is the [`table`]: the shared license table as a
 //! pure, deterministic state machine. Every change to it is a
@@ -33,6 +34,8 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod client;
+pub mod config;
+pub mod node;
 pub mod proto;
 pub mod server;
 pub mod switch;

@@ -19,12 +19,16 @@ struct Cli {
 enum Command {
     /// Run one VRRP instance in the foreground (like a one-instance keepalived).
     Vrrp(cmd::vrrp::Args),
+    /// Run one server of the pair: VRRP, the replicated license table and the license server.
+    Node(cmd::node::Args),
     /// Run a standalone license server (one node, no replication or VRRP yet).
     Serve(cmd::serve::Args),
     /// Run simulated switches (license clients) against a license server.
     Client(cmd::client::Args),
     /// Show the license tables and node status as an operator.
     Show(cmd::show::Args),
+    /// Check a node or witness configuration file and print it with every default filled in.
+    CheckConfig(cmd::check_config::Args),
 }
 
 fn init_tracing(default: &str) {
@@ -45,8 +49,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Vrrp(args) => runtime.block_on(cmd::vrrp::run(args)),
+        Command::Node(args) => runtime.block_on(cmd::node::run(args)),
         Command::Serve(args) => runtime.block_on(cmd::serve::run(args)),
         Command::Client(args) => runtime.block_on(cmd::client::run(args)),
         Command::Show(args) => runtime.block_on(cmd::show::run(args)),
+        Command::CheckConfig(args) => cmd::check_config::run(args),
     }
 }
