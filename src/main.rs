@@ -19,8 +19,6 @@ struct Cli {
 enum Command {
     /// Run one VRRP instance in the foreground (like a one-instance keepalived).
     Vrrp(cmd::vrrp::Args),
-    /// Run one server of the pair: VRRP, the replicated license table and the license server.
-    Node(cmd::node::Args),
     /// Run a standalone license server (one node, no replication or VRRP yet).
     Serve(cmd::serve::Args),
     /// Run simulated switches (license clients) against a license server.
@@ -49,7 +47,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Vrrp(args) => runtime.block_on(cmd::vrrp::run(args)),
-        Command::Node(args) => runtime.block_on(cmd::node::run(args)),
         Command::Serve(args) => runtime.block_on(cmd::serve::run(args)),
         Command::Client(args) => runtime.block_on(cmd::client::run(args)),
         Command::Show(args) => runtime.block_on(cmd::show::run(args)),

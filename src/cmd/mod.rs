@@ -1,7 +1,6 @@
 pub mod check_config;
 pub mod client;
 mod license_args;
-pub mod node;
 pub mod serve;
 pub mod show;
 pub mod vrrp;

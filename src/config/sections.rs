@@ -1,0 +1,427 @@
+//! The sections of a configuration file and their defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vrrp::proto::V3Checksum;
+use vrrp::sys::GarpConfig;
+
+use crate::server::ServerConfig;
+use crate::table::{TableConfig, DEFAULT_POOLABLE, DEFAULT_SWITCH_SPECIFIC};
+
+use super::*;
+
+/// `[node]`: who this node is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// This node's name (letters, digits, `.`, `_`, `-`; at most 63): shown
+    /// in logs and status, and the server its `license.keys` are installed
+    /// under. Must be the name of its entry in `cluster.peers`.
+    pub name: String,
+    /// This node's raft id (non-zero); its entry in `cluster.peers` has this id.
+    /// Never reuse the id of a node that was replaced.
+    pub id: u64,
+    /// Identifies the pair (non-zero, the same on all its members): raft
+    /// traffic from another cluster is refused, so two pairs on one network
+    /// cannot mix.
+    pub cluster_id: u64,
+    /// Directory of the raft log and snapshots (an absolute path). Losing it
+    /// makes the node rejoin as a new, empty member.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Release check: when set, the node refuses to start unless it runs
+    /// exactly this vipool release (e.g. "0.1.0"). Pin it to the same value
+    /// on every member so that an upgrade of one host alone is caught at
+    /// start; whatever it says, members of different releases refuse to
+    /// pair (SPEC §1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_release: Option<String>,
+}
+
+/// `[vrrp]`: the VRRP instance (RFC 9568) that elects the VIP holder.
+/// Both servers must agree on `vrid`, `vips`, `version`, `advert_interval_ms`
+/// and `auth_pass`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpSection {
+    /// Interface on the broadcast domain shared with the peer (its parent
+    /// when `vmac` is on).
+    pub interface: String,
+    /// Virtual router id, 1-255, the same on both servers and unique on the network.
+    pub vrid: u8,
+    /// Priority, 1-254; the higher one is master. 255 only on the owner of
+    /// the address: a VIP that is this node's own address. Default 100.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// The virtual addresses with their prefix length, e.g. "192.0.2.100/24";
+    /// all with one prefix length. License clients connect to the first.
+    pub vips: Vec<Vip>,
+    /// Advertisement interval in milliseconds: a multiple of 10 up to 40950
+    /// (v3), whole seconds up to 255000 (v2). Default 1000.
+    #[serde(default = "default_advert_interval_ms")]
+    pub advert_interval_ms: u32,
+    /// VRRP version: 3 (RFC 5798/9568, default) or 2 (RFC 3768).
+    #[serde(default = "default_vrrp_version")]
+    pub version: u8,
+    /// Preempt_Mode: a higher-priority backup takes over from a
+    /// lower-priority master (default true).
+    #[serde(default = "yes")]
+    pub preempt: bool,
+    /// With `preempt`, how long a backup that outranks the master keeps
+    /// deferring to it before taking over, in milliseconds (default 0).
+    #[serde(default)]
+    pub preempt_delay_ms: u64,
+    /// Accept_Mode: whether the master answers on the VIP when it is not the
+    /// address owner. The license service answers only while it is true
+    /// (default true).
+    #[serde(default = "yes")]
+    pub accept_mode: bool,
+    /// VRRPv2 simple-text password, 1 to 8 bytes; only with `version = 2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_pass: Option<String>,
+    /// This node's own IPv4 address on `interface`: the advertisement
+    /// source and the tie-breaker between equal priorities. Default: the
+    /// interface's first IPv4 address that is not a VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Ipv4Addr>,
+    /// Send advertisements to these addresses (and accept them only from
+    /// them) instead of multicast 224.0.0.18; for networks that filter
+    /// multicast. Usually the peer server's address. Default: multicast.
+    #[serde(default)]
+    pub unicast_peers: Vec<Ipv4Addr>,
+    /// VRRPv3 checksum: "pseudo-header" (RFC 5798, default) or
+    /// "message-only" (older VRRPv3 peers).
+    #[serde(default)]
+    pub v3_checksum: ChecksumMode,
+    /// Pair handoff: on the master's priority-0 advert (a graceful stop)
+    /// the backup takes over at once instead of after Skew_Time. Safe
+    /// because a pair has exactly one backup (default true).
+    #[serde(default = "yes")]
+    pub pair_handoff: bool,
+    /// Use the RFC 5798 virtual MAC 00:00:5e:00:01:VRID on a macvlan named
+    /// `vrrp.VRID` on `interface`, so switches need no ARP update on
+    /// failover (default false).
+    #[serde(default)]
+    pub vmac: bool,
+    /// Gratuitous ARP on takeover.
+    #[serde(default)]
+    pub garp: GarpSection,
+}
+
+/// `[vrrp.garp]`: gratuitous ARP sent when this node becomes master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GarpSection {
+    /// Requests per VIP on becoming master, 0 to 100; 0 disables (default 3).
+    pub count: u32,
+    /// Delay between two requests of a burst, in milliseconds (default 100).
+    pub interval_ms: u64,
+    /// While master, send another burst this often, in seconds (default: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_s: Option<u64>,
+}
+
+impl Default for GarpSection {
+    fn default() -> Self {
+        let garp = GarpConfig::default();
+        Self {
+            count: garp.count,
+            interval_ms: u64::try_from(garp.interval.as_millis()).unwrap_or(u64::MAX),
+            refresh_s: garp.refresh.map(|d| d.as_secs()),
+        }
+    }
+}
+
+/// How VRRPv3 checksums are computed (`vrrp.v3_checksum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChecksumMode {
+    /// RFC 5798 §5.2.8: over the IPv4 pseudo-header and the message.
+    #[default]
+    PseudoHeader,
+    /// Over the message only, like VRRPv2, for older VRRPv3 peers.
+    MessageOnly,
+}
+
+impl From<ChecksumMode> for V3Checksum {
+    fn from(mode: ChecksumMode) -> Self {
+        match mode {
+            ChecksumMode::PseudoHeader => V3Checksum::PseudoHeader,
+            ChecksumMode::MessageOnly => V3Checksum::MessageOnly,
+        }
+    }
+}
+
+/// A virtual address with its prefix length, written "192.0.2.100/24".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Vip {
+    /// The address.
+    pub address: Ipv4Addr,
+    /// Its prefix length, 1-32.
+    pub prefix_len: u8,
+}
+
+impl FromStr for Vip {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (address, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("VIP {s:?}: expected ADDRESS/PREFIX, e.g. \"192.0.2.100/24\""))?;
+        let address: Ipv4Addr = address
+            .parse()
+            .map_err(|_| format!("VIP {s:?}: {address:?} is not an IPv4 address"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| (1..=32).contains(l))
+            .ok_or_else(|| format!("VIP {s:?}: prefix length {len:?} must be 1 to 32"))?;
+        Ok(Vip { address, prefix_len })
+    }
+}
+
+impl TryFrom<String> for Vip {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Vip> for String {
+    fn from(vip: Vip) -> String {
+        vip.to_string()
+    }
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+/// `[cluster]`: the raft members that replicate the license table. The
+/// same `peers` list goes into every member's file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Where this node listens for raft traffic. Default: its own address in
+    /// `peers`. Set it (e.g. "0.0.0.0:4335") to listen on every address, or
+    /// when its address in `peers` is not local (behind NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Every member: exactly two servers and at most one witness, this node included.
+    pub peers: Vec<Peer>,
+    /// Length of one raft tick, in milliseconds (default 100).
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Ticks without a leader before a member campaigns, more than
+    /// `heartbeat_ticks` (default 10: one second at 100 ms ticks).
+    #[serde(default = "default_election_ticks")]
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats, at least 1 (default 3).
+    #[serde(default = "default_heartbeat_ticks")]
+    pub heartbeat_ticks: usize,
+    /// Snapshot the table and compact the log after this many applied
+    /// entries, at least 1 (default 10000).
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval: u64,
+    /// How long a change waits to commit before it fails, in milliseconds;
+    /// longer than one election (default 5000).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Largest raft message, in bytes, at least 1 MiB; snapshots travel whole,
+    /// so it bounds the table's size (default 64 MiB).
+    #[serde(default = "default_raft_max_frame")]
+    pub max_frame: u32,
+}
+
+/// One member of the cluster (`[[cluster.peers]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Its raft id (non-zero, unique).
+    pub id: u64,
+    /// Its name (its `node.name`).
+    pub name: String,
+    /// Its raft address, IP and port, as the other members reach it.
+    pub address: SocketAddr,
+    /// "server" (default) or "witness".
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// What a member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// One of the pair: holds the VIP in turn and answers clients.
+    #[default]
+    Server,
+    /// Votes and stores the log, never leads, never holds the VIP.
+    Witness,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Server => "server",
+            Role::Witness => "witness",
+        })
+    }
+}
+
+/// `[license]`: the license service. Everything but `keys`, `client_port`
+/// and `operator_listen` decides how the replicated table behaves and must
+/// be the same on both servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LicenseSection {
+    /// TCP port license clients connect to on the VIP (default 4333); not the
+    /// raft port nor the operator port.
+    pub client_port: u16,
+    /// The operator endpoint (`vipool show --server`), on this node's own
+    /// address so it answers whether or not the node holds the VIP.
+    /// Default: this node's address in `cluster.peers`, port 4334.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_listen: Option<SocketAddr>,
+    /// Keys installed on this server: licenses per type, e.g.
+    /// `{ AP = 16, PEFNG = 16 }`. Types are case-insensitive and must be
+    /// listed in `poolable` or `switch_specific`.
+    pub keys: BTreeMap<String, u32>,
+    /// License types shared through the pool (default AP, PEFNG, RFPROTECT, XSEC, ACR).
+    pub poolable: Vec<String>,
+    /// License types that license one switch only, never pooled (default PEFV, WEBCC).
+    pub switch_specific: Vec<String>,
+    /// How often clients send heartbeats, in milliseconds (default 30000).
+    pub heartbeat_interval_ms: u64,
+    /// Heartbeats missed in a row after which a client is down and its used
+    /// licenses return to the pool (default 3).
+    pub missed_heartbeats: u32,
+    /// Silence after which a client's installed contributions leave the
+    /// table, in seconds (default 2592000: 30 days).
+    pub silence_remove_s: u64,
+    /// How often the VIP holder sweeps the table for missed heartbeats,
+    /// silent clients and expired keys, in milliseconds (default 10000).
+    pub sweep_interval_ms: u64,
+    /// Warn (log and status) about evaluation keys that stop counting
+    /// within this many seconds (default 604800: 7 days).
+    pub expiry_warning_s: u64,
+    /// Largest client request, in bytes, at least 1024 (default 65536).
+    pub max_frame: u32,
+    /// Client connections served at once; more wait (default 20000).
+    pub max_connections: usize,
+    /// How long a pool change waits before it is pushed to clients, so that a
+    /// burst costs one push per client, in milliseconds (default 100).
+    pub push_delay_ms: u64,
+}
+
+impl Default for LicenseSection {
+    fn default() -> Self {
+        let table = TableConfig::default();
+        let server = ServerConfig::default();
+        Self {
+            client_port: DEFAULT_CLIENT_PORT,
+            operator_listen: None,
+            keys: BTreeMap::new(),
+            poolable: DEFAULT_POOLABLE.iter().map(|t| t.to_string()).collect(),
+            switch_specific: DEFAULT_SWITCH_SPECIFIC.iter().map(|t| t.to_string()).collect(),
+            heartbeat_interval_ms: table.heartbeat_interval_ms,
+            missed_heartbeats: table.missed_heartbeats_down,
+            silence_remove_s: table.silence_remove_ms / 1000,
+            sweep_interval_ms: millis(server.sweep_interval),
+            expiry_warning_s: server.expiry_warning.as_secs(),
+            max_frame: server.max_frame,
+            max_connections: server.max_connections,
+            push_delay_ms: millis(server.push_delay),
+        }
+    }
+}
+
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+pub(super) fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+pub(super) fn default_priority() -> u8 {
+    100
+}
+pub(super) fn default_advert_interval_ms() -> u32 {
+    1000
+}
+pub(super) fn default_vrrp_version() -> u8 {
+    3
+}
+pub(super) fn yes() -> bool {
+    true
+}
+pub(super) fn default_tick_ms() -> u64 {
+    100
+}
+pub(super) fn default_election_ticks() -> usize {
+    10
+}
+pub(super) fn default_heartbeat_ticks() -> usize {
+    3
+}
+pub(super) fn default_snapshot_interval() -> u64 {
+    10_000
+}
+pub(super) fn default_request_timeout_ms() -> u64 {
+    5_000
+}
+pub(super) fn default_raft_max_frame() -> u32 {
+    64 * 1024 * 1024
+}
+impl ClusterSection {
+    /// The member of this id.
+    pub fn peer(&self, id: u64) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.id == id)
+    }
+
+    /// Every member's id: the voters a brand-new cluster starts with.
+    pub fn initial_voters(&self) -> Vec<u64> {
+        self.peers.iter().map(|p| p.id).collect()
+    }
+
+    /// The raft addresses of every member but `me`.
+    pub fn peers_except(&self, me: u64) -> BTreeMap<u64, SocketAddr> {
+        self.peers
+            .iter()
+            .filter(|p| p.id != me)
+            .map(|p| (p.id, p.address))
+            .collect()
+    }
+
+    /// Whether the cluster has a witness.
+    pub fn has_witness(&self) -> bool {
+        self.peers.iter().any(|p| p.role == Role::Witness)
+    }
+
+    /// Length of one raft tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// How long a proposal waits to commit.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Where member `me` listens for raft traffic (filled in by loading).
+    pub fn listen_address(&self, me: u64) -> Option<SocketAddr> {
+        self.listen.or_else(|| self.peer(me).map(|p| p.address))
+    }
+
+    pub(super) fn fill_defaults(&mut self, me: u64) {
+        self.listen = self.listen_address(me);
+    }
+}

@@ -1,0 +1,540 @@
+//! Every validation error names its field; defaults follow the SPEC.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use vrrp::sys::GarpConfig;
+
+use super::*;
+use crate::table::{Command, Key, TableConfig};
+
+const PRIMARY: &str = r#"
+        [node]
+        name = "primary"
+        id = 1
+        cluster_id = 7
+
+        [vrrp]
+        interface = "eth0"
+        vrid = 10
+        priority = 200
+        vips = ["192.0.2.100/24"]
+
+        [cluster]
+        peers = [
+            { id = 1, name = "primary", address = "192.0.2.11:4335" },
+            { id = 2, name = "backup", address = "192.0.2.12:4335" },
+            { id = 3, name = "witness", address = "192.0.2.13:4335", role = "witness" },
+        ]
+
+        [license]
+        keys = { AP = 16, pefng = 16 }
+    "#;
+
+const WITNESS: &str = r#"
+        [node]
+        name = "witness"
+        id = 3
+        cluster_id = 7
+
+        [cluster]
+        peers = [
+            { id = 1, name = "primary", address = "192.0.2.11:4335" },
+            { id = 2, name = "backup", address = "192.0.2.12:4335" },
+            { id = 3, name = "witness", address = "192.0.2.13:4335", role = "witness" },
+        ]
+    "#;
+
+/// `PRIMARY` with `line` (a `key = value` line) replacing the line that
+/// sets the same key, or added to `section` when no line does.
+fn edit(base: &str, section: &str, line: &str) -> String {
+    let key = line.split('=').next().unwrap().trim();
+    let mut out = Vec::new();
+    let mut current = "";
+    let mut done = false;
+    // Open brackets of a multi-line value being replaced.
+    let mut skipping = 0i32;
+    let depth = |l: &str| l.matches('[').count() as i32 - l.matches(']').count() as i32;
+    for l in base.lines() {
+        let t = l.trim();
+        if skipping > 0 {
+            skipping += depth(t);
+            continue;
+        }
+        if t.starts_with('[') {
+            if current == section && !done {
+                out.push(line.to_owned());
+                done = true;
+            }
+            current = t.trim_matches(|c| c == '[' || c == ']');
+        }
+        if current == section && t.split('=').next().map(str::trim) == Some(key) && t.contains('=') {
+            out.push(line.to_owned());
+            done = true;
+            skipping = depth(t);
+            continue;
+        }
+        out.push(l.to_owned());
+    }
+    if !done {
+        assert_eq!(current, section, "section [{section}] not found or not last");
+        out.push(line.to_owned());
+    }
+    out.join("\n")
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match text.parse::<Config>() {
+        Err(ConfigError::Invalid(p)) => p,
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+/// Asserts that setting `line` in `[section]` is refused with a problem
+/// naming `field`, and returns its display.
+#[track_caller]
+fn refused(section: &str, line: &str, field: &str) -> String {
+    let found = problems(&edit(PRIMARY, section, line));
+    let p = found
+        .iter()
+        .find(|p| p.field == field)
+        .unwrap_or_else(|| panic!("{line}: no problem names {field}: {found:?}"));
+    let shown = p.to_string();
+    assert!(shown.starts_with(field), "{shown}");
+    shown
+}
+
+#[test]
+fn defaults_follow_the_spec() {
+    let c: Config = PRIMARY.parse().unwrap();
+    assert_eq!(c.vrrp.advert_interval_ms, 1000);
+    assert_eq!(c.vrrp.version, 3);
+    assert!(c.vrrp.preempt && c.vrrp.accept_mode && c.vrrp.pair_handoff && !c.vrrp.vmac);
+    assert_eq!(c.vrrp.preempt_delay_ms, 0);
+    assert_eq!(
+        c.vrrp.garp,
+        GarpSection {
+            count: 3,
+            interval_ms: 100,
+            refresh_s: None
+        }
+    );
+    assert_eq!(c.node.data_dir, Path::new(DEFAULT_DATA_DIR));
+    assert_eq!(
+        (
+            c.cluster.tick_ms,
+            c.cluster.election_ticks,
+            c.cluster.heartbeat_ticks
+        ),
+        (100, 10, 3)
+    );
+    assert_eq!(c.cluster.snapshot_interval, 10_000);
+    let l = &c.license;
+    assert_eq!(l.heartbeat_interval_ms, 30_000);
+    assert_eq!(l.missed_heartbeats, 3);
+    assert_eq!(l.silence_remove_s, 30 * 24 * 3600);
+    assert_eq!(l.expiry_warning_s, 7 * 24 * 3600);
+    assert_eq!(l.sweep_interval_ms, 10_000);
+    assert_eq!(l.client_port, DEFAULT_CLIENT_PORT);
+    assert_eq!(c.table_config(), TableConfig::default());
+    // Defaults that depend on other fields are filled in.
+    assert_eq!(c.cluster.listen, Some("192.0.2.11:4335".parse().unwrap()));
+    assert_eq!(l.operator_listen, Some("192.0.2.11:4334".parse().unwrap()));
+    // Key types are normalized like the table normalizes them.
+    assert_eq!(l.keys.keys().collect::<Vec<_>>(), ["AP", "PEFNG"]);
+}
+
+#[test]
+fn converts_to_the_parts() {
+    let c: Config = PRIMARY.parse().unwrap();
+    let s = c.speaker_config();
+    assert_eq!(s.interface, "eth0");
+    assert_eq!(s.prefix_len, 24);
+    assert_eq!(s.garp, GarpConfig::default());
+    assert_eq!(s.vrrp.addresses, [Ipv4Addr::new(192, 0, 2, 100)]);
+    assert_eq!(s.vrrp.advert_interval_cs, 100);
+    assert_eq!(s.vrrp.primary_address, Ipv4Addr::UNSPECIFIED);
+    assert!(s.vrrp.pair_handoff);
+    let server = c.server_config();
+    assert_eq!(server.node, "primary");
+    assert_eq!(server.vip, Some("192.0.2.100".parse().unwrap()));
+    assert_eq!(c.client_address().to_string(), "192.0.2.100:4333");
+    assert_eq!(c.server_keys().len(), 2);
+    match &c.server_key_commands(5)[0] {
+        Command::InstallServerKey {
+            now_ms,
+            key_id,
+            server,
+            key,
+        } => {
+            assert_eq!(
+                (*now_ms, key_id.as_str(), server.as_str()),
+                (5, "primary-AP", "primary")
+            );
+            assert_eq!(key, &Key::permanent("AP", 16));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.cluster.initial_voters(), [1, 2, 3]);
+    assert_eq!(
+        c.cluster.peers_except(1).keys().copied().collect::<Vec<_>>(),
+        [2, 3]
+    );
+    assert_eq!(c.pair_peer().name, "backup");
+    assert_eq!(c.me().name, "primary");
+    assert!(c.cluster.has_witness());
+    assert_eq!(c.cluster.tick(), Duration::from_millis(100));
+}
+
+#[test]
+fn owner_priority_255_uses_the_owned_vip_as_source() {
+    let text = edit(PRIMARY, "vrrp", "priority = 255");
+    let text = edit(&text, "vrrp", r#"vips = ["192.0.2.11/24"]"#);
+    let c: Config = text.parse().unwrap();
+    assert_eq!(c.vrrp_config().primary_address, Ipv4Addr::new(192, 0, 2, 11));
+    c.vrrp_config().validate().unwrap();
+}
+
+#[test]
+fn round_trip_through_toml() {
+    for text in [
+        PRIMARY.to_owned(),
+        edit(PRIMARY, "vrrp", "auth_pass = \"s3cret\""),
+    ] {
+        let text = edit(&text, "vrrp", "version = 2");
+        let text = edit(&text, "vrrp", "source = \"192.0.2.11\"");
+        let parsed: AnyConfig = text.parse().unwrap();
+        let printed = parsed.to_toml();
+        let again: AnyConfig = printed.parse().unwrap();
+        assert_eq!(parsed, again, "{printed}");
+        assert_eq!(again.to_toml(), printed);
+    }
+    let witness: AnyConfig = WITNESS.parse().unwrap();
+    assert_eq!(witness.role(), Role::Witness);
+    assert_eq!(witness.node().name, "witness");
+    assert_eq!(witness.to_toml().parse::<AnyConfig>().unwrap(), witness);
+    assert!(!witness.to_toml().contains("[vrrp]"));
+}
+
+#[test]
+fn tells_server_and_witness_files_apart() {
+    assert_eq!(PRIMARY.parse::<AnyConfig>().unwrap().role(), Role::Server);
+    assert_eq!(WITNESS.parse::<AnyConfig>().unwrap().role(), Role::Witness);
+    // A witness entry in a file with server sections.
+    let text = PRIMARY.replace(
+        "{ id = 1, name = \"primary\", address = \"192.0.2.11:4335\" }",
+        "{ id = 1, name = \"primary\", address = \"192.0.2.11:4335\", role = \"witness\" }",
+    );
+    let err = text.parse::<AnyConfig>().unwrap_err().to_string();
+    assert!(err.contains("cluster.peers[0].role = \"witness\""), "{err}");
+    // A server's entry without [vrrp]: the parser says what is missing.
+    let err = WITNESS
+        .replace("id = 3\n", "id = 1\n")
+        .replace("name = \"witness\"\n        id", "name = \"primary\"\n        id");
+    let err = err.parse::<AnyConfig>().unwrap_err().to_string();
+    assert!(err.contains("vrrp"), "{err}");
+    // [vrrp] in a witness file.
+    let err = format!("{WITNESS}\n[vrrp]\ninterface = \"eth0\"\n").parse::<WitnessConfig>();
+    assert!(err.unwrap_err().to_string().contains("vrrp"));
+    assert!(WITNESS.parse::<WitnessConfig>().is_ok());
+}
+
+#[test]
+fn witness_entry_must_be_a_witness() {
+    let text = WITNESS
+        .replace("id = 3\n", "id = 2\n")
+        .replace("name = \"witness\"\n        id", "name = \"backup\"\n        id");
+    let err = text.parse::<WitnessConfig>().unwrap_err();
+    assert_eq!(err.problems()[0].field, "cluster.peers[1].role", "{err}");
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let err = edit(PRIMARY, "vrrp", "prioirty = 100")
+        .parse::<Config>()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prioirty"), "{err}");
+    let err = edit(PRIMARY, "license", "heartbeat_s = 3")
+        .parse::<Config>()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("heartbeat_s"), "{err}");
+}
+
+#[test]
+fn bad_vip_syntax_is_refused_with_its_line() {
+    let err = edit(PRIMARY, "vrrp", r#"vips = ["192.0.2.100"]"#)
+        .parse::<Config>()
+        .unwrap_err();
+    assert!(err.to_string().contains("ADDRESS/PREFIX"), "{err}");
+    assert!(err.to_string().contains("vips"), "{err}");
+    let err = edit(PRIMARY, "vrrp", r#"vips = ["192.0.2.100/33"]"#)
+        .parse::<Config>()
+        .unwrap_err();
+    assert!(err.to_string().contains("1 to 32"), "{err}");
+}
+
+#[test]
+fn node_problems_name_their_field() {
+    refused("node", "name = \"my node\"", "node.name");
+    refused("node", "id = 0", "node.id");
+    refused("node", "cluster_id = 0", "node.cluster_id");
+    refused("node", "data_dir = \"var/lib\"", "node.data_dir");
+    let shown = refused(
+        "node",
+        "require_release = \"0.0.0-other\"",
+        "node.require_release",
+    );
+    assert!(shown.contains(env!("CARGO_PKG_VERSION")), "{shown}");
+    let ok = edit(
+        PRIMARY,
+        "node",
+        &format!("require_release = \"{}\"", env!("CARGO_PKG_VERSION")),
+    );
+    ok.parse::<Config>().unwrap();
+}
+
+#[test]
+fn vrrp_problems_name_their_field() {
+    let shown = refused("vrrp", "priority = 0", "vrrp.priority");
+    assert_eq!(
+        shown,
+        "vrrp.priority = 0: must be 1-254 (255 only if a vip is this node's own address)"
+    );
+    refused("vrrp", "priority = 255", "vrrp.priority");
+    refused("vrrp", "vrid = 0", "vrrp.vrid");
+    refused("vrrp", "interface = \"\"", "vrrp.interface");
+    refused("vrrp", "interface = \"a-very-long-interface\"", "vrrp.interface");
+    refused("vrrp", "vips = []", "vrrp.vips");
+    refused(
+        "vrrp",
+        r#"vips = ["192.0.2.100/24", "192.0.2.101/25"]"#,
+        "vrrp.vips",
+    );
+    refused(
+        "vrrp",
+        r#"vips = ["192.0.2.100/24", "192.0.2.100/24"]"#,
+        "vrrp.vips[1]",
+    );
+    refused("vrrp", r#"vips = ["224.0.0.18/24"]"#, "vrrp.vips[0]");
+    let shown = refused("vrrp", r#"vips = ["192.0.2.11/24"]"#, "vrrp.vips[0]");
+    assert!(shown.contains("own address"), "{shown}");
+    let shown = refused("vrrp", r#"vips = ["192.0.2.12/24"]"#, "vrrp.vips[0]");
+    assert!(shown.contains("backup"), "{shown}");
+    refused("vrrp", "advert_interval_ms = 1005", "vrrp.advert_interval_ms");
+    refused("vrrp", "advert_interval_ms = 0", "vrrp.advert_interval_ms");
+    refused("vrrp", "advert_interval_ms = 50000", "vrrp.advert_interval_ms");
+    refused("vrrp", "advert_interval_ms = 1000000", "vrrp.advert_interval_ms");
+    let v2 = edit(PRIMARY, "vrrp", "version = 2");
+    let v2_bad = problems(&edit(&v2, "vrrp", "advert_interval_ms = 1500"));
+    assert_eq!(v2_bad[0].field, "vrrp.advert_interval_ms", "{v2_bad:?}");
+    edit(&v2, "vrrp", "auth_pass = \"12345678\"")
+        .parse::<Config>()
+        .unwrap();
+    refused("vrrp", "version = 4", "vrrp.version");
+    refused("vrrp", "auth_pass = \"secret\"", "vrrp.auth_pass");
+    refused("vrrp", "auth_pass = \"much-too-long\"", "vrrp.auth_pass");
+    refused("vrrp", "source = \"0.0.0.0\"", "vrrp.source");
+    let shown = refused("vrrp", "source = \"192.0.2.100\"", "vrrp.vips[0]");
+    assert!(shown.contains("vrrp.source"), "{shown}");
+    refused(
+        "vrrp",
+        r#"unicast_peers = ["192.0.2.12", "192.0.2.12"]"#,
+        "vrrp.unicast_peers[1]",
+    );
+    refused(
+        "vrrp",
+        r#"unicast_peers = ["192.0.2.11"]"#,
+        "vrrp.unicast_peers[0]",
+    );
+    refused(
+        "vrrp",
+        r#"unicast_peers = ["192.0.2.100"]"#,
+        "vrrp.unicast_peers[0]",
+    );
+    refused(
+        "vrrp",
+        r#"unicast_peers = ["224.0.0.18"]"#,
+        "vrrp.unicast_peers[0]",
+    );
+    refused("vrrp", "garp = { count = 1000 }", "vrrp.garp.count");
+    refused("vrrp", "garp = { interval_ms = 0 }", "vrrp.garp.interval_ms");
+    refused("vrrp", "garp = { refresh_s = 0 }", "vrrp.garp.refresh_s");
+}
+
+#[test]
+fn cluster_problems_name_their_field() {
+    let two = r#"peers = [
+            { id = 1, name = "primary", address = "192.0.2.11:4335" },
+            { id = 2, name = "backup", address = "192.0.2.12:4335" },
+        ]"#;
+    edit(PRIMARY, "cluster", two).parse::<Config>().unwrap();
+    let cases = [
+        (
+            r#"peers = [{ id = 1, name = "primary", address = "192.0.2.11:4335" }]"#,
+            "cluster.peers",
+        ),
+        (
+            r#"peers = [{ id = 1, name = "primary", address = "192.0.2.11:4335" },
+                { id = 2, name = "b", address = "192.0.2.12:4335" },
+                { id = 3, name = "c", address = "192.0.2.13:4335" }]"#,
+            "cluster.peers",
+        ),
+        (
+            r#"peers = [{ id = 1, name = "primary", address = "192.0.2.11:4335" },
+                { id = 2, name = "b", address = "192.0.2.12:4335" },
+                { id = 3, name = "w1", address = "192.0.2.13:4335", role = "witness" },
+                { id = 4, name = "w2", address = "192.0.2.14:4335", role = "witness" }]"#,
+            "cluster.peers",
+        ),
+        (
+            r#"peers = [{ id = 5, name = "primary", address = "192.0.2.11:4335" },
+                { id = 2, name = "b", address = "192.0.2.12:4335" }]"#,
+            "cluster.peers",
+        ),
+        (
+            r#"peers = [{ id = 1, name = "primary", address = "192.0.2.11:4335" },
+                { id = 1, name = "b", address = "192.0.2.12:4335" }]"#,
+            "cluster.peers[1].id",
+        ),
+        (
+            r#"peers = [{ id = 1, name = "primary", address = "192.0.2.11:4335" },
+                { id = 0, name = "b", address = "192.0.2.12:4335" }]"#,
+            "cluster.peers[1].id",
+        ),
+        (
+            r#"peers = [{ id = 1, name = "primary", address = "192.0.2.11:4335" },
+                { id = 2, name = "primary", address = "192.0.2.12:4335" }]"#,
+            "cluster.peers[1].name",
+        ),
+        (
+            r#"peers = [{ id = 1, name = "primary", address = "192.0.2.11:4335" },
+                { id = 2, name = "b", address = "192.0.2.11:4335" }]"#,
+            "cluster.peers[1].address",
+        ),
+        (
+            r#"peers = [{ id = 1, name = "primary", address = "192.0.2.11:4335" },
+                { id = 2, name = "b", address = "0.0.0.0:4335" }]"#,
+            "cluster.peers[1].address",
+        ),
+        (
+            r#"peers = [{ id = 1, name = "primary", address = "192.0.2.11:0" },
+                { id = 2, name = "b", address = "192.0.2.12:4335" }]"#,
+            "cluster.peers[0].address",
+        ),
+        (
+            r#"peers = [{ id = 1, name = "first", address = "192.0.2.11:4335" },
+                { id = 2, name = "b", address = "192.0.2.12:4335" }]"#,
+            "cluster.peers[0].name",
+        ),
+        (
+            r#"peers = [{ id = 1, name = "primary", address = "192.0.2.11:4335", role = "witness" },
+                { id = 2, name = "b", address = "192.0.2.12:4335" },
+                { id = 3, name = "c", address = "192.0.2.13:4335" }]"#,
+            "cluster.peers[0].role",
+        ),
+    ];
+    for (line, field) in cases {
+        refused("cluster", line, field);
+    }
+    let shown = refused(
+        "cluster",
+        r#"peers = [{ id = 9, name = "x", address = "192.0.2.11:4335" },
+            { id = 2, name = "b", address = "192.0.2.12:4335" }]"#,
+        "cluster.peers",
+    );
+    assert!(shown.contains("no entry for this node"), "{shown}");
+    refused("cluster", "listen = \"0.0.0.0:0\"", "cluster.listen");
+    edit(PRIMARY, "cluster", "listen = \"0.0.0.0:4335\"")
+        .parse::<Config>()
+        .unwrap();
+    refused("cluster", "tick_ms = 0", "cluster.tick_ms");
+    refused("cluster", "heartbeat_ticks = 0", "cluster.heartbeat_ticks");
+    refused("cluster", "election_ticks = 3", "cluster.election_ticks");
+    refused("cluster", "snapshot_interval = 0", "cluster.snapshot_interval");
+    refused(
+        "cluster",
+        "request_timeout_ms = 1000",
+        "cluster.request_timeout_ms",
+    );
+    refused("cluster", "max_frame = 1000", "cluster.max_frame");
+}
+
+#[test]
+fn license_problems_name_their_field() {
+    refused("license", "keys = { AP = 0 }", "license.keys.AP");
+    let shown = refused("license", "keys = { FOO = 3 }", "license.keys.FOO");
+    assert!(shown.contains("license.poolable"), "{shown}");
+    let dup = problems(&edit(PRIMARY, "license", "keys = { AP = 1, ap = 2 }"));
+    assert!(
+        dup.iter().any(|p| p.field.starts_with("license.keys.")),
+        "{dup:?}"
+    );
+    refused("license", "poolable = [\"AP\", \"ap\"]", "license.poolable[1]");
+    refused(
+        "license",
+        "switch_specific = [\"AP\"]",
+        "license.switch_specific[0]",
+    );
+    refused("license", "poolable = [\"\"]", "license.poolable[0]");
+    refused("license", "poolable = [\"A P\"]", "license.poolable[0]");
+    let none = problems(&edit(
+        &edit(PRIMARY, "license", "poolable = []"),
+        "license",
+        "switch_specific = []",
+    ));
+    assert!(none.iter().any(|p| p.field == "license.poolable"), "{none:?}");
+    refused(
+        "license",
+        "heartbeat_interval_ms = 0",
+        "license.heartbeat_interval_ms",
+    );
+    refused("license", "missed_heartbeats = 0", "license.missed_heartbeats");
+    refused("license", "silence_remove_s = 60", "license.silence_remove_s");
+    refused("license", "sweep_interval_ms = 0", "license.sweep_interval_ms");
+    refused("license", "max_frame = 10", "license.max_frame");
+    refused("license", "max_connections = 0", "license.max_connections");
+    refused("license", "client_port = 0", "license.client_port");
+    refused("license", "client_port = 4335", "license.client_port");
+    refused(
+        "license",
+        "operator_listen = \"192.0.2.11:0\"",
+        "license.operator_listen",
+    );
+    refused(
+        "license",
+        "operator_listen = \"0.0.0.0:4333\"",
+        "license.operator_listen",
+    );
+    refused(
+        "license",
+        "operator_listen = \"0.0.0.0:4335\"",
+        "license.operator_listen",
+    );
+    // A timer in milliseconds for tests is fine.
+    let fast = edit(PRIMARY, "license", "heartbeat_interval_ms = 50");
+    let fast = edit(&fast, "license", "silence_remove_s = 1");
+    fast.parse::<Config>().unwrap();
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = edit(PRIMARY, "vrrp", "priority = 0");
+    let text = edit(&text, "node", "cluster_id = 0");
+    let text = edit(&text, "license", "missed_heartbeats = 0");
+    let err = text.parse::<Config>().unwrap_err();
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["node.cluster_id", "vrrp.priority", "license.missed_heartbeats"],
+        "{err}"
+    );
+    assert_eq!(err.to_string().lines().count(), 3);
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let err = Config::load("/nonexistent/vipool.toml").unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/vipool.toml"), "{err}");
+}

@@ -1,0 +1,772 @@
+//! Validation of a whole file and conversion into the typed configurations.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use vrrp::proto::{Config as VrrpConfig, ConfigError as VrrpError};
+use vrrp::sys::{GarpConfig, SpeakerConfig};
+use vrrp::wire::{Auth, Version};
+
+use crate::proto::frame;
+use crate::server::ServerConfig;
+use crate::table::{Command, Key, LicenseType, TableConfig, TypeKind};
+
+use super::*;
+
+impl Config {
+    /// Reads, parses and validates a server's configuration file, and fills
+    /// in the defaults that depend on other fields.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not valid TOML for this shape, or breaks a rule.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        read(path.as_ref())?.parse()
+    }
+
+    /// Checks every field and the rules between them.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut report = Report::default();
+        check_common(&self.node, &self.cluster, Role::Server, &mut report);
+        self.check_vrrp(&mut report);
+        self.check_license(&mut report);
+        self.check_ports(&mut report);
+        report.finish()
+    }
+
+    /// This node's entry in `cluster.peers`.
+    ///
+    /// # Panics
+    /// On a configuration that did not pass [`Config::validate`] and lacks the entry.
+    pub fn me(&self) -> &Peer {
+        self.cluster
+            .peer(self.node.id)
+            .expect("validated: own entry in cluster.peers")
+    }
+
+    /// The other server of the pair.
+    ///
+    /// # Panics
+    /// On a configuration that did not pass [`Config::validate`].
+    pub fn pair_peer(&self) -> &Peer {
+        self.cluster
+            .peers
+            .iter()
+            .find(|p| p.role == Role::Server && p.id != self.node.id)
+            .expect("validated: two servers")
+    }
+
+    /// This node's own IPv4 address, if its raft address is one.
+    pub(super) fn own_v4(&self) -> Option<Ipv4Addr> {
+        self.vrrp
+            .source
+            .or(match self.cluster.peer(self.node.id)?.address.ip() {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
+    }
+
+    /// The VRRP instance for the speaker. `primary_address` is `vrrp.source`,
+    /// or for the address owner (priority 255) the owned VIP, or else
+    /// unspecified so that the speaker takes the interface's own address.
+    pub fn vrrp_config(&self) -> VrrpConfig {
+        let v = &self.vrrp;
+        let addresses: Vec<Ipv4Addr> = v.vips.iter().map(|vip| vip.address).collect();
+        let primary_address = match (v.source, self.own_v4()) {
+            (Some(source), _) => source,
+            (None, Some(own)) if v.priority == 255 && addresses.contains(&own) => own,
+            _ => Ipv4Addr::UNSPECIFIED,
+        };
+        VrrpConfig {
+            version: Version::from(v.version),
+            vrid: v.vrid,
+            priority: v.priority,
+            advert_interval_cs: u16::try_from(v.advert_interval_ms / 10).unwrap_or(u16::MAX),
+            preempt: v.preempt,
+            preempt_delay: Duration::from_millis(v.preempt_delay_ms),
+            accept_mode: v.accept_mode,
+            addresses,
+            primary_address,
+            auth: match &v.auth_pass {
+                Some(pass) => Auth::simple_text(pass.as_bytes()).unwrap_or(Auth::None),
+                None => Auth::None,
+            },
+            v3_checksum: v.v3_checksum.into(),
+            unicast_peers: v.unicast_peers.clone(),
+            pair_handoff: v.pair_handoff,
+        }
+    }
+
+    /// Everything the VRRP speaker needs.
+    pub fn speaker_config(&self) -> SpeakerConfig {
+        let garp = &self.vrrp.garp;
+        SpeakerConfig {
+            interface: self.vrrp.interface.clone(),
+            vrrp: self.vrrp_config(),
+            prefix_len: self.vrrp.vips.first().map_or(32, |v| v.prefix_len),
+            garp: GarpConfig {
+                count: garp.count,
+                interval: Duration::from_millis(garp.interval_ms),
+                refresh: garp.refresh_s.map(Duration::from_secs),
+            },
+            virtual_mac: self.vrrp.vmac,
+        }
+    }
+
+    /// The VIP license clients connect to: the first of `vrrp.vips`.
+    ///
+    /// # Panics
+    /// On a configuration that did not pass [`Config::validate`] (no VIP).
+    pub fn client_vip(&self) -> Ipv4Addr {
+        self.vrrp.vips[0].address
+    }
+
+    /// Where license clients connect: the first VIP, `license.client_port`.
+    pub fn client_address(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.client_vip()), self.license.client_port)
+    }
+
+    /// The license server's settings; it answers clients only on the VIP.
+    pub fn server_config(&self) -> ServerConfig {
+        let l = &self.license;
+        ServerConfig {
+            node: self.node.name.clone(),
+            vip: Some(IpAddr::V4(self.client_vip())),
+            max_frame: l.max_frame,
+            max_connections: l.max_connections,
+            sweep_interval: Duration::from_millis(l.sweep_interval_ms),
+            push_delay: Duration::from_millis(l.push_delay_ms),
+            expiry_warning: Duration::from_secs(l.expiry_warning_s),
+        }
+    }
+
+    /// The replicated table's settings: license types and client timers.
+    pub fn table_config(&self) -> TableConfig {
+        let l = &self.license;
+        let types = l
+            .poolable
+            .iter()
+            .map(|t| (LicenseType::new(t), TypeKind::Poolable))
+            .chain(
+                l.switch_specific
+                    .iter()
+                    .map(|t| (LicenseType::new(t), TypeKind::SwitchSpecific)),
+            )
+            .collect();
+        TableConfig {
+            types,
+            heartbeat_interval_ms: l.heartbeat_interval_ms,
+            missed_heartbeats_down: l.missed_heartbeats,
+            silence_remove_ms: l.silence_remove_s.saturating_mul(1000),
+        }
+    }
+
+    /// This server's keys as permanent [`Key`]s, one per type.
+    pub fn server_keys(&self) -> Vec<Key> {
+        self.license
+            .keys
+            .iter()
+            .map(|(t, n)| Key::permanent(LicenseType::new(t), *n))
+            .collect()
+    }
+
+    /// The commands that install this server's keys, with key ids
+    /// `NAME-TYPE` (as `vipool serve` names them), stamped `now_ms`.
+    pub fn server_key_commands(&self, now_ms: u64) -> Vec<Command> {
+        self.server_keys()
+            .into_iter()
+            .map(|key| Command::InstallServerKey {
+                now_ms,
+                key_id: format!("{}-{}", self.node.name, key.license_type),
+                server: self.node.name.clone(),
+                key,
+            })
+            .collect()
+    }
+
+    /// The operator endpoint's address (filled in by loading).
+    pub fn operator_address(&self) -> SocketAddr {
+        self.license.operator_listen.unwrap_or_else(|| {
+            let own = self.cluster.peer(self.node.id).map(|p| p.address.ip());
+            SocketAddr::new(
+                own.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                DEFAULT_OPERATOR_PORT,
+            )
+        })
+    }
+
+    pub(super) fn fill_defaults(&mut self) {
+        self.cluster.fill_defaults(self.node.id);
+        self.license.operator_listen = Some(self.operator_address());
+        for t in self
+            .license
+            .poolable
+            .iter_mut()
+            .chain(self.license.switch_specific.iter_mut())
+        {
+            *t = LicenseType::new(&*t).to_string();
+        }
+        self.license.keys = std::mem::take(&mut self.license.keys)
+            .into_iter()
+            .map(|(t, n)| (LicenseType::new(t).to_string(), n))
+            .collect();
+    }
+
+    pub(super) fn check_vrrp(&self, r: &mut Report) {
+        let v = &self.vrrp;
+        if v.interface.is_empty()
+            || v.interface.len() > 15
+            || v.interface.contains(|c: char| c == '/' || c.is_whitespace())
+        {
+            r.add(
+                "vrrp.interface",
+                format!("{:?}", v.interface),
+                "must be a Linux interface name (1 to 15 characters, no '/' or spaces), e.g. \"eth0\"",
+            );
+        }
+        if v.vrid == 0 {
+            r.add("vrrp.vrid", 0, "must be 1-255, the same on both servers");
+        }
+        let own = self.own_v4();
+        let owns_a_vip = own.is_some_and(|a| v.vips.iter().any(|vip| vip.address == a));
+        if v.priority == 0 || (v.priority == 255 && !owns_a_vip) {
+            r.add(
+                "vrrp.priority",
+                v.priority,
+                "must be 1-254 (255 only if a vip is this node's own address)",
+            );
+        }
+        if v.vips.is_empty() {
+            r.add_field(
+                "vrrp.vips",
+                "at least one VIP is needed, e.g. vips = [\"192.0.2.100/24\"]",
+            );
+        } else if v.vips.len() > 255 {
+            r.add_field("vrrp.vips", "at most 255 VIPs fit an advertisement");
+        }
+        if let Some(first) = v.vips.first() {
+            if v.vips.iter().any(|vip| vip.prefix_len != first.prefix_len) {
+                r.add_field(
+                    "vrrp.vips",
+                    format!(
+                        "every VIP must have the prefix length of the first (/{})",
+                        first.prefix_len
+                    ),
+                );
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (n, vip) in v.vips.iter().enumerate() {
+            let field = format!("vrrp.vips[{n}]");
+            let a = vip.address;
+            if !seen.insert(a) {
+                r.add(&field, vip, "listed twice: remove one");
+            }
+            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() {
+                r.add(
+                    &field,
+                    vip,
+                    "must be a unicast address on the servers' shared network",
+                );
+            }
+            for peer in &self.cluster.peers {
+                if peer.address.ip() != IpAddr::V4(a) {
+                    continue;
+                }
+                if peer.id != self.node.id {
+                    r.add(
+                        &field,
+                        vip,
+                        format!(
+                            "is the address of {} {} (id {}): a VIP must be an address no member owns",
+                            peer.role, peer.name, peer.id
+                        ),
+                    );
+                } else if v.priority != 255 {
+                    r.add(
+                        &field,
+                        vip,
+                        "is this node's own address: a VIP must be an address no member owns, \
+                         or set vrrp.priority = 255 to make this node its owner",
+                    );
+                }
+            }
+            if Some(a) == v.source && v.priority != 255 {
+                r.add(
+                    &field,
+                    vip,
+                    "is vrrp.source, this node's own address: use an address no host owns, \
+                     or set vrrp.priority = 255 to make this node its owner",
+                );
+            }
+        }
+        if v.advert_interval_ms % 10 != 0 || v.advert_interval_ms / 10 > u32::from(u16::MAX) {
+            r.add(
+                "vrrp.advert_interval_ms",
+                v.advert_interval_ms,
+                "must be a multiple of 10 (VRRP counts centiseconds), at most 40950 for v3 and 255000 for v2",
+            );
+        }
+        if v.version != 2 && v.version != 3 {
+            r.add("vrrp.version", v.version, "must be 3 (RFC 5798) or 2 (RFC 3768)");
+        }
+        if let Some(pass) = &v.auth_pass {
+            if pass.is_empty() || pass.len() > 8 {
+                r.add(
+                    "vrrp.auth_pass",
+                    "\"…\"",
+                    "must be 1 to 8 bytes (VRRPv2 simple-text password)",
+                );
+            } else if v.version == 3 {
+                r.add(
+                    "vrrp.auth_pass",
+                    "\"…\"",
+                    "VRRPv3 has no authentication (RFC 5798 §9): remove it, or set vrrp.version = 2",
+                );
+            }
+        }
+        if let Some(source) = v.source {
+            if source.is_unspecified() || source.is_multicast() || source.is_broadcast() {
+                r.add(
+                    "vrrp.source",
+                    source,
+                    "must be this node's own unicast address on vrrp.interface, or left out",
+                );
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (n, peer) in v.unicast_peers.iter().enumerate() {
+            let field = format!("vrrp.unicast_peers[{n}]");
+            if !seen.insert(*peer) {
+                r.add(&field, peer, "listed twice: remove one");
+            }
+            if peer.is_unspecified() || peer.is_multicast() || peer.is_broadcast() {
+                r.add(&field, peer, "must be the unicast address of the other server");
+            } else if Some(*peer) == own {
+                r.add(
+                    &field,
+                    peer,
+                    "is this node's own address: list the other server's address",
+                );
+            } else if v.vips.iter().any(|vip| vip.address == *peer) {
+                r.add(&field, peer, "is a VIP: list the other server's own address");
+            }
+        }
+        if v.garp.count > 100 {
+            r.add(
+                "vrrp.garp.count",
+                v.garp.count,
+                "must be 0 to 100 (0 disables gratuitous ARP)",
+            );
+        }
+        if v.garp.count > 1 && v.garp.interval_ms == 0 {
+            r.add(
+                "vrrp.garp.interval_ms",
+                0,
+                "must be at least 1 when vrrp.garp.count sends more than one request",
+            );
+        }
+        if v.garp.refresh_s == Some(0) {
+            r.add(
+                "vrrp.garp.refresh_s",
+                0,
+                "must be at least 1, or left out to never refresh",
+            );
+        }
+        // The VRRP crate's own rules, on the instance the speaker will run, so
+        // that nothing passes here that the speaker would refuse. Problems
+        // already reported above are not repeated.
+        let reported: BTreeSet<String> = r.0.iter().map(|p| p.field.clone()).collect();
+        let mut probe = self.vrrp_config();
+        if probe.primary_address.is_unspecified() {
+            // Resolved from the interface at start; any unicast address will do here.
+            probe.primary_address = Ipv4Addr::new(192, 0, 2, 254);
+        }
+        if let Err(e) = probe.validate() {
+            let (field, value) = match e {
+                VrrpError::Vrid => ("vrrp.vrid", v.vrid.to_string()),
+                VrrpError::Priority => ("vrrp.priority", v.priority.to_string()),
+                VrrpError::Interval(_) => ("vrrp.advert_interval_ms", v.advert_interval_ms.to_string()),
+                VrrpError::Version(n) => ("vrrp.version", n.to_string()),
+                VrrpError::Auth(_) => ("vrrp.auth_pass", "\"…\"".to_owned()),
+                VrrpError::Addresses(_) => ("vrrp.vips", format!("{} addresses", v.vips.len())),
+                VrrpError::PrimaryAddress => (
+                    "vrrp.source",
+                    v.source.map_or_else(|| "(unset)".to_owned(), |s| s.to_string()),
+                ),
+            };
+            if !reported.iter().any(|f| f.starts_with(field)) {
+                r.add(field, value, e.to_string());
+            }
+        }
+    }
+
+    pub(super) fn check_license(&self, r: &mut Report) {
+        let l = &self.license;
+        let mut kinds: BTreeMap<LicenseType, &str> = BTreeMap::new();
+        for (list, name) in [
+            (&l.poolable, "license.poolable"),
+            (&l.switch_specific, "license.switch_specific"),
+        ] {
+            for (n, t) in list.iter().enumerate() {
+                let field = format!("{name}[{n}]");
+                let valid = !t.trim().is_empty()
+                    && t.trim()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !valid {
+                    r.add(
+                        &field,
+                        format!("{t:?}"),
+                        "a license type is a name of letters, digits, '_' and '-', e.g. \"AP\"",
+                    );
+                    continue;
+                }
+                if let Some(first) = kinds.insert(LicenseType::new(t), name) {
+                    r.add(
+                        &field,
+                        format!("{t:?}"),
+                        format!("already listed in {first} (types are case-insensitive): list it once"),
+                    );
+                }
+            }
+        }
+        if kinds.is_empty() {
+            r.add_field(
+                "license.poolable",
+                "no license types at all: list at least one in license.poolable or license.switch_specific",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (t, n) in &l.keys {
+            let field = format!("license.keys.{t}");
+            let license_type = LicenseType::new(t);
+            if !seen.insert(license_type.clone()) {
+                r.add(
+                    &field,
+                    n,
+                    "the same type is listed twice (types are case-insensitive): add them up",
+                );
+            }
+            if !kinds.contains_key(&license_type) {
+                r.add(
+                    &field,
+                    n,
+                    format!(
+                        "unknown license type {license_type}: add it to license.poolable or license.switch_specific"
+                    ),
+                );
+            }
+            if *n == 0 {
+                r.add(
+                    &field,
+                    0,
+                    "a key carries at least 1 license: remove the line instead",
+                );
+            }
+        }
+        if l.heartbeat_interval_ms == 0 {
+            r.add(
+                "license.heartbeat_interval_ms",
+                0,
+                "must be at least 1 (SPEC default 30000)",
+            );
+        }
+        if l.missed_heartbeats == 0 {
+            r.add(
+                "license.missed_heartbeats",
+                0,
+                "must be at least 1 (SPEC default 3)",
+            );
+        }
+        let down_ms = l
+            .heartbeat_interval_ms
+            .saturating_mul(u64::from(l.missed_heartbeats));
+        if l.silence_remove_s.saturating_mul(1000) <= down_ms {
+            r.add(
+                "license.silence_remove_s",
+                l.silence_remove_s,
+                format!(
+                    "must be longer than the {down_ms} ms after which a silent client is down \
+                     (heartbeat_interval_ms x missed_heartbeats), or clients lose their keys before \
+                     their APs (SPEC default 30 days: 2592000)"
+                ),
+            );
+        }
+        if l.sweep_interval_ms == 0 {
+            r.add(
+                "license.sweep_interval_ms",
+                0,
+                "must be at least 1 (default 10000)",
+            );
+        }
+        if l.max_frame < 1024 {
+            r.add(
+                "license.max_frame",
+                l.max_frame,
+                format!(
+                    "must be at least 1024 bytes (default {})",
+                    frame::DEFAULT_MAX_REQUEST
+                ),
+            );
+        }
+        if l.max_connections == 0 {
+            r.add("license.max_connections", 0, "must be at least 1 (default 20000)");
+        }
+        if l.client_port == 0 {
+            r.add(
+                "license.client_port",
+                0,
+                format!("must be a port clients can be told (default {DEFAULT_CLIENT_PORT})"),
+            );
+        }
+        if let Some(op) = l.operator_listen {
+            if op.port() == 0 {
+                r.add(
+                    "license.operator_listen",
+                    op,
+                    "needs a port operators can be told, e.g. 4334",
+                );
+            }
+        }
+    }
+
+    pub(super) fn check_ports(&self, r: &mut Report) {
+        let Some(me) = self.cluster.peer(self.node.id) else {
+            return;
+        };
+        let raft = self.cluster.listen.unwrap_or(me.address);
+        let operator = self.operator_address();
+        let client_port = self.license.client_port;
+        if client_port != 0 && raft.port() == client_port {
+            r.add(
+                "license.client_port",
+                client_port,
+                format!("is also the raft port of this node ({raft}): use another port for one of them"),
+            );
+        }
+        if operator.port() != 0 && operator.port() == client_port {
+            r.add(
+                "license.operator_listen",
+                operator,
+                "uses license.client_port: give the operator endpoint its own port",
+            );
+        }
+        if operator.port() != 0 && operator.port() == raft.port() && overlaps(operator.ip(), raft.ip()) {
+            r.add(
+                "license.operator_listen",
+                operator,
+                format!("is also the raft address of this node ({raft}): use another port"),
+            );
+        }
+    }
+}
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+}
+
+/// The rules of `[node]` and `[cluster]`, for a node of role `expected`.
+pub(super) fn check_common(node: &NodeSection, cluster: &ClusterSection, expected: Role, r: &mut Report) {
+    if !valid_name(&node.name) {
+        r.add(
+            "node.name",
+            format!("{:?}", node.name),
+            "must be 1 to 63 letters, digits, '.', '_' or '-', e.g. \"primary\"",
+        );
+    }
+    if node.id == 0 {
+        r.add(
+            "node.id",
+            0,
+            "must be non-zero (raft reserves 0): give each member its own id, e.g. 1",
+        );
+    }
+    if node.cluster_id == 0 {
+        r.add(
+            "node.cluster_id",
+            0,
+            "must be non-zero and the same on every member of the pair, e.g. 1",
+        );
+    }
+    if !node.data_dir.is_absolute() {
+        r.add(
+            "node.data_dir",
+            format!("{:?}", node.data_dir.display().to_string()),
+            format!("must be an absolute path, e.g. \"{DEFAULT_DATA_DIR}\""),
+        );
+    }
+    if let Some(release) = &node.require_release {
+        let mine = env!("CARGO_PKG_VERSION");
+        if release.trim() != mine {
+            r.add(
+                "node.require_release",
+                format!("{release:?}"),
+                format!("this is vipool {mine}: install vipool {release} on this host, or change the pin on every member"),
+            );
+        }
+    }
+
+    let mut ids = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    let mut addresses = BTreeSet::new();
+    for (n, peer) in cluster.peers.iter().enumerate() {
+        let field = |f: &str| format!("cluster.peers[{n}].{f}");
+        if peer.id == 0 {
+            r.add(field("id"), 0, "must be non-zero (raft reserves 0)");
+        } else if !ids.insert(peer.id) {
+            r.add(
+                field("id"),
+                peer.id,
+                "is the id of another member: every member needs its own",
+            );
+        }
+        if !valid_name(&peer.name) {
+            r.add(
+                field("name"),
+                format!("{:?}", peer.name),
+                "must be 1 to 63 letters, digits, '.', '_' or '-'",
+            );
+        } else if !names.insert(peer.name.as_str()) {
+            r.add(
+                field("name"),
+                format!("{:?}", peer.name),
+                "is the name of another member: every member needs its own",
+            );
+        }
+        let ip = peer.address.ip();
+        if ip.is_unspecified() || ip.is_multicast() || peer.address.port() == 0 {
+            r.add(
+                field("address"),
+                peer.address,
+                "must be the member's own unicast address and raft port, as the others reach it, \
+                 e.g. \"192.0.2.11:4335\"",
+            );
+        } else if !addresses.insert(peer.address) {
+            r.add(
+                field("address"),
+                peer.address,
+                "is the address of another member: every member needs its own",
+            );
+        }
+    }
+    let servers = cluster.peers.iter().filter(|p| p.role == Role::Server).count();
+    let witnesses = cluster.peers.iter().filter(|p| p.role == Role::Witness).count();
+    if servers != 2 {
+        r.add_field(
+            "cluster.peers",
+            format!(
+                "lists {servers} server(s): a pair is exactly two servers (role = \"server\", the \
+                 default), plus at most one witness"
+            ),
+        );
+    }
+    if witnesses > 1 {
+        r.add_field(
+            "cluster.peers",
+            format!("lists {witnesses} witnesses: at most one witness (role = \"witness\")"),
+        );
+    }
+    match cluster.peers.iter().find(|p| p.id == node.id) {
+        None if node.id != 0 => r.add_field(
+            "cluster.peers",
+            format!(
+                "has no entry for this node (node.id = {}): add {{ id = {}, name = {:?}, address = \
+                 \"IP:PORT\" }}",
+                node.id, node.id, node.name
+            ),
+        ),
+        None => {}
+        Some(me) => {
+            let n = cluster.peers.iter().position(|p| p.id == node.id).unwrap_or(0);
+            if me.name != node.name {
+                r.add(
+                    format!("cluster.peers[{n}].name"),
+                    format!("{:?}", me.name),
+                    format!(
+                        "is this node's entry (id {}), whose name must be node.name {:?}",
+                        node.id, node.name
+                    ),
+                );
+            }
+            if me.role != expected {
+                let what = match expected {
+                    Role::Server => {
+                        "this file has [vrrp] or [license], which only a server has: set role = \
+                         \"server\", or remove those sections for a witness"
+                    }
+                    Role::Witness => "a witness file has only [node] and [cluster]",
+                };
+                r.add(
+                    format!("cluster.peers[{n}].role"),
+                    format!("\"{}\"", me.role),
+                    format!("is this node's entry (id {}), but {what}", node.id),
+                );
+            }
+        }
+    }
+    if let Some(listen) = cluster.listen {
+        if listen.port() == 0 {
+            r.add(
+                "cluster.listen",
+                listen,
+                "needs the raft port the other members connect to",
+            );
+        }
+    }
+    if cluster.tick_ms == 0 || cluster.tick_ms > 10_000 {
+        r.add(
+            "cluster.tick_ms",
+            cluster.tick_ms,
+            "must be 1 to 10000 (default 100)",
+        );
+    }
+    if cluster.heartbeat_ticks == 0 {
+        r.add("cluster.heartbeat_ticks", 0, "must be at least 1 (default 3)");
+    }
+    if cluster.election_ticks <= cluster.heartbeat_ticks {
+        r.add(
+            "cluster.election_ticks",
+            cluster.election_ticks,
+            format!(
+                "must be more than cluster.heartbeat_ticks ({}), or followers campaign between \
+                 heartbeats (default 10)",
+                cluster.heartbeat_ticks
+            ),
+        );
+    }
+    if cluster.snapshot_interval == 0 {
+        r.add(
+            "cluster.snapshot_interval",
+            0,
+            "must be at least 1 entry (default 10000)",
+        );
+    }
+    let election_ms = cluster
+        .tick_ms
+        .saturating_mul(u64::try_from(cluster.election_ticks).unwrap_or(u64::MAX));
+    if cluster.request_timeout_ms <= election_ms {
+        r.add(
+            "cluster.request_timeout_ms",
+            cluster.request_timeout_ms,
+            format!(
+                "must be longer than one election (tick_ms x election_ticks = {election_ms} ms), \
+                 or every failover fails the changes in flight (default 5000)"
+            ),
+        );
+    }
+    if cluster.max_frame < 1024 * 1024 {
+        r.add(
+            "cluster.max_frame",
+            cluster.max_frame,
+            "must be at least 1048576 (1 MiB): snapshots of the table travel in one frame",
+        );
+    }
+}
