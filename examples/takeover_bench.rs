@@ -122,6 +122,13 @@ fn run_once(which: Impl, advert_ms: u32, sig: Signal, phase: f64) -> Option<Dura
         vec![master]
     };
     let t0 = Instant::now();
+    if sig == Signal::SIGKILL {
+        // Freeze the whole host first, so no process can see another die and
+        // leave gracefully in the gap between two kills.
+        for pid in &victims {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
+        }
+    }
     for pid in victims {
         let _ = kill(Pid::from_raw(pid), sig);
     }
