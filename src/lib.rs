@@ -35,6 +35,7 @@
 
 pub mod client;
 pub mod config;
+pub mod node;
 pub mod proto;
 pub mod server;
 pub mod switch;

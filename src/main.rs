@@ -19,6 +19,10 @@ struct Cli {
 enum Command {
     /// Run one VRRP instance in the foreground (like a one-instance keepalived).
     Vrrp(cmd::vrrp::Args),
+    /// Run one server of the pair: VRRP, the replicated license table and the license server.
+    Node(cmd::node::Args),
+    /// Run the optional vote-only third member of a pair (never holds the VIP).
+    Witness(cmd::witness::Args),
     /// Run a standalone license server (one node, no replication or VRRP yet).
     Serve(cmd::serve::Args),
     /// Run simulated switches (license clients) against a license server.
@@ -47,6 +51,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Vrrp(args) => runtime.block_on(cmd::vrrp::run(args)),
+        Command::Node(args) => runtime.block_on(cmd::node::run(args)),
+        Command::Witness(args) => runtime.block_on(cmd::witness::run(args)),
         Command::Serve(args) => runtime.block_on(cmd::serve::run(args)),
         Command::Client(args) => runtime.block_on(cmd::client::run(args)),
         Command::Show(args) => runtime.block_on(cmd::show::run(args)),

@@ -57,8 +57,11 @@ impl<A: Applier> Conn<'_, A> {
                 match frame::decode::<RequestFrame>(&buf, max) {
                     Ok(Some((request, used))) => {
                         buf.drain(..used);
+                        self.shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
                         let (message, heartbeat_of) = self.answer(request).await;
-                        if write(stream, &message).await.is_err() {
+                        let written = write(stream, &message).await;
+                        self.shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        if written.is_err() {
                             return "write failed";
                         }
                         if let Some(id) = heartbeat_of {

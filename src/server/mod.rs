@@ -65,6 +65,8 @@ impl Default for ServerConfig {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) connections: AtomicU64,
+    /// Requests read and not answered yet.
+    pub(crate) in_flight: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
     pub(crate) heartbeats: Mutex<BTreeMap<String, HeartbeatCounters>>,
 }
@@ -82,6 +84,10 @@ impl Counters {
     }
 }
 
+/// Fills in the parts of a node's status the server does not know itself
+/// (VRRP state, raft role, term, commit index), for a node that has them.
+pub type StatusHook = Arc<dyn Fn(&mut NodeStatus) + Send + Sync>;
+
 /// What every connection task shares.
 pub(crate) struct Shared<A> {
     pub(crate) applier: Arc<A>,
@@ -89,12 +95,13 @@ pub(crate) struct Shared<A> {
     pub(crate) serving: watch::Receiver<bool>,
     pub(crate) counters: Counters,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) status_hook: Option<StatusHook>,
 }
 
 impl<A: Applier> Shared<A> {
     pub(crate) fn status(&self) -> NodeStatus {
         let applied_index = self.applier.read(|t| t.applied_index());
-        NodeStatus {
+        let mut status = NodeStatus {
             node: self.config.node.clone(),
             vip: self.config.vip.map(|v| v.to_string()),
             serving: *self.serving.borrow(),
@@ -106,7 +113,11 @@ impl<A: Applier> Shared<A> {
             connections: self.counters.connections.load(Ordering::Relaxed),
             bad_frames: self.counters.bad_frames.load(Ordering::Relaxed),
             warnings: self.expiring().iter().map(ToString::to_string).collect(),
+        };
+        if let Some(hook) = &self.status_hook {
+            hook(&mut status);
         }
+        status
     }
 
     fn expiring(&self) -> Vec<ExpiryWarning> {
@@ -136,15 +147,38 @@ impl<A: Applier> Server<A> {
             serving,
             counters: Counters::default(),
             shutdown,
+            status_hook: None,
         };
         Self {
             shared: Arc::new(shared),
         }
     }
 
+    /// A server whose status also reports what `hook` fills in (the pair
+    /// daemon's VRRP state and raft role, term and commit index).
+    pub fn with_status_hook(
+        applier: Arc<A>,
+        config: ServerConfig,
+        serving: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+        hook: StatusHook,
+    ) -> Self {
+        let mut server = Self::new(applier, config, serving, shutdown);
+        if let Some(shared) = Arc::get_mut(&mut server.shared) {
+            shared.status_hook = Some(hook);
+        }
+        server
+    }
+
     /// This node's status.
     pub fn status(&self) -> NodeStatus {
         self.shared.status()
+    }
+
+    /// Requests being answered now (a change waiting for its commit, say).
+    /// A node that stops serving waits for them before it lets the VIP go.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.counters.in_flight.load(Ordering::Relaxed)
     }
 
     /// Serves `listener` until the shutdown token is cancelled, then waits
@@ -153,9 +187,36 @@ impl<A: Applier> Server<A> {
     /// # Errors
     /// Accepting failed for a reason other than running out of descriptors.
     pub async fn run(&self, listener: TcpListener) -> std::io::Result<()> {
+        self.run_on(vec![listener]).await
+    }
+
+    /// Serves several listeners (the client port on every address, an
+    /// operator endpoint) under one connection limit and one sweeper, until
+    /// the shutdown token is cancelled or one of them fails.
+    ///
+    /// # Errors
+    /// Accepting failed for a reason other than running out of descriptors.
+    pub async fn run_on(&self, listeners: Vec<TcpListener>) -> std::io::Result<()> {
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
         tracker.spawn(sweeper(Arc::clone(&self.shared)));
+        let accepts: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| self.accept_loop(listener, Arc::clone(&limit), tracker.clone()))
+            .collect();
+        let result = futures_first_error(accepts).await;
+        self.shared.shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        result
+    }
+
+    async fn accept_loop(
+        &self,
+        listener: TcpListener,
+        limit: Arc<Semaphore>,
+        tracker: TaskTracker,
+    ) -> std::io::Result<()> {
         let shutdown = self.shared.shutdown.clone();
         let result = loop {
             let permit = tokio::select! {
@@ -184,11 +245,38 @@ impl<A: Applier> Server<A> {
                 Err(e) => break Err(e),
             }
         };
+        // One listener failing stops the others.
         shutdown.cancel();
-        tracker.close();
-        tracker.wait().await;
         result
     }
+}
+
+/// Runs every accept loop to its end, concurrently; the first error, if any.
+async fn futures_first_error<F>(loops: Vec<F>) -> std::io::Result<()>
+where
+    F: std::future::Future<Output = std::io::Result<()>>,
+{
+    use std::task::Poll;
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = loops.into_iter().map(Box::pin).collect();
+    let mut result = Ok(());
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|l| match l.as_mut().poll(cx) {
+            Poll::Ready(r) => {
+                if result.is_ok() {
+                    result = r;
+                }
+                false
+            }
+            Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    result
 }
 
 fn is_transient(e: &std::io::Error) -> bool {

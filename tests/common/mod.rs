@@ -486,3 +486,49 @@ pub fn inject(host: &Host, dst: Ipv4Addr, datagrams: Vec<Vec<u8>>) {
     .join()
     .expect("injector thread");
 }
+
+impl Lab {
+    /// Starts `vipool ARGS...` on `host` with stdout piped (JSON lines, if
+    /// the command prints any) and stderr inherited, adopted by the lab.
+    pub fn vipool(&mut self, host: &Host, args: &[&str]) -> Speaker {
+        let mut cmd = host.command(&vipool_bin());
+        cmd.args(args);
+        cmd.env("RUST_LOG", "warn,vipool=info,cluster=info");
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vipool");
+        Speaker::new(self.adopt(child), host.clone())
+    }
+}
+
+/// Runs `f` on a new thread inside `host`'s network namespace (only that
+/// thread moves) and returns its handle.
+pub fn in_netns<T: Send + 'static>(
+    host: &Host,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let ns = host.ns.clone();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+impl Lab {
+    /// As [`Lab::vipool`], with stderr (the log) written to `log` instead.
+    pub fn vipool_logged(&mut self, host: &Host, args: &[&str], log: &std::path::Path) -> Speaker {
+        let file = std::fs::File::create(log).expect("create log file");
+        let mut cmd = host.command(&vipool_bin());
+        cmd.args(args);
+        cmd.env("RUST_LOG", "warn,vipool=info,cluster=info");
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn vipool");
+        Speaker::new(self.adopt(child), host.clone())
+    }
+}

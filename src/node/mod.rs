@@ -1,0 +1,596 @@
+//! One server of the pair: the VRRP speaker, the cluster member holding the
+//! license table, the license server and its operator endpoint, and the
+//! glue that ties them together.
+//!
+//! # The rules the glue enforces
+//!
+//! - A node answers license requests (`serving`) exactly while it is VRRP
+//!   master *and* raft leader, and only on the VIP (the server's gate). When
+//!   serving ends, the server closes its client connections so that clients
+//!   reconnect to the new holder.
+//! - Leadership follows the VIP: each member names the VRRP master as its
+//!   preferred raft leader, so a leader that lost the VIP hands leadership to
+//!   the new master as soon as the master's log is caught up.
+//! - A VRRP master without a witness takes over as sole voter when VRRP says
+//!   the peer is gone: it sent priority 0 (at once once this node leads, or
+//!   no longer sees the peer lead), its adverts stopped after this node had
+//!   followed it (once raft sees no leader either), or no raft leader has
+//!   been seen for two election timeouts (the peer stopped or lost its raft
+//!   link). A refused takeover (this node's log cannot be shown complete) is
+//!   logged at error level and retried as the status changes, never forced.
+//!   With a witness there is no takeover: raft elects, and the preferred
+//!   leader brings leadership to the VIP holder.
+//! - While this node has not caught up with the log since it started, it
+//!   advertises the lowest VRRP priority, so a restarted primary never
+//!   preempts with a stale table.
+//! - Graceful stop: stop serving (connections close), let requests in flight
+//!   commit and be answered, hand the VIP over (priority-0 advert: the peer
+//!   takes over at once with `vrrp.pair_handoff`), hand raft leadership to
+//!   the peer, and stop the member as soon as the peer leads. The peer, on
+//!   the priority-0 evidence, takes over as sole voter (this node is now a
+//!   learner) and commits alone; when this node returns it catches up and is
+//!   promoted back.
+//! - Each node installs its own `license.keys` when it first serves: only
+//!   the leader can propose, so a node's keys join the pool once it has held
+//!   the VIP.
+//!
+//! # Timers
+//!
+//! With a witness, an isolated former leader keeps serving until raft's
+//! check-quorum steps it down, up to two election timeouts after it last
+//! heard from a majority; it can commit nothing meanwhile. For no overlap
+//! at all with the new holder, keep VRRP's Master_Down_Interval (three
+//! adverts plus skew) above two election timeouts (`cluster.tick_ms` times
+//! `cluster.election_ticks`).
+
+pub mod applier;
+mod witness;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster::raft::StateRole;
+use cluster::{Disk, LogStore, Member, MemberConfig, TcpTransport, TransportConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use vrrp::proto::{Reason, State};
+use vrrp::sys::Speaker;
+
+pub use applier::{ReplicatedApplier, SharedTable};
+pub use witness::run_witness;
+
+use crate::config::Config;
+use crate::proto::NodeStatus;
+use crate::server::{now_ms, Applier, Server, StatusHook};
+use crate::table::LicenseTable;
+
+/// Why a node could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// An I/O step failed (binding a port, the data directory, VRRP).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The raft log cannot be opened or trusted.
+    #[error("raft log: {0}")]
+    Log(String),
+    /// The cluster member stopped on its own (a storage failure).
+    #[error("cluster member stopped: {0}")]
+    MemberStopped(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Io { what, source }
+}
+
+/// The lowest priority a backup may advertise: what a node that is not
+/// caught up uses, so that it never preempts.
+pub const BEHIND_PRIORITY: u8 = 1;
+
+/// What the glue publishes for `vipool show status`.
+#[derive(Debug, Clone, Default)]
+struct PairView {
+    vrrp_state: String,
+    raft_role: String,
+    term: u64,
+    commit: u64,
+}
+
+/// Runs one server node until `stop` resolves, then stops gracefully.
+///
+/// # Errors
+/// The node could not start (ports, data directory, raft log, VRRP), or a
+/// part of it failed while running.
+pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+    let me = config.node.id;
+    let peer = config.pair_peer().id;
+    let has_witness = config.cluster.has_witness();
+    let vip = config.client_vip();
+
+    std::fs::create_dir_all(&config.node.data_dir)
+        .map_err(io(format!("creating {}", config.node.data_dir.display())))?;
+    let path = config.node.data_dir.join("raft.redb");
+    let disk = Disk::open(&path).map_err(|e| NodeError::Log(format!("{}: {e}", path.display())))?;
+    let store = LogStore::open(disk).map_err(|e| NodeError::Log(e.to_string()))?;
+
+    let listen = config
+        .cluster
+        .listen_address(me)
+        .unwrap_or_else(|| config.me().address);
+    let mut tcfg = TransportConfig::new(config.node.cluster_id, me, listen);
+    tcfg.peers = config.cluster.peers_except(me);
+    tcfg.max_frame = config.cluster.max_frame;
+    // A peer back from a crash or a partition is reconnected within one
+    // election timeout, not after the default two seconds of backoff: until
+    // then no leadership can move to the VIP holder.
+    let election_timeout =
+        config.cluster.tick() * u32::try_from(config.cluster.election_ticks).unwrap_or(u32::MAX);
+    tcfg.backoff_max = tcfg.backoff_max.min(election_timeout).max(tcfg.backoff_min);
+    let (transport, raft_listener) = TcpTransport::bind(tcfg)
+        .await
+        .map_err(io(format!("binding raft port {listen}")))?;
+
+    let mut mcfg = MemberConfig::new(me);
+    mcfg.tick = config.cluster.tick();
+    mcfg.request_timeout = config.cluster.request_timeout();
+    mcfg.node.election_tick = config.cluster.election_ticks;
+    mcfg.node.heartbeat_tick = config.cluster.heartbeat_ticks;
+    mcfg.node.snapshot_interval = config.cluster.snapshot_interval;
+    let table = SharedTable::new(LicenseTable::new(config.table_config()));
+    let member = Member::start(
+        mcfg,
+        store,
+        table.clone(),
+        &config.cluster.initial_voters(),
+        Arc::new(transport.clone()),
+    )
+    .map_err(|e| NodeError::Log(e.to_string()))?;
+    transport.attach(raft_listener, Arc::new(member.clone()));
+
+    let client_addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), config.license.client_port);
+    let client_listener = TcpListener::bind(client_addr)
+        .await
+        .map_err(io(format!("binding client port {client_addr}")))?;
+    let operator_addr = config.operator_address();
+    let operator_listener = TcpListener::bind(operator_addr)
+        .await
+        .map_err(io(format!("binding operator endpoint {operator_addr}")))?;
+
+    let speaker_config = config.speaker_config();
+    let priority = speaker_config.vrrp.priority;
+    let speaker = Speaker::start(speaker_config)
+        .await
+        .map_err(io(format!("starting VRRP on {}", config.vrrp.interface)))?;
+
+    let applier = Arc::new(ReplicatedApplier::new(
+        member.clone(),
+        table.clone(),
+        Some(vip.to_string()),
+    ));
+    let (serving_tx, serving) = watch::channel(false);
+    let view = Arc::new(Mutex::new(PairView::default()));
+    let hook_view = Arc::clone(&view);
+    let hook: StatusHook = Arc::new(move |status: &mut NodeStatus| {
+        let v = hook_view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        status.vrrp_state = v.vrrp_state;
+        status.raft_role = v.raft_role;
+        status.term = v.term;
+        // The view is refreshed every tick; the table is read now. Committed
+        // is never behind applied.
+        status.commit_index = v.commit.max(status.applied_index);
+    });
+    let server_shutdown = CancellationToken::new();
+    let server = Arc::new(Server::with_status_hook(
+        Arc::clone(&applier),
+        config.server_config(),
+        serving,
+        server_shutdown.clone(),
+        hook,
+    ));
+    info!(
+        node = %config.node.name, id = me, peer, %vip, raft = %transport.local_addr(),
+        client = %client_addr, operator = %operator_addr,
+        "node up: VRRP, cluster member and license server started"
+    );
+    let running = Arc::clone(&server);
+    let server_task =
+        tokio::spawn(async move { running.run_on(vec![client_listener, operator_listener]).await });
+
+    let glue_stop = CancellationToken::new();
+    let glue = Glue {
+        me,
+        peer,
+        has_witness,
+        priority,
+        advertised: priority,
+        member: member.clone(),
+        applier,
+        config: config.clone(),
+        serving: serving_tx,
+        view,
+        peer_left: None,
+        last_refusal: None,
+        keys_installed: false,
+        preferred: None,
+        followed_master: false,
+        leaderless_since: None,
+        election_timeout,
+    };
+    let mut glue_task = tokio::spawn(glue.run(speaker, glue_stop.clone()));
+
+    let ended = tokio::select! {
+        () = stop => None,
+        ended = &mut glue_task => Some(ended),
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            glue_stop.cancel();
+            glue_task.await
+        }
+    };
+    let (serving_tx, speaker) = match ended {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(e)) => {
+            error!(error = %e, "stopping on failure");
+            server_shutdown.cancel();
+            let _ = server_task.await;
+            member.shutdown().await;
+            transport.shutdown();
+            return Err(e);
+        }
+        Err(e) => {
+            server_shutdown.cancel();
+            member.shutdown().await;
+            transport.shutdown();
+            return Err(NodeError::Io {
+                what: "glue task".into(),
+                source: std::io::Error::other(e),
+            });
+        }
+    };
+
+    // Graceful stop: nothing more is answered, the VIP moves, then leadership.
+    info!("stopping: serving ends, VIP and leadership go to the peer");
+    serving_tx.send_replace(false);
+    // Requests in flight are answered (they commit, this node still leads)
+    // before the VIP leaves: after that, their answers could not reach the
+    // clients. New requests are refused from now on, so this ends.
+    let drain = Instant::now() + config.cluster.request_timeout().min(Duration::from_secs(1));
+    while server.in_flight() > 0 && Instant::now() < drain {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    member.set_preferred_leader(Some(peer)).await;
+    match speaker.shutdown().await {
+        Ok(counters) => info!(?counters, "VRRP left (priority 0 sent, VIP removed)"),
+        Err(e) => warn!(error = %e, "VRRP speaker stopped with an error"),
+    }
+    hand_over(&member, me, peer, config.cluster.request_timeout()).await;
+    transport.shutdown();
+    member.shutdown().await;
+    server_shutdown.cancel();
+    if let Ok(Err(e)) = server_task.await {
+        warn!(error = %e, "license server stopped with an error");
+    }
+    if let Some(why) = member.failure() {
+        return Err(NodeError::MemberStopped(why));
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Hands raft leadership to `peer` and waits, up to `wait`, until the peer
+/// leads (or this node no longer votes), so that the caller stops the member
+/// at once. The peer, master since the priority-0 advert, then takes over as
+/// sole voter; a member that stopped acknowledging is not caught up, so the
+/// peer does not promote it back and stall on it.
+async fn hand_over(member: &Member<SharedTable>, me: u64, peer: u64, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let Ok(st) = member.status().await else { return };
+        if st.leader == Some(peer) || !st.conf.voters.contains(&me) {
+            info!(voters = ?st.conf.voters, "the peer leads: leaving the cluster");
+            return;
+        }
+        if st.role == StateRole::Leader {
+            member.transfer_leader(peer).await;
+        }
+        if Instant::now() >= deadline {
+            warn!(
+                leader = ?st.leader, voters = ?st.conf.voters,
+                "the peer did not take leadership in time; stopping anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// VRRP's evidence that the peer is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerGone {
+    /// It sent priority 0: a graceful stop.
+    Left,
+    /// Its adverts stopped (Master_Down_Interval): a crash, or a partition.
+    Silent,
+}
+
+struct Glue {
+    me: u64,
+    peer: u64,
+    has_witness: bool,
+    /// The configured VRRP priority.
+    priority: u8,
+    /// The priority advertised now.
+    advertised: u8,
+    member: Member<SharedTable>,
+    applier: Arc<ReplicatedApplier>,
+    config: Config,
+    serving: watch::Sender<bool>,
+    view: Arc<Mutex<PairView>>,
+    /// Why this node became master, when VRRP says the peer is gone: its
+    /// evidence, kept until the takeover is done.
+    peer_left: Option<PeerGone>,
+    last_refusal: Option<(String, Instant)>,
+    keys_installed: bool,
+    /// The preferred leader this member was last told.
+    preferred: Option<u64>,
+    /// As a backup, a master (other than this node) was heard.
+    followed_master: bool,
+    /// Since when no raft leader is known.
+    leaderless_since: Option<Instant>,
+    /// Raft's election timeout (ticks times tick length).
+    election_timeout: Duration,
+}
+
+impl Glue {
+    /// Follows VRRP and raft until `stop`; hands back the serving switch
+    /// (dropping it would leave connections open) and the speaker, for the
+    /// graceful stop.
+    async fn run(
+        mut self,
+        mut speaker: Speaker,
+        stop: CancellationToken,
+    ) -> Result<(watch::Sender<bool>, Speaker), NodeError> {
+        let mut vrrp = speaker.status();
+        let mut transitions = speaker.transitions();
+        let period = self.config.cluster.tick().max(Duration::from_millis(5));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+                _ = vrrp.changed() => {}
+                t = transitions.recv() => {
+                    // Lagged: the status watch still carries the state.
+                    if let Ok(t) = t {
+                        self.transition(&t);
+                    }
+                }
+                r = speaker.stopped() => {
+                    self.set_serving(false);
+                    let source = match r {
+                        Ok(_) => std::io::Error::other("stopped by itself"),
+                        Err(e) => e,
+                    };
+                    return Err(NodeError::Io { what: "VRRP speaker".into(), source });
+                }
+            }
+            let status = vrrp.borrow_and_update().clone();
+            if status.state == State::Backup && status.master.is_some_and(|m| m != status.primary_address) {
+                self.followed_master = true;
+            }
+            if let Some(priority) = self.step(&status).await? {
+                speaker.set_priority(priority).await;
+            }
+        }
+        Ok((self.serving, speaker))
+    }
+
+    fn transition(&mut self, t: &vrrp::sys::Transition) {
+        info!(from = %t.from, to = %t.to, reason = ?t.reason, "VRRP state change");
+        self.peer_left = match (t.to, t.reason) {
+            // The peer said it leaves (priority 0).
+            (State::Master, Some(Reason::MasterLeft)) => Some(PeerGone::Left),
+            // A master we followed fell silent. Silence at start-up, before
+            // any master was seen, says nothing about the peer.
+            (State::Master, Some(Reason::MasterDown)) if self.followed_master => Some(PeerGone::Silent),
+            _ => None,
+        };
+        if t.to == State::Master {
+            self.followed_master = false;
+        }
+    }
+
+    /// One round of the rules; returns a VRRP priority to advertise when it
+    /// changes.
+    async fn step(&mut self, vrrp: &vrrp::sys::Status) -> Result<Option<u8>, NodeError> {
+        let Ok(raft) = self.member.status().await else {
+            self.set_serving(false);
+            let why = self.member.failure().unwrap_or_else(|| "member stopped".into());
+            return Err(NodeError::MemberStopped(why));
+        };
+        let master = vrrp.state == State::Master;
+        let me = self.me;
+        let sole = raft.conf.voters == [me];
+
+        // Leadership follows the VIP: the master prefers itself, a backup
+        // the master it hears. Without a master, raft elects freely (two
+        // backups each preferring the other would bounce leadership).
+        let peer_is_master =
+            vrrp.state == State::Backup && vrrp.master.is_some_and(|m| m != vrrp.primary_address);
+        let preferred = if master {
+            Some(me)
+        } else if peer_is_master {
+            Some(self.peer)
+        } else {
+            None
+        };
+        if self.preferred != preferred {
+            self.preferred = preferred;
+            self.member.set_preferred_leader(preferred).await;
+        }
+
+        let no_leader = raft.leader.is_none() || raft.leader == Some(0);
+        if !no_leader {
+            self.leaderless_since = None;
+        }
+        let leaderless_for = if no_leader {
+            self.leaderless_since.get_or_insert_with(Instant::now).elapsed()
+        } else {
+            Duration::ZERO
+        };
+        // Takeover without a witness, on VRRP's evidence that the peer is
+        // gone: it left or fell silent (then at once, as soon as the peer no
+        // longer leads here), or this master has seen no leader for two
+        // election timeouts (the peer stopped or lost its raft link).
+        if master && !self.has_witness && !sole && raft.conf.voters.contains(&me) {
+            let leads = raft.role == StateRole::Leader;
+            let peer_leads = raft.leader == Some(self.peer);
+            let gone = match self.peer_left {
+                // Leaving: it hands leadership over first, then stops.
+                Some(PeerGone::Left) => leads || !peer_leads,
+                // Silent: gone once raft agrees it no longer leads. Being
+                // elected normally needs its vote: then it is alive (this
+                // node outranked it and preempted).
+                // A transfer to this node also passes through a moment
+                // without a leader: wait half an election timeout.
+                Some(PeerGone::Silent) => {
+                    !leads && !peer_leads && leaderless_for >= self.election_timeout / 2
+                }
+                None => false,
+            };
+            if leads && self.peer_left == Some(PeerGone::Silent) {
+                self.peer_left = None;
+            }
+            if gone || leaderless_for >= 2 * self.election_timeout {
+                match self.member.take_over_as_sole_voter().await {
+                    Ok(()) => {
+                        warn!(
+                            peer = self.peer,
+                            "VRRP master: took over as sole voter; the peer rejoins as a learner"
+                        );
+                        self.peer_left = None;
+                        self.last_refusal = None;
+                    }
+                    Err(e) => self.refused(&e.to_string()),
+                }
+            }
+        }
+        if sole {
+            // Already alone: once the peer is back as a voter, it is not gone.
+            self.peer_left = None;
+        }
+
+        // A node behind the log never outranks the one that has it.
+        let want = if raft.in_sync || sole {
+            self.priority
+        } else {
+            BEHIND_PRIORITY.min(self.priority)
+        };
+        let mut new_priority = None;
+        if want != self.advertised && self.priority != 255 {
+            info!(
+                priority = want,
+                in_sync = raft.in_sync,
+                "{}",
+                if want == self.priority {
+                    "caught up with the log: advertising the configured VRRP priority"
+                } else {
+                    "behind the log: advertising the lowest VRRP priority until caught up"
+                }
+            );
+            self.advertised = want;
+            new_priority = Some(want);
+        }
+
+        let serve = master && raft.role == StateRole::Leader;
+        self.set_serving(serve);
+        if serve && !self.keys_installed {
+            self.keys_installed = true;
+            self.install_keys();
+        }
+        if !serve {
+            self.keys_installed = false;
+        }
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = PairView {
+            vrrp_state: vrrp.state.to_string(),
+            raft_role: format!("{:?}", raft.role),
+            term: raft.term,
+            commit: raft.commit,
+        };
+        Ok(new_priority)
+    }
+
+    fn refused(&mut self, why: &str) {
+        let again = match &self.last_refusal {
+            Some((last, at)) => last != why || at.elapsed() > Duration::from_secs(5),
+            None => true,
+        };
+        if again {
+            error!(
+                reason = why,
+                "VRRP master but the takeover as sole voter was REFUSED: not serving; \
+                 retrying as the status changes (an operator who knows the peer is gone for good can force it)"
+            );
+            self.last_refusal = Some((why.to_string(), Instant::now()));
+        }
+    }
+
+    fn set_serving(&self, serve: bool) {
+        let changed = self.serving.send_if_modified(|s| {
+            let changed = *s != serve;
+            *s = serve;
+            changed
+        });
+        if changed {
+            if serve {
+                info!("serving: VRRP master and raft leader");
+            } else {
+                info!("not serving: client connections close");
+            }
+        }
+    }
+
+    /// Installs this server's keys in the table, unless it holds them already.
+    fn install_keys(&self) {
+        let commands = self.config.server_key_commands(now_ms());
+        let applier = Arc::clone(&self.applier);
+        tokio::spawn(async move {
+            for command in commands {
+                let crate::table::Command::InstallServerKey {
+                    key_id, key, server, ..
+                } = &command
+                else {
+                    continue;
+                };
+                let present = applier.read(|t| {
+                    t.state()
+                        .server_keys
+                        .get(key_id)
+                        .is_some_and(|k| &k.key == key && &k.server == server)
+                });
+                if present {
+                    continue;
+                }
+                let key_id = key_id.clone();
+                match applier.propose(command).await {
+                    Ok(Ok(_)) => info!(key_id, "server key installed"),
+                    Ok(Err(e)) => error!(key_id, error = %e, "server key refused by the table"),
+                    Err(e) => {
+                        warn!(key_id, error = %e, "server key not committed; retried when serving again")
+                    }
+                }
+            }
+        });
+    }
+}
