@@ -404,6 +404,10 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn check_leader(&self) -> Result<(), ProposeError> {
+        // A witness leads only to repair a server's log, never to serve.
+        if self.cfg.witness {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
         if self.raw.raft.state != StateRole::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader(),
@@ -480,8 +484,32 @@ impl<S: StateMachine> Node<S> {
             self.raw.read_index(SYNC_PROBE.to_vec());
         }
         if self.raw.raft.state == StateRole::Leader {
+            if self.cfg.witness {
+                self.witness_hand_over();
+                return;
+            }
             self.maybe_promote();
             self.maybe_hand_over();
+        }
+    }
+
+    /// A witness leads only to repair a server's log: as soon as a voter
+    /// holds everything it has, leadership goes there.
+    fn witness_hand_over(&mut self) {
+        if self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let me = self.cfg.id;
+        let target = self
+            .conf_state()
+            .voters
+            .iter()
+            .copied()
+            .find(|&id| id != me && self.raw.raft.prs().get(id).is_some_and(|p| p.matched == last));
+        if let Some(to) = target {
+            tracing::info!(member = me, to, "witness hands leadership to a caught-up server");
+            self.raw.transfer_leader(to);
         }
     }
 
@@ -586,8 +614,23 @@ impl<S: StateMachine> Node<S> {
             return Ok(());
         }
         let append_commit = (msg.get_msg_type() == MessageType::MsgAppend).then_some(msg.commit);
+        let repair = self.witness_must_repair(&msg);
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(member = self.cfg.id, "raft ignored a message: {e}");
+        }
+        if repair {
+            // The only server left asks for votes with a log shorter than
+            // ours: raft rightly refuses it, and nobody else can lead. Lead
+            // just long enough to bring it up to date, then hand over
+            // (see `tick`). Without this a pair plus witness could not fail
+            // over after the leader committed writes only the witness holds.
+            tracing::warn!(
+                member = self.cfg.id,
+                "witness campaigns to repair a server whose log is behind; it hands over once caught up"
+            );
+            if let Err(e) = self.raw.campaign() {
+                tracing::debug!(member = self.cfg.id, "witness campaign refused: {e}");
+            }
         }
         if let Some(c) = append_commit {
             // An accepted append moves our commit to the leader's (capped by
@@ -598,6 +641,25 @@ impl<S: StateMachine> Node<S> {
         }
         self.derandomize();
         Ok(())
+    }
+
+    /// A witness that has not heard from a leader for an election timeout
+    /// gets a (pre-)vote request from a voter whose log is behind its own.
+    fn witness_must_repair(&self, msg: &Message) -> bool {
+        if !self.cfg.witness
+            || !matches!(
+                msg.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+        {
+            return false;
+        }
+        let r = &self.raw.raft;
+        let voter =
+            self.conf_state().voters.contains(&msg.from) && self.conf_state().voters.contains(&self.cfg.id);
+        let leaderless = r.state == StateRole::Follower && r.election_elapsed >= r.election_timeout();
+        let ours = (r.raft_log.last_term(), r.raft_log.last_index());
+        voter && leaderless && (msg.log_term, msg.index) < ours
     }
 
     /// A leader's message from a member that our configuration says is not
