@@ -657,7 +657,13 @@ impl<S: StateMachine> Node<S> {
         let r = &self.raw.raft;
         let voter =
             self.conf_state().voters.contains(&msg.from) && self.conf_state().voters.contains(&self.cfg.id);
-        let leaderless = r.state == StateRole::Follower && r.election_elapsed >= r.election_timeout();
+        // A witness still (pre-)campaigning from an earlier request tries
+        // again: its tick never restarts an election by itself.
+        let leaderless = match r.state {
+            StateRole::Follower => r.election_elapsed >= r.election_timeout(),
+            StateRole::PreCandidate | StateRole::Candidate => true,
+            StateRole::Leader => false,
+        };
         let ours = (r.raft_log.last_term(), r.raft_log.last_index());
         voter && leaderless && (msg.log_term, msg.index) < ours
     }
@@ -670,8 +676,12 @@ impl<S: StateMachine> Node<S> {
             return false;
         }
         let cs = self.raw.store().conf().0;
-        let voter = |id: u64| cs.voters.contains(&id) || cs.voters_outgoing.contains(&id);
-        voter(self.cfg.id) && !voter(msg.from) && cs.learners.contains(&msg.from)
+        // Only a takeover makes a member the sole voter with its peer as a
+        // learner. Any other configuration that lists the sender as a
+        // learner is merely stale (say, restored from an old snapshot after
+        // a lost disk): raft brings it up to date if we listen.
+        let sole = cs.voters == [self.cfg.id] && cs.voters_outgoing.is_empty();
+        sole && cs.learners.contains(&msg.from)
     }
 
     fn yield_to(&mut self, winner: u64) -> Result<(), NodeError> {
