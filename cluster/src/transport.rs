@@ -1,23 +1,30 @@
 //! Raft messages between members over TCP.
 //!
 //! A frame is a big-endian `u32` length, then that many bytes: the protocol
-//! version (bincode `u16`), then a bincode body naming the cluster, the
+//! version (bincode `u16`), the sender's release (a bincode string, the
+//! vipool package version), then a bincode body naming the cluster, the
 //! sender and the recipient around the protobuf-encoded raft message. The
-//! version comes first and alone so that a peer of another release is told
-//! apart from garbage before anything else is decoded.
+//! version and the release come first and alone so that a peer of another
+//! release is told apart from garbage before anything else is decoded.
+//!
+//! Both servers of a pair must run the same release: a frame of another
+//! release is refused (never delivered), logged at error level naming both
+//! releases, counted, and kept as [`TransportStats::last_release_refusal`]
+//! until a frame of our release arrives from that peer's address.
 //!
 //! Each peer has a writer task fed by a bounded queue: `send` never blocks,
 //! a full queue drops the message (raft retransmits). A writer that cannot
 //! connect retries with exponential backoff and reports the peer unreachable
-//! to raft. A frame from another cluster, another protocol version, of
-//! oversize length, or undecodable is rejected with a logged reason and
-//! counted, and the connection is closed: nothing of it reaches raft.
+//! to raft. A frame from another cluster, another protocol version, another
+//! release, of oversize length, or undecodable is rejected with a logged
+//! reason and counted, and the connection is closed: nothing of it reaches
+//! raft.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -28,8 +35,26 @@ use tokio_util::sync::CancellationToken;
 
 use crate::member::Outbox;
 
-/// The version of the frame format this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The version of the frame format this build speaks (2: the release
+/// follows the version).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// This build's release: the workspace package version, shared by every
+/// crate of vipool. [`TransportConfig::release`] defaults to it.
+pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
+
+/// Longest release string a frame may carry; a longer one is malformed.
+pub const MAX_RELEASE_LEN: usize = 64;
+
+/// Whether `release` looks like a package version (letters, digits and
+/// `.+-_~`, at most [`MAX_RELEASE_LEN`] bytes): safe to log and show as is.
+fn valid_release(release: &str) -> bool {
+    !release.is_empty()
+        && release.len() <= MAX_RELEASE_LEN
+        && release
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".+-_~".contains(&b))
+}
 
 /// What the transport delivers to and reports to (a [`crate::Member`]).
 pub trait Inbox: Send + Sync + 'static {
@@ -74,6 +99,9 @@ pub struct TransportConfig {
     pub backoff_max: Duration,
     /// Inbound connections served at once; more are closed at accept.
     pub max_connections: usize,
+    /// The release this member runs and sends; frames of any other release
+    /// are refused. Defaults to [`RELEASE`].
+    pub release: String,
 }
 
 impl TransportConfig {
@@ -89,6 +117,7 @@ impl TransportConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             max_connections: 64,
+            release: RELEASE.to_owned(),
         }
     }
 }
@@ -112,6 +141,48 @@ pub struct TransportStats {
     pub delivered: AtomicU64,
     /// Inbound connections closed because `max_connections` were open.
     pub refused_connections: AtomicU64,
+    /// Frames of another release (the connection is refused).
+    pub wrong_release: AtomicU64,
+    /// The latest refusal of a peer of another release, until a frame of our
+    /// release arrives from the same address.
+    last_release: Mutex<Option<ReleaseRefusal>>,
+}
+
+impl TransportStats {
+    /// The latest refusal of a peer of another release, if no frame of our
+    /// release came from that peer's address since.
+    pub fn last_release_refusal(&self) -> Option<ReleaseRefusal> {
+        self.last_release
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A peer refused because it runs another release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRefusal {
+    /// Where the connection came from.
+    pub peer: SocketAddr,
+    /// The release the peer sent.
+    pub theirs: String,
+    /// The release this member runs.
+    pub ours: String,
+    /// When it was last refused.
+    pub at: Instant,
+    /// When it was last logged at error level.
+    logged: Instant,
+}
+
+impl std::fmt::Display for ReleaseRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "peer refused: {} runs vipool release {}, ours {}; \
+             upgrade both servers to the same release",
+            self.peer, self.theirs, self.ours
+        )
+    }
 }
 
 /// Why an inbound frame was refused.
@@ -127,9 +198,21 @@ pub enum FrameError {
     },
     /// Another protocol version (another vipool release).
     #[error(
-        "protocol version {0}, this member speaks {PROTOCOL_VERSION}: refusing to pair with another release"
+        "protocol version {0}, this member speaks {PROTOCOL_VERSION}: refusing to pair with another \
+         release; upgrade both servers to the same release"
     )]
     Version(u16),
+    /// Another vipool release: both servers must run the same one.
+    #[error(
+        "peer runs vipool release {theirs}, this member runs {ours}: refusing to pair \
+         with another release; upgrade both servers to the same release"
+    )]
+    Release {
+        /// What the frame says.
+        theirs: String,
+        /// Ours.
+        ours: String,
+    },
     /// Another cluster id.
     #[error("frame from cluster {got}, this is cluster {want}")]
     Cluster {
@@ -158,8 +241,13 @@ fn bincode_cfg() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// Encodes one frame (length prefix included).
+/// Encodes one frame (length prefix included) of this build's [`RELEASE`].
 pub fn encode_frame(version: u16, cluster_id: u64, msg: &Message) -> Vec<u8> {
+    encode_release_frame(version, RELEASE, cluster_id, msg)
+}
+
+/// Encodes one frame (length prefix included) claiming `release`.
+pub fn encode_release_frame(version: u16, release: &str, cluster_id: u64, msg: &Message) -> Vec<u8> {
     let body = Body {
         cluster_id,
         from: msg.from,
@@ -167,22 +255,56 @@ pub fn encode_frame(version: u16, cluster_id: u64, msg: &Message) -> Vec<u8> {
         msg: msg.write_to_bytes().expect("raft messages encode"),
     };
     let mut payload = bincode::serde::encode_to_vec(version, bincode_cfg()).expect("u16 encodes");
+    payload.extend(bincode::serde::encode_to_vec(release, bincode_cfg()).expect("str encodes"));
     payload.extend(bincode::serde::encode_to_vec(&body, bincode_cfg()).expect("body encodes"));
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
     frame.extend(payload);
     frame
 }
 
-/// Decodes a frame's payload (after the length prefix) and checks it.
+/// Decodes a frame's payload (after the length prefix) and checks it
+/// against this build's [`RELEASE`].
 ///
 /// # Errors
-/// Another version, another cluster, another recipient, or garbage.
+/// As [`decode_release_payload`].
 pub fn decode_payload(payload: &[u8], cluster_id: u64, me: u64) -> Result<Message, FrameError> {
-    let (version, used): (u16, usize) = bincode::serde::decode_from_slice(payload, bincode_cfg())
+    decode_release_payload(payload, RELEASE, cluster_id, me)
+}
+
+/// Decodes a frame's payload (after the length prefix) and checks it: our
+/// protocol version, our `release`, our cluster, for member `me`.
+///
+/// # Errors
+/// Another version, another release, another cluster, another recipient,
+/// or garbage.
+pub fn decode_release_payload(
+    payload: &[u8],
+    release: &str,
+    cluster_id: u64,
+    me: u64,
+) -> Result<Message, FrameError> {
+    let (version, used_v): (u16, usize) = bincode::serde::decode_from_slice(payload, bincode_cfg())
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if version != PROTOCOL_VERSION {
         return Err(FrameError::Version(version));
     }
+    // Decoded under a byte limit: a forged length claim must not allocate.
+    let limited = bincode_cfg().with_limit::<{ MAX_RELEASE_LEN + 16 }>();
+    let (theirs, used_r): (String, usize) = bincode::serde::decode_from_slice(&payload[used_v..], limited)
+        .map_err(|e| FrameError::Malformed(format!("release (at most {MAX_RELEASE_LEN} bytes): {e}")))?;
+    if !valid_release(&theirs) {
+        return Err(FrameError::Malformed(format!(
+            "release string of {} bytes: 1 to {MAX_RELEASE_LEN} letters, digits or .+-_~ expected",
+            theirs.len()
+        )));
+    }
+    if theirs != release {
+        return Err(FrameError::Release {
+            theirs,
+            ours: release.to_owned(),
+        });
+    }
+    let used = used_v + used_r;
     let (body, used2): (Body, usize) = bincode::serde::decode_from_slice(&payload[used..], bincode_cfg())
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if used + used2 != payload.len() {
@@ -207,6 +329,25 @@ pub fn decode_payload(payload: &[u8], cluster_id: u64, me: u64) -> Result<Messag
         ));
     }
     Ok(msg)
+}
+
+/// The release of a member whose frame carries another protocol `version`,
+/// if the frame is one of vipool's and not garbage: a frame of protocol 1
+/// (the release before releases were sent) whose body names our cluster, or
+/// a frame of a later protocol that, as this one, starts with its release.
+fn peer_release(payload: &[u8], version: u16, cluster_id: u64) -> Option<String> {
+    let (_, used): (u16, usize) = bincode::serde::decode_from_slice(payload, bincode_cfg()).ok()?;
+    let rest = &payload[used..];
+    if version == 1 {
+        let (body, _): (Body, usize) = bincode::serde::decode_from_slice(rest, bincode_cfg()).ok()?;
+        return (body.cluster_id == cluster_id).then(|| "older (frame protocol 1)".to_owned());
+    }
+    if version > PROTOCOL_VERSION {
+        let limited = bincode_cfg().with_limit::<{ MAX_RELEASE_LEN + 16 }>();
+        let (release, _): (String, usize) = bincode::serde::decode_from_slice(rest, limited).ok()?;
+        return valid_release(&release).then(|| format!("{release} (frame protocol {version})"));
+    }
+    None
 }
 
 struct Inner {
@@ -321,6 +462,9 @@ impl TcpTransport {
         let _ = stream.set_nodelay(true);
         let id = self.0.cfg.id;
         let stats = &self.0.stats;
+        // The first frame of our release on this connection clears a
+        // refusal of the same address (the peer was upgraded).
+        let mut cleared = false;
         loop {
             let mut len = [0u8; 4];
             let read = tokio::select! {
@@ -344,17 +488,42 @@ impl TcpTransport {
             if stream.read_exact(&mut payload).await.is_err() {
                 return;
             }
-            match decode_payload(&payload, self.0.cfg.cluster_id, id) {
+            match decode_release_payload(&payload, &self.0.cfg.release, self.0.cfg.cluster_id, id) {
                 Ok(msg) => {
+                    if !cleared {
+                        cleared = true;
+                        let mut last = stats.last_release.lock().unwrap_or_else(|p| p.into_inner());
+                        if last.as_ref().is_some_and(|r| r.peer.ip() == addr.ip()) {
+                            tracing::info!(member = id, peer = %addr, "peer now runs our release: pairing");
+                            *last = None;
+                        }
+                    }
                     stats.delivered.fetch_add(1, Ordering::Relaxed);
                     if let Some(inbox) = self.0.inbox.get() {
                         inbox.deliver(msg);
                     }
                 }
+                Err(FrameError::Release { theirs, ours }) => {
+                    stats.wrong_release.fetch_add(1, Ordering::Relaxed);
+                    let e = FrameError::Release {
+                        theirs: theirs.clone(),
+                        ours: ours.clone(),
+                    };
+                    self.refuse_release(addr, theirs, ours, &e);
+                    return;
+                }
+                Err(FrameError::Version(v)) if peer_release(&payload, v, self.0.cfg.cluster_id).is_some() => {
+                    stats.wrong_version.fetch_add(1, Ordering::Relaxed);
+                    let theirs = peer_release(&payload, v, self.0.cfg.cluster_id).unwrap_or_default();
+                    let ours = format!("{} (frame protocol {PROTOCOL_VERSION})", self.0.cfg.release);
+                    self.refuse_release(addr, theirs, ours, &FrameError::Version(v));
+                    return;
+                }
                 Err(e) => {
                     let counter = match e {
                         FrameError::Oversize { .. } => &stats.oversize,
                         FrameError::Version(_) => &stats.wrong_version,
+                        FrameError::Release { .. } => &stats.wrong_release,
                         FrameError::Cluster { .. } => &stats.wrong_cluster,
                         FrameError::Misaddressed(_) => &stats.misaddressed,
                         FrameError::Malformed(_) => &stats.malformed,
@@ -365,6 +534,37 @@ impl TcpTransport {
                 }
             }
         }
+    }
+
+    /// Records and logs (as `e`) a peer of another release. The peer
+    /// retries with backoff: the same refusal is logged at error level again
+    /// only after a minute, in between at debug level.
+    fn refuse_release(&self, peer: SocketAddr, theirs: String, ours: String, e: &FrameError) {
+        let stats = &self.0.stats;
+        let count = stats.wrong_release.load(Ordering::Relaxed) + stats.wrong_version.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let mut last = stats.last_release.lock().unwrap_or_else(|p| p.into_inner());
+        let logged = last
+            .as_ref()
+            .filter(|r| {
+                r.peer.ip() == peer.ip()
+                    && r.theirs == theirs
+                    && now.duration_since(r.logged) < Duration::from_secs(60)
+            })
+            .map(|r| r.logged);
+        let id = self.0.cfg.id;
+        if logged.is_some() {
+            tracing::debug!(member = id, %peer, refused = count, "rejecting connection: {e}");
+        } else {
+            tracing::error!(member = id, %peer, refused = count, "rejecting connection: {e}");
+        }
+        *last = Some(ReleaseRefusal {
+            peer,
+            theirs,
+            ours,
+            at: now,
+            logged: logged.unwrap_or(now),
+        });
     }
 
     fn writer(&self, to: u64) -> Option<mpsc::Sender<Message>> {
@@ -426,7 +626,7 @@ impl TcpTransport {
                 }
                 let mut failed = false;
                 for m in &batch {
-                    let frame = encode_frame(PROTOCOL_VERSION, cfg.cluster_id, m);
+                    let frame = encode_release_frame(PROTOCOL_VERSION, &cfg.release, cfg.cluster_id, m);
                     if frame.len() - 4 > cfg.max_frame as usize {
                         self.0.stats.dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
@@ -532,8 +732,28 @@ mod tests {
             Err(FrameError::Cluster { got: 43, want: 42 })
         );
         assert_eq!(
-            decode_payload(&encode_frame(2, 42, &m)[4..], 42, 2),
-            Err(FrameError::Version(2))
+            decode_payload(&encode_frame(PROTOCOL_VERSION + 1, 42, &m)[4..], 42, 2),
+            Err(FrameError::Version(PROTOCOL_VERSION + 1))
+        );
+        assert_eq!(
+            decode_payload(
+                &encode_release_frame(PROTOCOL_VERSION, "0.0.1", 42, &m)[4..],
+                42,
+                2
+            ),
+            Err(FrameError::Release {
+                theirs: "0.0.1".into(),
+                ours: RELEASE.into()
+            })
+        );
+        assert_eq!(
+            decode_release_payload(
+                &encode_release_frame(PROTOCOL_VERSION, "9.9", 42, &m)[4..],
+                "9.9",
+                42,
+                2
+            ),
+            Ok(m.clone())
         );
         assert_eq!(decode_payload(&f[4..], 42, 3), Err(FrameError::Misaddressed(2)));
         assert!(matches!(
@@ -570,12 +790,197 @@ mod tests {
 
     #[test]
     fn huge_length_claim_inside_a_frame_is_malformed() {
-        // version 1, cluster 42, from 1, to 2, then a byte string claiming
-        // 2^40 bytes (bincode varint: 0xfd + u64 LE).
-        let mut p = vec![1, 42, 1, 2, 0xfd];
+        // our version and release, cluster 42, from 1, to 2, then a byte
+        // string claiming 2^40 bytes (bincode varint: 0xfd + u64 LE).
+        let mut p = bincode::serde::encode_to_vec(PROTOCOL_VERSION, bincode_cfg()).unwrap();
+        p.extend(bincode::serde::encode_to_vec(RELEASE, bincode_cfg()).unwrap());
+        p.extend([42, 1, 2, 0xfd]);
         p.extend((1u64 << 40).to_le_bytes());
         p.extend([0u8; 16]);
         assert!(matches!(decode_payload(&p, 42, 2), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn release_strings_are_bounded() {
+        // A release claiming 2^40 bytes, then too little.
+        let mut p = bincode::serde::encode_to_vec(PROTOCOL_VERSION, bincode_cfg()).unwrap();
+        p.push(0xfd);
+        p.extend((1u64 << 40).to_le_bytes());
+        p.extend([b'1'; 16]);
+        assert!(matches!(decode_payload(&p, 42, 2), Err(FrameError::Malformed(_))));
+        // A whole release longer than the limit.
+        let long = "9".repeat(MAX_RELEASE_LEN + 1);
+        let f = encode_release_frame(PROTOCOL_VERSION, &long, 42, &msg(1, 2));
+        assert!(matches!(
+            decode_payload(&f[4..], 42, 2),
+            Err(FrameError::Malformed(_))
+        ));
+        // So is a release that is no package version (it is logged).
+        let f = encode_release_frame(PROTOCOL_VERSION, "1.0\n[fake log line]", 42, &msg(1, 2));
+        assert!(matches!(
+            decode_payload(&f[4..], 42, 2),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_payload(
+                &encode_release_frame(PROTOCOL_VERSION, "", 42, &msg(1, 2))[4..],
+                42,
+                2
+            ),
+            Err(FrameError::Malformed(_))
+        ));
+        // Invalid UTF-8 is malformed too.
+        let mut p = bincode::serde::encode_to_vec(PROTOCOL_VERSION, bincode_cfg()).unwrap();
+        p.extend([2, 0xff, 0xfe]);
+        assert!(matches!(decode_payload(&p, 42, 2), Err(FrameError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_release_is_refused_logged_counted_and_cleared_on_upgrade() {
+        let cap = crate::logger::tests::Captured::default();
+        let _guard = tracing::subscriber::set_default(cap.subscriber());
+        let mut cfg = TransportConfig::new(42, 2, "127.0.0.1:0".parse().unwrap());
+        cfg.release = "1.2.0".into();
+        let (t, l) = TcpTransport::bind(cfg).await.unwrap();
+        let inbox = Arc::new(Count::default());
+        t.attach(l, inbox.clone());
+        let addr = t.local_addr();
+        assert_eq!(t.stats().last_release_refusal(), None);
+
+        // An older release, twice (it reconnects): refused each time,
+        // logged once at error level, never delivered.
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&encode_release_frame(PROTOCOL_VERSION, "1.1.3", 42, &msg(1, 2)))
+                .await
+                .unwrap();
+            let mut buf = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+                .await
+                .unwrap();
+            assert!(matches!(n, Ok(0) | Err(_)), "connection closed");
+        }
+        let s = t.stats();
+        wait_for("counter", || s.wrong_release.load(Ordering::Relaxed) == 2).await;
+        assert_eq!(inbox.0.load(Ordering::Relaxed), 0, "nothing reached raft");
+        let r = s.last_release_refusal().expect("refusal recorded");
+        assert_eq!((r.theirs.as_str(), r.ours.as_str()), ("1.1.3", "1.2.0"));
+        assert_eq!(r.peer.ip(), addr.ip());
+        assert_eq!(
+            r.to_string(),
+            format!(
+                "peer refused: {} runs vipool release 1.1.3, ours 1.2.0; \
+                 upgrade both servers to the same release",
+                r.peer
+            )
+        );
+        let text = cap.text();
+        let line = "peer runs vipool release 1.1.3, this member runs 1.2.0: refusing to pair \
+                    with another release; upgrade both servers to the same release";
+        let errors = text.lines().filter(|l| l.contains(" ERROR ") && l.contains(line));
+        assert_eq!(errors.count(), 1, "logged once at error level:\n{text}");
+        let again = text.lines().filter(|l| l.contains(" DEBUG ") && l.contains(line));
+        assert_eq!(again.count(), 1, "the retry at debug level:\n{text}");
+
+        // The peer is upgraded: its frames are delivered and the refusal clears.
+        let mut s2 = TcpStream::connect(addr).await.unwrap();
+        s2.write_all(&encode_release_frame(PROTOCOL_VERSION, "1.2.0", 42, &msg(1, 2)))
+            .await
+            .unwrap();
+        wait_for("delivery", || inbox.0.load(Ordering::Relaxed) == 1).await;
+        assert_eq!(s.last_release_refusal(), None);
+        t.shutdown();
+    }
+
+    /// A frame as releases of frame protocol 1 sent it: no release.
+    fn protocol_1_frame(cluster_id: u64, m: &Message) -> Vec<u8> {
+        let body = Body {
+            cluster_id,
+            from: m.from,
+            to: m.to,
+            msg: m.write_to_bytes().unwrap(),
+        };
+        let mut payload = bincode::serde::encode_to_vec(1u16, bincode_cfg()).unwrap();
+        payload.extend(bincode::serde::encode_to_vec(&body, bincode_cfg()).unwrap());
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend(payload);
+        frame
+    }
+
+    #[test]
+    fn releases_of_other_protocols_are_recognised_and_garbage_is_not() {
+        let m = msg(1, 2);
+        let old = protocol_1_frame(42, &m);
+        assert_eq!(decode_payload(&old[4..], 42, 2), Err(FrameError::Version(1)));
+        assert_eq!(
+            peer_release(&old[4..], 1, 42).as_deref(),
+            Some("older (frame protocol 1)")
+        );
+        // Another cluster's, or not a frame at all: nothing to say.
+        assert_eq!(peer_release(&protocol_1_frame(41, &m)[4..], 1, 42), None);
+        assert_eq!(peer_release(&[1, 0xff, 0xff, 0xff], 1, 42), None);
+        // A later protocol that starts with its release, as this one does.
+        let new = encode_release_frame(PROTOCOL_VERSION + 1, "3.0.0", 42, &m);
+        assert_eq!(
+            peer_release(&new[4..], PROTOCOL_VERSION + 1, 42).as_deref(),
+            Some(format!("3.0.0 (frame protocol {})", PROTOCOL_VERSION + 1).as_str())
+        );
+        let junk = [PROTOCOL_VERSION as u8 + 1, 3, 0xff, 0, 1];
+        assert_eq!(peer_release(&junk, PROTOCOL_VERSION + 1, 42), None);
+    }
+
+    #[tokio::test]
+    async fn a_member_of_frame_protocol_1_is_refused_as_another_release() {
+        let mut cfg = TransportConfig::new(42, 2, "127.0.0.1:0".parse().unwrap());
+        cfg.release = "1.2.0".into();
+        let (t, l) = TcpTransport::bind(cfg).await.unwrap();
+        let inbox = Arc::new(Count::default());
+        t.attach(l, inbox.clone());
+        let mut s = TcpStream::connect(t.local_addr()).await.unwrap();
+        s.write_all(&protocol_1_frame(42, &msg(1, 2))).await.unwrap();
+        let st = t.stats();
+        wait_for("refusal", || st.last_release_refusal().is_some()).await;
+        let r = st.last_release_refusal().unwrap();
+        assert_eq!(
+            r.to_string(),
+            format!(
+                "peer refused: {} runs vipool release older (frame protocol 1), ours 1.2.0 (frame \
+                 protocol {PROTOCOL_VERSION}); upgrade both servers to the same release",
+                r.peer
+            )
+        );
+        assert_eq!(st.wrong_version.load(Ordering::Relaxed), 1);
+        assert_eq!(inbox.0.load(Ordering::Relaxed), 0);
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn members_of_different_releases_never_exchange_messages() {
+        let mut a_cfg = TransportConfig::new(42, 1, "127.0.0.1:0".parse().unwrap());
+        a_cfg.release = "2.0.0".into();
+        let mut b_cfg = TransportConfig::new(42, 2, "127.0.0.1:0".parse().unwrap());
+        b_cfg.release = "2.1.0".into();
+        let (a, al) = TcpTransport::bind(a_cfg).await.unwrap();
+        let (b, bl) = TcpTransport::bind(b_cfg).await.unwrap();
+        a.set_peer(2, b.local_addr());
+        b.set_peer(1, a.local_addr());
+        let (ai, bi) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        a.attach(al, ai.clone());
+        b.attach(bl, bi.clone());
+        wait_for("both sides refuse", || {
+            a.send(msg(1, 2));
+            b.send(msg(2, 1));
+            a.stats().wrong_release.load(Ordering::Relaxed) > 0
+                && b.stats().wrong_release.load(Ordering::Relaxed) > 0
+        })
+        .await;
+        assert_eq!(ai.0.load(Ordering::Relaxed) + bi.0.load(Ordering::Relaxed), 0);
+        let ra = a.stats().last_release_refusal().unwrap();
+        assert_eq!((ra.theirs.as_str(), ra.ours.as_str()), ("2.1.0", "2.0.0"));
+        let rb = b.stats().last_release_refusal().unwrap();
+        assert_eq!((rb.theirs.as_str(), rb.ours.as_str()), ("2.0.0", "2.1.0"));
+        a.shutdown();
+        b.shutdown();
     }
 
     #[tokio::test]
@@ -730,7 +1135,7 @@ mod tests {
         send(encode_frame(PROTOCOL_VERSION, 41, &msg(1, 2))).await;
         send(encode_frame(PROTOCOL_VERSION, 42, &msg(1, 9))).await;
         let mut junk = 5u32.to_be_bytes().to_vec();
-        junk.extend([1, 0xff, 0xff, 0xff, 0xff]);
+        junk.extend([PROTOCOL_VERSION as u8, 0xff, 0xff, 0xff, 0xff]);
         send(junk).await;
 
         let s = t.stats();
@@ -749,9 +1154,10 @@ mod tests {
         wait_for("delivery", || inbox.0.load(Ordering::Relaxed) == 1).await;
 
         let text = cap.text();
+        let version = format!("protocol version 7, this member speaks {PROTOCOL_VERSION}");
         for reason in [
             "oversize frame: 8000 bytes, limit 4096",
-            "protocol version 7, this member speaks 1",
+            version.as_str(),
             "frame from cluster 41, this is cluster 42",
             "frame for member 9",
             "malformed frame",

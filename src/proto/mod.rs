@@ -181,7 +181,9 @@ pub struct NodeStatus {
     /// Frames refused (oversized, malformed, wrong version) since start.
     pub bad_frames: u64,
     /// Evaluation keys about to stop counting, soonest first (SPEC §4:
-    /// "limits about to expire: both sides show a warning").
+    /// "limits about to expire: both sides show a warning"), then, on a
+    /// node of a pair, a peer refused for running another vipool release
+    /// (SPEC §1: "peer refused: ADDRESS runs vipool release X, ours Y; ...").
     pub warnings: Vec<String>,
 }
 

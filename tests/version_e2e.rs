@@ -1,0 +1,273 @@
+//! SPEC §1: "A server that sees a peer of another release refuses to pair
+//! with it and says so in its log and status." A real pair of `vipool node`s
+//! on a namespaced broadcast domain (a lone fresh node refuses to serve
+//! until it has synced with its peer, so the primary needs its backup);
+//! from a third namespace, a fake peer built with the cluster crate's frame
+//! encoder speaks to the primary's raft port as member 2 claiming another
+//! release. The primary refuses it (log and `vipool show status` name both
+//! releases), nothing reaches raft (term and table unchanged), and it keeps
+//! serving. The same frame with the node's own release does reach raft, so
+//! the refusal is the release check's doing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use cluster::raft::eraftpb::{Message, MessageType};
+use cluster::transport::{encode_release_frame, PROTOCOL_VERSION};
+use common::{in_netns, lab_available, vipool_bin, wait_for, Host, Lab};
+use vipool::client::Connection;
+use vipool::proto::TableDump;
+use vipool::table::ClientReport;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const CLIENT_PORT: u16 = 4333;
+const OPERATOR_PORT: u16 = 4334;
+const RAFT_PORT: u16 = 4335;
+const CLUSTER_ID: u64 = 7;
+/// What the fake peer claims to run.
+const OTHER_RELEASE: &str = "0.0.1-old";
+const OURS: &str = env!("CARGO_PKG_VERSION");
+/// Generous: the lab shares two cores with compilers.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A server's configuration: VRRP and raft timers that pass validation
+/// (Master_Down_Interval 3 x 400 ms + skew above 2 x 10 x 50 ms), slow
+/// enough that the shared cores cause no spurious election. No sweep and no
+/// client timeout during the test: nothing but the test changes the table,
+/// so its applied index tells whether anything was applied.
+fn node_config(lab: &Lab, me: (&Host, u64, &str, u8), primary: &Host, backup: &Host) -> String {
+    let (host, id, name, priority) = me;
+    let text = format!(
+        r#"
+[node]
+name = "{name}"
+id = {id}
+cluster_id = {CLUSTER_ID}
+data_dir = "{data}"
+
+[vrrp]
+interface = "eth0"
+vrid = 52
+priority = {priority}
+vips = ["{VIP}/24"]
+advert_interval_ms = 400
+pair_handoff = true
+
+[cluster]
+peers = [
+    {{ id = 1, name = "primary", address = "{primary}:{RAFT_PORT}", role = "server" }},
+    {{ id = 2, name = "backup", address = "{backup}:{RAFT_PORT}", role = "server" }},
+]
+tick_ms = 50
+election_ticks = 10
+heartbeat_ticks = 2
+request_timeout_ms = 2000
+
+[license]
+client_port = {CLIENT_PORT}
+operator_listen = "{me}:{OPERATOR_PORT}"
+keys = {{ AP = 16 }}
+heartbeat_interval_ms = 60000
+sweep_interval_ms = 3600000
+"#,
+        data = lab.dir().join(format!("{name}-data")).display(),
+        me = host.addr,
+        primary = primary.addr,
+        backup = backup.addr,
+    );
+    let path = lab.dir().join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write node config");
+    path.to_string_lossy().into_owned()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The node's table and status through its operator endpoint, asked from `from`.
+fn show(from: &Host, node: Ipv4Addr) -> Result<TableDump, String> {
+    in_netns(from, move || {
+        rt().block_on(async move {
+            let mut conn =
+                tokio::time::timeout(Duration::from_secs(2), Connection::connect((node, OPERATOR_PORT)))
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+            tokio::time::timeout(Duration::from_secs(2), conn.show())
+                .await
+                .map_err(|_| "show timed out".to_string())?
+                .map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .expect("show thread")
+}
+
+/// Registers a license client through the VIP, from `from`.
+fn register(from: &Host, id: &'static str) -> Result<(), String> {
+    in_netns(from, move || {
+        rt().block_on(async move {
+            let mut conn =
+                tokio::time::timeout(Duration::from_secs(2), Connection::connect((VIP, CLIENT_PORT)))
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                conn.register(id, "SERIAL", "1", ClientReport::default()),
+            )
+            .await
+            .map_err(|_| "register timed out".to_string())?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .expect("register thread")
+}
+
+/// A raft heartbeat from member 2 at a term far ahead: delivered, it would
+/// make the node step down and follow member 2.
+fn disruptive_heartbeat() -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    m.from = 2;
+    m.to = 1;
+    m.term = 1000;
+    m
+}
+
+/// From `from`, connects to the node's raft port as member 2 claiming
+/// `release`, sends one frame and returns whether the node closed the
+/// connection (it does after a refusal; otherwise the read times out).
+fn fake_peer(from: &Host, node: Ipv4Addr, release: &'static str) -> bool {
+    in_netns(from, move || {
+        let addr = SocketAddr::from((node, RAFT_PORT));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to raft port");
+        let frame = encode_release_frame(PROTOCOL_VERSION, release, CLUSTER_ID, &disruptive_heartbeat());
+        s.write_all(&frame).expect("send frame");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 1];
+        match s.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => panic!("the node never writes on an inbound raft connection"),
+        }
+    })
+    .join()
+    .expect("fake peer thread")
+}
+
+#[test]
+fn a_peer_of_another_release_is_refused_and_the_node_keeps_serving() {
+    if !lab_available("a_peer_of_another_release_is_refused_and_the_node_keeps_serving") {
+        return;
+    }
+    assert_ne!(OTHER_RELEASE, OURS);
+    // Hosts: 0 the primary, 1 the backup, 2 the fake peer and a switch.
+    let mut lab = Lab::new(3);
+    let (a, b, peer) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let switch = peer.clone();
+    let ca = node_config(&lab, (&a, 1, "primary", 200), &a, &b);
+    let cb = node_config(&lab, (&b, 2, "backup", 100), &a, &b);
+    let log = lab.dir().join("primary.log");
+    let node = lab.vipool_logged(&a, &["node", "--config", &ca], &log);
+    let _backup = lab.vipool(&b, &["node", "--config", &cb]);
+
+    // The primary takes the VIP and serves.
+    assert!(
+        wait_for(2 * WAIT, || show(&switch, a.addr).is_ok_and(|d| d.status.serving)),
+        "the primary never served: {:?}\n{}",
+        show(&switch, a.addr).map(|d| d.status),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    register(&switch, "sw-before").expect("a client registers through the VIP");
+    // Its own keys and the client are in: the table is settled.
+    let settled =
+        |d: &TableDump| !d.state.server_keys.is_empty() && d.state.clients.contains_key("sw-before");
+    assert!(wait_for(WAIT, || show(&switch, a.addr).is_ok_and(|d| settled(&d))));
+    let before = show(&switch, a.addr).expect("show before");
+    assert!(before.status.warnings.is_empty(), "{:?}", before.status.warnings);
+
+    // The peer of another release: refused, connection closed, nothing delivered.
+    for _ in 0..3 {
+        assert!(
+            fake_peer(&peer, a.addr, OTHER_RELEASE),
+            "the node closes the connection"
+        );
+    }
+    let refusal = format!(
+        "peer runs vipool release {OTHER_RELEASE}, this member runs {OURS}: refusing to pair \
+         with another release; upgrade both servers to the same release"
+    );
+    assert!(
+        wait_for(WAIT, || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains(&refusal))),
+        "log lacks {refusal:?}:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&refusal)).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("ERROR")),
+        "logged at error level: {lines:?}"
+    );
+
+    // Its status says so, naming both releases, also through `vipool show status`.
+    let after = show(&switch, a.addr).expect("show after");
+    let warning =
+        format!("runs vipool release {OTHER_RELEASE}, ours {OURS}; upgrade both servers to the same release");
+    assert!(
+        after
+            .status
+            .warnings
+            .iter()
+            .any(|w| w.starts_with(&format!("peer refused: {}:", peer.addr)) && w.ends_with(&warning)),
+        "status warnings: {:?}",
+        after.status.warnings
+    );
+    let shown = switch.run(&[
+        &vipool_bin(),
+        "show",
+        "status",
+        "--server",
+        &format!("{}:{OPERATOR_PORT}", a.addr),
+    ]);
+    assert!(
+        shown.contains("warning (primary): peer refused:") && shown.contains(&warning),
+        "vipool show status:\n{shown}"
+    );
+
+    // Nothing reached raft: same term, same table; and it keeps serving.
+    assert!(after.status.serving, "{:?}", after.status);
+    assert_eq!(after.status.term, before.status.term, "the term is unchanged");
+    assert!(after.status.term < 1000);
+    assert_eq!(after.status.applied_index, before.status.applied_index);
+    assert_eq!(after.state, before.state, "the table is unchanged");
+    assert_eq!(after.pool, before.pool);
+    register(&switch, "sw-after").expect("still serving through the VIP");
+    assert!(wait_for(WAIT, || show(&switch, a.addr)
+        .is_ok_and(|d| d.state.clients.contains_key("sw-after"))));
+    assert!(node.wait_exit(Duration::ZERO).is_none(), "the node still runs");
+
+    // Control: the very same frame with the node's release reaches raft
+    // (the node follows the higher term), and the refusal clears.
+    assert!(!fake_peer(&peer, a.addr, OURS), "our release is not refused");
+    assert!(
+        wait_for(WAIT, || show(&switch, a.addr)
+            .is_ok_and(|d| d.status.term >= 1000 && d.status.warnings.is_empty())),
+        "the frame of our release was delivered: {:?}",
+        show(&switch, a.addr).map(|d| d.status)
+    );
+    println!(
+        "refused release {OTHER_RELEASE:?} (ours {OURS:?}); term {} and applied index {} unchanged; \
+         served on; the same frame of our release reached raft",
+        before.status.term, before.status.applied_index
+    );
+}
