@@ -25,7 +25,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const CLIENT_PORT: u16 = 4333;
 const OPERATOR_PORT: u16 = 4334;
 const RAFT_PORT: u16 = 4335;
-const ADVERT_MS: u64 = 100;
+const ADVERT_MS: u64 = 130;
 /// Generous: the lab shares two cores with compilers.
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -462,6 +462,61 @@ fn cluster_problems_name_their_field() {
 }
 
 #[test]
+fn master_down_interval_must_exceed_two_election_timeouts() {
+    // Defaults: 3 x 1000 ms + skew (200) 218.75 ms against 2 x 10 x 100 ms.
+    PRIMARY.parse::<Config>().unwrap();
+    // 2 x 10 x 200 ms = 4000 ms: an isolated old leader could still serve
+    // when this node takes the VIP.
+    let shown = refused("cluster", "tick_ms = 200", "vrrp.advert_interval_ms");
+    for part in [
+        "vrrp.advert_interval_ms = 1000:",
+        "3 x vrrp.advert_interval_ms + skew for vrrp.priority 200 = 3218.8 ms",
+        "2 x cluster.election_ticks 10 x cluster.tick_ms 200 = 4000 ms",
+        "check-quorum",
+        "raise vrrp.advert_interval_ms to 1250 or more, or lower cluster.tick_ms or cluster.election_ticks",
+    ] {
+        assert!(shown.contains(part), "{part:?} missing from {shown}");
+    }
+    let slow = edit(PRIMARY, "cluster", "tick_ms = 200");
+    edit(&slow, "vrrp", "advert_interval_ms = 1250")
+        .parse::<Config>()
+        .unwrap();
+    edit(&slow, "vrrp", "advert_interval_ms = 1240")
+        .parse::<Config>()
+        .unwrap_err();
+    edit(&slow, "cluster", "election_ticks = 8")
+        .parse::<Config>()
+        .unwrap();
+    // Equal is not enough: priority 128 skews half an advert, 3500 ms.
+    let equal = edit(PRIMARY, "vrrp", "priority = 128");
+    let equal = edit(&equal, "cluster", "tick_ms = 175");
+    let p = problems(&equal);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].message.contains("= 3500.0 ms"), "{}", p[0]);
+    assert!(p[0].message.contains("= 3500 ms"), "{}", p[0]);
+    // The skew follows the priority: a lower one passes where 200 does not.
+    let timers = edit(PRIMARY, "cluster", "tick_ms = 20");
+    let timers = edit(&timers, "vrrp", "advert_interval_ms = 100");
+    let timers = edit(&timers, "cluster", "election_ticks = 7");
+    timers.parse::<Config>().unwrap(); // 321.9 ms > 280 ms
+    let timers = edit(&timers, "cluster", "election_ticks = 9");
+    let p = problems(&timers); // 321.9 ms against 360 ms
+    assert_eq!(p[0].field, "vrrp.advert_interval_ms", "{p:?}");
+    edit(&timers, "vrrp", "priority = 20").parse::<Config>().unwrap(); // 392.2 ms
+                                                                       // VRRPv2 counts whole seconds: the suggested interval is one.
+    let v2 = edit(&slow, "vrrp", "version = 2");
+    let shown = problems(&v2)
+        .iter()
+        .find(|p| p.field == "vrrp.advert_interval_ms")
+        .expect("refused")
+        .to_string();
+    assert!(
+        shown.contains("raise vrrp.advert_interval_ms to 2000 or more"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn license_problems_name_their_field() {
     refused("license", "keys = { AP = 0 }", "license.keys.AP");
     let shown = refused("license", "keys = { FOO = 3 }", "license.keys.FOO");

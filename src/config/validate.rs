@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use vrrp::proto::{Config as VrrpConfig, ConfigError as VrrpError};
+use vrrp::proto::{Config as VrrpConfig, ConfigError as VrrpError, Instance};
 use vrrp::sys::{GarpConfig, SpeakerConfig};
 use vrrp::wire::{Auth, Version};
 
@@ -33,6 +33,7 @@ impl Config {
         let mut report = Report::default();
         check_common(&self.node, &self.cluster, Role::Server, &mut report);
         self.check_vrrp(&mut report);
+        self.check_failover_timers(&mut report);
         self.check_license(&mut report);
         self.check_ports(&mut report);
         report.finish()
@@ -403,6 +404,69 @@ impl Config {
                 r.add(field, value, e.to_string());
             }
         }
+    }
+
+    /// VRRP's Master_Down_Interval (three adverts plus the skew of this
+    /// node's priority) must exceed two raft election timeouts: an isolated
+    /// former leader steps down (check-quorum) within two election timeouts,
+    /// so it has stopped serving before this node can take the VIP.
+    pub(super) fn check_failover_timers(&self, r: &mut Report) {
+        let c = &self.cluster;
+        let election_ticks = u64::try_from(c.election_ticks).unwrap_or(u64::MAX);
+        let two_elections = Duration::from_millis(c.tick_ms.saturating_mul(election_ticks).saturating_mul(2));
+        let mut probe = self.vrrp_config();
+        if probe.primary_address.is_unspecified() {
+            probe.primary_address = Ipv4Addr::new(192, 0, 2, 254);
+        }
+        let master_down = |probe: &VrrpConfig| {
+            Instance::new(probe.clone())
+                .ok()
+                .map(|i| i.master_down_interval())
+        };
+        // An invalid VRRP instance is reported by check_vrrp already.
+        let Some(mdi) = master_down(&probe) else { return };
+        if mdi > two_elections {
+            return;
+        }
+        // The shortest advert interval that passes, in the steps this VRRP
+        // version allows (v2 counts whole seconds).
+        let step = if probe.version == Version::V2 { 100 } else { 1 };
+        let mut fix = None;
+        let mut cs = probe.advert_interval_cs;
+        while let Some(next) = cs.checked_add(step) {
+            cs = next - next % step;
+            let mut longer = probe.clone();
+            longer.advert_interval_cs = cs;
+            match master_down(&longer) {
+                Some(d) if d > two_elections => {
+                    fix = Some(u32::from(cs) * 10);
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let raise = match fix {
+            Some(ms) => format!("raise vrrp.advert_interval_ms to {ms} or more, or "),
+            None => String::new(),
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        r.add(
+            "vrrp.advert_interval_ms",
+            self.vrrp.advert_interval_ms,
+            format!(
+                "VRRP's Master_Down_Interval (3 x vrrp.advert_interval_ms + skew for vrrp.priority {} \
+                 = {:.1} ms) must exceed two raft election timeouts (2 x cluster.election_ticks {} \
+                 x cluster.tick_ms {} = {} ms), so that an isolated former leader steps down \
+                 (check-quorum) before this node can take the VIP: {raise}lower cluster.tick_ms \
+                 or cluster.election_ticks",
+                self.vrrp.priority,
+                ms(mdi),
+                c.election_ticks,
+                c.tick_ms,
+                two_elections.as_millis(),
+            ),
+        );
     }
 
     pub(super) fn check_license(&self, r: &mut Report) {
