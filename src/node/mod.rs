@@ -44,6 +44,7 @@
 //! `cluster.election_ticks`).
 
 pub mod applier;
+mod notify;
 mod witness;
 
 use std::net::{IpAddr, SocketAddr};
@@ -128,6 +129,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let mut tcfg = TransportConfig::new(config.node.cluster_id, me, listen);
     tcfg.peers = config.cluster.peers_except(me);
     tcfg.max_frame = config.cluster.max_frame;
+    // Both servers must run the same release: frames of another are refused.
+    tcfg.release = env!("CARGO_PKG_VERSION").to_owned();
     // A peer back from a crash or a partition is reconnected within one
     // election timeout, not after the default two seconds of backoff: until
     // then no leadership can move to the VIP holder.
@@ -178,7 +181,11 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let (serving_tx, serving) = watch::channel(false);
     let view = Arc::new(Mutex::new(PairView::default()));
     let hook_view = Arc::clone(&view);
+    let hook_transport = transport.clone();
     let hook: StatusHook = Arc::new(move |status: &mut NodeStatus| {
+        if let Some(refusal) = hook_transport.stats().last_release_refusal() {
+            status.warnings.push(refusal.to_string());
+        }
         let v = hook_view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         status.vrrp_state = v.vrrp_state;
         status.raft_role = v.raft_role;
@@ -200,6 +207,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         client = %client_addr, operator = %operator_addr,
         "node up: VRRP, cluster member and license server started"
     );
+    notify::notify(notify::READY);
     let running = Arc::clone(&server);
     let server_task =
         tokio::spawn(async move { running.run_on(vec![client_listener, operator_listener]).await });
@@ -260,6 +268,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
 
     // Graceful stop: nothing more is answered, the VIP moves, then leadership.
     info!("stopping: serving ends, VIP and leadership go to the peer");
+    notify::notify(notify::STOPPING);
     serving_tx.send_replace(false);
     // Requests in flight are answered (they commit, this node still leads)
     // before the VIP leaves: after that, their answers could not reach the

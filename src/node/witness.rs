@@ -62,12 +62,16 @@ pub async fn run_witness(
     .map_err(|e| NodeError::Log(e.to_string()))?;
     transport.attach(listener, Arc::new(member.clone()));
     info!(node = %config.node.name, id = me, raft = %transport.local_addr(), "witness up: votes, never leads");
+    super::notify::notify(super::notify::READY);
 
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     tokio::pin!(stop);
     let failure = loop {
         tokio::select! {
-            () = &mut stop => break None,
+            () = &mut stop => {
+                super::notify::notify(super::notify::STOPPING);
+                break None;
+            }
             _ = tick.tick() => {
                 if let Some(why) = member.failure() {
                     break Some(why);
