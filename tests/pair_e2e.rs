@@ -133,31 +133,9 @@ fn start_pair_with_witness() -> Pair {
     Pair { lab, primary, backup }
 }
 
-/// The status and table of the node on `node` through its operator endpoint,
-/// asked from `from`.
+/// The node's status and table through its operator endpoint, asked from `from`.
 fn show(from: &Host, node: Ipv4Addr) -> Result<TableDump, String> {
-    in_netns(from, move || {
-        rt().block_on(async move {
-            let mut conn =
-                tokio::time::timeout(Duration::from_secs(2), Connection::connect((node, OPERATOR_PORT)))
-                    .await
-                    .map_err(|_| "connect timed out".to_string())?
-                    .map_err(|e| e.to_string())?;
-            tokio::time::timeout(Duration::from_secs(2), conn.show())
-                .await
-                .map_err(|_| "show timed out".to_string())?
-                .map_err(|e| e.to_string())
-        })
-    })
-    .join()
-    .expect("show thread")
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    common::operator_show(from, node, OPERATOR_PORT)
 }
 
 fn serving(from: &Host, node: Ipv4Addr) -> bool {
@@ -203,7 +181,7 @@ fn prober(
     after: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<Probe> {
     in_netns(host, move || {
-        rt().block_on(async move {
+        common::runtime().block_on(async move {
             let mut probe = Probe::default();
             let mut conn: Option<Connection> = None;
             let mut registered = false;
@@ -526,7 +504,7 @@ fn own_address_and_backup_refuse_with_the_vip() {
         (VIP, CLIENT_PORT),
     ];
     let answers = in_netns(&client_host, move || {
-        rt().block_on(async move {
+        common::runtime().block_on(async move {
             let mut out = Vec::new();
             for (addr, port) in targets {
                 let mut conn = Connection::connect((addr, port)).await.expect("connect");

@@ -83,36 +83,15 @@ sweep_interval_ms = 3600000
     path.to_string_lossy().into_owned()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// The node's table and status through its operator endpoint, asked from `from`.
+/// The node's status and table through its operator endpoint, asked from `from`.
 fn show(from: &Host, node: Ipv4Addr) -> Result<TableDump, String> {
-    in_netns(from, move || {
-        rt().block_on(async move {
-            let mut conn =
-                tokio::time::timeout(Duration::from_secs(2), Connection::connect((node, OPERATOR_PORT)))
-                    .await
-                    .map_err(|_| "connect timed out".to_string())?
-                    .map_err(|e| e.to_string())?;
-            tokio::time::timeout(Duration::from_secs(2), conn.show())
-                .await
-                .map_err(|_| "show timed out".to_string())?
-                .map_err(|e| e.to_string())
-        })
-    })
-    .join()
-    .expect("show thread")
+    common::operator_show(from, node, OPERATOR_PORT)
 }
 
 /// Registers a license client through the VIP, from `from`.
 fn register(from: &Host, id: &'static str) -> Result<(), String> {
     in_netns(from, move || {
-        rt().block_on(async move {
+        common::runtime().block_on(async move {
             let mut conn =
                 tokio::time::timeout(Duration::from_secs(2), Connection::connect((VIP, CLIENT_PORT)))
                     .await

@@ -63,7 +63,7 @@ use vrrp::sys::Speaker;
 pub use applier::{ReplicatedApplier, SharedTable};
 pub use witness::run_witness;
 
-use crate::config::Config;
+use crate::config::{ClusterSection, Config, NodeSection};
 use crate::proto::NodeStatus;
 use crate::server::{now_ms, Applier, Server, StatusHook};
 use crate::table::LicenseTable;
@@ -105,6 +105,44 @@ struct PairView {
     commit: u64,
 }
 
+/// What a server and a witness both start from: the raft log on disk, the
+/// transport bound to the raft port, and the member's configuration.
+async fn raft_parts(
+    node: &NodeSection,
+    cluster: &ClusterSection,
+) -> Result<(LogStore, TcpTransport, TcpListener, MemberConfig), NodeError> {
+    let me = node.id;
+    std::fs::create_dir_all(&node.data_dir).map_err(io(format!("creating {}", node.data_dir.display())))?;
+    let path = node.data_dir.join("raft.redb");
+    let disk = Disk::open(&path).map_err(|e| NodeError::Log(format!("{}: {e}", path.display())))?;
+    let store = LogStore::open(disk).map_err(|e| NodeError::Log(e.to_string()))?;
+
+    let listen = cluster
+        .listen_address(me)
+        .ok_or_else(|| NodeError::Log(format!("member {me} has no address in cluster.peers")))?;
+    let mut tcfg = TransportConfig::new(node.cluster_id, me, listen);
+    tcfg.peers = cluster.peers_except(me);
+    tcfg.max_frame = cluster.max_frame;
+    // Every member must run the same release: frames of another are refused.
+    tcfg.release = env!("CARGO_PKG_VERSION").to_owned();
+    // A peer back from a crash or a partition is reconnected within one
+    // election timeout, not after the default two seconds of backoff: until
+    // then no leadership can move to the VIP holder.
+    let election_timeout = cluster.tick() * u32::try_from(cluster.election_ticks).unwrap_or(u32::MAX);
+    tcfg.backoff_max = tcfg.backoff_max.min(election_timeout).max(tcfg.backoff_min);
+    let (transport, listener) = TcpTransport::bind(tcfg)
+        .await
+        .map_err(io(format!("binding raft port {listen}")))?;
+
+    let mut mcfg = MemberConfig::new(me);
+    mcfg.tick = cluster.tick();
+    mcfg.request_timeout = cluster.request_timeout();
+    mcfg.node.election_tick = cluster.election_ticks;
+    mcfg.node.heartbeat_tick = cluster.heartbeat_ticks;
+    mcfg.node.snapshot_interval = cluster.snapshot_interval;
+    Ok((store, transport, listener, mcfg))
+}
+
 /// Runs one server node until `stop` resolves, then stops gracefully.
 ///
 /// # Errors
@@ -116,37 +154,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let has_witness = config.cluster.has_witness();
     let vip = config.client_vip();
 
-    std::fs::create_dir_all(&config.node.data_dir)
-        .map_err(io(format!("creating {}", config.node.data_dir.display())))?;
-    let path = config.node.data_dir.join("raft.redb");
-    let disk = Disk::open(&path).map_err(|e| NodeError::Log(format!("{}: {e}", path.display())))?;
-    let store = LogStore::open(disk).map_err(|e| NodeError::Log(e.to_string()))?;
-
-    let listen = config
-        .cluster
-        .listen_address(me)
-        .unwrap_or_else(|| config.me().address);
-    let mut tcfg = TransportConfig::new(config.node.cluster_id, me, listen);
-    tcfg.peers = config.cluster.peers_except(me);
-    tcfg.max_frame = config.cluster.max_frame;
-    // Both servers must run the same release: frames of another are refused.
-    tcfg.release = env!("CARGO_PKG_VERSION").to_owned();
-    // A peer back from a crash or a partition is reconnected within one
-    // election timeout, not after the default two seconds of backoff: until
-    // then no leadership can move to the VIP holder.
-    let election_timeout =
-        config.cluster.tick() * u32::try_from(config.cluster.election_ticks).unwrap_or(u32::MAX);
-    tcfg.backoff_max = tcfg.backoff_max.min(election_timeout).max(tcfg.backoff_min);
-    let (transport, raft_listener) = TcpTransport::bind(tcfg)
-        .await
-        .map_err(io(format!("binding raft port {listen}")))?;
-
-    let mut mcfg = MemberConfig::new(me);
-    mcfg.tick = config.cluster.tick();
-    mcfg.request_timeout = config.cluster.request_timeout();
-    mcfg.node.election_tick = config.cluster.election_ticks;
-    mcfg.node.heartbeat_tick = config.cluster.heartbeat_ticks;
-    mcfg.node.snapshot_interval = config.cluster.snapshot_interval;
+    let (store, transport, raft_listener, mcfg) = raft_parts(&config.node, &config.cluster).await?;
+    let election_timeout = mcfg.tick * u32::try_from(mcfg.node.election_tick).unwrap_or(u32::MAX);
     let table = SharedTable::new(LicenseTable::new(config.table_config()));
     let member = Member::start(
         mcfg,

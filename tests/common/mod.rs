@@ -532,3 +532,31 @@ impl Lab {
         Speaker::new(self.adopt(child), host.clone())
     }
 }
+
+/// A current-thread tokio runtime for a test thread.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The status and table of the node at `node:port` (its operator endpoint),
+/// asked from inside `from`'s namespace, with 2 s limits on connect and answer.
+pub fn operator_show(from: &Host, node: Ipv4Addr, port: u16) -> Result<vipool::proto::TableDump, String> {
+    in_netns(from, move || {
+        runtime().block_on(async move {
+            let connect = vipool::client::Connection::connect((node, port));
+            let mut conn = tokio::time::timeout(Duration::from_secs(2), connect)
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(Duration::from_secs(2), conn.show())
+                .await
+                .map_err(|_| "show timed out".to_string())?
+                .map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .expect("show thread")
+}
