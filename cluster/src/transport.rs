@@ -1220,16 +1220,40 @@ mod tests {
         let leader = tokio::time::timeout(Duration::from_secs(30), leader)
             .await
             .expect("leader");
+        // On two loaded cores leadership can move mid-test; a proposal raft
+        // dropped (never appended) or sent to a former leader is retried on
+        // the current one, as a client would.
+        let propose = |c: u64| {
+            let members: Vec<_> = members.values().cloned().collect();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    for m in &members {
+                        match m.propose(c).await {
+                            Ok(index) => return index,
+                            Err(crate::ProposeError::Dropped | crate::ProposeError::NotLeader { .. }) => {}
+                            Err(crate::ProposeError::ShuttingDown) => {}
+                            Err(e) => panic!("command {c}: {e}"),
+                        }
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "command {c} never committed"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
         let mut acked = Vec::new();
         for c in 0..50u64 {
-            acked.push((leader.propose(c).await.unwrap(), c));
+            acked.push((propose(c).await, c));
         }
         // Stop a follower and its transport, write on, bring it back on a new port.
         let f = *members.keys().find(|&&i| i != leader.id()).unwrap();
         members[&f].shutdown().await;
         transports[&f].shutdown();
         for c in 50..150u64 {
-            acked.push((leader.propose(c).await.unwrap(), c));
+            acked.push((propose(c).await, c));
         }
         let mut cfg = TransportConfig::new(7, f, "127.0.0.1:0".parse().unwrap());
         cfg.backoff_max = Duration::from_millis(200);
