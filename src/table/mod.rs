@@ -255,19 +255,34 @@ impl LicenseTable {
             return Err(CommandError::UnknownClient(id.to_owned()));
         }
         let report = self.normalize(now_ms, report)?;
-        let Some(client) = self.state.clients.get_mut(id) else {
-            return Err(CommandError::UnknownClient(id.to_owned()));
-        };
+        self.update_client(id, now_ms, |client| {
+            client.builtin = report.builtin;
+            client.keys = report.keys;
+            client.used = report.used;
+            if let Some(address) = address {
+                client.address = address;
+            }
+            if heartbeat {
+                client.stats.heartbeats += 1;
+            }
+        })
+    }
+
+    /// Changes one client: its contribution leaves the pool, `change` runs,
+    /// the client counts as heard from, and its contribution returns.
+    fn update_client(
+        &mut self,
+        id: &str,
+        now_ms: u64,
+        change: impl FnOnce(&mut Client),
+    ) -> Result<Reply, CommandError> {
+        let client = self
+            .state
+            .clients
+            .get_mut(id)
+            .ok_or_else(|| CommandError::UnknownClient(id.to_owned()))?;
         pool::apply_client(&mut self.pool, &self.config, client, false);
-        client.builtin = report.builtin;
-        client.keys = report.keys;
-        client.used = report.used;
-        if let Some(address) = address {
-            client.address = address;
-        }
-        if heartbeat {
-            client.stats.heartbeats += 1;
-        }
+        change(client);
         heard(client, now_ms);
         pool::apply_client(&mut self.pool, &self.config, client, true);
         Ok(Self::client_reply(client, &self.pool))
@@ -314,14 +329,9 @@ impl LicenseTable {
             .used_of(license_type)
             .checked_add(count)
             .ok_or(CommandError::CountOverflow)?;
-        let Some(client) = self.state.clients.get_mut(id) else {
-            return Err(CommandError::UnknownClient(id.to_owned()));
-        };
-        pool::apply_client(&mut self.pool, &self.config, client, false);
-        client.used.insert(license_type.clone(), new_used);
-        heard(client, now_ms);
-        pool::apply_client(&mut self.pool, &self.config, client, true);
-        Ok(Self::client_reply(client, &self.pool))
+        self.update_client(id, now_ms, |client| {
+            client.used.insert(license_type.clone(), new_used);
+        })
     }
 
     fn release(
@@ -345,18 +355,13 @@ impl LicenseTable {
                 used,
             });
         }
-        let Some(client) = self.state.clients.get_mut(id) else {
-            return Err(CommandError::UnknownClient(id.to_owned()));
-        };
-        pool::apply_client(&mut self.pool, &self.config, client, false);
-        if used == count {
-            client.used.remove(license_type);
-        } else {
-            client.used.insert(license_type.clone(), used - count);
-        }
-        heard(client, now_ms);
-        pool::apply_client(&mut self.pool, &self.config, client, true);
-        Ok(Self::client_reply(client, &self.pool))
+        self.update_client(id, now_ms, |client| {
+            if used == count {
+                client.used.remove(license_type);
+            } else {
+                client.used.insert(license_type.clone(), used - count);
+            }
+        })
     }
 
     fn remove_client(&mut self, id: &str) -> Result<Reply, CommandError> {
