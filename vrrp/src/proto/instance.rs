@@ -61,9 +61,11 @@ pub struct Instance {
     /// Master_Adver_Interval in centiseconds: learned from the master's
     /// adverts by a v3 backup, the configured interval otherwise.
     master_adver_interval_cs: u16,
-    /// The Master_Down_Timer was armed by a priority-0 advert, so its expiry
-    /// means the master left rather than went silent.
-    master_left: bool,
+    /// What the Master_Down_Timer's expiry would mean: the master went
+    /// silent ([`Reason::MasterDown`]), it sent priority 0
+    /// ([`Reason::MasterLeft`]), or it is alive but outranked by us and its
+    /// adverts were discarded ([`Reason::Preempt`], preemption without delay).
+    down_reason: Reason,
     /// Backup only: the last accepted advert's sender.
     master: Option<Seen>,
 }
@@ -83,7 +85,7 @@ impl Instance {
             counters: Counters::default(),
             events: VecDeque::new(),
             timers: TimerTable::default(),
-            master_left: false,
+            down_reason: Reason::MasterDown,
             master: None,
         })
     }
@@ -98,7 +100,7 @@ impl Instance {
             return;
         }
         self.master = None;
-        self.master_left = false;
+        self.down_reason = Reason::MasterDown;
         // "Set Master_Adver_Interval to Advertisement_Interval"
         self.master_adver_interval_cs = self.config.advert_interval_cs;
         if self.config.priority == OWNER {
@@ -122,7 +124,7 @@ impl Instance {
         }
         self.timers.stop_all();
         self.master = None;
-        self.master_left = false;
+        self.down_reason = Reason::MasterDown;
         self.state = State::Initialize;
         self.counters.became_initialize += 1;
         self.events.push_back(Event::BecomeInitialize);
@@ -169,12 +171,7 @@ impl Instance {
                 // RFC 9568 §6.4.2: "If the Master_Down_Timer fires, then: Send
                 // an ADVERTISEMENT ... Transition to the {Master state}".
                 (Timer::MasterDown, State::Backup) => {
-                    let reason = if self.master_left {
-                        Reason::MasterLeft
-                    } else {
-                        Reason::MasterDown
-                    };
-                    self.become_master(now, reason);
+                    self.become_master(now, self.down_reason);
                 }
                 (Timer::Preempt, State::Backup) => self.become_master(now, Reason::Preempt),
                 // Timers are cleared on every state change, so a timer never
@@ -316,7 +313,7 @@ impl Instance {
         self.timers.set(Timer::Adver, now + self.advertisement_interval());
         // A master advertises, and so runs on, its own interval.
         self.master_adver_interval_cs = self.config.advert_interval_cs;
-        self.master_left = false;
+        self.down_reason = Reason::MasterDown;
         self.master = None;
         self.state = State::Master;
         self.counters.became_master += 1;
@@ -329,7 +326,7 @@ impl Instance {
         self.timers.stop_all();
         self.timers
             .set(Timer::MasterDown, now + self.master_down_interval());
-        self.master_left = false;
+        self.down_reason = Reason::MasterDown;
         self.state = State::Backup;
         self.counters.became_backup += 1;
         self.events.push_back(Event::BecomeBackup(reason));
@@ -344,7 +341,7 @@ impl Instance {
         // "If the Priority in the ADVERTISEMENT is zero, then: Set the
         // Master_Down_Timer to Skew_Time".
         if advert.priority == LEAVING {
-            self.master_left = true;
+            self.down_reason = Reason::MasterLeft;
             if self.config.pair_handoff {
                 // The only backup of a pair has no higher backup to defer to.
                 self.become_master(now, Reason::MasterLeft);
@@ -365,9 +362,12 @@ impl Instance {
                 self.timers.set(Timer::Preempt, now + self.config.preempt_delay);
             }
             self.follow(now, advert);
+        } else {
+            // "Else: Discard the ADVERTISEMENT": the Master_Down_Timer keeps
+            // running and we take over when it expires, from a master that
+            // is alive: a preemption, not a master that went down.
+            self.down_reason = Reason::Preempt;
         }
-        // "Else: Discard the ADVERTISEMENT": the Master_Down_Timer keeps
-        // running and we take over when it expires.
     }
 
     /// Learns the master's interval (v3) and restarts the Master_Down_Timer.
@@ -375,7 +375,7 @@ impl Instance {
         self.learn_interval(advert);
         self.timers
             .set(Timer::MasterDown, now + self.master_down_interval());
-        self.master_left = false;
+        self.down_reason = Reason::MasterDown;
     }
 
     /// RFC 9568 §6.4.2: "Set Master_Adver_Interval to Adver Interval

@@ -51,7 +51,9 @@ pub enum Reason {
     MasterDown,
     /// The master sent priority 0 and Skew_Time passed.
     MasterLeft,
-    /// Preemption after the preempt delay.
+    /// Preemption of a live master with a lower priority: at once when its
+    /// adverts were discarded until Master_Down_Timer fired (no preempt
+    /// delay), or after the preempt delay.
     Preempt,
     /// A higher-priority (or equal priority, higher address) advert was received.
     HigherPriority,

@@ -185,7 +185,8 @@ fn one_way_cut() {
 /// RFC 9568 §6.4.2: "Else (Preempt_Mode is True and the Priority in the
 /// ADVERTISEMENT is less than the local Priority): Discard the
 /// ADVERTISEMENT". The returning higher-priority router ignores the lower
-/// master and takes over when its own Master_Down_Timer expires.
+/// master and takes over when its own Master_Down_Timer expires; it reports
+/// a preemption (the master is alive), not a master that went down.
 #[test]
 fn preemption_returning_higher_priority_takes_over_at_its_mdi() {
     let mut net = Network::new(vec![v3(200, 1), v3(100, 2)]);
@@ -196,7 +197,7 @@ fn preemption_returning_higher_priority_takes_over_at_its_mdi() {
     net.start(0);
     net.run_until(secs(20));
     let takeover = net.at(secs(10) + us(3_218_750));
-    assert_eq!(net.masterships(0), vec![(takeover, Reason::MasterDown)]);
+    assert_eq!(net.masterships(0), vec![(takeover, Reason::Preempt)]);
     assert_eq!(net.backups(1).last(), Some(&(takeover, Reason::HigherPriority)));
     assert_eq!(net.masters(), vec![0]);
 }
@@ -512,7 +513,7 @@ fn lowered_master_loses_to_preempting_backup() {
     net.run_until(secs(20));
     // Last priority-200 advert at 9.21875 s; 150's MDI is 3 + 106/256 s.
     let takeover = net.at(us(9_218_750) + us(3_414_062) + Duration::from_nanos(500));
-    assert_eq!(net.masterships(1), vec![(takeover, Reason::MasterDown)]);
+    assert_eq!(net.masterships(1), vec![(takeover, Reason::Preempt)]);
     assert_eq!(net.backups(0).last(), Some(&(takeover, Reason::HigherPriority)));
     assert_eq!(net.masters(), vec![1]);
 }
