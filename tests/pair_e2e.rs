@@ -741,6 +741,20 @@ fn partition_with_a_witness_keeps_one_serving_node() {
     println!("{test}: converged {:?} after the heal", t1.elapsed());
     let dump = show(&client_host, b).unwrap();
     let used = u64::from(dump.state.clients["prober"].used_of(&ap()));
+    // The witness's operator endpoint: a voter that follows, never serves,
+    // and holds the same committed log.
+    let w = pair.lab.hosts[3].addr;
+    assert!(
+        wait_for(WAIT, || show(&client_host, w).is_ok_and(|d| {
+            d.status.raft_role == "Follower" && d.status.commit_index >= dump.status.applied_index
+        })),
+        "the witness's status: {:?}",
+        show(&client_host, w).map(|d| d.status)
+    );
+    let witness = show(&client_host, w).unwrap().status;
+    println!("{test}: witness: {witness:?}");
+    assert!(!witness.serving && witness.vip.is_none(), "{witness:?}");
+    assert_eq!(witness.vrrp_state, "none (witness)");
     println!(
         "{test}: prober acked {} ({} after the cut), uncertain {}, refused {}, table holds {used}; \
          longest gap {:?}",

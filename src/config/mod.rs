@@ -91,6 +91,21 @@ pub struct WitnessConfig {
     pub node: NodeSection,
     /// The raft members; this node's entry has `role = "witness"`.
     pub cluster: ClusterSection,
+    /// The witness's own settings.
+    #[serde(default)]
+    pub witness: WitnessSection,
+}
+
+/// `[witness]`: what only a witness has.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSection {
+    /// The operator endpoint (`vipool show status --server`): raft role,
+    /// term, commit and warnings such as a peer refused for its release.
+    /// It answers no license request. Default: this node's raft address
+    /// with port 4334.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_listen: Option<std::net::SocketAddr>,
 }
 
 /// A configuration file of either kind, told apart by its sections and by
@@ -240,7 +255,35 @@ impl WitnessConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut report = Report::default();
         check_common(&self.node, &self.cluster, Role::Witness, &mut report);
+        if let Some(me) = self.cluster.peer(self.node.id) {
+            let raft = self.cluster.listen.unwrap_or(me.address);
+            let operator = self.operator_address();
+            if operator.port() == 0 {
+                report.add(
+                    "witness.operator_listen",
+                    operator,
+                    "needs a port operators can be told, e.g. 4334",
+                );
+            } else if operator.port() == raft.port() && overlaps(operator.ip(), raft.ip()) {
+                report.add(
+                    "witness.operator_listen",
+                    operator,
+                    format!("is also the raft address of this node ({raft}): use another port"),
+                );
+            }
+        }
         report.finish()
+    }
+
+    /// The operator endpoint's address (filled in by loading).
+    pub fn operator_address(&self) -> std::net::SocketAddr {
+        self.witness.operator_listen.unwrap_or_else(|| {
+            let own = self.cluster.peer(self.node.id).map(|p| p.address.ip());
+            std::net::SocketAddr::new(
+                own.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                DEFAULT_OPERATOR_PORT,
+            )
+        })
     }
 }
 
@@ -252,6 +295,7 @@ impl FromStr for WitnessConfig {
         let mut config: WitnessConfig = toml::from_str(s)?;
         config.validate()?;
         config.cluster.fill_defaults(config.node.id);
+        config.witness.operator_listen = Some(config.operator_address());
         Ok(config)
     }
 }

@@ -1,14 +1,22 @@
 //! The witness: a vote-only third member. It stores the log and votes, so
 //! that a pair plus a witness fails over by election, but it never
 //! campaigns, never leads, never holds the VIP and never answers clients.
+//! Its operator endpoint answers `vipool show status` (raft role, term,
+//! commit, a peer refused for its release) and `show table` (its replica).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cluster::Member;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{NodeError, SharedTable};
+use super::applier::ReplicatedApplier;
+use super::{io, NodeError, PairView, SharedTable};
 use crate::config::WitnessConfig;
+use crate::proto::NodeStatus;
+use crate::server::{Server, ServerConfig, StatusHook};
 use crate::table::{LicenseTable, TableConfig};
 
 /// Runs a witness until `stop` resolves.
@@ -29,16 +37,55 @@ pub async fn run_witness(
     let member = Member::start(
         mcfg,
         store,
-        table,
+        table.clone(),
         &config.cluster.initial_voters(),
         Arc::new(transport.clone()),
     )
     .map_err(|e| NodeError::Log(e.to_string()))?;
     transport.attach(listener, Arc::new(member.clone()));
-    info!(node = %config.node.name, id = me, raft = %transport.local_addr(), "witness up: votes, never leads");
+
+    // The operator endpoint: a license server that never serves (no VIP,
+    // `serving` stays false), so it answers status and show requests only.
+    let operator_addr = config.operator_address();
+    let operator_listener = TcpListener::bind(operator_addr)
+        .await
+        .map_err(io(format!("binding operator endpoint {operator_addr}")))?;
+    let applier = Arc::new(ReplicatedApplier::new(member.clone(), table, None));
+    let view = Arc::new(Mutex::new(PairView::default()));
+    let hook_view = Arc::clone(&view);
+    let hook_transport = transport.clone();
+    let hook: StatusHook = Arc::new(move |status: &mut NodeStatus| {
+        if let Some(refusal) = hook_transport.stats().last_release_refusal() {
+            status.warnings.push(refusal.to_string());
+        }
+        let v = hook_view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        status.vrrp_state = v.vrrp_state;
+        status.raft_role = v.raft_role;
+        status.term = v.term;
+        status.commit_index = v.commit.max(status.applied_index);
+    });
+    let (_never_serving, serving) = watch::channel(false);
+    let server_shutdown = CancellationToken::new();
+    let server = Arc::new(Server::with_status_hook(
+        applier,
+        ServerConfig {
+            node: config.node.name.clone(),
+            vip: None,
+            ..ServerConfig::default()
+        },
+        serving,
+        server_shutdown.clone(),
+        hook,
+    ));
+    let running = Arc::clone(&server);
+    let server_task = tokio::spawn(async move { running.run_on(vec![operator_listener]).await });
+    info!(
+        node = %config.node.name, id = me, raft = %transport.local_addr(), operator = %operator_addr,
+        "witness up: votes, never leads"
+    );
     super::notify::notify(super::notify::READY);
 
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     tokio::pin!(stop);
     let failure = loop {
         tokio::select! {
@@ -50,9 +97,21 @@ pub async fn run_witness(
                 if let Some(why) = member.failure() {
                     break Some(why);
                 }
+                if let Ok(st) = member.status().await {
+                    *view.lock().unwrap_or_else(|p| p.into_inner()) = PairView {
+                        vrrp_state: "none (witness)".into(),
+                        raft_role: format!("{:?}", st.role),
+                        term: st.term,
+                        commit: st.commit,
+                    };
+                }
             }
         }
     };
+    server_shutdown.cancel();
+    if let Ok(Err(e)) = server_task.await {
+        warn!(error = %e, "operator endpoint stopped with an error");
+    }
     transport.shutdown();
     member.shutdown().await;
     match failure {
