@@ -287,11 +287,24 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     member.set_preferred_leader(Some(peer)).await;
-    match speaker.shutdown().await {
+    // Leadership goes as soon as the priority-0 advert is out (the peer,
+    // with pair_handoff, is master from then on and prefers itself), not
+    // after the VIP removal and the rest of the speaker's stop: those take
+    // tens of milliseconds that would add to the clients' gap. Handing it
+    // over before the advert would let the peer, still a VRRP backup that
+    // prefers this node, hand it straight back.
+    let mut vrrp = speaker.status();
+    let leaving = async {
+        let advert_out = vrrp.wait_for(|s| s.state == State::Initialize);
+        // The advert went out, or the speaker stopped without one: hand over anyway.
+        let _ = tokio::time::timeout(Duration::from_millis(500), advert_out).await;
+        hand_over(&member, me, peer, config.cluster.request_timeout()).await;
+    };
+    let (left, ()) = tokio::join!(speaker.shutdown(), leaving);
+    match left {
         Ok(counters) => info!(?counters, "VRRP left (priority 0 sent, VIP removed)"),
         Err(e) => warn!(error = %e, "VRRP speaker stopped with an error"),
     }
-    hand_over(&member, me, peer, config.cluster.request_timeout()).await;
     transport.shutdown();
     member.shutdown().await;
     server_shutdown.cancel();
