@@ -46,7 +46,9 @@ pub struct SwitchConfig {
     pub missed_limit: u32,
     /// How long the last limits are kept while the server is down (default 30 days).
     pub retention: Duration,
-    /// First reconnect delay.
+    /// First reconnect delay after a failed connect (doubling up to
+    /// `backoff_max`); after an established session ends, the first retry
+    /// comes at a spread point within it.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
@@ -261,7 +263,7 @@ impl Switch {
                 connected = connect => connected,
                 () = shutdown.cancelled() => return,
             };
-            if let Ok(Ok(conn)) = connected {
+            let delay = if let Ok(Ok(conn)) = connected {
                 backoff = self.config.backoff_min;
                 let end = self.session(conn, &shutdown).await;
                 self.view.send_modify(|v| v.connected = false);
@@ -272,13 +274,22 @@ impl Switch {
                         reason,
                     }),
                 }
-            }
-            let jitter = Duration::from_millis(spread % (backoff.as_millis() as u64 / 4 + 1));
+                // A session that worked ended (the VIP moved, say): the new
+                // holder is likely up already, so the first retry comes
+                // within backoff_min, spread so that a herd of switches does
+                // not reconnect in the same millisecond.
+                Duration::from_millis(spread % (backoff.as_millis() as u64).max(1))
+            } else {
+                // Connecting failed: back off, doubling.
+                let jitter = Duration::from_millis(spread % (backoff.as_millis() as u64 / 4 + 1));
+                let delay = backoff + jitter;
+                backoff = (backoff * 2).min(self.config.backoff_max);
+                delay
+            };
             tokio::select! {
-                () = tokio::time::sleep(backoff + jitter) => {}
+                () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => return,
             }
-            backoff = (backoff * 2).min(self.config.backoff_max);
         }
     }
 
