@@ -26,9 +26,11 @@
 //! promotes it back to voter on its own.
 //!
 //! A takeover is refused to a member that cannot show its log is complete:
-//! one that, since it started, neither led nor reached its leader's commit
-//! index (learned from appends or a ReadIndex probe), and one whose log shows
-//! it was demoted to learner (its peer led alone and may hold writes it lacks).
+//! one that is not in sync ([`Status::in_sync`]: since it started it neither
+//! led nor reached its leader's commit index, learned from appends or a
+//! ReadIndex probe, or a leader has since shown it behind by repairing its
+//! log), and one whose log shows it was demoted to learner (its peer led
+//! alone and may hold writes it lacks).
 //! [`Member::force_take_over_as_sole_voter`] skips the first check, for an
 //! operator who knows the peer is gone for good.
 //!
@@ -42,6 +44,11 @@
 //! campaigns or leads, so a pair plus a witness fails over by election.
 //! [`Member::set_preferred_leader`] moves leadership to the VIP holder once it
 //! is caught up.
+//!
+//! A follower gets a command into the log with [`Member::submit`]: raft
+//! forwards it to the leader and nothing confirms it, so the command must be
+//! idempotent and the caller resubmits until it sees it applied. The leader
+//! appends forwarded commands only from members of the configuration.
 //!
 //! # Example
 //!

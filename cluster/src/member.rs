@@ -71,7 +71,17 @@ pub struct Status {
     /// Set when this member yielded after a split brain: (winner, committed
     /// entries it discarded).
     pub last_yield: Option<(u64, u64)>,
-    /// Whether a plain takeover would be accepted on the in-sync rule.
+    /// Whether this member's log is known to hold everything its leader had
+    /// committed: a plain takeover would be accepted on the in-sync rule.
+    ///
+    /// False from start until the member leads or reaches its leader's
+    /// commit index. It goes back to false when the leader shows the member
+    /// that it lacks committed entries (the leader has to repair its log:
+    /// an append it rejects or that leaves it short of the leader's commit,
+    /// or a snapshot), say after a partition heals, and true again once its
+    /// commit reaches the leader's. Steady replication never clears it. A
+    /// member cut off from the leader cannot know and keeps its value until
+    /// it hears from the leader again. See [`Node::in_sync`].
     pub in_sync: bool,
 }
 
@@ -80,6 +90,7 @@ type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
 
 enum Request<S: StateMachine> {
     Propose(S::Command, Reply<S::Response>),
+    Submit(S::Command, Reply<()>),
     Membership(Vec<(ConfChangeType, u64)>, Reply<ConfState>),
     Read(ReadFn<S>),
     Raft(Box<Message>),
@@ -194,6 +205,24 @@ impl<S: StateMachine> Member<S> {
     /// by a newer term, outcome unknown, shutting down, timed out.
     pub async fn propose(&self, command: S::Command) -> Result<S::Response, ProposeError> {
         self.ask(|tx| Request::Propose(command, tx)).await
+    }
+
+    /// Gets `command` into the log without waiting for it, on any member but
+    /// a witness: the leader appends it, a follower forwards it to the
+    /// leader (see [`Node::submit`]). Returns once the member has handed it
+    /// on, not once it is committed.
+    ///
+    /// Nothing confirms it: look for the command's effect in the applied
+    /// state machine (say with [`Member::read`]) and submit again until it
+    /// shows. The command must therefore be idempotent: it may be applied
+    /// more than once.
+    ///
+    /// # Errors
+    /// [`ProposeError::NotLeader`] on a witness or when no leader is known;
+    /// [`ProposeError::Dropped`] when the leader refuses it at once (a
+    /// leadership transfer is in progress); shutting down; timed out.
+    pub async fn submit(&self, command: S::Command) -> Result<(), ProposeError> {
+        self.ask(|tx| Request::Submit(command, tx)).await
     }
 
     /// Runs `f` on the state machine once it reflects every write committed
@@ -415,6 +444,9 @@ impl<S: StateMachine> Task<S> {
                     }
                 }
             }
+            Request::Submit(cmd, tx) => {
+                let _ = tx.send(self.node.submit(&cmd));
+            }
             Request::Membership(changes, tx) => {
                 let tok = self.token();
                 match self.node.propose_membership(tok, &changes) {
@@ -535,6 +567,8 @@ pub(crate) mod tests {
         pub(crate) members: Mutex<BTreeMap<u64, Member<Recorder>>>,
         /// Members whose messages, both ways, are lost.
         pub(crate) cut: Mutex<std::collections::BTreeSet<u64>>,
+        /// Members that hear everyone but whose own messages are lost.
+        pub(crate) mute: Mutex<std::collections::BTreeSet<u64>>,
     }
 
     impl Outbox for LocalNet {
@@ -544,6 +578,9 @@ pub(crate) mod tests {
                 return;
             }
             drop(cut);
+            if self.mute.lock().unwrap().contains(&msg.from) {
+                return;
+            }
             let to = self.members.lock().unwrap().get(&msg.to).cloned();
             match to {
                 Some(m) => m.deliver(msg),
@@ -809,5 +846,163 @@ pub(crate) mod tests {
         assert!(why.contains("disk is broken"), "{why}");
         assert_eq!(m.propose(3).await, Err(ProposeError::ShuttingDown));
         assert!(cap.text().contains("member stops"), "{}", cap.text());
+    }
+
+    /// Polls `m`'s status until `ok` holds (30 s at most).
+    async fn status_until(m: &Member<Recorder>, what: &str, ok: impl Fn(&Status) -> bool) -> Status {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = m.status().await.unwrap();
+            if ok(&st) {
+                return st;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: {st:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_that_missed_commits_is_not_in_sync_until_it_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Arc::new(LocalNet::default());
+        let members: Vec<_> = (1..=3)
+            .map(|id| {
+                let mut cfg = fast(id);
+                // Repair by appends (a snapshot would need the transport's
+                // delivery report, which this network does not give).
+                cfg.node.snapshot_interval = 10_000;
+                start_with(dir.path(), cfg, &net)
+            })
+            .collect();
+        let leader = leader_of(&members).await;
+        leader.propose(1).await.unwrap();
+        let x = members.iter().find(|m| m.id() != leader.id()).unwrap().clone();
+        status_until(&x, "in sync at first", |s| s.in_sync).await;
+        net.cut.lock().unwrap().insert(x.id());
+        for c in 10..40u64 {
+            leader.propose(c).await.unwrap();
+        }
+        let target = leader.status().await.unwrap().commit;
+        // Cut off, it cannot know what it missed.
+        let st = x.status().await.unwrap();
+        assert!(st.in_sync && st.commit < target, "{st:?}");
+        // It hears the leader again but is not heard: the leader's appends
+        // show it behind and it cannot catch up.
+        net.mute.lock().unwrap().insert(x.id());
+        net.cut.lock().unwrap().clear();
+        leader.propose(40).await.unwrap();
+        let st = status_until(&x, "the leader's append shows it behind", |s| !s.in_sync).await;
+        assert!(st.commit < target, "{st:?}");
+        // Unheard, it cannot catch up (unless a new leader probes it afresh).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let st = x.status().await.unwrap();
+        assert!(!st.in_sync || st.commit >= target, "{st:?}");
+        net.mute.lock().unwrap().clear();
+        let st = status_until(&x, "back in sync", |s| s.in_sync).await;
+        assert!(st.commit >= target, "in sync only caught up: {st:?}");
+        for m in &members {
+            m.shutdown().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn steady_replication_under_load_keeps_followers_in_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Arc::new(LocalNet::default());
+        let members: Vec<_> = (1..=3).map(|id| start(dir.path(), id, &net)).collect();
+        let leader = leader_of(&members).await;
+        leader.propose(1).await.unwrap();
+        let followers: Vec<_> = members
+            .iter()
+            .filter(|m| m.id() != leader.id())
+            .cloned()
+            .collect();
+        for f in &followers {
+            status_until(f, "in sync at first", |s| s.in_sync).await;
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watch = {
+            let (followers, stop) = (followers.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut polls = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for f in &followers {
+                        let st = f.status().await.unwrap();
+                        assert!(st.in_sync, "follower left sync under load: {st:?}");
+                        polls += 1;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                polls
+            })
+        };
+        for round in 0..5u64 {
+            let mut handles = Vec::new();
+            for c in 0..100u64 {
+                let l = leader.clone();
+                handles.push(tokio::spawn(
+                    async move { l.propose(1000 * (round + 1) + c).await },
+                ));
+            }
+            for h in handles {
+                h.await.unwrap().expect("the leader commits");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let polls = watch.await.expect("followers stayed in sync");
+        assert!(polls > 10, "{polls} polls");
+        for m in &members {
+            m.shutdown().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_submits_a_command_every_member_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Arc::new(LocalNet::default());
+        let members: Vec<_> = (1..=3).map(|id| start(dir.path(), id, &net)).collect();
+        let leader = leader_of(&members).await;
+        leader.propose(1).await.unwrap();
+        let follower = members.iter().find(|m| m.id() != leader.id()).unwrap().clone();
+        // Known the leader? The first propose's append told it.
+        status_until(&follower, "knows the leader", |s| s.leader == Some(leader.id())).await;
+        follower.submit(77).await.unwrap();
+        for m in &members {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !m
+                .read(|sm: &Recorder| sm.by_index.values().any(|&c| c == 77))
+                .await
+                .unwrap()
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "77 never applied on {}",
+                    m.id()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        for m in &members {
+            m.shutdown().await;
+        }
+        assert_eq!(follower.submit(78).await, Err(ProposeError::ShuttingDown));
+    }
+
+    #[tokio::test]
+    async fn submit_without_a_leader_is_refused() {
+        let net = Arc::new(LocalNet::default());
+        // Two voters, the other never starts: nobody leads.
+        let m = Member::start(
+            fast(1),
+            LogStore::open(Disk::memory()).unwrap(),
+            Recorder::default(),
+            &[1, 2],
+            net.clone(),
+        )
+        .unwrap();
+        net.members.lock().unwrap().insert(1, m.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(m.submit(5).await, Err(ProposeError::NotLeader { leader: None }));
+        m.shutdown().await;
     }
 }

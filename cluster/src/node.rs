@@ -170,11 +170,13 @@ pub struct Node<S: StateMachine> {
     /// Learners to promote to voter once caught up (two-node rejoin).
     promote: BTreeSet<u64>,
     preferred_leader: Option<u64>,
-    /// Since this member started, it has held everything its leader had
-    /// committed (or it led): its log is complete enough to take over.
+    /// This member led, or reached its leader's commit index, and no leader
+    /// has since shown it that it lacks committed entries: its log is
+    /// complete enough to take over. See [`Node::in_sync`] for the rule.
     in_sync: bool,
-    /// The leader's commit index learned through a ReadIndex probe; in sync
-    /// once our commit reaches it.
+    /// A leader's commit index this member must reach to be in sync again
+    /// (learned from a ReadIndex probe or from an append that showed it
+    /// behind); in sync once our commit reaches it.
     sync_target: Option<u64>,
     ticks: u64,
     last_term: u64,
@@ -343,8 +345,41 @@ impl<S: StateMachine> Node<S> {
         self.raw.raft.raft_log.applied
     }
 
-    /// Whether, since it started, this member led or caught up with its
-    /// leader's commit index (what [`Node::take_over_as_sole_voter`] requires).
+    /// Whether this member's log is known to hold everything its leader had
+    /// committed (what [`Node::take_over_as_sole_voter`] requires).
+    ///
+    /// False at start. It becomes true when this member leads, when an
+    /// append from its leader brings its commit index to the leader's, or
+    /// when its commit reaches the leader's commit index learned by a
+    /// ReadIndex probe (sent while not in sync and idle).
+    ///
+    /// It goes back to false when the leader shows this member that it
+    /// lacks entries the leader has committed, which happens only when the
+    /// leader has to repair its log, never in steady replication:
+    ///
+    /// - an append from the leader leaves our last index below the leader's
+    ///   commit (we rejected it: our log lacks or disagrees with the entry it
+    ///   follows, say after a partition, while the leader committed past the
+    ///   end of our log);
+    /// - an append we accepted leaves our commit below the leader's: the
+    ///   leader is resending a backlog of committed entries larger than one
+    ///   message (raft commits a follower only as far as the entries it was
+    ///   sent), which also catches a former leader whose stale tail the new
+    ///   leader is overwriting;
+    /// - the leader sends a snapshot that covers entries past our commit.
+    ///
+    /// A follower streaming appends in order is never behind by this rule:
+    /// each append carries every entry up to the leader's last, which is at
+    /// or past the leader's commit. Only a follower so slow that the leader
+    /// holds back entries for it (its in-flight window,
+    /// [`NodeConfig::max_inflight_msgs`], is full, or the backlog exceeds
+    /// [`NodeConfig::max_size_per_msg`]) while the others commit them is
+    /// behind, and it is. A rejected append whose commit our log
+    /// reaches (entries lost in flight, in a pair where commit needs our ack)
+    /// changes nothing. After a split-brain yield it is false.
+    ///
+    /// It cannot see what it has not been told: a member cut off from its
+    /// leader stays in sync until the first append after the partition heals.
     pub fn in_sync(&self) -> bool {
         self.in_sync
     }
@@ -378,6 +413,82 @@ impl<S: StateMachine> Node<S> {
             .map_err(|_| ProposeError::Dropped)?;
         self.track(token);
         Ok(())
+    }
+
+    /// Gets `command` into the log without waiting for it, from any member
+    /// but a witness: the leader appends it; a follower (or learner) hands
+    /// it to raft, which forwards it to the leader it knows.
+    ///
+    /// Nothing confirms it and nothing reports its fate: the forwarded
+    /// message can be lost, the leader can refuse it (leadership transfer,
+    /// or it lost its lead) or lose the entry to a newer term. The caller
+    /// looks for the command's effect in the applied state machine and
+    /// submits again until it sees it, so the command must be idempotent:
+    /// applying it twice (both submissions can commit) must leave the same
+    /// state as applying it once.
+    ///
+    /// # Errors
+    /// [`ProposeError::NotLeader`] (with no leader) on a witness or when no
+    /// leader is known; [`ProposeError::Dropped`] when the leader refuses it
+    /// right away (leadership transfer in progress).
+    pub fn submit(&mut self, command: &S::Command) -> Result<(), ProposeError> {
+        if self.cfg.witness {
+            // A witness takes no writes, its own or forwarded.
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        let leading = self.raw.raft.state == StateRole::Leader;
+        let leader = self.leader();
+        if !leading && leader.is_none() {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        self.raw
+            .propose(vec![], encode_command(command))
+            .map_err(|_| ProposeError::Dropped)?;
+        if leading {
+            tracing::debug!(member = self.cfg.id, "submitted command appended");
+        } else {
+            tracing::debug!(
+                member = self.cfg.id,
+                leader,
+                "submitted command forwarded to the leader"
+            );
+        }
+        Ok(())
+    }
+
+    /// Why a proposal forwarded by a peer must not reach raft, if it must
+    /// not. raft-rs appends whatever a peer forwards (and panics on an empty
+    /// one, or moves to the term it carries), and a committed entry this
+    /// build cannot decode stops every member: only commands of ours, from a
+    /// member of the configuration, get through.
+    fn refuse_forwarded(&self, msg: &Message) -> Option<&'static str> {
+        if self.cfg.witness {
+            // Neither appended (a witness that leads only repairs) nor
+            // passed on to the leader.
+            return Some("a witness takes no writes");
+        }
+        let cs = self.raw.store().conf().0;
+        let member = [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next]
+            .iter()
+            .any(|ids| ids.contains(&msg.from));
+        if msg.from == self.cfg.id || !member {
+            return Some("the sender is not a member of the configuration");
+        }
+        if msg.term != 0 {
+            return Some("a forwarded proposal carries no term");
+        }
+        if msg.entries.is_empty() {
+            return Some("no entries");
+        }
+        let commands = msg.entries.iter().all(|e| {
+            e.get_entry_type() == EntryType::EntryNormal
+                && !e.data.is_empty()
+                && bincode::serde::decode_from_slice::<S::Command, _>(&e.data, bincode_config()).is_ok()
+        });
+        if !commands {
+            return Some("an entry is not a command this build can apply");
+        }
+        None
     }
 
     /// Proposes a membership change: one change is applied directly, several
@@ -571,6 +682,22 @@ impl<S: StateMachine> Node<S> {
     /// # Errors
     /// A yield (split-brain heal) could not rewrite the store.
     pub fn step(&mut self, msg: Message) -> Result<(), NodeError> {
+        if msg.get_msg_type() == MessageType::MsgPropose {
+            if let Some(why) = self.refuse_forwarded(&msg) {
+                tracing::debug!(
+                    member = self.cfg.id,
+                    from = msg.from,
+                    "forwarded proposal dropped: {why}"
+                );
+                return Ok(());
+            }
+            tracing::debug!(
+                member = self.cfg.id,
+                from = msg.from,
+                entries = msg.entries.len(),
+                "forwarded proposal received"
+            );
+        }
         if self.cfg.witness && msg.get_msg_type() == MessageType::MsgTimeoutNow {
             tracing::warn!(
                 member = self.cfg.id,
@@ -613,7 +740,7 @@ impl<S: StateMachine> Node<S> {
             // We win; the loser yields when it hears from us.
             return Ok(());
         }
-        let append_commit = (msg.get_msg_type() == MessageType::MsgAppend).then_some(msg.commit);
+        let report = self.leader_report(&msg);
         let repair = self.witness_must_repair(&msg);
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(member = self.cfg.id, "raft ignored a message: {e}");
@@ -632,15 +759,96 @@ impl<S: StateMachine> Node<S> {
                 tracing::debug!(member = self.cfg.id, "witness campaign refused: {e}");
             }
         }
-        if let Some(c) = append_commit {
-            // An accepted append moves our commit to the leader's (capped by
-            // what it sent): reaching it means we hold all it had committed.
-            if self.raw.raft.raft_log.committed >= c && self.raw.raft.leader_id != raft::INVALID_ID {
-                self.in_sync = true;
-            }
+        if let Some(r) = report {
+            self.judge_sync(r);
         }
         self.derandomize();
         Ok(())
+    }
+
+    /// What a leader's append or snapshot can tell about our log, noted
+    /// before raft handles it.
+    fn leader_report(&self, msg: &Message) -> Option<LeaderReport> {
+        let log = &self.raw.raft.raft_log;
+        let kind = match msg.get_msg_type() {
+            // raft appends only if our log holds the entry the new ones
+            // follow; below our commit it answers without looking.
+            MessageType::MsgAppend => ReportKind::Append {
+                accepted: msg.index >= log.committed && log.match_term(msg.index, msg.log_term),
+            },
+            MessageType::MsgSnapshot => {
+                // raft restores it only if our log lacks its last entry
+                // (otherwise it just moves our commit there).
+                let meta = msg.get_snapshot().get_metadata();
+                ReportKind::Snapshot {
+                    restores: meta.index > log.committed && !log.match_term(meta.index, meta.term),
+                }
+            }
+            _ => return None,
+        };
+        Some(LeaderReport {
+            from: msg.from,
+            term: msg.term,
+            commit: msg.commit,
+            kind,
+        })
+    }
+
+    /// Applies the in-sync rule (see [`Node::in_sync`]) to a message raft
+    /// has just handled.
+    fn judge_sync(&mut self, r: LeaderReport) {
+        let raft = &self.raw.raft;
+        if raft.state == StateRole::Leader || raft.leader_id != r.from || raft.term != r.term {
+            // Not from the leader we follow (stale term, or ignored).
+            return;
+        }
+        let (commit, last) = (raft.raft_log.committed, raft.raft_log.last_index());
+        match r.kind {
+            ReportKind::Append { accepted } => {
+                if commit >= r.commit {
+                    // Our commit reached the leader's (capped by what it
+                    // sent): we hold all it had committed.
+                    self.set_in_sync();
+                } else if accepted || last < r.commit {
+                    self.fall_behind(Some(r.commit), last);
+                }
+            }
+            // We lacked entries the leader had compacted away. The snapshot
+            // may be far behind the leader's commit, which it does not
+            // carry: the next append or a probe tells when we are back.
+            ReportKind::Snapshot { restores: true } => self.fall_behind(None, last),
+            ReportKind::Snapshot { restores: false } => {}
+        }
+    }
+
+    fn set_in_sync(&mut self) {
+        if !self.in_sync {
+            tracing::info!(
+                member = self.cfg.id,
+                commit = self.commit_index(),
+                "in sync: this member holds every entry its leader committed"
+            );
+        }
+        self.in_sync = true;
+        self.sync_target = None;
+    }
+
+    /// The leader showed us it committed entries we lack: not in sync until
+    /// our commit reaches `target` (or, without one, until an append or a
+    /// probe tells us the leader's commit and we reach it).
+    fn fall_behind(&mut self, target: Option<u64>, last: u64) {
+        if self.in_sync {
+            tracing::info!(
+                member = self.cfg.id,
+                leader = self.raw.raft.leader_id,
+                commit = self.commit_index(),
+                last,
+                leader_commit = ?target,
+                "behind the leader: it is repairing our log; not in sync until caught up"
+            );
+        }
+        self.in_sync = false;
+        self.sync_target = target.map(|t| self.sync_target.map_or(t, |s| s.max(t)));
     }
 
     /// A witness that has not heard from a leader for an election timeout
@@ -727,11 +935,11 @@ impl<S: StateMachine> Node<S> {
     /// partition, the one with the lower term (then the higher id) yields
     /// when they hear from each other again.
     ///
-    /// Refused unless, since it started, this member led or received an
-    /// append that brought it to its leader's commit index: otherwise the
-    /// peer may have led alone (after a takeover of its own) and committed
-    /// writes this member never received. A member whose log shows it was
-    /// demoted to learner is refused too.
+    /// Refused unless this member is in sync ([`Node::in_sync`]): it led,
+    /// or reached its leader's commit index, and no leader has since shown it
+    /// behind. Otherwise the peer may have led alone (after a takeover of
+    /// its own) and committed writes this member never received. A member
+    /// whose log shows it was demoted to learner is refused too.
     ///
     /// # Errors
     /// This member is a witness, a learner, not in sync, or the configuration
@@ -932,13 +1140,11 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn after_ready(&mut self) {
-        if self.raw.raft.state == StateRole::Leader {
+        if self.raw.raft.state == StateRole::Leader
+            || self.sync_target.is_some_and(|t| self.commit_index() >= t)
+        {
             // A leader holds every committed entry.
-            self.in_sync = true;
-        }
-        if self.sync_target.is_some_and(|t| self.commit_index() >= t) {
-            self.in_sync = true;
-            self.sync_target = None;
+            self.set_in_sync();
         }
         let term = self.raw.raft.term;
         if term != self.last_term {
@@ -1174,10 +1380,13 @@ pub enum TakeoverError {
     /// may hold acknowledged writes this member lacks. Taking over would lose them.
     #[error("this member is a learner of a peer that led alone; taking over could lose its writes")]
     Learner,
-    /// Since it started, this member has not been shown to hold everything its
-    /// peer committed (the peer may have led alone while it was away). Use
+    /// This member has not been shown to hold everything its peer committed
+    /// (since it started, or since a leader showed it behind): the peer may
+    /// have led alone while it was away. Use
     /// [`Node::force_take_over_as_sole_voter`] if the peer is gone for good.
-    #[error("not in sync with the peer since start: its log may lack acknowledged writes")]
+    #[error(
+        "not in sync with the peer (since start, or behind since): its log may lack acknowledged writes"
+    )]
     NotInSync,
     /// Takeover is for a pair: this configuration is not two voters including us.
     #[error("takeover needs exactly two voters including this member, have {0:?}")]
@@ -1185,6 +1394,24 @@ pub enum TakeoverError {
     /// The member failed while taking over.
     #[error(transparent)]
     Node(#[from] NodeError),
+}
+
+/// A leader's append or snapshot, as seen before raft handles it.
+#[derive(Debug, Clone, Copy)]
+struct LeaderReport {
+    from: u64,
+    term: u64,
+    /// The leader's commit index when it sent the message (appends only).
+    commit: u64,
+    kind: ReportKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ReportKind {
+    /// Whether our log held the entry the appended ones follow.
+    Append { accepted: bool },
+    /// Whether raft replaces our log with the snapshot.
+    Snapshot { restores: bool },
 }
 
 fn conf_change(changes: &[(ConfChangeType, u64)]) -> ConfChangeV2 {

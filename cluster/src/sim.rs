@@ -137,6 +137,12 @@ const WITNESS_REPAIR_TICKS: u64 = 60;
 
 impl Sim {
     pub(crate) fn new(seed: u64, specs: &[Spec]) -> Sim {
+        Sim::with_snapshot_interval(seed, specs, 25)
+    }
+
+    /// [`Sim::new`] whose members (from the start) snapshot and compact
+    /// every `snapshot_interval` entries.
+    pub(crate) fn with_snapshot_interval(seed: u64, specs: &[Spec], snapshot_interval: u64) -> Sim {
         let mut sim = Sim {
             seed,
             rng: Rng::new(seed),
@@ -148,7 +154,7 @@ impl Sim {
             side: BTreeMap::new(),
             drop_percent: 0,
             max_delay: 0,
-            snapshot_interval: 25,
+            snapshot_interval,
             committed: BTreeMap::new(),
             verified: BTreeMap::new(),
             next_token: 1,
@@ -392,10 +398,15 @@ impl Sim {
             let Some(node) = self.nodes.get_mut(&to) else {
                 continue;
             };
+            let append = (f.msg.get_msg_type() == raft::eraftpb::MessageType::MsgAppend)
+                .then_some((f.msg.term, f.msg.commit));
             if let Err(e) = node.step(f.msg) {
                 self.fail(&format!("member {to} failed on a message: {e}"));
             }
             self.pump(to);
+            if let Some((term, commit)) = append {
+                self.check_in_sync_after_append(to, from, term, commit);
+            }
         }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
@@ -405,6 +416,77 @@ impl Sim {
             self.pump(id);
         }
         self.check();
+    }
+
+    /// The in-sync rule (`Node::in_sync`): once a member has handled an
+    /// append from the leader it follows, it reports in sync only if its log
+    /// reaches the leader's commit index as of that append. (Whether those
+    /// entries match the leader's is raft's business, checked by `check`.)
+    fn check_in_sync_after_append(&mut self, id: u64, leader: u64, term: u64, leader_commit: u64) {
+        let Some(n) = self.nodes.get(&id) else { return };
+        if !self.cross_checks
+            || n.role() == StateRole::Leader
+            || n.leader() != Some(leader)
+            || n.term() != term
+        {
+            return;
+        }
+        if n.in_sync() && n.store().last() < leader_commit {
+            let last = n.store().last();
+            self.fail(&format!(
+                "member {id} reports in sync after an append from {leader} with commit {leader_commit}, \
+                 but its log ends at {last}"
+            ));
+        }
+    }
+
+    /// Submits a fresh command on `id` (fire and forget); returns it if the
+    /// member took it. Its fate is only seen in the state machines.
+    pub(crate) fn submit_on(&mut self, id: u64) -> Result<u64, ProposeError> {
+        let cmd = self.next_cmd;
+        let node = self.nodes.get_mut(&id).ok_or(ProposeError::ShuttingDown)?;
+        node.submit(&cmd)?;
+        self.next_cmd += 1;
+        self.note(format!("submit cmd {cmd} on {id}"));
+        self.pump(id);
+        Ok(cmd)
+    }
+
+    /// Runs until every configured member reports in sync: a member must
+    /// not stay out of sync (lowest VRRP priority) once the cluster is calm.
+    pub(crate) fn expect_all_in_sync(&mut self, max_ticks: u64) {
+        for _ in 0..max_ticks {
+            let behind: Vec<u64> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| {
+                    let cs = n.conf_state();
+                    (cs.voters.contains(&n.id()) || cs.learners.contains(&n.id())) && !n.in_sync()
+                })
+                .map(|(&id, _)| id)
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            self.step();
+        }
+        let states: Vec<String> = self
+            .nodes
+            .values()
+            .map(|n| {
+                format!(
+                    "{}: {:?} in sync {} commit {} last {}",
+                    n.id(),
+                    n.role(),
+                    n.in_sync(),
+                    n.commit_index(),
+                    n.store().last()
+                )
+            })
+            .collect();
+        self.fail(&format!(
+            "members still not in sync after {max_ticks} calm ticks: {states:?}"
+        ));
     }
 
     pub(crate) fn run(&mut self, ticks: u64) {
@@ -444,6 +526,9 @@ impl Sim {
                 }
             }
             self.verified.insert(id, commit + 1);
+            if self.nodes[&id].role() == StateRole::Leader && !self.nodes[&id].in_sync() {
+                self.fail(&format!("leader {id} reports not in sync"));
+            }
             let sm = self.nodes[&id].state_machine();
             if let Some(c) = sm.duplicate {
                 self.fail(&format!("command {c} applied twice on member {id}"));
@@ -666,6 +751,12 @@ impl Replacement {
 
 /// One randomized run: faults for `ticks`, then heal and converge.
 fn random_run(seed: u64, ticks: u64) {
+    random_run_with(seed, ticks, false);
+}
+
+/// [`random_run`], where members also submit commands (fire and forget,
+/// forwarded to the leader by followers) when `submits`.
+fn random_run_with(seed: u64, ticks: u64, submits: bool) {
     // Odd seeds run a pair plus a witness (member 3), which must never lead.
     let specs = if seed % 2 == 0 {
         three()
@@ -675,6 +766,8 @@ fn random_run(seed: u64, ticks: u64) {
     let mut sim = Sim::new(seed, &specs);
     sim.drop_percent = 5;
     sim.max_delay = 2;
+    // Commands followers submitted (forwarded to the leader, unconfirmed).
+    let mut forwarded = Vec::new();
     // Every third seed is a storm: frequent crashes with quick restarts,
     // which is when a forgotten vote or an unsynced log shows.
     let storm = seed % 3 == 2;
@@ -729,6 +822,13 @@ fn random_run(seed: u64, ticks: u64) {
         if sim.rng.chance(3) {
             let id = 1 + sim.rng.below(3);
             let _ = sim.read_on(id);
+        }
+        if submits && sim.rng.chance(20) {
+            let id = 1 + sim.rng.below(3);
+            let following = sim.nodes.get(&id).is_some_and(|n| n.role() != StateRole::Leader);
+            if let (Ok(cmd), true) = (sim.submit_on(id), following) {
+                forwarded.push(cmd);
+            }
         }
         let due: Vec<u64> = restart_at
             .iter()
@@ -800,6 +900,21 @@ fn random_run(seed: u64, ticks: u64) {
             sim.fail(&format!("member {id} ends with voters {v:?}"));
         }
     }
+    sim.expect_all_in_sync(300);
+    // Fire and forget may lose some, not all.
+    if forwarded.len() >= 10 {
+        let sm = sim.nodes[&sim.leader().unwrap()].state_machine();
+        let landed = forwarded
+            .iter()
+            .filter(|c| sm.by_index.values().any(|v| v == *c))
+            .count();
+        if landed == 0 {
+            sim.fail(&format!(
+                "none of {} forwarded commands was applied",
+                forwarded.len()
+            ));
+        }
+    }
 }
 
 #[test]
@@ -814,6 +929,21 @@ fn many_seeds_random_faults_keep_safety_and_converge() {
         .unwrap_or(100);
     for seed in base..base + seeds {
         random_run(seed, 600);
+    }
+}
+
+#[test]
+fn many_seeds_with_follower_submits_keep_safety_and_converge() {
+    let base: u64 = std::env::var("CLUSTER_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let seeds: u64 = std::env::var("CLUSTER_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    for seed in base..base + seeds.div_ceil(4) {
+        random_run_with(20_000 + seed, 600, true);
     }
 }
 
@@ -1350,6 +1480,7 @@ fn random_pair_run(seed: u64, ticks: u64) {
     if sim.nodes.values().any(|n| n.conf_state().voters.len() != 2) {
         sim.fail(&format!("pair not restored after {takeovers} takeovers"));
     }
+    sim.expect_all_in_sync(300);
 }
 
 #[test]
@@ -1432,4 +1563,257 @@ fn pair_with_witness_fails_over_when_the_witness_holds_entries_the_survivor_lack
     sim.heal();
     sim.run(2000);
     assert_eq!(sim.leader(), Some(o), "the other server is elected");
+}
+
+/// Steps `id` until `done`, failing after `max` ticks; checks `each` on the
+/// way.
+fn step_until(sim: &mut Sim, max: u64, what: &str, mut done: impl FnMut(&Sim) -> bool) {
+    for _ in 0..max {
+        if done(sim) {
+            return;
+        }
+        sim.step();
+    }
+    if !done(sim) {
+        sim.fail(what);
+    }
+}
+
+/// Follows `id` after a partition heals: cut off, it could not know it
+/// missed commits and may still report in sync; the leader's appends must
+/// show it behind (not in sync), and it may report in sync again only once
+/// its commit reaches `target`, what the majority committed meanwhile.
+fn watch_catch_up(sim: &mut Sim, id: u64, target: u64) {
+    let mut saw_behind = false;
+    for _ in 0..300 {
+        sim.step();
+        let n = &sim.nodes[&id];
+        if !n.in_sync() {
+            saw_behind = true;
+        } else if saw_behind {
+            assert!(
+                n.commit_index() >= target,
+                "seed {}: {id} in sync again at commit {} < {target}",
+                sim.seed,
+                n.commit_index()
+            );
+            return;
+        }
+    }
+    sim.fail(&format!(
+        "{id} {} after the heal",
+        if saw_behind {
+            "never got back in sync"
+        } else {
+            "never learned it was behind"
+        }
+    ));
+}
+
+#[test]
+fn a_server_that_missed_commits_is_not_in_sync_from_the_heal_until_it_caught_up() {
+    // Pair plus witness: the leader commits with the witness while the other
+    // server is cut off; that server's log is stale but it was in sync.
+    for seed in 0..10 {
+        // Even seeds compact often: the leader repairs by snapshot; odd
+        // seeds by appends the stale server rejects.
+        let interval = if seed % 2 == 0 { 25 } else { 10_000 };
+        let mut sim = Sim::with_snapshot_interval(500 + seed, &pair_and_witness(), interval);
+        let l = elected(&mut sim);
+        assert_ne!(l, 3);
+        let o = 3 - l;
+        write_some(&mut sim, 5);
+        assert!(sim.nodes[&o].in_sync(), "seed {seed}: {o} in sync before the cut");
+        sim.partition(&[o]);
+        let cmds = write_some(&mut sim, 30);
+        assert!(cmds.iter().all(|c| sim.acked.contains_key(c)), "seed {seed}");
+        assert!(sim.nodes[&o].in_sync(), "seed {seed}: cut off, it cannot know");
+        let target = sim.nodes[&l].commit_index();
+        assert!(sim.nodes[&o].commit_index() < target);
+        sim.heal();
+        watch_catch_up(&mut sim, o, target);
+        assert_eq!(sim.leader(), Some(l), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_deposed_leader_that_missed_commits_is_not_in_sync_until_it_caught_up() {
+    for seed in 0..10 {
+        // Even seeds compact often: the new leader repairs by snapshot; odd
+        // seeds by appends, the first overwriting the old leader's tail.
+        let interval = if seed % 2 == 0 { 25 } else { 10_000 };
+        let mut sim = Sim::with_snapshot_interval(600 + seed, &three(), interval);
+        let old = elected(&mut sim);
+        write_some(&mut sim, 5);
+        sim.partition(&[old]);
+        // Cut off, it still leads for a while and appends what it cannot commit.
+        for _ in 0..5 {
+            sim.propose_on(old);
+            sim.step();
+        }
+        step_until(&mut sim, 300, "the majority elects a new leader", |sim| {
+            sim.nodes
+                .iter()
+                .any(|(&id, n)| id != old && n.role() == StateRole::Leader)
+        });
+        let new = sim.leader().unwrap();
+        assert_ne!(new, old);
+        // More than one append can carry (4 KiB): the new leader resends a
+        // backlog of committed entries.
+        for _ in 0..150 {
+            for _ in 0..4 {
+                sim.propose_on(new);
+            }
+            sim.step();
+        }
+        sim.run(5);
+        step_until(&mut sim, 100, "the old leader stepped down", |sim| {
+            sim.nodes[&old].role() != StateRole::Leader
+        });
+        assert!(
+            sim.nodes[&old].in_sync(),
+            "seed {seed}: it led, and cannot know more"
+        );
+        let target = sim.nodes[&new].commit_index();
+        sim.heal();
+        watch_catch_up(&mut sim, old, target);
+    }
+}
+
+#[test]
+fn steady_replication_under_load_never_clears_in_sync() {
+    for seed in 0..6 {
+        let specs = if seed % 2 == 0 {
+            three()
+        } else {
+            pair_and_witness()
+        };
+        let mut sim = Sim::new(650 + seed, &specs);
+        let l = elected(&mut sim);
+        sim.run(30);
+        for (id, n) in &sim.nodes {
+            assert!(n.in_sync(), "seed {seed}: {id} in sync once idle");
+        }
+        for t in 0..400 {
+            for _ in 0..3 {
+                sim.propose_on(l);
+            }
+            if t % 7 == 0 {
+                let _ = sim.read_on(1 + t % 3);
+            }
+            sim.step();
+            for (id, n) in &sim.nodes {
+                assert!(n.in_sync(), "seed {seed}: {id} left sync at tick {}", sim.now);
+            }
+        }
+        assert_eq!(sim.leader(), Some(l), "seed {seed}");
+        assert!(sim.acked.len() > 1000, "seed {seed}: {}", sim.acked.len());
+    }
+}
+
+fn applied_everywhere(sim: &Sim, cmd: u64) -> bool {
+    sim.nodes
+        .values()
+        .all(|n| n.state_machine().by_index.values().any(|&c| c == cmd))
+}
+
+#[test]
+fn a_follower_submits_and_the_leader_appends_it_for_everyone() {
+    let mut sim = Sim::new(700, &pair_and_witness());
+    let l = elected(&mut sim);
+    assert_ne!(l, 3);
+    let f = 3 - l;
+    sim.run(5);
+    let cmd = sim.submit_on(f).unwrap();
+    step_until(
+        &mut sim,
+        20,
+        "the follower's command is applied everywhere",
+        |sim| applied_everywhere(sim, cmd),
+    );
+    // On the leader it is an untracked proposal.
+    let cmd = sim.submit_on(l).unwrap();
+    step_until(
+        &mut sim,
+        20,
+        "the leader's command is applied everywhere",
+        |sim| applied_everywhere(sim, cmd),
+    );
+    // A witness takes no writes.
+    assert_eq!(sim.submit_on(3), Err(ProposeError::NotLeader { leader: None }));
+    // Without a leader there is nobody to forward to.
+    sim.partition(&[f]);
+    step_until(&mut sim, 100, "the cut-off follower forgets the leader", |sim| {
+        sim.nodes[&f].leader().is_none()
+    });
+    assert_eq!(sim.submit_on(f), Err(ProposeError::NotLeader { leader: None }));
+    sim.heal();
+    sim.converge(300);
+}
+
+#[test]
+fn forwarded_proposals_from_outside_or_malformed_are_dropped() {
+    use crate::node::encode_command;
+    use raft::eraftpb::{Entry, EntryType, MessageType};
+
+    let mut sim = Sim::new(701, &three());
+    let l = elected(&mut sim);
+    sim.run(5);
+    let f = (1..=3).find(|&i| i != l).unwrap();
+    let propose = |from: u64, entries: Vec<Entry>| {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = from;
+        m.to = l;
+        m.set_entries(entries.into());
+        m
+    };
+    let command = |c: u64| Entry {
+        data: encode_command(&c).into(),
+        ..Default::default()
+    };
+    let mut conf = Entry::default();
+    conf.set_entry_type(EntryType::EntryConfChangeV2);
+    conf.data = vec![1, 2, 3].into();
+    let mut with_term = propose(f, vec![command(9003)]);
+    with_term.term = sim.nodes[&l].term() + 5;
+    let refused = [
+        ("not a member", propose(9, vec![command(9001)])),
+        ("from itself", propose(l, vec![command(9002)])),
+        ("carries a term", with_term),
+        ("no entries", propose(f, vec![])),
+        (
+            "undecodable",
+            propose(
+                f,
+                vec![Entry {
+                    data: vec![0xff; 12].into(),
+                    ..Default::default()
+                }],
+            ),
+        ),
+        ("empty data", propose(f, vec![Entry::default()])),
+        ("a conf change", propose(f, vec![conf])),
+    ];
+    let term = sim.nodes[&l].term();
+    for (why, m) in refused {
+        let last = sim.nodes[&l].store().last();
+        sim.nodes.get_mut(&l).unwrap().step(m).unwrap();
+        sim.pump(l);
+        assert_eq!(sim.nodes[&l].store().last(), last, "{why}: nothing appended");
+        assert_eq!(sim.nodes[&l].term(), term, "{why}: term unchanged");
+        assert_eq!(sim.nodes[&l].role(), StateRole::Leader, "{why}");
+    }
+    // The same from a member is appended and applied everywhere.
+    let last = sim.nodes[&l].store().last();
+    sim.nodes
+        .get_mut(&l)
+        .unwrap()
+        .step(propose(f, vec![command(9004)]))
+        .unwrap();
+    sim.pump(l);
+    assert_eq!(sim.nodes[&l].store().last(), last + 1);
+    step_until(&mut sim, 20, "the forwarded command is applied", |sim| {
+        applied_everywhere(sim, 9004)
+    });
 }
