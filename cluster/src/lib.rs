@@ -112,7 +112,7 @@ mod state_machine;
 pub mod storage;
 pub mod transport;
 
-pub use member::{Member, MemberConfig, Outbox, Status};
+pub use member::{Leadership, Member, MemberConfig, Outbox, Status};
 pub use node::{Applied, Node, NodeConfig, NodeError, Output, ProposeError, TakeoverError, Token};
 /// raft-rs, re-exported for its message and configuration types.
 pub use raft;

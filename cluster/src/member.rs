@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use raft::eraftpb::{ConfChangeType, ConfState, Message};
 use raft::StateRole;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::node::{Applied, Node, NodeConfig, NodeError, Output, ProposeError, TakeoverError, Token};
 use crate::storage::LogStore;
@@ -109,6 +109,7 @@ pub struct Member<S: StateMachine> {
     tx: mpsc::Sender<Request<S>>,
     timeout: Duration,
     stopped: Arc<Mutex<Option<String>>>,
+    role: watch::Receiver<Leadership>,
 }
 
 impl<S: StateMachine> Clone for Member<S> {
@@ -118,8 +119,23 @@ impl<S: StateMachine> Clone for Member<S> {
             tx: self.tx.clone(),
             timeout: self.timeout,
             stopped: self.stopped.clone(),
+            role: self.role.clone(),
         }
     }
+}
+
+/// Who leads, as this member sees it; published by [`Member::leadership`] after
+/// every step that changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    /// This member's raft role.
+    pub role: StateRole,
+    /// The leader it knows of, if any.
+    pub leader: Option<u64>,
+    /// The current term.
+    pub term: u64,
+    /// Whether this member is in sync (see [`Status::in_sync`]).
+    pub in_sync: bool,
 }
 
 impl<S: StateMachine> std::fmt::Debug for Member<S> {
@@ -146,7 +162,9 @@ impl<S: StateMachine> Member<S> {
         let node = Node::new(cfg.node.clone(), store, sm, initial_voters)?;
         let (tx, rx) = mpsc::channel(cfg.queue);
         let stopped = Arc::new(Mutex::new(None));
+        let (role_tx, role) = watch::channel(leadership_of(&node));
         let task = Task {
+            role: role_tx,
             node,
             rx,
             outbox,
@@ -171,7 +189,15 @@ impl<S: StateMachine> Member<S> {
             tx,
             timeout: cfg.request_timeout,
             stopped,
+            role,
         })
+    }
+
+    /// Role, leader, term and in-sync as they change: an event source for
+    /// code that must act at once when leadership moves (polling
+    /// [`Member::status`] on a timer adds up to one period of delay).
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.role.clone()
     }
 
     /// This member's id.
@@ -375,6 +401,16 @@ struct Task<S: StateMachine> {
     /// A failure while handling a request; the member stops on it.
     fatal: Option<NodeError>,
     stopped: Arc<Mutex<Option<String>>>,
+    role: watch::Sender<Leadership>,
+}
+
+fn leadership_of<S: StateMachine>(node: &Node<S>) -> Leadership {
+    Leadership {
+        role: node.role(),
+        leader: node.leader(),
+        term: node.term(),
+        in_sync: node.in_sync(),
+    }
 }
 
 impl<S: StateMachine> Task<S> {
@@ -407,6 +443,8 @@ impl<S: StateMachine> Task<S> {
                 Some(e) => Err(e),
                 None => self.ready(),
             };
+            let now = leadership_of(&self.node);
+            self.role.send_if_modified(|r| std::mem::replace(r, now) != now);
             if let Err(e) = failed {
                 tracing::error!(member = self.node.id(), "member stops: {e}");
                 *self.stopped.lock().expect("stopped lock") = Some(e.to_string());
@@ -1004,5 +1042,35 @@ pub(crate) mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(m.submit(5).await, Err(ProposeError::NotLeader { leader: None }));
         m.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leadership_watch_follows_elections_and_transfers() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Arc::new(LocalNet::default());
+        let members: Vec<_> = (1..=3).map(|id| start_with(dir.path(), fast(id), &net)).collect();
+        let leader = leader_of(&members).await;
+        let other = members.iter().find(|m| m.id() != leader.id()).unwrap().clone();
+        let mut seen = other.leadership();
+        let wait = Duration::from_secs(30);
+        let first = tokio::time::timeout(wait, seen.wait_for(|l| l.leader == Some(leader.id())))
+            .await
+            .expect("the follower's watch never named the leader")
+            .unwrap()
+            .to_owned();
+        assert_eq!(first.role, StateRole::Follower, "{first:?}");
+        // A transfer shows up on the target's watch without polling.
+        let mut mine = other.leadership();
+        leader.transfer_leader(other.id()).await;
+        let now = tokio::time::timeout(wait, mine.wait_for(|l| l.role == StateRole::Leader))
+            .await
+            .expect("the transfer never showed on the watch")
+            .unwrap()
+            .to_owned();
+        assert_eq!(now.leader, Some(other.id()));
+        assert!(now.term > first.term && now.in_sync, "{now:?}");
+        for m in &members {
+            m.shutdown().await;
+        }
     }
 }
