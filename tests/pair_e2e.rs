@@ -483,6 +483,44 @@ fn sigkill_of_the_primary_fails_over_within_the_bound() {
 }
 
 /// SPEC 6: only the VIP answers license requests.
+/// SPEC §2: the servers' keys add up in one pool (16 + 16 = 32), from the
+/// start: the backup, which never held the VIP, has its `license.keys`
+/// submitted to the leader. Both replicas show them.
+#[test]
+fn both_servers_keys_are_pooled_before_any_failover() {
+    let test = "both_servers_keys_are_pooled_before_any_failover";
+    if !lab_available(test) {
+        return;
+    }
+    let pair = start_pair();
+    let client_host = pair.lab.hosts[2].clone();
+    let (a, b) = (pair.lab.hosts[0].addr, pair.lab.hosts[1].addr);
+    assert!(
+        wait_for(WAIT, || serving(&client_host, a)),
+        "the primary never served"
+    );
+    let pooled = |node| {
+        show(&client_host, node).is_ok_and(|d| {
+            let ids: Vec<&String> = d.state.server_keys.keys().collect();
+            ids == ["backup-AP", "primary-AP"] && d.pool.get(&ap()).is_some_and(|e| e.total == 200_000)
+        })
+    };
+    let t0 = Instant::now();
+    assert!(
+        wait_for(WAIT, || pooled(a) && pooled(b)),
+        "keys: primary {:?}, backup {:?}",
+        show(&client_host, a).map(|d| (d.state.server_keys, d.pool)),
+        show(&client_host, b).map(|d| (d.state.server_keys, d.pool))
+    );
+    println!(
+        "{test}: both keys pooled on both replicas {:?} after the primary served",
+        t0.elapsed()
+    );
+    // The backup still does not serve: it got its keys in without the VIP.
+    let backup = show(&client_host, b).unwrap().status;
+    assert!(!backup.serving && backup.vrrp_state == "Backup", "{backup:?}");
+}
+
 #[test]
 fn own_address_and_backup_refuse_with_the_vip() {
     let test = "own_address_and_backup_refuse_with_the_vip";

@@ -44,6 +44,7 @@
 //! `cluster.election_ticks`).
 
 pub mod applier;
+mod keys;
 mod notify;
 mod witness;
 
@@ -56,7 +57,7 @@ use cluster::{Disk, LogStore, Member, MemberConfig, TcpTransport, TransportConfi
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use vrrp::proto::{Reason, State};
 use vrrp::sys::Speaker;
 
@@ -95,6 +96,22 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
 /// The lowest priority a backup may advertise: what a node that is not
 /// caught up uses, so that it never preempts.
 pub const BEHIND_PRIORITY: u8 = 1;
+
+/// How often a server compares its keys in the table with its configuration.
+const KEY_CHECK: Duration = Duration::from_secs(2);
+
+/// The state of [`Glue::sync_keys`].
+#[derive(Default)]
+struct KeySync {
+    /// The round in flight.
+    task: Option<tokio::sync::oneshot::Receiver<usize>>,
+    /// When the last round started.
+    checked: Option<Instant>,
+    /// Rounds in a row that had something to change.
+    rounds: u32,
+    /// Serving at the last check.
+    serving: bool,
+}
 
 /// What the glue publishes for `vipool show status`.
 #[derive(Debug, Clone, Default)]
@@ -235,7 +252,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         view,
         peer_left: None,
         last_refusal: None,
-        keys_installed: false,
+        keys: KeySync::default(),
         preferred: None,
         followed_master: false,
         leaderless_since: None,
@@ -371,7 +388,8 @@ struct Glue {
     /// evidence, kept until the takeover is done.
     peer_left: Option<PeerGone>,
     last_refusal: Option<(String, Instant)>,
-    keys_installed: bool,
+    /// This server's `license.keys` in the table.
+    keys: KeySync,
     /// The preferred leader this member was last told.
     preferred: Option<u64>,
     /// As a backup, a master (other than this node) was heard.
@@ -393,6 +411,10 @@ impl Glue {
     ) -> Result<(watch::Sender<bool>, Speaker), NodeError> {
         let mut vrrp = speaker.status();
         let mut transitions = speaker.transitions();
+        // Leadership changes wake the glue at once: a new leader that is
+        // VRRP master serves without waiting for the next tick.
+        let mut leadership = self.member.leadership();
+        let mut leadership_open = true;
         let period = self.config.cluster.tick().max(Duration::from_millis(5));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -401,6 +423,10 @@ impl Glue {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
                 _ = vrrp.changed() => {}
+                changed = leadership.changed(), if leadership_open => {
+                    // A closed watch: the member stopped; `step` says why.
+                    leadership_open = changed.is_ok();
+                }
                 t = transitions.recv() => {
                     // Lagged: the status watch still carries the state.
                     if let Ok(t) = t {
@@ -546,13 +572,11 @@ impl Glue {
 
         let serve = master && raft.role == StateRole::Leader;
         self.set_serving(serve);
-        if serve && !self.keys_installed {
-            self.keys_installed = true;
-            self.install_keys();
-        }
-        if !serve {
-            self.keys_installed = false;
-        }
+        // Both servers' keys belong in the pool, whichever leads: the VIP
+        // holder proposes its own changes, the other server submits its
+        // own to the leader (forwarded by raft).
+        let follows = raft.leader.is_some_and(|l| l != 0 && l != me) && raft.role != StateRole::Leader;
+        self.sync_keys(serve, follows);
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) = PairView {
             vrrp_state: vrrp.state.to_string(),
             raft_role: format!("{:?}", raft.role),
@@ -592,36 +616,71 @@ impl Glue {
         }
     }
 
-    /// Installs this server's keys in the table, unless it holds them already.
-    fn install_keys(&self) {
-        let commands = self.config.server_key_commands(now_ms());
-        let applier = Arc::clone(&self.applier);
-        tokio::spawn(async move {
-            for command in commands {
-                let crate::table::Command::InstallServerKey {
-                    key_id, key, server, ..
-                } = &command
-                else {
-                    continue;
-                };
-                let present = applier.read(|t| {
-                    t.state()
-                        .server_keys
-                        .get(key_id)
-                        .is_some_and(|k| &k.key == key && &k.server == server)
-                });
-                if present {
-                    continue;
+    /// Brings this server's keys in the table to its configuration (see
+    /// `keys.rs`): at once when it starts serving, then every
+    /// [`KEY_CHECK`] while it serves or follows a leader, one round at a time.
+    fn sync_keys(&mut self, serve: bool, follows: bool) {
+        let k = &mut self.keys;
+        if let Some(task) = &mut k.task {
+            match task.try_recv() {
+                Ok(sent) => {
+                    k.rounds = if sent == 0 { 0 } else { k.rounds + 1 };
+                    k.task = None;
                 }
-                let key_id = key_id.clone();
-                match applier.propose(command).await {
-                    Ok(Ok(_)) => info!(key_id, "server key installed"),
-                    Ok(Err(e)) => error!(key_id, error = %e, "server key refused by the table"),
-                    Err(e) => {
-                        warn!(key_id, error = %e, "server key not committed; retried when serving again")
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => k.task = None,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        let started_serving = serve && !k.serving;
+        k.serving = serve;
+        let due = started_serving || k.checked.is_none_or(|at| at.elapsed() >= KEY_CHECK);
+        if !(serve || follows) || !due || k.task.is_some() {
+            return;
+        }
+        k.checked = Some(Instant::now());
+        let wanted = self.config.server_key_commands(now_ms());
+        let server = self.config.node.name.clone();
+        let (applier, member, rounds) = (Arc::clone(&self.applier), self.member.clone(), k.rounds);
+        if rounds == 5 {
+            warn!(
+                "this server's license keys are still not in the table after 5 rounds: \
+                 is the leader refusing them? (see the leader's log)"
+            );
+        }
+        let (done, task) = tokio::sync::oneshot::channel();
+        k.task = Some(task);
+        tokio::spawn(async move {
+            let changes =
+                applier.read(|t| keys::key_changes(&t.state().server_keys, &server, &wanted, now_ms()));
+            let sent = changes.len();
+            for command in changes {
+                let what = match &command {
+                    crate::table::Command::InstallServerKey { key_id, .. } => format!("install {key_id}"),
+                    crate::table::Command::RemoveServerKey { key_id } => format!("remove {key_id}"),
+                    _ => continue,
+                };
+                if serve {
+                    match applier.propose(command).await {
+                        Ok(Ok(_)) => info!(change = what, "server key change committed"),
+                        Ok(Err(e)) => {
+                            error!(change = what, error = %e, "server key change refused by the table")
+                        }
+                        Err(e) => {
+                            warn!(change = what, error = %e, "server key change not committed; retried")
+                        }
+                    }
+                } else {
+                    match member.submit(command).await {
+                        Ok(()) if rounds == 0 => info!(change = what, "server key change sent to the leader"),
+                        Ok(()) => debug!(
+                            change = what,
+                            rounds, "server key change sent to the leader again"
+                        ),
+                        Err(e) => debug!(change = what, error = %e, "server key change not sent; retried"),
                     }
                 }
             }
+            let _ = done.send(sent);
         });
     }
 }
