@@ -112,7 +112,12 @@ impl Netlink {
     }
 
     /// Creates (or recreates) a private-mode macvlan `name` on `parent` with
-    /// the MAC address `mac`, and sets it up. Returns its index.
+    /// the MAC address `mac`, left down. Returns its index.
+    ///
+    /// Down: the caller disables IPv6 on it and sets it up only while
+    /// master (a link that comes up with IPv6 sends MLD reports and
+    /// neighbour solicitations from the virtual MAC at once, and the switch
+    /// then sends the VIP's traffic to this host).
     ///
     /// # Errors
     /// The netlink error.
@@ -122,14 +127,19 @@ impl Netlink {
         }
         let msg = LinkMacVlan::new(name, parent, MacVlanMode::Private)
             .address(mac.to_vec())
-            .up()
             .build();
         self.handle.link().add(msg).execute().await.map_err(to_io)?;
-        let index = self.link_index(name).await?;
-        // Some kernels ignore IFF_UP on creation: set it explicitly.
-        let up = LinkUnspec::new_with_index(index).up().build();
-        self.handle.link().set(up).execute().await.map_err(to_io)?;
-        Ok(index)
+        self.link_index(name).await
+    }
+
+    /// Sets link `index` up or down.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub async fn set_link(&self, index: u32, up: bool) -> io::Result<()> {
+        let link = LinkUnspec::new_with_index(index);
+        let msg = if up { link.up() } else { link.down() }.build();
+        self.handle.link().set(msg).execute().await.map_err(to_io)
     }
 
     /// Deletes link `index`.
