@@ -1,0 +1,1197 @@
+//! Benchmark: what a license client sees of a failover of the vipool pair,
+//! beside the raw VRRP VIP move of vipool's speaker and of keepalived, and
+//! whether any acknowledged grant is lost over many failovers.
+//!
+//! ```text
+//! cargo build --release --bin vipool --examples && sudo target/release/examples/failover_bench
+//! ```
+//!
+//! Options: `--runs N` (failovers per case; default 3 at advert 1 s and 5 at
+//! 100 ms), `--failovers N` (the lost-grants loop, default 100),
+//! `--switches N` (simulated switches, default 20), `--probers N` (default
+//! 4), `--tick-ms N` (raft tick, default 10), `--only gap|lost`,
+//! `--verbose` (one line per failover). Needs root and `ip`; keepalived for
+//! its column. The default run takes about 8 minutes.
+//!
+//! Every case runs in a fresh namespaced lab: the primary (priority 200) and
+//! the backup (100) run `vipool node` (VRRPv3 with the virtual MAC, pair
+//! handoff on; raft ticks of 10 ms, elections after 15 ticks, in every case,
+//! so that the cases differ only in the advert interval), and one client
+//! host runs `--switches` simulated switches (`vipool client --count`,
+//! heartbeats every 500 ms) and `--probers` probers: each draws one AP
+//! through the VIP in a tight loop (10 ms connect and 250 ms request
+//! deadlines) and records the instant of every acknowledged grant. A
+//! failover is graceful (SIGTERM of the primary's node) or a crash (every
+//! process of the primary's host stopped, its bridge port cut, then killed,
+//! as pair_e2e does), at a point of the advert cycle spread over the runs.
+//! The old primary is then restarted (after a crash, on a clean link: its
+//! stale virtual-MAC interface is deleted, as a reboot would) and, once
+//! caught up, preempts back; the probers run through that handback too.
+//!
+//! Figures, per advert interval and failover kind (median, min, max, in ms
+//! from the signal):
+//!
+//! - client gap: the longest time between two acknowledged grants of one
+//!   prober across the failover (the worst prober of each run): what a
+//!   client saw of it;
+//! - longest gap ended after: when the acknowledgement that ended it came;
+//! - last gap >= 20 ms ended after: when service was steady again (a
+//!   failover can show more than one gap);
+//! - VIP on backup after: the kernel of the backup's host reporting the VIP
+//!   added (`ip monitor address`, in the same runs): the raw VIP move
+//!   inside the pair, to set against the client gap;
+//! - vrrp speaker alone / keepalived: the same VIP move for `vipool vrrp
+//!   --pair-handoff` and for keepalived pairs with the same priorities and
+//!   interval, no license service (takeover_bench's method, a crash being
+//!   SIGSTOP then SIGKILL of the host's processes);
+//! - handback gap: the client gap when the restarted primary preempts back;
+//! - for crashes, Master_Down_Interval = 3 * advert + (256 - 100) * advert / 256
+//!   (RFC 9568, backup priority 100) and the client gap relative to it.
+//!
+//! Goals: graceful client gap under 50 ms; crash client gap within 10% of
+//! Master_Down_Interval. The lost-grants loop alternates graceful and crash
+//! failovers at advert 100 ms; after each failover (on the survivor) and each
+//! handback (on the primary) it compares what every prober and switch saw
+//! acknowledged with the table, and prints the grants lost. It exits 1 if
+//! any acknowledged grant was lost, 2 if a failover did not recover.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use common::{in_netns, lab_available, tool_available, wait_for, Host, Lab, Speaker};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vipool::client::{ClientError, Connection};
+use vipool::proto::{ServerError, TableDump};
+use vipool::table::{ClientReport, LicenseType};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const VRID: u8 = 51;
+const CLIENT_PORT: u16 = 4333;
+const OPERATOR_PORT: u16 = 4334;
+const RAFT_PORT: u16 = 4335;
+/// Raft tick (`--tick-ms`); elections after 15 ticks, heartbeats every 3.
+static TICK_MS: AtomicU64 = AtomicU64::new(10);
+const PRIMARY_PRIORITY: u8 = 200;
+const BACKUP_PRIORITY: u8 = 100;
+/// Generous: the lab shares two cores with compilers.
+const WAIT: Duration = Duration::from_secs(30);
+/// A prober's connect and request deadlines. A crashed server sends no
+/// reset, so a client only learns by timing out; these are short enough not
+/// to hide the server's own figures (the kernel of a live VIP holder answers
+/// a SYN in well under a millisecond), long enough for a loaded machine.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum How {
+    Graceful,
+    Crash,
+}
+
+impl How {
+    fn label(self) -> &'static str {
+        match self {
+            How::Graceful => "graceful (SIGTERM)",
+            How::Crash => "crash (SIGSTOP, port cut, SIGKILL)",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Opts {
+    runs: Option<usize>,
+    failovers: usize,
+    switches: usize,
+    probers: usize,
+    gap: bool,
+    lost: bool,
+    verbose: bool,
+}
+
+const USAGE: &str =
+    "failover_bench [--runs N] [--failovers N] [--switches N] [--probers N] [--tick-ms N] [--only gap|lost] [--verbose]";
+
+fn parse_args() -> Result<Opts, String> {
+    let mut opts = Opts {
+        runs: None,
+        failovers: 100,
+        switches: 20,
+        probers: 4,
+        gap: true,
+        lost: true,
+        verbose: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "-h" || arg == "--help" {
+            return Err(String::new());
+        }
+        if arg == "-v" || arg == "--verbose" {
+            opts.verbose = true;
+            continue;
+        }
+        let value = args.next().ok_or(format!("{arg} needs a value"))?;
+        let number = || value.parse::<usize>().map_err(|e| format!("{arg} {value}: {e}"));
+        match arg.as_str() {
+            "--runs" => opts.runs = Some(number()?.max(1)),
+            "--failovers" => opts.failovers = number()?,
+            "--switches" => opts.switches = number()?.max(1),
+            "--probers" => opts.probers = number()?.max(1),
+            "--tick-ms" => TICK_MS.store(number()?.max(1) as u64, Ordering::Relaxed),
+            "--only" => match value.as_str() {
+                "gap" => opts.lost = false,
+                "lost" => opts.gap = false,
+                _ => return Err(format!("--only gap|lost, not {value}")),
+            },
+            _ => return Err(format!("unknown option {arg}")),
+        }
+    }
+    Ok(opts)
+}
+
+fn ap() -> LicenseType {
+    LicenseType::new("AP")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// RFC 9568 Master_Down_Interval of the backup.
+fn master_down(advert_ms: u32) -> Duration {
+    let advert = Duration::from_millis(u64::from(advert_ms));
+    advert * 3 + advert * u32::from(256 - u16::from(BACKUP_PRIORITY)) / 256
+}
+
+// ---------------------------------------------------------------- the pair
+
+fn node_config(
+    lab: &Lab,
+    host: &Host,
+    id: u64,
+    name: &str,
+    priority: u8,
+    advert_ms: u32,
+    peers: &[(u64, &str, Ipv4Addr)],
+) -> String {
+    let peers: Vec<String> = peers
+        .iter()
+        .map(|(id, name, addr)| {
+            format!("{{ id = {id}, name = \"{name}\", address = \"{addr}:{RAFT_PORT}\", role = \"server\" }}")
+        })
+        .collect();
+    let data = lab.dir().join(format!("{name}-data"));
+    // As pair_e2e's, with the advert interval of the case, the same raft
+    // timers in every case (two election timeouts must stay below
+    // Master_Down_Interval, which `vipool node` checks), and a server-side
+    // heartbeat interval long enough that a prober (which never heartbeats)
+    // is not swept down within a round.
+    let text = format!(
+        r#"
+[node]
+name = "{name}"
+id = {id}
+cluster_id = 7
+data_dir = "{data}"
+
+[vrrp]
+interface = "eth0"
+vrid = {VRID}
+priority = {priority}
+vips = ["{VIP}/24"]
+advert_interval_ms = {advert_ms}
+pair_handoff = true
+vmac = true
+
+[cluster]
+peers = [{peers}]
+tick_ms = {tick_ms}
+election_ticks = 15
+heartbeat_ticks = 3
+request_timeout_ms = 2000
+
+[license]
+client_port = {CLIENT_PORT}
+operator_listen = "{addr}:{OPERATOR_PORT}"
+keys = {{ AP = 100000 }}
+heartbeat_interval_ms = 5000
+sweep_interval_ms = 500
+"#,
+        data = data.display(),
+        peers = peers.join(", "),
+        addr = host.addr,
+        tick_ms = TICK_MS.load(Ordering::Relaxed),
+    );
+    let path = lab.dir().join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write node config");
+    path.to_string_lossy().into_owned()
+}
+
+/// Hosts 0 (primary), 1 (backup), 2 (switches and probers).
+struct Pair {
+    lab: Lab,
+    hosts: [Host; 2],
+    client: Host,
+    nodes: [Speaker; 2],
+    configs: [String; 2],
+    switches: Speaker,
+    switch_count: usize,
+    starts: usize,
+}
+
+fn show(from: &Host, node: Ipv4Addr) -> Result<TableDump, String> {
+    common::operator_show(from, node, OPERATOR_PORT)
+}
+
+fn serving(from: &Host, node: Ipv4Addr) -> bool {
+    show(from, node).is_ok_and(|d| d.status.serving)
+}
+
+/// The grants each switch saw acknowledged, net of releases.
+fn switch_grants(switches: &Speaker) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for e in switches.events() {
+        let v = &e.value;
+        let sign = match v["event"].as_str() {
+            Some("granted") => 1,
+            Some("released") => -1,
+            _ => continue,
+        };
+        if v["license_type"] == "AP" {
+            *out.entry(v["id"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += sign * v["count"].as_i64().unwrap_or(0);
+        }
+    }
+    out
+}
+
+fn registered_since(switches: &Speaker, at: Instant) -> usize {
+    let mut ids = std::collections::BTreeSet::new();
+    for e in switches.events() {
+        if e.value["event"] == "registered" && e.at > at {
+            ids.insert(e.value["id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    ids.len()
+}
+
+impl Pair {
+    fn start(advert_ms: u32, switch_count: usize) -> Result<Pair, String> {
+        let mut lab = Lab::new(3);
+        let hosts = [lab.hosts[0].clone(), lab.hosts[1].clone()];
+        let client = lab.hosts[2].clone();
+        let peers = [(1, "primary", hosts[0].addr), (2, "backup", hosts[1].addr)];
+        let configs = [
+            node_config(&lab, &hosts[0], 1, "primary", PRIMARY_PRIORITY, advert_ms, &peers),
+            node_config(&lab, &hosts[1], 2, "backup", BACKUP_PRIORITY, advert_ms, &peers),
+        ];
+        let log = |name: &str| lab.dir().join(format!("{name}.log"));
+        let (la, lb, ls) = (log("primary-0"), log("backup-0"), log("switches"));
+        let a = lab.vipool_logged(&hosts[0], &["node", "--config", &configs[0]], &la);
+        let b = lab.vipool_logged(&hosts[1], &["node", "--config", &configs[1]], &lb);
+        if !wait_for(WAIT, || serving(&client, hosts[0].addr)) {
+            let log = std::fs::read_to_string(&la).unwrap_or_default();
+            return Err(format!(
+                "the primary never served: {:?}\nits log:\n{log}",
+                show(&client, hosts[0].addr)
+            ));
+        }
+        let server = format!("{VIP}:{CLIENT_PORT}");
+        let count = switch_count.to_string();
+        let args = [
+            "client",
+            "--server",
+            &server,
+            "--id",
+            "sw",
+            "--count",
+            &count,
+            "--aps",
+            "2",
+            "--heartbeat-interval-ms",
+            "500",
+            "--json",
+        ];
+        let switches = lab.vipool_logged(&client, &args, &ls);
+        let pair = Pair {
+            lab,
+            hosts,
+            client,
+            nodes: [a, b],
+            configs,
+            switches,
+            switch_count,
+            starts: 1,
+        };
+        if !wait_for(WAIT, || {
+            switch_grants(&pair.switches)
+                .values()
+                .filter(|n| **n == 2)
+                .count()
+                == switch_count
+        }) {
+            return Err(format!(
+                "the switches did not all get their grants: {:?}",
+                switch_grants(&pair.switches)
+            ));
+        }
+        pair.settle()?;
+        Ok(pair)
+    }
+
+    /// Waits for the initial roles: the primary serves the switches, the
+    /// backup follows and has caught up.
+    fn settle(&self) -> Result<(), String> {
+        let (a, b) = (self.hosts[0].addr, self.hosts[1].addr);
+        let mut last = String::new();
+        let ok = wait_for(WAIT, || {
+            let (x, y) = match (show(&self.client, a), show(&self.client, b)) {
+                (Ok(x), Ok(y)) => (x, y),
+                (x, y) => {
+                    last = format!("{:?} / {:?}", x.map(|d| d.status), y.map(|d| d.status));
+                    return false;
+                }
+            };
+            last = format!("{:?} / {:?}", x.status, y.status);
+            x.status.serving
+                && x.status.connections >= self.switch_count as u64
+                && y.status.vrrp_state == "Backup"
+                && y.status.raft_role == "Follower"
+                && y.status.applied_index + 5 >= x.status.commit_index
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("the pair did not settle: {last}"))
+        }
+    }
+
+    /// Fails the primary; returns the instant of the failure.
+    fn fail(&mut self, how: How) -> Instant {
+        match how {
+            How::Graceful => {
+                let t0 = Instant::now();
+                self.nodes[0].signal(Signal::SIGTERM);
+                t0
+            }
+            How::Crash => {
+                let me = std::process::id().to_string();
+                let victims: Vec<i32> = common::sh(&["ip", "netns", "pids", &self.hosts[0].ns])
+                    .split_whitespace()
+                    .filter(|p| *p != me)
+                    .filter_map(|p| p.parse().ok())
+                    .collect();
+                let t0 = Instant::now();
+                // Freeze first, so nothing sees another die and leaves
+                // gracefully; cut the link, as a power loss would (its kernel
+                // would otherwise go on answering for the VIP it held).
+                for pid in &victims {
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
+                }
+                let host = self.hosts[0].clone();
+                self.lab.set_port(&host, false);
+                for pid in &victims {
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                }
+                t0
+            }
+        }
+    }
+
+    /// Restarts the old primary (on a clean link after a crash).
+    fn restart(&mut self, how: How) {
+        let host = self.hosts[0].clone();
+        if how == How::Crash {
+            let link = format!("vrrp.{VRID}");
+            let _ = std::process::Command::new("ip")
+                .args(["-n", &host.ns, "link", "del", &link])
+                .stderr(Stdio::null())
+                .status();
+            self.lab.set_port(&host, true);
+        }
+        let log = self.lab.dir().join(format!("primary-{}.log", self.starts));
+        self.starts += 1;
+        let config = self.configs[0].clone();
+        self.nodes[0] = self
+            .lab
+            .vipool_logged(&host, &["node", "--config", &config], &log);
+    }
+
+    /// Copies the nodes' and switches' logs and configurations out of the
+    /// lab (which removes its directory) for a post-mortem; returns where.
+    fn keep_logs(&self) -> String {
+        let to = std::env::temp_dir().join(format!("failover_bench-logs-{}", self.lab.prefix));
+        let _ = std::fs::create_dir_all(&to);
+        if let Ok(dir) = std::fs::read_dir(self.lab.dir()) {
+            for entry in dir.flatten() {
+                let name = entry.file_name();
+                if name.to_string_lossy().ends_with(".log") || name.to_string_lossy().ends_with(".toml") {
+                    let _ = std::fs::copy(entry.path(), to.join(&name));
+                }
+            }
+        }
+        to.display().to_string()
+    }
+
+    fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.lab.dir().join(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+// ---------------------------------------------------------------- probers
+
+/// What one prober saw.
+#[derive(Debug, Default)]
+struct Probe {
+    id: String,
+    /// When each acknowledged grant came back.
+    acks: Vec<Instant>,
+    /// Requests of unknown outcome (timed out or connection lost after sending).
+    uncertain: u64,
+    /// The prober's used count in the last acknowledgement (the server's view).
+    last_used: u32,
+    /// The first few reasons of uncertain outcomes.
+    why: Vec<String>,
+    /// A refusal by the table itself (the pool ran dry): a setup problem.
+    refused: Option<String>,
+}
+
+/// Draws one AP at a time through the VIP until `stop`, then until the next
+/// acknowledgement (so that nothing is in flight when the table is read).
+fn prober(
+    host: &Host,
+    id: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Probe> {
+    in_netns(host, move || {
+        common::runtime().block_on(async move {
+            let mut probe = Probe {
+                id: id.clone(),
+                ..Probe::default()
+            };
+            let mut conn: Option<Connection> = None;
+            let mut registered = false;
+            let mut settled = true; // nothing in flight
+            let mut stop_deadline = None;
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + WAIT);
+                    if settled || Instant::now() > deadline {
+                        break;
+                    }
+                }
+                let mut c = match conn.take() {
+                    Some(c) => c,
+                    None => {
+                        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect((VIP, CLIENT_PORT)))
+                            .await
+                        {
+                            Ok(Ok(c)) => c,
+                            _ => {
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                                continue;
+                            }
+                        }
+                    }
+                };
+                if !registered {
+                    let register = c.register(&id, "PROBE", "1", ClientReport::default());
+                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), register).await {
+                        registered = true;
+                        conn = Some(c);
+                    }
+                    continue;
+                }
+                settled = false;
+                match tokio::time::timeout(REQUEST_TIMEOUT, c.acquire(&id, &ap(), 1)).await {
+                    Ok(Ok((client, _))) => {
+                        probe.acks.push(Instant::now());
+                        probe.last_used = client.used_of(&ap());
+                        acked.fetch_add(1, Ordering::SeqCst);
+                        settled = true;
+                        conn = Some(c);
+                    }
+                    Ok(Err(ClientError::Server(ServerError::NotLicenseServer { .. }))) => {
+                        // Refused before anything was proposed: changed nothing.
+                        settled = true;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Ok(Err(ClientError::Server(ServerError::Refused(e)))) => {
+                        probe.refused = Some(e.to_string());
+                        break;
+                    }
+                    other => {
+                        probe.uncertain += 1;
+                        if probe.why.len() < 3 {
+                            probe.why.push(match other {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => format!("no answer within {REQUEST_TIMEOUT:?}"),
+                            });
+                        }
+                    }
+                }
+            }
+            probe
+        })
+    })
+}
+
+/// One disruption seen by the probers.
+#[derive(Debug, Default)]
+struct Measured {
+    /// Longest time between two acknowledgements of one prober that ended
+    /// after the disruption began (worst prober).
+    gap: Duration,
+    /// From the disruption to the acknowledgement that ended that gap.
+    served_again: Duration,
+    /// From the disruption to the end of the last gap of 20 ms or more (any
+    /// prober): when service was steady again.
+    steady: Duration,
+    /// The worst prober's gaps of 20 ms or more: (end after the disruption, length).
+    gaps: Vec<(Duration, Duration)>,
+    acked: u64,
+    uncertain: u64,
+    /// Acknowledged grants missing from the survivor's table.
+    lost: u64,
+    /// Requests of unknown outcome that the table shows applied.
+    uncertain_applied: u64,
+    /// Anything else that looks wrong.
+    notes: Vec<String>,
+    /// Why outcomes were uncertain (a few per prober).
+    why: BTreeMap<String, usize>,
+}
+
+/// Runs the probers around `disrupt` (which returns when it began and the
+/// index of the node that should serve afterwards, once it serves), waits
+/// until they are served again, stops them and checks the survivor's table.
+fn probed(
+    pair: &mut Pair,
+    tag: &str,
+    probers: usize,
+    disrupt: impl FnOnce(&mut Pair) -> Result<(Instant, usize), String>,
+) -> Result<Measured, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..probers)
+        .map(|i| {
+            prober(
+                &pair.client,
+                format!("probe-{tag}-{i}"),
+                stop.clone(),
+                acked.clone(),
+            )
+        })
+        .collect();
+    let join = |stop: &AtomicBool, handles: Vec<std::thread::JoinHandle<Probe>>| -> Vec<Probe> {
+        stop.store(true, Ordering::SeqCst);
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    };
+    let warm = wait_for(WAIT, || acked.load(Ordering::SeqCst) >= 20 * probers as u64);
+    if !warm {
+        join(&stop, handles);
+        return Err("the probers were not served before the failover".into());
+    }
+    let outcome = disrupt(pair);
+    let (t0, survivor) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            join(&stop, handles);
+            return Err(e);
+        }
+    };
+    let base = acked.load(Ordering::SeqCst);
+    let again = wait_for(WAIT, || {
+        acked.load(Ordering::SeqCst) >= base + 20 * probers as u64
+    });
+    let probes = join(&stop, handles);
+    if !again {
+        return Err(format!(
+            "the probers were not served again ({} acked in all)",
+            acked.load(Ordering::SeqCst)
+        ));
+    }
+    if probes.len() != probers {
+        return Err("a prober thread panicked".into());
+    }
+    let node = pair.hosts[survivor].addr;
+    let dump = show(&pair.client, node).map_err(|e| format!("the survivor does not answer: {e}"))?;
+    let mut m = Measured::default();
+    for p in &probes {
+        if let Some(e) = &p.refused {
+            m.notes.push(format!("{}: the table refused a grant: {e}", p.id));
+        }
+        let mut gaps = Vec::new();
+        let mut worst = Duration::ZERO;
+        for w in p.acks.windows(2) {
+            if w[1] <= t0 {
+                continue;
+            }
+            let gap = w[1] - w[0];
+            worst = worst.max(gap);
+            if gap >= Duration::from_millis(20) {
+                gaps.push((w[1] - t0, gap));
+                m.steady = m.steady.max(w[1] - t0);
+            }
+            if gap > m.gap {
+                m.gap = gap;
+                m.served_again = w[1] - t0;
+            }
+        }
+        if worst >= m.gap {
+            m.gaps = gaps;
+        }
+        let acked = p.acks.len() as u64;
+        let table = u64::from(dump.state.clients.get(&p.id).map_or(0, |c| c.used_of(&ap())));
+        m.acked += acked;
+        m.uncertain += p.uncertain;
+        for w in &p.why {
+            *m.why.entry(w.clone()).or_default() += 1;
+        }
+        let lost = acked.max(u64::from(p.last_used)).saturating_sub(table);
+        if lost > 0 {
+            m.notes.push(format!(
+                "{}: LOST {lost}: acknowledged {acked} (last reply said {} used, {} uncertain), table of {} holds {table}",
+                p.id, p.last_used, p.uncertain, pair.hosts[survivor].addr
+            ));
+        }
+        if table > acked + p.uncertain {
+            m.notes.push(format!(
+                "{}: table holds {table}, more than {acked} acknowledged + {} uncertain",
+                p.id, p.uncertain
+            ));
+        }
+        m.lost += lost;
+        m.uncertain_applied += table.saturating_sub(acked.max(u64::from(p.last_used)));
+        if lost > 0 || table > acked + p.uncertain {
+            m.notes.push(format!("{}: uncertain outcomes: {:?}", p.id, p.why));
+        }
+    }
+    let pool = &dump.pool[&ap()];
+    if pool.used > pool.total {
+        m.notes
+            .push(format!("S3: used {} > total {}", pool.used, pool.total));
+    }
+    Ok(m)
+}
+
+/// Watches `host` for the VIP being added; the receiver gets the instant.
+fn watch_vip(host: &Host) -> (mpsc::Receiver<Instant>, Child) {
+    let mut child = host
+        .command("ip")
+        .args(["-4", "monitor", "address"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ip monitor");
+    let out = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    let needle = format!("inet {VIP}/");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains(&needle) && !line.starts_with("Deleted") {
+                let _ = tx.send(Instant::now());
+                return;
+            }
+        }
+    });
+    (rx, child)
+}
+
+/// One failover and the handback.
+#[derive(Debug, Default)]
+struct Round {
+    failover: Measured,
+    vip_added: Option<Duration>,
+    handback: Measured,
+    /// Acknowledged switch grants missing from the survivor's table.
+    switch_lost: u64,
+    notes: Vec<String>,
+}
+
+impl Round {
+    fn lost(&self) -> u64 {
+        self.failover.lost + self.handback.lost + self.switch_lost
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "gap {:.1} ms (ended {:.1} ms after, steady after {:.1} ms; gaps >= 20 ms end@length {}), \
+             VIP on backup {}, handback gap {:.1} ms, \
+             acked {}+{}, uncertain {}+{} (applied {}+{}), lost {}",
+            ms(self.failover.gap),
+            ms(self.failover.served_again),
+            ms(self.failover.steady),
+            self.failover
+                .gaps
+                .iter()
+                .map(|(end, len)| format!("{:.0}@{:.0}", ms(*end), ms(*len)))
+                .collect::<Vec<_>>()
+                .join(" "),
+            self.vip_added
+                .map_or("never".into(), |d| format!("{:.1} ms", ms(d))),
+            ms(self.handback.gap),
+            self.failover.acked,
+            self.handback.acked,
+            self.failover.uncertain,
+            self.handback.uncertain,
+            self.failover.uncertain_applied,
+            self.handback.uncertain_applied,
+            self.lost(),
+        ) + &format!("; uncertain because: {:?}", self.failover.why)
+    }
+}
+
+fn round(
+    pair: &mut Pair,
+    how: How,
+    phase: f64,
+    advert_ms: u32,
+    probers: usize,
+    tag: &str,
+) -> Result<Round, String> {
+    pair.settle()?;
+    let (vip_added, mut monitor) = watch_vip(&pair.hosts[1]);
+    std::thread::sleep(Duration::from_millis(50)); // the monitor subscribed
+    let mut t_fail = Instant::now();
+    let failover = probed(pair, &format!("{tag}f"), probers, |pair| {
+        // Spread the failure over the advert cycle.
+        std::thread::sleep(Duration::from_millis(u64::from(advert_ms)).mul_f64(phase));
+        let t0 = pair.fail(how);
+        t_fail = t0;
+        let b = pair.hosts[1].addr;
+        if !wait_for(WAIT, || serving(&pair.client, b)) {
+            return Err(format!(
+                "the backup never served: {:?}",
+                show(&pair.client, b).map(|d| d.status)
+            ));
+        }
+        Ok((t0, 1))
+    });
+    let added = vip_added.recv_timeout(Duration::from_secs(1)).ok();
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let mut out = Round {
+        vip_added: added.map(|a| a.saturating_duration_since(t_fail)),
+        ..Round::default()
+    };
+    let exit = pair.nodes[0].wait_exit(WAIT);
+    out.failover = failover.map_err(|e| format!("{e}\nbackup log:\n{}", pair.log_tail("backup-0.log")))?;
+    if how == How::Graceful && exit != Some(0) {
+        out.notes
+            .push(format!("the primary's graceful stop exited {exit:?}"));
+    }
+    // The switches' acknowledged grants are on the survivor, once they are all back.
+    let t0 = t_fail;
+    if !wait_for(WAIT, || registered_since(&pair.switches, t0) == pair.switch_count) {
+        out.notes.push(format!(
+            "only {} of {} switches came back through the VIP",
+            registered_since(&pair.switches, t0),
+            pair.switch_count
+        ));
+    }
+    let dump =
+        show(&pair.client, pair.hosts[1].addr).map_err(|e| format!("the survivor does not answer: {e}"))?;
+    for (id, granted) in switch_grants(&pair.switches) {
+        let used = i64::from(dump.state.clients.get(&id).map_or(0, |c| c.used_of(&ap())));
+        if used < granted {
+            out.switch_lost += (granted - used) as u64;
+            out.notes.push(format!(
+                "switch {id}: LOST: acknowledged {granted}, table holds {used}"
+            ));
+        }
+    }
+    // The old primary comes back and, once caught up, preempts.
+    out.handback = probed(pair, &format!("{tag}h"), probers, |pair| {
+        let t0 = Instant::now();
+        pair.restart(how);
+        let a = pair.hosts[0].addr;
+        if !wait_for(WAIT, || serving(&pair.client, a)) {
+            let log = format!("primary-{}.log", pair.starts - 1);
+            return Err(format!(
+                "the restarted primary never served: {:?}\nthe backup: {:?}\nthe primary's log:\n{}\n\
+                 the backup's log:\n{}",
+                show(&pair.client, a).map(|d| d.status),
+                show(&pair.client, pair.hosts[1].addr).map(|d| d.status),
+                pair.log_tail(&log),
+                pair.log_tail("backup-0.log")
+            ));
+        }
+        Ok((t0, 0))
+    })?;
+    out.notes.extend(out.failover.notes.iter().cloned());
+    out.notes.extend(out.handback.notes.iter().cloned());
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- raw VIP move
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Raw {
+    /// `vipool vrrp --pair-handoff`, as the nodes' `pair_handoff = true`.
+    Vrrp,
+    Keepalived,
+}
+
+fn keepalived_conf(priority: u8, advert_ms: u32) -> String {
+    let advert = if advert_ms % 1000 == 0 {
+        format!("{}", advert_ms / 1000)
+    } else {
+        format!("{:.2}", f64::from(advert_ms) / 1000.0)
+    };
+    format!(
+        "global_defs {{\n    router_id bench\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\n\
+         vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 50\n    \
+         priority {priority}\n    advert_int {advert}\n    virtual_ipaddress {{\n        {VIP}/24 dev eth0\n    }}\n}}\n"
+    )
+}
+
+fn start_raw(lab: &mut Lab, which: Raw, host: &Host, priority: u8, advert_ms: u32, tag: &str) -> i32 {
+    match which {
+        Raw::Vrrp => {
+            let (p, a) = (priority.to_string(), advert_ms.to_string());
+            let args = [
+                "vrrp",
+                "--interface",
+                "eth0",
+                "--vrid",
+                "50",
+                "--priority",
+                &p,
+                "--vip",
+                "192.0.2.100/24",
+                "--advert-interval-ms",
+                &a,
+                "--pair-handoff",
+            ];
+            // As `Lab::vipool_vrrp`, without its log on our terminal.
+            let child = host
+                .command(&common::vipool_bin())
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn vipool vrrp");
+            let pid = child.id() as i32;
+            lab.adopt(child);
+            pid
+        }
+        Raw::Keepalived => {
+            let child = lab.keepalived(host, tag, &keepalived_conf(priority, advert_ms));
+            let pid = child.lock().map(|c| c.id() as i32).unwrap_or(0);
+            pid
+        }
+    }
+}
+
+/// One VIP move of a bare VRRP pair, as takeover_bench measures it.
+fn raw_once(which: Raw, advert_ms: u32, how: How, phase: f64) -> Option<Duration> {
+    let mut lab = Lab::new(2);
+    let (h0, h1) = (lab.hosts[0].clone(), lab.hosts[1].clone());
+    let master = start_raw(&mut lab, which, &h0, PRIMARY_PRIORITY, advert_ms, "m");
+    start_raw(&mut lab, which, &h1, BACKUP_PRIORITY, advert_ms, "b");
+    let settle = Duration::from_millis(u64::from(advert_ms) * 5 + 5000);
+    if !wait_for(settle, || h0.has_addr(VIP) && !h1.has_addr(VIP)) {
+        eprintln!("{which:?}: pair did not settle");
+        return None;
+    }
+    std::thread::sleep(Duration::from_millis(u64::from(advert_ms) * 4));
+    let (added, monitor) = watch_vip(&h1);
+    lab.adopt(monitor);
+    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(u64::from(advert_ms)).mul_f64(phase));
+    let victims: Vec<i32> = if how == How::Crash {
+        common::sh(&["ip", "netns", "pids", &h0.ns])
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    } else {
+        vec![master]
+    };
+    let t0 = Instant::now();
+    if how == How::Crash {
+        for pid in &victims {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
+        }
+    }
+    let sig = if how == How::Crash {
+        Signal::SIGKILL
+    } else {
+        Signal::SIGTERM
+    };
+    for pid in victims {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+    let at = added.recv_timeout(Duration::from_secs(20)).ok()?;
+    Some(at.saturating_duration_since(t0))
+}
+
+// ---------------------------------------------------------------- reporting
+
+fn median(v: &[Duration]) -> Option<Duration> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+fn stats(v: &[Duration]) -> String {
+    let mut v = v.to_vec();
+    v.sort();
+    match (v.first(), v.last(), median(&v)) {
+        (Some(min), Some(max), Some(med)) => format!(
+            "{:9.1} {:9.1} {:9.1}   (n={})",
+            ms(med),
+            ms(*min),
+            ms(*max),
+            v.len()
+        ),
+        _ => "   no successful run".into(),
+    }
+}
+
+fn row(name: &str, v: &[Duration]) {
+    println!("  {name:<37} {}", stats(v));
+}
+
+fn gap_case(advert_ms: u32, how: How, runs: usize, opts: &Opts, keepalived: bool) {
+    let bound = master_down(advert_ms);
+    println!(
+        "\nadvert {advert_ms} ms, {}, {runs} runs; Master_Down_Interval {:.1} ms",
+        how.label(),
+        ms(bound)
+    );
+    let (mut gaps, mut served, mut vip, mut handback) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut steady = Vec::new();
+    let mut lost = 0;
+    let mut notes = Vec::new();
+    let mut pair = None;
+    for i in 0..runs {
+        if pair.is_none() {
+            match Pair::start(advert_ms, opts.switches) {
+                Ok(p) => pair = Some(p),
+                Err(e) => {
+                    notes.push(format!("run {i}: {e}"));
+                    continue;
+                }
+            }
+        }
+        let p = pair.as_mut().expect("a pair");
+        let tag = format!("{advert_ms}{}{i}", if how == How::Crash { "c" } else { "g" });
+        match round(p, how, i as f64 / runs as f64, advert_ms, opts.probers, &tag) {
+            Ok(r) => {
+                if opts.verbose {
+                    println!("  run {i}: {}", r.describe());
+                }
+                gaps.push(r.failover.gap);
+                served.push(r.failover.served_again);
+                steady.push(r.failover.steady);
+                vip.extend(r.vip_added);
+                handback.push(r.handback.gap);
+                lost += r.lost();
+                notes.extend(r.notes.iter().map(|n| format!("run {i}: {n}")));
+            }
+            Err(e) => {
+                notes.push(format!("run {i}: {e}\n    logs kept in {}", p.keep_logs()));
+                pair = None; // a fresh lab for the next run
+            }
+        }
+    }
+    drop(pair);
+    let raw = |which| -> Vec<Duration> {
+        (0..runs)
+            .filter_map(|i| raw_once(which, advert_ms, how, i as f64 / runs as f64))
+            .collect()
+    };
+    let vrrp_alone = raw(Raw::Vrrp);
+    let kad = if keepalived {
+        raw(Raw::Keepalived)
+    } else {
+        Vec::new()
+    };
+    println!("  {:<37} {:>9} {:>9} {:>9}", "(ms)", "median", "min", "max");
+    row("vipool client gap", &gaps);
+    row("vipool longest gap ended after", &served);
+    row("vipool last gap >= 20 ms ended after", &steady);
+    row("vipool VIP on backup after", &vip);
+    row("vipool vrrp speaker alone, VIP move", &vrrp_alone);
+    if keepalived {
+        row("keepalived VIP move", &kad);
+    } else {
+        println!(
+            "  {:<37}    skipped: keepalived is not installed",
+            "keepalived VIP move"
+        );
+    }
+    row("handback gap (restarted primary)", &handback);
+    match (how, median(&gaps), gaps.iter().max()) {
+        (How::Graceful, Some(med), Some(max)) => println!(
+            "  goal graceful gap < 50 ms: median {:.1} ms, max {:.1} ms: {}",
+            ms(med),
+            ms(*max),
+            if *max < Duration::from_millis(50) {
+                "met"
+            } else if med < Duration::from_millis(50) {
+                "median met, not every run"
+            } else {
+                "NOT met"
+            }
+        ),
+        (How::Crash, Some(med), Some(max)) => {
+            let ratio = |d: Duration| d.as_secs_f64() / bound.as_secs_f64();
+            println!(
+                "  goal crash gap within 10% of Master_Down_Interval: median {:.2}x, max {:.2}x: {}",
+                ratio(med),
+                ratio(*max),
+                if ratio(*max) <= 1.1 {
+                    "met"
+                } else if ratio(med) <= 1.1 {
+                    "median met, not every run"
+                } else {
+                    "NOT met"
+                }
+            );
+        }
+        _ => {}
+    }
+    if lost > 0 {
+        println!("  acknowledged grants LOST in these runs: {lost}");
+    }
+    for n in notes {
+        println!("  note: {n}");
+    }
+}
+
+/// The lost-grants loop; returns the exit code.
+fn lost_loop(opts: &Opts) -> i32 {
+    let advert_ms = 100;
+    let n = opts.failovers;
+    println!(
+        "\nlost grants: {n} failovers at advert {advert_ms} ms, alternating graceful and crash, each followed by \
+         the restarted primary's handback; {} switches, {} probers",
+        opts.switches, opts.probers
+    );
+    let mut pair = match Pair::start(advert_ms, opts.switches) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("  the pair did not start: {e}");
+            return 2;
+        }
+    };
+    let started = Instant::now();
+    let (mut lost, mut acked, mut uncertain, mut applied, mut done) = (0u64, 0u64, 0u64, 0u64, 0usize);
+    let mut gaps: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    let mut failed = Vec::new();
+    let mut k = 0;
+    // A failover that does not recover is reported (logs kept) and the loop
+    // goes on with a fresh pair, a few times at most.
+    while done < n && failed.len() < 5 {
+        k += 1;
+        let how = if k % 2 == 1 { How::Graceful } else { How::Crash };
+        let phase = (k as f64 * 0.382) % 1.0;
+        match round(&mut pair, how, phase, advert_ms, opts.probers, &format!("l{k}")) {
+            Ok(r) => {
+                if opts.verbose {
+                    println!("  failover {k} ({how:?}): {}", r.describe());
+                }
+                done += 1;
+                lost += r.lost();
+                acked += r.failover.acked + r.handback.acked;
+                uncertain += r.failover.uncertain + r.handback.uncertain;
+                applied += r.failover.uncertain_applied + r.handback.uncertain_applied;
+                let kind = if how == How::Crash { "crash" } else { "graceful" };
+                gaps.entry(kind).or_default().push(r.failover.gap);
+                gaps.entry("handback").or_default().push(r.handback.gap);
+                for note in &r.notes {
+                    println!("  failover {k}: {note}");
+                }
+                if done % 10 == 0 {
+                    println!(
+                        "  {done:>4}/{n} failovers, {:.0} s: lost so far {lost}",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            Err(e) => {
+                let logs = pair.keep_logs();
+                let what = format!("failover {k} ({how:?}) did not recover: {e}\n    logs kept in {logs}");
+                println!("  {what}");
+                failed.push(what);
+                match Pair::start(advert_ms, opts.switches) {
+                    Ok(p) => pair = p,
+                    Err(e) => {
+                        println!("  a fresh pair did not start: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    drop(pair);
+    println!(
+        "  prober grants acknowledged {acked}, of unknown outcome {uncertain} (of which the table shows {applied} \
+         applied); checked after each failover on the survivor and after each handback on the primary; \
+         switch grants checked after each failover"
+    );
+    for (kind, v) in &gaps {
+        println!("  {kind:<8} client gap (ms) median/min/max {}", stats(v));
+    }
+    println!("  {:.0} s in all", started.elapsed().as_secs_f64());
+    if !failed.is_empty() {
+        println!(
+            "  failovers that did not recover (each replaced by a fresh pair, details above): {}",
+            failed.len()
+        );
+    }
+    println!("acknowledged grants lost over {done} failovers: {lost}");
+    if lost > 0 {
+        1
+    } else {
+        i32::from(!failed.is_empty()) * 2
+    }
+}
+
+fn main() {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("{e}");
+            }
+            eprintln!("usage: {USAGE}");
+            std::process::exit(if e.is_empty() { 0 } else { 64 });
+        }
+    };
+    if !lab_available("failover_bench") {
+        return;
+    }
+    let keepalived = tool_available("failover_bench", "keepalived", "keepalived");
+    let mut code = 0;
+    if opts.gap {
+        println!(
+            "failover of a vipool pair (priorities {PRIMARY_PRIORITY} -> {BACKUP_PRIORITY}, VRRPv3, {} switches, \
+             {} probers); times from the failure, median/min/max",
+            opts.switches, opts.probers
+        );
+        for advert_ms in [1000u32, 100] {
+            let runs = opts.runs.unwrap_or(if advert_ms == 1000 { 3 } else { 5 });
+            for how in [How::Graceful, How::Crash] {
+                gap_case(advert_ms, how, runs, &opts, keepalived);
+            }
+        }
+    }
+    if opts.lost {
+        code = lost_loop(&opts);
+    }
+    std::process::exit(code);
+}
