@@ -548,8 +548,11 @@ impl Glue {
             self.peer_left = None;
         }
 
-        // A node behind the log never outranks the one that has it.
-        let want = if raft.in_sync || sole {
+        // A node behind the log never outranks the one that has it, and a
+        // learner (the peer took over as sole voter and has not promoted
+        // it back yet) cannot lead: holding the VIP it could not serve.
+        let voter = raft.conf.voters.contains(&me);
+        let want = if (raft.in_sync && voter) || sole {
             self.priority
         } else {
             BEHIND_PRIORITY.min(self.priority)
@@ -559,11 +562,13 @@ impl Glue {
             info!(
                 priority = want,
                 in_sync = raft.in_sync,
+                voter,
                 "{}",
                 if want == self.priority {
-                    "caught up with the log: advertising the configured VRRP priority"
+                    "caught up with the log and a voter: advertising the configured VRRP priority"
                 } else {
-                    "behind the log: advertising the lowest VRRP priority until caught up"
+                    "behind the log or not a voter yet: advertising the lowest VRRP priority until \
+                     caught up and promoted"
                 }
             );
             self.advertised = want;
