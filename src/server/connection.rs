@@ -51,6 +51,7 @@ impl<A: Applier> Conn<'_, A> {
         serving.borrow_and_update();
         let mut serving_follows = true;
         let mut push_at: Option<tokio::time::Instant> = None;
+        let mut lost_vip = false;
         loop {
             // Answer every whole frame already buffered before reading more.
             loop {
@@ -68,6 +69,7 @@ impl<A: Applier> Conn<'_, A> {
                             self.shared.counters.heartbeat(&id, |c| c.responses += 1);
                         }
                     }
+                    Ok(None) if lost_vip => return "stopped serving",
                     Ok(None) => break,
                     Err(e) => {
                         self.shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -110,8 +112,17 @@ impl<A: Applier> Conn<'_, A> {
                         // Nobody will change it any more: it stays as it is.
                         serving_follows = false;
                     } else if !*serving.borrow_and_update() {
-                        // Lost the VIP: clients must reconnect to the new holder.
-                        return "stopped serving";
+                        // Lost the VIP: clients must reconnect to the new
+                        // holder. Requests already received are answered
+                        // first (refused, naming the VIP) rather than lost
+                        // to a reset of the connection.
+                        lost_vip = true;
+                        while let Ok(n) = stream.try_read(&mut chunk) {
+                            if n == 0 {
+                                break;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
                     }
                 }
                 () = self.shared.shutdown.cancelled() => return "shutdown",
