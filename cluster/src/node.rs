@@ -13,7 +13,7 @@ use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
     EntryType, Message, MessageType, Snapshot,
 };
-use raft::{RawNode, StateRole, Storage as _};
+use raft::{GetEntriesContext, RawNode, StateRole, Storage as _};
 
 use crate::logger::raft_logger;
 use crate::storage::{LogStore, StoreError};
@@ -33,7 +33,9 @@ pub enum ProposeError {
     },
     /// The entry was replaced by another leader's entry at the same index
     /// (stale term), or raft refused it (leadership transfer, pending
-    /// membership change, read overtaken by a new term). It was not applied.
+    /// membership change, read overtaken by a new term), or a sole voter
+    /// has yet to put its peer's demotion in the log (see
+    /// [`Node::take_over_as_sole_voter`]). It was not applied.
     #[error("proposal dropped (stale term or refused by raft); it was not applied")]
     Dropped,
     /// The outcome cannot be known: the index was covered by a snapshot from
@@ -174,6 +176,13 @@ pub struct Node<S: StateMachine> {
     /// has since shown it that it lacks committed entries: its log is
     /// complete enough to take over. See [`Node::in_sync`] for the rule.
     in_sync: bool,
+    /// A learner that must be told, by a conf-change entry in the log, that
+    /// it is one, before this member (leading as sole voter) appends any
+    /// command: see [`Node::demote_if_needed`].
+    demotion: Option<u64>,
+    /// The last term in which this member led (and checked for a demotion
+    /// to put in the log).
+    lead_term: u64,
     /// A leader's commit index this member must reach to be in sync again
     /// (learned from a ReadIndex probe or from an append that showed it
     /// behind); in sync once our commit reaches it.
@@ -247,6 +256,8 @@ impl<S: StateMachine> Node<S> {
             promote: BTreeSet::new(),
             preferred_leader: None,
             in_sync: false,
+            demotion: None,
+            lead_term: 0,
             sync_target: None,
             ticks: 0,
             last_term,
@@ -407,6 +418,7 @@ impl<S: StateMachine> Node<S> {
     /// Not the leader, or raft refused the proposal right away.
     pub fn propose(&mut self, token: Token, command: &S::Command) -> Result<(), ProposeError> {
         self.check_leader()?;
+        self.check_demoted()?;
         let data = encode_command(command);
         self.raw
             .propose(vec![], data)
@@ -430,7 +442,8 @@ impl<S: StateMachine> Node<S> {
     /// # Errors
     /// [`ProposeError::NotLeader`] (with no leader) on a witness or when no
     /// leader is known; [`ProposeError::Dropped`] when the leader refuses it
-    /// right away (leadership transfer in progress).
+    /// right away (leadership transfer in progress, or a takeover's demotion
+    /// not yet in the log).
     pub fn submit(&mut self, command: &S::Command) -> Result<(), ProposeError> {
         if self.cfg.witness {
             // A witness takes no writes, its own or forwarded.
@@ -440,6 +453,9 @@ impl<S: StateMachine> Node<S> {
         let leader = self.leader();
         if !leading && leader.is_none() {
             return Err(ProposeError::NotLeader { leader: None });
+        }
+        if leading {
+            self.check_demoted()?;
         }
         self.raw
             .propose(vec![], encode_command(command))
@@ -502,6 +518,7 @@ impl<S: StateMachine> Node<S> {
         changes: &[(ConfChangeType, u64)],
     ) -> Result<(), ProposeError> {
         self.check_leader()?;
+        self.check_demoted()?;
         let cc = conf_change(changes);
         if self.raw.raft.pending_conf_index > self.applied_index() {
             return Err(ProposeError::Dropped);
@@ -525,6 +542,103 @@ impl<S: StateMachine> Node<S> {
             });
         }
         Ok(())
+    }
+
+    /// Refuses a new entry while a demotion waits to be appended (see
+    /// [`Node::demote_if_needed`]). Refused rather than queued: the wait
+    /// ends within the same `process_ready` that applies the log's tail,
+    /// or when this member leads again, and callers already retry
+    /// [`ProposeError::Dropped`].
+    fn check_demoted(&mut self) -> Result<(), ProposeError> {
+        self.demote_if_needed();
+        if self.demotion.is_some() && self.raw.raft.state == StateRole::Leader {
+            return Err(ProposeError::Dropped);
+        }
+        Ok(())
+    }
+
+    /// Puts in the log, as soon as raft takes it, the change that tells a
+    /// learner it is one, while this member leads as sole voter: after a
+    /// takeover (its peer believes it is still one of two voters) and at
+    /// the start of each term it leads that way with a single learner
+    /// (after a restart, the takeover's entry may not have been written; a
+    /// learner that already knows gets a no-op). Until it is in the log
+    /// this member appends no command and no other change.
+    ///
+    /// Otherwise the peer, returning, catches up by appends alone, still
+    /// believes it is a voter, and reaches in sync; the sole voter commits
+    /// more writes alone and dies before sending them; the peer takes over
+    /// without them. A demotion in the log makes it refuse
+    /// ([`TakeoverError::Learner`]).
+    ///
+    /// A fresh raft-rs leader refuses any conf change until it has applied
+    /// its whole log (it guesses there may be one unapplied, rather than
+    /// look), and refuses it by appending an empty entry in its place while
+    /// `propose_conf_change` returns `Ok`. So: look at the unapplied tail;
+    /// with no conf change there, correct raft's guess (what it would find
+    /// if it looked) and the demotion goes in right after the new term's
+    /// empty entry, before anything this member commits alone is sent to
+    /// the peer. With one, wait until it is applied (proposals refused).
+    fn demote_if_needed(&mut self) {
+        let r = &self.raw.raft;
+        if self.cfg.witness || r.state != StateRole::Leader {
+            return;
+        }
+        let cs = self.conf_state();
+        let sole = cs.voters == [self.cfg.id] && cs.voters_outgoing.is_empty();
+        if r.term != self.lead_term {
+            self.lead_term = r.term;
+            if sole && cs.learners.len() == 1 && self.demotion.is_none() {
+                self.demotion = Some(cs.learners[0]);
+            }
+        }
+        let Some(learner) = self.demotion else { return };
+        if !sole || !cs.learners.contains(&learner) {
+            // Promoted back, or the configuration changed otherwise
+            // (snapshot, yield): nothing left to tell.
+            self.demotion = None;
+            return;
+        }
+        let applied = self.applied_index();
+        if self.raw.raft.pending_conf_index > applied && !self.conf_change_after(applied) {
+            self.raw.raft.pending_conf_index = applied;
+        }
+        if self.raw.raft.pending_conf_index > applied {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let cc = conf_change(&[(ConfChangeType::AddLearnerNode, learner)]);
+        let proposed = self.raw.propose_conf_change(vec![], cc);
+        // raft moves its pending index to the entry only if it appended the
+        // change itself, not an empty entry in its place.
+        if proposed.is_ok() && self.raw.raft.pending_conf_index > last {
+            tracing::info!(
+                member = self.cfg.id,
+                learner,
+                index = self.raw.raft.pending_conf_index,
+                "demotion of {learner} to learner appended to the log"
+            );
+            self.demotion = None;
+        } else {
+            tracing::debug!(
+                member = self.cfg.id,
+                learner,
+                "demotion not appended yet ({proposed:?}); retried"
+            );
+        }
+    }
+
+    /// Whether the log holds a conf change past `index` (conservatively yes
+    /// if it cannot be read).
+    fn conf_change_after(&self, index: u64) -> bool {
+        let log = &self.raw.raft.raft_log;
+        if log.last_index() <= index {
+            return false;
+        }
+        log.entries(index + 1, None, GetEntriesContext::empty(false))
+            .map_or(true, |es| {
+                es.iter().any(|e| e.get_entry_type() != EntryType::EntryNormal)
+            })
     }
 
     fn track(&mut self, token: Token) {
@@ -599,6 +713,7 @@ impl<S: StateMachine> Node<S> {
                 self.witness_hand_over();
                 return;
             }
+            self.demote_if_needed();
             self.maybe_promote();
             self.maybe_hand_over();
         }
@@ -641,7 +756,10 @@ impl<S: StateMachine> Node<S> {
         let Some(&id) = cs.learners.iter().find(|id| sole || self.promote.contains(id)) else {
             return;
         };
-        if !self.caught_up(id) || self.raw.raft.pending_conf_index > self.applied_index() {
+        if !self.caught_up(id)
+            || self.demotion.is_some()
+            || self.raw.raft.pending_conf_index > self.applied_index()
+        {
             return;
         }
         tracing::info!(
@@ -688,6 +806,15 @@ impl<S: StateMachine> Node<S> {
                     member = self.cfg.id,
                     from = msg.from,
                     "forwarded proposal dropped: {why}"
+                );
+                return Ok(());
+            }
+            if self.check_demoted().is_err() {
+                // The submitter retries (see `submit`).
+                tracing::debug!(
+                    member = self.cfg.id,
+                    from = msg.from,
+                    "forwarded proposal dropped: a demotion is not yet in the log"
                 );
                 return Ok(());
             }
@@ -917,6 +1044,8 @@ impl<S: StateMachine> Node<S> {
         self.timeout_key = (u64::MAX, StateRole::Follower, 0);
         self.derandomize();
         self.promote.clear();
+        self.demotion = None;
+        self.lead_term = 0;
         self.in_sync = false;
         self.sync_target = None;
         self.out.push(Output::Yielded {
@@ -940,6 +1069,12 @@ impl<S: StateMachine> Node<S> {
     /// behind. Otherwise the peer may have led alone (after a takeover of
     /// its own) and committed writes this member never received. A member
     /// whose log shows it was demoted to learner is refused too.
+    ///
+    /// The demotion goes into the log as well, ahead of any command this
+    /// member commits alone, so that the peer learns it from the entries it
+    /// receives; until it is there (rarely: an unapplied membership change
+    /// must be applied first) proposals are refused with
+    /// [`ProposeError::Dropped`].
     ///
     /// # Errors
     /// This member is a witness, a learner, not in sync, or the configuration
@@ -975,6 +1110,8 @@ impl<S: StateMachine> Node<S> {
                 self.raw
                     .campaign()
                     .map_err(|e| TakeoverError::Node(NodeError::Raft(e.to_string())))?;
+                self.derandomize();
+                self.demote_if_needed();
             }
             return Ok(());
         }
@@ -1022,10 +1159,10 @@ impl<S: StateMachine> Node<S> {
             .map_err(|e| TakeoverError::Node(NodeError::Raft(e.to_string())))?;
         self.derandomize();
         // Put the change in the log too, so the returning peer learns it is
-        // a learner from the entries it receives.
-        if self.raw.raft.state == StateRole::Leader {
-            let _ = self.raw.propose_conf_change(vec![], cc);
-        }
+        // a learner from the entries it receives, before any command this
+        // member commits alone.
+        self.demotion = Some(peer);
+        self.demote_if_needed();
         Ok(())
     }
 
@@ -1146,6 +1283,8 @@ impl<S: StateMachine> Node<S> {
             // A leader holds every committed entry.
             self.set_in_sync();
         }
+        // What kept a demotion out of the log may have been applied just now.
+        self.demote_if_needed();
         let term = self.raw.raft.term;
         if term != self.last_term {
             self.last_term = term;

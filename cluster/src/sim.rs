@@ -1498,6 +1498,21 @@ fn pair_with_crashes_takeovers_and_rejoins_keeps_every_acknowledged_write() {
     }
 }
 
+/// Pair schedules that once lost acknowledged writes, kept as regressions.
+/// A member took over as a fresh leader with an unapplied tail; raft-rs
+/// dropped the demotion of its peer (see
+/// `a_takeover_with_an_unapplied_tail_puts_the_demotion_in_the_log_first`),
+/// and the peer later took over without what it had committed alone.
+/// Caught as a takeover while missing committed entries (11033, 17161),
+/// an acknowledged command missing at its index (13627), a committed entry
+/// changed (20866).
+#[test]
+fn past_pair_losses_stay_fixed() {
+    for seed in [11_033, 13_627, 17_161, 20_866] {
+        random_pair_run(seed, 800);
+    }
+}
+
 #[test]
 fn takeover_is_refused_to_a_member_that_may_lack_its_peers_writes() {
     // 2 takes over while 1 is down and commits alone; 1 comes back and 2
@@ -1816,4 +1831,137 @@ fn forwarded_proposals_from_outside_or_malformed_are_dropped() {
     step_until(&mut sim, 20, "the forwarded command is applied", |sim| {
         applied_everywhere(sim, 9004)
     });
+}
+
+/// The conf-change entries in `id`'s log that make `learner` a learner.
+fn demotions_in_log(sim: &Sim, id: u64, learner: u64) -> Vec<u64> {
+    use protobuf::Message as _;
+    use raft::eraftpb::{ConfChangeV2, EntryType};
+    sim.nodes[&id]
+        .store()
+        .all_entries()
+        .iter()
+        .filter(|e| e.get_entry_type() == EntryType::EntryConfChangeV2)
+        .filter(|e| {
+            ConfChangeV2::parse_from_bytes(&e.data).is_ok_and(|cc| {
+                cc.get_changes()
+                    .iter()
+                    .any(|c| c.node_id == learner && c.get_change_type() == ConfChangeType::AddLearnerNode)
+            })
+        })
+        .map(|e| e.index)
+        .collect()
+}
+
+/// Pair seeds 11033 and 17161: a leader whose peer went away holds entries it appended but
+/// could not commit, and takes over. raft-rs, fresh leader, refuses any
+/// conf change until that tail is applied (and then silently turns the
+/// proposal into an empty entry): the demotion never reached the log, the
+/// returning peer caught up by appends alone believing it was still a
+/// voter, and took over without what the sole voter had acknowledged since.
+/// The demotion must be in the log before the first command committed alone.
+#[test]
+fn a_takeover_with_an_unapplied_tail_puts_the_demotion_in_the_log_first() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(400 + seed, &pair());
+        sim.snapshot_interval = 1000;
+        let a = elected(&mut sim);
+        let b = 3 - a;
+        write_some(&mut sim, 5);
+        // Cut off, b cannot tell that a goes on alone: it stays in sync.
+        sim.partition(&[b]);
+        let tail: Vec<u64> = (0..3).filter_map(|_| sim.propose_on(a)).collect();
+        assert!(!tail.is_empty(), "seed {seed}: a still leads");
+        // a steps down (check quorum): its takeover campaign makes it a
+        // fresh leader, which raft-rs bars from conf changes until the
+        // tail is applied.
+        sim.run(30);
+        let n = &sim.nodes[&a];
+        assert_ne!(n.role(), StateRole::Leader, "seed {seed}");
+        assert!(
+            n.store().last() > n.applied_index(),
+            "seed {seed}: a has an unapplied tail"
+        );
+        sim.take_over(a);
+        let last_before_writes = sim.nodes[&a].store().last();
+        let demotions = demotions_in_log(&sim, a, b);
+        assert_eq!(
+            demotions.len(),
+            1,
+            "seed {seed}: the demotion of {b} is in {a}'s log right after the takeover"
+        );
+        assert_eq!(demotions[0], last_before_writes, "seed {seed}");
+        let alone = write_some(&mut sim, 10);
+        let d = demotions[0];
+        for c in alone.iter().filter(|c| sim.acked.contains_key(c)) {
+            assert!(
+                sim.acked[c] > d,
+                "seed {seed}: cmd {c} committed alone before the demotion"
+            );
+        }
+        // b comes back and receives everything a holds, demotion included:
+        // it must refuse a plain takeover (a learner of a peer that led alone).
+        sim.heal();
+        let target = sim.nodes[&a].store().last();
+        step_until(&mut sim, 200, "b receives a's log", |s| {
+            s.nodes[&b].store().last() >= target
+        });
+        sim.crash(a);
+        let r = sim.nodes.get_mut(&b).unwrap().take_over_as_sole_voter();
+        assert!(
+            matches!(r, Err(crate::TakeoverError::Learner)),
+            "seed {seed}: {b} must refuse to take over, got {r:?}"
+        );
+    }
+}
+
+/// The same after a crash: the takeover's demotion was never written (the
+/// member stopped before its next ready), so the sole voter, leading again
+/// after its restart, must put it in the log before anything else.
+#[test]
+fn a_sole_voter_leading_after_a_restart_puts_the_demotion_in_the_log_first() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(500 + seed, &pair());
+        sim.snapshot_interval = 1000;
+        let a = elected(&mut sim);
+        let b = 3 - a;
+        write_some(&mut sim, 5);
+        sim.partition(&[b]);
+        let tail: Vec<u64> = (0..3).filter_map(|_| sim.propose_on(a)).collect();
+        assert!(!tail.is_empty(), "seed {seed}: a still leads");
+        sim.run(30);
+        // Take over, and crash before the demotion reaches the disk.
+        let n = sim.nodes.get_mut(&a).unwrap();
+        n.take_over_as_sole_voter().unwrap();
+        sim.crash(a);
+        sim.start(a);
+        assert!(
+            demotions_in_log(&sim, a, b).is_empty(),
+            "seed {seed}: not written"
+        );
+        step_until(&mut sim, 100, "a leads again", |s| {
+            s.nodes[&a].role() == StateRole::Leader
+        });
+        let demotions = demotions_in_log(&sim, a, b);
+        assert_eq!(demotions.len(), 1, "seed {seed}: demotion of {b} in {a}'s log");
+        let d = demotions[0];
+        let alone = write_some(&mut sim, 10);
+        for c in alone.iter().filter(|c| sim.acked.contains_key(c)) {
+            assert!(
+                sim.acked[c] > d,
+                "seed {seed}: cmd {c} committed alone before the demotion"
+            );
+        }
+        sim.heal();
+        let target = sim.nodes[&a].store().last();
+        step_until(&mut sim, 200, "b receives a's log", |s| {
+            s.nodes[&b].store().last() >= target
+        });
+        sim.crash(a);
+        let r = sim.nodes.get_mut(&b).unwrap().take_over_as_sole_voter();
+        assert!(
+            matches!(r, Err(crate::TakeoverError::Learner)),
+            "seed {seed}: {b} must refuse to take over, got {r:?}"
+        );
+    }
 }
