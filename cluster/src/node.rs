@@ -171,6 +171,11 @@ pub struct Node<S: StateMachine> {
     reads_ready: Vec<(u64, Token)>,
     /// Learners to promote to voter once caught up (two-node rejoin).
     promote: BTreeSet<u64>,
+    /// The tick at which each member was last heard from.
+    heard: BTreeMap<u64, u64>,
+    /// Since which tick a learner to promote has been caught up and heard
+    /// from without a break.
+    steady_since: BTreeMap<u64, u64>,
     preferred_leader: Option<u64>,
     /// This member led, or reached its leader's commit index, and no leader
     /// has since shown it that it lacks committed entries: its log is
@@ -254,6 +259,8 @@ impl<S: StateMachine> Node<S> {
             reads_deferred: Vec::new(),
             reads_ready: Vec::new(),
             promote: BTreeSet::new(),
+            heard: BTreeMap::new(),
+            steady_since: BTreeMap::new(),
             preferred_leader: None,
             in_sync: false,
             demotion: None,
@@ -756,12 +763,29 @@ impl<S: StateMachine> Node<S> {
         let Some(&id) = cs.learners.iter().find(|id| sole || self.promote.contains(id)) else {
             return;
         };
-        if !self.caught_up(id)
+        // Caught up is not enough: a member that is stopping (its graceful
+        // stop hands leadership here, then exits) is caught up for the few
+        // milliseconds it still answers, and promoting it then leaves this
+        // member with a dead voter it needs for every commit. Promote only
+        // after it has stayed caught up and answering for an election
+        // timeout.
+        let hb = self.cfg.heartbeat_tick.max(1) as u64;
+        let heard = self
+            .heard
+            .get(&id)
+            .is_some_and(|&at| self.ticks.saturating_sub(at) <= 2 * hb);
+        if !(self.caught_up(id) && heard) {
+            self.steady_since.remove(&id);
+            return;
+        }
+        let since = *self.steady_since.entry(id).or_insert(self.ticks);
+        if self.ticks - since < self.cfg.election_tick as u64
             || self.demotion.is_some()
             || self.raw.raft.pending_conf_index > self.applied_index()
         {
             return;
         }
+        self.steady_since.remove(&id);
         tracing::info!(
             member = self.cfg.id,
             learner = id,
@@ -800,6 +824,9 @@ impl<S: StateMachine> Node<S> {
     /// # Errors
     /// A yield (split-brain heal) could not rewrite the store.
     pub fn step(&mut self, msg: Message) -> Result<(), NodeError> {
+        if msg.from != 0 && msg.from != self.cfg.id {
+            self.heard.insert(msg.from, self.ticks);
+        }
         if msg.get_msg_type() == MessageType::MsgPropose {
             if let Some(why) = self.refuse_forwarded(&msg) {
                 tracing::debug!(

@@ -1136,6 +1136,49 @@ fn two_node_takeover_then_rejoin_as_learner_via_snapshot_and_promotion() {
     }
 }
 
+/// A graceful stop hands leadership to the peer, which takes over as sole
+/// voter, and exits a few milliseconds later. The departing member is
+/// caught up for those milliseconds: promoting it then would leave the
+/// survivor needing a dead voter for every commit. A learner is promoted
+/// only once it has stayed caught up and answering for an election timeout.
+#[test]
+fn a_learner_that_leaves_right_after_the_takeover_is_not_promoted() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(300 + seed, &pair());
+        let survivor = elected(&mut sim);
+        let leaving = 3 - survivor;
+        write_some(&mut sim, 10);
+        sim.take_over(survivor);
+        // It still answers for a moment (the demotion, a heartbeat), then exits.
+        for _ in 0..3 {
+            sim.step();
+        }
+        sim.crash(leaving);
+        sim.run(100);
+        let cs = sim.nodes[&survivor].conf_state();
+        assert_eq!(
+            (cs.voters.clone(), cs.learners.clone()),
+            (vec![survivor], vec![leaving]),
+            "seed {seed}: the departed member was promoted"
+        );
+        let after = write_some(&mut sim, 20);
+        assert!(
+            after.iter().filter(|c| sim.acked.contains_key(c)).count() >= 15,
+            "seed {seed}: the survivor commits alone"
+        );
+        // Back for good: promoted once it has been steady.
+        sim.start(leaving);
+        sim.converge(600);
+        for _ in 0..300 {
+            if sim.nodes[&survivor].conf_state().voters.len() == 2 {
+                break;
+            }
+            sim.step();
+        }
+        assert_eq!(sim.nodes[&survivor].conf_state().voters.len(), 2, "seed {seed}");
+    }
+}
+
 #[test]
 fn both_sides_take_over_then_one_yields_and_rebuilds() {
     for seed in 0..5 {
