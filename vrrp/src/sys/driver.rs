@@ -140,12 +140,9 @@ impl Speaker {
             let name = format!("vrrp.{}", config.vrrp.vrid);
             let mac = virtual_mac(config.vrrp.vrid);
             let index = netlink.create_macvlan(parent, &name, mac).await?;
-            // It stays down until this node is master (see `set_vmac`): a
-            // backup must never send from the virtual MAC, or the switch
-            // sends the master's VIP traffic here (an IPv6 neighbour
-            // solicitation, an IGMP report, or the last segments of the
-            // client connections a demoted master closes).
+            // Before it comes up: no IPv6 frame ever leaves from the virtual MAC.
             sysctls.set("ipv6", &name, "disable_ipv6", "1")?;
+            netlink.set_up(index).await?;
             sysctls.set("ipv4", &config.interface, "arp_ignore", "1")?;
             sysctls.set("ipv4", &config.interface, "arp_filter", "1")?;
             sysctls.set("ipv4", &config.interface, "arp_announce", "2")?;
@@ -154,12 +151,7 @@ impl Speaker {
             (config.interface.clone(), parent, None)
         };
         let multicast = config.vrrp.unicast_peers.is_empty();
-        let mut socket = VrrpSocket::open(&link_name, link_index, config.vrrp.primary_address, multicast)?;
-        if config.virtual_mac {
-            // While the virtual-MAC interface is down (backup), adverts
-            // arrive on the parent.
-            socket = socket.also_receive_on(&config.interface, parent, multicast)?;
-        }
+        let socket = VrrpSocket::open(&link_name, link_index, config.vrrp.primary_address, multicast)?;
         let arp = if config.garp.count > 0 {
             Some(ArpSender::open(&link_name, mac)?)
         } else {
@@ -356,7 +348,6 @@ impl Driver {
                 }
                 Event::BecomeMaster(reason) => {
                     self.transition(State::Master, Some(reason));
-                    self.set_vmac(true).await?;
                     self.install_vips().await?;
                     if self.garp.count > 0 {
                         self.garp_left = self.garp.count;
@@ -366,13 +357,11 @@ impl Driver {
                 Event::BecomeBackup(reason) => {
                     self.transition(State::Backup, Some(reason));
                     self.garp_next = None;
-                    self.set_vmac(false).await?;
                     self.remove_vips().await?;
                 }
                 Event::BecomeInitialize => {
                     self.transition(State::Initialize, Some(Reason::Shutdown));
                     self.garp_next = None;
-                    self.set_vmac(false).await?;
                     self.remove_vips().await?;
                 }
             }
@@ -401,15 +390,6 @@ impl Driver {
         // No subscriber is not an error.
         let _ = self.transitions.send(Transition { from, to, reason, at });
         self.status.send_modify(|s| s.state = to);
-    }
-
-    /// Sets the virtual-MAC interface (if any) up as master, down otherwise.
-    async fn set_vmac(&mut self, up: bool) -> io::Result<()> {
-        if let Some(index) = self.created_link {
-            self.netlink.set_link(index, up).await?;
-            debug!(up, "virtual MAC interface");
-        }
-        Ok(())
     }
 
     async fn install_vips(&mut self) -> io::Result<()> {

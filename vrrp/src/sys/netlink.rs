@@ -112,12 +112,11 @@ impl Netlink {
     }
 
     /// Creates (or recreates) a private-mode macvlan `name` on `parent` with
-    /// the MAC address `mac`, left down. Returns its index.
-    ///
-    /// Down: the caller disables IPv6 on it and sets it up only while
-    /// master (a link that comes up with IPv6 sends MLD reports and
-    /// neighbour solicitations from the virtual MAC at once, and the switch
-    /// then sends the VIP's traffic to this host).
+    /// the MAC address `mac`, left down so that the caller can disable IPv6
+    /// on it before [`Netlink::set_up`]: a link that comes up with IPv6
+    /// sends MLD reports and neighbour solicitations from the virtual MAC at
+    /// once, and the switch then sends the VIP's traffic to a backup.
+    /// Returns its index.
     ///
     /// # Errors
     /// The netlink error.
@@ -132,14 +131,15 @@ impl Netlink {
         self.link_index(name).await
     }
 
-    /// Sets link `index` up or down.
+    /// Sets link `index` up. It stays up for the speaker's life: a link set
+    /// up later (on becoming master, say) may not transmit for a while
+    /// (ENETDOWN until the kernel's link watch activates it).
     ///
     /// # Errors
     /// The netlink error.
-    pub async fn set_link(&self, index: u32, up: bool) -> io::Result<()> {
-        let link = LinkUnspec::new_with_index(index);
-        let msg = if up { link.up() } else { link.down() }.build();
-        self.handle.link().set(msg).execute().await.map_err(to_io)
+    pub async fn set_up(&self, index: u32) -> io::Result<()> {
+        let up = LinkUnspec::new_with_index(index).up().build();
+        self.handle.link().set(up).execute().await.map_err(to_io)
     }
 
     /// Deletes link `index`.

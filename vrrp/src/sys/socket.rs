@@ -13,13 +13,10 @@ use tokio::io::unix::AsyncFd;
 
 use crate::wire::{self, IP_PROTOCOL, MULTICAST_GROUP, TTL};
 
-/// A nonblocking raw VRRP socket bound to one interface, optionally with a
-/// second, receive-only socket on another (the parent of a virtual-MAC
-/// interface).
+/// A nonblocking raw VRRP socket bound to one interface.
 #[derive(Debug)]
 pub struct VrrpSocket {
     fd: AsyncFd<Socket>,
-    also: Option<AsyncFd<Socket>>,
     source: Ipv4Addr,
 }
 
@@ -62,28 +59,7 @@ impl VrrpSocket {
         // SAFETY: `Socket` owns its descriptor, keeps it open until it is
         // dropped with the `AsyncFd`, and always returns the same one.
         let fd = unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)?;
-        Ok(VrrpSocket {
-            fd,
-            also: None,
-            source,
-        })
-    }
-
-    /// Also receives on `interface` (joined to 224.0.0.18 there unless
-    /// `multicast` is false). With a virtual MAC the sending interface is
-    /// up only while master: a backup hears adverts on the parent.
-    ///
-    /// # Errors
-    /// As [`VrrpSocket::open`].
-    pub fn also_receive_on(
-        mut self,
-        interface: &str,
-        ifindex: u32,
-        multicast: bool,
-    ) -> io::Result<VrrpSocket> {
-        let other = VrrpSocket::open(interface, ifindex, self.source, multicast)?;
-        self.also = Some(other.fd);
-        Ok(self)
+        Ok(VrrpSocket { fd, source })
     }
 
     /// The IP source address used on send.
@@ -113,13 +89,7 @@ impl VrrpSocket {
     /// The OS error.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let mut guard = match &self.also {
-                None => self.fd.readable().await?,
-                Some(also) => tokio::select! {
-                    g = self.fd.readable() => g?,
-                    g = also.readable() => g?,
-                },
-            };
+            let mut guard = self.fd.readable().await?;
             let result = guard.try_io(|fd| {
                 // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout,
                 // and recv only writes initialised bytes into the prefix it
