@@ -173,9 +173,9 @@ pub struct Node<S: StateMachine> {
     promote: BTreeSet<u64>,
     /// The tick at which each member was last heard from.
     heard: BTreeMap<u64, u64>,
-    /// Since which tick a learner to promote has been caught up and heard
-    /// from without a break.
-    steady_since: BTreeMap<u64, u64>,
+    /// For a learner to promote: since which tick it has answered every
+    /// heartbeat, and the commit index at that tick.
+    steady_since: BTreeMap<u64, (u64, u64)>,
     preferred_leader: Option<u64>,
     /// This member led, or reached its leader's commit index, and no leader
     /// has since shown it that it lacks committed entries: its log is
@@ -746,14 +746,6 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    fn caught_up(&self, id: u64) -> bool {
-        self.raw
-            .raft
-            .prs()
-            .get(id)
-            .is_some_and(|p| p.matched >= self.raw.raft.raft_log.committed)
-    }
-
     fn maybe_promote(&mut self) {
         let cs = self.conf_state();
         self.promote.retain(|id| !cs.voters.contains(id));
@@ -766,23 +758,32 @@ impl<S: StateMachine> Node<S> {
         // Caught up is not enough: a member that is stopping (its graceful
         // stop hands leadership here, then exits) is caught up for the few
         // milliseconds it still answers, and promoting it then leaves this
-        // member with a dead voter it needs for every commit. Promote only
-        // after it has stayed caught up and answering for an election
-        // timeout.
+        // member with a dead voter it needs for every commit. Promote a
+        // learner that has answered every heartbeat for an election timeout
+        // and by then holds everything committed when that window began: it
+        // keeps up. (Caught up to the last commit flickers under load, with
+        // entries always in flight, so it is not asked for.)
         let hb = self.cfg.heartbeat_tick.max(1) as u64;
         let heard = self
             .heard
             .get(&id)
-            .is_some_and(|&at| self.ticks.saturating_sub(at) <= 2 * hb);
-        if !(self.caught_up(id) && heard) {
+            .is_some_and(|&at| self.ticks.saturating_sub(at) <= hb + 1);
+        if !heard {
             self.steady_since.remove(&id);
             return;
         }
-        let since = *self.steady_since.entry(id).or_insert(self.ticks);
-        if self.ticks - since < self.cfg.election_tick as u64
-            || self.demotion.is_some()
-            || self.raw.raft.pending_conf_index > self.applied_index()
-        {
+        let committed = self.raw.raft.raft_log.committed;
+        let (since, mark) = *self.steady_since.entry(id).or_insert((self.ticks, committed));
+        if self.ticks - since < self.cfg.election_tick as u64 {
+            return;
+        }
+        let matched = self.raw.raft.prs().get(id).map_or(0, |p| p.matched);
+        if matched < mark {
+            // Not keeping up yet: judge the next window.
+            self.steady_since.insert(id, (self.ticks, committed));
+            return;
+        }
+        if self.demotion.is_some() || self.raw.raft.pending_conf_index > self.applied_index() {
             return;
         }
         self.steady_since.remove(&id);

@@ -1179,6 +1179,40 @@ fn a_learner_that_leaves_right_after_the_takeover_is_not_promoted() {
     }
 }
 
+/// Under continuous writes a returning learner is "caught up" only between
+/// batches in flight; it must still be promoted (failover_bench found a
+/// restarted primary left a learner for good when promotion asked for an
+/// unbroken run of caught-up ticks).
+#[test]
+fn a_returning_learner_is_promoted_under_continuous_writes() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(400 + seed, &pair());
+        let survivor = elected(&mut sim);
+        let old = 3 - survivor;
+        write_some(&mut sim, 10);
+        sim.crash(old);
+        sim.take_over(survivor);
+        write_some(&mut sim, 20);
+        sim.start(old);
+        let mut promoted = false;
+        for _ in 0..600 {
+            // Several proposals per step: entries always in flight.
+            for _ in 0..3 {
+                sim.propose_on(survivor);
+            }
+            sim.step();
+            if sim.nodes[&survivor].conf_state().voters.len() == 2 {
+                promoted = true;
+                break;
+            }
+        }
+        assert!(
+            promoted,
+            "seed {seed}: the returning learner was never promoted under load"
+        );
+    }
+}
+
 #[test]
 fn both_sides_take_over_then_one_yields_and_rebuilds() {
     for seed in 0..5 {
