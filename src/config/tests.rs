@@ -601,13 +601,22 @@ fn witness_operator_endpoint_defaults_to_its_own_address_and_is_checked() {
     let set = format!("{WITNESS}\n[witness]\noperator_listen = \"192.0.2.13:9000\"\n");
     let w: WitnessConfig = set.parse().unwrap();
     assert_eq!(w.operator_address().to_string(), "192.0.2.13:9000");
-    for (value, says) in [("192.0.2.13:4335", "raft address"), ("192.0.2.13:0", "needs a port")] {
+    for (value, says) in [
+        ("192.0.2.13:4335", "raft address"),
+        ("192.0.2.13:0", "needs a port"),
+    ] {
         let bad = format!("{WITNESS}\n[witness]\noperator_listen = \"{value}\"\n");
         let err = bad.parse::<WitnessConfig>().unwrap_err().to_string();
-        assert!(err.starts_with(&format!("witness.operator_listen = {value}")), "{err}");
+        assert!(
+            err.starts_with(&format!("witness.operator_listen = {value}")),
+            "{err}"
+        );
         assert!(err.contains(says), "{err}");
     }
     // A server's file has no [witness] section.
-    let err = format!("{PRIMARY}\n[witness]\n").parse::<Config>().unwrap_err().to_string();
+    let err = format!("{PRIMARY}\n[witness]\n")
+        .parse::<Config>()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("witness"), "{err}");
 }
