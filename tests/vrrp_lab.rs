@@ -439,6 +439,46 @@ fn virtual_mac_stays_the_same_across_failover() {
         Some(vmac),
         "the VIP must resolve to the virtual MAC"
     );
+    // The virtual MAC answers ARP for the VIP only, never for a host's own
+    // address (a macvlan's default arp_ignore=0 answers for every local
+    // address: a neighbour that kept that reply sent the host's raft
+    // traffic wherever the VIP went).
+    if common::tool_available("virtual_mac_stays_the_same_across_failover", "tshark", "tshark") {
+        let capture = h2
+            .command("tshark")
+            .args([
+                "-i",
+                "eth0",
+                "-a",
+                "duration:4",
+                "-f",
+                "arp",
+                "-Y",
+                "arp.opcode==2",
+            ])
+            .args(["-T", "fields", "-e", "eth.src", "-e", "arp.src.proto_ipv4"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tshark");
+        std::thread::sleep(Duration::from_millis(1500));
+        for _ in 0..3 {
+            for h in [&h0, &h1] {
+                h2.run(&["ip", "neigh", "flush", "all"]);
+                h2.run(&["ping", "-c", "1", "-W", "2", &h.addr.to_string()]);
+            }
+        }
+        let out = capture.wait_with_output().expect("tshark output");
+        let replies = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(replies.lines().count() >= 6, "no ARP replies captured: {replies}");
+        for line in replies.lines() {
+            let (mac, addr) = line.split_once('\t').unwrap_or((line, ""));
+            assert!(
+                mac != vmac || addr == VIP.to_string(),
+                "the virtual MAC answered ARP for {addr}: {replies}"
+            );
+        }
+    }
 
     a.signal(Signal::SIGTERM);
     assert!(

@@ -143,6 +143,14 @@ impl Speaker {
             // Before it comes up: no IPv6 frame ever leaves from the virtual MAC.
             sysctls.set("ipv6", &name, "disable_ipv6", "1")?;
             netlink.set_up(index).await?;
+            // The macvlan itself must answer ARP only for the VIP: with the
+            // default arp_ignore=0 it answers for the host's own address
+            // too, with the virtual MAC, and a peer that learns that MAC
+            // for our address sends our raft traffic wherever the VIP is
+            // (failover_bench: the pair's raft link broke when the VIP
+            // moved, 5 of 100 graceful failovers).
+            sysctls.set("ipv4", &name, "arp_ignore", "1")?;
+            sysctls.set("ipv4", &name, "arp_announce", "2")?;
             sysctls.set("ipv4", &config.interface, "arp_ignore", "1")?;
             sysctls.set("ipv4", &config.interface, "arp_filter", "1")?;
             sysctls.set("ipv4", &config.interface, "arp_announce", "2")?;

@@ -6,8 +6,11 @@
 //! parent makes it answer only for its own addresses; `arp_filter=1` keeps
 //! replies on the interface the route points at; `arp_announce=2` stops the
 //! parent from asking "who has X, tell VIP" with its own MAC, which would
-//! teach every neighbour the parent's MAC for the VIP. IPv6 is disabled on the
-//! macvlan so the backup's copy of the virtual MAC never sends a frame.
+//! teach every neighbour the parent's MAC for the VIP. The macvlan gets
+//! `arp_ignore=1` and `arp_announce=2` too, for the mirror image: it must not
+//! answer ARP for the host's own address with the virtual MAC. IPv6 is
+//! disabled on the macvlan so the backup's copy of the virtual MAC never
+//! sends a neighbour discovery frame.
 
 use std::io;
 use std::path::PathBuf;
