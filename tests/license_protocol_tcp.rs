@@ -465,3 +465,45 @@ async fn status_warns_about_evaluation_keys_about_to_expire() {
     );
     h.shutdown.cancel();
 }
+
+/// A node giving its VIP away gracefully stops accepting first: new
+/// connections are refused at once, the open ones are still answered until
+/// shutdown.
+#[tokio::test]
+async fn stop_accepting_refuses_new_connections_and_keeps_open_ones() {
+    let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_serving, serving_rx) = watch::channel(true);
+    let shutdown = CancellationToken::new();
+    let server = Arc::new(Server::new(
+        applier,
+        ServerConfig::default(),
+        serving_rx,
+        shutdown.clone(),
+    ));
+    let running = Arc::clone(&server);
+    let task = tokio::spawn(async move { running.run_on(vec![listener]).await });
+    let mut open = Connection::connect(addr).await.unwrap();
+    open.show().await.unwrap();
+
+    server.stop_accepting();
+    // A connection that raced into the accept queue is reset when the
+    // listener closes; from then on connecting is refused.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match TcpStream::connect(addr).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await
+    .expect("new connections were never refused");
+    // The server keeps running and answers the connection it had.
+    assert!(!task.is_finished());
+    open.show().await.expect("an open connection is still answered");
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+}

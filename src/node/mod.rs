@@ -296,6 +296,9 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     info!("stopping: serving ends, VIP and leadership go to the peer");
     notify::notify(notify::STOPPING);
     serving_tx.send_replace(false);
+    // No new connection from here on: a client that connected now would
+    // lose its packets when the VIP moves a few milliseconds later.
+    server.stop_accepting();
     // Requests in flight are answered (they commit, this node still leads)
     // before the VIP leaves: after that, their answers could not reach the
     // clients. New requests are refused from now on, so this ends.

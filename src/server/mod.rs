@@ -95,6 +95,9 @@ pub(crate) struct Shared<A> {
     pub(crate) serving: watch::Receiver<bool>,
     pub(crate) counters: Counters,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled by [`Server::stop_accepting`]: the listeners close, the
+    /// connections go on until `shutdown`.
+    pub(crate) stop_accepting: CancellationToken,
     pub(crate) status_hook: Option<StatusHook>,
 }
 
@@ -147,6 +150,7 @@ impl<A: Applier> Server<A> {
             serving,
             counters: Counters::default(),
             shutdown,
+            stop_accepting: CancellationToken::new(),
             status_hook: None,
         };
         Self {
@@ -173,6 +177,16 @@ impl<A: Applier> Server<A> {
     /// This node's status.
     pub fn status(&self) -> NodeStatus {
         self.shared.status()
+    }
+
+    /// Closes the listeners: new connections are refused by the kernel at
+    /// once (a reset), the open ones go on until shutdown. A node that gives
+    /// its VIP away gracefully calls it first, so that no client connects to
+    /// it in the last milliseconds and loses its packets when the VIP moves
+    /// (a TCP retransmission later, ~200 ms; the virtual MAC's port in the
+    /// switch flips back to this node when it answers after the move).
+    pub fn stop_accepting(&self) {
+        self.shared.stop_accepting.cancel();
     }
 
     /// Requests being answered now (a change waiting for its commit, say).
@@ -205,6 +219,10 @@ impl<A: Applier> Server<A> {
             .map(|listener| self.accept_loop(listener, Arc::clone(&limit), tracker.clone()))
             .collect();
         let result = futures_first_error(accepts).await;
+        if result.is_ok() {
+            // Listeners closed by `stop_accepting`: connections go on.
+            self.shared.shutdown.cancelled().await;
+        }
         self.shared.shutdown.cancel();
         tracker.close();
         tracker.wait().await;
@@ -218,6 +236,7 @@ impl<A: Applier> Server<A> {
         tracker: TaskTracker,
     ) -> std::io::Result<()> {
         let shutdown = self.shared.shutdown.clone();
+        let closing = self.shared.stop_accepting.clone();
         let result = loop {
             let permit = tokio::select! {
                 permit = Arc::clone(&limit).acquire_owned() => match permit {
@@ -225,10 +244,12 @@ impl<A: Applier> Server<A> {
                     Err(_) => break Ok(()),
                 },
                 () = shutdown.cancelled() => break Ok(()),
+                () = closing.cancelled() => return Ok(()),
             };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = shutdown.cancelled() => break Ok(()),
+                () = closing.cancelled() => return Ok(()),
             };
             match accepted {
                 Ok((stream, peer)) => {
