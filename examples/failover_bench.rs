@@ -844,19 +844,6 @@ enum Raw {
     Keepalived,
 }
 
-fn keepalived_conf(priority: u8, advert_ms: u32) -> String {
-    let advert = if advert_ms % 1000 == 0 {
-        format!("{}", advert_ms / 1000)
-    } else {
-        format!("{:.2}", f64::from(advert_ms) / 1000.0)
-    };
-    format!(
-        "global_defs {{\n    router_id bench\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\n\
-         vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 50\n    \
-         priority {priority}\n    advert_int {advert}\n    virtual_ipaddress {{\n        {VIP}/24 dev eth0\n    }}\n}}\n"
-    )
-}
-
 fn start_raw(lab: &mut Lab, which: Raw, host: &Host, priority: u8, advert_ms: u32, tag: &str) -> i32 {
     match which {
         Raw::Vrrp => {
@@ -888,7 +875,11 @@ fn start_raw(lab: &mut Lab, which: Raw, host: &Host, priority: u8, advert_ms: u3
             pid
         }
         Raw::Keepalived => {
-            let child = lab.keepalived(host, tag, &keepalived_conf(priority, advert_ms));
+            let child = lab.keepalived(
+                host,
+                tag,
+                &common::bench_keepalived_conf(VIP, priority, advert_ms),
+            );
             let pid = child.lock().map(|c| c.id() as i32).unwrap_or(0);
             pid
         }

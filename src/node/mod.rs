@@ -122,6 +122,26 @@ struct PairView {
     commit: u64,
 }
 
+/// What `vipool show status` adds to the license server's own status on a
+/// server and on a witness: the view its loop publishes, and a peer refused
+/// for running another release.
+fn status_hook(view: &Arc<Mutex<PairView>>, transport: &TcpTransport) -> StatusHook {
+    let view = Arc::clone(view);
+    let transport = transport.clone();
+    Arc::new(move |status: &mut NodeStatus| {
+        if let Some(refusal) = transport.stats().last_release_refusal() {
+            status.warnings.push(refusal.to_string());
+        }
+        let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        status.vrrp_state = v.vrrp_state;
+        status.raft_role = v.raft_role;
+        status.term = v.term;
+        // The view is refreshed by the loop; the table is read now.
+        // Committed is never behind applied.
+        status.commit_index = v.commit.max(status.applied_index);
+    })
+}
+
 /// What a server and a witness both start from: the raft log on disk, the
 /// transport bound to the raft port, and the member's configuration.
 async fn raft_parts(
@@ -206,20 +226,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     ));
     let (serving_tx, serving) = watch::channel(false);
     let view = Arc::new(Mutex::new(PairView::default()));
-    let hook_view = Arc::clone(&view);
-    let hook_transport = transport.clone();
-    let hook: StatusHook = Arc::new(move |status: &mut NodeStatus| {
-        if let Some(refusal) = hook_transport.stats().last_release_refusal() {
-            status.warnings.push(refusal.to_string());
-        }
-        let v = hook_view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        status.vrrp_state = v.vrrp_state;
-        status.raft_role = v.raft_role;
-        status.term = v.term;
-        // The view is refreshed every tick; the table is read now. Committed
-        // is never behind applied.
-        status.commit_index = v.commit.max(status.applied_index);
-    });
+    let hook = status_hook(&view, &transport);
     let server_shutdown = CancellationToken::new();
     let server = Arc::new(Server::with_status_hook(
         Arc::clone(&applier),

@@ -15,8 +15,7 @@ use tracing::{info, warn};
 use super::applier::ReplicatedApplier;
 use super::{io, NodeError, PairView, SharedTable};
 use crate::config::WitnessConfig;
-use crate::proto::NodeStatus;
-use crate::server::{Server, ServerConfig, StatusHook};
+use crate::server::{Server, ServerConfig};
 use crate::table::{LicenseTable, TableConfig};
 
 /// Runs a witness until `stop` resolves.
@@ -52,18 +51,7 @@ pub async fn run_witness(
         .map_err(io(format!("binding operator endpoint {operator_addr}")))?;
     let applier = Arc::new(ReplicatedApplier::new(member.clone(), table, None));
     let view = Arc::new(Mutex::new(PairView::default()));
-    let hook_view = Arc::clone(&view);
-    let hook_transport = transport.clone();
-    let hook: StatusHook = Arc::new(move |status: &mut NodeStatus| {
-        if let Some(refusal) = hook_transport.stats().last_release_refusal() {
-            status.warnings.push(refusal.to_string());
-        }
-        let v = hook_view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        status.vrrp_state = v.vrrp_state;
-        status.raft_role = v.raft_role;
-        status.term = v.term;
-        status.commit_index = v.commit.max(status.applied_index);
-    });
+    let hook = super::status_hook(&view, &transport);
     let (_never_serving, serving) = watch::channel(false);
     let server_shutdown = CancellationToken::new();
     let server = Arc::new(Server::with_status_hook(

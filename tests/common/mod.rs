@@ -560,3 +560,18 @@ pub fn operator_show(from: &Host, node: Ipv4Addr, port: u16) -> Result<vipool::p
     .join()
     .expect("show thread")
 }
+
+/// The keepalived side of the takeover and failover benchmarks: VRRPv3,
+/// VRID 50, no gratuitous-ARP delay, `vip`/24 on eth0, starting as backup.
+pub fn bench_keepalived_conf(vip: Ipv4Addr, priority: u8, advert_ms: u32) -> String {
+    let advert = if advert_ms % 1000 == 0 {
+        format!("{}", advert_ms / 1000)
+    } else {
+        format!("{:.2}", f64::from(advert_ms) / 1000.0)
+    };
+    format!(
+        "global_defs {{\n    router_id bench\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\n\
+         vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 50\n    \
+         priority {priority}\n    advert_int {advert}\n    virtual_ipaddress {{\n        {vip}/24 dev eth0\n    }}\n}}\n"
+    )
+}
