@@ -1,7 +1,8 @@
-//! Commit throughput and latency: two vipool members over loopback TCP with
-//! redb fsync on real disk, then the same workload against a two-member etcd
-//! cluster (Debian `etcd-server`) on the same machine. Prints figures; it
-//! is not a test.
+//! Commit throughput and latency: two vipool members over loopback with
+//! redb fsync on real disk, first over plain TCP, then over mutual TLS 1.3
+//! as the daemon always runs, then the same workload against a two-member
+//! etcd cluster (Debian `etcd-server`, peers without TLS) on the same
+//! machine. Prints figures; it is not a test.
 //!
 //! ```text
 //! cargo bench -p cluster --bench commit
@@ -18,7 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::transport::{TcpTransport, TransportConfig};
+use cluster::tls::Identity;
+use cluster::transport::{Security, TcpTransport, TransportConfig};
 use cluster::{Disk, LogStore, Member, MemberConfig, SnapshotError, StateMachine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -96,13 +98,57 @@ fn work_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(base).unwrap()
 }
 
-async fn vipool(dir: &Path) -> Vec<Figures> {
+/// A throwaway CA and a certificate for each of the two members, as the
+/// daemon gets them from `vipool pki`.
+fn tls_identities() -> Vec<(u64, Security)> {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let names = [(1u64, "m1".to_owned()), (2, "m2".to_owned())];
+    names
+        .iter()
+        .map(|(id, name)| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![name.clone()]).unwrap();
+            p.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = p.signed_by(&key, &issuer).unwrap().pem();
+            let identity =
+                Identity::from_pem(ca_pem.as_bytes(), cert.as_bytes(), key.serialize_pem().as_bytes())
+                    .unwrap();
+            let security = Security::Tls {
+                identity: Arc::new(identity),
+                names: names.iter().cloned().collect(),
+            };
+            (*id, security)
+        })
+        .collect()
+}
+
+async fn vipool(dir: &Path, tls: bool) -> Vec<Figures> {
+    let dir = dir.join(if tls { "tls" } else { "plain" });
+    std::fs::create_dir_all(&dir).unwrap();
+    let security: Vec<(u64, Security)> = if tls {
+        tls_identities()
+    } else {
+        vec![(1, Security::InsecurePlaintext), (2, Security::InsecurePlaintext)]
+    };
     let mut ts = Vec::new();
-    for id in 1..=2u64 {
+    for (id, security) in security {
         ts.push(
-            TcpTransport::bind(TransportConfig::new(1, id, "127.0.0.1:0".parse().unwrap()))
-                .await
-                .unwrap(),
+            TcpTransport::bind(TransportConfig::new(
+                1,
+                id,
+                "127.0.0.1:0".parse().unwrap(),
+                security,
+            ))
+            .await
+            .unwrap(),
         );
     }
     let addrs: Vec<SocketAddr> = ts.iter().map(|(t, _)| t.local_addr()).collect();
@@ -398,7 +444,7 @@ async fn etcd(bin: &Path, dir: &Path) -> Result<Vec<Figures>, String> {
 
 fn row(name: &str, c: usize, f: &Figures) {
     println!(
-        "{name:<8} {c:>4} proposers  {:>9.0} commits/s  p50 {:>8.2} ms  p99 {:>8.2} ms",
+        "{name:<17} {c:>4} proposers  {:>9.0} commits/s  p50 {:>8.2} ms  p99 {:>8.2} ms",
         f.per_sec,
         f.p50.as_secs_f64() * 1e3,
         f.p99.as_secs_f64() * 1e3
@@ -414,9 +460,21 @@ fn main() {
         dir.path().display(),
         secs()
     );
-    let ours = rt.block_on(vipool(dir.path()));
+    let plain = rt.block_on(vipool(dir.path(), false));
+    for (c, f) in CONCURRENCY.iter().zip(&plain) {
+        row("vipool plain TCP", *c, f);
+    }
+    let ours = rt.block_on(vipool(dir.path(), true));
     for (c, f) in CONCURRENCY.iter().zip(&ours) {
-        row("vipool", *c, f);
+        row("vipool TLS 1.3", *c, f);
+    }
+    println!();
+    for ((c, p), t) in CONCURRENCY.iter().zip(&plain).zip(&ours) {
+        println!(
+            "{c:>4} proposers: TLS costs {:.1}% of throughput, {:+.3} ms of p50",
+            100.0 * (1.0 - t.per_sec / p.per_sec),
+            (t.p50.as_secs_f64() - p.p50.as_secs_f64()) * 1000.0
+        );
     }
     let bin = std::env::var("ETCD")
         .map(PathBuf::from)
@@ -437,7 +495,7 @@ fn main() {
             println!();
             for ((c, a), b) in CONCURRENCY.iter().zip(&ours).zip(&theirs) {
                 println!(
-                    "{c:>4} proposers: vipool/etcd throughput ratio {:.2}",
+                    "{c:>4} proposers: vipool (TLS)/etcd (no TLS) throughput ratio {:.2}",
                     a.per_sec / b.per_sec
                 );
             }

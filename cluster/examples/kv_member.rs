@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use cluster::transport::{TcpTransport, TransportConfig};
+use cluster::transport::{Security, TcpTransport, TransportConfig};
 use cluster::{
     Disk, LogStore, Member, MemberConfig, Node, NodeConfig, ProposeError, SnapshotError, StateMachine,
 };
@@ -133,7 +133,8 @@ async fn main() -> anyhow::Result<()> {
         return dump(&a);
     }
     let listen = a.listen.context("--listen is required")?;
-    let mut tcfg = TransportConfig::new(a.cluster_id, a.id, listen);
+    // A demonstration over plain TCP: the daemon always runs mutual TLS.
+    let mut tcfg = TransportConfig::new(a.cluster_id, a.id, listen, Security::InsecurePlaintext);
     tcfg.peers = a.peers.clone();
     tcfg.backoff_max = Duration::from_millis(300);
     let (transport, listener) = TcpTransport::bind(tcfg).await?;

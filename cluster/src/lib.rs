@@ -106,10 +106,12 @@
 mod logger;
 pub mod member;
 pub mod node;
+pub mod ratelog;
 #[cfg(test)]
 mod sim;
 mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
 pub use member::{Leadership, Member, MemberConfig, Outbox, Status};
