@@ -73,7 +73,9 @@ impl<A: Applier> Conn<'_, A> {
                     Ok(None) => break,
                     Err(e) => {
                         self.shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-                        info!(peer = %self.peer, error = %e, "bad frame; closing the connection");
+                        if let Some(suppressed) = self.shared.log.allow("bad frame") {
+                            info!(suppressed, peer = %self.peer, error = %e, "bad frame; closing the connection");
+                        }
                         let message = ServerMessage::Reply {
                             seq: 0,
                             response: Err(ServerError::from(e)),

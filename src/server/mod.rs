@@ -99,6 +99,8 @@ pub(crate) struct Shared<A> {
     /// connections go on until `shutdown`.
     pub(crate) stop_accepting: CancellationToken,
     pub(crate) status_hook: Option<StatusHook>,
+    /// Lines any client can cause are written once a minute per cause.
+    pub(crate) log: cluster::ratelog::RateLimiter,
 }
 
 impl<A: Applier> Shared<A> {
@@ -152,6 +154,7 @@ impl<A: Applier> Server<A> {
             shutdown,
             stop_accepting: CancellationToken::new(),
             status_hook: None,
+            log: cluster::ratelog::RateLimiter::default(),
         };
         Self {
             shared: Arc::new(shared),
@@ -260,7 +263,7 @@ impl<A: Applier> Server<A> {
                     });
                 }
                 Err(e) if is_transient(&e) => {
-                    warn!(error = %e, "accept failed; retrying");
+                    cluster::warn_limited!(self.shared.log, "accept", error = %e, "accept failed; retrying");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => break Err(e),
