@@ -202,6 +202,16 @@ election_ticks = 10
 heartbeat_ticks = 2
 request_timeout_ms = $((ADVERT_MS * 20 > 2000 ? ADVERT_MS * 20 : 2000))"
 
+# The pair's own CA and a certificate per member, as an operator makes
+# them: the cluster link is mutual TLS, there is no way around it.
+"$BIN" pki init --dir "$WORK/pki" --cluster-id 7 >/dev/null || { echo "lab.sh: vipool pki init failed" >&2; exit 1; }
+for m in primary backup $([ "$WITNESS" -eq 1 ] && echo witness); do
+    "$BIN" pki member --dir "$WORK/pki" --name "$m" >/dev/null || { echo "lab.sh: vipool pki member $m failed" >&2; exit 1; }
+done
+tls_section() { # name
+    printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' "$WORK/pki/ca.crt" "$WORK/pki/$1.crt" "$WORK/pki/$1.key"
+}
+
 node_config() { # name id priority address
     cat >"$WORK/$1.toml" <<EOF
 # vipool lab: $1 (written by deploy/lab.sh)
@@ -229,6 +239,8 @@ operator_listen = "$4:$OPERATOR_PORT"
 keys = { AP = 100000, PEFNG = 16, XSEC = 16 }
 heartbeat_interval_ms = 60000
 sweep_interval_ms = 1000
+
+$(tls_section "$1")
 EOF
 }
 node_config primary 1 200 "$ADDR_A"
@@ -243,6 +255,8 @@ cluster_id = 7
 data_dir = "$WORK/witness-data"
 
 $CLUSTER
+
+$(tls_section witness)
 EOF
 fi
 for f in "$WORK"/*.toml; do

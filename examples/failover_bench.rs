@@ -225,8 +225,10 @@ operator_listen = "{addr}:{OPERATOR_PORT}"
 keys = {{ AP = 100000 }}
 heartbeat_interval_ms = 5000
 sweep_interval_ms = 500
-"#,
+
+{tls}"#,
         data = data.display(),
+        tls = lab.tls_section(name),
         peers = peers.join(", "),
         addr = host.addr,
         tick_ms = TICK_MS.load(Ordering::Relaxed),

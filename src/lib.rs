@@ -36,6 +36,7 @@
 pub mod client;
 pub mod config;
 pub mod node;
+pub mod pki;
 pub mod proto;
 pub mod server;
 pub mod switch;

@@ -31,6 +31,8 @@ enum Command {
     Show(cmd::show::Args),
     /// Check a node or witness configuration file and print it with every default filled in.
     CheckConfig(cmd::check_config::Args),
+    /// The pair's certificate authority: create it, issue member certificates, show one.
+    Pki(cmd::pki::Args),
 }
 
 fn init_tracing(default: &str) {
@@ -57,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Command::Client(args) => runtime.block_on(cmd::client::run(args)),
         Command::Show(args) => runtime.block_on(cmd::show::run(args)),
         Command::CheckConfig(args) => cmd::check_config::run(args),
+        Command::Pki(args) => cmd::pki::run(args),
     }
 }

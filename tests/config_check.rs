@@ -1,6 +1,7 @@
 //! `vipool check-config` as a real process: the shipped example
 //! configurations pass and print their effective form; a broken file fails
-//! naming its fields.
+//! naming its fields; the TLS files a configuration names are checked as
+//! the peers will check them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,9 +14,16 @@ fn deploy(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(name)
 }
 
+/// `check-config` of a file alone: the shipped examples name certificates
+/// under /etc/vipool/pki that only their hosts have.
 fn check(path: &Path) -> Output {
+    check_with(path, &["--syntax-only"])
+}
+
+fn check_with(path: &Path, flags: &[&str]) -> Output {
     Command::new(BIN)
         .arg("check-config")
+        .args(flags)
         .arg(path)
         .env_remove("RUST_LOG")
         .output()
@@ -128,4 +136,72 @@ fn unparsable_file_fails_showing_the_line() {
         stderr.contains("cannot read /nonexistent/vipool/node.toml"),
         "{stderr}"
     );
+}
+
+/// The primary's example file with `[tls]` pointing into `pki`.
+fn primary_with_pki(pki: &Path, tag: &str) -> PathBuf {
+    let text = std::fs::read_to_string(deploy("primary.toml")).unwrap();
+    let text = text[..text.find("[tls]").unwrap()].to_owned()
+        + &format!(
+            "[tls]\nca = \"{0}/ca.crt\"\ncert = \"{0}/primary.crt\"\nkey = \"{0}/primary.key\"\n",
+            pki.display()
+        );
+    scratch(tag, &text)
+}
+
+fn vipool(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run vipool")
+}
+
+#[test]
+fn check_config_loads_the_tls_files_and_checks_them_as_a_peer_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let p = pki.to_str().unwrap();
+    assert!(vipool(&["pki", "init", "--dir", p, "--cluster-id", "1"])
+        .status
+        .success());
+    let out = vipool(&["pki", "member", "--dir", p, "--name", "primary"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = primary_with_pki(&pki, "tls-ok");
+    let out = check_with(&config, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A key others may read is refused, saying how to fix it.
+    use std::os::unix::fs::PermissionsExt;
+    let key = pki.join("primary.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check_with(&config, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("chmod 600 {}", key.display())), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The backup's certificate in the primary's place: it names another member.
+    let out = vipool(&["pki", "member", "--dir", p, "--name", "backup"]);
+    assert!(out.status.success());
+    std::fs::rename(pki.join("backup.crt"), pki.join("primary.crt")).unwrap();
+    std::fs::rename(pki.join("backup.key"), pki.join("primary.key")).unwrap();
+    let out = check_with(&config, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("not valid as member \"primary\""), "{err}");
+    assert!(err.contains("primary.crt"), "names the file: {err}");
+
+    // Missing files are named too.
+    std::fs::remove_file(pki.join("ca.crt")).unwrap();
+    let out = check_with(&config, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("cannot read {}/ca.crt", pki.display())),
+        "{err}"
+    );
+
+    // --syntax-only does not look at them.
+    assert!(check_with(&config, &["--syntax-only"]).status.success());
 }

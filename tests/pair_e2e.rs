@@ -75,8 +75,10 @@ operator_listen = "{addr}:{OPERATOR_PORT}"
 keys = {{ AP = 100000 }}
 heartbeat_interval_ms = 2000
 sweep_interval_ms = 500
-"#,
+
+{tls}"#,
         data = data.display(),
+        tls = lab.tls_section(name),
         peers = peers.join(", "),
         addr = host.addr,
     );
@@ -122,8 +124,9 @@ fn start_pair_with_witness() -> Pair {
     std::fs::write(
         &cw,
         format!(
-            "[node]\nname = \"witness\"\nid = 3\ncluster_id = 7\ndata_dir = \"{}\"\n\n{cluster}",
-            data.display()
+            "[node]\nname = \"witness\"\nid = 3\ncluster_id = 7\ndata_dir = \"{}\"\n\n{cluster}\n{}",
+            data.display(),
+            lab.tls_section("witness")
         ),
     )
     .unwrap();

@@ -131,9 +131,20 @@ if command -v file >/dev/null && ! file -L "$BIN" | grep -q 'statically linked\|
     finish
 fi
 for f in "$HERE/$VIPOOL_CONFIGS"/*.toml; do
-    "$BIN" check-config "$f" >/dev/null || { fail "$f refused by check-config"; finish; }
+    "$BIN" check-config --syntax-only "$f" >/dev/null || { fail "$f refused by check-config"; finish; }
 done
 say "configs ok (vipool check-config): $(cd "$HERE/$VIPOOL_CONFIGS" && echo *.toml | sed 's/ /, /g') in deploy/container/$VIPOOL_CONFIGS"
+
+# ---------------------------------------------------------------- pki
+
+# The pair's CA and one certificate per member, mounted read-only as
+# /etc/vipool/pki where the configurations expect them.
+export VIPOOL_PKI="$WORK/pki"
+"$BIN" pki init --dir "$VIPOOL_PKI" --cluster-id 7 >/dev/null || { fail "vipool pki init failed"; finish; }
+for m in primary backup $([ "$WITNESS" -eq 1 ] && echo witness); do
+    "$BIN" pki member --dir "$VIPOOL_PKI" --name "$m" >/dev/null || { fail "vipool pki member $m failed"; finish; }
+done
+say "pki: the pair's CA and member certificates in $VIPOOL_PKI (vipool pki)"
 
 # ---------------------------------------------------------------- image
 

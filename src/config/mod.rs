@@ -77,6 +77,9 @@ pub struct Config {
     pub vrrp: VrrpSection,
     /// The raft members that replicate the license table.
     pub cluster: ClusterSection,
+    /// Credentials of the cluster link.
+    #[serde(default)]
+    pub tls: TlsSection,
     /// The license service.
     #[serde(default)]
     pub license: LicenseSection,
@@ -91,6 +94,9 @@ pub struct WitnessConfig {
     pub node: NodeSection,
     /// The raft members; this node's entry has `role = "witness"`.
     pub cluster: ClusterSection,
+    /// Credentials of the cluster link.
+    #[serde(default)]
+    pub tls: TlsSection,
     /// The witness's own settings.
     #[serde(default)]
     pub witness: WitnessSection,
@@ -295,6 +301,7 @@ impl FromStr for WitnessConfig {
         let mut config: WitnessConfig = toml::from_str(s)?;
         config.validate()?;
         config.cluster.fill_defaults(config.node.id);
+        config.tls.fill_defaults(&config.node.name);
         config.witness.operator_listen = Some(config.operator_address());
         Ok(config)
     }
@@ -314,6 +321,14 @@ impl AnyConfig {
         match self {
             AnyConfig::Server(c) => &c.node,
             AnyConfig::Witness(c) => &c.node,
+        }
+    }
+
+    /// This node's `[tls]` section.
+    pub fn tls(&self) -> &TlsSection {
+        match self {
+            AnyConfig::Server(c) => &c.tls,
+            AnyConfig::Witness(c) => &c.tls,
         }
     }
 

@@ -207,6 +207,50 @@ impl fmt::Display for Vip {
     }
 }
 
+/// `[tls]`: this member's credentials for the cluster link, mutual TLS 1.3
+/// with the pair's own CA (`vipool pki` issues them). There is no way to
+/// run the link without TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// The pair's CA certificate (default /etc/vipool/pki/ca.crt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// This member's certificate, naming `node.name` (default
+    /// /etc/vipool/pki/NAME.crt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// This member's private key, readable by its owner only (default
+    /// /etc/vipool/pki/NAME.key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsSection {
+    /// The CA, certificate and key files of member `name`, defaults filled in.
+    pub fn files(&self, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = std::path::Path::new(crate::pki::DEFAULT_DIR);
+        (
+            self.ca.clone().unwrap_or_else(|| dir.join(crate::pki::CA_CERT)),
+            self.cert
+                .clone()
+                .unwrap_or_else(|| dir.join(format!("{name}.crt"))),
+            self.key
+                .clone()
+                .unwrap_or_else(|| dir.join(format!("{name}.key"))),
+        )
+    }
+
+    pub(super) fn fill_defaults(&mut self, name: &str) {
+        let (ca, cert, key) = self.files(name);
+        *self = TlsSection {
+            ca: Some(ca),
+            cert: Some(cert),
+            key: Some(key),
+        };
+    }
+}
+
 /// `[cluster]`: the raft members that replicate the license table. The
 /// same `peers` list goes into every member's file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

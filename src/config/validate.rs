@@ -202,6 +202,7 @@ impl Config {
 
     pub(super) fn fill_defaults(&mut self) {
         self.cluster.fill_defaults(self.node.id);
+        self.tls.fill_defaults(&self.node.name);
         self.license.operator_listen = Some(self.operator_address());
         for t in self
             .license
@@ -629,12 +630,9 @@ impl Config {
         }
     }
 }
+/// A member name goes into its certificate as a DNS name.
 pub(super) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+    name.len() <= 63 && crate::pki::member_san(name).is_ok()
 }
 
 /// The rules of `[node]` and `[cluster]`, for a node of role `expected`.
@@ -643,7 +641,8 @@ pub(super) fn check_common(node: &NodeSection, cluster: &ClusterSection, expecte
         r.add(
             "node.name",
             format!("{:?}", node.name),
-            "must be 1 to 63 letters, digits, '.', '_' or '-', e.g. \"primary\"",
+            "must be a DNS name of at most 63 characters (letters, digits, '-', '_', labels separated \
+             by '.', not all digits), e.g. \"primary\": it goes into the member's certificate",
         );
     }
     if node.id == 0 {
@@ -696,7 +695,7 @@ pub(super) fn check_common(node: &NodeSection, cluster: &ClusterSection, expecte
             r.add(
                 field("name"),
                 format!("{:?}", peer.name),
-                "must be 1 to 63 letters, digits, '.', '_' or '-'",
+                "must be a DNS name of at most 63 characters (letters, digits, '-', '_', labels separated by '.', not all digits): it goes into the member's certificate",
             );
         } else if !names.insert(peer.name.as_str()) {
             r.add(

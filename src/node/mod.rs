@@ -53,6 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster::raft::StateRole;
+use cluster::transport::Security;
 use cluster::{Disk, LogStore, Member, MemberConfig, TcpTransport, TransportConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -64,7 +65,7 @@ use vrrp::sys::Speaker;
 pub use applier::{ReplicatedApplier, SharedTable};
 pub use witness::run_witness;
 
-use crate::config::{ClusterSection, Config, NodeSection};
+use crate::config::{ClusterSection, Config, NodeSection, TlsSection};
 use crate::proto::NodeStatus;
 use crate::server::{now_ms, Applier, Server, StatusHook};
 use crate::table::LicenseTable;
@@ -83,6 +84,9 @@ pub enum NodeError {
     /// The raft log cannot be opened or trusted.
     #[error("raft log: {0}")]
     Log(String),
+    /// The member's TLS files cannot be used.
+    #[error("cluster link credentials: {0}")]
+    Tls(crate::pki::MemberTlsError),
     /// The cluster member stopped on its own (a storage failure).
     #[error("cluster member stopped: {0}")]
     MemberStopped(String),
@@ -147,8 +151,10 @@ fn status_hook(view: &Arc<Mutex<PairView>>, transport: &TcpTransport) -> StatusH
 async fn raft_parts(
     node: &NodeSection,
     cluster: &ClusterSection,
+    tls: &TlsSection,
 ) -> Result<(LogStore, TcpTransport, TcpListener, MemberConfig), NodeError> {
     let me = node.id;
+    let security = tls_security(node, cluster, tls)?;
     std::fs::create_dir_all(&node.data_dir).map_err(io(format!("creating {}", node.data_dir.display())))?;
     let path = node.data_dir.join("raft.redb");
     let disk = Disk::open(&path).map_err(|e| NodeError::Log(format!("{}: {e}", path.display())))?;
@@ -157,8 +163,10 @@ async fn raft_parts(
     let listen = cluster
         .listen_address(me)
         .ok_or_else(|| NodeError::Log(format!("member {me} has no address in cluster.peers")))?;
-    let mut tcfg = TransportConfig::new(node.cluster_id, me, listen);
+    let mut tcfg = TransportConfig::new(node.cluster_id, me, listen, security);
     tcfg.peers = cluster.peers_except(me);
+    // Peers accept our connections only from the address they know us by.
+    tcfg.source = cluster.peer(me).map(|p| p.address.ip());
     tcfg.max_frame = cluster.max_frame;
     // Every member must run the same release: frames of another are refused.
     tcfg.release = env!("CARGO_PKG_VERSION").to_owned();
@@ -180,6 +188,31 @@ async fn raft_parts(
     Ok((store, transport, listener, mcfg))
 }
 
+/// The cluster link's credentials: this member's certificate, checked as
+/// its peers will check it, and the name each peer's certificate carries.
+fn tls_security(
+    node: &NodeSection,
+    cluster: &ClusterSection,
+    tls: &TlsSection,
+) -> Result<Security, NodeError> {
+    let (ca, cert, key) = tls.files(&node.name);
+    let member = crate::pki::member_identity(&ca, &cert, &key, &node.name).map_err(NodeError::Tls)?;
+    let left = member.info.remaining();
+    if left < crate::pki::EXPIRY_WARNING {
+        warn!(
+            cert = %cert.display(),
+            days = left.as_secs() / 86_400,
+            "this member's certificate expires soon: issue a new one with `vipool pki member` and restart"
+        );
+    }
+    info!(cert = %cert.display(), ca = %ca.display(), "cluster link: mutual TLS 1.3 with the pair's CA");
+    let names = cluster.peers.iter().map(|p| (p.id, p.name.clone())).collect();
+    Ok(Security::Tls {
+        identity: Arc::new(member.identity),
+        names,
+    })
+}
+
 /// Runs one server node until `stop` resolves, then stops gracefully.
 ///
 /// # Errors
@@ -191,7 +224,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let has_witness = config.cluster.has_witness();
     let vip = config.client_vip();
 
-    let (store, transport, raft_listener, mcfg) = raft_parts(&config.node, &config.cluster).await?;
+    let (store, transport, raft_listener, mcfg) =
+        raft_parts(&config.node, &config.cluster, &config.tls).await?;
     let election_timeout = mcfg.tick * u32::try_from(mcfg.node.election_tick).unwrap_or(u32::MAX);
     let table = SharedTable::new(LicenseTable::new(config.table_config()));
     let member = Member::start(

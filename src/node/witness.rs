@@ -28,7 +28,8 @@ pub async fn run_witness(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let me = config.node.id;
-    let (store, transport, listener, mut mcfg) = super::raft_parts(&config.node, &config.cluster).await?;
+    let (store, transport, listener, mut mcfg) =
+        super::raft_parts(&config.node, &config.cluster, &config.tls).await?;
     mcfg.node.witness = true;
     // The witness never answers from its table: what it applies only has to
     // round-trip through its own snapshots.

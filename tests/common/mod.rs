@@ -244,6 +244,32 @@ impl Lab {
         dir
     }
 
+    /// The `[tls]` section of member `name`: the lab's own CA (made on
+    /// first use in the lab's directory) and a certificate naming `name`,
+    /// made as `vipool pki` makes them.
+    pub fn tls_section(&self, name: &str) -> String {
+        let pki = self.dir().join("pki");
+        let ca = if pki.join(vipool::pki::CA_KEY).exists() {
+            vipool::pki::Ca::load(&pki)
+        } else {
+            vipool::pki::Ca::create(&pki, 7, 30)
+        }
+        .expect("lab CA");
+        let (cert, key) = (pki.join(format!("{name}.crt")), pki.join(format!("{name}.key")));
+        if !cert.exists() {
+            ca.issue_member(name, 30)
+                .expect("issue member")
+                .write(&pki, name)
+                .expect("write member files");
+        }
+        format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.join(vipool::pki::CA_CERT).display(),
+            cert.display(),
+            key.display()
+        )
+    }
+
     /// Starts keepalived (VRRP only, foreground, logging to stderr) on
     /// `host` with the configuration text `conf`.
     pub fn keepalived(&mut self, host: &Host, name: &str, conf: &str) -> Arc<Mutex<Child>> {
