@@ -98,6 +98,7 @@ impl Config {
             },
             v3_checksum: v.v3_checksum.into(),
             unicast_peers: v.unicast_peers.clone(),
+            trusted_sources: Vec::new(),
             pair_handoff: v.pair_handoff,
         }
     }
@@ -399,6 +400,7 @@ impl Config {
                     "vrrp.source",
                     v.source.map_or_else(|| "(unset)".to_owned(), |s| s.to_string()),
                 ),
+                VrrpError::TrustedSource(source, _) => ("vrrp.unicast_peers", source.to_string()),
             };
             if !reported.iter().any(|f| f.starts_with(field)) {
                 r.add(field, value, e.to_string());

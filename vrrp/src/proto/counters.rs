@@ -28,13 +28,18 @@ pub enum DropReason {
     Interval,
     /// Zero address count or other field that can never be valid.
     Malformed,
-    /// Unicast mode: the source is not a configured peer.
+    /// The source is not trusted: not one of [`super::Config::trusted_sources`]
+    /// or, in unicast mode, not one of the unicast peers.
     UnknownPeer,
+    /// A spoof of ourselves: the source is our own primary address (and the
+    /// datagram is not an exact echo of our own advert), or one of the
+    /// virtual addresses in an advert that is not the owner's (priority 255).
+    OwnAddress,
 }
 
 impl DropReason {
     /// All reasons, for printing complete tables.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Ip,
         DropReason::Ttl,
         DropReason::Length,
@@ -47,6 +52,7 @@ impl DropReason {
         DropReason::Interval,
         DropReason::Malformed,
         DropReason::UnknownPeer,
+        DropReason::OwnAddress,
     ];
 }
 

@@ -133,8 +133,9 @@ impl Instance {
     /// A datagram as received from a raw IPv4 socket (IP header included).
     ///
     /// A datagram that fails validation is counted under its
-    /// [`DropReason`] and changes nothing else; our own looped-back adverts
-    /// are ignored without being counted. Never panics, whatever the bytes.
+    /// [`DropReason`] and changes nothing else; an exact echo of our own
+    /// advert (a multicast loopback) is ignored without being counted.
+    /// Never panics, whatever the bytes.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
         let (src, advert) = match self.validate(datagram) {
             Ok(Some(accepted)) => accepted,
@@ -412,7 +413,8 @@ impl Instance {
         // Else: "Discard the ADVERTISEMENT".
     }
 
-    /// RFC 9568 §7.1 / RFC 3768 §7.1 receive checks, in order.
+    /// The receive checks: who sent it, then RFC 9568 §7.1 / RFC 3768 §7.1
+    /// in order.
     ///
     /// `Ok(None)` for our own looped-back advert, `Ok(Some)` for one to act
     /// on, `Err` with the reason to count otherwise.
@@ -422,11 +424,48 @@ impl Instance {
             return Err(DropReason::Ip);
         }
         if ip.src == self.config.primary_address {
-            return Ok(None);
+            // Our driver's socket does not loop multicast back, but another
+            // driver may: an exact echo of what we send is indistinguishable
+            // from one and can change nothing, so it is neither an advert nor
+            // a drop. Anything else from our own address is a forgery.
+            return match self.check_advert(&ip) {
+                Ok(advert) if self.is_own_echo(&advert) => Ok(None),
+                _ => Err(DropReason::OwnAddress),
+            };
         }
-        if !self.config.unicast_peers.is_empty() && !self.config.unicast_peers.contains(&ip.src) {
+        // Before any parsing: an untrusted sender is reported as such, not
+        // as whatever is wrong with its bytes.
+        if !self.source_trusted(ip.src) {
             return Err(DropReason::UnknownPeer);
         }
+        let advert = self.check_advert(&ip)?;
+        // Only the owner advertises from a virtual address (RFC 9568 §1.2:
+        // the owner's real address is the virtual one, and it alone sends
+        // priority 255); any other advert from one is a forgery of
+        // whichever router holds it.
+        if self.addresses.contains(&ip.src) && advert.priority != OWNER {
+            return Err(DropReason::OwnAddress);
+        }
+        Ok(Some((ip.src, advert)))
+    }
+
+    /// Whether adverts from `src` may be considered at all: every
+    /// non-empty filter (trusted sources, unicast peers) must list it.
+    fn source_trusted(&self, src: Ipv4Addr) -> bool {
+        let listed = |list: &[Ipv4Addr]| list.is_empty() || list.contains(&src);
+        listed(&self.config.trusted_sources) && listed(&self.config.unicast_peers)
+    }
+
+    /// Whether `advert` is exactly what we would send ourselves (our
+    /// priority, or priority 0 as we leave; the VRID, addresses and v2
+    /// authentication were checked already).
+    fn is_own_echo(&self, advert: &Repr) -> bool {
+        (advert.priority == self.config.priority || advert.priority == LEAVING)
+            && advert.interval_cs == self.config.advert_interval_cs
+    }
+
+    /// RFC 9568 §7.1 / RFC 3768 §7.1 checks of the datagram's content, in order.
+    fn check_advert(&self, ip: &ipv4::Received<'_>) -> Result<Repr, DropReason> {
         // "MUST verify that the IP TTL is 255".
         if ip.ttl != wire::TTL {
             return Err(DropReason::Ttl);
@@ -469,7 +508,7 @@ impl Instance {
         if received != self.addresses {
             return Err(DropReason::AddressList);
         }
-        Ok(Some((ip.src, advert)))
+        Ok(advert)
     }
 }
 

@@ -9,15 +9,18 @@
 //!   interval learning, the owner, priority changes (RFC 9568 §6).
 //! - [`validation`]: every receive check and drop reason (RFC 9568 §7.1,
 //!   RFC 3768 §7.1), and proptests over arbitrary bytes.
+//! - [`trust`]: who may move the VIP: the source filter, spoofs of our own
+//!   addresses, and the peer's authenticated claims (SPEC §9, S6).
 
 mod election;
+mod trust;
 mod validation;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::{Config, DropReason, Event, Instance, Reason, State, Timer, V3Checksum};
+use super::{Config, ConfigError, DropReason, Event, Instance, Reason, State, Timer, V3Checksum};
 use crate::wire::{self, ipv4, Auth, Checksum, Packet, Repr, Version};
 
 const VRID: u8 = 7;
@@ -318,4 +321,25 @@ fn assert_accepted(vr: &mut Instance, now: Instant, datagram: &[u8]) {
         "{:?}",
         vr.counters().drops
     );
+}
+
+/// Feeds `datagram` and checks it was dropped for `reason` and nothing else changed.
+#[track_caller]
+fn assert_dropped(vr: &mut Instance, now: Instant, datagram: &[u8], reason: DropReason) {
+    let (state, timeout, before) = (vr.state(), vr.poll_timeout(), vr.counters().clone());
+    let timers = Timer::ALL.map(|t| vr.timer(t));
+    vr.handle_datagram(now, datagram);
+    let after = vr.counters();
+    assert_eq!(
+        after.drops_for(reason),
+        before.drops_for(reason) + 1,
+        "not dropped as {reason:?}: {:?}",
+        after.drops
+    );
+    assert_eq!(after.total_drops(), before.total_drops() + 1);
+    assert_eq!(after.adverts_received, before.adverts_received);
+    assert_eq!(vr.state(), state);
+    assert_eq!(vr.poll_timeout(), timeout);
+    assert_eq!(Timer::ALL.map(|t| vr.timer(t)), timers);
+    assert_eq!(vr.poll_event(), None);
 }
