@@ -35,11 +35,16 @@ pub enum DropReason {
     /// datagram is not an exact echo of our own advert), or one of the
     /// virtual addresses in an advert that is not the owner's (priority 255).
     OwnAddress,
+    /// The peer's authenticated claim contradicts the advert from its
+    /// address: priority 0 while it is not leaving, another priority, or a
+    /// held advert that no claim confirmed in time
+    /// (see [`super::Instance::set_peer_claim`]).
+    Contradicted,
 }
 
 impl DropReason {
     /// All reasons, for printing complete tables.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Ip,
         DropReason::Ttl,
         DropReason::Length,
@@ -53,6 +58,7 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::UnknownPeer,
         DropReason::OwnAddress,
+        DropReason::Contradicted,
     ];
 }
 
@@ -73,6 +79,14 @@ pub struct Counters {
     pub became_backup: u64,
     /// Transitions into Initialize (shutdowns).
     pub became_initialize: u64,
+    /// Adverts held for the peer's next claim: each is later released,
+    /// counted as a [`DropReason::Contradicted`] drop, or still held.
+    #[serde(default)]
+    pub adverts_held: u64,
+    /// Held adverts that a claim confirmed in time and that were then acted
+    /// on (also counted in `adverts_received`).
+    #[serde(default)]
+    pub held_released: u64,
     /// Dropped datagrams by reason.
     pub drops: BTreeMap<DropReason, u64>,
 }

@@ -150,14 +150,17 @@ fn v3_every_drop_reason() {
     );
 
     // Every reason but the v2-only Auth and those about who sent it
-    // (UnknownPeer, OwnAddress: the `trust` tests) seen.
+    // (UnknownPeer, OwnAddress, Contradicted: the `trust` tests) seen.
     let seen: BTreeSet<_> = vr.counters().drops.keys().copied().collect();
     let expected: BTreeSet<_> = DropReason::ALL
         .into_iter()
         .filter(|r| {
             !matches!(
                 r,
-                DropReason::Auth | DropReason::UnknownPeer | DropReason::OwnAddress
+                DropReason::Auth
+                    | DropReason::UnknownPeer
+                    | DropReason::OwnAddress
+                    | DropReason::Contradicted
             )
         })
         .collect();
