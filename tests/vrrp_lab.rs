@@ -563,3 +563,91 @@ fn pair_handoff_takes_over_well_before_skew_time() {
     );
     assert_eq!(a.wait_exit(START), Some(0));
 }
+
+/// The driver judges every datagram by the claim the glue set last, set
+/// synchronously from another task: a forgery in the peer's name that the
+/// claim contradicts is dropped; an advert that the claim does not yet
+/// confirm is held, and the claim that confirms it, arriving with no
+/// datagram, releases it at once. The speaker runs in this process, as
+/// `vipool node` runs it.
+#[test]
+fn driver_judges_each_datagram_by_the_latest_claim() {
+    if !lab_available("driver_judges_each_datagram_by_the_latest_claim") {
+        return;
+    }
+    use vrrp::proto::{Config, PeerClaim};
+    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig, Status};
+
+    let lab = Lab::new(3);
+    // h1 is the peer whose address is forged; it runs nothing.
+    let (h0, peer, h2) = (lab.hosts[0].clone(), lab.hosts[1].addr, lab.hosts[2].clone());
+    let run = common::in_netns(&h0, move || {
+        common::runtime().block_on(async move {
+            let mut vrrp = Config::v3(21, 100, Ipv4Addr::UNSPECIFIED, vec![VIP]);
+            vrrp.trusted_sources = vec![peer];
+            let speaker = Speaker::start(SpeakerConfig {
+                interface: "eth0".into(),
+                vrrp,
+                prefix_len: 24,
+                garp: GarpConfig {
+                    count: 0,
+                    ..GarpConfig::default()
+                },
+                virtual_mac: false,
+            })
+            .await
+            .expect("speaker");
+            let claims = speaker.peer_claims();
+            let mut status = speaker.status();
+            async fn until(
+                status: &mut tokio::sync::watch::Receiver<Status>,
+                what: &str,
+                f: impl FnMut(&Status) -> bool,
+            ) {
+                let ok = tokio::time::timeout(START, status.wait_for(f))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                assert!(ok, "{what}: {:?}", *status.borrow());
+            }
+            let contradicted = |s: &Status| s.counters.drops_for(vrrp::proto::DropReason::Contradicted);
+            until(&mut status, "master", |s| s.state.to_string() == "Master").await;
+
+            let forged = |priority| {
+                let repr = Repr::advertisement(Version::V3, 21, priority, 100, vec![VIP]);
+                datagram(peer, &repr, 255, |_| {})
+            };
+            let claim = |priority, master| PeerClaim {
+                address: peer,
+                priority,
+                master,
+                leaving: false,
+                valid_until: Instant::now() + Duration::from_secs(60),
+            };
+            // The peer says it is backup at 50: a 254 in its name is a forgery.
+            claims.set(Some(claim(50, false)));
+            inject(
+                &h2,
+                wire::MULTICAST_GROUP,
+                vec![forged(254), forged(254), forged(254)],
+            );
+            until(&mut status, "three contradicted", |s| contradicted(s) == 3).await;
+            assert_eq!(status.borrow().state.to_string(), "Master");
+
+            // The peer says 254 but not yet master: held, nothing changes.
+            claims.set(Some(claim(254, false)));
+            inject(&h2, wire::MULTICAST_GROUP, vec![forged(254)]);
+            until(&mut status, "held", |s| s.counters.adverts_held == 1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(status.borrow().state.to_string(), "Master", "a held advert acted");
+            // Its claim lands: the held advert is released and the peer wins.
+            claims.set(Some(claim(254, true)));
+            until(&mut status, "released", |s| s.counters.held_released == 1).await;
+            until(&mut status, "backup", |s| s.state.to_string() == "Backup").await;
+            assert_eq!(contradicted(&status.borrow()), 3);
+            speaker.shutdown().await.expect("shutdown")
+        })
+    });
+    let counters = run.join().expect("speaker thread");
+    assert_eq!(counters.adverts_held, 1);
+    assert_eq!(counters.held_released, 1);
+}
