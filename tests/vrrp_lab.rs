@@ -563,3 +563,161 @@ fn pair_handoff_takes_over_well_before_skew_time() {
     );
     assert_eq!(a.wait_exit(START), Some(0));
 }
+
+/// Trust I, item 5: a third host of the broadcast domain, holding no
+/// credentials, sends valid priority-254 adverts from its own address and
+/// with the source forged to the master's own address, for ten advert
+/// intervals. Two speakers that each trust only the other: the master stays
+/// master, the VIP does not move, every forgery is dropped and counted. The
+/// pair still fails over on SIGKILL within the usual bound.
+#[test]
+fn third_host_cannot_take_the_vip_from_a_pair_that_trusts_only_itself() {
+    if !lab_available("third_host_cannot_take_the_vip_from_a_pair_that_trusts_only_itself") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    // Linux drops a datagram whose source is one of the receiver's own
+    // addresses as a martian before any socket sees it, unless accept_local
+    // is on. Turn it on at the master so that the speaker's own check, not
+    // the kernel's, is what this test proves.
+    h0.run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/accept_local"]);
+    let advert = Duration::from_millis(100);
+    let (t0, t1) = (h1.addr.to_string(), h0.addr.to_string());
+    let a = lab.vipool_vrrp(&h0, &speaker_args("20", "200", "100", &["--trusted-source", &t0]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("20", "100", "100", &["--trusted-source", &t1]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+
+    let forged = |src: Ipv4Addr| {
+        // The pair's own interval, so that a backup that did accept one
+        // would learn nothing that changes its timers.
+        let repr = Repr::advertisement(Version::V3, 20, 254, 10, vec![VIP]);
+        datagram(src, &repr, 255, |_| {})
+    };
+    let (states_a, states_b) = (a.states(), b.states());
+    let (before_a, before_b) = (a.status()["counters"].clone(), b.status()["counters"].clone());
+    const ROUNDS: u64 = 10;
+    for _ in 0..ROUNDS {
+        inject(&h2, wire::MULTICAST_GROUP, vec![forged(h2.addr), forged(h0.addr)]);
+        std::thread::sleep(advert);
+    }
+    // Let more advert intervals pass: any state change would show by now.
+    std::thread::sleep(advert * 5);
+    assert_eq!(a.states(), states_a, "the master changed state");
+    assert_eq!(b.states(), states_b, "the backup changed state");
+    assert!(h0.has_addr(VIP) && !h1.has_addr(VIP), "the VIP moved");
+    let (after_a, after_b) = (a.status()["counters"].clone(), b.status()["counters"].clone());
+    let delta = |after: &serde_json::Value, before: &serde_json::Value, reason: &str| {
+        drops(after, reason) - drops(before, reason)
+    };
+    // The master: the stranger is untrusted, its own address is forged.
+    assert_eq!(delta(&after_a, &before_a, "unknown_peer"), ROUNDS, "{after_a}");
+    assert_eq!(delta(&after_a, &before_a, "own_address"), ROUNDS, "{after_a}");
+    // The backup drops the stranger. The forgery in the master's name comes
+    // from its trusted peer's address: without the peer's authenticated
+    // claims (which `vipool vrrp` has not) it is an advert like any other,
+    // and it only confirms the backup in following the master.
+    assert_eq!(delta(&after_b, &before_b, "unknown_peer"), ROUNDS, "{after_b}");
+    assert_eq!(delta(&after_b, &before_b, "own_address"), 0, "{after_b}");
+
+    // The legitimate pair still fails over.
+    let killed = Instant::now();
+    a.signal(Signal::SIGKILL);
+    let bound = master_down(100, advert) + MARGIN;
+    assert!(
+        wait_for(bound, || h1.has_addr(VIP)),
+        "backup did not take the VIP within {bound:?}"
+    );
+    eprintln!("SIGKILL takeover after {:?}", killed.elapsed());
+    // The state event may trail the VIP by a moment (another process's stdout).
+    assert!(b.wait_state("Master", MARGIN), "{:?}", b.states());
+}
+
+/// The driver judges every datagram by the claim the glue set last, set
+/// synchronously from another task: a forgery in the peer's name that the
+/// claim contradicts is dropped; an advert that the claim does not yet
+/// confirm is held, and the claim that confirms it, arriving with no
+/// datagram, releases it at once. The speaker runs in this process, as
+/// `vipool node` runs it.
+#[test]
+fn driver_judges_each_datagram_by_the_latest_claim() {
+    if !lab_available("driver_judges_each_datagram_by_the_latest_claim") {
+        return;
+    }
+    use vrrp::proto::{Config, PeerClaim};
+    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig, Status};
+
+    let lab = Lab::new(3);
+    // h1 is the peer whose address is forged; it runs nothing.
+    let (h0, peer, h2) = (lab.hosts[0].clone(), lab.hosts[1].addr, lab.hosts[2].clone());
+    let run = common::in_netns(&h0, move || {
+        common::runtime().block_on(async move {
+            let mut vrrp = Config::v3(21, 100, Ipv4Addr::UNSPECIFIED, vec![VIP]);
+            vrrp.trusted_sources = vec![peer];
+            let speaker = Speaker::start(SpeakerConfig {
+                interface: "eth0".into(),
+                vrrp,
+                prefix_len: 24,
+                garp: GarpConfig {
+                    count: 0,
+                    ..GarpConfig::default()
+                },
+                virtual_mac: false,
+            })
+            .await
+            .expect("speaker");
+            let claims = speaker.peer_claims();
+            let mut status = speaker.status();
+            async fn until(
+                status: &mut tokio::sync::watch::Receiver<Status>,
+                what: &str,
+                f: impl FnMut(&Status) -> bool,
+            ) {
+                let ok = tokio::time::timeout(START, status.wait_for(f))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                assert!(ok, "{what}: {:?}", *status.borrow());
+            }
+            let contradicted = |s: &Status| s.counters.drops_for(vrrp::proto::DropReason::Contradicted);
+            until(&mut status, "master", |s| s.state.to_string() == "Master").await;
+
+            let forged = |priority| {
+                let repr = Repr::advertisement(Version::V3, 21, priority, 100, vec![VIP]);
+                datagram(peer, &repr, 255, |_| {})
+            };
+            let claim = |priority, master| PeerClaim {
+                address: peer,
+                priority,
+                master,
+                leaving: false,
+                valid_until: Instant::now() + Duration::from_secs(60),
+            };
+            // The peer says it is backup at 50: a 254 in its name is a forgery.
+            claims.set(Some(claim(50, false)));
+            inject(
+                &h2,
+                wire::MULTICAST_GROUP,
+                vec![forged(254), forged(254), forged(254)],
+            );
+            until(&mut status, "three contradicted", |s| contradicted(s) == 3).await;
+            assert_eq!(status.borrow().state.to_string(), "Master");
+
+            // The peer says 254 but not yet master: held, nothing changes.
+            claims.set(Some(claim(254, false)));
+            inject(&h2, wire::MULTICAST_GROUP, vec![forged(254)]);
+            until(&mut status, "held", |s| s.counters.adverts_held == 1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(status.borrow().state.to_string(), "Master", "a held advert acted");
+            // Its claim lands: the held advert is released and the peer wins.
+            claims.set(Some(claim(254, true)));
+            until(&mut status, "released", |s| s.counters.held_released == 1).await;
+            until(&mut status, "backup", |s| s.state.to_string() == "Backup").await;
+            assert_eq!(contradicted(&status.borrow()), 3);
+            speaker.shutdown().await.expect("shutdown")
+        })
+    });
+    let counters = run.join().expect("speaker thread");
+    assert_eq!(counters.adverts_held, 1);
+    assert_eq!(counters.held_released, 1);
+}

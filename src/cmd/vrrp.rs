@@ -55,6 +55,12 @@ pub struct Args {
     /// Send adverts to this peer instead of 224.0.0.18; repeat for more.
     #[arg(long = "unicast-peer")]
     unicast_peers: Vec<Ipv4Addr>,
+    /// Accept adverts only from this source address (the peer's own
+    /// address), multicast or unicast; repeat for more. Adverts from any
+    /// other host are dropped and counted as unknown_peer. Default: any
+    /// source (unicast peers filter as well).
+    #[arg(long = "trusted-source", value_name = "ADDR")]
+    trusted_sources: Vec<Ipv4Addr>,
     /// VRRPv3 checksum form.
     #[arg(long, value_enum, default_value_t = ChecksumArg::PseudoHeader)]
     v3_checksum: ChecksumArg,
@@ -149,12 +155,18 @@ impl Args {
                 ChecksumArg::MessageOnly => V3Checksum::MessageOnly,
             },
             unicast_peers: self.unicast_peers.clone(),
+            trusted_sources: self.trusted_sources.clone(),
             pair_handoff: self.pair_handoff,
         };
         // Validate before touching the system, with the field named.
         let mut probe = vrrp.clone();
         if probe.primary_address.is_unspecified() {
-            probe.primary_address = Ipv4Addr::new(192, 0, 2, 254);
+            // Any address the rules would not trip over on its own.
+            probe.primary_address = (1..=254)
+                .rev()
+                .map(|n| Ipv4Addr::new(192, 0, 2, n))
+                .find(|a| !probe.trusted_sources.contains(a))
+                .unwrap_or(Ipv4Addr::new(192, 0, 2, 254));
             if probe.priority == 255 {
                 probe.primary_address = probe.addresses[0];
             }

@@ -95,6 +95,16 @@ pub struct VrrpSection {
     /// multicast. Usually the peer server's address. Default: multicast.
     #[serde(default)]
     pub unicast_peers: Vec<Ipv4Addr>,
+    /// The other server's own address on `interface`: the source of its
+    /// adverts (its `vrrp.source`). Adverts from any other source are
+    /// dropped and counted (`unknown_peer`), multicast or unicast, so no
+    /// other host of the network can take the VIP by advertising a higher
+    /// priority. Default: the IP of the other server's entry in
+    /// `cluster.peers`; set it when raft runs over another network or
+    /// through NAT. Never this node's own address nor a VIP; with
+    /// `unicast_peers`, one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<Ipv4Addr>,
     /// VRRPv3 checksum: "pseudo-header" (RFC 5798, default) or
     /// "message-only" (older VRRPv3 peers).
     #[serde(default)]

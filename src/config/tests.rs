@@ -140,6 +140,7 @@ fn defaults_follow_the_spec() {
     // Defaults that depend on other fields are filled in.
     assert_eq!(c.cluster.listen, Some("192.0.2.11:4335".parse().unwrap()));
     assert_eq!(l.operator_listen, Some("192.0.2.11:4334".parse().unwrap()));
+    assert_eq!(c.vrrp.peer_address, Some(Ipv4Addr::new(192, 0, 2, 12)));
     // Key types are normalized like the table normalizes them.
     assert_eq!(l.keys.keys().collect::<Vec<_>>(), ["AP", "PEFNG"]);
 }
@@ -154,6 +155,8 @@ fn converts_to_the_parts() {
     assert_eq!(s.vrrp.addresses, [Ipv4Addr::new(192, 0, 2, 100)]);
     assert_eq!(s.vrrp.advert_interval_cs, 100);
     assert_eq!(s.vrrp.primary_address, Ipv4Addr::UNSPECIFIED);
+    // Adverts are trusted from the other server only (Trust I, item 5).
+    assert_eq!(s.vrrp.trusted_sources, [Ipv4Addr::new(192, 0, 2, 12)]);
     assert!(s.vrrp.pair_handoff);
     let server = c.server_config();
     assert_eq!(server.node, "primary");
@@ -361,6 +364,61 @@ fn vrrp_problems_name_their_field() {
     refused("vrrp", "garp = { count = 1000 }", "vrrp.garp.count");
     refused("vrrp", "garp = { interval_ms = 0 }", "vrrp.garp.interval_ms");
     refused("vrrp", "garp = { refresh_s = 0 }", "vrrp.garp.refresh_s");
+}
+
+/// The one source the speaker trusts: a wrong one would drop every advert
+/// of the peer and leave both servers master, so every way it can be wrong
+/// is refused.
+#[test]
+fn peer_address_defaults_to_the_pair_peer_and_is_checked() {
+    let c: Config = edit(PRIMARY, "vrrp", r#"peer_address = "192.0.2.21""#)
+        .parse()
+        .unwrap();
+    assert_eq!(
+        c.speaker_config().vrrp.trusted_sources,
+        [Ipv4Addr::new(192, 0, 2, 21)]
+    );
+
+    let shown = refused("vrrp", r#"peer_address = "192.0.2.11""#, "vrrp.peer_address");
+    assert!(shown.contains("own address"), "{shown}");
+    let shown = refused("vrrp", r#"peer_address = "192.0.2.100""#, "vrrp.peer_address");
+    assert!(shown.contains("is a VIP"), "{shown}");
+    refused("vrrp", r#"peer_address = "224.0.0.18""#, "vrrp.peer_address");
+    refused("vrrp", r#"peer_address = "0.0.0.0""#, "vrrp.peer_address");
+    let shown = refused("vrrp", r#"unicast_peers = ["192.0.2.13"]"#, "vrrp.peer_address");
+    assert!(shown.contains("unicast_peers"), "{shown}");
+    edit(PRIMARY, "vrrp", r#"unicast_peers = ["192.0.2.12"]"#)
+        .parse::<Config>()
+        .unwrap();
+
+    // VRRP on other addresses than raft: the default would be wrong.
+    let shown = refused("vrrp", r#"source = "198.51.100.11""#, "vrrp.peer_address");
+    assert!(
+        shown.contains("198.51.100.11") && shown.contains("192.0.2.12"),
+        "{shown}"
+    );
+    let text = edit(PRIMARY, "vrrp", r#"source = "198.51.100.11""#);
+    let c: Config = edit(&text, "vrrp", r#"peer_address = "198.51.100.12""#)
+        .parse()
+        .unwrap();
+    assert_eq!(
+        c.speaker_config().vrrp.trusted_sources,
+        [Ipv4Addr::new(198, 51, 100, 12)]
+    );
+    // Our own source, given as the peer's.
+    let text = edit(PRIMARY, "vrrp", r#"source = "192.0.2.11""#);
+    let found = problems(&edit(&text, "vrrp", r#"peer_address = "192.0.2.11""#));
+    assert!(found.iter().any(|p| p.field == "vrrp.peer_address"), "{found:?}");
+
+    // A peer reached over IPv6 has no IPv4 default.
+    let v6 = r#"peers = [
+            { id = 1, name = "primary", address = "192.0.2.11:4335" },
+            { id = 2, name = "backup", address = "[2001:db8::12]:4335" },
+        ]"#;
+    let shown = problems(&edit(PRIMARY, "cluster", v6));
+    assert!(shown.iter().any(|p| p.field == "vrrp.peer_address"), "{shown:?}");
+    let text = edit(PRIMARY, "vrrp", r#"peer_address = "192.0.2.12""#);
+    edit(&text, "cluster", v6).parse::<Config>().unwrap();
 }
 
 #[test]

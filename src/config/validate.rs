@@ -71,9 +71,26 @@ impl Config {
             })
     }
 
+    /// The address the other server's adverts come from: `vrrp.peer_address`,
+    /// or else the IP of its entry in `cluster.peers` when that is IPv4.
+    pub fn vrrp_peer_address(&self) -> Option<Ipv4Addr> {
+        self.vrrp.peer_address.or_else(|| {
+            let peer = self
+                .cluster
+                .peers
+                .iter()
+                .find(|p| p.role == Role::Server && p.id != self.node.id)?;
+            match peer.address.ip() {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            }
+        })
+    }
+
     /// The VRRP instance for the speaker. `primary_address` is `vrrp.source`,
     /// or for the address owner (priority 255) the owned VIP, or else
     /// unspecified so that the speaker takes the interface's own address.
+    /// The speaker trusts adverts only from [`Config::vrrp_peer_address`].
     pub fn vrrp_config(&self) -> VrrpConfig {
         let v = &self.vrrp;
         let addresses: Vec<Ipv4Addr> = v.vips.iter().map(|vip| vip.address).collect();
@@ -98,6 +115,7 @@ impl Config {
             },
             v3_checksum: v.v3_checksum.into(),
             unicast_peers: v.unicast_peers.clone(),
+            trusted_sources: self.vrrp_peer_address().into_iter().collect(),
             pair_handoff: v.pair_handoff,
         }
     }
@@ -201,6 +219,7 @@ impl Config {
     }
 
     pub(super) fn fill_defaults(&mut self) {
+        self.vrrp.peer_address = self.vrrp_peer_address();
         self.cluster.fill_defaults(self.node.id);
         self.tls.fill_defaults(&self.node.name);
         self.license.operator_listen = Some(self.operator_address());
@@ -358,6 +377,7 @@ impl Config {
                 r.add(&field, peer, "is a VIP: list the other server's own address");
             }
         }
+        self.check_peer_address(own, r);
         if v.garp.count > 100 {
             r.add(
                 "vrrp.garp.count",
@@ -385,8 +405,9 @@ impl Config {
         let reported: BTreeSet<String> = r.0.iter().map(|p| p.field.clone()).collect();
         let mut probe = self.vrrp_config();
         if probe.primary_address.is_unspecified() {
-            // Resolved from the interface at start; any unicast address will do here.
-            probe.primary_address = Ipv4Addr::new(192, 0, 2, 254);
+            // Resolved from the interface at start; any unicast address that
+            // is not the peer's will do here.
+            probe.primary_address = probe_address(&probe);
         }
         if let Err(e) = probe.validate() {
             let (field, value) = match e {
@@ -400,10 +421,76 @@ impl Config {
                     "vrrp.source",
                     v.source.map_or_else(|| "(unset)".to_owned(), |s| s.to_string()),
                 ),
+                VrrpError::TrustedSource(source, _) => ("vrrp.peer_address", source.to_string()),
             };
             if !reported.iter().any(|f| f.starts_with(field)) {
                 r.add(field, value, e.to_string());
             }
+        }
+    }
+
+    /// `vrrp.peer_address`, or its default: the one source the speaker
+    /// trusts, so a wrong one drops every advert of the peer and leaves
+    /// both servers master.
+    fn check_peer_address(&self, own: Option<Ipv4Addr>, r: &mut Report) {
+        let v = &self.vrrp;
+        let field = "vrrp.peer_address";
+        let Some(peer) = self.vrrp_peer_address() else {
+            let servers = self.cluster.peers.iter().filter(|p| p.role == Role::Server);
+            if servers.count() == 2 {
+                r.add_field(
+                    field,
+                    "the other server's address in cluster.peers is not IPv4: set \
+                     vrrp.peer_address to its IPv4 address on vrrp.interface",
+                );
+            }
+            return;
+        };
+        if v.peer_address.is_none() {
+            // The default assumes raft and VRRP share the servers' addresses.
+            // A vrrp.source other than this node's raft address says they do
+            // not here, so the peer's adverts would not come from its raft
+            // address either.
+            let raft = self.cluster.peer(self.node.id).map(|p| p.address.ip());
+            if let (Some(source), Some(raft)) = (v.source, raft) {
+                if IpAddr::V4(source) != raft {
+                    r.add_field(
+                        field,
+                        format!(
+                            "not set, and vrrp.source {source} is not this node's raft address \
+                             {raft}: set vrrp.peer_address to the other server's address on \
+                             vrrp.interface (its vrrp.source); the default, {peer}, is its raft address"
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+        if peer.is_unspecified() || peer.is_multicast() || peer.is_broadcast() {
+            r.add(
+                field,
+                peer,
+                "must be the other server's own unicast address on vrrp.interface",
+            );
+        } else if Some(peer) == own {
+            r.add(
+                field,
+                peer,
+                "is this node's own address: give the other server's address on vrrp.interface",
+            );
+        } else if v.vips.iter().any(|vip| vip.address == peer) {
+            r.add(
+                field,
+                peer,
+                "is a VIP: give the other server's own address on vrrp.interface",
+            );
+        } else if !v.unicast_peers.is_empty() && !v.unicast_peers.contains(&peer) {
+            r.add(
+                field,
+                peer,
+                "is not in vrrp.unicast_peers, so its adverts would never be heard: \
+                 list it there, or correct vrrp.peer_address",
+            );
         }
     }
 
@@ -417,7 +504,7 @@ impl Config {
         let two_elections = Duration::from_millis(c.tick_ms.saturating_mul(election_ticks).saturating_mul(2));
         let mut probe = self.vrrp_config();
         if probe.primary_address.is_unspecified() {
-            probe.primary_address = Ipv4Addr::new(192, 0, 2, 254);
+            probe.primary_address = probe_address(&probe);
         }
         let master_down = |probe: &VrrpConfig| {
             Instance::new(probe.clone())
@@ -630,6 +717,20 @@ impl Config {
         }
     }
 }
+/// A stand-in for a primary address resolved only at start: one that the
+/// instance's other addresses do not collide with.
+fn probe_address(config: &VrrpConfig) -> Ipv4Addr {
+    (1..=254)
+        .rev()
+        .map(|n| Ipv4Addr::new(192, 0, 2, n))
+        .find(|a| {
+            !config.trusted_sources.contains(a)
+                && !config.unicast_peers.contains(a)
+                && !config.addresses.contains(a)
+        })
+        .unwrap_or(Ipv4Addr::new(192, 0, 2, 254))
+}
+
 /// A member name goes into its certificate as a DNS name.
 pub(super) fn valid_name(name: &str) -> bool {
     name.len() <= 63 && crate::pki::member_san(name).is_ok()

@@ -48,6 +48,13 @@ pub struct Config {
     /// Unicast peers. Empty: multicast to 224.0.0.18. Otherwise adverts are
     /// sent to these addresses and accepted only from them.
     pub unicast_peers: Vec<Ipv4Addr>,
+    /// The only IPv4 sources whose adverts are accepted, multicast or
+    /// unicast. Empty accepts any source, as RFC 9568 has a plain speaker
+    /// do. For a pair this is the peer's primary address: an advert from
+    /// any other host of the link (which needs no credentials to send one)
+    /// is dropped and counted as [`super::DropReason::UnknownPeer`]. With
+    /// unicast peers too, an advert must come from an address on both lists.
+    pub trusted_sources: Vec<Ipv4Addr>,
     /// Pair handoff (an extension for two-router virtual routers): on the
     /// master's priority-0 advert a backup takes over at once instead of
     /// after Skew_Time. Skew_Time exists so that, of several backups, the
@@ -74,6 +81,7 @@ impl Config {
             auth: Auth::None,
             v3_checksum: V3Checksum::PseudoHeader,
             unicast_peers: Vec::new(),
+            trusted_sources: Vec::new(),
             pair_handoff: false,
         }
     }
@@ -126,6 +134,26 @@ impl Config {
         if self.primary_address.is_unspecified() || self.primary_address.is_multicast() {
             return Err(ConfigError::PrimaryAddress);
         }
+        for &source in &self.trusted_sources {
+            if source.is_unspecified() || source.is_multicast() || source.is_broadcast() {
+                return Err(ConfigError::TrustedSource(source, "must be a unicast address"));
+            }
+            if source == self.primary_address {
+                return Err(ConfigError::TrustedSource(
+                    source,
+                    "is this router's own primary address: trust the peer's",
+                ));
+            }
+            // Both lists filter, so a trusted source outside the unicast
+            // peers could never be heard: a configuration mistake that
+            // would leave both routers master.
+            if !self.unicast_peers.is_empty() && !self.unicast_peers.contains(&source) {
+                return Err(ConfigError::TrustedSource(
+                    source,
+                    "is not a unicast peer, so its adverts could never be accepted",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -154,4 +182,7 @@ pub enum ConfigError {
     /// Primary address unusable.
     #[error("primary address must be a unicast address of this router on the interface")]
     PrimaryAddress,
+    /// A trusted source that is not an address a peer could send from.
+    #[error("trusted source {0}: {1}")]
+    TrustedSource(Ipv4Addr, &'static str),
 }

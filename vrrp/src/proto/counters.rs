@@ -28,13 +28,23 @@ pub enum DropReason {
     Interval,
     /// Zero address count or other field that can never be valid.
     Malformed,
-    /// Unicast mode: the source is not a configured peer.
+    /// The source is not trusted: not one of [`super::Config::trusted_sources`]
+    /// or, in unicast mode, not one of the unicast peers.
     UnknownPeer,
+    /// A spoof of ourselves: the source is our own primary address (and the
+    /// datagram is not an exact echo of our own advert), or one of the
+    /// virtual addresses in an advert that is not the owner's (priority 255).
+    OwnAddress,
+    /// The peer's authenticated claim contradicts the advert from its
+    /// address: priority 0 while it is not leaving, another priority, or a
+    /// held advert that no claim confirmed in time
+    /// (see [`super::Instance::set_peer_claim`]).
+    Contradicted,
 }
 
 impl DropReason {
     /// All reasons, for printing complete tables.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Ip,
         DropReason::Ttl,
         DropReason::Length,
@@ -47,6 +57,8 @@ impl DropReason {
         DropReason::Interval,
         DropReason::Malformed,
         DropReason::UnknownPeer,
+        DropReason::OwnAddress,
+        DropReason::Contradicted,
     ];
 }
 
@@ -67,6 +79,14 @@ pub struct Counters {
     pub became_backup: u64,
     /// Transitions into Initialize (shutdowns).
     pub became_initialize: u64,
+    /// Adverts held for the peer's next claim: each is later released,
+    /// counted as a [`DropReason::Contradicted`] drop, or still held.
+    #[serde(default)]
+    pub adverts_held: u64,
+    /// Held adverts that a claim confirmed in time and that were then acted
+    /// on (also counted in `adverts_received`).
+    #[serde(default)]
+    pub held_released: u64,
     /// Dropped datagrams by reason.
     pub drops: BTreeMap<DropReason, u64>,
 }

@@ -2,7 +2,9 @@
 //!
 //! An [`Instance`] is driven by four inputs, each taking the current time:
 //! [`Instance::startup`], [`Instance::shutdown`], [`Instance::handle_datagram`]
-//! and [`Instance::handle_timeout`] (plus [`Instance::set_priority`]). Its
+//! and [`Instance::handle_timeout`] (plus [`Instance::set_priority`], and
+//! [`Instance::set_peer_claim`] for a pair whose peer also speaks over an
+//! authenticated link). Its
 //! outputs are pulled: [`Instance::poll_event`] yields advertisements to send
 //! and state changes to carry out, in order; [`Instance::poll_timeout`] says
 //! when to call [`Instance::handle_timeout`] next.
@@ -31,6 +33,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use super::claim::{self, Held, PeerClaim, Verdict};
 use super::timers::{Timer, TimerTable};
 use super::{Config, ConfigError, Counters, DropReason, Event, Reason, State, V3Checksum};
 use crate::wire::{self, ipv4, Checksum, Packet, Repr, Version};
@@ -68,6 +71,11 @@ pub struct Instance {
     down_reason: Reason,
     /// Backup only: the last accepted advert's sender.
     master: Option<Seen>,
+    /// What the peer last said over the authenticated link, if anything.
+    peer_claim: Option<PeerClaim>,
+    /// The advert held for the peer's next claim, if any (at most one: a
+    /// newer advert from the same source supersedes it).
+    held: Option<Held>,
 }
 
 impl Instance {
@@ -87,6 +95,8 @@ impl Instance {
             timers: TimerTable::default(),
             down_reason: Reason::MasterDown,
             master: None,
+            peer_claim: None,
+            held: None,
         })
     }
 
@@ -122,6 +132,8 @@ impl Instance {
             State::Master => self.transmit(LEAVING),
             State::Backup => {}
         }
+        // Nothing confirmed a held advert before we stopped.
+        self.discard_held();
         self.timers.stop_all();
         self.master = None;
         self.down_reason = Reason::MasterDown;
@@ -133,8 +145,11 @@ impl Instance {
     /// A datagram as received from a raw IPv4 socket (IP header included).
     ///
     /// A datagram that fails validation is counted under its
-    /// [`DropReason`] and changes nothing else; our own looped-back adverts
-    /// are ignored without being counted. Never panics, whatever the bytes.
+    /// [`DropReason`] and changes nothing else; an exact echo of our own
+    /// advert (a multicast loopback) is ignored without being counted.
+    /// While the peer's claim is valid, an advert from the peer may also be
+    /// dropped as contradicted or held (see [`Instance::set_peer_claim`]).
+    /// Never panics, whatever the bytes.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
         let (src, advert) = match self.validate(datagram) {
             Ok(Some(accepted)) => accepted,
@@ -144,14 +159,110 @@ impl Instance {
                 return;
             }
         };
+        // In Initialize an advert changes nothing whatever the claim says.
+        if self.state != State::Initialize {
+            if self.held.as_ref().is_some_and(|h| h.src == src) {
+                // Superseded by a newer word from the same sender.
+                self.discard_held();
+            }
+            match claim::verdict(self.peer_claim.as_ref(), now, src, advert.priority) {
+                Verdict::Process => {}
+                Verdict::Contradicted => {
+                    self.counters.drop(DropReason::Contradicted);
+                    return;
+                }
+                Verdict::Hold => {
+                    self.counters.adverts_held += 1;
+                    self.timers.set(Timer::Hold, now + self.advertisement_interval());
+                    self.held = Some(Held {
+                        src,
+                        advert,
+                        received: now,
+                    });
+                    return;
+                }
+            }
+        }
+        self.accept(now, src, &advert);
+    }
+
+    /// What the peer last said over the authenticated cluster link
+    /// (`None`: nothing, or the link is gone). SPEC §9: "VRRP is the fast
+    /// signal of who holds the VIP; the authenticated cluster link is the
+    /// truth."
+    ///
+    /// While `claim` is valid (`now < claim.valid_until`), an advert from
+    /// `claim.address` that passed every receive check is judged by it:
+    ///
+    /// - priority 0 while the claim does not say `leaving`, or a priority
+    ///   other than `claim.priority`: contradicted, dropped and counted as
+    ///   [`DropReason::Contradicted`], and nothing else changes;
+    /// - the claim's priority while the claim says the peer is not master:
+    ///   held, since the peer has most likely just become master and its
+    ///   new claim is on its way. Only the most recent such advert is kept.
+    ///   It changes nothing by itself. A later claim that agrees with it
+    ///   releases it, acted on at that claim's `now`, if it is younger than
+    ///   one Advertisement_Interval (ours: the peer cannot stretch it); a
+    ///   claim that contradicts it discards it as contradicted; otherwise
+    ///   the [`Timer::Hold`] discards it as contradicted when that interval
+    ///   is up. The next advert from the same source supersedes it;
+    /// - anything else is acted on as without claims.
+    ///
+    /// Without a valid claim for the source, nothing changes from plain
+    /// VRRP: when the cluster link is down VRRP alone decides. In
+    /// Initialize adverts change nothing anyway and are not judged.
+    pub fn set_peer_claim(&mut self, now: Instant, claim: Option<PeerClaim>) {
+        self.peer_claim = claim;
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        self.timers.stop(Timer::Hold);
+        let deadline = held.received + self.advertisement_interval();
+        let confirmed = claim.is_some_and(|c| c.covers(now, held.src));
+        match claim::verdict(claim.as_ref(), now, held.src, held.advert.priority) {
+            _ if now >= deadline => self.counters.drop(DropReason::Contradicted),
+            Verdict::Contradicted => self.counters.drop(DropReason::Contradicted),
+            Verdict::Process if confirmed => {
+                self.counters.held_released += 1;
+                self.accept(now, held.src, &held.advert);
+            }
+            // Still "not master", or no valid claim to decide with: only the
+            // link can lift its own objection, so wait for it until the deadline.
+            Verdict::Hold | Verdict::Process => {
+                self.timers.set(Timer::Hold, deadline);
+                self.held = Some(held);
+            }
+        }
+    }
+
+    /// The claim last given to [`Instance::set_peer_claim`], valid or not.
+    pub fn peer_claim(&self) -> Option<&PeerClaim> {
+        self.peer_claim.as_ref()
+    }
+
+    /// Whether an advert is held for the peer's next claim.
+    pub fn holds_advert(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Drops the held advert, unconfirmed.
+    fn discard_held(&mut self) {
+        if self.held.take().is_some() {
+            self.timers.stop(Timer::Hold);
+            self.counters.drop(DropReason::Contradicted);
+        }
+    }
+
+    /// Acts on an advert that passed every check.
+    fn accept(&mut self, now: Instant, src: Ipv4Addr, advert: &Repr) {
         self.counters.adverts_received += 1;
         if advert.priority == LEAVING {
             self.counters.priority_zero_received += 1;
         }
         match self.state {
             State::Initialize => {}
-            State::Backup => self.backup_advert(now, src, &advert),
-            State::Master => self.master_advert(now, src, &advert),
+            State::Backup => self.backup_advert(now, src, advert),
+            State::Master => self.master_advert(now, src, advert),
         }
     }
 
@@ -174,8 +285,11 @@ impl Instance {
                     self.become_master(now, self.down_reason);
                 }
                 (Timer::Preempt, State::Backup) => self.become_master(now, Reason::Preempt),
-                // Timers are cleared on every state change, so a timer never
-                // outlives the state that armed it; nothing to do if one did.
+                // No claim confirmed the held advert within an interval.
+                (Timer::Hold, _) => self.discard_held(),
+                // Election timers are cleared on every state change, so one
+                // never outlives the state that armed it; nothing to do if
+                // one did.
                 _ => {}
             }
         }
@@ -306,10 +420,17 @@ impl Instance {
         }));
     }
 
+    /// Stops the RFC's timers; a held advert keeps its own deadline.
+    fn stop_election_timers(&mut self) {
+        for timer in Timer::ELECTION {
+            self.timers.stop(timer);
+        }
+    }
+
     /// Advertises and enters Master, with only the Adver_Timer running.
     fn become_master(&mut self, now: Instant, reason: Reason) {
         self.transmit(self.config.priority);
-        self.timers.stop_all();
+        self.stop_election_timers();
         self.timers.set(Timer::Adver, now + self.advertisement_interval());
         // A master advertises, and so runs on, its own interval.
         self.master_adver_interval_cs = self.config.advert_interval_cs;
@@ -323,7 +444,7 @@ impl Instance {
     /// Enters Backup with only the Master_Down_Timer running, from the
     /// Master_Adver_Interval already in force.
     fn become_backup(&mut self, now: Instant, reason: Reason) {
-        self.timers.stop_all();
+        self.stop_election_timers();
         self.timers
             .set(Timer::MasterDown, now + self.master_down_interval());
         self.down_reason = Reason::MasterDown;
@@ -412,7 +533,8 @@ impl Instance {
         // Else: "Discard the ADVERTISEMENT".
     }
 
-    /// RFC 9568 §7.1 / RFC 3768 §7.1 receive checks, in order.
+    /// The receive checks: who sent it, then RFC 9568 §7.1 / RFC 3768 §7.1
+    /// in order.
     ///
     /// `Ok(None)` for our own looped-back advert, `Ok(Some)` for one to act
     /// on, `Err` with the reason to count otherwise.
@@ -422,11 +544,48 @@ impl Instance {
             return Err(DropReason::Ip);
         }
         if ip.src == self.config.primary_address {
-            return Ok(None);
+            // Our driver's socket does not loop multicast back, but another
+            // driver may: an exact echo of what we send is indistinguishable
+            // from one and can change nothing, so it is neither an advert nor
+            // a drop. Anything else from our own address is a forgery.
+            return match self.check_advert(&ip) {
+                Ok(advert) if self.is_own_echo(&advert) => Ok(None),
+                _ => Err(DropReason::OwnAddress),
+            };
         }
-        if !self.config.unicast_peers.is_empty() && !self.config.unicast_peers.contains(&ip.src) {
+        // Before any parsing: an untrusted sender is reported as such, not
+        // as whatever is wrong with its bytes.
+        if !self.source_trusted(ip.src) {
             return Err(DropReason::UnknownPeer);
         }
+        let advert = self.check_advert(&ip)?;
+        // Only the owner advertises from a virtual address (RFC 9568 §1.2:
+        // the owner's real address is the virtual one, and it alone sends
+        // priority 255); any other advert from one is a forgery of
+        // whichever router holds it.
+        if self.addresses.contains(&ip.src) && advert.priority != OWNER {
+            return Err(DropReason::OwnAddress);
+        }
+        Ok(Some((ip.src, advert)))
+    }
+
+    /// Whether adverts from `src` may be considered at all: every
+    /// non-empty filter (trusted sources, unicast peers) must list it.
+    fn source_trusted(&self, src: Ipv4Addr) -> bool {
+        let listed = |list: &[Ipv4Addr]| list.is_empty() || list.contains(&src);
+        listed(&self.config.trusted_sources) && listed(&self.config.unicast_peers)
+    }
+
+    /// Whether `advert` is exactly what we would send ourselves (our
+    /// priority, or priority 0 as we leave; the VRID, addresses and v2
+    /// authentication were checked already).
+    fn is_own_echo(&self, advert: &Repr) -> bool {
+        (advert.priority == self.config.priority || advert.priority == LEAVING)
+            && advert.interval_cs == self.config.advert_interval_cs
+    }
+
+    /// RFC 9568 §7.1 / RFC 3768 §7.1 checks of the datagram's content, in order.
+    fn check_advert(&self, ip: &ipv4::Received<'_>) -> Result<Repr, DropReason> {
         // "MUST verify that the IP TTL is 255".
         if ip.ttl != wire::TTL {
             return Err(DropReason::Ttl);
@@ -469,7 +628,7 @@ impl Instance {
         if received != self.addresses {
             return Err(DropReason::AddressList);
         }
-        Ok(Some((ip.src, advert)))
+        Ok(advert)
     }
 }
 

@@ -4,7 +4,13 @@
 //! [`Instance::poll_event`] and [`Instance::poll_timeout`]. The machine never
 //! reads a clock and never touches a socket: the driver in [`crate::sys`]
 //! feeds it datagrams and timeouts and carries out its events.
+//!
+//! Beyond the RFC, for a pair: [`Config::trusted_sources`] drops adverts
+//! from any host but the peer, and [`PeerClaim`]s (what the peer says over
+//! an authenticated link) overrule adverts sent in its name; see the crate
+//! documentation's trust model.
 
+mod claim;
 mod config;
 mod counters;
 mod instance;
@@ -12,6 +18,7 @@ mod instance;
 mod tests;
 mod timers;
 
+pub use claim::PeerClaim;
 pub use config::{Config, ConfigError, V3Checksum};
 pub use counters::{Counters, DropReason};
 pub use instance::Instance;

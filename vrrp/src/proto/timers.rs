@@ -13,17 +13,26 @@ pub enum Timer {
     /// A backup that outranks the master takes over after
     /// [`super::Config::preempt_delay`] (not in the RFC).
     Preempt,
+    /// An advert held for the peer's next claim is discarded unconfirmed,
+    /// one Advertisement_Interval after it arrived (not in the RFC; see
+    /// [`super::Instance::set_peer_claim`]). Unlike the others it survives
+    /// state changes: what happens to a held advert does not depend on them.
+    Hold,
 }
 
 impl Timer {
     /// Every timer kind, in table order.
-    pub const ALL: [Timer; 3] = [Timer::Adver, Timer::MasterDown, Timer::Preempt];
+    pub const ALL: [Timer; 4] = [Timer::Adver, Timer::MasterDown, Timer::Preempt, Timer::Hold];
+
+    /// The RFC's election timers, which every state change resets.
+    pub(super) const ELECTION: [Timer; 3] = [Timer::Adver, Timer::MasterDown, Timer::Preempt];
 
     const fn index(self) -> usize {
         match self {
             Timer::Adver => 0,
             Timer::MasterDown => 1,
             Timer::Preempt => 2,
+            Timer::Hold => 3,
         }
     }
 }

@@ -2,7 +2,13 @@
 //!
 //! One task owns the instance, the socket, the netlink handle and the ARP
 //! sender. It sleeps until the earliest of the instance's timer and its own
-//! gratuitous-ARP schedule, and wakes for datagrams, commands and shutdown.
+//! gratuitous-ARP schedule, and wakes for datagrams, the peer's claims,
+//! commands and shutdown.
+//!
+//! The peer's claims ([`PeerClaim`]) come from the glue that runs the
+//! authenticated cluster link, through [`PeerClaims::set`]: synchronous, so
+//! the glue needs no await, and read by the driver before every datagram,
+//! so a claim set before a datagram is handled always applies to it.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -17,8 +23,8 @@ use super::arp::{virtual_mac, ArpSender};
 use super::netlink::Netlink;
 use super::socket::VrrpSocket;
 use super::sysctl::Sysctls;
-use crate::proto::{Config, Counters, Event, Instance, Reason, State, V3Checksum};
-use crate::wire::{Checksum, Version, MULTICAST_GROUP};
+use crate::proto::{Config, Counters, DropReason, Event, Instance, PeerClaim, Reason, State, V3Checksum};
+use crate::wire::{ipv4, Checksum, Version, MULTICAST_GROUP};
 
 /// Gratuitous ARP on takeover.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,10 +100,42 @@ enum Command {
     SetPriority(u8),
 }
 
+/// The handle through which the glue of the authenticated cluster link
+/// tells a running [`Speaker`] what the peer last said about itself.
+///
+/// Cheap to clone, usable from any task or thread, and never blocks: the
+/// latest claim replaces the previous one. The driver applies it at once
+/// (releasing or discarding a held advert) and, in any case, before it
+/// handles the next datagram. See
+/// [`Instance::set_peer_claim`](crate::proto::Instance::set_peer_claim)
+/// for what a claim does.
+#[derive(Debug, Clone)]
+pub struct PeerClaims {
+    tx: watch::Sender<Option<PeerClaim>>,
+}
+
+impl PeerClaims {
+    /// Replaces the peer's claim: `Some` each time the peer's state arrives
+    /// over the authenticated link (with `valid_until` about three advert
+    /// intervals ahead), `None` when the link is known to be down, after
+    /// which VRRP alone decides. A claim that simply expires acts as `None`.
+    pub fn set(&self, claim: Option<PeerClaim>) {
+        // No receiver (the driver has stopped) is not an error: nothing
+        // is left to judge adverts.
+        self.tx.send_replace(claim);
+    }
+
+    /// The claim set last.
+    pub fn get(&self) -> Option<PeerClaim> {
+        *self.tx.borrow()
+    }
+}
+
 /// A running speaker.
 #[derive(Debug)]
 pub struct Speaker {
     commands: mpsc::Sender<Command>,
+    claims: PeerClaims,
     status: watch::Receiver<Status>,
     transitions: broadcast::Sender<Transition>,
     cancel: CancellationToken,
@@ -178,6 +216,7 @@ impl Speaker {
         let (status_tx, status_rx) = watch::channel(status);
         let (transitions, _) = broadcast::channel(64);
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let (claims_tx, claims_rx) = watch::channel(None);
         let cancel = CancellationToken::new();
         let driver = Driver {
             instance,
@@ -194,10 +233,12 @@ impl Speaker {
             vip_installed: false,
             status: status_tx,
             transitions: transitions.clone(),
+            trust_warned: None,
         };
-        let task = tokio::spawn(driver.run(cmd_rx, cancel.clone()));
+        let task = tokio::spawn(driver.run(cmd_rx, claims_rx, cancel.clone()));
         Ok(Speaker {
             commands: cmd_tx,
+            claims: PeerClaims { tx: claims_tx },
             status: status_rx,
             transitions,
             cancel,
@@ -209,6 +250,12 @@ impl Speaker {
     pub async fn set_priority(&self, priority: u8) {
         // The driver only stops after `shutdown`, which consumes self.
         let _ = self.commands.send(Command::SetPriority(priority)).await;
+    }
+
+    /// The handle that feeds the peer's authenticated claims to this
+    /// speaker (all clones feed the same one).
+    pub fn peer_claims(&self) -> PeerClaims {
+        self.claims.clone()
     }
 
     /// The latest status; `changed()` on the receiver waits for the next one.
@@ -255,15 +302,28 @@ struct Driver {
     vip_installed: bool,
     status: watch::Sender<Status>,
     transitions: broadcast::Sender<Transition>,
+    /// When a dropped forgery was last logged at warn level.
+    trust_warned: Option<Instant>,
 }
+
+/// The drops that say someone sends adverts it should not.
+const TRUST_DROPS: [DropReason; 3] = [
+    DropReason::UnknownPeer,
+    DropReason::OwnAddress,
+    DropReason::Contradicted,
+];
+
+/// At most one warning per this period about such drops; the rest go to debug.
+const TRUST_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Driver {
     async fn run(
         mut self,
         commands: mpsc::Receiver<Command>,
+        claims: watch::Receiver<Option<PeerClaim>>,
         cancel: CancellationToken,
     ) -> io::Result<Counters> {
-        let result = self.serve(commands, cancel).await;
+        let result = self.serve(commands, claims, cancel).await;
         if let Err(e) = &result {
             warn!(error = %e, "VRRP driver failed; leaving the virtual router");
         }
@@ -283,8 +343,12 @@ impl Driver {
     async fn serve(
         &mut self,
         mut commands: mpsc::Receiver<Command>,
+        mut claims: watch::Receiver<Option<PeerClaim>>,
         cancel: CancellationToken,
     ) -> io::Result<()> {
+        // Closed once every sender is gone (the Speaker was dropped without
+        // a shutdown); the last claim then simply runs out.
+        let mut claims_open = true;
         // A VIP left behind by a crash must not stay on a node that starts as backup.
         self.remove_vips().await?;
         self.instance.startup(Instant::now());
@@ -306,8 +370,23 @@ impl Driver {
                 () = cancel.cancelled() => return Ok(()),
                 received = self.socket.recv(&mut buf) => {
                     let len = received?;
-                    self.instance.handle_datagram(Instant::now(), &buf[..len]);
+                    let now = Instant::now();
+                    // A claim set before this datagram must judge it, also
+                    // when the datagram wins the race with the branch below.
+                    if claims.has_changed().unwrap_or(false) {
+                        self.apply_claim(&mut claims, now);
+                    }
+                    let before = self.instance.counters().clone();
+                    self.instance.handle_datagram(now, &buf[..len]);
+                    self.log_trust(&before, &buf[..len], now);
                 }
+                // Without a datagram, a new claim still applies at once: it
+                // may release or discard a held advert. (`changed` has
+                // marked it seen already: apply it unconditionally.)
+                changed = claims.changed(), if claims_open => match changed {
+                    Ok(()) => self.apply_claim(&mut claims, Instant::now()),
+                    Err(_closed) => claims_open = false,
+                },
                 Some(cmd) = commands.recv() => match cmd {
                     Command::SetPriority(p) => {
                         info!(priority = p, "priority changed");
@@ -323,6 +402,52 @@ impl Driver {
                 }
             }
             self.drain().await?;
+        }
+    }
+
+    /// Hands the latest claim to the instance.
+    fn apply_claim(&mut self, claims: &mut watch::Receiver<Option<PeerClaim>>, now: Instant) {
+        let claim = *claims.borrow_and_update();
+        let held = self.instance.holds_advert();
+        self.instance.set_peer_claim(now, claim);
+        if held && !self.instance.holds_advert() {
+            debug!(
+                ?claim,
+                released = self.instance.counters().held_released,
+                "held advert decided"
+            );
+        }
+    }
+
+    /// Says so when `datagram` was dropped as a forgery or held: the first
+    /// such drop and then one per [`TRUST_WARN_EVERY`] at warn level (a
+    /// host flooding forgeries must not flood the log), the rest at debug.
+    fn log_trust(&mut self, before: &Counters, datagram: &[u8], now: Instant) {
+        let after = self.instance.counters();
+        let src = ipv4::parse(datagram).map(|ip| ip.src).ok();
+        if after.adverts_held > before.adverts_held {
+            debug!(?src, "advert held until the peer's claim confirms it");
+        }
+        let Some(reason) = TRUST_DROPS
+            .into_iter()
+            .find(|&r| after.drops_for(r) > before.drops_for(r))
+        else {
+            return;
+        };
+        let total = after.drops_for(reason);
+        let why = match reason {
+            DropReason::UnknownPeer => "its source is not trusted (if it is the peer, check its address in vrrp.peer_address / --trusted-source)",
+            DropReason::OwnAddress => "it forges one of our own addresses",
+            _ => "the peer's authenticated state contradicts it",
+        };
+        if self
+            .trust_warned
+            .is_none_or(|at| now.duration_since(at) >= TRUST_WARN_EVERY)
+        {
+            self.trust_warned = Some(now);
+            warn!(?src, ?reason, total, "VRRP advert dropped: {why}");
+        } else {
+            debug!(?src, ?reason, total, "VRRP advert dropped: {why}");
         }
     }
 

@@ -13,4 +13,4 @@ pub mod netlink;
 pub mod socket;
 pub mod sysctl;
 
-pub use driver::{GarpConfig, Speaker, SpeakerConfig, Status, Transition};
+pub use driver::{GarpConfig, PeerClaims, Speaker, SpeakerConfig, Status, Transition};

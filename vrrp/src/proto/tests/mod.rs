@@ -9,15 +9,18 @@
 //!   interval learning, the owner, priority changes (RFC 9568 §6).
 //! - [`validation`]: every receive check and drop reason (RFC 9568 §7.1,
 //!   RFC 3768 §7.1), and proptests over arbitrary bytes.
+//! - [`trust`]: who may move the VIP: the source filter, spoofs of our own
+//!   addresses, and the peer's authenticated claims (SPEC §9, S6).
 
 mod election;
+mod trust;
 mod validation;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::{Config, DropReason, Event, Instance, Reason, State, Timer, V3Checksum};
+use super::{Config, ConfigError, DropReason, Event, Instance, PeerClaim, Reason, State, Timer, V3Checksum};
 use crate::wire::{self, ipv4, Auth, Checksum, Packet, Repr, Version};
 
 const VRID: u8 = 7;
@@ -76,6 +79,8 @@ struct Node {
     log: Vec<(Instant, Event)>,
     /// When an advert from another node last reached it.
     last_rx: Option<Instant>,
+    /// Stopping gracefully: its claims say `leaving`.
+    leaving: bool,
 }
 
 /// N instances on one link; a Transmit reaches every other live node at
@@ -86,6 +91,15 @@ struct Network {
     nodes: Vec<Node>,
     /// Directed links that lose everything: (from, to).
     cut: BTreeSet<(usize, usize)>,
+    /// A pair whose members also tell each other their state over an
+    /// authenticated link that shares the VRRP link's fate (cut, isolated,
+    /// crashed): after every round of adverts each live member's truthful
+    /// claim reaches the other, valid for three advert intervals. Claims
+    /// arrive just after the adverts of the same instant, the race that
+    /// holding exists for. They are also refreshed every advert interval.
+    claims: bool,
+    /// With claims: the next periodic refresh.
+    claim_refresh: Option<Instant>,
 }
 
 impl Network {
@@ -100,6 +114,7 @@ impl Network {
                 isolated: false,
                 log: Vec::new(),
                 last_rx: None,
+                leaving: false,
             })
             .collect();
         Network {
@@ -107,7 +122,25 @@ impl Network {
             now: t0,
             nodes,
             cut: BTreeSet::new(),
+            claims: false,
+            claim_refresh: None,
         }
+    }
+
+    /// As [`Network::new`] for a pair that exchanges claims (see `claims`).
+    fn with_claims(configs: Vec<Config>) -> Network {
+        assert_eq!(configs.len(), 2, "claims are for a pair");
+        let net = Network::new(configs);
+        Network {
+            claims: true,
+            claim_refresh: Some(net.t0 + net.claim_interval()),
+            ..net
+        }
+    }
+
+    /// How often claims are refreshed: the pair's advert interval.
+    fn claim_interval(&self) -> Duration {
+        us(u64::from(self.nodes[0].vr.config().advert_interval_cs) * 10_000)
     }
 
     /// Builds the nodes and starts them all at `t0`.
@@ -133,6 +166,7 @@ impl Network {
     }
 
     fn start(&mut self, i: usize) {
+        self.nodes[i].leaving = false;
         self.nodes[i].vr.startup(self.now);
         self.flush();
     }
@@ -154,9 +188,35 @@ impl Network {
         self.nodes[i].isolated = isolated;
     }
 
+    /// A graceful stop. With claims, the leaving claim reaches the peer
+    /// before the priority-0 advert, as the glue must ensure.
     fn shutdown(&mut self, i: usize) {
+        if self.claims {
+            self.nodes[i].leaving = true;
+            self.send_claims();
+        }
         self.nodes[i].vr.shutdown(self.now);
         self.flush();
+    }
+
+    /// Every live member tells the other what it is now.
+    fn send_claims(&mut self) {
+        for from in 0..self.nodes.len() {
+            for to in 0..self.nodes.len() {
+                if from == to || !self.delivers(from, to) {
+                    continue;
+                }
+                let vr = &self.nodes[from].vr;
+                let claim = PeerClaim {
+                    address: vr.config().primary_address,
+                    priority: vr.config().priority,
+                    master: vr.state() == State::Master,
+                    leaving: self.nodes[from].leaving,
+                    valid_until: self.now + 3 * us(u64::from(vr.config().advert_interval_cs) * 10_000),
+                };
+                self.nodes[to].vr.set_peer_claim(self.now, Some(claim));
+            }
+        }
     }
 
     fn set_priority(&mut self, i: usize, priority: u8) {
@@ -172,8 +232,12 @@ impl Network {
         from == to || (!a.isolated && !b.isolated && !self.cut.contains(&(from, to)))
     }
 
-    /// Drains every node's events and delivers adverts until the link is quiet.
+    /// Drains every node's events and delivers adverts until the link is
+    /// quiet. With claims, every member's claim follows each round of
+    /// adverts, and is refreshed once more when the link is quiet (as the
+    /// glue refreshes them every interval whether or not anything changed).
     fn flush(&mut self) {
+        let mut refreshed = false;
         loop {
             let mut sent = Vec::new();
             for (i, node) in self.nodes.iter_mut().enumerate() {
@@ -188,8 +252,14 @@ impl Network {
                 }
             }
             if sent.is_empty() {
-                return;
+                if !self.claims || refreshed {
+                    return;
+                }
+                self.send_claims();
+                refreshed = true;
+                continue;
             }
+            refreshed = false;
             for (from, datagram) in sent {
                 for to in 0..self.nodes.len() {
                     if self.delivers(from, to) {
@@ -200,6 +270,9 @@ impl Network {
                     }
                 }
             }
+            if self.claims {
+                self.send_claims();
+            }
         }
     }
 
@@ -208,6 +281,7 @@ impl Network {
             .iter()
             .filter(|n| !n.crashed)
             .filter_map(|n| n.vr.poll_timeout())
+            .chain(self.claim_refresh)
             .min()
     }
 
@@ -223,7 +297,11 @@ impl Network {
                 node.vr.handle_timeout(t);
             }
         }
+        // A quiet flush refreshes the claims.
         self.flush();
+        if self.claim_refresh.is_some_and(|r| r <= t) {
+            self.claim_refresh = Some(t + self.claim_interval());
+        }
         true
     }
 
@@ -318,4 +396,25 @@ fn assert_accepted(vr: &mut Instance, now: Instant, datagram: &[u8]) {
         "{:?}",
         vr.counters().drops
     );
+}
+
+/// Feeds `datagram` and checks it was dropped for `reason` and nothing else changed.
+#[track_caller]
+fn assert_dropped(vr: &mut Instance, now: Instant, datagram: &[u8], reason: DropReason) {
+    let (state, timeout, before) = (vr.state(), vr.poll_timeout(), vr.counters().clone());
+    let timers = Timer::ALL.map(|t| vr.timer(t));
+    vr.handle_datagram(now, datagram);
+    let after = vr.counters();
+    assert_eq!(
+        after.drops_for(reason),
+        before.drops_for(reason) + 1,
+        "not dropped as {reason:?}: {:?}",
+        after.drops
+    );
+    assert_eq!(after.total_drops(), before.total_drops() + 1);
+    assert_eq!(after.adverts_received, before.adverts_received);
+    assert_eq!(vr.state(), state);
+    assert_eq!(vr.poll_timeout(), timeout);
+    assert_eq!(Timer::ALL.map(|t| vr.timer(t)), timers);
+    assert_eq!(vr.poll_event(), None);
 }
