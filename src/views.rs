@@ -413,6 +413,10 @@ pub fn status_table(nodes: &[(String, Result<NodeStatus, String>)]) -> String {
             for warning in &s.warnings {
                 out.push_str(&format!("warning ({}): {warning}\n", s.node));
             }
+            if !s.refused.is_empty() {
+                let causes: Vec<String> = s.refused.iter().map(|(c, n)| format!("{c} {n}")).collect();
+                out.push_str(&format!("refused ({}): {}\n", s.node, causes.join(", ")));
+            }
         }
     }
     out

@@ -709,7 +709,7 @@ impl<S: StateMachine> Node<S> {
             && self.sync_target.is_none()
             && self.raw.raft.state == StateRole::Follower
             && self.leader().is_some()
-            && self.ticks % self.cfg.heartbeat_tick.max(1) as u64 == 0
+            && self.ticks.is_multiple_of(self.cfg.heartbeat_tick.max(1) as u64)
         {
             // Ask the leader for its commit index (ReadIndex): an idle
             // cluster sends no appends that would tell us.

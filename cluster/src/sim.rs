@@ -758,7 +758,7 @@ fn random_run(seed: u64, ticks: u64) {
 /// forwarded to the leader by followers) when `submits`.
 fn random_run_with(seed: u64, ticks: u64, submits: bool) {
     // Odd seeds run a pair plus a witness (member 3), which must never lead.
-    let specs = if seed % 2 == 0 {
+    let specs = if seed.is_multiple_of(2) {
         three()
     } else {
         pair_and_witness()

@@ -122,7 +122,7 @@ impl Args {
         } else {
             Version::V3
         };
-        if self.advert_interval_ms % 10 != 0 {
+        if !self.advert_interval_ms.is_multiple_of(10) {
             bail!(
                 "--advert-interval-ms {} is not a multiple of 10 ms (VRRP counts centiseconds)",
                 self.advert_interval_ms

@@ -325,7 +325,7 @@ impl Config {
                 );
             }
         }
-        if v.advert_interval_ms % 10 != 0 || v.advert_interval_ms / 10 > u32::from(u16::MAX) {
+        if !v.advert_interval_ms.is_multiple_of(10) || v.advert_interval_ms / 10 > u32::from(u16::MAX) {
             r.add(
                 "vrrp.advert_interval_ms",
                 v.advert_interval_ms,

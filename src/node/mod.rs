@@ -44,6 +44,7 @@
 //! `cluster.election_ticks`).
 
 pub mod applier;
+mod beacon;
 mod keys;
 mod notify;
 mod witness;
@@ -124,6 +125,32 @@ struct PairView {
     raft_role: String,
     term: u64,
     commit: u64,
+    /// VRRP datagrams dropped, by reason.
+    vrrp_drops: std::collections::BTreeMap<vrrp::proto::DropReason, u64>,
+}
+
+/// The transport's refusals, by cause, as `show status` names them.
+fn transport_refusals(stats: &cluster::transport::TransportStats) -> Vec<(&'static str, u64)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    vec![
+        ("raft_strangers", stats.strangers.load(Relaxed)),
+        ("raft_handshake_failures", stats.handshake_failures.load(Relaxed)),
+        (
+            "raft_unknown_certificates",
+            stats.unknown_certificates.load(Relaxed),
+        ),
+        ("raft_impersonations", stats.impersonations.load(Relaxed)),
+        (
+            "raft_refused_connections",
+            stats.refused_connections.load(Relaxed),
+        ),
+        ("raft_oversize", stats.oversize.load(Relaxed)),
+        ("raft_wrong_version", stats.wrong_version.load(Relaxed)),
+        ("raft_wrong_release", stats.wrong_release.load(Relaxed)),
+        ("raft_wrong_cluster", stats.wrong_cluster.load(Relaxed)),
+        ("raft_misaddressed", stats.misaddressed.load(Relaxed)),
+        ("raft_malformed", stats.malformed.load(Relaxed)),
+    ]
 }
 
 /// What `vipool show status` adds to the license server's own status on a
@@ -137,6 +164,18 @@ fn status_hook(view: &Arc<Mutex<PairView>>, transport: &TcpTransport) -> StatusH
             status.warnings.push(refusal.to_string());
         }
         let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (cause, n) in transport_refusals(transport.stats()) {
+            if n > 0 {
+                status.refused.insert(cause.to_owned(), n);
+            }
+        }
+        for (reason, n) in &v.vrrp_drops {
+            let name = serde_json::to_value(reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{reason:?}"));
+            status.refused.insert(format!("vrrp_{name}"), *n);
+        }
         status.vrrp_state = v.vrrp_state;
         status.raft_role = v.raft_role;
         status.term = v.term;
@@ -249,9 +288,16 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
 
     let speaker_config = config.speaker_config();
     let priority = speaker_config.vrrp.priority;
+    let advert = Duration::from_millis(u64::from(config.vrrp.advert_interval_ms));
     let speaker = Speaker::start(speaker_config)
         .await
         .map_err(io(format!("starting VRRP on {}", config.vrrp.interface)))?;
+    // Validation insists on an IPv4 peer address for VRRP.
+    let peer_address = config.vrrp_peer_address().ok_or_else(|| NodeError::Io {
+        what: "vrrp.peer_address".into(),
+        source: std::io::Error::other("the pair peer has no IPv4 address for VRRP"),
+    })?;
+    let beacons = beacon::Beacons::install(&transport, peer, peer_address, speaker.peer_claims(), advert);
 
     let applier = Arc::new(ReplicatedApplier::new(
         member.clone(),
@@ -298,6 +344,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         followed_master: false,
         leaderless_since: None,
         election_timeout,
+        beacons: Arc::clone(&beacons),
+        advert,
     };
     let mut glue_task = tokio::spawn(glue.run(speaker, glue_stop.clone()));
 
@@ -354,6 +402,13 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     // tens of milliseconds that would add to the clients' gap. Handing it
     // over before the advert would let the peer, still a VRRP backup that
     // prefers this node, hand it straight back.
+    // The peer believes our priority-0 advert only once it has our word
+    // that we leave (a forged one is dropped): announce it first.
+    if !beacons.leave(advert.min(Duration::from_millis(200))).await {
+        warn!(
+            "the peer did not acknowledge our leaving over the cluster link: it takes the VIP by VRRP alone"
+        );
+    }
     let mut vrrp = speaker.status();
     let leaving = async {
         let advert_out = vrrp.wait_for(|s| s.state == State::Initialize);
@@ -442,6 +497,10 @@ struct Glue {
     leaderless_since: Option<Instant>,
     /// Raft's election timeout (ticks times tick length).
     election_timeout: Duration,
+    /// Our VRRP state to the peer, the peer's to our speaker.
+    beacons: Arc<beacon::Beacons>,
+    /// The VRRP advertisement interval: beacons are refreshed as often.
+    advert: Duration,
 }
 
 impl Glue {
@@ -462,10 +521,13 @@ impl Glue {
         let period = self.config.cluster.tick().max(Duration::from_millis(5));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh = tokio::time::interval(self.advert);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
+                _ = refresh.tick() => self.beacons.refresh(),
                 _ = vrrp.changed() => {}
                 changed = leadership.changed(), if leadership_open => {
                     // A closed watch: the member stopped; `step` says why.
@@ -490,7 +552,11 @@ impl Glue {
             if status.state == State::Backup && status.master.is_some_and(|m| m != status.primary_address) {
                 self.followed_master = true;
             }
-            if let Some(priority) = self.step(&status).await? {
+            let priority = self.step(&status).await?;
+            // The peer hears of a change before the adverts that carry it.
+            self.beacons
+                .publish(status.state == State::Master, self.advertised);
+            if let Some(priority) = priority {
                 speaker.set_priority(priority).await;
             }
         }
@@ -631,6 +697,7 @@ impl Glue {
             raft_role: format!("{:?}", raft.role),
             term: raft.term,
             commit: raft.commit,
+            vrrp_drops: vrrp.counters.drops.clone(),
         };
         Ok(new_priority)
     }

@@ -92,6 +92,7 @@ pub async fn run_witness(
                         raft_role: format!("{:?}", st.role),
                         term: st.term,
                         commit: st.commit,
+                        ..PairView::default()
                     };
                 }
             }

@@ -185,6 +185,12 @@ pub struct NodeStatus {
     /// node of a pair, a peer refused for running another vipool release
     /// (SPEC §1: "peer refused: ADDRESS runs vipool release X, ours Y; ...").
     pub warnings: Vec<String>,
+    /// What this node refused from the network since it started, by cause:
+    /// VRRP adverts (`vrrp_unknown_peer`, `vrrp_contradicted`, ...) and
+    /// raft connections and frames (`raft_strangers`, `raft_impersonations`,
+    /// ...). Causes never seen are left out.
+    #[serde(default)]
+    pub refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// Per-connection heartbeat counters kept by the serving node (not replicated).

@@ -118,6 +118,7 @@ impl<A: Applier> Shared<A> {
             connections: self.counters.connections.load(Ordering::Relaxed),
             bad_frames: self.counters.bad_frames.load(Ordering::Relaxed),
             warnings: self.expiring().iter().map(ToString::to_string).collect(),
+            refused: Default::default(),
         };
         if let Some(hook) = &self.status_hook {
             hook(&mut status);

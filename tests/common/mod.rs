@@ -252,12 +252,12 @@ impl Lab {
         let ca = if pki.join(vipool::pki::CA_KEY).exists() {
             vipool::pki::Ca::load(&pki)
         } else {
-            vipool::pki::Ca::create(&pki, 7, 30)
+            vipool::pki::Ca::create(&pki, 7, 365)
         }
         .expect("lab CA");
         let (cert, key) = (pki.join(format!("{name}.crt")), pki.join(format!("{name}.key")));
         if !cert.exists() {
-            ca.issue_member(name, 30)
+            ca.issue_member(name, 365)
                 .expect("issue member")
                 .write(&pki, name)
                 .expect("write member files");
@@ -590,7 +590,7 @@ pub fn operator_show(from: &Host, node: Ipv4Addr, port: u16) -> Result<vipool::p
 /// The keepalived side of the takeover and failover benchmarks: VRRPv3,
 /// VRID 50, no gratuitous-ARP delay, `vip`/24 on eth0, starting as backup.
 pub fn bench_keepalived_conf(vip: Ipv4Addr, priority: u8, advert_ms: u32) -> String {
-    let advert = if advert_ms % 1000 == 0 {
+    let advert = if advert_ms.is_multiple_of(1000) {
         format!("{}", advert_ms / 1000)
     } else {
         format!("{:.2}", f64::from(advert_ms) / 1000.0)

@@ -110,7 +110,7 @@ impl Config {
             }
             Version::V2 => {
                 if self.advert_interval_cs == 0
-                    || self.advert_interval_cs % 100 != 0
+                    || !self.advert_interval_cs.is_multiple_of(100)
                     || self.advert_interval_cs > 25_500
                 {
                     return Err(ConfigError::Interval(

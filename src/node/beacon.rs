@@ -1,0 +1,241 @@
+//! What each server tells its peer about its VRRP state over the
+//! authenticated cluster link, and how the peer's word becomes the VRRP
+//! speaker's [`PeerClaim`].
+//!
+//! SPEC §9: "VRRP is the fast signal of who holds the VIP; the
+//! authenticated cluster link is the truth. An advert that the peer's
+//! authenticated state contradicts does not take service away." Adverts
+//! travel as raw IP packets anyone on the segment can forge; a beacon
+//! travels over mutual TLS from the peer's certificate. Each server sends
+//! its beacon (VRRP master or not, the priority it advertises, whether it
+//! is leaving) whenever that changes and every advert interval; the peer
+//! turns it into a claim valid for three intervals, against which the
+//! speaker judges every advert from the peer's address (see
+//! `vrrp::proto::PeerClaim`). Without fresh beacons (the link or the peer
+//! is down) VRRP alone decides, as it must for a crashed peer.
+//!
+//! A graceful stop announces `leaving` and waits for the peer to
+//! acknowledge it before the priority-0 advert goes out: only then does
+//! the peer's speaker believe that advert (a forged one is dropped), and
+//! takes over at once.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster::ratelog::RateLimiter;
+use cluster::TcpTransport;
+use tokio::sync::watch;
+use vrrp::proto::PeerClaim;
+use vrrp::sys::PeerClaims;
+
+/// One server's word about its VRRP state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Beacon {
+    /// Grows with every change the sender makes (per run).
+    pub(crate) seq: u64,
+    /// The sender is VRRP master.
+    pub(crate) master: bool,
+    /// The priority its adverts carry (when not leaving).
+    pub(crate) priority: u8,
+    /// The sender is stopping: its priority-0 advert is genuine.
+    pub(crate) leaving: bool,
+    /// The `seq` of the peer's `leaving` beacon this one acknowledges.
+    pub(crate) ack: Option<u64>,
+}
+
+/// A beacon's encoding is tiny and bounded: anything longer is refused.
+const MAX_BEACON: usize = 64;
+/// The first byte of every beacon: its format.
+const FORMAT: u8 = 1;
+
+impl Beacon {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT];
+        out.extend(
+            bincode::serde::encode_to_vec(self, bincode::config::standard()).expect("a beacon encodes"),
+        );
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Beacon, String> {
+        match bytes.split_first() {
+            _ if bytes.len() > MAX_BEACON => Err(format!("{} bytes, at most {MAX_BEACON}", bytes.len())),
+            Some((&FORMAT, body)) => {
+                let (b, used): (Beacon, usize) =
+                    bincode::serde::decode_from_slice(body, bincode::config::standard())
+                        .map_err(|e| e.to_string())?;
+                if used != body.len() {
+                    return Err(format!("{} trailing bytes", body.len() - used));
+                }
+                Ok(b)
+            }
+            Some((f, _)) => Err(format!("format {f}, this release reads {FORMAT}")),
+            None => Err("empty".into()),
+        }
+    }
+}
+
+/// This server's side of the beacons: what it sends, and the claims it
+/// makes of what its peer sends.
+pub(crate) struct Beacons {
+    transport: TcpTransport,
+    /// The pair peer's member id; beacons from anyone else are ignored.
+    peer: u64,
+    /// The peer's VRRP source address (`vrrp.peer_address`).
+    peer_address: Ipv4Addr,
+    claims: PeerClaims,
+    /// How long a beacon counts: three advert intervals.
+    validity: Duration,
+    ours: Mutex<Beacon>,
+    /// The highest of our `seq`s the peer acknowledged.
+    acked: watch::Sender<u64>,
+    log: RateLimiter,
+}
+
+impl Beacons {
+    /// Beacons to member `peer` (VRRP address `peer_address`) over
+    /// `transport`, its claims fed to `claims`; `advert` is the VRRP
+    /// advertisement interval.
+    pub(crate) fn install(
+        transport: &TcpTransport,
+        peer: u64,
+        peer_address: Ipv4Addr,
+        claims: PeerClaims,
+        advert: Duration,
+    ) -> Arc<Beacons> {
+        let beacons = Arc::new(Beacons {
+            transport: transport.clone(),
+            peer,
+            peer_address,
+            claims,
+            validity: advert * 3,
+            ours: Mutex::new(Beacon::default()),
+            acked: watch::channel(0).0,
+            log: RateLimiter::default(),
+        });
+        let handler = Arc::clone(&beacons);
+        transport.set_pair_handler(Arc::new(move |from, data| handler.receive(from, &data)));
+        beacons
+    }
+
+    /// A beacon from member `from` (authenticated by the transport).
+    fn receive(&self, from: u64, data: &[u8]) {
+        if from != self.peer {
+            cluster::warn_limited!(
+                self.log,
+                "beacon sender",
+                from,
+                "VRRP state from a member that is not the pair peer: ignored"
+            );
+            return;
+        }
+        let b = match Beacon::decode(data) {
+            Ok(b) => b,
+            Err(e) => {
+                cluster::warn_limited!(
+                    self.log,
+                    "beacon",
+                    from,
+                    "peer's VRRP state unreadable ({e}): ignored"
+                );
+                return;
+            }
+        };
+        // Set before anything else: an advert handled from now on is judged
+        // by this word.
+        self.claims.set(Some(PeerClaim {
+            address: self.peer_address,
+            priority: b.priority,
+            master: b.master,
+            leaving: b.leaving,
+            valid_until: Instant::now() + self.validity,
+        }));
+        if let Some(seq) = b.ack {
+            self.acked.send_if_modified(|a| {
+                let newer = seq > *a;
+                *a = (*a).max(seq);
+                newer
+            });
+        }
+        if b.leaving {
+            // The peer waits for this before its priority-0 advert.
+            let ours = Beacon {
+                ack: Some(b.seq),
+                ..*self.ours.lock().unwrap_or_else(|p| p.into_inner())
+            };
+            self.transport.send_pair(self.peer, ours.encode());
+        }
+    }
+
+    /// Tells the peer our state now if it changed (and returns true), so
+    /// that a priority change reaches it before the adverts that carry it.
+    pub(crate) fn publish(&self, master: bool, priority: u8) -> bool {
+        let mut ours = self.ours.lock().unwrap_or_else(|p| p.into_inner());
+        if ours.seq > 0 && ours.master == master && ours.priority == priority && !ours.leaving {
+            return false;
+        }
+        *ours = Beacon {
+            seq: ours.seq + 1,
+            master,
+            priority,
+            leaving: false,
+            ack: None,
+        };
+        self.transport.send_pair(self.peer, ours.encode());
+        true
+    }
+
+    /// Sends our state again (every advert interval: the peer's claim of
+    /// us lasts three).
+    pub(crate) fn refresh(&self) {
+        let ours = *self.ours.lock().unwrap_or_else(|p| p.into_inner());
+        if ours.seq > 0 {
+            self.transport.send_pair(self.peer, ours.encode());
+        }
+    }
+
+    /// Announces that we leave and waits up to `wait` for the peer to
+    /// acknowledge it; whether it did. Without an acknowledgement (the link
+    /// is down) the peer's claim of us expires and VRRP alone decides.
+    pub(crate) async fn leave(&self, wait: Duration) -> bool {
+        let seq = {
+            let mut ours = self.ours.lock().unwrap_or_else(|p| p.into_inner());
+            ours.seq += 1;
+            ours.leaving = true;
+            ours.ack = None;
+            self.transport.send_pair(self.peer, ours.encode());
+            ours.seq
+        };
+        let mut acked = self.acked.subscribe();
+        tokio::time::timeout(wait, acked.wait_for(|&a| a >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beacons_roundtrip_and_garbage_is_refused() {
+        let b = Beacon {
+            seq: 7,
+            master: true,
+            priority: 200,
+            leaving: false,
+            ack: Some(3),
+        };
+        assert_eq!(Beacon::decode(&b.encode()), Ok(b));
+        assert!(Beacon::decode(&[]).is_err());
+        assert!(Beacon::decode(&[2, 0, 0]).unwrap_err().contains("format 2"));
+        let mut long = b.encode();
+        long.extend([0u8; 64]);
+        assert!(Beacon::decode(&long).is_err());
+        let mut trailing = b.encode();
+        trailing.push(0);
+        assert!(Beacon::decode(&trailing).unwrap_err().contains("trailing"));
+        assert!(Beacon::decode(&[FORMAT, 0xff, 0xff]).is_err());
+    }
+}
