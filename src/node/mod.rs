@@ -339,6 +339,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         view,
         peer_left: None,
         last_refusal: None,
+        log: Arc::default(),
         keys: KeySync::default(),
         preferred: None,
         followed_master: false,
@@ -486,7 +487,10 @@ struct Glue {
     /// Why this node became master, when VRRP says the peer is gone: its
     /// evidence, kept until the takeover is done.
     peer_left: Option<PeerGone>,
-    last_refusal: Option<(String, Instant)>,
+    /// Warnings that repeat while a condition lasts.
+    log: Arc<cluster::ratelog::RateLimiter>,
+    /// The last refused takeover: why, when it was logged, retries since.
+    last_refusal: Option<(String, Instant, u64)>,
     /// This server's `license.keys` in the table.
     keys: KeySync,
     /// The preferred leader this member was last told.
@@ -702,18 +706,28 @@ impl Glue {
         Ok(new_priority)
     }
 
+    /// Logs a refused takeover: at once for a new reason, then once a
+    /// minute with the count of retries in between (it is retried at every
+    /// change of status, for as long as the cause lasts).
     fn refused(&mut self, why: &str) {
-        let again = match &self.last_refusal {
-            Some((last, at)) => last != why || at.elapsed() > Duration::from_secs(5),
-            None => true,
-        };
-        if again {
-            error!(
-                reason = why,
-                "VRRP master but the takeover as sole voter was REFUSED: not serving; \
-                 retrying as the status changes (an operator who knows the peer is gone for good can force it)"
-            );
-            self.last_refusal = Some((why.to_string(), Instant::now()));
+        match &mut self.last_refusal {
+            Some((last, at, retries)) if last == why && at.elapsed() < Duration::from_secs(60) => {
+                *retries += 1
+            }
+            _ => {
+                let retries = self
+                    .last_refusal
+                    .as_ref()
+                    .filter(|(last, ..)| last == why)
+                    .map_or(0, |r| r.2);
+                error!(
+                    reason = why,
+                    retries,
+                    "VRRP master but the takeover as sole voter was REFUSED: not serving; \
+                     retrying as the status changes (an operator who knows the peer is gone for good can force it)"
+                );
+                self.last_refusal = Some((why.to_string(), Instant::now(), 0));
+            }
         }
     }
 
@@ -757,6 +771,7 @@ impl Glue {
         let wanted = self.config.server_key_commands(now_ms());
         let server = self.config.node.name.clone();
         let (applier, member, rounds) = (Arc::clone(&self.applier), self.member.clone(), k.rounds);
+        let log = Arc::clone(&self.log);
         if rounds == 5 {
             warn!(
                 "this server's license keys are still not in the table after 5 rounds: \
@@ -781,9 +796,13 @@ impl Glue {
                         Ok(Err(e)) => {
                             error!(change = what, error = %e, "server key change refused by the table")
                         }
-                        Err(e) => {
-                            warn!(change = what, error = %e, "server key change not committed; retried")
-                        }
+                        Err(e) => cluster::warn_limited!(
+                            log,
+                            "key change",
+                            change = what,
+                            error = %e,
+                            "server key change not committed; retried"
+                        ),
                     }
                 } else {
                     match member.submit(command).await {

@@ -233,7 +233,7 @@ impl Speaker {
             vip_installed: false,
             status: status_tx,
             transitions: transitions.clone(),
-            trust_warned: None,
+            warned: WarnLimit::default(),
         };
         let task = tokio::spawn(driver.run(cmd_rx, claims_rx, cancel.clone()));
         Ok(Speaker {
@@ -303,7 +303,8 @@ struct Driver {
     status: watch::Sender<Status>,
     transitions: broadcast::Sender<Transition>,
     /// When a dropped forgery was last logged at warn level.
-    trust_warned: Option<Instant>,
+    /// Warnings a peer, a forger or a flapping link can repeat.
+    warned: WarnLimit,
 }
 
 /// The drops that say someone sends adverts it should not.
@@ -314,7 +315,34 @@ const TRUST_DROPS: [DropReason; 3] = [
 ];
 
 /// At most one warning per this period about such drops; the rest go to debug.
-const TRUST_WARN_EVERY: Duration = Duration::from_secs(10);
+/// One warning line per cause per minute (the daemon's rule: a host
+/// flooding forgeries, or a link down for hours, must not fill the disk);
+/// the line says how many like it were left out.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// When each cause was last logged and how many were left out since.
+#[derive(Debug, Default)]
+struct WarnLimit(std::collections::BTreeMap<&'static str, (Instant, u64)>);
+
+impl WarnLimit {
+    /// `Some(left out since the last line)` when `cause` may be logged now.
+    fn allow(&mut self, cause: &'static str, now: Instant) -> Option<u64> {
+        match self.0.get_mut(cause) {
+            Some((at, n)) if now.duration_since(*at) < WARN_EVERY => {
+                *n += 1;
+                None
+            }
+            Some((at, n)) => {
+                *at = now;
+                Some(std::mem::take(n))
+            }
+            None => {
+                self.0.insert(cause, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
 
 impl Driver {
     async fn run(
@@ -419,9 +447,9 @@ impl Driver {
         }
     }
 
-    /// Says so when `datagram` was dropped as a forgery or held: the first
-    /// such drop and then one per [`TRUST_WARN_EVERY`] at warn level (a
-    /// host flooding forgeries must not flood the log), the rest at debug.
+    /// Says so when `datagram` was dropped as a forgery or held: one line
+    /// per reason per [`WARN_EVERY`] at warn level (a host flooding
+    /// forgeries must not flood the log), the rest at debug.
     fn log_trust(&mut self, before: &Counters, datagram: &[u8], now: Instant) {
         let after = self.instance.counters();
         let src = ipv4::parse(datagram).map(|ip| ip.src).ok();
@@ -440,12 +468,13 @@ impl Driver {
             DropReason::OwnAddress => "it forges one of our own addresses",
             _ => "the peer's authenticated state contradicts it",
         };
-        if self
-            .trust_warned
-            .is_none_or(|at| now.duration_since(at) >= TRUST_WARN_EVERY)
-        {
-            self.trust_warned = Some(now);
-            warn!(?src, ?reason, total, "VRRP advert dropped: {why}");
+        let cause = match reason {
+            DropReason::UnknownPeer => "untrusted source",
+            DropReason::OwnAddress => "own address",
+            _ => "contradicted",
+        };
+        if let Some(suppressed) = self.warned.allow(cause, now) {
+            warn!(?src, ?reason, total, suppressed, "VRRP advert dropped: {why}");
         } else {
             debug!(?src, ?reason, total, "VRRP advert dropped: {why}");
         }
@@ -475,7 +504,9 @@ impl Driver {
                         if let Err(e) = self.socket.send(dst, &bytes).await {
                             // A full queue or a link flap must not stop the
                             // instance: the next advert retries.
-                            warn!(%dst, error = %e, "advertisement not sent");
+                            if let Some(suppressed) = self.warned.allow("send", Instant::now()) {
+                                warn!(%dst, error = %e, suppressed, "advertisement not sent");
+                            }
                         }
                     }
                 }
@@ -562,7 +593,9 @@ impl Driver {
         }
         for addr in &self.instance.config().addresses {
             if let Err(e) = arp.announce(*addr) {
-                warn!(%addr, error = %e, "gratuitous ARP not sent");
+                if let Some(suppressed) = self.warned.allow("garp", now) {
+                    warn!(%addr, error = %e, suppressed, "gratuitous ARP not sent");
+                }
             }
         }
         self.garp_left = self.garp_left.saturating_sub(1);
