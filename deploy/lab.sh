@@ -205,9 +205,12 @@ request_timeout_ms = $((ADVERT_MS * 20 > 2000 ? ADVERT_MS * 20 : 2000))"
 # The pair's own CA and a certificate per member, as an operator makes
 # them: the cluster link is mutual TLS, there is no way around it.
 "$BIN" pki init --dir "$WORK/pki" --cluster-id 7 >/dev/null || { echo "lab.sh: vipool pki init failed" >&2; exit 1; }
-for m in primary backup $([ "$WITNESS" -eq 1 ] && echo witness); do
+for m in primary backup; do
     "$BIN" pki member --dir "$WORK/pki" --name "$m" >/dev/null || { echo "lab.sh: vipool pki member $m failed" >&2; exit 1; }
 done
+if [ "$WITNESS" -eq 1 ]; then
+    "$BIN" pki member --dir "$WORK/pki" --name witness --witness >/dev/null || { echo "lab.sh: vipool pki member witness failed" >&2; exit 1; }
+fi
 tls_section() { # name
     printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' "$WORK/pki/ca.crt" "$WORK/pki/$1.crt" "$WORK/pki/$1.key"
 }

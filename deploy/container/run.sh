@@ -141,9 +141,12 @@ say "configs ok (vipool check-config): $(cd "$HERE/$VIPOOL_CONFIGS" && echo *.to
 # /etc/vipool/pki where the configurations expect them.
 export VIPOOL_PKI="$WORK/pki"
 "$BIN" pki init --dir "$VIPOOL_PKI" --cluster-id 7 >/dev/null || { fail "vipool pki init failed"; finish; }
-for m in primary backup $([ "$WITNESS" -eq 1 ] && echo witness); do
+for m in primary backup; do
     "$BIN" pki member --dir "$VIPOOL_PKI" --name "$m" >/dev/null || { fail "vipool pki member $m failed"; finish; }
 done
+if [ "$WITNESS" -eq 1 ]; then
+    "$BIN" pki member --dir "$VIPOOL_PKI" --name witness --witness >/dev/null || { fail "vipool pki member witness failed"; finish; }
+fi
 say "pki: the pair's CA and member certificates in $VIPOOL_PKI (vipool pki)"
 
 # ---------------------------------------------------------------- image

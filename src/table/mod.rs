@@ -11,6 +11,7 @@
 
 mod command;
 mod config;
+pub mod limits;
 pub mod pool;
 mod snapshot;
 mod sweep;

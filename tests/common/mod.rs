@@ -257,7 +257,12 @@ impl Lab {
         .expect("lab CA");
         let (cert, key) = (pki.join(format!("{name}.crt")), pki.join(format!("{name}.key")));
         if !cert.exists() {
-            ca.issue_member(name, 365)
+            let issued = if name == "witness" {
+                ca.issue_witness(name, 365)
+            } else {
+                ca.issue_member(name, 365)
+            };
+            issued
                 .expect("issue member")
                 .write(&pki, name)
                 .expect("write member files");
