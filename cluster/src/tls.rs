@@ -289,9 +289,12 @@ pub(crate) mod tests {
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
             params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+            // Each CA its own name: webpki matches issuers by name first.
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             params
                 .distinguished_name
-                .push(rcgen::DnType::CommonName, "test pair CA");
+                .push(rcgen::DnType::CommonName, format!("test pair CA {n}"));
             let cert = params.self_signed(&key).unwrap();
             TestCa {
                 pem: cert.pem(),
