@@ -65,6 +65,13 @@ pub enum IssuerError {
         /// Why.
         source: ed25519_dalek::pkcs8::Error,
     },
+    /// No PEM secret key in the file at all.
+    #[error(
+        "{}: not an issuer's secret key (no \"-----BEGIN PRIVATE KEY-----\"): pass the NAME.key \
+         that `vipool license keygen` wrote (NAME.pub is its public half, for the servers)",
+        .0.display()
+    )]
+    NotSecretKey(PathBuf),
     /// Neither a `# vipool-issuer NAME` line nor a usable file name.
     #[error(
         "{}: the file does not say whose key it is: add a first line `# vipool-issuer NAME`",
@@ -219,9 +226,13 @@ impl IssuerKey {
         if pki::readable_by_others(path).map_err(read)? {
             return Err(IssuerError::KeyReadable(path.to_owned()));
         }
-        let named = text
+        // The PEM decoder wants the armour first; the name is in the comments before it.
+        let at = text
+            .find("-----BEGIN")
+            .ok_or_else(|| IssuerError::NotSecretKey(path.to_owned()))?;
+        let (comments, pem) = text.split_at(at);
+        let named = comments
             .lines()
-            .take_while(|l| !l.starts_with("-----"))
             .find_map(|l| l.strip_prefix(NAME_COMMENT))
             .map(str::trim);
         let stem = path
@@ -232,8 +243,6 @@ impl IssuerKey {
             .or(stem)
             .ok_or_else(|| IssuerError::Unnamed(path.to_owned()))?;
         check_name(name)?;
-        // The PEM decoder wants the armour first: skip the comments.
-        let pem = text.find("-----BEGIN").map_or(text.as_str(), |at| &text[at..]);
         let key = SigningKey::from_pkcs8_pem(pem).map_err(|source| IssuerError::SecretKey {
             path: path.to_owned(),
             source,
@@ -308,8 +317,11 @@ mod tests {
             Err(IssuerError::SecretKey { .. })
         ));
         let unnamed = dir.path().join("unnamed.pem");
-        pki::write_private(&unnamed, b"x").unwrap();
+        pki::write_private(&unnamed, b"-----BEGIN PRIVATE KEY-----\n").unwrap();
         assert!(matches!(IssuerKey::load(&unnamed), Err(IssuerError::Unnamed(_))));
+        let public = dir.path().join("acme.pub");
+        let err = IssuerKey::load(&public).unwrap_err();
+        assert!(matches!(err, IssuerError::NotSecretKey(_)), "{err}");
         assert!(matches!(IssuerKey::generate("Acme"), Err(IssuerError::Name(_))));
         let missing = IssuerKey::load(&dir.path().join("nope.key")).unwrap_err();
         assert!(missing.to_string().contains("nope.key"), "{missing}");

@@ -65,6 +65,12 @@ pub enum PublicLineError {
     /// Not `vipool-issuer NAME KEY`.
     #[error("expected `vipool-issuer NAME PUBLIC-KEY` (three words on one line)")]
     Form,
+    /// A secret key where a public line belongs.
+    #[error(
+        "this is an issuer's secret key (PEM), not its public line: servers trust NAME.pub, \
+         and the secret NAME.key belongs with whoever issues keys, never on a server"
+    )]
+    SecretKey,
     /// The name is not a DNS label.
     #[error("issuer name {0:?} is not 1 to 63 lowercase letters, digits and '-' (not first or last)")]
     Name(String),
@@ -120,6 +126,9 @@ impl FromStr for TrustedIssuer {
     type Err = PublicLineError;
 
     fn from_str(line: &str) -> Result<Self, PublicLineError> {
+        if line.starts_with("-----BEGIN") {
+            return Err(PublicLineError::SecretKey);
+        }
         let mut words = line.split_ascii_whitespace();
         let (Some(PUBLIC_TAG), Some(name), Some(key), None) =
             (words.next(), words.next(), words.next(), words.next())
@@ -264,6 +273,10 @@ mod tests {
         let key = line.rsplit(' ').next().unwrap();
         let parse = |s: &str| s.parse::<TrustedIssuer>().unwrap_err();
         assert!(matches!(parse(""), PublicLineError::Form));
+        assert!(matches!(
+            parse("-----BEGIN PRIVATE KEY-----"),
+            PublicLineError::SecretKey
+        ));
         assert!(matches!(parse("vipool-issuer acme"), PublicLineError::Form));
         assert!(matches!(parse(&format!("{line} extra")), PublicLineError::Form));
         assert!(matches!(
