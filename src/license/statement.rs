@@ -402,14 +402,22 @@ pub(super) mod tests {
 
     #[test]
     fn a_claimed_length_is_not_allocated() {
-        // A key id claiming u64::MAX bytes: refused by the limit, not by
-        // the allocator.
-        let mut bytes = vec![FORMAT_V1, 255];
-        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(
-            KeyStatement::from_bytes(&bytes),
-            Err(ParseError::Malformed(_))
-        ));
+        // A key id claiming u64::MAX / 2 bytes (varint tag 253: a u64
+        // follows) and another claiming 2000: both refused by the byte
+        // limit before anything is allocated or read.
+        for claim in [u64::MAX / 2, 2000] {
+            let mut bytes = vec![FORMAT_V1, 253];
+            bytes.extend_from_slice(&claim.to_le_bytes());
+            bytes.extend_from_slice(&[b'k'; 100]);
+            assert!(
+                matches!(
+                    KeyStatement::from_bytes(&bytes),
+                    Err(ParseError::Malformed(bincode::error::DecodeError::LimitExceeded))
+                ),
+                "{claim}: {:?}",
+                KeyStatement::from_bytes(&bytes)
+            );
+        }
     }
 
     #[test]
