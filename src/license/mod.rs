@@ -93,6 +93,11 @@
 //!   for today's pool arithmetic, keyed by [`SignedKey::id`] so that a key
 //!   counts once. Evaluation keys carry their expiry into
 //!   `Key::expires_at_ms`, which the table's sweep already honours.
+//! - Verify where the proposal is made, not in `apply`: the trusted
+//!   issuers are each server's local configuration, and two replicas that
+//!   trust different sets would apply the same entry differently. (Or
+//!   replicate the trusted set, and verify in `apply` with the entry's
+//!   `now_ms / 1000`: `verify` reads no clock.)
 //! - A server's own keys: [`load_key_file`] at start (and on reload),
 //!   [`TrustedIssuers::load`] for the configured issuer files, and each
 //!   key verified against the server's own serial.
