@@ -144,7 +144,7 @@ fn execute(args: Args) -> anyhow::Result<()> {
             };
             if let Some(at) = expires.filter(|at| *at <= now) {
                 bail!(
-                    "the key would have expired already ({}): give a later --expires",
+                    "the key would have expired already ({}): give a later --expires, or more --days",
                     format_utc(at)
                 );
             }
