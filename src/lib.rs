@@ -6,7 +6,8 @@
 //! - [`server`]: answers clients from the table, only on the VIP;
 //! - [`client`]: one connection to the server; [`switch`]: a simulated switch on top of it;
 //! - [`views`]: the operator views of `vipool show`;
-//! - [`node`]: one server of the pair (VRRP, the replicated table and the server together).
+//! - [`node`]: one server of the pair (VRRP, the replicated table and the server together);
+//! - [`license`]: signed license keys, their issuers, and the keys a server trusts.
 //!
 //! The heart of the service is the [`table`]: the shared license table as a
 //! pure, deterministic state machine. Every change to it is a
@@ -35,6 +36,7 @@
 
 pub mod client;
 pub mod config;
+pub mod license;
 pub mod node;
 pub mod pki;
 pub mod proto;

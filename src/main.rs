@@ -33,6 +33,8 @@ enum Command {
     CheckConfig(cmd::check_config::Args),
     /// The pair's certificate authority: create it, issue member certificates, show one.
     Pki(cmd::pki::Args),
+    /// Signed license keys: make an issuer, issue keys, verify and show them.
+    License(cmd::license::Args),
 }
 
 fn init_tracing(default: &str) {
@@ -60,5 +62,6 @@ fn main() -> anyhow::Result<()> {
         Command::Show(args) => runtime.block_on(cmd::show::run(args)),
         Command::CheckConfig(args) => cmd::check_config::run(args),
         Command::Pki(args) => cmd::pki::run(args),
+        Command::License(args) => cmd::license::run(args),
     }
 }

@@ -1,5 +1,6 @@
 pub mod check_config;
 pub mod client;
+pub mod license;
 mod license_args;
 pub mod node;
 pub mod pki;
