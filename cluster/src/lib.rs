@@ -117,5 +117,5 @@ pub use node::{Applied, Node, NodeConfig, NodeError, Output, ProposeError, Takeo
 /// raft-rs, re-exported for its message and configuration types.
 pub use raft;
 pub use state_machine::{SnapshotError, StateMachine};
-pub use storage::{Disk, LogStore, StoreError};
+pub use storage::{DiscardedEntry, DiscardedLog, DiscardedSnapshot, Disk, LogStore, StoreError};
 pub use transport::{TcpTransport, TransportConfig};

@@ -706,7 +706,7 @@ mod tests {
     use super::*;
     use crate::member::tests::fast;
     use crate::sim::Recorder;
-    use crate::{Disk, LogStore, Member};
+    use crate::{LogStore, Member};
     use raft::StateRole;
 
     fn msg(from: u64, to: u64) -> Message {
@@ -1186,7 +1186,10 @@ mod tests {
                     t.set_peer(p, a);
                 }
             }
-            let store = LogStore::open(Disk::open(dir.path().join(format!("{id}.redb"))).unwrap()).unwrap();
+            let store = LogStore::open(crate::member::tests::disk_at(
+                &dir.path().join(format!("{id}.redb")),
+            ))
+            .unwrap();
             let m = Member::start(
                 fast(id),
                 store,

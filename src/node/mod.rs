@@ -151,7 +151,13 @@ async fn raft_parts(
     let me = node.id;
     std::fs::create_dir_all(&node.data_dir).map_err(io(format!("creating {}", node.data_dir.display())))?;
     let path = node.data_dir.join("raft.redb");
-    let disk = Disk::open(&path).map_err(|e| NodeError::Log(format!("{}: {e}", path.display())))?;
+    // Until `vipool init` exists, a missing store is created here, as before.
+    let disk = if path.exists() {
+        Disk::open(&path)
+    } else {
+        Disk::create(&path)
+    }
+    .map_err(|e| NodeError::Log(format!("{}: {e}", path.display())))?;
     let store = LogStore::open(disk).map_err(|e| NodeError::Log(e.to_string()))?;
 
     let listen = cluster
