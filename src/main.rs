@@ -31,6 +31,10 @@ enum Command {
     Show(cmd::show::Args),
     /// Check a node or witness configuration file and print it with every default filled in.
     CheckConfig(cmd::check_config::Args),
+    /// Create the raft log of a member of a brand-new pair (once, before its first start).
+    Init(cmd::init::Args),
+    /// Acknowledge a split-brain yield file (clears its warning in `show status`).
+    AckYield(cmd::ack_yield::Args),
 }
 
 fn init_tracing(default: &str) {
@@ -57,5 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::Client(args) => runtime.block_on(cmd::client::run(args)),
         Command::Show(args) => runtime.block_on(cmd::show::run(args)),
         Command::CheckConfig(args) => cmd::check_config::run(args),
+        Command::Init(args) => cmd::init::run(args),
+        Command::AckYield(args) => cmd::ack_yield::run(args),
     }
 }

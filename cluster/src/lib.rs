@@ -117,5 +117,7 @@ pub use node::{Applied, Node, NodeConfig, NodeError, Output, ProposeError, Takeo
 /// raft-rs, re-exported for its message and configuration types.
 pub use raft;
 pub use state_machine::{SnapshotError, StateMachine};
-pub use storage::{DiscardedEntry, DiscardedLog, DiscardedSnapshot, Disk, LogStore, StoreError};
+pub use storage::{
+    DiscardedEntry, DiscardedLog, DiscardedSnapshot, Disk, LogStore, StoreError, DISCARDED_FORMAT,
+};
 pub use transport::{TcpTransport, TransportConfig};

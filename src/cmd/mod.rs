@@ -1,5 +1,7 @@
+pub mod ack_yield;
 pub mod check_config;
 pub mod client;
+pub mod init;
 mod license_args;
 pub mod node;
 pub mod serve;

@@ -475,7 +475,7 @@ impl LogStore {
     ///
     /// # Errors
     /// The disk write failed; the member must stop.
-    pub(crate) fn flush(&mut self) -> Result<(), StoreError> {
+    pub fn flush(&mut self) -> Result<(), StoreError> {
         if self.pending.is_empty() {
             return Ok(());
         }
