@@ -1034,7 +1034,7 @@ fn a_damaged_backup_refuses_to_start_and_rejoin_rebuilds_it_from_the_primary() {
     // Emptied (zero length): refused, naming the file and both ways out.
     std::fs::write(&store, b"").unwrap();
     let (refused, log) = start_backup(&mut pair.lab, "backup-empty.log", false);
-    assert_ne!(refused.wait_exit(WAIT), Some(0), "started on an empty store");
+    assert_eq!(refused.wait_exit(WAIT), Some(1), "refused with an error");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         text.contains(&format!("{} is empty (zero length)", store.display())),

@@ -52,7 +52,7 @@ use super::{decode, encode, Image, Op, StoreError};
 /// Bumped when the on-disk layout changes; a store of another layout is refused.
 /// 2: every value is a checksummed record; the `rebuild` record.
 pub(super) const FORMAT: &[u8] = b"vipool-cluster-log-2";
-/// What every format of this store starts with (format 1 wrote it bare).
+/// What the name of every format starts with (format 1 stored it bare).
 const FORMAT_PREFIX: &[u8] = b"vipool-cluster-log-";
 
 const ENTRIES_NAME: &str = "entries";
@@ -483,8 +483,9 @@ fn check_format(database: &redb::Database) -> Result<(), StoreError> {
     let raw = raw.value();
     let found = match unseal(META_NAME, K_FORMAT.as_bytes(), raw, || K_FORMAT.into()) {
         Ok(payload) => payload,
-        // Format 1 wrote its name bare; a later one may seal it otherwise.
-        Err(_) if raw.windows(FORMAT_PREFIX.len()).any(|w| w == FORMAT_PREFIX) => raw,
+        // Format 1 wrote its name bare. A sealed record starts with its
+        // checksum, so a damaged one is reported as damage, not as a format.
+        Err(_) if raw.starts_with(FORMAT_PREFIX) => raw,
         Err(e) => return Err(e),
     };
     if found != FORMAT {
@@ -598,6 +599,30 @@ fn write_op(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_the_database_becomes_an_error() {
+        // What a damaged page did to redb before the integrity check on
+        // open (e.g. "range end index 63834 out of range for slice of
+        // length 4096" in a btree page): the sweeps find none left, and
+        // should one remain, this is what the member reports.
+        let err = guarded::<()>(|| panic!("range end index 63834 out of range for slice of length 4096"))
+            .expect_err("caught");
+        assert!(matches!(err, StoreError::Panicked(_)), "{err:?}");
+        assert!(err.is_damage());
+        assert_eq!(
+            err.to_string(),
+            "the database library crashed reading the log store (range end index 63834 out of range \
+             for slice of length 4096): the file is damaged"
+        );
+        let owned = guarded::<()>(|| panic!("{}", String::from("owned message"))).expect_err("caught");
+        assert!(owned.to_string().contains("(owned message)"), "{owned}");
+    }
 }
 
 /// Test access to the raw tables, to damage a store the way a disk would.
