@@ -32,8 +32,10 @@
 //!   without a word. So [`Disk::write`] commits every batch twice, the
 //!   second time with no change: once a batch is durable (and only then is
 //!   anything that depends on it sent), both slots point at the same tables,
-//!   and a fallback can only land on the same log. A fallback is still
-//!   logged, as it means a crash in the middle of a write or damage.
+//!   and a fallback can only land on the same log. The fallback of the
+//!   repair is logged, as it means a crash in the middle of a write or
+//!   damage; the slot swap redb makes while reading the header (the newest
+//!   slot's own checksum fails) it does not report, and it is as harmless.
 
 use std::fs;
 use std::io::Write as _;
