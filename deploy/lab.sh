@@ -265,6 +265,12 @@ fi
 for f in "$WORK"/*.toml; do
     "$BIN" check-config "$f" >/dev/null || { echo "lab.sh: $f refused by check-config" >&2; exit 1; }
 done
+# A brand-new pair: each member's raft log is created once, before its
+# first start (a node refuses to start without one).
+for f in "$WORK"/*.toml; do
+    "$BIN" --log warn init --config "$f" >>"$WORK/init.log" 2>&1 ||
+        { cat "$WORK/init.log" >&2; echo "lab.sh: vipool init --config $f failed" >&2; exit 1; }
+done
 
 # ---------------------------------------------------------------- processes
 

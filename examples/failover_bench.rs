@@ -235,7 +235,9 @@ sweep_interval_ms = 500
     );
     let path = lab.dir().join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write node config");
-    path.to_string_lossy().into_owned()
+    let path = path.to_string_lossy().into_owned();
+    common::init_member(&path);
+    path
 }
 
 /// Hosts 0 (primary), 1 (backup), 2 (switches and probers).

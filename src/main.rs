@@ -35,6 +35,10 @@ enum Command {
     Pki(cmd::pki::Args),
     /// Signed license keys: make an issuer, issue keys, verify and show them.
     License(cmd::license::Args),
+    /// Create the raft log of a member of a brand-new pair (once, before its first start).
+    Init(cmd::init::Args),
+    /// Acknowledge a split-brain yield file (clears its warning in `show status`).
+    AckYield(cmd::ack_yield::Args),
 }
 
 fn init_tracing(default: &str) {
@@ -63,5 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig(args) => cmd::check_config::run(args),
         Command::Pki(args) => cmd::pki::run(args),
         Command::License(args) => cmd::license::run(args),
+        Command::Init(args) => cmd::init::run(args),
+        Command::AckYield(args) => cmd::ack_yield::run(args),
     }
 }

@@ -84,7 +84,9 @@ sweep_interval_ms = 500
     );
     let path = lab.dir().join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write node config");
-    path.to_string_lossy().into_owned()
+    let path = path.to_string_lossy().into_owned();
+    common::init_member(&path);
+    path
 }
 
 struct Pair {
@@ -130,6 +132,7 @@ fn start_pair_with_witness() -> Pair {
         ),
     )
     .unwrap();
+    common::init_member(cw.to_str().unwrap());
     let _witness = lab.vipool(&w, &["witness", "--config", cw.to_str().unwrap()]);
     let primary = lab.vipool(&a, &["node", "--config", &ca]);
     let backup = lab.vipool(&b, &["node", "--config", &cb]);
@@ -910,5 +913,233 @@ fn partition_without_a_witness_heals_to_one_holder_and_one_table() {
     println!(
         "{test}: one holder, one table, every switch restored {:?} after the heal",
         t1.elapsed()
+    );
+    if split {
+        yield_is_kept_and_acknowledged(&pair.lab, &client_host);
+    }
+}
+
+/// After a split brain healed: the member that yielded kept what it
+/// discarded in a file of its data dir, its status warns about it, and
+/// `vipool ack-yield` acknowledges it (the file is renamed, not deleted).
+fn yield_is_kept_and_acknowledged(lab: &Lab, client_host: &Host) {
+    let kept = |name: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(lab.dir().join(format!("{name}-data")))
+            .map(|d| {
+                d.map(|e| e.unwrap().path())
+                    .filter(|p| {
+                        let n = p.file_name().unwrap().to_string_lossy();
+                        n.starts_with("yielded-") && n.ends_with(".json")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (primary, backup) = (kept("primary"), kept("backup"));
+    let (name, addr, files) = match (primary.len(), backup.len()) {
+        (1, 0) => ("primary", lab.hosts[0].addr, primary),
+        (0, 1) => ("backup", lab.hosts[1].addr, backup),
+        _ => panic!("exactly one member yields once: primary {primary:?}, backup {backup:?}"),
+    };
+    let file = &files[0];
+    let log: cluster::DiscardedLog = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    println!(
+        "{name} yielded to member {}: commit {}, {} committed entries kept in {}",
+        log.winner,
+        log.commit,
+        log.committed_entries,
+        file.display()
+    );
+    let file_name = file.file_name().unwrap().to_string_lossy().into_owned();
+    let warned = |d: &TableDump| {
+        d.status
+            .warnings
+            .iter()
+            .any(|w| w.contains("SPLIT-BRAIN YIELD") && w.contains(&file_name))
+    };
+    assert!(
+        wait_for(WAIT, || show(client_host, addr).is_ok_and(|d| warned(&d))),
+        "no yield warning in the {name}'s status: {:?}",
+        show(client_host, addr).map(|d| d.status.warnings)
+    );
+    let config = lab.dir().join(format!("{name}.toml"));
+    let config = config.to_str().unwrap();
+    let listed = common::sh(&[&common::vipool_bin(), "ack-yield", "--config", config]);
+    assert!(
+        listed.contains(&file_name) && listed.contains("--all"),
+        "{listed}"
+    );
+    assert!(file.exists(), "listing acknowledges nothing");
+    let acked = common::sh(&[&common::vipool_bin(), "ack-yield", "--config", config, "--all"]);
+    assert!(acked.contains(&format!("acknowledged {file_name}")), "{acked}");
+    assert!(!file.exists());
+    assert!(file.with_file_name(format!("{file_name}.acknowledged")).exists());
+    assert!(
+        wait_for(WAIT, || show(client_host, addr).is_ok_and(|d| !warned(&d))),
+        "the warning outlived its acknowledgement"
+    );
+}
+
+/// The backup's raft log in its data dir.
+fn backup_store(lab: &Lab) -> std::path::PathBuf {
+    lab.dir().join("backup-data").join("raft.redb")
+}
+
+/// Starts `vipool node --config backup.toml [--rejoin]` on the backup's
+/// host, its log in `log`.
+fn start_backup(lab: &mut Lab, log: &str, rejoin: bool) -> (Speaker, std::path::PathBuf) {
+    let host = lab.hosts[1].clone();
+    let config = lab.dir().join("backup.toml").to_string_lossy().into_owned();
+    let log = lab.dir().join(log);
+    let mut args = vec!["node", "--config", config.as_str()];
+    if rejoin {
+        args.push("--rejoin");
+    }
+    (lab.vipool_logged(&host, &args, &log), log)
+}
+
+/// A backup whose store is lost or damaged refuses to start and says what
+/// to do; `--rejoin` sets the store aside and rebuilds it from the primary
+/// under load; the rebuilt backup holds the primary's table and takes over
+/// from it without losing an acknowledged grant (SPEC §9 "damage is a
+/// clear error", S2).
+#[test]
+fn a_damaged_backup_refuses_to_start_and_rejoin_rebuilds_it_from_the_primary() {
+    let test = "a_damaged_backup_refuses_to_start_and_rejoin_rebuilds_it_from_the_primary";
+    if !lab_available(test) {
+        return;
+    }
+    let mut pair = start_pair();
+    let client_host = pair.lab.hosts[2].clone();
+    let (a, b) = (pair.lab.hosts[0].addr, pair.lab.hosts[1].addr);
+    assert!(
+        wait_for(WAIT, || serving(&client_host, a)),
+        "the primary never served"
+    );
+    assert!(
+        wait_for(WAIT, || show(&client_host, b)
+            .is_ok_and(|d| d.status.applied_index > 1)),
+        "the backup never replicated"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let since = Arc::new(std::sync::Mutex::new(Some(Instant::now())));
+    let acked = Arc::new(AtomicU64::new(0));
+    let probe = prober(&client_host, "prober", since, stop.clone(), acked.clone());
+    assert!(wait_for(WAIT, || acked.load(Ordering::SeqCst) >= 20), "no load");
+
+    pair.backup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(pair.backup.wait_exit(WAIT), Some(0), "the backup stops cleanly");
+    let store = backup_store(&pair.lab);
+    let good = std::fs::read(&store).expect("the backup's store");
+    let config = pair.lab.dir().join("backup.toml");
+    let rejoin = format!("`vipool node --config {} --rejoin`", config.display());
+
+    // Emptied (zero length): refused, naming the file and both ways out.
+    std::fs::write(&store, b"").unwrap();
+    let (refused, log) = start_backup(&mut pair.lab, "backup-empty.log", false);
+    assert_eq!(refused.wait_exit(WAIT), Some(1), "refused with an error");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains(&format!("{} is empty (zero length)", store.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("vipool init --config") && text.contains(&rejoin),
+        "{text}"
+    );
+
+    // Damaged: every page after redb's header scrambled. Refused, never a
+    // panic (exit 1 from the error, not 101), naming the file and --rejoin.
+    let mut damaged = good.clone();
+    for byte in &mut damaged[4096..] {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&store, &damaged).unwrap();
+    let (refused, log) = start_backup(&mut pair.lab, "backup-damaged.log", false);
+    assert_eq!(
+        refused.wait_exit(WAIT),
+        Some(1),
+        "refused with an error, not a panic"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains(&store.display().to_string()), "{text}");
+    assert!(
+        text.contains("cannot be trusted") && text.contains(&rejoin),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+
+    // --rejoin: the damaged store is moved aside, an empty one rebuilds
+    // from the primary's snapshot while the prober keeps drawing.
+    let t0 = Instant::now();
+    let (backup, log) = start_backup(&mut pair.lab, "backup-rejoin.log", true);
+    pair.backup = backup;
+    assert!(
+        wait_for(WAIT, || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("REJOIN"))),
+        "no REJOIN in the log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let aside: Vec<std::path::PathBuf> = std::fs::read_dir(store.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("raft.redb.aside-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), damaged, "kept, not deleted");
+    // Caught up and promoted back to voter: it advertises its priority again.
+    let promoted = "caught up with the log and a voter: advertising the configured VRRP priority";
+    assert!(
+        wait_for(2 * WAIT, || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains(promoted))),
+        "the rejoined backup never caught up and became a voter; its log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    println!(
+        "{test}: the rejoined backup caught up and is a voter {:?} after its start",
+        t0.elapsed()
+    );
+    let before = acked.load(Ordering::SeqCst);
+    assert!(
+        wait_for(WAIT, || acked.load(Ordering::SeqCst) >= before + 20),
+        "the pair stopped serving after the rejoin"
+    );
+
+    // Same applied table on both once the load stops.
+    stop.store(true, Ordering::SeqCst);
+    let probe = probe.join().expect("prober");
+    let mut last = None;
+    let same = wait_for(WAIT, || match (show(&client_host, a), show(&client_host, b)) {
+        (Ok(x), Ok(y)) => {
+            last = Some((x.status.applied_index, y.status.applied_index));
+            x.state == y.state && x.status.applied_index == y.status.applied_index
+        }
+        _ => false,
+    });
+    assert!(
+        same,
+        "the rebuilt table differs from the primary's (applied {last:?})"
+    );
+    let used = u64::from(show(&client_host, b).unwrap().state.clients["prober"].used_of(&ap()));
+    assert!(
+        used >= probe.acked && used <= probe.acked + probe.uncertain,
+        "acknowledged {} (+{} uncertain), the rebuilt table holds {used}",
+        probe.acked,
+        probe.uncertain
+    );
+
+    // The rebuilt backup is a full member: it takes over from the primary.
+    pair.primary.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(pair.primary.wait_exit(WAIT), Some(0));
+    assert!(
+        wait_for(WAIT, || serving(&client_host, b)),
+        "the rebuilt backup never served: {:?}",
+        show(&client_host, b)
+    );
+    let dump = show(&client_host, b).unwrap();
+    assert_eq!(u64::from(dump.state.clients["prober"].used_of(&ap())), used);
+    println!(
+        "{test}: prober acked {} (uncertain {}), the rebuilt backup holds {used} and serves after the primary stopped",
+        probe.acked, probe.uncertain
     );
 }

@@ -83,7 +83,9 @@ sweep_interval_ms = 3600000
     );
     let path = lab.dir().join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write node config");
-    path.to_string_lossy().into_owned()
+    let path = path.to_string_lossy().into_owned();
+    common::init_member(&path);
+    path
 }
 
 /// The node's status and table through its operator endpoint, asked from `from`.

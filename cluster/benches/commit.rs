@@ -159,7 +159,7 @@ async fn vipool(dir: &Path, tls: bool) -> Vec<Figures> {
         let mut cfg = MemberConfig::new(id);
         cfg.tick = Duration::from_millis(20);
         cfg.node.snapshot_interval = 50_000;
-        let store = LogStore::open(Disk::open(dir.join(format!("m{id}.redb"))).unwrap()).unwrap();
+        let store = LogStore::open(Disk::create(dir.join(format!("m{id}.redb"))).unwrap()).unwrap();
         let m = Member::start(cfg, store, Count::default(), &[1, 2], Arc::new(t.clone())).unwrap();
         t.attach(l, Arc::new(m.clone()));
         members.push(m);

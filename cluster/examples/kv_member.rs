@@ -142,7 +142,15 @@ async fn main() -> anyhow::Result<()> {
     cfg.tick = Duration::from_millis(20);
     cfg.request_timeout = Duration::from_secs(2);
     cfg.node.snapshot_interval = 200;
-    let store = LogStore::open(Disk::open(a.dir.join("log.redb"))?)?;
+    // The first start of a member creates its store (and bootstraps it with
+    // --voters); a restart opens the one it has.
+    let path = a.dir.join("log.redb");
+    let disk = if path.exists() {
+        Disk::open(&path)?
+    } else {
+        Disk::create(&path)?
+    };
+    let store = LogStore::open(disk)?;
     let member = Member::start(
         cfg,
         store,

@@ -38,7 +38,11 @@
 //! across the healed link reveals it: the side with the lower term (then the
 //! higher id) yields, discards its log, rebuilds from the other's snapshot and
 //! logs it at error level ([`Status::last_yield`]). Writes it acknowledged
-//! alone are lost: the documented risk of a pair without a witness.
+//! alone are lost from the pair: the documented risk of a pair without a
+//! witness. They are not lost for the operator: before it discards anything
+//! the member keeps its whole log ([`DiscardedLog`], each command described
+//! by [`StateMachine::describe`]) where its [`Disk`] keeps such things, a
+//! file next to the store; if that fails it stops instead.
 //!
 //! A witness ([`NodeConfig::witness`]) votes and stores the log but never
 //! campaigns or leads, so a pair plus a witness fails over by election.
@@ -119,5 +123,7 @@ pub use node::{Applied, Node, NodeConfig, NodeError, Output, ProposeError, Takeo
 /// raft-rs, re-exported for its message and configuration types.
 pub use raft;
 pub use state_machine::{SnapshotError, StateMachine};
-pub use storage::{Disk, LogStore, StoreError};
+pub use storage::{
+    DiscardedEntry, DiscardedLog, DiscardedSnapshot, Disk, LogStore, StoreError, DISCARDED_FORMAT,
+};
 pub use transport::{TcpTransport, TransportConfig};

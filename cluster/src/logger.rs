@@ -76,8 +76,40 @@ pub(crate) mod tests {
 
         /// Runs `f` with [`Captured::subscriber`] as the default.
         pub(crate) fn during<R>(&self, f: impl FnOnce() -> R) -> R {
+            ask_every_time();
             tracing::subscriber::with_default(self.subscriber(), f)
         }
+    }
+
+    /// tracing caches, per callsite, whether any subscriber wants its
+    /// events. A test thread without a subscriber that reaches a callsite
+    /// first caches "never" and can overwrite the "sometimes" a capturing
+    /// test's subscriber has just set: that test then misses the event. A
+    /// global subscriber that is interested in every callsite, and records
+    /// nothing, keeps the cache at "sometimes" for all threads.
+    fn ask_every_time() {
+        struct AskEveryTime;
+        impl tracing::Subscriber for AskEveryTime {
+            fn register_callsite(&self, _: &tracing::Metadata<'_>) -> tracing::subscriber::Interest {
+                tracing::subscriber::Interest::sometimes()
+            }
+            fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+                false
+            }
+            fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+                tracing::span::Id::from_u64(1)
+            }
+            fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+            fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+            fn event(&self, _: &tracing::Event<'_>) {}
+            fn enter(&self, _: &tracing::span::Id) {}
+            fn exit(&self, _: &tracing::span::Id) {}
+        }
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // Another test binary's harness may have set one: then it decides.
+            let _ = tracing::subscriber::set_global_default(AskEveryTime);
+        });
     }
 
     #[test]

@@ -584,6 +584,7 @@ impl<S: StateMachine> Task<S> {
                 Output::Yielded {
                     winner,
                     discarded_committed,
+                    ..
                 } => {
                     self.last_yield = Some((winner, discarded_committed));
                 }
@@ -659,9 +660,19 @@ pub(crate) mod tests {
         start_with(dir, fast(id), net)
     }
 
+    /// The store at `path`: created on a member's first start, opened on
+    /// its restarts.
+    pub(crate) fn disk_at(path: &std::path::Path) -> Disk {
+        if path.exists() {
+            Disk::open(path).unwrap()
+        } else {
+            Disk::create(path).unwrap()
+        }
+    }
+
     fn start_with(dir: &std::path::Path, cfg: MemberConfig, net: &Arc<LocalNet>) -> Member<Recorder> {
         let id = cfg.node.id;
-        let disk = Disk::open(dir.join(format!("m{id}.redb"))).unwrap();
+        let disk = disk_at(&dir.join(format!("m{id}.redb")));
         let store = LogStore::open(disk).unwrap();
         let m = Member::start(cfg, store, Recorder::default(), &[1, 2, 3], net.clone()).unwrap();
         net.members.lock().unwrap().insert(id, m.clone());
@@ -734,7 +745,7 @@ pub(crate) mod tests {
     async fn propose_times_out_without_quorum() {
         let dir = tempfile::tempdir().unwrap();
         let net = Arc::new(LocalNet::default());
-        let disk = Disk::open(dir.path().join("solo.redb")).unwrap();
+        let disk = Disk::create(dir.path().join("solo.redb")).unwrap();
         let mut cfg = fast(1);
         cfg.request_timeout = Duration::from_millis(300);
         // Two voters, the other never starts: no leader, no commit.
@@ -797,7 +808,7 @@ pub(crate) mod tests {
     }
 
     fn start_pair(dir: &std::path::Path, id: u64, net: &Arc<LocalNet>) -> Member<Recorder> {
-        let disk = Disk::open(dir.join(format!("p{id}.redb"))).unwrap();
+        let disk = disk_at(&dir.join(format!("p{id}.redb")));
         let mut cfg = fast(id);
         cfg.node.snapshot_interval = 20;
         let m = Member::start(

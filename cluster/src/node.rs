@@ -16,8 +16,14 @@ use raft::eraftpb::{
 use raft::{GetEntriesContext, RawNode, StateRole, Storage as _};
 
 use crate::logger::raft_logger;
-use crate::storage::{LogStore, StoreError};
+use crate::storage::{
+    hex, DiscardedEntry, DiscardedLog, DiscardedSnapshot, LogStore, StoreError, DISCARDED_FORMAT,
+};
 use crate::StateMachine;
+
+/// How many discarded committed entries a yield lists in its log line; the
+/// rest are in the file it names.
+const YIELD_LOG_LIST: usize = 50;
 
 /// Identifies one request of a caller until its [`Output`] comes back.
 pub type Token = u64;
@@ -71,12 +77,16 @@ pub enum Output<R> {
     Proposed(Token, Result<Applied<R>, ProposeError>),
     /// A read may now run against the state machine (`Ok`), or failed.
     Read(Token, Result<(), ProposeError>),
-    /// Split brain healed and this member lost: its log was discarded.
+    /// Split brain healed and this member lost: its log was discarded,
+    /// after it was kept where its disk keeps such things
+    /// ([`DiscardedLog`]).
     Yielded {
         /// The member whose log is kept.
         winner: u64,
-        /// How many entries this member had committed and discarded.
+        /// This member's commit index when it discarded its log.
         discarded_committed: u64,
+        /// Where the discarded log was kept (a file, for a redb disk).
+        kept: String,
     },
 }
 
@@ -228,18 +238,7 @@ impl<S: StateMachine> Node<S> {
     ) -> Result<Self, NodeError> {
         let initial_state = sm.snapshot();
         if store.is_empty() && !initial_voters.is_empty() {
-            // Founders start from the same snapshot at index 1 (term 1) that
-            // holds the first configuration. A member added later has nothing
-            // at or below 1, so the leader must send it a snapshot: raft-rs
-            // cannot apply a membership change to a member that has no
-            // configuration yet, which replaying entries from 1 would need.
-            let mut snap = Snapshot::default();
-            snap.set_data(initial_state.clone().into());
-            let meta = snap.mut_metadata();
-            meta.index = 1;
-            meta.term = 1;
-            meta.mut_conf_state().voters = initial_voters.to_vec();
-            store.install_snapshot(snap)?;
+            store.bootstrap(initial_voters, initial_state.clone())?;
             store.flush()?;
         }
         let snap = store.snapshot_ref();
@@ -890,7 +889,7 @@ impl<S: StateMachine> Node<S> {
             let me = (self.raw.raft.term, std::cmp::Reverse(self.cfg.id));
             let them = (msg.term, std::cmp::Reverse(msg.from));
             if them > me {
-                return self.yield_to(msg.from);
+                return self.yield_to(msg.from, msg.term);
             }
             // We win; the loser yields when it hears from us.
             return Ok(());
@@ -1047,16 +1046,35 @@ impl<S: StateMachine> Node<S> {
         sole && cs.learners.contains(&msg.from)
     }
 
-    fn yield_to(&mut self, winner: u64) -> Result<(), NodeError> {
-        let discarded = self.commit_index();
+    /// Discards this member's log (it lost a split brain) and waits for the
+    /// winner's snapshot. What it discards is kept first, durably: if that
+    /// fails, nothing is discarded and the error stops the member.
+    fn yield_to(&mut self, winner: u64, winner_term: u64) -> Result<(), NodeError> {
+        let term = self.raw.raft.term;
+        let commit = self.commit_index();
+        let discarded = self.discarded_log(winner, winner_term);
+        let kept = self.raw.store().disk().keep_discarded(&discarded)?;
+        let (shown, more) = discarded.committed_summary(YIELD_LOG_LIST);
+        let mut list = if shown.is_empty() {
+            "none".to_string()
+        } else {
+            shown.join("; ")
+        };
+        if more > 0 {
+            list.push_str(&format!("; and {more} more, see {kept}"));
+        }
+        let snap_index = discarded.snapshot.as_ref().map_or(0, |s| s.index);
         tracing::error!(
             member = self.cfg.id,
             winner,
-            discarded_committed = discarded,
-            term = self.raw.raft.term,
-            "SPLIT BRAIN HEALED: both members took over during a partition; this member yields, \
-             discards its log (including {discarded} committed entries) and rebuilds from member \
-             {winner}'s snapshot"
+            discarded_committed = commit,
+            term,
+            kept = %kept,
+            "SPLIT BRAIN HEALED: both members took over during a partition; this member yields to \
+             member {winner}, discards its log (committed up to {commit}) and rebuilds from \
+             {winner}'s snapshot. What it discarded is kept in {kept}: its snapshot at {snap_index} \
+             and {} committed entries after it: {list}",
+            discarded.committed_entries
         );
         for (_, (_, token)) in std::mem::take(&mut self.proposals) {
             self.out.push(Output::Proposed(token, Err(ProposeError::Unknown)));
@@ -1065,6 +1083,9 @@ impl<S: StateMachine> Node<S> {
         self.sm.restore(&self.initial_state)?;
         let store = self.raw.mut_store();
         store.clear();
+        store.mark_rebuilding(format!(
+            "yielded to member {winner} after a split brain (term {term}); what it discarded is kept in {kept}"
+        ));
         store.flush()?;
         let fresh = LogStore::open(store.disk())?;
         self.raw = Self::raw_node(&self.cfg, fresh, 0)?;
@@ -1078,9 +1099,49 @@ impl<S: StateMachine> Node<S> {
         self.sync_target = None;
         self.out.push(Output::Yielded {
             winner,
-            discarded_committed: discarded,
+            discarded_committed: commit,
+            kept,
         });
         Ok(())
+    }
+
+    /// Everything this member holds, decoded, as a yield keeps it.
+    fn discarded_log(&self, winner: u64, winner_term: u64) -> DiscardedLog {
+        let store = self.raw.store();
+        let commit = self.commit_index();
+        let (cs, conf_index) = store.conf();
+        let snap = store.snapshot_ref();
+        let entries: Vec<DiscardedEntry> = store
+            .all_entries()
+            .iter()
+            .map(|e| DiscardedEntry {
+                index: e.index,
+                term: e.term,
+                entry_type: format!("{:?}", e.get_entry_type()),
+                committed: e.index <= commit,
+                decoded: describe_entry::<S>(e),
+                data_hex: hex(&e.data),
+            })
+            .collect();
+        DiscardedLog {
+            format: DISCARDED_FORMAT.into(),
+            member: self.cfg.id,
+            winner,
+            term: self.raw.raft.term,
+            winner_term,
+            yielded_at_unix_ms: 0,
+            commit,
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            conf_index,
+            committed_entries: entries.iter().filter(|e| e.committed).count() as u64,
+            snapshot: (snap.get_metadata().index > 0).then(|| DiscardedSnapshot {
+                index: snap.get_metadata().index,
+                term: snap.get_metadata().term,
+                data_hex: hex(snap.get_data()),
+            }),
+            entries,
+        }
     }
 
     /// Makes this member the only voter and leader, keeping its log, when
@@ -1579,6 +1640,35 @@ enum ReportKind {
     Append { accepted: bool },
     /// Whether raft replaces our log with the snapshot.
     Snapshot { restores: bool },
+}
+
+/// An entry as an operator reads it: the state machine's description of
+/// its command, or the membership change.
+fn describe_entry<S: StateMachine>(e: &Entry) -> String {
+    let conf = |cc: Result<ConfChangeV2, protobuf::ProtobufError>| match cc {
+        Ok(cc) => {
+            let changes: Vec<String> = cc
+                .get_changes()
+                .iter()
+                .map(|c| format!("{:?} {}", c.get_change_type(), c.node_id))
+                .collect();
+            format!("membership change: {}", changes.join(", "))
+        }
+        Err(err) => format!("(membership change that cannot be decoded: {err})"),
+    };
+    match e.get_entry_type() {
+        EntryType::EntryNormal if e.data.is_empty() => "(empty entry of a new leader)".into(),
+        EntryType::EntryNormal => {
+            match bincode::serde::decode_from_slice::<S::Command, _>(&e.data, bincode_config()) {
+                Ok((cmd, _)) => S::describe(&cmd),
+                Err(err) => format!("(command that cannot be decoded: {err})"),
+            }
+        }
+        EntryType::EntryConfChange => {
+            conf(ConfChange::parse_from_bytes(&e.data).map(raft_proto::ConfChangeI::into_v2))
+        }
+        EntryType::EntryConfChangeV2 => conf(ConfChangeV2::parse_from_bytes(&e.data)),
+    }
 }
 
 fn conf_change(changes: &[(ConfChangeType, u64)]) -> ConfChangeV2 {

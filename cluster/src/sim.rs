@@ -360,8 +360,8 @@ impl Sim {
                             self.reads_ok += 1;
                         }
                     }
-                    Output::Yielded { winner, .. } => {
-                        self.note(format!("{id} yields to {winner}"));
+                    Output::Yielded { winner, kept, .. } => {
+                        self.note(format!("{id} yields to {winner}, its log kept in {kept}"));
                         self.yields.push((id, winner));
                         self.verified.insert(id, 0);
                     }
@@ -1237,6 +1237,19 @@ fn both_sides_take_over_then_one_yields_and_rebuilds() {
         let (t1, t2) = (sim.nodes[&1].term(), sim.nodes[&2].term());
         let loser = if t1 >= t2 { 2 } else { 1 };
         let winner = 3 - loser;
+        // What the loser committed alone: lost from the pair, kept by the yield.
+        let alone: BTreeMap<u64, u64> = {
+            let w = &sim.nodes[&winner].state_machine().by_index;
+            sim.nodes[&loser]
+                .state_machine()
+                .by_index
+                .iter()
+                .filter(|(i, c)| w.get(i) != Some(c))
+                .map(|(&i, &c)| (i, c))
+                .collect()
+        };
+        assert!(!alone.is_empty(), "seed {seed}: the loser committed alone");
+        let loser_commit = sim.nodes[&loser].commit_index();
         // Forget the loser's acks: those were lost by the documented split brain.
         let winner_cmds: BTreeSet<u64> = sim.nodes[&winner]
             .state_machine()
@@ -1253,6 +1266,37 @@ fn both_sides_take_over_then_one_yields_and_rebuilds() {
             }
         }
         assert_eq!(sim.yields.len(), 1, "seed {seed}: someone yields");
+        let kept = sim.disks[&loser].kept_discarded();
+        assert_eq!(kept.len(), 1, "seed {seed}: the yield kept its log once");
+        let (name, log) = &kept[0];
+        assert!(name.starts_with("yielded-") && name.ends_with(".json"), "{name}");
+        assert_eq!(
+            (log.member, log.winner, log.commit),
+            (loser, winner, loser_commit)
+        );
+        assert_eq!(log.voters, vec![loser], "seed {seed}: it yielded as sole voter");
+        assert!(
+            log.snapshot.is_some(),
+            "seed {seed}: the takeover's snapshot is kept"
+        );
+        for (i, c) in &alone {
+            let e = log
+                .entries
+                .iter()
+                .find(|e| e.index == *i)
+                .unwrap_or_else(|| panic!("seed {seed}: entry {i} (command {c}) not kept: {log:?}"));
+            assert!(e.committed && e.entry_type == "EntryNormal", "{e:?}");
+            assert_eq!(
+                e.decoded,
+                c.to_string(),
+                "seed {seed}: decoded by the state machine"
+            );
+            assert_eq!(e.data_hex, crate::storage::hex(&crate::node::encode_command(c)));
+        }
+        assert!(
+            sim.disks[&winner].kept_discarded().is_empty(),
+            "seed {seed}: the winner keeps its log"
+        );
         sim.run(100);
         // The loser's discarded acks are the split brain's cost, not a bug.
         sim.recheck_from_scratch();
@@ -1281,7 +1325,8 @@ fn both_sides_take_over_then_one_yields_and_rebuilds() {
 fn yield_is_logged_loudly() {
     let cap = crate::logger::tests::Captured::default();
     cap.during(|| {
-        let mut sim = Sim::new(300, &pair());
+        // No compaction after the takeover: every entry is listed one by one.
+        let mut sim = Sim::with_snapshot_interval(300, &pair(), 1000);
         elected(&mut sim);
         // Idle: the follower learns it is in sync through its ReadIndex probe.
         sim.run(30);
@@ -1291,15 +1336,73 @@ fn yield_is_logged_loudly() {
         sim.take_over(1);
         sim.take_over(2);
         sim.run(5);
+        for _ in 0..60 {
+            sim.propose_on(1);
+            sim.propose_on(2);
+            sim.step();
+        }
         sim.heal();
         sim.run(50);
         assert_eq!(sim.yields.len(), 1);
     });
     let text = cap.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("SPLIT BRAIN HEALED"))
+        .unwrap_or_else(|| panic!("no yield line: {text}"));
+    assert!(line.contains("ERROR"), "{line}");
+    // It names where the discarded log went and lists the entries, capped.
+    assert!(line.contains("is kept in yielded-1-term"), "{line}");
+    assert!(line.contains("committed entries after it: #"), "{line}");
+    let listed = line.matches(" (term ").count();
+    assert_eq!(listed, 50, "the first 50 entries are listed: {line}");
+    assert!(line.contains(" more, see yielded-1-term"), "{line}");
+}
+
+#[test]
+fn a_yield_that_cannot_keep_the_discarded_log_discards_nothing() {
+    let mut sim = Sim::new(301, &pair());
+    elected(&mut sim);
+    sim.run(30);
+    sim.partition(&[1]);
+    sim.run(30);
+    sim.cross_checks = false;
+    sim.take_over(1);
+    sim.take_over(2);
+    for _ in 0..5 {
+        sim.propose_on(1);
+        sim.propose_on(2);
+        sim.step();
+    }
+    sim.run(5);
+    let (t1, t2) = (sim.nodes[&1].term(), sim.nodes[&2].term());
+    let loser = if t1 >= t2 { 2 } else { 1 };
+    let winner = 3 - loser;
+    let before = sim.nodes[&loser].store().all_entries().to_vec();
+    assert!(!before.is_empty());
+    sim.disks[&loser].break_writes();
+    // The winner's first message across the healed link: the loser must
+    // yield, and cannot keep what it would discard.
+    let mut hb = Message::default();
+    hb.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    hb.from = winner;
+    hb.to = loser;
+    hb.term = sim.nodes[&winner].term();
+    let node = sim.nodes.get_mut(&loser).unwrap();
+    let err = node
+        .step(hb)
+        .expect_err("a yield that cannot keep the log stops the member");
+    assert!(err.to_string().contains("disk is broken"), "{err}");
+    assert_eq!(node.store().all_entries(), before.as_slice(), "nothing discarded");
+    assert_eq!(node.conf_state().voters, vec![loser]);
     assert!(
-        text.contains("ERROR") && text.contains("SPLIT BRAIN HEALED"),
-        "{text}"
+        !node
+            .drain_outputs()
+            .iter()
+            .any(|o| matches!(o, Output::Yielded { .. })),
+        "no yield reported"
     );
+    assert!(sim.disks[&loser].kept_discarded().is_empty());
 }
 
 fn pair_and_witness() -> Vec<Spec> {

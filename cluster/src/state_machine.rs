@@ -8,7 +8,7 @@
 /// command by the proposer (the leader).
 pub trait StateMachine: Send + 'static {
     /// A command as proposed; the log stores it serialized with serde.
-    type Command: serde::Serialize + serde::de::DeserializeOwned + Send + 'static;
+    type Command: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static;
     /// What applying a command returns to its proposer.
     type Response: Send + 'static;
 
@@ -28,6 +28,13 @@ pub trait StateMachine: Send + 'static {
     /// The bytes are not a snapshot this version can read; the state is
     /// left unchanged.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
+
+    /// One line an operator can read, for a command the log holds: what a
+    /// member that yields after a split brain logs and keeps of the entries
+    /// it discards. The default is the command's `Debug`.
+    fn describe(command: &Self::Command) -> String {
+        format!("{command:?}")
+    }
 }
 
 /// A snapshot that cannot be restored.

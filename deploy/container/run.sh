@@ -164,6 +164,15 @@ say "image $IMAGE: FROM scratch + vipool ($(du -h "$WORK/context/vipool" | cut -
 
 say "project $PROJECT: network 198.51.100.0/24, primary $PRIMARY, backup $BACKUP$([ "$WITNESS" -eq 1 ] && echo ", witness 198.51.100.13"), switches 198.51.100.20, VIP $VIP"
 UP=1
+# A brand-new pair: each member's raft log is created once, in its volume,
+# before its first start (a node refuses to start without one).
+INIT=(primary:node.toml backup:node.toml)
+[ "$WITNESS" -eq 1 ] && INIT+=(witness:witness.toml)
+for m in "${INIT[@]}"; do
+    compose run --rm --no-deps -T "${m%%:*}" --log warn init --config "/etc/vipool/${m#*:}" >>"$WORK/init.log" 2>&1 ||
+        { cat "$WORK/init.log"; fail "vipool init of ${m%%:*} failed"; finish; }
+done
+say "raft logs created (vipool init): ${INIT[*]%%:*}"
 compose up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "docker-compose up failed"; finish; }
 
 # `vipool show` from the switches' container (the image has no shell: the

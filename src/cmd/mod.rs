@@ -1,5 +1,7 @@
+pub mod ack_yield;
 pub mod check_config;
 pub mod client;
+pub mod init;
 pub mod license;
 mod license_args;
 pub mod node;

@@ -1,4 +1,5 @@
-//! `vipool node --config FILE`: one server of the pair in the foreground.
+//! `vipool node --config FILE [--rejoin]`: one server of the pair in the
+//! foreground.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,12 @@ pub struct Args {
     /// The node's configuration file (TOML; `vipool check-config` explains it).
     #[arg(long)]
     config: PathBuf,
+    /// Start as an empty member that rebuilds from its peer: the raft log
+    /// (data_dir/raft.redb) is moved aside (renamed, never deleted) and an
+    /// empty one waits for the leader's snapshot. For a member whose store
+    /// was lost or damaged.
+    #[arg(long)]
+    rejoin: bool,
 }
 
 /// Runs the node until SIGTERM or SIGINT, then stops gracefully: the VIP
@@ -30,6 +37,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
-    vipool::node::run(config, stop).await?;
+    let start = vipool::node::Start {
+        config_file: args.config,
+        rejoin: args.rejoin,
+    };
+    vipool::node::run(config, start, stop).await?;
     Ok(())
 }

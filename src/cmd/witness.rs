@@ -1,4 +1,5 @@
-//! `vipool witness --config FILE`: the optional vote-only third member.
+//! `vipool witness --config FILE [--rejoin]`: the optional vote-only third
+//! member.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,10 @@ pub struct Args {
     /// The witness's configuration file (TOML: `[node]` and `[cluster]` only).
     #[arg(long)]
     config: PathBuf,
+    /// Start as an empty member that rebuilds from the pair (see `vipool
+    /// node --rejoin`).
+    #[arg(long)]
+    rejoin: bool,
 }
 
 /// Runs the witness until SIGTERM or SIGINT.
@@ -27,6 +32,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Err(e) => tracing::error!(error = %e, "cannot wait for signals; stopping"),
         }
     };
-    vipool::node::run_witness(config, stop).await?;
+    let start = vipool::node::Start {
+        config_file: args.config,
+        rejoin: args.rejoin,
+    };
+    vipool::node::run_witness(config, start, stop).await?;
     Ok(())
 }

@@ -332,6 +332,14 @@ impl AnyConfig {
         }
     }
 
+    /// The `[cluster]` section.
+    pub fn cluster(&self) -> &ClusterSection {
+        match self {
+            AnyConfig::Server(c) => &c.cluster,
+            AnyConfig::Witness(c) => &c.cluster,
+        }
+    }
+
     /// This node's role.
     pub fn role(&self) -> Role {
         match self {

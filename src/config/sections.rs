@@ -31,8 +31,10 @@ pub struct NodeSection {
     /// traffic from another cluster is refused, so two pairs on one network
     /// cannot mix.
     pub cluster_id: u64,
-    /// Directory of the raft log and snapshots (an absolute path). Losing it
-    /// makes the node rejoin as a new, empty member.
+    /// Directory of the raft log and snapshots (an absolute path):
+    /// `raft.redb`, created by `vipool init`. A node whose log is missing,
+    /// empty or damaged refuses to start; `--rejoin` rebuilds it from the
+    /// peer.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Release check: when set, the node refuses to start unless it runs

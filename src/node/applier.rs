@@ -87,6 +87,10 @@ impl StateMachine for SharedTable {
         StateMachine::snapshot(&*self.lock())
     }
 
+    fn describe(command: &Command) -> String {
+        command.describe()
+    }
+
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         let pool = {
             let mut table = self.lock();

@@ -47,7 +47,9 @@ pub mod applier;
 mod beacon;
 mod keys;
 mod notify;
+pub mod store;
 mod witness;
+pub mod yields;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -55,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use cluster::raft::StateRole;
 use cluster::transport::Security;
-use cluster::{Disk, LogStore, Member, MemberConfig, TcpTransport, TransportConfig};
+use cluster::{LogStore, Member, MemberConfig, StoreError, TcpTransport, TransportConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -64,9 +66,10 @@ use vrrp::proto::{Reason, State};
 use vrrp::sys::Speaker;
 
 pub use applier::{ReplicatedApplier, SharedTable};
+pub use store::{init, Start, STORE_FILE};
 pub use witness::run_witness;
 
-use crate::config::{ClusterSection, Config, NodeSection, TlsSection};
+use crate::config::{ClusterSection, Config, NodeSection, Role, TlsSection};
 use crate::proto::NodeStatus;
 use crate::server::{now_ms, Applier, Server, StatusHook};
 use crate::table::LicenseTable;
@@ -88,9 +91,50 @@ pub enum NodeError {
     /// The member's TLS files cannot be used.
     #[error("cluster link credentials: {0}")]
     Tls(crate::pki::MemberTlsError),
+    /// The raft log file cannot be used as it is; `remedy` says what to do.
+    #[error("{}", store_refusal(path, source, remedy))]
+    Store {
+        /// The store's file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        source: Box<StoreError>,
+        /// The way out, as commands to run.
+        remedy: String,
+    },
+    /// The raft log holds no log and was not emptied on purpose (`--rejoin`,
+    /// a split-brain yield): it never was bootstrapped, or lost its content.
+    #[error(
+        "raft log {} holds no log: it was never bootstrapped, or lost its content. {remedy}",
+        path.display()
+    )]
+    StoreEmpty {
+        /// The store's file.
+        path: std::path::PathBuf,
+        /// The way out.
+        remedy: String,
+    },
+    /// `vipool init` found a store (or any file) where it would create one.
+    #[error(
+        "raft log {} already exists: this member is initialized. `vipool init` is only for a \
+         brand-new pair; a member whose store is damaged rebuilds from its peer with --rejoin",
+        path.display()
+    )]
+    AlreadyInitialized {
+        /// What is in the way.
+        path: std::path::PathBuf,
+    },
     /// The cluster member stopped on its own (a storage failure).
     #[error("cluster member stopped: {0}")]
     MemberStopped(String),
+}
+
+/// A refused store, named once: most store errors name the file themselves.
+fn store_refusal(path: &std::path::Path, source: &StoreError, remedy: &str) -> String {
+    if source.to_string().contains(&path.display().to_string()) {
+        format!("{source}. {remedy}")
+    } else {
+        format!("raft log {}: {source}. {remedy}", path.display())
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -156,13 +200,22 @@ fn transport_refusals(stats: &cluster::transport::TransportStats) -> Vec<(&'stat
 /// What `vipool show status` adds to the license server's own status on a
 /// server and on a witness: the view its loop publishes, and a peer refused
 /// for running another release.
-fn status_hook(view: &Arc<Mutex<PairView>>, transport: &TcpTransport) -> StatusHook {
+fn status_hook(
+    view: &Arc<Mutex<PairView>>,
+    transport: &TcpTransport,
+    data_dir: &std::path::Path,
+    start: &Start,
+) -> StatusHook {
     let view = Arc::clone(view);
     let transport = transport.clone();
+    let data_dir = data_dir.to_path_buf();
+    let config_file = start.config_file.clone();
     Arc::new(move |status: &mut NodeStatus| {
         if let Some(refusal) = transport.stats().last_release_refusal() {
             status.warnings.push(refusal.to_string());
         }
+        // Until an operator acknowledges them (`vipool ack-yield`).
+        status.warnings.extend(yields::warnings(&data_dir, &config_file));
         let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (cause, n) in transport_refusals(transport.stats()) {
             if n > 0 {
@@ -187,18 +240,19 @@ fn status_hook(view: &Arc<Mutex<PairView>>, transport: &TcpTransport) -> StatusH
 
 /// What a server and a witness both start from: the raft log on disk, the
 /// transport bound to the raft port, and the member's configuration.
+///
+/// The raft port is bound first: a second process started with the same
+/// configuration (say `--rejoin` while the service runs) stops there,
+/// before it touches the store.
 async fn raft_parts(
     node: &NodeSection,
     cluster: &ClusterSection,
     tls: &TlsSection,
+    role: Role,
+    start: &Start,
 ) -> Result<(LogStore, TcpTransport, TcpListener, MemberConfig), NodeError> {
     let me = node.id;
     let security = tls_security(node, cluster, tls)?;
-    std::fs::create_dir_all(&node.data_dir).map_err(io(format!("creating {}", node.data_dir.display())))?;
-    let path = node.data_dir.join("raft.redb");
-    let disk = Disk::open(&path).map_err(|e| NodeError::Log(format!("{}: {e}", path.display())))?;
-    let store = LogStore::open(disk).map_err(|e| NodeError::Log(e.to_string()))?;
-
     let listen = cluster
         .listen_address(me)
         .ok_or_else(|| NodeError::Log(format!("member {me} has no address in cluster.peers")))?;
@@ -217,6 +271,8 @@ async fn raft_parts(
     let (transport, listener) = TcpTransport::bind(tcfg)
         .await
         .map_err(io(format!("binding raft port {listen}")))?;
+
+    let store = store::open_log(node, role, start)?;
 
     let mut mcfg = MemberConfig::new(me);
     mcfg.tick = cluster.tick();
@@ -257,24 +313,24 @@ fn tls_security(
 /// # Errors
 /// The node could not start (ports, data directory, raft log, VRRP), or a
 /// part of it failed while running.
-pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+pub async fn run(
+    config: Config,
+    start: Start,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
     let me = config.node.id;
     let peer = config.pair_peer().id;
     let has_witness = config.cluster.has_witness();
     let vip = config.client_vip();
 
     let (store, transport, raft_listener, mcfg) =
-        raft_parts(&config.node, &config.cluster, &config.tls).await?;
+        raft_parts(&config.node, &config.cluster, &config.tls, Role::Server, &start).await?;
     let election_timeout = mcfg.tick * u32::try_from(mcfg.node.election_tick).unwrap_or(u32::MAX);
     let table = SharedTable::new(LicenseTable::new(config.table_config()));
-    let member = Member::start(
-        mcfg,
-        store,
-        table.clone(),
-        &config.cluster.initial_voters(),
-        Arc::new(transport.clone()),
-    )
-    .map_err(|e| NodeError::Log(e.to_string()))?;
+    // No initial voters: the store was bootstrapped by `vipool init`, or
+    // waits for the leader's snapshot (`--rejoin`, a yield).
+    let member = Member::start(mcfg, store, table.clone(), &[], Arc::new(transport.clone()))
+        .map_err(|e| NodeError::Log(e.to_string()))?;
     transport.attach(raft_listener, Arc::new(member.clone()));
 
     let client_addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), config.license.client_port);
@@ -306,7 +362,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     ));
     let (serving_tx, serving) = watch::channel(false);
     let view = Arc::new(Mutex::new(PairView::default()));
-    let hook = status_hook(&view, &transport);
+    let hook = status_hook(&view, &transport, &config.node.data_dir, &start);
     let server_shutdown = CancellationToken::new();
     let server = Arc::new(Server::with_status_hook(
         Arc::clone(&applier),

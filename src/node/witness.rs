@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::applier::ReplicatedApplier;
-use super::{io, NodeError, PairView, SharedTable};
-use crate::config::WitnessConfig;
+use super::{io, NodeError, PairView, SharedTable, Start};
+use crate::config::{Role, WitnessConfig};
 use crate::server::{Server, ServerConfig};
 use crate::table::{LicenseTable, TableConfig};
 
@@ -25,23 +25,19 @@ use crate::table::{LicenseTable, TableConfig};
 /// used, or the member stopped on a storage failure.
 pub async fn run_witness(
     config: WitnessConfig,
+    start: Start,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let me = config.node.id;
     let (store, transport, listener, mut mcfg) =
-        super::raft_parts(&config.node, &config.cluster, &config.tls).await?;
+        super::raft_parts(&config.node, &config.cluster, &config.tls, Role::Witness, &start).await?;
     mcfg.node.witness = true;
     // The witness never answers from its table: what it applies only has to
     // round-trip through its own snapshots.
     let table = SharedTable::new(LicenseTable::new(TableConfig::default()));
-    let member = Member::start(
-        mcfg,
-        store,
-        table.clone(),
-        &config.cluster.initial_voters(),
-        Arc::new(transport.clone()),
-    )
-    .map_err(|e| NodeError::Log(e.to_string()))?;
+    // No initial voters: see `run`.
+    let member = Member::start(mcfg, store, table.clone(), &[], Arc::new(transport.clone()))
+        .map_err(|e| NodeError::Log(e.to_string()))?;
     transport.attach(listener, Arc::new(member.clone()));
 
     // The operator endpoint: a license server that never serves (no VIP,
@@ -52,7 +48,7 @@ pub async fn run_witness(
         .map_err(io(format!("binding operator endpoint {operator_addr}")))?;
     let applier = Arc::new(ReplicatedApplier::new(member.clone(), table, None));
     let view = Arc::new(Mutex::new(PairView::default()));
-    let hook = super::status_hook(&view, &transport);
+    let hook = super::status_hook(&view, &transport, &config.node.data_dir, &start);
     let (_never_serving, serving) = watch::channel(false);
     let server_shutdown = CancellationToken::new();
     let server = Arc::new(Server::with_status_hook(

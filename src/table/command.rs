@@ -101,6 +101,86 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// One line an operator reads: what a split-brain yield lists of the
+    /// entries it discards (so that a lost grant can be redone by hand).
+    /// Times are the leader's clock, in milliseconds since the Unix epoch.
+    pub fn describe(&self) -> String {
+        match self {
+            Command::Register {
+                now_ms,
+                id,
+                serial,
+                address,
+                version,
+                report,
+            } => format!(
+                "register client {id:?} serial {serial:?} from {address} version {version:?}: {} at {now_ms}",
+                describe_report(report)
+            ),
+            Command::Heartbeat {
+                now_ms,
+                id,
+                address,
+                report,
+            } => format!(
+                "heartbeat of client {id:?} from {address}: {} at {now_ms}",
+                describe_report(report)
+            ),
+            Command::Update { now_ms, id, report } => {
+                format!("update of client {id:?}: {} at {now_ms}", describe_report(report))
+            }
+            Command::Acquire {
+                now_ms,
+                id,
+                license_type,
+                count,
+            } => format!("client {id:?} acquires {count} {license_type} at {now_ms}"),
+            Command::Release {
+                now_ms,
+                id,
+                license_type,
+                count,
+            } => format!("client {id:?} releases {count} {license_type} at {now_ms}"),
+            Command::RemoveClient { id } => format!("remove client {id:?}"),
+            Command::InstallServerKey {
+                now_ms,
+                key_id,
+                server,
+                key,
+            } => format!(
+                "install key {key_id:?} on server {server:?}: {} at {now_ms}",
+                describe_key(key)
+            ),
+            Command::RemoveServerKey { key_id } => format!("remove server key {key_id:?}"),
+            Command::Sweep { now_ms } => format!("sweep at {now_ms}"),
+        }
+    }
+}
+
+fn describe_key(key: &Key) -> String {
+    match key.expires_at_ms {
+        Some(at) => format!("{} {} (evaluation, expires at {at})", key.count, key.license_type),
+        None => format!("{} {}", key.count, key.license_type),
+    }
+}
+
+fn describe_report(report: &ClientReport) -> String {
+    let counts = |m: &std::collections::BTreeMap<super::LicenseType, u32>| {
+        m.iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let keys: Vec<String> = report.keys.iter().map(describe_key).collect();
+    format!(
+        "uses [{}] from the pool, keys [{}], built-in [{}]",
+        counts(&report.used),
+        keys.join(", "),
+        counts(&report.builtin)
+    )
+}
+
 /// What applying a command returns to its proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
@@ -211,4 +291,45 @@ pub enum CommandError {
     /// An evaluation key that has already expired.
     #[error("key already expired")]
     KeyExpired,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::LicenseType;
+
+    #[test]
+    fn commands_describe_themselves_for_an_operator() {
+        let ap = LicenseType::new("AP");
+        let acquire = Command::Acquire {
+            now_ms: 1_700_000_000_000,
+            id: "sw1".into(),
+            license_type: ap.clone(),
+            count: 80,
+        };
+        assert_eq!(
+            acquire.describe(),
+            "client \"sw1\" acquires 80 AP at 1700000000000"
+        );
+        let mut report = ClientReport::default();
+        report.used.insert(ap.clone(), 100);
+        report.builtin.insert(ap.clone(), 16);
+        report.keys.push(Key {
+            license_type: ap,
+            count: 4,
+            expires_at_ms: Some(9),
+        });
+        let heartbeat = Command::Heartbeat {
+            now_ms: 5,
+            id: "sw2".into(),
+            address: "192.0.2.50:1000".into(),
+            report,
+        };
+        assert_eq!(
+            heartbeat.describe(),
+            "heartbeat of client \"sw2\" from 192.0.2.50:1000: uses [100 AP] from the pool, \
+             keys [4 AP (evaluation, expires at 9)], built-in [16 AP] at 5"
+        );
+        assert_eq!(Command::Sweep { now_ms: 7 }.describe(), "sweep at 7");
+    }
 }

@@ -451,6 +451,10 @@ impl cluster::StateMachine for LicenseTable {
         snapshot::encode(self.applied_index, &self.state)
     }
 
+    fn describe(command: &Command) -> String {
+        command.describe()
+    }
+
     fn restore(&mut self, bytes: &[u8]) -> Result<(), cluster::SnapshotError> {
         let (applied_index, state) = snapshot::decode(bytes)?;
         self.replace(applied_index, state);

@@ -476,6 +476,13 @@ pub fn vipool_bin() -> String {
     bin.to_string_lossy().into_owned()
 }
 
+/// `vipool init --config FILE`: creates a member's raft log (bootstrapped
+/// with every configured member as a voter) before its first start, as an
+/// operator does once for a brand-new pair.
+pub fn init_member(config: &str) {
+    sh(&[&vipool_bin(), "--log", "warn", "init", "--config", config]);
+}
+
 /// Polls `cond` every 5 ms until it holds or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -11,7 +11,7 @@ use super::frame::{bincode_cfg, peer_release};
 use super::*;
 use crate::member::tests::fast;
 use crate::sim::Recorder;
-use crate::{Disk, LogStore, Member};
+use crate::{LogStore, Member};
 use raft::StateRole;
 
 fn msg(from: u64, to: u64) -> Message {
@@ -414,7 +414,10 @@ async fn three_members_over_loopback_tcp_with_restart_of_a_peer() {
                 t.set_peer(p, a);
             }
         }
-        let store = LogStore::open(Disk::open(dir.path().join(format!("{id}.redb"))).unwrap()).unwrap();
+        let store = LogStore::open(crate::member::tests::disk_at(
+            &dir.path().join(format!("{id}.redb")),
+        ))
+        .unwrap();
         let m = Member::start(
             fast(id),
             store,
