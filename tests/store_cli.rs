@@ -20,8 +20,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A witness's configuration in `dir`, its data dir `dir/data`.
+/// A witness's configuration in `dir`, its data dir `dir/data`, its
+/// certificates from a CA made in `dir/pki`.
 fn witness_config(dir: &Path) -> PathBuf {
+    let pki = dir.join("pki");
+    let ca = vipool::pki::Ca::create(&pki, 7, 30).unwrap();
+    ca.issue_witness("witness", 30)
+        .unwrap()
+        .write(&pki, "witness")
+        .unwrap();
     let text = format!(
         r#"
 [node]
@@ -39,7 +46,13 @@ peers = [
 
 [witness]
 operator_listen = "127.0.0.1:{op}"
+
+[tls]
+ca = "{pki}/ca.crt"
+cert = "{pki}/witness.crt"
+key = "{pki}/witness.key"
 "#,
+        pki = pki.display(),
         data = dir.join("data").display(),
         p1 = free_port(),
         p2 = free_port(),

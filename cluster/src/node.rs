@@ -166,6 +166,9 @@ pub(crate) fn encode_command<C: serde::Serialize>(cmd: &C) -> Vec<u8> {
 /// The sans-IO member.
 pub struct Node<S: StateMachine> {
     cfg: NodeConfig,
+    /// Warnings a peer's messages can repeat (one per heartbeat) are
+    /// written once a minute per cause.
+    log: crate::ratelog::RateLimiter,
     raw: RawNode<LogStore>,
     sm: S,
     /// The state machine as it was before anything was applied: what a
@@ -249,6 +252,7 @@ impl<S: StateMachine> Node<S> {
         let raw = Self::raw_node(&cfg, store, applied)?;
         let last_term = raw.raft.term;
         Ok(Node {
+            log: crate::ratelog::RateLimiter::default(),
             cfg,
             raw,
             sm,
@@ -853,7 +857,9 @@ impl<S: StateMachine> Node<S> {
             );
         }
         if self.cfg.witness && msg.get_msg_type() == MessageType::MsgTimeoutNow {
-            tracing::warn!(
+            crate::warn_limited!(
+                self.log,
+                "witness transfer",
                 member = self.cfg.id,
                 from = msg.from,
                 "witness ignores a leadership transfer"
@@ -876,7 +882,9 @@ impl<S: StateMachine> Node<S> {
             // The leader believes we hold entries we do not: this member
             // lost its disk. raft-rs would panic; refuse the commit instead
             // and wait to be removed and re-added.
-            tracing::warn!(
+            crate::warn_limited!(
+                self.log,
+                "commit past log",
                 member = self.cfg.id,
                 leader = msg.from,
                 commit = msg.commit,
@@ -905,7 +913,9 @@ impl<S: StateMachine> Node<S> {
             // just long enough to bring it up to date, then hand over
             // (see `tick`). Without this a pair plus witness could not fail
             // over after the leader committed writes only the witness holds.
-            tracing::warn!(
+            crate::warn_limited!(
+                self.log,
+                "witness repair",
                 member = self.cfg.id,
                 "witness campaigns to repair a server whose log is behind; it hands over once caught up"
             );
