@@ -550,9 +550,10 @@ impl Probe {
             .collect()
     }
 
-    /// The longest time without an acknowledgement that overlaps
-    /// `[from, to]` (the time before the first and after the last
-    /// acknowledgement counts too), and when it ended.
+    /// The longest time without an acknowledgement within `[from, to]`
+    /// (a pause that began before `from` or ended after `to` counts only
+    /// for its part inside; so do the time before the first and after the
+    /// last acknowledgement), and when that pause ended.
     pub fn max_gap_between(&self, from: Instant, to: Instant) -> (Duration, Instant) {
         let mut edges = Vec::with_capacity(self.acks.len() + 2);
         edges.push(self.started.unwrap_or(from));
@@ -560,9 +561,9 @@ impl Probe {
         edges.push(self.stopped.unwrap_or(to));
         let mut best = (Duration::ZERO, from);
         for w in edges.windows(2) {
-            let (a, b) = (w[0], w[1]);
-            if b >= from && a <= to && b - a > best.0 {
-                best = (b - a, b);
+            let (a, b) = (w[0].max(from), w[1].min(to));
+            if b > a && b - a > best.0 {
+                best = (b - a, w[1]);
             }
         }
         best
