@@ -22,7 +22,10 @@
 //! sole voter; a4 hundreds of held raft connections while the backup
 //! restarts; a5a adverts from the attacker's own address; a5b adverts in
 //! the backup's name; a5c both names in a unicast pair; a5d a priority 0 in
-//! the primary's name.
+//! the primary's name. a5e and a5f go one step past the issue's list: the
+//! same forgeries once the peer's authenticated word has stopped (the
+//! backup stopped for maintenance, the primary crashed), when nothing
+//! but VRRP speaks for the peer.
 //!
 //! Hosts: 0 the primary, 1 the backup, 2 the switches and the prober,
 //! 3 the attacker. The tests take a lock so that only one lab runs at a
@@ -1566,4 +1569,185 @@ fn a5d_forged_priority_zero_hands_nothing_over() {
         || "control: after the real priority 0 the backup never took over as sole voter".into(),
     );
     f.finish_with(|| s.pair.log_tails(60));
+}
+
+/// A variation the issue's items 3 and 5 together suggest: the backup is
+/// stopped (maintenance; the primary serves as sole voter), and the
+/// attacker advertises at priority 254 in the backup's name. With no
+/// backup there is nobody to hand the VIP to: an advert in its name that
+/// made the primary yield would leave nobody serving for as long as the
+/// attacker goes on. The sole voter keeps the VIP and serves throughout.
+/// Control: the real backup, started again, rejoins.
+#[test]
+fn a5e_forged_adverts_in_a_stopped_backups_name_take_no_service() {
+    let test = "a5e_forged_adverts_in_a_stopped_backups_name_take_no_service";
+    if !lab_available(test) {
+        return;
+    }
+    let _one = one_lab();
+    let mut s = Scene::start(test, PairOptions::default());
+    let mut f = Findings::new(test);
+    s.pair.backup.signal(Signal::SIGTERM);
+    assert_eq!(
+        s.pair.backup.process.wait_exit(WAIT),
+        Some(0),
+        "the backup's graceful stop"
+    );
+    assert!(
+        wait_for(WAIT, || !s
+            .pair
+            .primary
+            .log_lines("took over as sole voter")
+            .is_empty()
+            && s.show(Which::Primary).is_ok_and(|d| d.status.serving)),
+        "the primary did not take over as sole voter:\n{}",
+        s.pair.primary.log()
+    );
+    drop(s.prober.take());
+    drop(s.monitor.take());
+    let prober = Prober::start(&s.client, "prober-alone", PROBE_TIMEOUT, PROBE_PACE);
+    assert!(prober.wait_acks(20), "the sole voter does not serve");
+    s.prober = Some(prober);
+    s.monitor = Some(Monitor::start(&s.pair, &s.client, SAMPLE));
+    s.before = s.show(Which::Primary).expect("the sole voter's table");
+    s.vrrp_changes = (
+        s.pair.primary.log_lines("VRRP state change").len(),
+        s.pair.backup.log_lines("VRRP state change").len(),
+    );
+
+    let opts = s.pair.opts.clone();
+    let forged = [(
+        wire::MULTICAST_GROUP,
+        advert(&opts, s.pair.backup.addr(), wire::MULTICAST_GROUP, 254),
+    )];
+    let refused0 = s
+        .show(Which::Primary)
+        .map(|d| d.status.refused)
+        .unwrap_or_default();
+    let t0 = Instant::now();
+    advertise(&s.attacker, &opts, ROUNDS, &forged);
+    let t1 = Instant::now();
+    let refused = s
+        .show(Which::Primary)
+        .map(|d| d.status.refused)
+        .unwrap_or_default();
+    println!("{test}: {ROUNDS} adverts at priority 254 in the stopped backup's name; refused before {refused0:?}, after {refused:?}");
+    check_vip_on_primary(&mut f, &s);
+    s.verdict(
+        &mut f,
+        (t0, t1),
+        Expect {
+            serving: Which::Primary,
+            other_up: false,
+            no_failed_probe: false,
+        },
+    );
+
+    // Control: the backup comes back and rejoins.
+    s.pair.restart(Which::Backup);
+    let rejoined = wait_for(2 * WAIT, || {
+        matches!((s.show(Which::Primary), s.show(Which::Backup)), (Ok(p), Ok(b)) if p.status.serving
+            && b.status.raft_role == "Follower"
+            && b.status.applied_index >= p.status.applied_index
+            && !s.pair.backup.run_log_lines("caught up with the log and a voter").is_empty())
+    });
+    println!("{test}: control: the backup rejoined: {rejoined}");
+    f.check(rejoined, || {
+        format!(
+            "control: the backup did not rejoin: {:?}\n{}",
+            s.show(Which::Backup).map(|d| d.status),
+            s.pair.backup.log()
+        )
+    });
+    f.finish_with(|| s.pair.log_tails(60));
+}
+
+/// The same cause from the other side: the primary crashes (SIGKILL, its
+/// host off the link) while the attacker advertises in its name at its
+/// own priority, as a live primary would. Its authenticated word has
+/// stopped; forgeries in its name must not keep the backup waiting: the
+/// backup takes over and serves within the bound of a plain crash
+/// (pair_e2e's: Master_Down_Interval, raft's takeover, a margin for a
+/// loaded machine). Control: once the forgeries stop, the backup does take
+/// over, so the wait was their doing.
+#[test]
+fn a5f_forged_adverts_in_a_crashed_primarys_name_do_not_hold_the_backup() {
+    let test = "a5f_forged_adverts_in_a_crashed_primarys_name_do_not_hold_the_backup";
+    if !lab_available(test) {
+        return;
+    }
+    let _one = one_lab();
+    let mut s = Scene::start(test, PairOptions::default());
+    let mut f = Findings::new(test);
+    let opts = s.pair.opts.clone();
+    let mdi = opts.master_down(100);
+    let bound = mdi + opts.election_timeout() * 3 + Duration::from_secs(5);
+    // The forgeries go on well past the bound.
+    let rounds = u32::try_from((bound + Duration::from_secs(3)).as_millis() / u128::from(opts.advert_ms))
+        .expect("rounds");
+    let forged = vec![(
+        wire::MULTICAST_GROUP,
+        advert(
+            &opts,
+            s.pair.primary.addr(),
+            wire::MULTICAST_GROUP,
+            s.pair.primary.priority,
+        ),
+    )];
+    let attacker = s.attacker.clone();
+    let opts2 = opts.clone();
+    let forging = std::thread::spawn(move || advertise(&attacker, &opts2, rounds, &forged));
+    // A couple of forgeries while the primary lives: they agree with it.
+    std::thread::sleep(opts.advert() * 2);
+    let killed = Instant::now();
+    s.pair.primary.signal(Signal::SIGKILL);
+    let host = s.pair.primary.host.clone();
+    s.pair.lab.set_port(&host, false);
+    let served = wait_for(bound, || s.show(Which::Backup).is_ok_and(|d| d.status.serving));
+    let took = killed.elapsed();
+    println!(
+        "{test}: {rounds} adverts in the crashed primary's name; the backup served within {bound:?}: \
+         {served} ({took:?}); its refusals: {:?}",
+        s.show(Which::Backup).map(|d| d.status.refused)
+    );
+    f.check(served, || {
+        format!("the backup did not serve within {bound:?} of the primary's crash while forgeries went on")
+    });
+    forging.join().expect("forger");
+    let stopped = Instant::now();
+    // Control: without the forgeries the backup takes over.
+    let then = wait_for(bound, || s.show(Which::Backup).is_ok_and(|d| d.status.serving));
+    println!(
+        "{test}: control: serving {then} {:?} after the forgeries stopped",
+        stopped.elapsed()
+    );
+    f.check(then, || {
+        format!("control: the backup did not serve within {bound:?} after the forgeries stopped")
+    });
+    // Nothing acknowledged is lost in the failover.
+    s.prober.as_ref().map(|p| p.wait_acks(20));
+    let probe = s.prober.take().expect("prober").finish();
+    drop(s.monitor.take());
+    if let Ok(dump) = s.show(Which::Backup) {
+        let held = dump
+            .state
+            .clients
+            .get("prober")
+            .map_or(0, |c| u64::from(c.used_of(&ap())));
+        f.check(
+            held >= probe.acked && held <= probe.acked + probe.uncertain,
+            || {
+                format!(
+                    "acknowledged {} (+{} uncertain), the backup's table holds {held}",
+                    probe.acked, probe.uncertain
+                )
+            },
+        );
+    }
+    let (gap, _) = probe.max_gap_between(killed, Instant::now());
+    println!("{test}: the prober's gap across the crash: {gap:?} (bound {bound:?})");
+    f.check(gap < bound, || {
+        format!("the prober went {gap:?} without a grant across the crash (bound {bound:?})")
+    });
+    f.finish_with(|| s.pair.log_tails(40));
 }
