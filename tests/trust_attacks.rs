@@ -76,8 +76,10 @@ const SWITCHES: usize = 5;
 const LINES_PER_CAUSE: usize = 2;
 /// What the raft transport logs for a connection from a stranger.
 const STRANGER_LINE: &str = "no configured peer's";
-/// What the VRRP speaker logs for a dropped forgery.
-const VRRP_DROP_LINE: &str = "VRRP advert dropped";
+/// What the VRRP speaker logs for an advert from an untrusted source.
+const UNTRUSTED_LINE: &str = "VRRP advert dropped: its source is not trusted";
+/// What the VRRP speaker logs for an advert its peer's word contradicts.
+const CONTRADICTED_LINE: &str = "VRRP advert dropped: the peer's authenticated state contradicts it";
 
 /// The scene of one test: a settled pair, switches and a prober drawing
 /// through the VIP, a monitor sampling both nodes, and what they held
@@ -1344,14 +1346,14 @@ fn a5a_adverts_from_a_third_host_are_dropped() {
         &mut f,
         &s.pair,
         Which::Primary,
-        VRRP_DROP_LINE,
+        UNTRUSTED_LINE,
         flooded.0 - before.0,
     );
     rate_limited(
         &mut f,
         &s.pair,
         Which::Backup,
-        VRRP_DROP_LINE,
+        UNTRUSTED_LINE,
         flooded.1 - before.1,
     );
     s.control_graceful_handover(&mut f);
@@ -1416,7 +1418,13 @@ fn a5b_adverts_forged_in_the_backups_name_are_contradicted() {
             no_failed_probe: false,
         },
     );
-    rate_limited(&mut f, &s.pair, Which::Primary, VRRP_DROP_LINE, flooded - before);
+    rate_limited(
+        &mut f,
+        &s.pair,
+        Which::Primary,
+        CONTRADICTED_LINE,
+        flooded - before,
+    );
     s.control_graceful_handover(&mut f);
     f.finish_with(|| s.pair.log_tails(60));
 }
@@ -1497,16 +1505,17 @@ fn a5c_unicast_pair_ignores_forgeries_in_either_name() {
         &mut f,
         &s.pair,
         Which::Primary,
-        VRRP_DROP_LINE,
+        CONTRADICTED_LINE,
         flooded.0 - before.0,
     );
     rate_limited(
         &mut f,
         &s.pair,
         Which::Backup,
-        VRRP_DROP_LINE,
+        CONTRADICTED_LINE,
         flooded.1 - before.1,
     );
+    rate_limited(&mut f, &s.pair, Which::Primary, UNTRUSTED_LINE, unknown);
     s.control_graceful_handover(&mut f);
     f.finish_with(|| s.pair.log_tails(60));
 }
