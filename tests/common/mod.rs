@@ -6,6 +6,8 @@
 //! test panics. Names are unique per process and lab, so tests run in parallel.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod pair;
+
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
@@ -531,7 +533,7 @@ impl Lab {
     pub fn vipool(&mut self, host: &Host, args: &[&str]) -> Speaker {
         let mut cmd = host.command(&vipool_bin());
         cmd.args(args);
-        cmd.env("RUST_LOG", "warn,vipool=info,cluster=info");
+        cmd.env("RUST_LOG", node_log_filter());
         let child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -539,6 +541,13 @@ impl Lab {
             .expect("spawn vipool");
         Speaker::new(self.adopt(child), host.clone())
     }
+}
+
+/// The log filter of the `vipool` processes a lab starts:
+/// `VIPOOL_LAB_LOG` when set (to debug a test), else state changes and
+/// refusals (info for vipool and cluster, warnings for the rest).
+pub fn node_log_filter() -> String {
+    std::env::var("VIPOOL_LAB_LOG").unwrap_or_else(|_| "warn,vipool=info,cluster=info".into())
 }
 
 /// Runs `f` on a new thread inside `host`'s network namespace (only that
@@ -561,7 +570,7 @@ impl Lab {
         let file = std::fs::File::create(log).expect("create log file");
         let mut cmd = host.command(&vipool_bin());
         cmd.args(args);
-        cmd.env("RUST_LOG", "warn,vipool=info,cluster=info");
+        cmd.env("RUST_LOG", node_log_filter());
         let child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::from(file))
