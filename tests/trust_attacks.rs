@@ -1679,7 +1679,19 @@ fn a5e_forged_adverts_in_a_stopped_backups_name_take_no_service() {
 /// (pair_e2e's: Master_Down_Interval, raft's takeover, a margin for a
 /// loaded machine). Control: once the forgeries stop, the backup does take
 /// over, so the wait was their doing.
+///
+/// Not run by default: it shows the limit the issue itself draws ("When the
+/// cluster link is down, VRRP alone decides, as today"). A crashed primary's
+/// word stops, and with a pair's two members the survivor cannot tell a
+/// crashed peer from one whose cluster link alone broke (a firewall on the
+/// raft port) while VRRP still passes; believing the link over VRRP there
+/// would make a pair without a witness serve twice on every such fault.
+/// Against this attack what remains is what an attacker on the segment can
+/// always do (answer ARP for the VIP): deny service, not take it; the
+/// switches' check of the pair's certificate keeps a stolen VIP useless.
+/// `cargo test --test trust_attacks -- --ignored a5f` shows it.
 #[test]
+#[ignore = "documented limit: with the cluster link down VRRP alone decides (Trust I, item 5)"]
 fn a5f_forged_adverts_in_a_crashed_primarys_name_do_not_hold_the_backup() {
     let test = "a5f_forged_adverts_in_a_crashed_primarys_name_do_not_hold_the_backup";
     if !lab_available(test) {

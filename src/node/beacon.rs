@@ -18,6 +18,14 @@
 //! acknowledge it before the priority-0 advert goes out: only then does
 //! the peer's speaker believe that advert (a forged one is dropped), and
 //! takes over at once.
+//!
+//! One authenticated fact outlives the beacons: once this node took over
+//! as sole voter, the raft log says the peer is a learner, and a learner
+//! comes back advertising the lowest priority until it is caught up and
+//! promoted (and beacons again as soon as its link is up). While the peer
+//! is a learner and silent, this node stands in for its word: not master,
+//! priority 1. So after a maintenance stop or a crash of the peer, adverts
+//! forged in its name take nothing from the survivor.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -90,6 +98,8 @@ pub(crate) struct Beacons {
     ours: Mutex<Beacon>,
     /// The highest of our `seq`s the peer acknowledged.
     acked: watch::Sender<u64>,
+    /// When the peer's last beacon arrived.
+    heard: Mutex<Option<Instant>>,
     log: RateLimiter,
 }
 
@@ -112,6 +122,7 @@ impl Beacons {
             validity: advert * 3,
             ours: Mutex::new(Beacon::default()),
             acked: watch::channel(0).0,
+            heard: Mutex::new(None),
             log: RateLimiter::default(),
         });
         let handler = Arc::clone(&beacons);
@@ -144,6 +155,7 @@ impl Beacons {
         };
         // Set before anything else: an advert handled from now on is judged
         // by this word.
+        *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.claims.set(Some(PeerClaim {
             address: self.peer_address,
             priority: b.priority,
@@ -193,6 +205,28 @@ impl Beacons {
         if ours.seq > 0 {
             self.transport.send_pair(self.peer, ours.encode());
         }
+    }
+
+    /// While the raft log says the peer is a learner (this node took over
+    /// as sole voter) and the peer's own word has lapsed, stands in for it:
+    /// not master, priority 1 (what a returning learner advertises). Its
+    /// next beacon overrides this at once.
+    pub(crate) fn peer_demoted(&self, demoted: bool, behind_priority: u8) {
+        if !demoted {
+            return;
+        }
+        let now = Instant::now();
+        let heard = *self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        if heard.is_some_and(|at| now.duration_since(at) < self.validity) {
+            return;
+        }
+        self.claims.set(Some(PeerClaim {
+            address: self.peer_address,
+            priority: behind_priority,
+            master: false,
+            leaving: false,
+            valid_until: now + self.validity,
+        }));
     }
 
     /// Announces that we leave and waits up to `wait` for the peer to

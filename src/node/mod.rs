@@ -718,6 +718,11 @@ impl Glue {
             self.peer_left = None;
         }
 
+        // The raft log says the peer is a learner: its adverts cannot be
+        // genuine at more than the lowest priority (see `beacon`).
+        let peer_demoted = raft.conf.learners.contains(&self.peer) && raft.conf.voters.contains(&me);
+        self.beacons.peer_demoted(peer_demoted, BEHIND_PRIORITY);
+
         // A node behind the log never outranks the one that has it, and a
         // learner (the peer took over as sole voter and has not promoted
         // it back yet) cannot lead: holding the VIP it could not serve.

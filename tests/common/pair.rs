@@ -309,10 +309,12 @@ impl PairLab {
             )
             .unwrap();
             let log = lab.dir().join("witness.log");
+            super::init_member(cw.to_str().unwrap());
             lab.vipool_logged(&w, &["witness", "--config", cw.to_str().unwrap()], &log)
         });
         let mut start = |host: &Host, name: &'static str, id, priority, config: PathBuf| {
             let log = lab.dir().join(format!("{name}.log"));
+            super::init_member(config.to_str().unwrap());
             let process = lab.vipool_logged(host, &["node", "--config", config.to_str().unwrap()], &log);
             Node {
                 name,
