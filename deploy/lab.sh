@@ -104,7 +104,7 @@ cleanup() {
     if [ "$KEEP" -eq 1 ] && [ -t 0 ]; then
         echo
         echo "--keep: the lab is still up. Namespaces: ${NAMESPACES[*]}"
-        echo "  e.g. ip netns exec $NS_C $BIN show status --server $ADDR_A:$OPERATOR_PORT --server $ADDR_B:$OPERATOR_PORT"
+        echo "  e.g. ip netns exec $NS_C $BIN show status --server $ADDR_A:$OPERATOR_PORT --server $ADDR_B:$OPERATOR_PORT --ca $WORK/pki/ca.crt --cert $WORK/pki/lab-operator.crt"
         echo "  logs and configs in $WORK"
         read -r -p "press Enter to remove everything " _ || true
     fi
@@ -211,6 +211,9 @@ done
 if [ "$WITNESS" -eq 1 ]; then
     "$BIN" pki member --dir "$WORK/pki" --name witness --witness >/dev/null || { echo "lab.sh: vipool pki member witness failed" >&2; exit 1; }
 fi
+# The lab's operator (for `vipool show`); the simulated switches get their
+# certificates from the CA directory itself (`vipool client --pki`).
+"$BIN" pki operator --dir "$WORK/pki" --name lab-operator >/dev/null || { echo "lab.sh: vipool pki operator failed" >&2; exit 1; }
 tls_section() { # name
     printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' "$WORK/pki/ca.crt" "$WORK/pki/$1.crt" "$WORK/pki/$1.key"
 }
@@ -294,7 +297,7 @@ stamp() {
 show() { # view server... (extra args to vipool show)
     local view=$1
     shift
-    ip netns exec "$NS_C" timeout 5 "$BIN" show "$view" "$@" 2>/dev/null
+    ip netns exec "$NS_C" timeout 5 "$BIN" show "$view" "$@" --ca "$WORK/pki/ca.crt" --cert "$WORK/pki/lab-operator.crt" 2>/dev/null
 }
 serving() { # address
     local status
@@ -360,7 +363,7 @@ say "primary serves on the VIP (VRRP master, raft leader); backup is VRRP backup
 # pool; heartbeat every 500 ms.
 mkfifo "$WORK/switches.fifo" "$WORK/drawers.fifo"
 stamp <"$WORK/switches.fifo" >"$WORK/switches.events" &
-ip netns exec "$NS_C" "$BIN" client --server "$VIP:$CLIENT_PORT" --id sw --count "$SWITCHES" \
+ip netns exec "$NS_C" "$BIN" client --pki "$WORK/pki" --server "$VIP:$CLIENT_PORT" --id sw --count "$SWITCHES" \
     --aps 2 --heartbeat-interval-ms 500 --json >"$WORK/switches.fifo" 2>"$WORK/switches.log" &
 PID_SWITCHES=$!
 # One reader for every drawer, kept open by this script between rounds.
@@ -404,7 +407,7 @@ start_drawing() {
         k=$DRAWN
         while [ ! -e "$WORK/draw.stop" ]; do
             k=$((k + 1))
-            ip netns exec "$NS_C" "$BIN" client --server "$VIP:$CLIENT_PORT" --id "$(printf 'draw-%05d' "$k")" \
+            ip netns exec "$NS_C" "$BIN" client --pki "$WORK/pki" --server "$VIP:$CLIENT_PORT" --id "$(printf 'draw-%05d' "$k")" \
                 --aps 1 --heartbeat-interval-ms 500 --for-s 2 --json 2>>"$WORK/drawers.log" &
             sleep 0.1
         done

@@ -311,8 +311,11 @@ impl Pair {
         }
         let server = format!("{VIP}:{CLIENT_PORT}");
         let count = switch_count.to_string();
+        let pki = lab.pki_dir();
         let args = [
             "client",
+            "--pki",
+            &pki,
             "--server",
             &server,
             "--id",
@@ -479,6 +482,7 @@ fn prober(
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<Probe> {
+    let tls = common::switch_tls(host, &id, "PROBE");
     in_netns(host, move || {
         common::runtime().block_on(async move {
             let mut probe = Probe {
@@ -499,8 +503,11 @@ fn prober(
                 let mut c = match conn.take() {
                     Some(c) => c,
                     None => {
-                        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect((VIP, CLIENT_PORT)))
-                            .await
+                        match tokio::time::timeout(
+                            CONNECT_TIMEOUT,
+                            Connection::connect((VIP, CLIENT_PORT), &tls),
+                        )
+                        .await
                         {
                             Ok(Ok(c)) => c,
                             _ => {

@@ -82,8 +82,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--log",
             "warn",
             "serve",
+            "--insecure-plaintext",
             "--listen",
             &addr,
+            "--operator-listen",
+            "127.0.0.1:0",
             "--node",
             "bench",
             "--keys",
@@ -96,7 +99,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = ServerProcess(child);
     let pid = server.0.id();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Connection::connect(&addr).await.is_err() {
+    while Connection::connect_insecure(&addr).await.is_err() {
         if Instant::now() > deadline {
             bail!("server did not come up on {addr}");
         }
@@ -159,7 +162,7 @@ async fn ops_run(addr: &str, concurrency: usize, duration: Duration) -> anyhow::
         let ap = ap.clone();
         tasks.push(tokio::spawn(async move {
             let id = format!("ops-{concurrency}-{n}");
-            let mut conn = Connection::connect(&addr).await?;
+            let mut conn = Connection::connect_insecure(&addr).await?;
             conn.register(&id, "bench", "bench", ClientReport::default())
                 .await?;
             let mut latencies = Vec::new();
@@ -202,7 +205,7 @@ async fn register_all(addr: &str, switches: usize, connections: usize) -> anyhow
     for group in groups.clone() {
         let addr = addr.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut conn = Connection::connect(&addr).await?;
+            let mut conn = Connection::connect_insecure(&addr).await?;
             for n in group {
                 conn.register(&format!("hb-{n:05}"), "bench", "bench", report(n))
                     .await?;
@@ -228,7 +231,7 @@ async fn heartbeat_run(
     for group in groups {
         let addr = addr.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut conn = Connection::connect(&addr).await?;
+            let mut conn = Connection::connect_insecure(&addr).await?;
             let mut tick = tokio::time::interval(period.max(Duration::from_micros(50)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let end = Instant::now() + duration;

@@ -1,13 +1,20 @@
 //! The client side of the protocol: one connection to the license server.
+//!
+//! A switch connects with [`Connection::connect`]: TLS with the pair's CA
+//! pinned and its own certificate presented (see [`crate::tls`]).
+//! [`Connection::connect_insecure`] speaks the same protocol over plain TCP,
+//! to a standalone `vipool serve --insecure-plaintext` only.
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
+use crate::proto::connection::{Framed, ReadError, WriteError};
 use crate::proto::frame::{self, FrameError};
 use crate::proto::{Request, RequestFrame, Response, ServerError, ServerMessage, TableDump};
 use crate::table::{Client, ClientReport, LicenseType, Pool};
+use crate::tls::ClientTls;
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +22,11 @@ pub enum ClientError {
     /// The connection failed.
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed: the server is not one of the pair (its
+    /// certificate is not of the pinned CA, or does not name the license
+    /// server), or it refused our certificate.
+    #[error("TLS handshake with the server failed: {0}")]
+    Tls(std::io::Error),
     /// The server closed the connection.
     #[error("the server closed the connection")]
     Closed,
@@ -29,39 +41,84 @@ pub enum ClientError {
     Unexpected,
 }
 
+impl From<ReadError> for ClientError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => ClientError::Io(e),
+            ReadError::Truncated => ClientError::Closed,
+            ReadError::Frame(e) => ClientError::Frame(e),
+        }
+    }
+}
+
+impl From<WriteError> for ClientError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Io(e) => ClientError::Io(e),
+            WriteError::Frame(e) => ClientError::Frame(e),
+        }
+    }
+}
+
+/// A connected stream, TLS or plain.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
+
 /// A connection to a license server.
-#[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
-    buf: Vec<u8>,
+    framed: Framed<Box<dyn Stream>>,
+    peer: SocketAddr,
     seq: u64,
-    max_frame: u32,
     last_push: Option<Pool>,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("peer", &self.peer).finish()
+    }
+}
+
 impl Connection {
-    /// Connects to the server at `addr` (the VIP and port).
+    /// Connects to the server at `addr` (the VIP and port) over TLS, the
+    /// pair's CA pinned and this client's certificate presented.
+    ///
+    /// # Errors
+    /// The TCP connection could not be made, or the handshake failed.
+    pub async fn connect(addr: impl ToSocketAddrs, tls: &ClientTls) -> Result<Self, ClientError> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let peer = tcp.peer_addr()?;
+        let stream = tls.connect(tcp).await.map_err(ClientError::Tls)?;
+        Ok(Self::framed(Box::new(stream), peer))
+    }
+
+    /// Connects over plain TCP: only a standalone `vipool serve
+    /// --insecure-plaintext` answers it (tests and development).
     ///
     /// # Errors
     /// The TCP connection could not be made.
-    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream,
-            buf: Vec::new(),
+    pub async fn connect_insecure(addr: impl ToSocketAddrs) -> Result<Self, ClientError> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let peer = tcp.peer_addr()?;
+        Ok(Self::framed(Box::new(tcp), peer))
+    }
+
+    fn framed(stream: Box<dyn Stream>, peer: SocketAddr) -> Self {
+        Connection {
+            framed: Framed::new(stream, frame::DEFAULT_MAX_RESPONSE),
+            peer,
             seq: 0,
-            max_frame: frame::DEFAULT_MAX_RESPONSE,
             last_push: None,
-        })
+        }
     }
 
     /// The server's address.
     ///
     /// # Errors
-    /// The socket is no longer connected.
+    /// Never today; kept for callers that handled a closed socket.
     pub fn peer_addr(&self) -> Result<SocketAddr, ClientError> {
-        Ok(self.stream.peer_addr()?)
+        Ok(self.peer)
     }
 
     /// The pool of the most recent push, if any came.
@@ -76,8 +133,9 @@ impl Connection {
     pub async fn request(&mut self, request: Request) -> Result<Response, ClientError> {
         self.seq += 1;
         let seq = self.seq;
-        let bytes = frame::encode(&RequestFrame { seq, request }, u32::MAX)?;
-        self.stream.write_all(&bytes).await?;
+        self.framed
+            .write(&RequestFrame { seq, request }, u32::MAX)
+            .await?;
         loop {
             match self.read_message().await? {
                 ServerMessage::Push { pool } => self.last_push = Some(pool),
@@ -118,24 +176,16 @@ impl Connection {
 
     /// Reads one message. Cancel-safe: bytes read are kept for the next call.
     async fn read_message(&mut self) -> Result<ServerMessage, ClientError> {
-        let mut chunk = [0u8; 8192];
-        loop {
-            if let Some((message, used)) = frame::decode::<ServerMessage>(&self.buf, self.max_frame)? {
-                self.buf.drain(..used);
-                return Ok(message);
-            }
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(ClientError::Closed);
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+        self.framed
+            .read::<ServerMessage>()
+            .await?
+            .ok_or(ClientError::Closed)
     }
 
     async fn client_request(&mut self, request: Request) -> Result<(Client, Pool), ClientError> {
         match self.request(request).await? {
             Response::Client { client, pool } => Ok((*client, pool)),
-            Response::Table(_) => Err(ClientError::Unexpected),
+            _ => Err(ClientError::Unexpected),
         }
     }
 
@@ -219,14 +269,46 @@ impl Connection {
         self.client_request(request).await
     }
 
-    /// The whole table and the node's status, for the operator views.
+    /// The whole table and the node's status, for the operator views: the
+    /// server sends it in pages of [`crate::proto::PAGE_CLIENTS`] clients,
+    /// put together here.
     ///
     /// # Errors
     /// See [`Connection::request`].
     pub async fn show(&mut self) -> Result<TableDump, ClientError> {
-        match self.request(Request::Show).await? {
-            Response::Table(dump) => Ok(*dump),
-            Response::Client { .. } => Err(ClientError::Unexpected),
+        let mut whole: Option<TableDump> = None;
+        let mut after = None;
+        loop {
+            let page = match self.request(Request::Show { after }).await? {
+                Response::Table(dump) => *dump,
+                _ => return Err(ClientError::Unexpected),
+            };
+            after = page.next.clone();
+            match &mut whole {
+                None => whole = Some(page),
+                Some(w) => {
+                    w.state.clients.extend(page.state.clients);
+                    w.heartbeats = page.heartbeats;
+                    w.status = page.status;
+                    w.pool = page.pool;
+                }
+            }
+            if after.is_none() {
+                let mut w = whole.expect("at least one page");
+                w.next = None;
+                return Ok(w);
+            }
+        }
+    }
+
+    /// This node's status (a small message, whatever the table's size).
+    ///
+    /// # Errors
+    /// See [`Connection::request`].
+    pub async fn status(&mut self) -> Result<crate::proto::NodeStatus, ClientError> {
+        match self.request(Request::Status).await? {
+            Response::Status(status) => Ok(*status),
+            _ => Err(ClientError::Unexpected),
         }
     }
 }

@@ -43,4 +43,5 @@ pub mod proto;
 pub mod server;
 pub mod switch;
 pub mod table;
+pub mod tls;
 pub mod views;

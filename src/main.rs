@@ -23,7 +23,7 @@ enum Command {
     Node(cmd::node::Args),
     /// Run the optional vote-only third member of a pair (never holds the VIP).
     Witness(cmd::witness::Args),
-    /// Run a standalone license server (one node, no replication or VRRP yet).
+    /// Run a standalone license server: one node, no replication, no VRRP (development, tests).
     Serve(cmd::serve::Args),
     /// Run simulated switches (license clients) against a license server.
     Client(cmd::client::Args),

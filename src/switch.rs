@@ -52,6 +52,10 @@ pub struct SwitchConfig {
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// The pair's CA and this switch's certificate (TLS, as a real switch
+    /// connects); `None` speaks plain TCP to a standalone
+    /// `vipool serve --insecure-plaintext`.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl SwitchConfig {
@@ -71,6 +75,7 @@ impl SwitchConfig {
             retention: Duration::from_secs(30 * 24 * 3600),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -255,10 +260,14 @@ impl Switch {
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         loop {
             self.check_server();
-            let connect = tokio::time::timeout(
-                self.config.heartbeat_interval,
-                Connection::connect(&self.config.server),
-            );
+            let server = self.config.server.clone();
+            let tls = self.config.tls.clone();
+            let connect = tokio::time::timeout(self.config.heartbeat_interval, async move {
+                match &tls {
+                    Some(tls) => Connection::connect(&server, tls).await,
+                    None => Connection::connect_insecure(&server).await,
+                }
+            });
             let connected = tokio::select! {
                 connected = connect => connected,
                 () = shutdown.cancelled() => return,

@@ -29,9 +29,51 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn show(addr: &str, view: &str) -> Value {
+/// The pair's CA and the certificates the processes of a test use, made
+/// with `vipool pki` as an operator would.
+struct Pki {
+    _dir: tempfile::TempDir,
+    path: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pki").to_string_lossy().into_owned();
+        for args in [
+            vec!["pki", "init", "--dir", &path, "--cluster-id", "1"],
+            vec!["pki", "member", "--dir", &path, "--name", "primary"],
+            vec!["pki", "operator", "--dir", &path, "--name", "op"],
+        ] {
+            let out = Command::new(BIN).args(&args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Pki { _dir: dir, path }
+    }
+
+    fn file(&self, name: &str) -> String {
+        format!("{}/{name}", self.path)
+    }
+
+    /// `vipool show` arguments: the operator's certificate.
+    fn operator(&self) -> [String; 4] {
+        [
+            "--ca".into(),
+            self.file("ca.crt"),
+            "--cert".into(),
+            self.file("op.crt"),
+        ]
+    }
+}
+
+fn show(pki: &Pki, addr: &str, view: &str) -> Value {
     let out = Command::new(BIN)
         .args(["show", view, "--json", "--server", addr])
+        .args(pki.operator())
         .output()
         .unwrap();
     assert!(
@@ -52,10 +94,18 @@ fn wait_for_listener(addr: &str) {
 
 #[test]
 fn serve_client_and_show_as_processes() {
+    let pki = Pki::new();
     let addr = format!("127.0.0.1:{}", free_port());
+    let operator = format!("127.0.0.1:{}", free_port());
     let server = Command::new(BIN)
         .args([
             "serve",
+            "--ca",
+            &pki.file("ca.crt"),
+            "--cert",
+            &pki.file("primary.crt"),
+            "--operator-listen",
+            &operator,
             "--listen",
             &addr,
             "--node",
@@ -75,6 +125,7 @@ fn serve_client_and_show_as_processes() {
         .args([
             "client", "--server", &addr, "--id", "sw", "--count", "3", "--json", "--for-s", "1",
         ])
+        .args(["--pki", &pki.path])
         .args([
             "--installed",
             "AP=4,PEFV=1",
@@ -104,7 +155,7 @@ fn serve_client_and_show_as_processes() {
         .all(|e| e["license_type"] == "AP" && e["count"] == 4));
 
     // The clients are gone but not yet silent for long: their rows stay.
-    let table = show(&addr, "server-table");
+    let table = show(&pki, &operator, "server-table");
     let ap = table
         .as_array()
         .unwrap()
@@ -118,28 +169,29 @@ fn serve_client_and_show_as_processes() {
         .unwrap()
         .iter()
         .any(|r| r["license_type"] == "PEFV"));
-    let clients = show(&addr, "client-table");
+    let clients = show(&pki, &operator, "client-table");
     assert_eq!(clients.as_array().unwrap().len(), 3);
     assert_eq!(clients[0]["installed"]["PEFV"], 1);
-    let usage = show(&addr, "license-usage");
+    let usage = show(&pki, &operator, "license-usage");
     assert!(usage
         .as_array()
         .unwrap()
         .iter()
         .any(|r| r["client"] == "sw-0001" && r["builtin"] == 16));
-    let heartbeat = show(&addr, "heartbeat");
+    let heartbeat = show(&pki, &operator, "heartbeat");
     assert!(heartbeat[0]["requests"].as_u64().unwrap() >= 1);
-    let summary = show(&addr, "summary");
+    let summary = show(&pki, &operator, "summary");
     assert_eq!(
         summary["clients_up"].as_u64().unwrap() + summary["clients_down"].as_u64().unwrap(),
         3
     );
-    let status = show(&addr, "status");
+    let status = show(&pki, &operator, "status");
     assert_eq!(status["node"], "primary");
     assert_eq!(status["raft_role"], "standalone");
 
     let text = Command::new(BIN)
-        .args(["show", "server-table", "--server", &addr])
+        .args(["show", "server-table", "--server", &operator])
+        .args(pki.operator())
         .output()
         .unwrap();
     let text = String::from_utf8(text.stdout).unwrap();
@@ -152,7 +204,8 @@ fn serve_client_and_show_as_processes() {
     // Status of every node asked, even one that is down.
     let dead = format!("127.0.0.1:{}", free_port());
     let both = Command::new(BIN)
-        .args(["show", "status", "--server", &addr, "--server", &dead])
+        .args(["show", "status", "--server", &operator, "--server", &dead])
+        .args(pki.operator())
         .output()
         .unwrap();
     assert!(both.status.success());
@@ -169,7 +222,8 @@ fn serve_client_and_show_as_processes() {
     );
     // Other views fall back to the next server.
     let fallback = Command::new(BIN)
-        .args(["show", "summary", "--server", &dead, "--server", &addr])
+        .args(["show", "summary", "--server", &dead, "--server", &operator])
+        .args(pki.operator())
         .output()
         .unwrap();
     assert!(

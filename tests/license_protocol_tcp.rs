@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use vipool::client::{ClientError, Connection};
 use vipool::proto::frame::{self, DEFAULT_MAX_REQUEST};
 use vipool::proto::{Request, RequestFrame, ServerError, ServerMessage, PROTOCOL_VERSION};
-use vipool::server::{Applier, LocalApplier, Server, ServerConfig};
+use vipool::server::{Applier, LocalApplier, Port, Server, ServerConfig};
 use vipool::table::{
     ClientReport, Command, CommandError, Key, LicenseTable, LicenseType, TableConfig, TableState,
 };
@@ -23,6 +23,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 struct Harness {
     addr: SocketAddr,
+    operator_addr: SocketAddr,
     applier: Arc<LocalApplier>,
     serving: watch::Sender<bool>,
     shutdown: CancellationToken,
@@ -48,6 +49,8 @@ impl Harness {
         }
         let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let operator = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+        let operator_addr = operator.local_addr().unwrap();
         let (serving, serving_rx) = watch::channel(true);
         let shutdown = CancellationToken::new();
         let config = ServerConfig {
@@ -56,9 +59,14 @@ impl Harness {
             ..ServerConfig::default()
         };
         let server = Server::new(Arc::clone(&applier), config, serving_rx, shutdown.clone());
-        let task = tokio::spawn(async move { server.run(listener).await });
+        let task = tokio::spawn(async move {
+            server
+                .run_on(vec![(listener, Port::Client), (operator, Port::Operator)])
+                .await
+        });
         Self {
             addr,
+            operator_addr,
             applier,
             serving,
             shutdown,
@@ -67,7 +75,12 @@ impl Harness {
     }
 
     async fn connect(&self) -> Connection {
-        Connection::connect(self.addr).await.unwrap()
+        Connection::connect_insecure(self.addr).await.unwrap()
+    }
+
+    /// A connection to the operator endpoint (views).
+    async fn operator(&self) -> Connection {
+        Connection::connect_insecure(self.operator_addr).await.unwrap()
     }
 
     fn state(&self) -> TableState {
@@ -155,7 +168,7 @@ async fn register_acquire_release_over_tcp() {
         .await
         .unwrap();
     assert_eq!(client.stats.heartbeats, 1);
-    let dump = conn.show().await.unwrap();
+    let dump = h.operator().await.show().await.unwrap();
     assert_eq!(dump.state.clients.len(), 1);
     assert_eq!(dump.heartbeats["sw1"].requests, 1);
     assert_eq!(dump.heartbeats["sw1"].responses, 1);
@@ -239,7 +252,7 @@ async fn not_the_license_server_off_the_vip_or_without_it() {
     );
     // Operator views still work on any address.
     assert_eq!(
-        conn.show().await.unwrap().status.vip.as_deref(),
+        h.operator().await.show().await.unwrap().status.vip.as_deref(),
         Some("127.0.0.2")
     );
     assert_eq!(h.state(), before);
@@ -284,7 +297,7 @@ async fn bad_frames_close_only_their_connection() {
     let mut wrong_version = frame::encode(
         &RequestFrame {
             seq: 1,
-            request: Request::Show,
+            request: Request::Status,
         },
         u32::MAX,
     )
@@ -325,7 +338,7 @@ async fn bad_frames_close_only_their_connection() {
     let mut mixed = frame::encode(
         &RequestFrame {
             seq: 9,
-            request: Request::Show,
+            request: Request::Status,
         },
         u32::MAX,
     )
@@ -336,9 +349,11 @@ async fn bad_frames_close_only_their_connection() {
         matches!(
             messages.as_slice(),
             [
+                // Answered (on the client port a status request is
+                // refused, naming the operator port), then the close.
                 ServerMessage::Reply {
                     seq: 9,
-                    response: Ok(_)
+                    response: Err(ServerError::WrongPort(_))
                 },
                 ServerMessage::Reply {
                     seq: 0,
@@ -352,7 +367,7 @@ async fn bad_frames_close_only_their_connection() {
     assert_eq!(h.state(), before);
     // The good connection was never disturbed.
     good.acquire("sw1", &ap(), 1).await.unwrap();
-    let dump = good.show().await.unwrap();
+    let dump = h.operator().await.show().await.unwrap();
     assert_eq!(dump.status.bad_frames, 4);
     h.stop().await;
 }
@@ -456,7 +471,7 @@ async fn status_warns_about_evaluation_keys_about_to_expire() {
         };
         h.applier.propose(command).await.unwrap().unwrap();
     }
-    let dump = h.connect().await.show().await.unwrap();
+    let dump = h.operator().await.show().await.unwrap();
     assert_eq!(dump.status.warnings.len(), 1, "{:?}", dump.status.warnings);
     let warning = &dump.status.warnings[0];
     assert!(
@@ -483,8 +498,8 @@ async fn stop_accepting_refuses_new_connections_and_keeps_open_ones() {
         shutdown.clone(),
     ));
     let running = Arc::clone(&server);
-    let task = tokio::spawn(async move { running.run_on(vec![listener]).await });
-    let mut open = Connection::connect(addr).await.unwrap();
+    let task = tokio::spawn(async move { running.run_on(vec![(listener, Port::Operator)]).await });
+    let mut open = Connection::connect_insecure(addr).await.unwrap();
     open.show().await.unwrap();
 
     server.stop_accepting();

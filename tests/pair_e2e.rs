@@ -126,9 +126,11 @@ fn start_pair_with_witness() -> Pair {
     std::fs::write(
         &cw,
         format!(
-            "[node]\nname = \"witness\"\nid = 3\ncluster_id = 7\ndata_dir = \"{}\"\n\n{cluster}\n{}",
+            "[node]\nname = \"witness\"\nid = 3\ncluster_id = 7\ndata_dir = \"{}\"\n\n{cluster}\n{}\n\
+             [witness]\noperator_listen = \"{}:{OPERATOR_PORT}\"\n",
             data.display(),
-            lab.tls_section("witness")
+            lab.tls_section("witness"),
+            w.addr
         ),
     )
     .unwrap();
@@ -186,6 +188,7 @@ fn prober(
     stop: Arc<AtomicBool>,
     after: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<Probe> {
+    let tls = common::switch_tls(host, id, "PROBE");
     in_netns(host, move || {
         common::runtime().block_on(async move {
             let mut probe = Probe::default();
@@ -196,8 +199,11 @@ fn prober(
                 let mut c = match conn.take() {
                     Some(c) => c,
                     None => {
-                        match tokio::time::timeout(PROBE_TIMEOUT, Connection::connect((VIP, CLIENT_PORT)))
-                            .await
+                        match tokio::time::timeout(
+                            PROBE_TIMEOUT,
+                            Connection::connect((VIP, CLIENT_PORT), &tls),
+                        )
+                        .await
                         {
                             Ok(Ok(c)) => c,
                             _ => {
@@ -332,10 +338,13 @@ fn failover(test: &str, how: Failure) {
 
     let server = format!("{VIP}:{CLIENT_PORT}");
     let count = SWITCHES.to_string();
+    let pki = pair.lab.pki_dir();
     let switches = pair.lab.vipool(
         &client_host,
         &[
             "client",
+            "--pki",
+            &pki,
             "--server",
             &server,
             "--id",
@@ -547,12 +556,15 @@ fn own_address_and_backup_refuse_with_the_vip() {
         (b, OPERATOR_PORT),
         (VIP, CLIENT_PORT),
     ];
+    let tls = common::switch_tls(&client_host, "probe", "P");
     let answers = in_netns(&client_host, move || {
         common::runtime().block_on(async move {
             let mut out = Vec::new();
             for (addr, port) in targets {
-                let mut conn = Connection::connect((addr, port)).await.expect("connect");
-                let r = conn.register("probe", "P", "1", ClientReport::default()).await;
+                let r = match Connection::connect((addr, port), &tls).await {
+                    Ok(mut conn) => conn.register("probe", "P", "1", ClientReport::default()).await,
+                    Err(e) => Err(e),
+                };
                 out.push(((addr, port), r.map(|_| ()).map_err(|e| e.to_string())));
             }
             out
@@ -564,6 +576,13 @@ fn own_address_and_backup_refuse_with_the_vip() {
         println!("{addr}:{port}: {r:?}");
         if *addr == VIP {
             assert!(r.is_ok(), "the VIP serves: {r:?}");
+        } else if *port == OPERATOR_PORT {
+            // A switch's certificate is refused there, saying why.
+            let e = r.as_ref().expect_err("refused");
+            assert!(
+                e.contains("the operator port takes operator certificates only"),
+                "{e}"
+            );
         } else {
             let e = r.as_ref().expect_err("refused");
             assert!(e.contains("not the license server, use VIP 192.0.2.100"), "{e}");
@@ -832,10 +851,13 @@ fn partition_without_a_witness_heals_to_one_holder_and_one_table() {
         "the primary never served"
     );
     let server = format!("{VIP}:{CLIENT_PORT}");
+    let pki = pair.lab.pki_dir();
     let switches = pair.lab.vipool(
         &client_host,
         &[
             "client",
+            "--pki",
+            &pki,
             "--server",
             &server,
             "--id",

@@ -95,13 +95,16 @@ fn show(from: &Host, node: Ipv4Addr) -> Result<TableDump, String> {
 
 /// Registers a license client through the VIP, from `from`.
 fn register(from: &Host, id: &'static str) -> Result<(), String> {
+    let tls = common::switch_tls(from, id, "SERIAL");
     in_netns(from, move || {
         common::runtime().block_on(async move {
-            let mut conn =
-                tokio::time::timeout(Duration::from_secs(2), Connection::connect((VIP, CLIENT_PORT)))
-                    .await
-                    .map_err(|_| "connect timed out".to_string())?
-                    .map_err(|e| e.to_string())?;
+            let mut conn = tokio::time::timeout(
+                Duration::from_secs(2),
+                Connection::connect((VIP, CLIENT_PORT), &tls),
+            )
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
             tokio::time::timeout(
                 Duration::from_secs(5),
                 conn.register(id, "SERIAL", "1", ClientReport::default()),
@@ -232,13 +235,17 @@ fn a_peer_of_another_release_is_refused_and_the_node_keeps_serving() {
         "status warnings: {:?}",
         after.status.warnings
     );
-    let shown = switch.run(&[
-        &vipool_bin(),
-        "show",
-        "status",
-        "--server",
-        &format!("{}:{OPERATOR_PORT}", a.addr),
-    ]);
+    let operator = common::operator_args(&switch);
+    let server = format!("{}:{OPERATOR_PORT}", a.addr);
+    let mut args = vec![
+        vipool_bin(),
+        "show".into(),
+        "status".into(),
+        "--server".into(),
+        server,
+    ];
+    args.extend(operator);
+    let shown = switch.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         shown.contains("warning (primary): peer refused:") && shown.contains(&warning),
         "vipool show status:\n{shown}"

@@ -164,6 +164,16 @@ impl Identity {
         &self.chain[0]
     }
 
+    /// This member's certificate chain (its own first).
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// This member's private key.
+    pub fn key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+
     /// The pair's CA as a root store.
     pub fn roots(&self) -> Arc<RootCertStore> {
         Arc::clone(&self.roots)

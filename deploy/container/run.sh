@@ -147,6 +147,10 @@ done
 if [ "$WITNESS" -eq 1 ]; then
     "$BIN" pki member --dir "$VIPOOL_PKI" --name witness --witness >/dev/null || { fail "vipool pki member witness failed"; finish; }
 fi
+# The operator of `show` (run in the switches' container), and the
+# simulated switches' certificates come from the CA directory itself
+# (`vipool client --pki`): a simulation shortcut, a real switch gets its own.
+"$BIN" pki operator --dir "$VIPOOL_PKI" --name lab-operator >/dev/null || { fail "vipool pki operator failed"; finish; }
 say "pki: the pair's CA and member certificates in $VIPOOL_PKI (vipool pki)"
 
 # ---------------------------------------------------------------- image
@@ -180,7 +184,7 @@ compose up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "docker-compose
 show() { # view server... [--json]
     local view=$1
     shift
-    compose exec -T switches /vipool show "$view" "$@" 2>/dev/null
+    compose exec -T switches /vipool show "$view" "$@" --ca /etc/vipool/pki/ca.crt --cert /etc/vipool/pki/lab-operator.crt 2>/dev/null
 }
 field() { # address field
     show status --json --server "$1:$OPS" | sed -n "s/^ *\"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" | head -n 1

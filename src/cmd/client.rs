@@ -15,6 +15,7 @@ use vipool::switch::{self, SwitchConfig};
 use vipool::table::LicenseType;
 
 use super::license_args::{keys, parse_counts, terminated};
+use super::tls_args::Creds;
 
 /// Options of `vipool client`.
 #[derive(Debug, ClapArgs)]
@@ -58,6 +59,76 @@ pub struct Args {
     /// Print events as JSON lines on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    creds: Creds,
+    /// Simulation: the pair's CA directory (ca.crt and ca.key); each
+    /// simulated switch gets a certificate for its id and serial issued in
+    /// memory, as an operator would issue it (`vipool pki switch`).
+    #[arg(long)]
+    pki: Option<std::path::PathBuf>,
+}
+
+/// Each switch's TLS: the one certificate given, or one issued per switch
+/// by the CA in `--pki`, or none with `--insecure-plaintext`.
+struct SwitchTls {
+    ca: Option<(vipool::pki::Ca, Vec<u8>)>,
+    given: Option<vipool::tls::ClientTls>,
+}
+
+impl SwitchTls {
+    fn new(args: &Args) -> anyhow::Result<SwitchTls> {
+        use anyhow::Context;
+        if args.creds.insecure_plaintext {
+            return Ok(SwitchTls {
+                ca: None,
+                given: None,
+            });
+        }
+        if let Some(dir) = &args.pki {
+            let ca = vipool::pki::Ca::load(dir)?;
+            let pem = ca.cert_pem().as_bytes().to_vec();
+            return Ok(SwitchTls {
+                ca: Some((ca, pem)),
+                given: None,
+            });
+        }
+        anyhow::ensure!(
+            args.count == 1,
+            "--count N needs --pki DIR (certificates per simulated switch) or --insecure-plaintext"
+        );
+        let cert = args
+            .creds
+            .cert
+            .clone()
+            .context("--cert (this switch's certificate, `vipool pki switch`) is required")?;
+        let (cert, key) = args.creds.files(&cert.to_string_lossy());
+        let tls = vipool::tls::ClientTls::load(&args.creds.ca, &cert, &key).with_context(|| {
+            format!(
+                "switch credentials (--ca {}, --cert {})",
+                args.creds.ca.display(),
+                cert.display()
+            )
+        })?;
+        Ok(SwitchTls {
+            ca: None,
+            given: Some(tls),
+        })
+    }
+
+    fn for_switch(&self, id: &str, serial: &str) -> anyhow::Result<Option<vipool::tls::ClientTls>> {
+        match (&self.given, &self.ca) {
+            (Some(tls), _) => Ok(Some(tls.clone())),
+            (None, Some((ca, pem))) => {
+                let issued = ca.issue_switch(id, serial, 30)?;
+                Ok(Some(vipool::tls::ClientTls::from_pem(
+                    pem,
+                    issued.cert_pem.as_bytes(),
+                    issued.key_pem.as_bytes(),
+                )?))
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// Runs the simulated switches until a signal or `--for-s`.
@@ -67,6 +138,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.aps > 0 {
         in_use.insert(LicenseType::new("AP"), args.aps);
     }
+    let tls = SwitchTls::new(&args)?;
     let shutdown = CancellationToken::new();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(args.count);
@@ -90,6 +162,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(1));
         config.missed_limit = args.missed.max(1);
         config.retention = Duration::from_secs(args.retention_s);
+        config.tls = tls.for_switch(&config.id, &config.serial)?;
         tasks.push(switch::spawn(config, Some(events_tx.clone()), shutdown.clone()).task);
     }
     drop(events_tx);

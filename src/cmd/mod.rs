@@ -8,5 +8,6 @@ pub mod node;
 pub mod pki;
 pub mod serve;
 pub mod show;
+mod tls_args;
 pub mod vrrp;
 pub mod witness;

@@ -1,11 +1,12 @@
 //! `vipool serve`: a standalone license server on one node.
 //!
 //! One in-process table, no replication and no VRRP: the node always
-//! serves. It is what `vipool client` and `vipool show` talk to until the
-//! two-node daemon wires the same server to the replicated log and the VIP.
+//! serves, on the client port (switches) and the operator endpoint
+//! (views). For development and tests; a pair runs `vipool node`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use vipool::server::{now_ms, Applier, LocalApplier, Server, ServerConfig};
+use vipool::server::{now_ms, Applier, LocalApplier, Port, Server, ServerConfig};
 use vipool::table::{Command, Key, LicenseTable, LicenseType, TableConfig, TypeKind};
 
 use super::license_args::{parse_counts, parse_type, terminated};
@@ -23,9 +24,26 @@ use super::license_args::{parse_counts, parse_type, terminated};
 /// Options of `vipool serve`.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// Address and port to listen on.
+    /// Address and port switches connect to.
     #[arg(long, default_value = "0.0.0.0:4333")]
     listen: SocketAddr,
+    /// Address and port of the operator endpoint (views, status).
+    #[arg(long, default_value = "127.0.0.1:4334")]
+    operator_listen: SocketAddr,
+    /// The pair's CA certificate (switches' and operators' certificates
+    /// must be of it).
+    #[arg(long, default_value = "/etc/vipool/pki/ca.crt")]
+    ca: PathBuf,
+    /// This server's certificate (`vipool pki member`: it names the license server).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Its private key (default: the certificate's name with `.key`).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Plain TCP, no certificates: anyone may claim any switch's identity.
+    /// For tests and development only; logged at error level.
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Answer license requests only on this local address (the VIP).
     #[arg(long)]
     vip: Option<IpAddr>,
@@ -91,10 +109,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("installing {license_type}={count}"))?;
     }
+    let tls = if args.insecure_plaintext {
+        None
+    } else {
+        let cert = args.cert.clone().context(
+            "--cert (this server's certificate, `vipool pki member`) or --insecure-plaintext is required",
+        )?;
+        let key = args.key.clone().unwrap_or_else(|| cert.with_extension("key"));
+        let identity = cluster::tls::Identity::load(&args.ca, &cert, &key)?;
+        Some(vipool::tls::ServerTls::new(&identity)?)
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    info!(listen = %listener.local_addr()?, node = %args.node, "license server up (standalone)");
+    let operator = TcpListener::bind(args.operator_listen)
+        .await
+        .with_context(|| format!("listening on {}", args.operator_listen))?;
+    info!(
+        listen = %listener.local_addr()?, operator = %operator.local_addr()?, node = %args.node,
+        tls = tls.is_some(), "license server up (standalone)"
+    );
     let (_serving_tx, serving) = watch::channel(true);
     let shutdown = CancellationToken::new();
     let config = ServerConfig {
@@ -103,6 +137,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_frame: args.max_frame,
         sweep_interval: Duration::from_millis(args.sweep_interval_ms.max(1)),
         expiry_warning: Duration::from_secs(args.expiry_warning_s),
+        tls,
         ..ServerConfig::default()
     };
     let server = Server::new(applier, config, serving, shutdown.clone());
@@ -112,7 +147,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         info!(?reason, "stopping");
         stop.cancel();
     });
-    let result = server.run(listener).await;
+    let result = server
+        .run_on(vec![(listener, Port::Client), (operator, Port::Operator)])
+        .await;
     signals.abort();
     result.context("serving")
 }

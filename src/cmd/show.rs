@@ -1,9 +1,11 @@
 //! `vipool show VIEW`: the operator views, as aligned tables or JSON.
 
 use clap::Args as ClapArgs;
-use vipool::client::Connection;
 use vipool::proto::TableDump;
+use vipool::tls::ClientTls;
 use vipool::views::{self, View};
+
+use super::tls_args::{connect, Creds};
 
 /// Options of `vipool show`.
 #[derive(Debug, ClapArgs)]
@@ -11,25 +13,28 @@ pub struct Args {
     /// The view.
     #[arg(value_enum)]
     view: View,
-    /// The server to ask: ADDRESS:PORT (a node's own address works for
-    /// views). Repeat it: `status` asks every one, the other views the
-    /// first that answers.
-    #[arg(long, default_value = "127.0.0.1:4333")]
+    /// The operator endpoint to ask: ADDRESS:PORT (`license.operator_listen`,
+    /// by default each node's loopback 127.0.0.1:4334). Repeat it: `status`
+    /// asks every one, the other views the first that answers.
+    #[arg(long, default_value = "127.0.0.1:4334")]
     server: Vec<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    creds: Creds,
 }
 
 /// Fetches the table from the server and prints the view.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let view = args.view;
+    let tls = args.creds.operator()?;
     if let View::Status = view {
-        return status(&args.server, args.json).await;
+        return status(&args.server, args.json, tls.as_ref()).await;
     }
     let mut last_error = None;
     for server in &args.server {
-        match fetch(server).await {
+        match fetch(server, tls.as_ref()).await {
             Ok(dump) => {
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&views::json(view, &dump)?)?);
@@ -44,19 +49,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no --server given")))
 }
 
-async fn fetch(server: &str) -> anyhow::Result<TableDump> {
-    let mut conn = Connection::connect(server).await?;
+async fn fetch(server: &str, tls: Option<&ClientTls>) -> anyhow::Result<TableDump> {
+    let mut conn = connect(server, tls).await?;
     Ok(conn.show().await?)
 }
 
 /// Every node's status, one row each, even when some do not answer.
-async fn status(servers: &[String], json: bool) -> anyhow::Result<()> {
+async fn status(servers: &[String], json: bool, tls: Option<&ClientTls>) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for server in servers {
-        let status = fetch(server)
-            .await
-            .map(|d| d.status)
-            .map_err(|e| format!("{e:#}"));
+        let status = async {
+            let mut conn = connect(server, tls).await?;
+            conn.status().await
+        }
+        .await
+        .map_err(|e| e.to_string());
         nodes.push((server.clone(), status));
     }
     if json {

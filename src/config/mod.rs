@@ -42,7 +42,7 @@
 //! assert_eq!(config.vrrp.advert_interval_ms, 1000);
 //! assert_eq!(config.license.heartbeat_interval_ms, 30_000);
 //! assert_eq!(config.speaker_config().vrrp.priority, 200);
-//! assert_eq!(config.license.operator_listen.unwrap().to_string(), "192.0.2.11:4334");
+//! assert_eq!(config.license.operator_listen.unwrap().to_string(), "127.0.0.1:4334");
 //! ```
 
 use std::fmt;
@@ -106,10 +106,10 @@ pub struct WitnessConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WitnessSection {
-    /// The operator endpoint (`vipool show status --server`): raft role,
-    /// term, commit and warnings such as a peer refused for its release.
-    /// It answers no license request. Default: this node's raft address
-    /// with port 4334.
+    /// The operator endpoint (`vipool show status --server`; operator
+    /// certificates only): raft role, term, commit and warnings such as a
+    /// peer refused for its release. It answers no license request.
+    /// Default: loopback only, 127.0.0.1:4334.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_listen: Option<std::net::SocketAddr>,
 }
@@ -284,11 +284,7 @@ impl WitnessConfig {
     /// The operator endpoint's address (filled in by loading).
     pub fn operator_address(&self) -> std::net::SocketAddr {
         self.witness.operator_listen.unwrap_or_else(|| {
-            let own = self.cluster.peer(self.node.id).map(|p| p.address.ip());
-            std::net::SocketAddr::new(
-                own.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-                DEFAULT_OPERATOR_PORT,
-            )
+            std::net::SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), DEFAULT_OPERATOR_PORT)
         })
     }
 }

@@ -343,9 +343,11 @@ pub struct LicenseSection {
     /// TCP port license clients connect to on the VIP (default 4333); not the
     /// raft port nor the operator port.
     pub client_port: u16,
-    /// The operator endpoint (`vipool show --server`), on this node's own
-    /// address so it answers whether or not the node holds the VIP.
-    /// Default: this node's address in `cluster.peers`, port 4334.
+    /// The operator endpoint (`vipool show --server`, operator commands;
+    /// operator certificates only), answered whether or not the node holds
+    /// the VIP. Default: loopback only, 127.0.0.1:4334; set this node's own
+    /// address (e.g. "192.0.2.11:4334") to open it to operators on other
+    /// hosts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operator_listen: Option<SocketAddr>,
     /// Keys installed on this server: licenses per type, e.g.
@@ -374,6 +376,19 @@ pub struct LicenseSection {
     pub max_frame: u32,
     /// Client connections served at once; more wait (default 20000).
     pub max_connections: usize,
+    /// Connections served at once from one source address; more are
+    /// closed (default 256).
+    pub max_connections_per_address: usize,
+    /// A TLS handshake must complete within this many milliseconds
+    /// (default 5000).
+    pub handshake_timeout_ms: u64,
+    /// Once a request frame has begun, the rest of it must arrive within
+    /// this many milliseconds (default 10000).
+    pub frame_timeout_ms: u64,
+    /// A connection that sends no whole request for this many milliseconds
+    /// is closed (default 120000; switches heartbeat every
+    /// `heartbeat_interval_ms`, so keep it well above that).
+    pub idle_timeout_ms: u64,
     /// How long a pool change waits before it is pushed to clients, so that a
     /// burst costs one push per client, in milliseconds (default 100).
     pub push_delay_ms: u64,
@@ -396,6 +411,10 @@ impl Default for LicenseSection {
             expiry_warning_s: server.expiry_warning.as_secs(),
             max_frame: server.max_frame,
             max_connections: server.max_connections,
+            max_connections_per_address: server.max_connections_per_address,
+            handshake_timeout_ms: millis(server.handshake_timeout),
+            frame_timeout_ms: millis(server.frame_timeout),
+            idle_timeout_ms: millis(server.idle_timeout),
             push_delay_ms: millis(server.push_delay),
         }
     }

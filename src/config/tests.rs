@@ -139,7 +139,8 @@ fn defaults_follow_the_spec() {
     assert_eq!(c.table_config(), TableConfig::default());
     // Defaults that depend on other fields are filled in.
     assert_eq!(c.cluster.listen, Some("192.0.2.11:4335".parse().unwrap()));
-    assert_eq!(l.operator_listen, Some("192.0.2.11:4334".parse().unwrap()));
+    // The operator endpoint is on loopback unless opened.
+    assert_eq!(l.operator_listen, Some("127.0.0.1:4334".parse().unwrap()));
     assert_eq!(c.vrrp.peer_address, Some(Ipv4Addr::new(192, 0, 2, 12)));
     // Key types are normalized like the table normalizes them.
     assert_eq!(l.keys.keys().collect::<Vec<_>>(), ["AP", "PEFNG"]);
@@ -653,9 +654,9 @@ fn missing_file_names_the_path() {
 }
 
 #[test]
-fn witness_operator_endpoint_defaults_to_its_own_address_and_is_checked() {
+fn witness_operator_endpoint_defaults_to_loopback_and_is_checked() {
     let w: WitnessConfig = WITNESS.parse().unwrap();
-    assert_eq!(w.witness.operator_listen.unwrap().to_string(), "192.0.2.13:4334");
+    assert_eq!(w.witness.operator_listen.unwrap().to_string(), "127.0.0.1:4334");
     let set = format!("{WITNESS}\n[witness]\noperator_listen = \"192.0.2.13:9000\"\n");
     let w: WitnessConfig = set.parse().unwrap();
     assert_eq!(w.operator_address().to_string(), "192.0.2.13:9000");

@@ -160,6 +160,12 @@ impl Config {
             sweep_interval: Duration::from_millis(l.sweep_interval_ms),
             push_delay: Duration::from_millis(l.push_delay_ms),
             expiry_warning: Duration::from_secs(l.expiry_warning_s),
+            max_connections_per_address: l.max_connections_per_address,
+            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+            frame_timeout: Duration::from_millis(l.frame_timeout_ms),
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            // The node adds its certificate (see `node::run`).
+            tls: None,
         }
     }
 
@@ -209,13 +215,9 @@ impl Config {
 
     /// The operator endpoint's address (filled in by loading).
     pub fn operator_address(&self) -> SocketAddr {
-        self.license.operator_listen.unwrap_or_else(|| {
-            let own = self.cluster.peer(self.node.id).map(|p| p.address.ip());
-            SocketAddr::new(
-                own.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                DEFAULT_OPERATOR_PORT,
-            )
-        })
+        self.license
+            .operator_listen
+            .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_OPERATOR_PORT))
     }
 
     pub(super) fn fill_defaults(&mut self) {

@@ -71,7 +71,7 @@ pub use witness::run_witness;
 
 use crate::config::{ClusterSection, Config, NodeSection, Role, TlsSection};
 use crate::proto::NodeStatus;
-use crate::server::{now_ms, Applier, Server, StatusHook};
+use crate::server::{now_ms, Applier, Port, Server, StatusHook};
 use crate::table::LicenseTable;
 
 /// Why a node could not start or stopped on an error.
@@ -250,9 +250,9 @@ async fn raft_parts(
     tls: &TlsSection,
     role: Role,
     start: &Start,
-) -> Result<(LogStore, TcpTransport, TcpListener, MemberConfig), NodeError> {
+) -> Result<RaftParts, NodeError> {
     let me = node.id;
-    let security = tls_security(node, cluster, tls)?;
+    let (security, identity) = tls_security(node, cluster, tls)?;
     let listen = cluster
         .listen_address(me)
         .ok_or_else(|| NodeError::Log(format!("member {me} has no address in cluster.peers")))?;
@@ -280,7 +280,24 @@ async fn raft_parts(
     mcfg.node.election_tick = cluster.election_ticks;
     mcfg.node.heartbeat_tick = cluster.heartbeat_ticks;
     mcfg.node.snapshot_interval = cluster.snapshot_interval;
-    Ok((store, transport, listener, mcfg))
+    Ok(RaftParts {
+        store,
+        transport,
+        listener,
+        member: mcfg,
+        identity,
+    })
+}
+
+/// What a server and a witness both start from (see [`raft_parts`]).
+struct RaftParts {
+    store: LogStore,
+    transport: TcpTransport,
+    listener: TcpListener,
+    member: MemberConfig,
+    /// This member's certificate: the cluster link's, and the one the
+    /// node shows switches and operators.
+    identity: Arc<cluster::tls::Identity>,
 }
 
 /// The cluster link's credentials: this member's certificate, checked as
@@ -289,7 +306,7 @@ fn tls_security(
     node: &NodeSection,
     cluster: &ClusterSection,
     tls: &TlsSection,
-) -> Result<Security, NodeError> {
+) -> Result<(Security, Arc<cluster::tls::Identity>), NodeError> {
     let (ca, cert, key) = tls.files(&node.name);
     let member = crate::pki::member_identity(&ca, &cert, &key, &node.name).map_err(NodeError::Tls)?;
     let left = member.info.remaining();
@@ -302,10 +319,12 @@ fn tls_security(
     }
     info!(cert = %cert.display(), ca = %ca.display(), "cluster link: mutual TLS 1.3 with the pair's CA");
     let names = cluster.peers.iter().map(|p| (p.id, p.name.clone())).collect();
-    Ok(Security::Tls {
-        identity: Arc::new(member.identity),
+    let identity = Arc::new(member.identity);
+    let security = Security::Tls {
+        identity: Arc::clone(&identity),
         names,
-    })
+    };
+    Ok((security, identity))
 }
 
 /// Runs one server node until `stop` resolves, then stops gracefully.
@@ -323,8 +342,13 @@ pub async fn run(
     let has_witness = config.cluster.has_witness();
     let vip = config.client_vip();
 
-    let (store, transport, raft_listener, mcfg) =
-        raft_parts(&config.node, &config.cluster, &config.tls, Role::Server, &start).await?;
+    let RaftParts {
+        store,
+        transport,
+        listener: raft_listener,
+        member: mcfg,
+        identity,
+    } = raft_parts(&config.node, &config.cluster, &config.tls, Role::Server, &start).await?;
     let election_timeout = mcfg.tick * u32::try_from(mcfg.node.election_tick).unwrap_or(u32::MAX);
     let table = SharedTable::new(LicenseTable::new(config.table_config()));
     // No initial voters: the store was bootstrapped by `vipool init`, or
@@ -364,9 +388,16 @@ pub async fn run(
     let view = Arc::new(Mutex::new(PairView::default()));
     let hook = status_hook(&view, &transport, &config.node.data_dir, &start);
     let server_shutdown = CancellationToken::new();
+    let mut server_config = config.server_config();
+    // Switches and operators see the node's member certificate, which names
+    // the license server; they show theirs.
+    server_config.tls = Some(crate::tls::ServerTls::new(&identity).map_err(|e| NodeError::Io {
+        what: "client TLS".into(),
+        source: std::io::Error::other(e),
+    })?);
     let server = Arc::new(Server::with_status_hook(
         Arc::clone(&applier),
-        config.server_config(),
+        server_config,
         serving,
         server_shutdown.clone(),
         hook,
@@ -378,8 +409,14 @@ pub async fn run(
     );
     notify::notify(notify::READY);
     let running = Arc::clone(&server);
-    let server_task =
-        tokio::spawn(async move { running.run_on(vec![client_listener, operator_listener]).await });
+    let server_task = tokio::spawn(async move {
+        running
+            .run_on(vec![
+                (client_listener, Port::Client),
+                (operator_listener, Port::Operator),
+            ])
+            .await
+    });
 
     let glue_stop = CancellationToken::new();
     let glue = Glue {

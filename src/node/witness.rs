@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::applier::ReplicatedApplier;
 use super::{io, NodeError, PairView, SharedTable, Start};
 use crate::config::{Role, WitnessConfig};
-use crate::server::{Server, ServerConfig};
+use crate::server::{Port, Server, ServerConfig};
 use crate::table::{LicenseTable, TableConfig};
 
 /// Runs a witness until `stop` resolves.
@@ -29,8 +29,13 @@ pub async fn run_witness(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let me = config.node.id;
-    let (store, transport, listener, mut mcfg) =
-        super::raft_parts(&config.node, &config.cluster, &config.tls, Role::Witness, &start).await?;
+    let super::RaftParts {
+        store,
+        transport,
+        listener,
+        member: mut mcfg,
+        identity,
+    } = super::raft_parts(&config.node, &config.cluster, &config.tls, Role::Witness, &start).await?;
     mcfg.node.witness = true;
     // The witness never answers from its table: what it applies only has to
     // round-trip through its own snapshots.
@@ -56,6 +61,11 @@ pub async fn run_witness(
         ServerConfig {
             node: config.node.name.clone(),
             vip: None,
+            // Operators only (their certificates), on its operator port.
+            tls: Some(crate::tls::ServerTls::new(&identity).map_err(|e| NodeError::Io {
+                what: "operator TLS".into(),
+                source: std::io::Error::other(e),
+            })?),
             ..ServerConfig::default()
         },
         serving,
@@ -63,7 +73,8 @@ pub async fn run_witness(
         hook,
     ));
     let running = Arc::clone(&server);
-    let server_task = tokio::spawn(async move { running.run_on(vec![operator_listener]).await });
+    let server_task =
+        tokio::spawn(async move { running.run_on(vec![(operator_listener, Port::Operator)]).await });
     info!(
         node = %config.node.name, id = me, raft = %transport.local_addr(), operator = %operator_addr,
         "witness up: votes, never leads"

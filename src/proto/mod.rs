@@ -6,6 +6,7 @@
 //! order and tagged with the request's `seq`, and, between them, unsolicited
 //! [`ServerMessage::Push`]es of revised pool totals to registered clients.
 
+pub mod connection;
 pub mod frame;
 
 use std::collections::BTreeMap;
@@ -74,9 +75,21 @@ pub enum Request {
         /// How many.
         count: u32,
     },
-    /// Operator: the whole table and this node's status.
-    Show,
+    /// Operator: this node's status (small, whatever the table's size).
+    Status,
+    /// Operator: one page of the table: at most [`PAGE_CLIENTS`] clients
+    /// after the id `after` (from the start when `None`), with the pool,
+    /// the server keys and the status; [`TableDump::next`] says where the
+    /// next page starts.
+    Show {
+        /// The last client id of the previous page.
+        after: Option<String>,
+    },
 }
+
+/// Clients per page of [`Request::Show`]: a page stays far below any frame
+/// limit however large the table grows.
+pub const PAGE_CLIENTS: usize = 256;
 
 /// Everything a server sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +120,8 @@ pub enum Response {
     },
     /// Answer to [`Request::Show`].
     Table(Box<TableDump>),
+    /// Answer to [`Request::Status`].
+    Status(Box<NodeStatus>),
 }
 
 /// Why a request failed.
@@ -143,6 +158,15 @@ pub enum ServerError {
     /// The change could not be committed (the node stopped leading, or is shutting down).
     #[error("not committed: {0}")]
     NotCommitted(String),
+    /// The request is answered on the other port: license requests on the
+    /// client port (the VIP), status, views and operator commands on the
+    /// operator port.
+    #[error("{0}")]
+    WrongPort(String),
+    /// The connection's certificate does not allow this request (another
+    /// switch's id, or a certificate of the wrong kind for this port).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl From<frame::FrameError> for ServerError {
@@ -219,6 +243,9 @@ pub struct TableDump {
     pub heartbeats: BTreeMap<String, HeartbeatCounters>,
     /// This node's status.
     pub status: NodeStatus,
+    /// More clients follow: ask for the page after this id.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 impl TableDump {

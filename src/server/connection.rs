@@ -1,30 +1,96 @@
-//! One client connection: read frames, answer them, push pool changes.
+//! One connection: the handshake, then frames in and answers out, and
+//! pool changes pushed to registered switches.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::{now_ms, Applier, Shared};
-use crate::proto::{frame, Request, RequestFrame, Response, ServerError, ServerMessage, TableDump};
+use super::{now_ms, Applier, Port, Shared};
+use crate::pki::ClientIdentity;
+use crate::proto::connection::Framed;
+use crate::proto::{
+    frame, Request, RequestFrame, Response, ServerError, ServerMessage, TableDump, PAGE_CLIENTS,
+};
 use crate::table::{Command, Pool, Reply};
 
-/// Serves one connection until the peer closes it, sends a bad frame, the
-/// node stops serving or shuts down.
-pub(super) async fn serve<A: Applier>(shared: Arc<Shared<A>>, mut stream: TcpStream, peer: SocketAddr) {
+/// A connected stream, TLS or plain.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Runs the handshake of an accepted connection (TLS: the certificate must
+/// be a switch's on the client port, an operator's on the operator port),
+/// then serves it.
+pub(super) async fn accept<A: Applier>(shared: Arc<Shared<A>>, tcp: TcpStream, peer: SocketAddr, port: Port) {
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
+    let Some(tls) = shared.config.tls.clone() else {
+        return serve(shared, Box::new(tcp), peer, local, None, port).await;
+    };
+    let refused = |why: &str| {
+        shared
+            .counters
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        cluster::warn_limited!(shared.log, "client handshake", %peer, ?port, "connection refused: {why}");
+    };
+    let (stream, who) = match tls.accept(tcp, shared.config.handshake_timeout).await {
+        Ok(accepted) => accepted,
+        Err(e) => return refused(&e.to_string()),
+    };
+    let fits = matches!(
+        (port, &who),
+        (Port::Client, ClientIdentity::Switch { .. }) | (Port::Operator, ClientIdentity::Operator { .. })
+    );
+    if !fits {
+        refused(&format!("{who} on the {port:?} port"));
+        // Say why before closing: a certificate of the wrong kind is an
+        // operator's mistake, not an attack.
+        let mut framed = Framed::new(stream, shared.config.max_frame);
+        let why = match port {
+            Port::Client => "the client port takes switch certificates only: operators use the operator port",
+            Port::Operator => "the operator port takes operator certificates only (`vipool pki operator`)",
+        };
+        let message = ServerMessage::Reply {
+            seq: 0,
+            response: Err(ServerError::Forbidden(why.into())),
+        };
+        let _ = framed.write(&message, frame::DEFAULT_MAX_RESPONSE).await;
+        framed.shutdown().await;
+        return;
+    }
+    serve(shared, Box::new(stream), peer, local, Some(who), port).await;
+}
+
+/// Serves one connection until the peer closes it, sends a bad frame, is
+/// too slow, the node stops serving or shuts down.
+async fn serve<A: Applier>(
+    shared: Arc<Shared<A>>,
+    stream: Box<dyn Stream>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    who: Option<ClientIdentity>,
+    port: Port,
+) {
     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-    let local = stream.local_addr().ok();
     let mut conn = Conn {
         shared: &shared,
         peer,
         local,
+        who,
+        port,
         last_pool: None,
         client_id: None,
     };
-    let reason = conn.run(&mut stream).await;
+    let mut framed = Framed::new(stream, shared.config.max_frame);
+    let reason = conn.run(&mut framed).await;
+    if matches!(reason, "idle" | "frame too slow") {
+        shared.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+    }
     debug!(%peer, reason, "connection closed");
     shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
 }
@@ -33,6 +99,9 @@ struct Conn<'a, A> {
     shared: &'a Shared<A>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
+    /// Who the connection's certificate names (`None`: plain TCP).
+    who: Option<ClientIdentity>,
+    port: Port,
     // The last pool this client was sent: pushes only carry news.
     last_pool: Option<Pool>,
     // Set once the peer registers or heartbeats: only license clients get pushes.
@@ -40,10 +109,8 @@ struct Conn<'a, A> {
 }
 
 impl<A: Applier> Conn<'_, A> {
-    async fn run(&mut self, stream: &mut TcpStream) -> &'static str {
-        let max = self.shared.config.max_frame;
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 8192];
+    async fn run(&mut self, framed: &mut Framed<Box<dyn Stream>>) -> &'static str {
+        let config = &self.shared.config;
         let mut pool_rx = self.shared.applier.pool_changes();
         let mut serving = self.shared.serving.clone();
         // A node that does not serve yet still answers (errors and views);
@@ -52,15 +119,34 @@ impl<A: Applier> Conn<'_, A> {
         let mut serving_follows = true;
         let mut push_at: Option<tokio::time::Instant> = None;
         let mut lost_vip = false;
+        // The last whole frame, and when the one being read began.
+        let mut last_frame = Instant::now();
+        let mut frame_began: Option<Instant> = None;
         loop {
             // Answer every whole frame already buffered before reading more.
             loop {
-                match frame::decode::<RequestFrame>(&buf, max) {
-                    Ok(Some((request, used))) => {
-                        buf.drain(..used);
+                match framed.try_buffered::<RequestFrame>() {
+                    Ok(Some(request)) => {
+                        last_frame = Instant::now();
+                        frame_began = framed.in_frame().then_some(last_frame);
                         self.shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
                         let (message, heartbeat_of) = self.answer(request).await;
-                        let written = write(stream, &message).await;
+                        let written = framed.write(&message, frame::DEFAULT_MAX_RESPONSE).await;
+                        let written = match written {
+                            Err(crate::proto::connection::WriteError::Frame(e)) => {
+                                // Too large to send: say so instead.
+                                let seq = match message {
+                                    ServerMessage::Reply { seq, .. } => seq,
+                                    ServerMessage::Push { .. } => 0,
+                                };
+                                let fallback = ServerMessage::Reply {
+                                    seq,
+                                    response: Err(ServerError::from(e)),
+                                };
+                                framed.write(&fallback, frame::DEFAULT_MAX_RESPONSE).await
+                            }
+                            other => other,
+                        };
                         self.shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                         if written.is_err() {
                             return "write failed";
@@ -81,35 +167,49 @@ impl<A: Applier> Conn<'_, A> {
                             response: Err(ServerError::from(e)),
                         };
                         // Best effort: the connection closes either way.
-                        let _ = write(stream, &message).await;
+                        let _ = framed.write(&message, frame::DEFAULT_MAX_RESPONSE).await;
                         return "bad frame";
                     }
                 }
             }
+            if framed.in_frame() {
+                frame_began.get_or_insert_with(Instant::now);
+            } else {
+                frame_began = None;
+            }
+            // A frame that has begun must end soon; a connection must send
+            // a whole frame now and then. Either way a host that opens
+            // connections and says little holds them for a bounded time.
+            let (deadline, why) = match frame_began {
+                Some(began) => (began + config.frame_timeout, "frame too slow"),
+                None => (last_frame + config.idle_timeout, "idle"),
+            };
             tokio::select! {
-                read = stream.read(&mut chunk) => match read {
+                read = framed.fill() => match read {
+                    Ok(0) if framed.in_frame() => return "closed in a frame",
                     Ok(0) => return "closed by peer",
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Ok(_) => {}
                     Err(_) => return "read failed",
                 },
+                () = tokio::time::sleep_until(deadline) => return why,
                 changed = pool_rx.changed(), if self.client_id.is_some() && push_at.is_none() => {
                     if changed.is_err() {
                         return "table gone";
                     }
                     // Coalesce a burst of changes into one push per connection.
-                    push_at = Some(tokio::time::Instant::now() + self.shared.config.push_delay);
+                    push_at = Some(tokio::time::Instant::now() + config.push_delay);
                 }
                 () = sleep_until(push_at) => {
                     push_at = None;
                     let pool = pool_rx.borrow_and_update().clone();
                     if self.last_pool.as_ref() != Some(&pool) {
                         self.last_pool = Some(pool.clone());
-                        if write(stream, &ServerMessage::Push { pool }).await.is_err() {
+                        if framed.write(&ServerMessage::Push { pool }, frame::DEFAULT_MAX_RESPONSE).await.is_err() {
                             return "write failed";
                         }
                     }
                 }
-                changed = serving.changed(), if serving_follows => {
+                changed = serving.changed(), if serving_follows && self.port == Port::Client => {
                     if changed.is_err() {
                         // Nobody will change it any more: it stays as it is.
                         serving_follows = false;
@@ -119,12 +219,7 @@ impl<A: Applier> Conn<'_, A> {
                         // first (refused, naming the VIP) rather than lost
                         // to a reset of the connection.
                         lost_vip = true;
-                        while let Ok(n) = stream.try_read(&mut chunk) {
-                            if n == 0 {
-                                break;
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                        }
+                        framed.read_pending(std::time::Duration::from_millis(1)).await;
                     }
                 }
                 () = self.shared.shutdown.cancelled() => return "shutdown",
@@ -173,8 +268,39 @@ impl<A: Applier> Conn<'_, A> {
     async fn respond(&mut self, request: Request) -> Result<Response, ServerError> {
         let now_ms = now_ms();
         let address = self.peer.to_string();
+        let operator = matches!(request, Request::Show { .. } | Request::Status);
+        if operator != (self.port == Port::Operator) {
+            self.shared.counters.forbidden.fetch_add(1, Ordering::Relaxed);
+            return Err(ServerError::WrongPort(match self.port {
+                Port::Client => "status, views and operator commands are answered on the operator port \
+                                 (license.operator_listen), not on the client port"
+                    .into(),
+                Port::Operator => "license requests are answered on the VIP's client port, not on the \
+                                   operator port"
+                    .into(),
+            }));
+        }
+        if let Some(ClientIdentity::Switch { id, serial }) = &self.who {
+            // A switch acts for the id its certificate names, with its serial.
+            let (asked, claimed_serial) = match &request {
+                Request::Register { id, serial, .. } => (Some(id), Some(serial)),
+                Request::Heartbeat { id, .. }
+                | Request::Update { id, .. }
+                | Request::Acquire { id, .. }
+                | Request::Release { id, .. } => (Some(id), None),
+                Request::Show { .. } | Request::Status => (None, None),
+            };
+            if asked.is_some_and(|a| a != id) || claimed_serial.is_some_and(|s| s != serial) {
+                self.shared.counters.forbidden.fetch_add(1, Ordering::Relaxed);
+                return Err(ServerError::Forbidden(format!(
+                    "this connection's certificate is switch {id:?} (serial {serial}): it may act for \
+                     that id and serial only"
+                )));
+            }
+        }
         let command = match request {
-            Request::Show => return Ok(Response::Table(Box::new(self.dump(now_ms)))),
+            Request::Status => return Ok(Response::Status(Box::new(self.shared.status()))),
+            Request::Show { after } => return Ok(Response::Table(Box::new(self.dump(now_ms, after)))),
             Request::Register {
                 id,
                 serial,
@@ -224,11 +350,28 @@ impl<A: Applier> Conn<'_, A> {
         }
     }
 
-    fn dump(&self, now_ms: u64) -> TableDump {
-        let (state, pool, config) = self
-            .shared
-            .applier
-            .read(|t| (t.state().clone(), t.pool().clone(), t.config().clone()));
+    /// One page of the table: the clients after `after`.
+    fn dump(&self, now_ms: u64, after: Option<String>) -> TableDump {
+        let (state, pool, config, next) = self.shared.applier.read(|t| {
+            let all = &t.state().clients;
+            let from = match &after {
+                Some(id) => {
+                    all.range::<String, _>((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded))
+                }
+                None => all.range::<String, _>(..),
+            };
+            let clients: std::collections::BTreeMap<_, _> = from
+                .take(PAGE_CLIENTS + 1)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let next = (clients.len() > PAGE_CLIENTS).then(|| clients.keys().nth(PAGE_CLIENTS - 1).cloned());
+            let clients = clients.into_iter().take(PAGE_CLIENTS).collect();
+            let state = crate::table::TableState {
+                clients,
+                server_keys: t.state().server_keys.clone(),
+            };
+            (state, t.pool().clone(), t.config().clone(), next.flatten())
+        });
         let heartbeats = self
             .shared
             .counters
@@ -244,6 +387,7 @@ impl<A: Applier> Conn<'_, A> {
             pool,
             heartbeats,
             status: self.shared.status(),
+            next,
         }
     }
 }
@@ -253,22 +397,4 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-async fn write(stream: &mut TcpStream, message: &ServerMessage) -> std::io::Result<()> {
-    let bytes = match frame::encode(message, frame::DEFAULT_MAX_RESPONSE) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let fallback = ServerMessage::Reply {
-                seq: match message {
-                    ServerMessage::Reply { seq, .. } => *seq,
-                    ServerMessage::Push { .. } => 0,
-                },
-                response: Err(ServerError::from(e)),
-            };
-            frame::encode(&fallback, frame::DEFAULT_MAX_RESPONSE)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
-        }
-    };
-    stream.write_all(&bytes).await
 }

@@ -4,6 +4,15 @@
 //! In the shape of mini-redis: [`Server::run`] accepts connections under a
 //! semaphore and hands each to a task (`connection`); changes go through
 //! an [`Applier`]; shutdown is a cancellation token.
+//!
+//! Two kinds of listener ([`Port`]): the client port, where switches ask
+//! for licenses, and the operator port, where operators read the views
+//! and give their commands. Over TLS ([`ServerConfig::tls`]) each
+//! connection proves who it is with a certificate of the pair's CA: a
+//! switch's on the client port, an operator's on the operator port.
+//! What any host can cost the server is bounded: connections per source
+//! address, a deadline for the handshake, for each frame once it has
+//! begun, and for a connection that sends nothing.
 
 mod applier;
 mod connection;
@@ -45,6 +54,20 @@ pub struct ServerConfig {
     /// Evaluation keys that stop counting within this window are warned
     /// about in the log and in status.
     pub expiry_warning: Duration,
+    /// Connections served at once from one source address.
+    pub max_connections_per_address: usize,
+    /// A TLS handshake must complete within this.
+    pub handshake_timeout: Duration,
+    /// Once a frame has begun, the rest of it must arrive within this.
+    pub frame_timeout: Duration,
+    /// A connection that sends no whole frame for this long is closed
+    /// (switches heartbeat far more often).
+    pub idle_timeout: Duration,
+    /// The node's certificate and the pair's CA: every connection proves
+    /// who it is. `None` is plain TCP, anyone claims any identity: for a
+    /// standalone `vipool serve --insecure-plaintext` only (tests,
+    /// development), logged at error level.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -57,8 +80,24 @@ impl Default for ServerConfig {
             sweep_interval: Duration::from_secs(10),
             push_delay: Duration::from_millis(100),
             expiry_warning: Duration::from_secs(7 * 24 * 3600),
+            max_connections_per_address: 256,
+            handshake_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            tls: None,
         }
     }
+}
+
+/// What a listener is for, and so what its connections may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Switches: license requests only (register, heartbeat, update,
+    /// acquire, release), answered only by the VIP holder on the VIP.
+    Client,
+    /// Operators: status, the views and operator commands, answered by any
+    /// node on its own address.
+    Operator,
 }
 
 /// Counters of one node, not replicated.
@@ -68,6 +107,14 @@ pub(crate) struct Counters {
     /// Requests read and not answered yet.
     pub(crate) in_flight: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
+    /// Connections refused: too many from one address, a failed or late
+    /// handshake, a certificate of the wrong kind for the port.
+    pub(crate) refused_connections: AtomicU64,
+    /// Connections closed for sending nothing, or a frame too slowly.
+    pub(crate) timed_out: AtomicU64,
+    /// Requests refused because they came to the wrong port or acted for
+    /// another identity than the connection's.
+    pub(crate) forbidden: AtomicU64,
     pub(crate) heartbeats: Mutex<BTreeMap<String, HeartbeatCounters>>,
 }
 
@@ -101,6 +148,8 @@ pub(crate) struct Shared<A> {
     pub(crate) status_hook: Option<StatusHook>,
     /// Lines any client can cause are written once a minute per cause.
     pub(crate) log: cluster::ratelog::RateLimiter,
+    /// Connections open per source address.
+    pub(crate) per_address: Mutex<BTreeMap<IpAddr, usize>>,
 }
 
 impl<A: Applier> Shared<A> {
@@ -118,7 +167,15 @@ impl<A: Applier> Shared<A> {
             connections: self.counters.connections.load(Ordering::Relaxed),
             bad_frames: self.counters.bad_frames.load(Ordering::Relaxed),
             warnings: self.expiring().iter().map(ToString::to_string).collect(),
-            refused: Default::default(),
+            refused: [
+                ("client_refused_connections", &self.counters.refused_connections),
+                ("client_timed_out", &self.counters.timed_out),
+                ("client_forbidden", &self.counters.forbidden),
+            ]
+            .into_iter()
+            .map(|(cause, n)| (cause.to_owned(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
         };
         if let Some(hook) = &self.status_hook {
             hook(&mut status);
@@ -156,6 +213,7 @@ impl<A: Applier> Server<A> {
             stop_accepting: CancellationToken::new(),
             status_hook: None,
             log: cluster::ratelog::RateLimiter::default(),
+            per_address: Mutex::new(BTreeMap::new()),
         };
         Self {
             shared: Arc::new(shared),
@@ -205,7 +263,7 @@ impl<A: Applier> Server<A> {
     /// # Errors
     /// Accepting failed for a reason other than running out of descriptors.
     pub async fn run(&self, listener: TcpListener) -> std::io::Result<()> {
-        self.run_on(vec![listener]).await
+        self.run_on(vec![(listener, Port::Client)]).await
     }
 
     /// Serves several listeners (the client port on every address, an
@@ -214,13 +272,19 @@ impl<A: Applier> Server<A> {
     ///
     /// # Errors
     /// Accepting failed for a reason other than running out of descriptors.
-    pub async fn run_on(&self, listeners: Vec<TcpListener>) -> std::io::Result<()> {
+    pub async fn run_on(&self, listeners: Vec<(TcpListener, Port)>) -> std::io::Result<()> {
+        if self.shared.config.tls.is_none() {
+            tracing::error!(
+                "INSECURE: license server without TLS (tests and development only): any host can \
+                 claim any switch's identity"
+            );
+        }
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
         tracker.spawn(sweeper(Arc::clone(&self.shared)));
         let accepts: Vec<_> = listeners
             .into_iter()
-            .map(|listener| self.accept_loop(listener, Arc::clone(&limit), tracker.clone()))
+            .map(|(listener, port)| self.accept_loop(listener, port, Arc::clone(&limit), tracker.clone()))
             .collect();
         let result = futures_first_error(accepts).await;
         if result.is_ok() {
@@ -236,6 +300,7 @@ impl<A: Applier> Server<A> {
     async fn accept_loop(
         &self,
         listener: TcpListener,
+        port: Port,
         limit: Arc<Semaphore>,
         tracker: TaskTracker,
     ) -> std::io::Result<()> {
@@ -257,10 +322,24 @@ impl<A: Applier> Server<A> {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let Some(slot) = AddressSlot::take(&self.shared, peer.ip()) else {
+                        self.shared
+                            .counters
+                            .refused_connections
+                            .fetch_add(1, Ordering::Relaxed);
+                        cluster::warn_limited!(
+                            self.shared.log,
+                            "per address",
+                            %peer,
+                            limit = self.shared.config.max_connections_per_address,
+                            "connection refused: too many from this address"
+                        );
+                        continue;
+                    };
                     let shared = Arc::clone(&self.shared);
                     tracker.spawn(async move {
-                        connection::serve(shared, stream, peer).await;
-                        drop(permit);
+                        connection::accept(shared, stream, peer, port).await;
+                        drop((slot, permit));
                     });
                 }
                 Err(e) if is_transient(&e) => {
@@ -273,6 +352,39 @@ impl<A: Applier> Server<A> {
         // One listener failing stops the others.
         shutdown.cancel();
         result
+    }
+}
+
+/// A connection's place in its source address's count, given back on drop.
+struct AddressSlot<A: Applier> {
+    shared: Arc<Shared<A>>,
+    ip: IpAddr,
+}
+
+impl<A: Applier> AddressSlot<A> {
+    fn take(shared: &Arc<Shared<A>>, ip: IpAddr) -> Option<Self> {
+        let mut map = shared.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= shared.config.max_connections_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            shared: Arc::clone(shared),
+            ip,
+        })
+    }
+}
+
+impl<A: Applier> Drop for AddressSlot<A> {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -246,17 +246,20 @@ impl Lab {
         dir
     }
 
+    /// The lab's PKI directory (its CA made on first use): what simulated
+    /// switches get their certificates from (`vipool client --pki DIR`).
+    pub fn pki_dir(&self) -> String {
+        let pki = self.dir().join("pki");
+        lab_ca(&pki);
+        pki.to_string_lossy().into_owned()
+    }
+
     /// The `[tls]` section of member `name`: the lab's own CA (made on
     /// first use in the lab's directory) and a certificate naming `name`,
     /// made as `vipool pki` makes them.
     pub fn tls_section(&self, name: &str) -> String {
         let pki = self.dir().join("pki");
-        let ca = if pki.join(vipool::pki::CA_KEY).exists() {
-            vipool::pki::Ca::load(&pki)
-        } else {
-            vipool::pki::Ca::create(&pki, 7, 365)
-        }
-        .expect("lab CA");
+        let ca = lab_ca(&pki);
         let (cert, key) = (pki.join(format!("{name}.crt")), pki.join(format!("{name}.key")));
         if !cert.exists() {
             let issued = if name == "witness" {
@@ -588,12 +591,91 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The lab's CA in `pki` (made on first use, as `vipool pki init` makes it).
+pub fn lab_ca(pki: &std::path::Path) -> vipool::pki::Ca {
+    static MADE: Mutex<()> = Mutex::new(());
+    let _one = MADE.lock().unwrap_or_else(|p| p.into_inner());
+    if pki.join(vipool::pki::CA_KEY).exists() {
+        vipool::pki::Ca::load(pki)
+    } else {
+        vipool::pki::Ca::create(pki, 7, 365)
+    }
+    .expect("lab CA")
+}
+
+impl Host {
+    /// The scratch directory of the lab this host belongs to (see
+    /// [`Lab::dir`]): where its PKI is.
+    pub fn lab_pki(&self) -> std::path::PathBuf {
+        let prefix = &self.ns[..self.ns.rfind('h').expect("a lab host's namespace")];
+        std::env::temp_dir().join(prefix).join("pki")
+    }
+}
+
+/// An operator's TLS in the lab of `host` (its certificate issued by the
+/// lab's CA on first use), as `vipool pki operator` makes it.
+pub fn operator_tls(host: &Host) -> vipool::tls::ClientTls {
+    let pki = host.lab_pki();
+    let ca = lab_ca(&pki);
+    let issued = ca
+        .issue_operator("lab-operator", 365)
+        .expect("operator certificate");
+    vipool::tls::ClientTls::operator(
+        &cluster::tls::Identity::from_pem(
+            ca.cert_pem().as_bytes(),
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )
+        .expect("operator identity"),
+    )
+    .expect("operator TLS")
+}
+
+/// `vipool show` arguments for the lab's operator in the lab of `host`:
+/// `--ca`, `--cert` and `--key` of an operator certificate (written on
+/// first use, as `vipool pki operator` writes it).
+pub fn operator_args(host: &Host) -> Vec<String> {
+    let pki = host.lab_pki();
+    let ca = lab_ca(&pki);
+    let cert = pki.join("lab-operator.crt");
+    if !cert.exists() {
+        // Another test thread of the same lab may have written it meanwhile.
+        let _ = ca
+            .issue_operator("lab-operator", 365)
+            .expect("operator certificate")
+            .write(&pki, "lab-operator");
+    }
+    [
+        "--ca".into(),
+        pki.join(vipool::pki::CA_CERT).to_string_lossy().into_owned(),
+        "--cert".into(),
+        cert.to_string_lossy().into_owned(),
+    ]
+    .into()
+}
+
+/// A switch's TLS in the lab of `host`: a certificate for client id `id`
+/// and serial `serial`, issued by the lab's CA as `vipool pki switch` does.
+pub fn switch_tls(host: &Host, id: &str, serial: &str) -> vipool::tls::ClientTls {
+    let pki = host.lab_pki();
+    let ca = lab_ca(&pki);
+    let issued = ca.issue_switch(id, serial, 365).expect("switch certificate");
+    vipool::tls::ClientTls::from_pem(
+        ca.cert_pem().as_bytes(),
+        issued.cert_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+    )
+    .expect("switch TLS")
+}
+
 /// The status and table of the node at `node:port` (its operator endpoint),
-/// asked from inside `from`'s namespace, with 2 s limits on connect and answer.
+/// asked from inside `from`'s namespace as the lab's operator, with 2 s
+/// limits on connect and answer.
 pub fn operator_show(from: &Host, node: Ipv4Addr, port: u16) -> Result<vipool::proto::TableDump, String> {
+    let tls = operator_tls(from);
     in_netns(from, move || {
         runtime().block_on(async move {
-            let connect = vipool::client::Connection::connect((node, port));
+            let connect = vipool::client::Connection::connect((node, port), &tls);
             let mut conn = tokio::time::timeout(Duration::from_secs(2), connect)
                 .await
                 .map_err(|_| "connect timed out".to_string())?

@@ -302,9 +302,11 @@ impl PairLab {
             std::fs::write(
                 &cw,
                 format!(
-                    "[node]\nname = \"witness\"\nid = 3\ncluster_id = {CLUSTER_ID}\ndata_dir = \"{}\"\n\n{cluster}\n{}",
+                    "[node]\nname = \"witness\"\nid = 3\ncluster_id = {CLUSTER_ID}\ndata_dir = \"{}\"\n\n{cluster}\n{}\n\
+                     [witness]\noperator_listen = \"{}:{OPERATOR_PORT}\"\n",
                     lab.dir().join("witness-data").display(),
-                    tls_section(&lab, "witness")
+                    tls_section(&lab, "witness"),
+                    w.addr
                 ),
             )
             .unwrap();
@@ -414,12 +416,15 @@ impl PairLab {
     /// every `heartbeat_ms`, and waits until all hold their grants.
     pub fn switches(&mut self, host: &Host, count: usize, aps: u32, heartbeat_ms: u64) -> Speaker {
         let server = format!("{VIP}:{CLIENT_PORT}");
+        let pki = self.lab.pki_dir();
         let (count_s, aps_s, hb) = (count.to_string(), aps.to_string(), heartbeat_ms.to_string());
         let log = self.lab.dir().join("switches.log");
         let switches = self.lab.vipool_logged(
             host,
             &[
                 "client",
+                "--pki",
+                &pki,
                 "--server",
                 &server,
                 "--id",
@@ -604,8 +609,9 @@ impl Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
         let (stop2, acked2) = (stop.clone(), acked.clone());
+        let tls = super::switch_tls(host, id, "PROBE");
         let handle = in_netns(host, move || {
-            super::runtime().block_on(probe_loop(id, timeout, pace, stop2, acked2))
+            super::runtime().block_on(probe_loop(id, tls, timeout, pace, stop2, acked2))
         });
         Prober {
             stop,
@@ -635,6 +641,7 @@ impl Prober {
 
 async fn probe_loop(
     id: &'static str,
+    tls: vipool::tls::ClientTls,
     timeout: Duration,
     pace: Duration,
     stop: Arc<AtomicBool>,
@@ -652,19 +659,21 @@ async fn probe_loop(
     while !stop.load(Ordering::SeqCst) {
         let mut c = match conn.take() {
             Some(c) => c,
-            None => match tokio::time::timeout(timeout, Connection::connect((VIP, CLIENT_PORT))).await {
-                Ok(Ok(c)) => c,
-                other => {
-                    probe.unreachable += 1;
-                    let why = match other {
-                        Ok(Err(e)) => format!("connect: {e}"),
-                        _ => format!("connect: no answer within {timeout:?}"),
-                    };
-                    fail(&mut probe, why);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
+            None => {
+                match tokio::time::timeout(timeout, Connection::connect((VIP, CLIENT_PORT), &tls)).await {
+                    Ok(Ok(c)) => c,
+                    other => {
+                        probe.unreachable += 1;
+                        let why = match other {
+                            Ok(Err(e)) => format!("connect: {e}"),
+                            _ => format!("connect: no answer within {timeout:?}"),
+                        };
+                        fail(&mut probe, why);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
                 }
-            },
+            }
         };
         if !registered {
             match tokio::time::timeout(timeout, c.register(id, "PROBE", "1", ClientReport::default())).await {
@@ -756,12 +765,13 @@ impl Monitor {
             (Which::Backup, pair.backup.addr()),
         ];
         let (stop2, sink) = (stop.clone(), samples.clone());
+        let tls = super::operator_tls(from);
         let handle = in_netns(from, move || {
             super::runtime().block_on(async move {
                 let mut conns: [Option<Connection>; 2] = [None, None];
                 while !stop2.load(Ordering::SeqCst) {
                     for (i, (which, addr)) in nodes.iter().enumerate() {
-                        let got = sample(&mut conns[i], *addr).await;
+                        let got = sample(&mut conns[i], *addr, &tls).await;
                         let (status, server_keys, clients) = match got {
                             Ok(d) => (
                                 Ok(d.status),
@@ -804,10 +814,14 @@ impl Monitor {
     }
 }
 
-async fn sample(conn: &mut Option<Connection>, addr: Ipv4Addr) -> Result<TableDump, String> {
+async fn sample(
+    conn: &mut Option<Connection>,
+    addr: Ipv4Addr,
+    tls: &vipool::tls::ClientTls,
+) -> Result<TableDump, String> {
     let limit = Duration::from_secs(2);
     if conn.is_none() {
-        let c = tokio::time::timeout(limit, Connection::connect((addr, OPERATOR_PORT)))
+        let c = tokio::time::timeout(limit, Connection::connect((addr, OPERATOR_PORT), tls))
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| e.to_string())?;

@@ -1,0 +1,183 @@
+//! Framing over a byte stream, for the server and the client alike: TCP,
+//! or TLS over TCP, is only a change of the stream type.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::frame::{self, FrameError};
+
+/// Why no message could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The stream failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The other side closed the connection in the middle of a frame.
+    #[error("the connection closed in the middle of a frame")]
+    Truncated,
+    /// The bytes are not a frame this side can read.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// A stream with a frame buffer: whole messages in and out.
+#[derive(Debug)]
+pub struct Framed<S> {
+    stream: S,
+    buf: Vec<u8>,
+    max_in: u32,
+}
+
+/// Bytes read from the stream at a time.
+const CHUNK: usize = 8192;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+    /// Frames `stream`, accepting incoming frames of at most `max_in` bytes.
+    pub fn new(stream: S, max_in: u32) -> Self {
+        Framed {
+            stream,
+            buf: Vec::new(),
+            max_in,
+        }
+    }
+
+    /// The stream.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// Whether part of a frame has arrived and waits for the rest.
+    pub fn in_frame(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Decodes a whole frame already buffered, if there is one.
+    ///
+    /// # Errors
+    /// The buffered bytes are not a frame this side reads.
+    pub fn try_buffered<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        match frame::decode::<T>(&self.buf, self.max_in)? {
+            Some((message, used)) => {
+                self.buf.drain(..used);
+                Ok(Some(message))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reads one message; `None` when the other side closed the connection
+    /// between frames. Cancel-safe: bytes read are kept for the next call.
+    ///
+    /// # Errors
+    /// The stream failed, closed in the middle of a frame, or sent bytes
+    /// that are not a frame (too long, another version, undecodable).
+    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ReadError> {
+        let mut chunk = [0u8; CHUNK];
+        loop {
+            if let Some(message) = self.try_buffered()? {
+                return Ok(Some(message));
+            }
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated)
+                };
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads what the stream has now (at least one byte, or 0 at its end)
+    /// into the frame buffer. Cancel-safe: nothing read is lost.
+    ///
+    /// # Errors
+    /// The stream failed.
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; CHUNK];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Reads whatever arrives within `wait`, without waiting for a whole
+    /// frame (a connection that is being closed answers what it already
+    /// received). Returns whether anything arrived.
+    pub async fn read_pending(&mut self, wait: Duration) -> bool {
+        let mut chunk = [0u8; CHUNK];
+        let mut any = false;
+        while let Ok(Ok(n)) = tokio::time::timeout(wait, self.stream.read(&mut chunk)).await {
+            if n == 0 {
+                break;
+            }
+            any = true;
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        any
+    }
+
+    /// Writes `message` as one frame (of at most `max_out` bytes) and flushes.
+    ///
+    /// # Errors
+    /// The message does not fit in `max_out`, or the stream failed.
+    pub async fn write<T: Serialize>(&mut self, message: &T, max_out: u32) -> Result<(), WriteError> {
+        let bytes = frame::encode(message, max_out)?;
+        self.stream.write_all(&bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Closes the sending side (TLS: close_notify).
+    pub async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// Why a message could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// It does not fit in a frame.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The stream failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_cross_a_stream_whole_and_a_close_mid_frame_is_an_error() {
+        let (a, b) = tokio::io::duplex(64);
+        let (mut a, mut b) = (Framed::new(a, 1024), Framed::new(b, 1024));
+        a.write(&("hello".to_owned(), 7u32), 1024).await.unwrap();
+        a.write(&("again".to_owned(), 8u32), 1024).await.unwrap();
+        assert_eq!(
+            b.read::<(String, u32)>().await.unwrap(),
+            Some(("hello".into(), 7))
+        );
+        assert_eq!(
+            b.read::<(String, u32)>().await.unwrap(),
+            Some(("again".into(), 8))
+        );
+        drop(a);
+        assert!(b.read::<(String, u32)>().await.unwrap().is_none());
+
+        let (a, b) = tokio::io::duplex(64);
+        let mut b = Framed::new(b, 1024);
+        let bytes = frame::encode(&("cut".to_owned(), 1u32), 1024).unwrap();
+        let mut a = a;
+        a.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
+        drop(a);
+        assert!(matches!(
+            b.read::<(String, u32)>().await,
+            Err(ReadError::Truncated)
+        ));
+    }
+}
