@@ -721,3 +721,101 @@ fn driver_judges_each_datagram_by_the_latest_claim() {
     assert_eq!(counters.adverts_held, 1);
     assert_eq!(counters.held_released, 1);
 }
+
+/// Issue 12, item 2: a new master makes every host on the segment send to
+/// it at once. Its gratuitous ARP goes as a request and as a reply (some
+/// hosts heed only one form), in a burst at the takeover and again after
+/// 1 s and 2 s: a host whose entry the old master refreshed less than its
+/// neighbour locktime ago (Linux: 1 s; older stacks ignore even gratuitous
+/// ARP then) takes the later ones. Checked on the wire from a third host.
+#[test]
+fn new_master_announces_by_request_and_reply_and_again_after_locktime() {
+    let test = "new_master_announces_by_request_and_reply_and_again_after_locktime";
+    if !lab_available(test) || !common::tool_available(test, "tshark", "tshark") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let a = lab.vipool_vrrp(&h0, &speaker_args("19", "200", "100", &[]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("19", "100", "100", &[]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+    // Only the backup's frames: it has not announced anything yet.
+    let filter = format!("arp and ether src {}", h1.mac());
+    let capture = h2
+        .command("tshark")
+        .args(["-i", "eth0", "-a", "duration:6", "-f", &filter])
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_relative",
+            "-e",
+            "arp.opcode",
+            "-e",
+            "arp.src.proto_ipv4",
+            "-e",
+            "arp.dst.proto_ipv4",
+            "-e",
+            "arp.dst.hw_mac",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tshark");
+    // tshark needs a moment to open the interface.
+    std::thread::sleep(Duration::from_millis(1000));
+    a.signal(Signal::SIGKILL);
+    assert!(b.wait_state("Master", START), "backup did not take over");
+    let out = capture.wait_with_output().expect("tshark output");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let vip = VIP.to_string();
+    let mac = h1.mac();
+    // (seconds, opcode) of every gratuitous frame for the VIP.
+    let frames: Vec<(f64, u32)> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let gratuitous = f.get(2) == Some(&vip.as_str()) && f.get(3) == Some(&vip.as_str());
+            if !gratuitous {
+                return None;
+            }
+            Some((f[0].parse().ok()?, f[1].parse().ok()?))
+        })
+        .collect();
+    assert!(
+        !frames.is_empty(),
+        "no gratuitous ARP for the VIP from the new master:\n{text}"
+    );
+    // A reply names the sender's own MAC as its target, so hosts that check
+    // (Linux does) take it as gratuitous.
+    for l in text.lines().filter(|l| l.split('\t').nth(1) == Some("2")) {
+        assert_eq!(l.split('\t').nth(4), Some(mac.as_str()), "reply target MAC: {l}");
+    }
+    let t0 = frames[0].0;
+    let within = |from: f64, to: f64, op: u32| {
+        frames
+            .iter()
+            .filter(|(t, o)| *o == op && (t - t0) >= from && (t - t0) <= to)
+            .count()
+    };
+    println!(
+        "{test}: {:?}",
+        frames
+            .iter()
+            .map(|(t, o)| (((t - t0) * 1000.0).round(), *o))
+            .collect::<Vec<_>>()
+    );
+    // The burst: three requests and three replies, 100 ms apart.
+    assert_eq!(
+        (within(0.0, 0.5, 1), within(0.0, 0.5, 2)),
+        (3, 3),
+        "the burst:\n{text}"
+    );
+    // Then one of each after about 1 s and after about 2 s.
+    for (from, to) in [(0.8, 1.5), (1.8, 2.5)] {
+        assert!(
+            within(from, to, 1) >= 1 && within(from, to, 2) >= 1,
+            "no announcement between {from} and {to} s after the first:\n{text}"
+        );
+    }
+}

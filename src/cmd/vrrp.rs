@@ -64,12 +64,17 @@ pub struct Args {
     /// VRRPv3 checksum form.
     #[arg(long, value_enum, default_value_t = ChecksumArg::PseudoHeader)]
     v3_checksum: ChecksumArg,
-    /// Gratuitous ARP requests per address on takeover (0 disables).
+    /// Gratuitous ARP announcements (request and reply) per address on
+    /// takeover (0 disables).
     #[arg(long, default_value_t = 3)]
     garp_count: u32,
-    /// Delay between two gratuitous ARP requests.
+    /// Delay between two announcements of the burst.
     #[arg(long, default_value_t = 100)]
     garp_interval_ms: u64,
+    /// One more announcement this long after takeover (repeatable; default
+    /// 1000 and 2000: beyond hosts' neighbour locktime).
+    #[arg(long = "garp-repeat-after-ms", value_name = "MS", default_values_t = [1000u64, 2000])]
+    garp_repeat_after_ms: Vec<u64>,
     /// While master, repeat the gratuitous ARP burst this often.
     #[arg(long)]
     garp_refresh_s: Option<u64>,
@@ -179,6 +184,11 @@ impl Args {
             garp: GarpConfig {
                 count: self.garp_count,
                 interval: Duration::from_millis(self.garp_interval_ms),
+                repeat_after: self
+                    .garp_repeat_after_ms
+                    .iter()
+                    .map(|&ms| Duration::from_millis(ms))
+                    .collect(),
                 refresh: self.garp_refresh_s.map(Duration::from_secs),
             },
             virtual_mac: self.vmac,

@@ -126,14 +126,21 @@ pub struct VrrpSection {
     pub garp: GarpSection,
 }
 
-/// `[vrrp.garp]`: gratuitous ARP sent when this node becomes master.
+/// `[vrrp.garp]`: gratuitous ARP sent when this node becomes master. Each
+/// announcement is a gratuitous ARP request and a gratuitous ARP reply per
+/// VIP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GarpSection {
-    /// Requests per VIP on becoming master, 0 to 100; 0 disables (default 3).
+    /// Announcements per VIP on becoming master, 0 to 100; 0 disables (default 3).
     pub count: u32,
-    /// Delay between two requests of a burst, in milliseconds (default 100).
+    /// Delay between two announcements of a burst, in milliseconds (default 100).
     pub interval_ms: u64,
+    /// One more announcement this many milliseconds after becoming master,
+    /// for each entry (default [1000, 2000]): a host whose ARP entry was
+    /// refreshed by the old master less than its neighbour locktime ago
+    /// (Linux: 1 s) ignores the burst, not these.
+    pub repeat_after_ms: Vec<u64>,
     /// While master, send another burst this often, in seconds (default: never).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_s: Option<u64>,
@@ -145,6 +152,7 @@ impl Default for GarpSection {
         Self {
             count: garp.count,
             interval_ms: u64::try_from(garp.interval.as_millis()).unwrap_or(u64::MAX),
+            repeat_after_ms: garp.repeat_after.iter().map(|d| millis(*d)).collect(),
             refresh_s: garp.refresh.map(|d| d.as_secs()),
         }
     }

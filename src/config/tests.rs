@@ -116,6 +116,7 @@ fn defaults_follow_the_spec() {
         GarpSection {
             count: 3,
             interval_ms: 100,
+            repeat_after_ms: vec![1000, 2000],
             refresh_s: None
         }
     );
@@ -365,6 +366,16 @@ fn vrrp_problems_name_their_field() {
     refused("vrrp", "garp = { count = 1000 }", "vrrp.garp.count");
     refused("vrrp", "garp = { interval_ms = 0 }", "vrrp.garp.interval_ms");
     refused("vrrp", "garp = { refresh_s = 0 }", "vrrp.garp.refresh_s");
+    refused(
+        "vrrp",
+        "garp = { repeat_after_ms = [0] }",
+        "vrrp.garp.repeat_after_ms",
+    );
+    refused(
+        "vrrp",
+        "garp = { repeat_after_ms = [70000] }",
+        "vrrp.garp.repeat_after_ms",
+    );
 }
 
 /// The one source the speaker trusts: a wrong one would drop every advert

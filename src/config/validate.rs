@@ -130,6 +130,11 @@ impl Config {
             garp: GarpConfig {
                 count: garp.count,
                 interval: Duration::from_millis(garp.interval_ms),
+                repeat_after: garp
+                    .repeat_after_ms
+                    .iter()
+                    .map(|&ms| Duration::from_millis(ms))
+                    .collect(),
                 refresh: garp.refresh_s.map(Duration::from_secs),
             },
             virtual_mac: self.vrrp.vmac,
@@ -392,6 +397,15 @@ impl Config {
                 "vrrp.garp.interval_ms",
                 0,
                 "must be at least 1 when vrrp.garp.count sends more than one request",
+            );
+        }
+        if v.garp.repeat_after_ms.len() > 10
+            || v.garp.repeat_after_ms.iter().any(|&ms| ms == 0 || ms > 60_000)
+        {
+            r.add(
+                "vrrp.garp.repeat_after_ms",
+                format!("{:?}", v.garp.repeat_after_ms),
+                "at most 10 delays of 1 to 60000 ms each, e.g. [1000, 2000]",
             );
         }
         if v.garp.refresh_s == Some(0) {

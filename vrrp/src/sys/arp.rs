@@ -20,6 +20,18 @@ pub fn virtual_mac(vrid: u8) -> [u8; 6] {
 /// Builds a gratuitous ARP request frame: broadcast, sender and target IP
 /// both `addr`, sender hardware address `mac`.
 pub fn gratuitous_arp_frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; FRAME_LEN] {
+    gratuitous_frame(mac, addr, false)
+}
+
+/// Builds a gratuitous ARP reply frame: broadcast, sender and target IP
+/// both `addr`, sender and target hardware address `mac` (the form of
+/// `arping -A`). Some hosts update their cache from unsolicited replies
+/// only, some from requests only: a new master sends both.
+pub fn gratuitous_arp_reply_frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; FRAME_LEN] {
+    gratuitous_frame(mac, addr, true)
+}
+
+fn gratuitous_frame(mac: [u8; 6], addr: Ipv4Addr, reply: bool) -> [u8; FRAME_LEN] {
     let mut frame = [0u8; FRAME_LEN];
     let mac = MacAddr::from(mac);
     {
@@ -33,10 +45,15 @@ pub fn gratuitous_arp_frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; FRAME_LEN] {
     arp.set_protocol_type(EtherTypes::Ipv4);
     arp.set_hw_addr_len(6);
     arp.set_proto_addr_len(4);
-    arp.set_operation(ArpOperations::Request);
+    if reply {
+        arp.set_operation(ArpOperations::Reply);
+        arp.set_target_hw_addr(mac);
+    } else {
+        arp.set_operation(ArpOperations::Request);
+        arp.set_target_hw_addr(MacAddr::zero());
+    }
     arp.set_sender_hw_addr(mac);
     arp.set_sender_proto_addr(addr);
-    arp.set_target_hw_addr(MacAddr::zero());
     arp.set_target_proto_addr(addr);
     frame
 }
@@ -88,15 +105,20 @@ impl ArpSender {
         }
     }
 
-    /// Sends one gratuitous ARP request for `addr`.
+    /// Sends one gratuitous ARP request and one gratuitous ARP reply for `addr`.
     ///
     /// # Errors
     /// The OS error.
     pub fn announce(&mut self, addr: Ipv4Addr) -> io::Result<()> {
-        let frame = gratuitous_arp_frame(self.mac, addr);
-        self.tx
-            .send_to(&frame, None)
-            .unwrap_or_else(|| Err(io::Error::other("datalink sender refused the frame")))
+        for frame in [
+            gratuitous_arp_frame(self.mac, addr),
+            gratuitous_arp_reply_frame(self.mac, addr),
+        ] {
+            self.tx
+                .send_to(&frame, None)
+                .unwrap_or_else(|| Err(io::Error::other("datalink sender refused the frame")))?;
+        }
+        Ok(())
     }
 }
 
@@ -115,6 +137,19 @@ mod tests {
         assert_eq!(&frame[22..28], &[0, 0, 0x5e, 0, 1, 7]);
         assert_eq!(&frame[28..32], &[192, 0, 2, 7]);
         assert_eq!(&frame[32..38], &[0; 6]);
+        assert_eq!(&frame[38..42], &[192, 0, 2, 7]);
+    }
+
+    #[test]
+    fn garp_reply_frame_fields() {
+        let frame = gratuitous_arp_reply_frame(virtual_mac(7), Ipv4Addr::new(192, 0, 2, 7));
+        assert_eq!(&frame[0..6], &[0xff; 6]);
+        assert_eq!(&frame[6..12], &[0, 0, 0x5e, 0, 1, 7]);
+        // op 2 (reply)
+        assert_eq!(&frame[14..22], &[0, 1, 8, 0, 6, 4, 0, 2]);
+        assert_eq!(&frame[22..28], &[0, 0, 0x5e, 0, 1, 7]);
+        assert_eq!(&frame[28..32], &[192, 0, 2, 7]);
+        assert_eq!(&frame[32..38], &[0, 0, 0x5e, 0, 1, 7]);
         assert_eq!(&frame[38..42], &[192, 0, 2, 7]);
     }
 }

@@ -26,13 +26,24 @@ use super::sysctl::Sysctls;
 use crate::proto::{Config, Counters, DropReason, Event, Instance, PeerClaim, Reason, State, V3Checksum};
 use crate::wire::{ipv4, Checksum, Version, MULTICAST_GROUP};
 
-/// Gratuitous ARP on takeover.
+/// Gratuitous ARP on takeover: each announcement is a gratuitous ARP
+/// request and a gratuitous ARP reply for every virtual address.
+///
+/// A host's cache entry that was updated less than its neighbour
+/// `locktime` ago (Linux: 1 s) ignores a new address: right after a
+/// failover, a host that heard the old master a moment earlier keeps
+/// sending there. So besides the burst at the takeover the new master
+/// announces again after `repeat_after` (default 1 s and 2 s), as
+/// keepalived does after `garp_master_delay`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GarpConfig {
-    /// Requests per virtual address sent on becoming master (0 disables).
+    /// Announcements per virtual address sent on becoming master (0 disables).
     pub count: u32,
-    /// Delay between two requests of one burst.
+    /// Delay between two announcements of one burst.
     pub interval: Duration,
+    /// One more announcement this long after becoming master, for each
+    /// entry (default 1 s and 2 s).
+    pub repeat_after: Vec<Duration>,
     /// While master, send one more burst this often (None: never).
     pub refresh: Option<Duration>,
 }
@@ -42,8 +53,23 @@ impl Default for GarpConfig {
         GarpConfig {
             count: 3,
             interval: Duration::from_millis(100),
+            repeat_after: vec![Duration::from_secs(1), Duration::from_secs(2)],
             refresh: None,
         }
+    }
+}
+
+impl GarpConfig {
+    /// When to announce after becoming master at `at`: the burst, then the
+    /// repeats, in order.
+    pub fn plan(&self, at: Instant) -> Vec<Instant> {
+        if self.count == 0 {
+            return Vec::new();
+        }
+        let mut plan: Vec<Instant> = (0..self.count).map(|n| at + self.interval * n).collect();
+        plan.extend(self.repeat_after.iter().map(|d| at + *d));
+        plan.sort();
+        plan
     }
 }
 
@@ -228,8 +254,7 @@ impl Speaker {
             sysctls,
             prefix_len: config.prefix_len,
             garp: config.garp.clone(),
-            garp_next: None,
-            garp_left: 0,
+            garp_plan: std::collections::VecDeque::new(),
             vip_installed: false,
             status: status_tx,
             transitions: transitions.clone(),
@@ -297,8 +322,8 @@ struct Driver {
     sysctls: Sysctls,
     prefix_len: u8,
     garp: GarpConfig,
-    garp_next: Option<Instant>,
-    garp_left: u32,
+    /// The announcements still to send, soonest first.
+    garp_plan: std::collections::VecDeque<Instant>,
     vip_installed: bool,
     status: watch::Sender<Status>,
     transitions: broadcast::Sender<Transition>,
@@ -383,7 +408,7 @@ impl Driver {
         self.drain().await?;
         let mut buf = vec![0u8; 4096];
         loop {
-            let deadline = [self.instance.poll_timeout(), self.garp_next]
+            let deadline = [self.instance.poll_timeout(), self.garp_plan.front().copied()]
                 .into_iter()
                 .flatten()
                 .min();
@@ -424,7 +449,7 @@ impl Driver {
                 () = sleep => {
                     let now = Instant::now();
                     self.instance.handle_timeout(now);
-                    if self.garp_next.is_some_and(|at| at <= now) {
+                    if self.garp_plan.front().is_some_and(|&at| at <= now) {
                         self.send_garp(now);
                     }
                 }
@@ -513,19 +538,20 @@ impl Driver {
                 Event::BecomeMaster(reason) => {
                     self.transition(State::Master, Some(reason));
                     self.install_vips().await?;
-                    if self.garp.count > 0 {
-                        self.garp_left = self.garp.count;
-                        self.send_garp(Instant::now());
+                    let now = Instant::now();
+                    self.garp_plan = self.garp.plan(now).into();
+                    if self.garp_plan.front().is_some_and(|&at| at <= now) {
+                        self.send_garp(now);
                     }
                 }
                 Event::BecomeBackup(reason) => {
                     self.transition(State::Backup, Some(reason));
-                    self.garp_next = None;
+                    self.garp_plan.clear();
                     self.remove_vips().await?;
                 }
                 Event::BecomeInitialize => {
                     self.transition(State::Initialize, Some(Reason::Shutdown));
-                    self.garp_next = None;
+                    self.garp_plan.clear();
                     self.remove_vips().await?;
                 }
             }
@@ -584,12 +610,17 @@ impl Driver {
         Ok(())
     }
 
-    /// Sends one request per virtual address and schedules the next one.
+    /// Sends one announcement (request and reply) per virtual address for
+    /// every planned one that is due, and plans the refresh after the last.
     fn send_garp(&mut self, now: Instant) {
         let Some(arp) = self.arp.as_mut() else { return };
         if self.instance.state() != State::Master {
-            self.garp_next = None;
+            self.garp_plan.clear();
             return;
+        }
+        // Several due at once (a late wake-up) make one announcement.
+        while self.garp_plan.front().is_some_and(|&at| at <= now) {
+            self.garp_plan.pop_front();
         }
         for addr in &self.instance.config().addresses {
             if let Err(e) = arp.announce(*addr) {
@@ -598,14 +629,13 @@ impl Driver {
                 }
             }
         }
-        self.garp_left = self.garp_left.saturating_sub(1);
-        self.garp_next = if self.garp_left > 0 {
-            Some(now + self.garp.interval)
-        } else if let Some(refresh) = self.garp.refresh {
-            self.garp_left = self.garp.count;
-            Some(now + refresh)
-        } else {
-            None
-        };
+        if self.garp_plan.is_empty() {
+            if let Some(refresh) = self.garp.refresh {
+                let next = now + refresh;
+                self.garp_plan = (0..self.garp.count.max(1))
+                    .map(|n| next + self.garp.interval * n)
+                    .collect();
+            }
+        }
     }
 }
