@@ -258,7 +258,7 @@ else
     fail "only $(( $(registrations) - REG_BEFORE )) of $SWITCHES switches re-registered after the failover"
 fi
 # A switch that comes up now draws from the backup.
-compose exec -T switches /vipool client --server "$VIP:4333" --id after-failover --aps 1 \
+compose exec -T switches /vipool client --pki /etc/vipool/pki --server "$VIP:4333" --id after-failover --aps 1 \
     --heartbeat-interval-ms 1000 --for-s 2 --json >"$WORK/drawer.events" 2>/dev/null
 if grep -q '"event":"granted".*"license_type":"AP"' "$WORK/drawer.events"; then
     say "a new switch (after-failover) drew an AP license through the VIP from the backup"
