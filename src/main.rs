@@ -11,6 +11,9 @@ struct Cli {
     /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// Log lines as text or as JSON objects (for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = cmd::logging::LogFormat::Text)]
+    log_format: cmd::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,21 +42,15 @@ enum Command {
     Init(cmd::init::Args),
     /// Acknowledge a split-brain yield file (clears its warning in `show status`).
     AckYield(cmd::ack_yield::Args),
-}
-
-fn init_tracing(default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::Args),
+    /// Write the man pages (vipool.1 and one per subcommand) into a directory.
+    Manpages(cmd::completions::ManArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    cmd::logging::init(&cli.log, cli.log_format);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -69,5 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::License(args) => cmd::license::run(args),
         Command::Init(args) => cmd::init::run(args),
         Command::AckYield(args) => cmd::ack_yield::run(args),
+        Command::Completions(args) => cmd::completions::completions::<Cli>(args),
+        Command::Manpages(args) => cmd::completions::manpages::<Cli>(args),
     }
 }

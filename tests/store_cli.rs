@@ -259,3 +259,81 @@ fn ack_yield_lists_then_acknowledges_by_name_or_all() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Issue 11, item 5: SIGHUP reloads what may change at run time (the log
+/// filter), says what else changed and needs a restart, refuses a broken
+/// file without changing anything, and never stops the daemon (its default
+/// action would kill it without a word).
+#[test]
+fn sighup_reloads_the_log_filter_names_what_needs_a_restart_and_never_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = witness_config(dir.path());
+    let c = config.to_str().unwrap();
+    assert!(vipool(&["init", "--config", c]).status.success());
+    let log = config.with_extension("log");
+    let child = Command::new(BIN)
+        .args(["--log", "info", "witness", "--config", c])
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed when the test ends, also when it fails.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(child);
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait_for_line = |what: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while read().matches(what).count() < n {
+            assert!(Instant::now() < deadline, "no {what:?} in:\n{}", read());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_line("witness up", 1);
+    let hup = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+
+    hup();
+    wait_for_line("SIGHUP: configuration reloaded, nothing changed", 1);
+
+    // The log filter changes at once; another change waits for a restart.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let changed = text
+        .replace("[node]\n", "[node]\nlog = \"debug\"\n")
+        .replace("[cluster]\n", "[cluster]\nrequest_timeout_ms = 7000\n");
+    assert_ne!(changed, text);
+    std::fs::write(&config, changed).unwrap();
+    hup();
+    wait_for_line("these changes take effect only at the next start", 1);
+    let t = read();
+    assert!(t.contains("log filter set filter=\"debug\""), "{t}");
+    assert!(
+        t.contains("needs_restart=[\"cluster.request_timeout_ms\"]"),
+        "{t}"
+    );
+    // Debug lines now appear: the next SIGHUP logs one.
+    assert!(!t.contains("DEBUG vipool::cmd::reload"), "{t}");
+    hup();
+    wait_for_line(
+        "DEBUG vipool::cmd::reload: SIGHUP: reading the configuration again",
+        1,
+    );
+
+    // A broken file changes nothing and the daemon goes on.
+    std::fs::write(&config, "not toml at all [").unwrap();
+    hup();
+    wait_for_line("SIGHUP: configuration refused, nothing changed", 1);
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the witness stopped:\n{}",
+        read()
+    );
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.0.wait().unwrap().success(), "{}", read());
+}

@@ -1,11 +1,14 @@
 pub mod ack_yield;
 pub mod check_config;
 pub mod client;
+pub mod completions;
 pub mod init;
 pub mod license;
 mod license_args;
+pub mod logging;
 pub mod node;
 pub mod pki;
+mod reload;
 pub mod serve;
 pub mod show;
 mod tls_args;

@@ -9,6 +9,7 @@ use tracing::info;
 use vipool::config::Config;
 
 use super::license_args::terminated;
+use super::reload;
 
 /// Options of `vipool node`.
 #[derive(Debug, ClapArgs)]
@@ -25,10 +26,17 @@ pub struct Args {
 }
 
 /// Runs the node until SIGTERM or SIGINT, then stops gracefully: the VIP
-/// and raft leadership go to the peer before it exits.
+/// and raft leadership go to the peer before it exits. SIGHUP reloads the
+/// configuration (see `reload`).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config =
         Config::load(&args.config).with_context(|| format!("configuration {}", args.config.display()))?;
+    let running = reload::Running {
+        path: args.config.clone(),
+        config: vipool::config::AnyConfig::Server(config.clone()),
+    };
+    reload::apply_log_filter(&running.config);
+    tokio::spawn(reload::on_hangup(running));
     let stop = async {
         match terminated().await {
             Ok(signal) => info!(signal, "stopping"),

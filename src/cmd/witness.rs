@@ -9,6 +9,7 @@ use tracing::info;
 use vipool::config::WitnessConfig;
 
 use super::license_args::terminated;
+use super::reload;
 
 /// Options of `vipool witness`.
 #[derive(Debug, ClapArgs)]
@@ -26,6 +27,12 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = WitnessConfig::load(&args.config)
         .with_context(|| format!("configuration {}", args.config.display()))?;
+    let running = reload::Running {
+        path: args.config.clone(),
+        config: vipool::config::AnyConfig::Witness(config.clone()),
+    };
+    reload::apply_log_filter(&running.config);
+    tokio::spawn(reload::on_hangup(running));
     let stop = async {
         match terminated().await {
             Ok(signal) => info!(signal, "stopping"),

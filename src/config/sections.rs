@@ -44,6 +44,11 @@ pub struct NodeSection {
     /// pair (SPEC §1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_release: Option<String>,
+    /// Log filter (tracing EnvFilter syntax, e.g. "info" or
+    /// "warn,vipool=info"); SIGHUP applies a change without a restart.
+    /// Default: the `--log` option (`RUST_LOG` overrides both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 /// `[vrrp]`: the VRRP instance (RFC 9568) that elects the VIP holder.

@@ -317,6 +317,7 @@ mod tests {
             cluster_id: 7,
             data_dir: dir.join("data"),
             require_release: None,
+            log: None,
         }
     }
 
