@@ -32,6 +32,8 @@
 //! is a member) exists for tests and benchmarks only; the daemon has no
 //! setting for it, and it is logged at error level when used.
 
+#[cfg(test)]
+mod chunk_tests;
 mod frame;
 mod inbound;
 mod outbound;

@@ -14,7 +14,7 @@ use crate::sim::Recorder;
 use crate::{LogStore, Member};
 use raft::StateRole;
 
-fn msg(from: u64, to: u64) -> Message {
+pub(super) fn msg(from: u64, to: u64) -> Message {
     let mut m = Message::default();
     m.set_msg_type(MessageType::MsgHeartbeat);
     m.from = from;
@@ -247,9 +247,9 @@ async fn members_of_different_releases_never_exchange_messages() {
 
 /// An inbox that records what the transport reports.
 #[derive(Default)]
-struct Reports {
-    unreachable: Mutex<Vec<u64>>,
-    snapshots: Mutex<Vec<(u64, bool)>>,
+pub(super) struct Reports {
+    pub(super) unreachable: Mutex<Vec<u64>>,
+    pub(super) snapshots: Mutex<Vec<(u64, bool)>>,
 }
 impl Inbox for Reports {
     fn deliver(&self, _: Message) {}
@@ -326,7 +326,7 @@ impl Inbox for Count {
     fn report_snapshot(&self, _: u64, _: bool) {}
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+pub(super) async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !f() {
         assert!(
@@ -539,7 +539,7 @@ use crate::tls::Identity;
 
 const NAMES: [(u64, &str); 3] = [(1, "primary"), (2, "backup"), (3, "witness")];
 
-fn ip(n: u8) -> IpAddr {
+pub(super) fn ip(n: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, n])
 }
 
@@ -554,7 +554,7 @@ fn name_of(id: u64) -> &'static str {
 /// Member `id`'s transport config, listening on 127.0.0.`id`, every other
 /// member configured at its own loopback address (port 9: nobody listens
 /// unless a test says otherwise).
-fn tls_cfg(ca: &TestCa, id: u64) -> TransportConfig {
+pub(super) fn tls_cfg(ca: &TestCa, id: u64) -> TransportConfig {
     let identity = Arc::new(ca.member(&[name_of(id)]));
     let mut cfg = TransportConfig::new(
         42,
@@ -576,7 +576,7 @@ fn tls_cfg(ca: &TestCa, id: u64) -> TransportConfig {
 
 /// Dials `to` from `from` with `identity`, expecting the server to be
 /// member `server` (its certificate is checked as the transport does).
-async fn dial_as(
+pub(super) async fn dial_as(
     identity: &Identity,
     from: IpAddr,
     to: SocketAddr,
@@ -595,7 +595,7 @@ async fn dial_as(
 
 /// Whether the other end closes `s` (EOF or an error, such as a TLS alert)
 /// within 20 s.
-async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
+pub(super) async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
     let mut buf = [0u8; 64];
     matches!(
         tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await,
@@ -608,7 +608,7 @@ type PairMessage = (u64, Vec<u8>);
 
 /// An inbox that keeps what it is given.
 #[derive(Default)]
-struct Kept(Mutex<Vec<Message>>);
+pub(super) struct Kept(pub(super) Mutex<Vec<Message>>);
 impl Inbox for Kept {
     fn deliver(&self, m: Message) {
         self.0.lock().unwrap().push(m);
