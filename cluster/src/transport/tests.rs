@@ -212,8 +212,19 @@ fn releases_of_later_protocols_are_recognised_and_garbage_is_not() {
     );
     let junk = [PROTOCOL_VERSION as u8 + 1, 3, 0xff, 0, 1];
     assert_eq!(peer_release(&junk, PROTOCOL_VERSION + 1), None);
+    // Protocol 3 (whole messages only) starts with its release too: a
+    // server not yet upgraded is named, not taken for garbage.
+    let old = encode_release_frame(3, "0.9.0", 42, &m);
+    assert_eq!(decode_payload(&old[4..], 42, 2), Err(FrameError::Version(3)));
+    assert_eq!(
+        peer_release(&old[4..], 3).as_deref(),
+        Some("0.9.0 (frame protocol 3)")
+    );
+    // Ours is decoded, not refused.
+    assert_eq!(peer_release(&new[4..], PROTOCOL_VERSION), None);
     // Earlier protocols spoke plain TCP: they never pass the handshake.
     assert_eq!(peer_release(&new[4..], 1), None);
+    assert_eq!(peer_release(&new[4..], 2), None);
 }
 
 #[tokio::test]
@@ -520,7 +531,7 @@ async fn three_members_over_loopback_tcp_with_restart_of_a_peer() {
     t.shutdown();
 }
 
-fn plain(cluster_id: u64, id: u64) -> TransportConfig {
+pub(super) fn plain(cluster_id: u64, id: u64) -> TransportConfig {
     TransportConfig::new(
         cluster_id,
         id,
