@@ -147,7 +147,9 @@ pub struct TransportConfig {
     pub max_frame: u32,
     /// Largest raft message reassembled from chunks, in bytes (and sent in
     /// chunks): it bounds a snapshot, and so the replicated table. A peer
-    /// announcing a larger message has its connection closed.
+    /// announcing a larger message has its connection closed. A message
+    /// that fits one frame is never chunked, so a value below `max_frame`
+    /// bounds nothing more than `max_frame` does.
     pub max_message: u64,
     /// Messages queued per peer before new ones are dropped.
     pub queue: usize,
