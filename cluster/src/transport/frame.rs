@@ -4,10 +4,11 @@
 //! version (bincode `u16`), the sender's release (a bincode string, the
 //! vipool package version), then a bincode [`Body`] naming the cluster, the
 //! sender and the recipient around the payload: a protobuf-encoded raft
-//! message, a small pair message for the application (the servers' VRRP
-//! state), or one chunk of a raft message too large for one frame. The
-//! version and the release come first and alone so that a peer of another
-//! release is told apart from garbage before anything else is decoded.
+//! message (its bytes are the rest of the frame, raw), a small pair message
+//! for the application (the servers' VRRP state), or one chunk of a raft
+//! message too large for one frame. The version and the release come first
+//! and alone so that a peer of another release is told apart from garbage
+//! before anything else is decoded.
 //!
 //! # Chunks
 //!
@@ -99,8 +100,9 @@ pub enum FrameError {
 
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Payload {
-    /// A protobuf-encoded raft message.
-    Raft(Vec<u8>),
+    /// A protobuf-encoded raft message; its bytes follow the body to the
+    /// end of the frame (raw: bincode would copy them byte by byte).
+    Raft,
     /// A pair message for the application.
     Pair(Vec<u8>),
     /// One chunk of a protobuf-encoded raft message; its bytes follow the
@@ -186,25 +188,28 @@ pub fn encode_frame(version: u16, cluster_id: u64, msg: &Message) -> Vec<u8> {
 /// Encodes one raft frame (length prefix included) claiming `release`.
 pub fn encode_release_frame(version: u16, release: &str, cluster_id: u64, msg: &Message) -> Vec<u8> {
     let bytes = msg.write_to_bytes().expect("raft messages encode");
-    encode_raft_frame(version, release, cluster_id, msg.from, msg.to, bytes)
+    let mut frame = encode_raft_head(version, release, cluster_id, msg.from, msg.to, bytes.len());
+    frame.extend_from_slice(&bytes);
+    frame
 }
 
-/// Encodes one raft frame around a message already encoded (`bytes`).
-pub(crate) fn encode_raft_frame(
+/// Encodes the head of a raft frame (length prefix included): what goes
+/// on the wire before the `len` bytes of the encoded message.
+pub(crate) fn encode_raft_head(
     version: u16,
     release: &str,
     cluster_id: u64,
     from: u64,
     to: u64,
-    bytes: Vec<u8>,
+    len: usize,
 ) -> Vec<u8> {
     let body = Body {
         cluster_id,
         from,
         to,
-        payload: Payload::Raft(bytes),
+        payload: Payload::Raft,
     };
-    encode_head(version, release, &body, 0)
+    encode_head(version, release, &body, len)
 }
 
 /// Encodes the head of a chunk frame (length prefix included): what goes
@@ -243,7 +248,7 @@ pub fn encode_chunk_frame(
 
 /// The most a chunk frame of this sender adds to its chunk's bytes, length
 /// prefix excluded: bincode integers are varints, so the head is longest
-/// with the largest numbers. A single raft frame adds no more than this.
+/// with the largest numbers. A whole raft frame adds less.
 pub(crate) fn chunk_overhead(release: &str, cluster_id: u64, from: u64, to: u64) -> usize {
     let worst = ChunkHeader {
         message: u64::MAX,
@@ -309,7 +314,7 @@ pub fn decode_release_payload<'a>(
     let (body, used2): (Body, usize) = bincode::serde::decode_from_slice(&payload[used..], bincode_cfg())
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     let tail = &payload[used + used2..];
-    if !tail.is_empty() && !matches!(body.payload, Payload::Chunk(_)) {
+    if !tail.is_empty() && matches!(body.payload, Payload::Pair(_)) {
         return Err(FrameError::Malformed(format!("{} trailing bytes", tail.len())));
     }
     if body.cluster_id != cluster_id {
@@ -322,7 +327,10 @@ pub fn decode_release_payload<'a>(
         return Err(FrameError::Misaddressed(body.to));
     }
     match body.payload {
-        Payload::Raft(bytes) => decode_raft(bytes, body.from, body.to).map(Frame::Raft),
+        Payload::Raft => {
+            let msg = Message::parse_from_bytes(tail).map_err(|e| FrameError::Malformed(e.to_string()))?;
+            check_envelope(msg, body.from, body.to).map(Frame::Raft)
+        }
         Payload::Chunk(header) => Ok(Frame::Chunk {
             from: body.from,
             header,
@@ -339,13 +347,17 @@ pub fn decode_release_payload<'a>(
     }
 }
 
-/// Parses a protobuf-encoded raft message (a whole frame's, or one
-/// reassembled from chunks) that the envelope says goes `from` → `to`.
-/// The bytes become the message's buffer: a snapshot's data is a view of
-/// them, not a copy.
+/// Parses a protobuf-encoded raft message reassembled from chunks that
+/// the envelope says goes `from` → `to`. The bytes become the message's
+/// buffer: a snapshot's data is a view of them, not a copy.
 pub(crate) fn decode_raft(bytes: Vec<u8>, from: u64, to: u64) -> Result<Message, FrameError> {
     let msg = Message::parse_from_carllerche_bytes(&bytes.into())
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    check_envelope(msg, from, to)
+}
+
+/// `msg`, if it goes where its envelope says.
+fn check_envelope(msg: Message, from: u64, to: u64) -> Result<Message, FrameError> {
     if msg.to != to || msg.from != from {
         return Err(FrameError::Malformed(
             "envelope and message disagree on from/to".into(),

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{
-    chunk_overhead, encode_chunk_head, encode_pair_frame, encode_raft_frame, ChunkHeader, PROTOCOL_VERSION,
+    chunk_overhead, encode_chunk_head, encode_pair_frame, encode_raft_head, ChunkHeader, PROTOCOL_VERSION,
 };
 use super::{Outgoing, TcpTransport};
 use crate::warn_limited;
@@ -20,6 +20,13 @@ use crate::warn_limited;
 /// A connected stream, TLS or plain.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Writes a frame's head, then its raw bytes (a slice of the message's one
+/// encoding, never copied into a frame).
+async fn write_frame<W: AsyncWrite + Unpin>(out: &mut W, head: &[u8], data: &[u8]) -> std::io::Result<()> {
+    out.write_all(head).await?;
+    out.write_all(data).await
+}
 
 /// What became of one raft message handed to the connection.
 enum Sent {
@@ -243,15 +250,15 @@ impl TcpTransport {
         let overhead = chunk_overhead(&cfg.release, cfg.cluster_id, from, msg_to);
         let max_frame = cfg.max_frame as usize;
         if bytes.len() + overhead <= max_frame {
-            let frame = encode_raft_frame(
+            let head = encode_raft_head(
                 PROTOCOL_VERSION,
                 &cfg.release,
                 cfg.cluster_id,
                 from,
                 msg_to,
-                bytes,
+                bytes.len(),
             );
-            return match out.write_all(&frame).await {
+            return match write_frame(out, &head, &bytes).await {
                 Ok(()) => Sent::Written,
                 Err(_) => Sent::Failed,
             };
@@ -285,7 +292,7 @@ impl TcpTransport {
                 offset: (i * step) as u64,
             };
             let head = encode_chunk_head(&cfg.release, cfg.cluster_id, from, msg_to, header, data.len());
-            if out.write_all(&head).await.is_err() || out.write_all(data).await.is_err() {
+            if write_frame(out, &head, data).await.is_err() {
                 return Sent::Failed;
             }
         }

@@ -95,11 +95,11 @@ proptest::proptest! {
 
 #[test]
 fn huge_length_claim_inside_a_frame_is_malformed() {
-    // our version and release, cluster 42, from 1, to 2, then a byte
-    // string claiming 2^40 bytes (bincode varint: 0xfd + u64 LE).
+    // our version and release, cluster 42, from 1, to 2, a pair message
+    // (variant 1) claiming 2^40 bytes (bincode varint: 0xfd + u64 LE).
     let mut p = bincode::serde::encode_to_vec(PROTOCOL_VERSION, bincode_cfg()).unwrap();
     p.extend(bincode::serde::encode_to_vec(RELEASE, bincode_cfg()).unwrap());
-    p.extend([42, 1, 2, 0xfd]);
+    p.extend([42, 1, 2, 1, 0xfd]);
     p.extend((1u64 << 40).to_le_bytes());
     p.extend([0u8; 16]);
     assert!(matches!(decode_payload(&p, 42, 2), Err(FrameError::Malformed(_))));
