@@ -10,8 +10,9 @@
 //! BENCH_SIZES_MIB=1,64,256 cargo bench -p cluster --bench snapshot
 //! ```
 //!
-//! Transports run with the default `max_frame` (64 MiB: a 64 MiB snapshot
-//! takes two chunks) and with 1 MiB frames (many chunks), to show what
+//! Transports run with the default `max_frame` (64 MiB: a 1 MiB snapshot
+//! goes in one frame, a 64 MiB one, a little more than a frame, in chunks
+//! of 1 MiB) and with 1 MiB frames (everything in chunks), to show what
 //! chunking costs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
