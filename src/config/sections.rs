@@ -306,10 +306,16 @@ pub struct ClusterSection {
     /// longer than one election (default 5000).
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Largest raft message, in bytes, at least 1 MiB; snapshots travel whole,
-    /// so it bounds the table's size (default 64 MiB).
+    /// Largest raft frame, in bytes, at least 1 MiB (default 64 MiB); larger
+    /// messages travel in chunks; `max_message` bounds a snapshot, and so
+    /// the table.
     #[serde(default = "default_raft_max_frame")]
     pub max_frame: u32,
+    /// Largest raft message, in bytes, reassembled from chunks: it bounds a
+    /// snapshot, and so the table's size (default 1 GiB). A peer announcing
+    /// a larger one is disconnected.
+    #[serde(default = "default_raft_max_message")]
+    pub max_message: u64,
 }
 
 /// One member of the cluster (`[[cluster.peers]]`).
@@ -468,6 +474,9 @@ pub(super) fn default_request_timeout_ms() -> u64 {
 }
 pub(super) fn default_raft_max_frame() -> u32 {
     64 * 1024 * 1024
+}
+pub(super) fn default_raft_max_message() -> u64 {
+    cluster::transport::DEFAULT_MAX_MESSAGE
 }
 impl ClusterSection {
     /// The member of this id.

@@ -261,6 +261,7 @@ async fn raft_parts(
     // Peers accept our connections only from the address they know us by.
     tcfg.source = cluster.peer(me).map(|p| p.address.ip());
     tcfg.max_frame = cluster.max_frame;
+    tcfg.max_message = cluster.max_message;
     // Every member must run the same release: frames of another are refused.
     tcfg.release = env!("CARGO_PKG_VERSION").to_owned();
     // A peer back from a crash or a partition is reconnected within one

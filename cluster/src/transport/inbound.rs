@@ -9,7 +9,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{decode_release_payload, peer_release, Frame, FrameError, PROTOCOL_VERSION};
+use super::chunk::{ChunkError, Reassembly};
+use super::frame::{decode_raft, decode_release_payload, peer_release, Frame, FrameError, PROTOCOL_VERSION};
 use super::{ReleaseRefusal, TcpTransport};
 use crate::tls::member_named_by;
 use crate::warn_limited;
@@ -265,6 +266,7 @@ impl TcpTransport {
 
     /// Step 4: frames until the connection ends. `peer` is the
     /// authenticated member (None in plaintext, where frames are believed).
+    /// Chunks are reassembled here, one message at a time.
     async fn read_loop<S: AsyncRead + Unpin>(
         &self,
         mut stream: S,
@@ -277,6 +279,7 @@ impl TcpTransport {
         // The first frame of our release on this connection clears a
         // refusal of the same address (the peer was upgraded).
         let mut cleared = false;
+        let mut reassembly = Reassembly::new(self.0.cfg.max_message);
         loop {
             let mut len = [0u8; 4];
             let read = tokio::select! {
@@ -363,21 +366,64 @@ impl TcpTransport {
                     *last = None;
                 }
             }
-            match frame {
+            let msg = match frame {
+                Frame::Chunk { from, header, data } => match reassembly.push(from, header, data) {
+                    Ok(None) => continue,
+                    Ok(Some(bytes)) => match decode_raft(bytes, from, id) {
+                        Ok(msg) => {
+                            stats.reassembled.fetch_add(1, Ordering::Relaxed);
+                            msg
+                        }
+                        Err(e) => {
+                            stats.malformed.fetch_add(1, Ordering::Relaxed);
+                            warn_limited!(
+                                self.0.log,
+                                "malformed",
+                                member = id,
+                                peer = %addr,
+                                "rejecting connection: chunked message {}: {e}",
+                                header.message
+                            );
+                            return;
+                        }
+                    },
+                    Err(e) => return self.refuse_chunks(addr, &e),
+                },
                 Frame::Raft(msg) => {
-                    stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    if let Some(inbox) = self.0.inbox.get() {
-                        inbox.deliver(msg);
+                    if let Err(e) = reassembly.whole_frame() {
+                        return self.refuse_chunks(addr, &e);
                     }
+                    msg
                 }
                 Frame::Pair { from, data } => {
+                    if let Err(e) = reassembly.whole_frame() {
+                        return self.refuse_chunks(addr, &e);
+                    }
                     stats.pair_delivered.fetch_add(1, Ordering::Relaxed);
                     if let Some(handler) = self.0.pair_handler.get() {
                         handler(from, data);
                     }
+                    continue;
                 }
+            };
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
+            if let Some(inbox) = self.0.inbox.get() {
+                inbox.deliver(msg);
             }
         }
+    }
+
+    /// Counts and logs a peer whose chunks broke the rules; the caller
+    /// closes its connection (and drops what it had sent of the message).
+    fn refuse_chunks(&self, addr: SocketAddr, e: &ChunkError) {
+        self.0.stats.chunk_refusals.fetch_add(1, Ordering::Relaxed);
+        warn_limited!(
+            self.0.log,
+            e.cause(),
+            member = self.0.cfg.id,
+            peer = %addr,
+            "rejecting connection: {e}"
+        );
     }
 
     /// Records and logs (as `e`) a peer of another release. The peer

@@ -28,10 +28,28 @@
 //! A writer that cannot connect retries with exponential backoff and
 //! reports the peer unreachable to raft.
 //!
+//! A raft message too large for one frame (a snapshot of a large table)
+//! travels as a run of chunk frames, each within
+//! [`TransportConfig::max_frame`]: the writer encodes it once and writes
+//! slices of that encoding. The writer task owns its connection and writes
+//! one message's chunks back to back before it takes the next message from
+//! its queue, so the chunks of two messages never interleave. The receiver
+//! reassembles at most one message per connection, up to
+//! [`TransportConfig::max_message`] bytes, and delivers it to raft whole; a
+//! peer that announces more, or whose chunks come out of order, with a gap,
+//! past the announced length, of another message or sender, or with a whole
+//! frame among them, has its connection closed
+//! ([`TransportStats::chunk_refusals`]). Every chunk passes step 4 like any
+//! frame. A snapshot is reported delivered to raft once its last chunk is
+//! written and flushed, failed if the connection broke before.
+//!
 //! [`Security::InsecurePlaintext`] (plain TCP, anyone who reaches the port
 //! is a member) exists for tests and benchmarks only; the daemon has no
 //! setting for it, and it is logged at error level when used.
 
+mod chunk;
+#[cfg(test)]
+mod chunk_tests;
 mod frame;
 mod inbound;
 mod outbound;
@@ -50,8 +68,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use frame::{
-    decode_payload, decode_release_payload, encode_frame, encode_pair_frame, encode_release_frame, Frame,
-    FrameError, MAX_PAIR_MESSAGE, MAX_RELEASE_LEN, PROTOCOL_VERSION, RELEASE,
+    decode_payload, decode_release_payload, encode_chunk_frame, encode_frame, encode_pair_frame,
+    encode_release_frame, ChunkHeader, Frame, FrameError, MAX_PAIR_MESSAGE, MAX_RELEASE_LEN,
+    PROTOCOL_VERSION, RELEASE,
 };
 
 use crate::member::Outbox;
@@ -64,7 +83,8 @@ pub trait Inbox: Send + Sync + 'static {
     fn deliver(&self, msg: Message);
     /// `id` could not be reached.
     fn report_unreachable(&self, id: u64);
-    /// A snapshot to `to` was written to the socket (or not).
+    /// A snapshot to `to` was written to the socket and flushed, its last
+    /// chunk included when it was sent in chunks (`delivered`), or not.
     fn report_snapshot(&self, to: u64, delivered: bool);
 }
 
@@ -101,6 +121,9 @@ pub enum Security {
     InsecurePlaintext,
 }
 
+/// The default [`TransportConfig::max_message`]: 1 GiB.
+pub const DEFAULT_MAX_MESSAGE: u64 = 1024 * 1024 * 1024;
+
 /// Settings of a member's transport.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -119,8 +142,15 @@ pub struct TransportConfig {
     pub peers: BTreeMap<u64, SocketAddr>,
     /// How peers authenticate.
     pub security: Security,
-    /// Largest frame accepted or sent, in bytes (snapshots travel whole).
+    /// Largest frame accepted or sent, in bytes. A larger raft message
+    /// travels in chunks of at most this size.
     pub max_frame: u32,
+    /// Largest raft message reassembled from chunks, in bytes (and sent in
+    /// chunks): it bounds a snapshot, and so the replicated table. A peer
+    /// announcing a larger message has its connection closed. A message
+    /// that fits one frame is never chunked, so a value below `max_frame`
+    /// bounds nothing more than `max_frame` does.
+    pub max_message: u64,
     /// Messages queued per peer before new ones are dropped.
     pub queue: usize,
     /// First reconnect delay; doubles up to `backoff_max`.
@@ -141,8 +171,9 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// Defaults: 64 MiB frames, 1024 queued messages per peer, 50 ms to 2 s
-    /// backoff, 2 s handshakes, 2 handshakes per peer address.
+    /// Defaults: 64 MiB frames, 1 GiB messages, 1024 queued messages per
+    /// peer, 50 ms to 2 s backoff, 2 s handshakes, 2 handshakes per peer
+    /// address.
     pub fn new(cluster_id: u64, id: u64, listen: SocketAddr, security: Security) -> TransportConfig {
         TransportConfig {
             cluster_id,
@@ -152,6 +183,7 @@ impl TransportConfig {
             peers: BTreeMap::new(),
             security,
             max_frame: 64 * 1024 * 1024,
+            max_message: DEFAULT_MAX_MESSAGE,
             queue: 1024,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
@@ -177,10 +209,21 @@ pub struct TransportStats {
     pub misaddressed: AtomicU64,
     /// Frames that could not be decoded.
     pub malformed: AtomicU64,
-    /// Outgoing messages dropped (queue full, or peer unknown or down).
+    /// Outgoing messages dropped (queue full, peer unknown or down, or
+    /// larger than `max_message`).
     pub dropped: AtomicU64,
-    /// Frames delivered to raft.
+    /// Raft messages delivered to raft (whole frames and reassembled ones).
     pub delivered: AtomicU64,
+    /// Raft messages sent in chunks (larger than one frame).
+    pub chunked: AtomicU64,
+    /// Raft messages reassembled from chunks and delivered to raft (also
+    /// counted in `delivered`).
+    pub reassembled: AtomicU64,
+    /// Connections closed for their chunks: a message announced above
+    /// `max_message`, chunks out of order, with a gap, past the announced
+    /// length, of another message or sender while one is incomplete, or a
+    /// whole frame in the middle of a chunked message.
+    pub chunk_refusals: AtomicU64,
     /// Pair messages delivered to the application.
     pub pair_delivered: AtomicU64,
     /// Connections closed because too many handshakes were in progress.

@@ -14,7 +14,7 @@ use crate::sim::Recorder;
 use crate::{LogStore, Member};
 use raft::StateRole;
 
-fn msg(from: u64, to: u64) -> Message {
+pub(super) fn msg(from: u64, to: u64) -> Message {
     let mut m = Message::default();
     m.set_msg_type(MessageType::MsgHeartbeat);
     m.from = from;
@@ -95,11 +95,11 @@ proptest::proptest! {
 
 #[test]
 fn huge_length_claim_inside_a_frame_is_malformed() {
-    // our version and release, cluster 42, from 1, to 2, then a byte
-    // string claiming 2^40 bytes (bincode varint: 0xfd + u64 LE).
+    // our version and release, cluster 42, from 1, to 2, a pair message
+    // (variant 1) claiming 2^40 bytes (bincode varint: 0xfd + u64 LE).
     let mut p = bincode::serde::encode_to_vec(PROTOCOL_VERSION, bincode_cfg()).unwrap();
     p.extend(bincode::serde::encode_to_vec(RELEASE, bincode_cfg()).unwrap());
-    p.extend([42, 1, 2, 0xfd]);
+    p.extend([42, 1, 2, 1, 0xfd]);
     p.extend((1u64 << 40).to_le_bytes());
     p.extend([0u8; 16]);
     assert!(matches!(decode_payload(&p, 42, 2), Err(FrameError::Malformed(_))));
@@ -212,8 +212,19 @@ fn releases_of_later_protocols_are_recognised_and_garbage_is_not() {
     );
     let junk = [PROTOCOL_VERSION as u8 + 1, 3, 0xff, 0, 1];
     assert_eq!(peer_release(&junk, PROTOCOL_VERSION + 1), None);
+    // Protocol 3 (whole messages only) starts with its release too: a
+    // server not yet upgraded is named, not taken for garbage.
+    let old = encode_release_frame(3, "0.9.0", 42, &m);
+    assert_eq!(decode_payload(&old[4..], 42, 2), Err(FrameError::Version(3)));
+    assert_eq!(
+        peer_release(&old[4..], 3).as_deref(),
+        Some("0.9.0 (frame protocol 3)")
+    );
+    // Ours is decoded, not refused.
+    assert_eq!(peer_release(&new[4..], PROTOCOL_VERSION), None);
     // Earlier protocols spoke plain TCP: they never pass the handshake.
     assert_eq!(peer_release(&new[4..], 1), None);
+    assert_eq!(peer_release(&new[4..], 2), None);
 }
 
 #[tokio::test]
@@ -247,9 +258,9 @@ async fn members_of_different_releases_never_exchange_messages() {
 
 /// An inbox that records what the transport reports.
 #[derive(Default)]
-struct Reports {
-    unreachable: Mutex<Vec<u64>>,
-    snapshots: Mutex<Vec<(u64, bool)>>,
+pub(super) struct Reports {
+    pub(super) unreachable: Mutex<Vec<u64>>,
+    pub(super) snapshots: Mutex<Vec<(u64, bool)>>,
 }
 impl Inbox for Reports {
     fn deliver(&self, _: Message) {}
@@ -326,7 +337,7 @@ impl Inbox for Count {
     fn report_snapshot(&self, _: u64, _: bool) {}
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+pub(super) async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !f() {
         assert!(
@@ -520,7 +531,7 @@ async fn three_members_over_loopback_tcp_with_restart_of_a_peer() {
     t.shutdown();
 }
 
-fn plain(cluster_id: u64, id: u64) -> TransportConfig {
+pub(super) fn plain(cluster_id: u64, id: u64) -> TransportConfig {
     TransportConfig::new(
         cluster_id,
         id,
@@ -539,7 +550,7 @@ use crate::tls::Identity;
 
 const NAMES: [(u64, &str); 3] = [(1, "primary"), (2, "backup"), (3, "witness")];
 
-fn ip(n: u8) -> IpAddr {
+pub(super) fn ip(n: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, n])
 }
 
@@ -554,7 +565,7 @@ fn name_of(id: u64) -> &'static str {
 /// Member `id`'s transport config, listening on 127.0.0.`id`, every other
 /// member configured at its own loopback address (port 9: nobody listens
 /// unless a test says otherwise).
-fn tls_cfg(ca: &TestCa, id: u64) -> TransportConfig {
+pub(super) fn tls_cfg(ca: &TestCa, id: u64) -> TransportConfig {
     let identity = Arc::new(ca.member(&[name_of(id)]));
     let mut cfg = TransportConfig::new(
         42,
@@ -576,7 +587,7 @@ fn tls_cfg(ca: &TestCa, id: u64) -> TransportConfig {
 
 /// Dials `to` from `from` with `identity`, expecting the server to be
 /// member `server` (its certificate is checked as the transport does).
-async fn dial_as(
+pub(super) async fn dial_as(
     identity: &Identity,
     from: IpAddr,
     to: SocketAddr,
@@ -595,7 +606,7 @@ async fn dial_as(
 
 /// Whether the other end closes `s` (EOF or an error, such as a TLS alert)
 /// within 20 s.
-async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
+pub(super) async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
     let mut buf = [0u8; 64];
     matches!(
         tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await,
@@ -608,7 +619,7 @@ type PairMessage = (u64, Vec<u8>);
 
 /// An inbox that keeps what it is given.
 #[derive(Default)]
-struct Kept(Mutex<Vec<Message>>);
+pub(super) struct Kept(pub(super) Mutex<Vec<Message>>);
 impl Inbox for Kept {
     fn deliver(&self, m: Message) {
         self.0.lock().unwrap().push(m);
