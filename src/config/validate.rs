@@ -946,7 +946,17 @@ pub(super) fn check_common(node: &NodeSection, cluster: &ClusterSection, expecte
         r.add(
             "cluster.max_frame",
             cluster.max_frame,
-            "must be at least 1048576 (1 MiB): snapshots of the table travel in one frame",
+            "must be at least 1048576 (1 MiB): raft appends travel in one frame",
+        );
+    }
+    if cluster.max_message < u64::from(cluster.max_frame) {
+        r.add(
+            "cluster.max_message",
+            cluster.max_message,
+            format!(
+                "must be at least cluster.max_frame ({}): it bounds a snapshot, which may need several frames",
+                cluster.max_frame
+            ),
         );
     }
 }
