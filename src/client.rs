@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
+use crate::license::SignedKey;
 use crate::proto::frame::{self, FrameError};
-use crate::proto::{Request, RequestFrame, Response, ServerError, ServerMessage, TableDump};
-use crate::table::{Client, ClientReport, LicenseType, Pool};
+use crate::proto::{Request, RequestFrame, Response, ServerError, ServerMessage, SwitchReport, TableDump};
+use crate::table::{Client, LicenseType, Pool};
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +136,14 @@ impl Connection {
     async fn client_request(&mut self, request: Request) -> Result<(Client, Pool), ClientError> {
         match self.request(request).await? {
             Response::Client { client, pool } => Ok((*client, pool)),
-            Response::Table(_) => Err(ClientError::Unexpected),
+            Response::Table(_) | Response::Changed { .. } => Err(ClientError::Unexpected),
+        }
+    }
+
+    async fn operator_request(&mut self, request: Request) -> Result<Pool, ClientError> {
+        match self.request(request).await? {
+            Response::Changed { pool } => Ok(pool),
+            Response::Client { .. } | Response::Table(_) => Err(ClientError::Unexpected),
         }
     }
 
@@ -148,7 +156,7 @@ impl Connection {
         id: &str,
         serial: &str,
         version: &str,
-        report: ClientReport,
+        report: SwitchReport,
     ) -> Result<(Client, Pool), ClientError> {
         let request = Request::Register {
             id: id.into(),
@@ -163,7 +171,7 @@ impl Connection {
     ///
     /// # Errors
     /// See [`Connection::request`].
-    pub async fn heartbeat(&mut self, id: &str, report: ClientReport) -> Result<(Client, Pool), ClientError> {
+    pub async fn heartbeat(&mut self, id: &str, report: SwitchReport) -> Result<(Client, Pool), ClientError> {
         self.client_request(Request::Heartbeat {
             id: id.into(),
             report,
@@ -175,7 +183,7 @@ impl Connection {
     ///
     /// # Errors
     /// See [`Connection::request`].
-    pub async fn update(&mut self, id: &str, report: ClientReport) -> Result<(Client, Pool), ClientError> {
+    pub async fn update(&mut self, id: &str, report: SwitchReport) -> Result<(Client, Pool), ClientError> {
         self.client_request(Request::Update {
             id: id.into(),
             report,
@@ -226,7 +234,39 @@ impl Connection {
     pub async fn show(&mut self) -> Result<TableDump, ClientError> {
         match self.request(Request::Show).await? {
             Response::Table(dump) => Ok(*dump),
-            Response::Client { .. } => Err(ClientError::Unexpected),
+            Response::Client { .. } | Response::Changed { .. } => Err(ClientError::Unexpected),
         }
+    }
+
+    /// Operator: removes a client; the pool after it.
+    ///
+    /// # Errors
+    /// See [`Connection::request`].
+    pub async fn remove_client(&mut self, id: &str) -> Result<Pool, ClientError> {
+        self.operator_request(Request::RemoveClient { id: id.into() })
+            .await
+    }
+
+    /// Operator: installs `key` on server `server`; the pool after it.
+    ///
+    /// # Errors
+    /// See [`Connection::request`].
+    pub async fn install_key(&mut self, server: &str, key: SignedKey) -> Result<Pool, ClientError> {
+        self.operator_request(Request::InstallKey {
+            server: server.into(),
+            key,
+        })
+        .await
+    }
+
+    /// Operator: removes the server key `key_id`; the pool after it.
+    ///
+    /// # Errors
+    /// See [`Connection::request`].
+    pub async fn remove_key(&mut self, key_id: &str) -> Result<Pool, ClientError> {
+        self.operator_request(Request::RemoveKey {
+            key_id: key_id.into(),
+        })
+        .await
     }
 }

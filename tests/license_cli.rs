@@ -50,8 +50,60 @@ fn wait_for_listener(addr: &str) {
     }
 }
 
+/// `vipool license ARGS`, its standard output.
+fn license(args: &[&str]) -> String {
+    let out = Command::new(BIN).arg("license").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "license {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Issues a key with `vipool license issue` and returns its line.
+fn issue(issuer: &std::path::Path, key_id: &str, ty: &str, count: u32, serial: &str) -> String {
+    let count = count.to_string();
+    let line = license(&[
+        "issue",
+        "--issuer",
+        issuer.to_str().unwrap(),
+        "--type",
+        ty,
+        "--count",
+        &count,
+        "--serial",
+        serial,
+        "--key-id",
+        key_id,
+    ]);
+    line.trim().to_owned()
+}
+
 #[test]
 fn serve_client_and_show_as_processes() {
+    // An issuer, the server's keys for its serial, and the switches' keys
+    // for theirs, as an operator makes them.
+    let dir = tempfile::tempdir().unwrap();
+    license(&["keygen", "--name", "lab", "--out", dir.path().to_str().unwrap()]);
+    let (secret, public) = (dir.path().join("lab.key"), dir.path().join("lab.pub"));
+    let server_keys: Vec<String> = ["AP", "PEFNG", "XSEC"]
+        .iter()
+        .map(|ty| issue(&secret, &format!("primary-{ty}"), ty, 16, "PRIMARY-SN"))
+        .collect();
+    let server_file = dir.path().join("primary.keys");
+    std::fs::write(&server_file, server_keys.join("\n")).unwrap();
+    let mut switch_keys = Vec::new();
+    for n in 1..=3 {
+        let serial = format!("SIM-sw-000{n}");
+        switch_keys.push(issue(&secret, &format!("sw{n}-ap"), "AP", 4, &serial));
+        switch_keys.push(issue(&secret, &format!("sw{n}-pefv"), "PEFV", 1, &serial));
+    }
+    // A key for nobody here: no switch presents it.
+    switch_keys.push(issue(&secret, "stray", "AP", 100, "OTHER"));
+    let switch_file = dir.path().join("switches.keys");
+    std::fs::write(&switch_file, switch_keys.join("\n")).unwrap();
+
     let addr = format!("127.0.0.1:{}", free_port());
     let server = Command::new(BIN)
         .args([
@@ -60,9 +112,13 @@ fn serve_client_and_show_as_processes() {
             &addr,
             "--node",
             "primary",
-            "--keys",
-            "AP=16,PEFNG=16,XSEC=16",
+            "--serial",
+            "PRIMARY-SN",
         ])
+        .arg("--issuer")
+        .arg(&public)
+        .arg("--key-file")
+        .arg(&server_file)
         .args(["--sweep-interval-ms", "100", "--heartbeat-interval-ms", "200"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -75,9 +131,9 @@ fn serve_client_and_show_as_processes() {
         .args([
             "client", "--server", &addr, "--id", "sw", "--count", "3", "--json", "--for-s", "1",
         ])
+        .arg("--keys")
+        .arg(&switch_file)
         .args([
-            "--installed",
-            "AP=4,PEFV=1",
             "--builtin",
             "AP=16",
             "--aps",
@@ -127,6 +183,16 @@ fn serve_client_and_show_as_processes() {
         .unwrap()
         .iter()
         .any(|r| r["client"] == "sw-0001" && r["builtin"] == 16));
+    let keys = show(&addr, "keys");
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 9, "{keys:?}");
+    assert_eq!(keys[0]["key_id"], "primary-AP");
+    assert_eq!(keys[0]["counted_for"], "server:primary");
+    assert_eq!(keys[0]["installed_by"], "server \"primary\"");
+    assert_eq!(keys[0]["issuer"], "lab");
+    assert!(keys.iter().any(|k| k["key_id"] == "sw2-ap"
+        && k["counted_for"] == "client:sw-0002"
+        && k["serial"] == "SIM-sw-0002"));
     let heartbeat = show(&addr, "heartbeat");
     assert!(heartbeat[0]["requests"].as_u64().unwrap() >= 1);
     let summary = show(&addr, "summary");

@@ -317,6 +317,7 @@ mod tests {
             cluster_id: 7,
             data_dir: dir.join("data"),
             require_release: None,
+            serial: None,
         }
     }
 
@@ -327,6 +328,7 @@ mod tests {
 name = "primary"
 id = 1
 cluster_id = 7
+serial = "CV1"
 data_dir = "{}"
 
 [vrrp]

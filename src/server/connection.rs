@@ -8,9 +8,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
+use super::request::{self, RequestContext, TableReader};
 use super::{now_ms, Applier, Shared};
+use crate::pki::ClientIdentity;
 use crate::proto::{frame, Request, RequestFrame, Response, ServerError, ServerMessage, TableDump};
-use crate::table::{Command, Pool, Reply};
+use crate::table::{Actor, Command, LicenseTable, Pool, Reply};
+
+/// The table as the applier holds it, for `request::command`.
+struct ReadThrough<'a, A>(&'a A);
+
+impl<A: Applier> TableReader for ReadThrough<'_, A> {
+    fn read_table(&self, f: &mut dyn FnMut(&LicenseTable)) {
+        self.0.read(|table| f(table));
+    }
+}
 
 /// Serves one connection until the peer closes it, sends a bad frame, the
 /// node stops serving or shuts down.
@@ -172,55 +183,95 @@ impl<A: Applier> Conn<'_, A> {
 
     async fn respond(&mut self, request: Request) -> Result<Response, ServerError> {
         let now_ms = now_ms();
-        let address = self.peer.to_string();
-        let command = match request {
-            Request::Show => return Ok(Response::Table(Box::new(self.dump(now_ms)))),
-            Request::Register {
-                id,
-                serial,
-                version,
-                report,
-            } => Command::Register {
-                now_ms,
-                id,
-                serial,
-                address,
-                version,
-                report,
-            },
-            Request::Heartbeat { id, report } => Command::Heartbeat {
-                now_ms,
-                id,
-                address,
-                report,
-            },
-            Request::Update { id, report } => Command::Update { now_ms, id, report },
-            Request::Acquire {
-                id,
-                license_type,
-                count,
-            } => Command::Acquire {
-                now_ms,
-                id,
-                license_type,
-                count,
-            },
-            Request::Release {
-                id,
-                license_type,
-                count,
-            } => Command::Release {
-                now_ms,
-                id,
-                license_type,
-                count,
-            },
-        };
-        // Checked before proposing, so a refused request never reaches the table.
+        if let Request::Show = request {
+            return Ok(Response::Table(Box::new(self.dump(now_ms))));
+        }
+        // Only the VIP holder, only on the VIP, takes changes: checked
+        // first, so a request to the wrong node spends nothing of its
+        // source's allowance and gets the one answer that helps it.
         self.gate()?;
+        let who = self.stand_in_identity(&request);
+        let mapped = {
+            // Not held across an await: the context borrows the table's reader.
+            let context = RequestContext {
+                now_ms,
+                peer: self.peer,
+                trusted: &self.shared.config.trusted,
+                limits: &self.shared.config.limits,
+                registrations: &self.shared.registrations,
+                table: &ReadThrough(&*self.shared.applier),
+            };
+            request::command(request, &who, &context)
+        };
+        let command = match mapped {
+            Ok(command) => command,
+            Err(ServerError::Denied(e)) => {
+                self.shared.counters.refuse(e.cause());
+                if let Some(suppressed) = self.shared.log.allow(e.cause()) {
+                    info!(suppressed, peer = %self.peer, %who, error = %e, "request refused");
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e),
+        };
+        // An operator's change is logged with who made it, once committed.
+        let audit = matches!(
+            &command,
+            Command::RemoveClient {
+                by: Actor::Operator(_),
+                ..
+            } | Command::InstallServerKey {
+                by: Actor::Operator(_),
+                ..
+            } | Command::RemoveServerKey {
+                by: Actor::Operator(_),
+                ..
+            }
+        )
+        .then(|| command.describe());
         match self.shared.applier.propose(command).await?? {
             Reply::Client { client, pool } => Ok(Response::Client { client, pool }),
+            Reply::ClientRemoved { pool } | Reply::ServerKey { pool } => {
+                if let Some(change) = audit {
+                    info!(peer = %self.peer, change, "operator change committed");
+                }
+                Ok(Response::Changed { pool })
+            }
             other => Err(ServerError::NotCommitted(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Who the connection is, for `request::command`.
+    ///
+    /// TEMPORARY (the lead, Trust II: TLS on the client port): until the
+    /// client port is TLS and a certificate names who is connected, this
+    /// stands in for `ClientIdentity` with what the request itself
+    /// claims: a switch request is the switch of the id it names (its
+    /// serial as it registers, or as the table holds it), an operator
+    /// request an unauthenticated operator named after the peer address.
+    /// It checks nothing: replace it with the certificate's identity.
+    fn stand_in_identity(&self, request: &Request) -> ClientIdentity {
+        let switch = |id: &str, serial: Option<&str>| ClientIdentity::Switch {
+            id: id.to_owned(),
+            serial: serial.map(str::to_owned).unwrap_or_else(|| {
+                self.shared
+                    .applier
+                    .read(|t| t.client(id).map(|c| c.serial.clone()))
+                    .unwrap_or_default()
+            }),
+        };
+        match request {
+            Request::Register { id, serial, .. } => switch(id, Some(serial)),
+            Request::Heartbeat { id, .. }
+            | Request::Update { id, .. }
+            | Request::Acquire { id, .. }
+            | Request::Release { id, .. } => switch(id, None),
+            Request::Show
+            | Request::RemoveClient { .. }
+            | Request::InstallKey { .. }
+            | Request::RemoveKey { .. } => ClientIdentity::Operator {
+                name: format!("unauthenticated@{}", self.peer.ip()),
+            },
         }
     }
 

@@ -7,6 +7,8 @@
 
 mod applier;
 mod connection;
+pub mod rate;
+pub mod request;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -22,8 +24,12 @@ use tracing::{info, warn};
 
 pub use applier::{Applier, LocalApplier};
 
+use crate::license::TrustedIssuers;
 use crate::proto::{frame, HeartbeatCounters, NodeStatus};
 use crate::table::{Command, ExpiryWarning, Reply};
+
+use rate::SourceRate;
+use request::RequestLimits;
 
 /// How a server is configured.
 #[derive(Debug, Clone)]
@@ -45,6 +51,11 @@ pub struct ServerConfig {
     /// Evaluation keys that stop counting within this window are warned
     /// about in the log and in status.
     pub expiry_warning: Duration,
+    /// The issuers whose keys count when a client presents them
+    /// (`license.issuers`); none: no client key counts.
+    pub trusted: TrustedIssuers,
+    /// Clients and registrations per source address.
+    pub limits: RequestLimits,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +68,8 @@ impl Default for ServerConfig {
             sweep_interval: Duration::from_secs(10),
             push_delay: Duration::from_millis(100),
             expiry_warning: Duration::from_secs(7 * 24 * 3600),
+            trusted: TrustedIssuers::new(),
+            limits: RequestLimits::default(),
         }
     }
 }
@@ -69,9 +82,20 @@ pub(crate) struct Counters {
     pub(crate) in_flight: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
     pub(crate) heartbeats: Mutex<BTreeMap<String, HeartbeatCounters>>,
+    /// Requests refused before proposing, by cause (`RequestError::cause`).
+    pub(crate) refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Counters {
+    pub(crate) fn refuse(&self, cause: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(cause)
+            .or_default() += 1;
+    }
+
     pub(crate) fn heartbeat(&self, id: &str, f: impl FnOnce(&mut HeartbeatCounters)) {
         let mut map = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(counters) = map.get_mut(id) {
@@ -101,6 +125,8 @@ pub(crate) struct Shared<A> {
     pub(crate) status_hook: Option<StatusHook>,
     /// Lines any client can cause are written once a minute per cause.
     pub(crate) log: cluster::ratelog::RateLimiter,
+    /// Registrations per source address.
+    pub(crate) registrations: SourceRate,
 }
 
 impl<A: Applier> Shared<A> {
@@ -118,7 +144,14 @@ impl<A: Applier> Shared<A> {
             connections: self.counters.connections.load(Ordering::Relaxed),
             bad_frames: self.counters.bad_frames.load(Ordering::Relaxed),
             warnings: self.expiring().iter().map(ToString::to_string).collect(),
-            refused: Default::default(),
+            refused: self
+                .counters
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(cause, n)| ((*cause).to_owned(), *n))
+                .collect(),
         };
         if let Some(hook) = &self.status_hook {
             hook(&mut status);
@@ -147,8 +180,10 @@ impl<A: Applier> Server<A> {
         serving: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) -> Self {
+        let registrations = config.limits.registrations();
         let shared = Shared {
             applier,
+            registrations,
             config,
             serving,
             counters: Counters::default(),
