@@ -244,9 +244,58 @@ fn serve_client_and_show_as_processes() {
         String::from_utf8_lossy(&fallback.stderr)
     );
 
+    // The operator's changes, through the server's client port.
+    let operator = |args: &[&str]| -> Output {
+        Command::new(BIN)
+            .args(["operator", "--server", &addr])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let extra = dir.path().join("extra.keys");
+    std::fs::write(&extra, issue(&secret, "primary-extra", "AP", 10, "PRIMARY-SN")).unwrap();
+    let out = operator(&["install-key", "primary", &format!("@{}", extra.display())]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("installed key primary-extra") && stdout.contains("AP: total 38"),
+        "{stdout}"
+    );
+    // A key for another serial is refused, and says why.
+    let wrong = issue(&secret, "wrong", "AP", 10, "OTHER-SN");
+    let out = operator(&["install-key", "primary", &wrong]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bound to serial \"OTHER-SN\""), "{err}");
+    let keys = show(&addr, "keys");
+    let extra = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == "primary-extra")
+        .unwrap()
+        .clone();
+    assert!(
+        extra["installed_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("operator \"unauthenticated@"),
+        "{extra}"
+    );
+    assert!(operator(&["remove-key", "primary-extra"]).status.success());
+    let out = operator(&["remove-client", "sw-0001"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(show(&addr, "client-table").as_array().unwrap().len(), 2);
+
     kill(Pid::from_raw(server.0.id() as i32), Signal::SIGTERM).unwrap();
     let status = server.0.wait().unwrap();
     let mut log = String::new();
     server.0.stderr.take().unwrap().read_to_string(&mut log).unwrap();
     assert!(status.success(), "{log}");
+    // The VIP holder logged who made each change.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("operator change committed") && l.contains("removes client \\\"sw-0001\\\"")),
+        "{log}"
+    );
 }

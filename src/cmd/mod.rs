@@ -5,6 +5,7 @@ pub mod init;
 pub mod license;
 mod license_args;
 pub mod node;
+pub mod operator;
 pub mod pki;
 pub mod serve;
 pub mod show;

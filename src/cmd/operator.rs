@@ -1,0 +1,107 @@
+//! `vipool operator`: an operator's changes to the table, committed
+//! through the replicated log like any other and logged by the VIP holder
+//! with the operator's name.
+//!
+//! ```text
+//! vipool operator --server 192.0.2.100:4333 remove-client sw-17
+//! vipool operator --server 192.0.2.100:4333 install-key backup vpk1.…      # or @FILE, -
+//! vipool operator --server 192.0.2.100:4333 remove-key 4f1c9a07d2e8b3a6
+//! ```
+//!
+//! Changes go to the VIP (the client port): only the VIP holder takes
+//! them. A key for a server must be bound to that server's serial, which
+//! each server announces in the table. A key installed this way stays
+//! until an operator removes it or it expires.
+
+use anyhow::Context;
+use clap::{Args as ClapArgs, Subcommand};
+use vipool::client::Connection;
+use vipool::table::Pool;
+
+use super::license::read_keys;
+
+/// Options of `vipool operator`.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// The license server: VIP:PORT.
+    #[arg(long, default_value = "127.0.0.1:4333")]
+    server: String,
+    #[command(subcommand)]
+    command: Change,
+}
+
+#[derive(Debug, Subcommand)]
+enum Change {
+    /// Remove a client and everything it contributes (a switch taken out
+    /// of service, or replaced under another id).
+    RemoveClient {
+        /// The client id.
+        id: String,
+    },
+    /// Install keys on a server of the pair: a key line, `-` (key lines on
+    /// standard input) or `@FILE`; each must be bound to that server's serial.
+    InstallKey {
+        /// The server (its node name).
+        server: String,
+        /// The key(s).
+        key: String,
+    },
+    /// Remove a server's key by its key id.
+    RemoveKey {
+        /// The key id.
+        key_id: String,
+    },
+}
+
+/// Sends the change and prints the pool after it.
+///
+/// # Errors
+/// The server cannot be reached, or refuses the change (the error says why).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut conn = Connection::connect(&args.server)
+        .await
+        .with_context(|| format!("connecting to {}", args.server))?;
+    let pool = match &args.command {
+        Change::RemoveClient { id } => {
+            let pool = conn.remove_client(id).await?;
+            println!("removed client {id:?}");
+            pool
+        }
+        Change::InstallKey { server, key } => {
+            let mut pool = None;
+            for key in read_keys(key)? {
+                let key_id = key.id().to_owned();
+                pool = Some(
+                    conn.install_key(server, key)
+                        .await
+                        .with_context(|| format!("installing key {key_id} on {server}"))?,
+                );
+                println!("installed key {key_id} on server {server:?}");
+            }
+            pool.unwrap_or_default()
+        }
+        Change::RemoveKey { key_id } => {
+            let pool = conn.remove_key(key_id).await?;
+            println!("removed server key {key_id:?}");
+            pool
+        }
+    };
+    print_pool(&pool);
+    Ok(())
+}
+
+fn print_pool(pool: &Pool) {
+    for (license_type, entry) in pool {
+        println!(
+            "  {license_type}: total {}, used {}, available {}{}",
+            entry.total,
+            entry.used,
+            entry.available(),
+            if entry.over_subscribed() {
+                " (over-subscribed)"
+            } else {
+                ""
+            }
+        );
+    }
+}
