@@ -494,8 +494,10 @@ fn frame(m: &Message) -> Vec<u8> {
     encode_frame(PROTOCOL_VERSION, CLUSTER_ID, m)
 }
 
-/// What the attacker's commands say: a server key of a million APs, the
-/// removal of a real switch and of the backup's key.
+/// What the attacker's commands say: a server "ghost" (its serial first,
+/// as a server announces it, so that the table would take its key) with a
+/// key of a million APs, the removal of a real switch and of the backup's
+/// key.
 fn attacker_commands() -> Vec<Command> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -503,6 +505,10 @@ fn attacker_commands() -> Vec<Command> {
         .as_millis() as u64;
     let ghost = Actor::Operator("ghost".into());
     vec![
+        Command::ServerSerial {
+            server: "ghost".into(),
+            serial: "GHOST".into(),
+        },
         Command::InstallServerKey {
             now_ms,
             server: "ghost".into(),

@@ -208,7 +208,8 @@ impl<A: Applier> Conn<'_, A> {
             Err(ServerError::Denied(e)) => {
                 self.shared.counters.refuse(e.cause());
                 if let Some(suppressed) = self.shared.log.allow(e.cause()) {
-                    info!(suppressed, peer = %self.peer, %who, error = %e, "request refused");
+                    // Debug, quoted: a claimed id may hold escape sequences.
+                    info!(suppressed, peer = %self.peer, who = ?who, error = %e, "request refused");
                 }
                 return Err(e.into());
             }
