@@ -191,9 +191,16 @@ fn a_peer_of_another_release_is_refused_and_the_node_keeps_serving() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     register(&switch, "sw-before").expect("a client registers through the VIP");
-    // Its own keys and the client are in: the table is settled.
-    let settled =
-        |d: &TableDump| !d.state.server_keys.is_empty() && d.state.clients.contains_key("sw-before");
+    // Both servers' serials and keys and the client are in: the table is
+    // settled (each server announces its serial and installs its keys in
+    // its own time; the backup's may land after the primary's).
+    let settled = |d: &TableDump| {
+        ["primary-AP", "backup-AP"]
+            .iter()
+            .all(|k| d.state.server_keys.contains_key(*k))
+            && d.state.servers.len() == 2
+            && d.state.clients.contains_key("sw-before")
+    };
     assert!(wait_for(WAIT, || show(&switch, a.addr).is_ok_and(|d| settled(&d))));
     let before = show(&switch, a.addr).expect("show before");
     assert!(before.status.warnings.is_empty(), "{:?}", before.status.warnings);

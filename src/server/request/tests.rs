@@ -862,3 +862,37 @@ fn the_attacks_of_the_issue_change_nothing() {
     assert_eq!(node.table.state(), before.state());
     assert_eq!(node.table.pool(), before.pool());
 }
+
+/// The limits are the node's policy: raised by configuration, 10,000
+/// simulated switches registering from one test host within a second all
+/// get in.
+#[test]
+fn ten_thousand_switches_from_one_host_register_within_a_second_when_the_limits_are_raised() {
+    let mut node = Node::with_limits(RequestLimits {
+        max_clients_per_source: 10_000,
+        registrations_per_s_per_source: 10_000,
+    });
+    for n in 0..10_000u64 {
+        node.now_ms = NOW_MS + n / 10;
+        let id = format!("sw-{n:05}");
+        // Mapped and applied without `send`'s copy of the table before each.
+        let command = node
+            .map(register(&id, &id, report(vec![], &[])), &switch(&id, &id))
+            .unwrap();
+        node.apply(command).unwrap();
+    }
+    assert_eq!(
+        node.table.clients_from(node.peer.ip()),
+        10_000,
+        "every one of them in the table"
+    );
+    // One more is over the configured limit.
+    let e = denied(node.map(
+        register("sw-10000", "sw-10000", report(vec![], &[])),
+        &switch("sw-10000", "sw-10000"),
+    ));
+    assert!(
+        matches!(e, RequestError::TooManyClients { max: 10_000, .. }),
+        "{e}"
+    );
+}
