@@ -17,6 +17,10 @@
 //! The table is read through [`TableReader`], for short moments and never
 //! while signatures are checked, so that the node applying the log never
 //! waits for a verification.
+//!
+//! It is public so that tests drive it exactly as the serving node does
+//! (`tests/license_requests_props.rs`: random requests through `command`,
+//! then `apply`).
 
 use std::net::SocketAddr;
 
@@ -67,7 +71,8 @@ impl RequestLimits {
 
 /// Read access to the table as this node holds it.
 pub trait TableReader {
-    /// Runs `f` on the table (under whatever lock guards it: keep `f` short).
+    /// Runs `f` on the table, exactly once (under whatever lock guards it:
+    /// `f` is kept short).
     fn read_table(&self, f: &mut dyn FnMut(&LicenseTable));
 }
 
@@ -103,8 +108,9 @@ impl RequestContext<'_> {
                 out = Some(f(table));
             }
         });
-        // A reader that never calls back is a bug of the server, not of
-        // the client: fail loudly in tests, refuse in production.
+        // Both readers of the tree (the table itself, the applier's lock)
+        // call back exactly once; one that did not would be a bug of this
+        // crate, and it would end this connection's task, not the node.
         out.expect("TableReader::read_table calls its function once")
     }
 }
