@@ -218,6 +218,19 @@ tls_section() { # name
     printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' "$WORK/pki/ca.crt" "$WORK/pki/$1.crt" "$WORK/pki/$1.key"
 }
 
+# The license issuer and each server's keys, as an operator makes them:
+# only keys signed by an issuer the servers trust, bound to the server's
+# serial, count (a server has no other way to hold licenses).
+"$BIN" license keygen --name lab --out "$WORK/issuers" >/dev/null || { echo "lab.sh: vipool license keygen failed" >&2; exit 1; }
+mkdir -p "$WORK/keys"
+for m in primary backup; do
+    for tc in AP:100000 PEFNG:16 XSEC:16; do
+        "$BIN" license issue --issuer "$WORK/issuers/lab.key" --serial "LAB-$m" \
+            --type "${tc%%:*}" --count "${tc##*:}" --key-id "$m-${tc%%:*}" 2>/dev/null ||
+            { echo "lab.sh: vipool license issue for $m failed" >&2; exit 1; }
+    done >"$WORK/keys/$m.keys"
+done
+
 node_config() { # name id priority address
     cat >"$WORK/$1.toml" <<EOF
 # vipool lab: $1 (written by deploy/lab.sh)
@@ -225,6 +238,7 @@ node_config() { # name id priority address
 name = "$1"
 id = $2
 cluster_id = 7
+serial = "LAB-$1"
 data_dir = "$WORK/$1-data"
 
 [vrrp]
@@ -242,7 +256,11 @@ $CLUSTER
 [license]
 client_port = $CLIENT_PORT
 operator_listen = "$4:$OPERATOR_PORT"
-keys = { AP = 100000, PEFNG = 16, XSEC = 16 }
+issuers = ["$WORK/issuers/lab.pub"]
+key_files = ["$WORK/keys/$1.keys"]
+# Every simulated switch and drawer runs from one host here.
+max_clients_per_source = 100000
+registrations_per_s_per_source = 100000
 heartbeat_interval_ms = 60000
 sweep_interval_ms = 1000
 

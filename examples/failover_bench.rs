@@ -70,8 +70,8 @@ use common::{in_netns, lab_available, tool_available, wait_for, Host, Lab, Speak
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vipool::client::{ClientError, Connection};
-use vipool::proto::{ServerError, TableDump};
-use vipool::table::{ClientReport, LicenseType};
+use vipool::proto::{ServerError, SwitchReport, TableDump};
+use vipool::table::LicenseType;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const VRID: u8 = 51;
@@ -190,6 +190,7 @@ fn node_config(
         })
         .collect();
     let data = lab.dir().join(format!("{name}-data"));
+    let license = lab.server_license(name, 100_000);
     // As pair_e2e's, with the advert interval of the case, the same raft
     // timers in every case (two election timeouts must stay below
     // Master_Down_Interval, which `vipool node` checks), and a server-side
@@ -201,6 +202,7 @@ fn node_config(
 name = "{name}"
 id = {id}
 cluster_id = 7
+{serial}
 data_dir = "{data}"
 
 [vrrp]
@@ -222,13 +224,15 @@ request_timeout_ms = 2000
 [license]
 client_port = {CLIENT_PORT}
 operator_listen = "{addr}:{OPERATOR_PORT}"
-keys = {{ AP = 100000 }}
+{license_lines}
 heartbeat_interval_ms = 5000
 sweep_interval_ms = 500
 
 {tls}"#,
         data = data.display(),
         tls = lab.tls_section(name),
+        serial = license.serial,
+        license_lines = license.lines,
         peers = peers.join(", "),
         addr = host.addr,
         tick_ms = TICK_MS.load(Ordering::Relaxed),
@@ -518,7 +522,7 @@ fn prober(
                     }
                 };
                 if !registered {
-                    let register = c.register(&id, "PROBE", "1", ClientReport::default());
+                    let register = c.register(&id, "PROBE", "1", SwitchReport::default());
                     if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), register).await {
                         registered = true;
                         conn = Some(c);

@@ -14,6 +14,10 @@
 //!   CPU per heartbeat and the extrapolation to 10,000 switches at 30 s, and
 //!   the server's resident memory with all of them registered.
 //!
+//! Every switch presents two signed license keys bound to its serial (an
+//! issuer made for the run, which the server trusts), so the heartbeat
+//! figures include verifying them.
+//!
 //! A benchmark, not a test: it prints figures and fails only if the server
 //! cannot be started or stops answering.
 
@@ -25,7 +29,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use vipool::client::Connection;
-use vipool::table::{ClientReport, Key, LicenseType};
+use vipool::license::{IssuerKey, KeyStatement, SignedKey};
+use vipool::proto::SwitchReport;
+use vipool::table::LicenseType;
 
 /// Options of the license benchmark.
 #[derive(Debug, Parser)]
@@ -77,6 +83,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !exe.exists() {
         bail!("{} is missing: run `cargo build --release` first", exe.display());
     }
+    let dir = tempfile::tempdir()?;
+    let issuer = IssuerKey::generate("bench")?;
+    let issuers = dir.path().join("bench.pub");
+    std::fs::write(&issuers, format!("{}\n", issuer.trusted()))?;
+    let key_file = dir.path().join("bench.keys");
+    std::fs::write(
+        &key_file,
+        format!(
+            "{}\n",
+            sign(&issuer, "server-ap", "BENCH-SERVER", "AP", 1_000_000)?
+        ),
+    )?;
+    let limit = (args.switches + 1000).to_string();
     let child = Command::new(exe)
         .args([
             "--log",
@@ -85,13 +104,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--insecure-plaintext",
             "--listen",
             &addr,
-            "--operator-listen",
-            "127.0.0.1:0",
-            "--node",
-            "bench",
-            "--keys",
-            "AP=1000000",
         ])
+        .args(["--operator-listen", "127.0.0.1:0", "--node", "bench"])
+        .args(["--serial", "BENCH-SERVER"])
+        .arg("--issuer")
+        .arg(&issuers)
+        .arg("--key-file")
+        .arg(&key_file)
+        .args(["--max-clients-per-source", &limit])
+        .args(["--registrations-per-s-per-source", &limit])
         .args(["--sweep-interval-ms", "1000"])
         .stdout(Stdio::null())
         .spawn()
@@ -127,12 +148,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "heartbeats: {} switches every {}s scaled x{} (every {:?}) over {} connections, {}s",
         args.switches, args.interval_s, args.scale, interval, args.connections, args.heartbeat_seconds
     );
+    let reports: Vec<SwitchReport> = (0..args.switches)
+        .map(|n| report(&issuer, n))
+        .collect::<anyhow::Result<_>>()?;
+    let reports = std::sync::Arc::new(reports);
     let rss_before = rss_kb(pid)?;
-    let ids = register_all(&addr, args.switches, args.connections).await?;
+    let ids = register_all(&addr, &reports, args.connections).await?;
     let rss_registered = rss_kb(pid)?;
     let cpu_before = cpu_ticks(pid)?;
     let started = Instant::now();
-    let sent = heartbeat_run(&addr, ids, interval, Duration::from_secs(args.heartbeat_seconds)).await?;
+    let sent = heartbeat_run(
+        &addr,
+        ids,
+        &reports,
+        interval,
+        Duration::from_secs(args.heartbeat_seconds),
+    )
+    .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_s = (cpu_ticks(pid)? - cpu_before) as f64 / 100.0;
     let per_heartbeat = cpu_s / sent.max(1) as f64;
@@ -163,8 +195,7 @@ async fn ops_run(addr: &str, concurrency: usize, duration: Duration) -> anyhow::
         tasks.push(tokio::spawn(async move {
             let id = format!("ops-{concurrency}-{n}");
             let mut conn = Connection::connect_insecure(&addr).await?;
-            conn.register(&id, "bench", "bench", ClientReport::default())
-                .await?;
+            conn.register(&id, &id, "bench", SwitchReport::default()).await?;
             let mut latencies = Vec::new();
             let end = Instant::now() + duration;
             while Instant::now() < end {
@@ -185,18 +216,57 @@ async fn ops_run(addr: &str, concurrency: usize, duration: Duration) -> anyhow::
     Ok((all.len() as u64, all))
 }
 
-fn report(n: usize) -> ClientReport {
-    ClientReport {
-        builtin: BTreeMap::from([(LicenseType::new("AP"), 16)]),
-        keys: vec![
-            Key::permanent("AP", 4),
-            Key::permanent("PEFNG", 1 + (n % 3) as u32),
-        ],
-        used: BTreeMap::from([(LicenseType::new("AP"), (n % 5) as u32)]),
-    }
+fn sign(
+    issuer: &IssuerKey,
+    key_id: &str,
+    serial: &str,
+    license_type: &str,
+    count: u32,
+) -> anyhow::Result<SignedKey> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    Ok(issuer.sign(KeyStatement {
+        key_id: key_id.into(),
+        license_type: LicenseType::new(license_type),
+        count,
+        serial: serial.into(),
+        not_before: now - 3600,
+        expires: None,
+        issuer: issuer.name().into(),
+    })?)
 }
 
-async fn register_all(addr: &str, switches: usize, connections: usize) -> anyhow::Result<Vec<Vec<usize>>> {
+/// Switch `n`'s serial.
+fn serial(n: usize) -> String {
+    format!("BENCH-{n:05}")
+}
+
+/// Switch `n`'s whole state: 16 AP built in, two keys bound to its serial,
+/// a few AP from the pool.
+fn report(issuer: &IssuerKey, n: usize) -> anyhow::Result<SwitchReport> {
+    Ok(SwitchReport {
+        builtin: BTreeMap::from([(LicenseType::new("AP"), 16)]),
+        keys: vec![
+            sign(issuer, &format!("ap-{n:05}"), &serial(n), "AP", 4)?,
+            sign(
+                issuer,
+                &format!("pefng-{n:05}"),
+                &serial(n),
+                "PEFNG",
+                1 + (n % 3) as u32,
+            )?,
+        ],
+        used: BTreeMap::from([(LicenseType::new("AP"), (n % 5) as u32)]),
+    })
+}
+
+async fn register_all(
+    addr: &str,
+    reports: &std::sync::Arc<Vec<SwitchReport>>,
+    connections: usize,
+) -> anyhow::Result<Vec<Vec<usize>>> {
+    let switches = reports.len();
     let connections = connections.clamp(1, switches.max(1));
     let groups: Vec<Vec<usize>> = (0..connections)
         .map(|c| (c..switches).step_by(connections).collect())
@@ -204,10 +274,11 @@ async fn register_all(addr: &str, switches: usize, connections: usize) -> anyhow
     let mut tasks = Vec::new();
     for group in groups.clone() {
         let addr = addr.to_owned();
+        let reports = std::sync::Arc::clone(reports);
         tasks.push(tokio::spawn(async move {
             let mut conn = Connection::connect_insecure(&addr).await?;
             for n in group {
-                conn.register(&format!("hb-{n:05}"), "bench", "bench", report(n))
+                conn.register(&format!("hb-{n:05}"), &serial(n), "bench", reports[n].clone())
                     .await?;
             }
             anyhow::Ok(())
@@ -222,6 +293,7 @@ async fn register_all(addr: &str, switches: usize, connections: usize) -> anyhow
 async fn heartbeat_run(
     addr: &str,
     groups: Vec<Vec<usize>>,
+    reports: &std::sync::Arc<Vec<SwitchReport>>,
     interval: Duration,
     duration: Duration,
 ) -> anyhow::Result<u64> {
@@ -230,6 +302,7 @@ async fn heartbeat_run(
     let mut tasks = Vec::new();
     for group in groups {
         let addr = addr.to_owned();
+        let reports = std::sync::Arc::clone(reports);
         tasks.push(tokio::spawn(async move {
             let mut conn = Connection::connect_insecure(&addr).await?;
             let mut tick = tokio::time::interval(period.max(Duration::from_micros(50)));
@@ -241,7 +314,7 @@ async fn heartbeat_run(
                     break;
                 }
                 tick.tick().await;
-                conn.heartbeat(&format!("hb-{n:05}"), report(*n)).await?;
+                conn.heartbeat(&format!("hb-{n:05}"), reports[*n].clone()).await?;
                 sent += 1;
             }
             anyhow::Ok(sent)

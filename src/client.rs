@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
+use crate::license::SignedKey;
 use crate::proto::connection::{Framed, ReadError, WriteError};
 use crate::proto::frame::{self, FrameError};
-use crate::proto::{Request, RequestFrame, Response, ServerError, ServerMessage, TableDump};
-use crate::table::{Client, ClientReport, LicenseType, Pool};
+use crate::proto::{Request, RequestFrame, Response, ServerError, ServerMessage, SwitchReport, TableDump};
+use crate::table::{Client, LicenseType, Pool};
 use crate::tls::ClientTls;
 
 /// Why a request got no answer.
@@ -189,6 +190,13 @@ impl Connection {
         }
     }
 
+    async fn operator_request(&mut self, request: Request) -> Result<Pool, ClientError> {
+        match self.request(request).await? {
+            Response::Changed { pool } => Ok(pool),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
     /// Registers the client.
     ///
     /// # Errors
@@ -198,7 +206,7 @@ impl Connection {
         id: &str,
         serial: &str,
         version: &str,
-        report: ClientReport,
+        report: SwitchReport,
     ) -> Result<(Client, Pool), ClientError> {
         let request = Request::Register {
             id: id.into(),
@@ -213,7 +221,7 @@ impl Connection {
     ///
     /// # Errors
     /// See [`Connection::request`].
-    pub async fn heartbeat(&mut self, id: &str, report: ClientReport) -> Result<(Client, Pool), ClientError> {
+    pub async fn heartbeat(&mut self, id: &str, report: SwitchReport) -> Result<(Client, Pool), ClientError> {
         self.client_request(Request::Heartbeat {
             id: id.into(),
             report,
@@ -225,7 +233,7 @@ impl Connection {
     ///
     /// # Errors
     /// See [`Connection::request`].
-    pub async fn update(&mut self, id: &str, report: ClientReport) -> Result<(Client, Pool), ClientError> {
+    pub async fn update(&mut self, id: &str, report: SwitchReport) -> Result<(Client, Pool), ClientError> {
         self.client_request(Request::Update {
             id: id.into(),
             report,
@@ -310,5 +318,37 @@ impl Connection {
             Response::Status(status) => Ok(*status),
             _ => Err(ClientError::Unexpected),
         }
+    }
+
+    /// Operator: removes a client; the pool after it.
+    ///
+    /// # Errors
+    /// See [`Connection::request`].
+    pub async fn remove_client(&mut self, id: &str) -> Result<Pool, ClientError> {
+        self.operator_request(Request::RemoveClient { id: id.into() })
+            .await
+    }
+
+    /// Operator: installs `key` on server `server`; the pool after it.
+    ///
+    /// # Errors
+    /// See [`Connection::request`].
+    pub async fn install_key(&mut self, server: &str, key: SignedKey) -> Result<Pool, ClientError> {
+        self.operator_request(Request::InstallKey {
+            server: server.into(),
+            key,
+        })
+        .await
+    }
+
+    /// Operator: removes the server key `key_id`; the pool after it.
+    ///
+    /// # Errors
+    /// See [`Connection::request`].
+    pub async fn remove_key(&mut self, key_id: &str) -> Result<Pool, ClientError> {
+        self.operator_request(Request::RemoveKey {
+            key_id: key_id.into(),
+        })
+        .await
     }
 }

@@ -15,22 +15,37 @@
 //! commands applied in the same order give the same table on every node.
 //!
 //! ```
-//! use std::collections::BTreeMap;
-//! use vipool::table::{Command, Key, LicenseTable, LicenseType, TableConfig};
+//! use vipool::license::{IssuerKey, KeyStatement, TrustedIssuers};
+//! use vipool::table::{Actor, Command, LicenseTable, LicenseType, TableConfig};
 //!
+//! // Keys count only if an issuer the servers trust signed them.
+//! let acme = IssuerKey::generate("acme")?;
+//! let trusted = TrustedIssuers::from_iter([acme.trusted()]);
 //! let mut table = LicenseTable::new(TableConfig::default());
 //! let ap = LicenseType::new("AP");
-//! for (n, server) in ["primary", "backup"].into_iter().enumerate() {
-//!     let key = Key { license_type: ap.clone(), count: 16, expires_at_ms: None };
-//!     let command = Command::InstallServerKey {
-//!         now_ms: 0,
+//! let mut index = 0;
+//! for (server, serial) in [("primary", "CV1"), ("backup", "CV2")] {
+//!     // Each server announces its serial, then installs its keys, bound to it.
+//!     index += 1;
+//!     let announce = Command::ServerSerial { server: server.into(), serial: serial.into() };
+//!     table.apply_command(index, announce)?;
+//!     let key = acme.sign(KeyStatement {
 //!         key_id: format!("{server}-ap"),
-//!         server: server.into(),
-//!         key,
-//!     };
-//!     table.apply_command(n as u64 + 1, command).unwrap();
+//!         license_type: ap.clone(),
+//!         count: 16,
+//!         serial: serial.into(),
+//!         not_before: 0,
+//!         expires: None,
+//!         issuer: "acme".into(),
+//!     })?;
+//!     // Verified where the command is proposed; the table re-checks what it can.
+//!     let key = key.verified(&trusted, serial, 1_750_000_000)?;
+//!     index += 1;
+//!     let by = Actor::Server(server.into());
+//!     table.apply_command(index, Command::InstallServerKey { now_ms: 0, server: server.into(), key, by })?;
 //! }
 //! assert_eq!(table.pool().get(&ap).unwrap().total, 32);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 

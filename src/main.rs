@@ -32,6 +32,8 @@ enum Command {
     Client(cmd::client::Args),
     /// Show the license tables and node status as an operator.
     Show(cmd::show::Args),
+    /// An operator's changes: remove a client, install or remove a server's key.
+    Operator(cmd::operator::Args),
     /// Check a node or witness configuration file and print it with every default filled in.
     CheckConfig(cmd::check_config::Args),
     /// The pair's certificate authority: create it, issue member certificates, show one.
@@ -61,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(cmd::serve::run(args)),
         Command::Client(args) => runtime.block_on(cmd::client::run(args)),
         Command::Show(args) => runtime.block_on(cmd::show::run(args)),
+        Command::Operator(args) => runtime.block_on(cmd::operator::run(args)),
         Command::CheckConfig(args) => cmd::check_config::run(args),
         Command::Pki(args) => cmd::pki::run(args),
         Command::License(args) => cmd::license::run(args),

@@ -9,6 +9,13 @@
 //! to the VIP with exponential backoff. Every grant and refusal is an
 //! [`Event`], so a test (or `vipool client --json`) can count what was
 //! acknowledged.
+//!
+//! It presents its license keys as signed key lines; a key the server
+//! does not count (not signed by an issuer it trusts, bound to another
+//! serial, expired, counted for another client) is dropped from what it
+//! presents, and a report whose `used` claims more than the pool can give
+//! is sent again claiming what the switch holds in the table; it then
+//! asks for the rest like any other need.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,9 +26,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, Connection};
-use crate::proto::ServerError;
+use crate::license::SignedKey;
+use crate::proto::{RequestError, ServerError, SwitchReport};
 use crate::server::now_ms;
-use crate::table::{pool_demand, ClientReport, CommandError, Key, LicenseType, Pool};
+use crate::table::{pool_demand, Client, CommandError, LicenseType, Pool};
 
 /// How a simulated switch is set up.
 #[derive(Debug, Clone)]
@@ -34,8 +42,9 @@ pub struct SwitchConfig {
     pub serial: String,
     /// Software version it reports.
     pub version: String,
-    /// Keys installed on the switch.
-    pub keys: Vec<Key>,
+    /// License keys installed on the switch: they count if they are bound
+    /// to its serial and signed by an issuer the server trusts.
+    pub keys: Vec<SignedKey>,
     /// Factory licenses per type.
     pub builtin: BTreeMap<LicenseType, u32>,
     /// Licensed things up per type (APs for `AP`, ...).
@@ -111,6 +120,28 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The server does not count one of the switch's keys: the switch no
+    /// longer presents it.
+    KeyRefused {
+        /// Switch id.
+        id: String,
+        /// The key's id.
+        key_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A report claimed more than the pool could give: the switch claims
+    /// what it holds in the table, and asks for the rest.
+    ClaimLowered {
+        /// Switch id.
+        id: String,
+        /// Type.
+        license_type: LicenseType,
+        /// What it holds in the table.
+        held: u32,
+        /// Why.
+        reason: String,
+    },
     /// Licenses given back (committed).
     Released {
         /// Switch id.
@@ -174,9 +205,9 @@ pub enum Change {
     /// Now this many licensed things of the type are up.
     SetInUse(LicenseType, u32),
     /// A key was installed.
-    AddKey(Key),
+    AddKey(SignedKey),
     /// A key was deleted.
-    RemoveKey(Key),
+    RemoveKey(SignedKey),
 }
 
 /// A running simulated switch.
@@ -214,13 +245,21 @@ pub fn spawn(
 
 struct Switch {
     config: SwitchConfig,
-    keys: Vec<Key>,
+    keys: Vec<SignedKey>,
     in_use: BTreeMap<LicenseType, u32>,
     events: Option<mpsc::UnboundedSender<Event>>,
     view: watch::Sender<SwitchView>,
     changes: mpsc::UnboundedReceiver<Change>,
     last_answer: Option<Instant>,
     warned_expiry: bool,
+}
+
+/// Which whole-state report a switch sends.
+#[derive(Debug, Clone, Copy)]
+enum ReportKind {
+    Register,
+    Heartbeat,
+    Update,
 }
 
 /// Why a session with the server ended.
@@ -242,11 +281,81 @@ impl Switch {
         self.config.id.clone()
     }
 
-    fn report(&self) -> ClientReport {
-        ClientReport {
+    fn report(&self) -> SwitchReport {
+        SwitchReport {
             builtin: self.config.builtin.clone(),
             keys: self.keys.clone(),
             used: self.view.borrow().granted.clone(),
+        }
+    }
+
+    /// Sends its whole state (`kind`), and again without what the server
+    /// refused of it: a key that does not count is dropped, a claim above
+    /// what the pool can give is lowered to what the switch holds. Each
+    /// retry drops a key or lowers a claim, so this ends.
+    async fn send_report(
+        &mut self,
+        conn: &mut Connection,
+        kind: ReportKind,
+    ) -> Result<(Client, Pool), ClientError> {
+        loop {
+            let (id, report) = (self.id(), self.report());
+            let result = match kind {
+                ReportKind::Register => {
+                    let (serial, version) = (self.config.serial.clone(), self.config.version.clone());
+                    self.call(conn.register(&id, &serial, &version, report)).await
+                }
+                ReportKind::Heartbeat => self.call(conn.heartbeat(&id, report)).await,
+                ReportKind::Update => self.call(conn.update(&id, report)).await,
+            };
+            let Err(ClientError::Server(refusal)) = &result else {
+                return result;
+            };
+            let reason = refusal.to_string();
+            let refused_key = match refusal {
+                ServerError::Denied(RequestError::Key(k)) => Some(k.key_id().to_owned()),
+                ServerError::Refused(
+                    CommandError::KeyCounted { key_id, .. }
+                    | CommandError::KeyExpired(key_id)
+                    | CommandError::KeyNotBound { key_id, .. }
+                    | CommandError::DuplicateKey(key_id),
+                ) => Some(key_id.clone()),
+                _ => None,
+            };
+            if let Some(key_id) = refused_key {
+                let before = self.keys.len();
+                self.keys.retain(|k| k.id() != key_id);
+                if self.keys.len() == before {
+                    return result;
+                }
+                self.emit(Event::KeyRefused { id, key_id, reason });
+                continue;
+            }
+            if let ServerError::Refused(CommandError::ClaimExceedsAvailable {
+                license_type, held, ..
+            }) = refusal
+            {
+                let (license_type, held) = (license_type.clone(), *held);
+                let claimed = self
+                    .view
+                    .borrow()
+                    .granted
+                    .get(&license_type)
+                    .copied()
+                    .unwrap_or(0);
+                if held >= claimed {
+                    return result;
+                }
+                self.set_granted(&license_type, held, false);
+                self.emit(Event::ClaimLowered {
+                    id,
+                    license_type,
+                    held,
+                    reason,
+                });
+                continue;
+            }
+            return result;
         }
     }
 
@@ -359,9 +468,8 @@ impl Switch {
     }
 
     async fn register(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        let (id, serial, version) = (self.id(), self.config.serial.clone(), self.config.version.clone());
-        let report = self.report();
-        let (_, pool) = self.call(conn.register(&id, &serial, &version, report)).await?;
+        let (_, pool) = self.send_report(conn, ReportKind::Register).await?;
+        let id = self.id();
         self.heard(pool);
         self.view.send_modify(|v| v.connected = true);
         self.emit(Event::Registered {
@@ -407,9 +515,7 @@ impl Switch {
     }
 
     async fn heartbeat(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        let report = self.report();
-        let id = self.id();
-        match self.call(conn.heartbeat(&id, report)).await {
+        match self.send_report(conn, ReportKind::Heartbeat).await {
             Ok((_, pool)) => self.heard(pool),
             // The table forgot us (30 days of silence, or an operator removed us): register anew.
             Err(ClientError::Server(ServerError::Refused(CommandError::UnknownClient(_)))) => {
@@ -426,8 +532,10 @@ impl Switch {
                 self.in_use.insert(license_type, n);
             }
             Change::AddKey(key) => {
-                self.keys.push(key);
-                self.keys.sort();
+                if !self.keys.contains(&key) {
+                    self.keys.push(key);
+                    self.keys.sort();
+                }
             }
             Change::RemoveKey(key) => {
                 if let Some(at) = self.keys.iter().position(|k| *k == key) {
@@ -440,21 +548,19 @@ impl Switch {
     }
 
     async fn send_update(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        let report = self.report();
-        let id = self.id();
-        let (_, pool) = self.call(conn.update(&id, report)).await?;
+        let (_, pool) = self.send_report(conn, ReportKind::Update).await?;
         self.heard(pool);
         Ok(())
     }
 
     fn next_key_expiry(&self) -> Option<u64> {
-        self.keys.iter().filter_map(|k| k.expires_at_ms).min()
+        self.keys.iter().filter_map(SignedKey::expires_at_ms).min()
     }
 
     async fn expire_keys(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
         let now = now_ms();
         let before = self.keys.len();
-        self.keys.retain(|k| !k.is_expired(now));
+        self.keys.retain(|k| k.expires_at_ms().is_none_or(|at| at > now));
         if self.keys.len() != before {
             self.send_update(conn).await?;
         }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::proto::{NodeStatus, TableDump};
-use crate::table::{pool, ClientState, LicenseType};
+use crate::table::pool::{self, Contributor};
+use crate::table::{ClientState, LicenseType, VerifiedKey};
 
 /// Which view (also the argument of `vipool show`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -21,6 +22,10 @@ pub enum View {
     Summary,
     /// Per client: address, heartbeat requests, responses, total missed, last update.
     Heartbeat,
+    /// Every counted key: id, who counts it, type, count, issuer, expiry,
+    /// and who installed a server's key (the server from its key files,
+    /// or an operator).
+    Keys,
     /// The node: VRRP state, Raft role, term, commit index.
     Status,
 }
@@ -108,6 +113,28 @@ pub struct HeartbeatRow {
     pub last_update_s: u64,
 }
 
+/// A row of the keys view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyRow {
+    /// The key's id.
+    pub key_id: String,
+    /// Who counts it (`server:NAME` or `client:ID`).
+    pub counted_for: String,
+    /// The serial it is bound to.
+    pub serial: String,
+    /// License type.
+    pub license_type: LicenseType,
+    /// Licenses.
+    pub count: u32,
+    /// Its issuer.
+    pub issuer: String,
+    /// Evaluation keys: seconds until it stops counting (0 once it has).
+    pub expires_in_s: Option<u64>,
+    /// A server's key: who installed it (`server "NAME"` from its key
+    /// files, `operator "NAME"`); nothing for a client's.
+    pub installed_by: Option<String>,
+}
+
 /// The server table.
 pub fn server_table(dump: &TableDump) -> Vec<ServerTableRow> {
     let config = dump.config();
@@ -145,7 +172,7 @@ pub fn client_table(dump: &TableDump) -> Vec<ClientRow> {
         .values()
         .map(|c| {
             let mut installed = BTreeMap::new();
-            for key in &c.keys {
+            for key in c.keys.iter().map(|k| &k.key) {
                 *installed.entry(key.license_type.clone()).or_default() += u64::from(key.count);
             }
             ClientRow {
@@ -203,6 +230,37 @@ pub fn summary(dump: &TableDump) -> Summary {
     }
 }
 
+/// Every key the table counts: the servers' first, then the clients', each
+/// by key id.
+pub fn keys(dump: &TableDump) -> Vec<KeyRow> {
+    let row = |key: &VerifiedKey, counted_for: String, installed_by: Option<String>| KeyRow {
+        key_id: key.key_id.clone(),
+        counted_for,
+        serial: key.serial.clone(),
+        license_type: key.key.license_type.clone(),
+        count: key.key.count,
+        issuer: key.issuer.clone(),
+        expires_in_s: key
+            .key
+            .expires_at_ms
+            .map(|at| at.saturating_sub(dump.now_ms) / 1000),
+        installed_by,
+    };
+    let servers = dump.state.server_keys.values().map(|k| {
+        row(
+            &k.key,
+            Contributor::Server(k.server.clone()).to_string(),
+            Some(k.installed_by.to_string()),
+        )
+    });
+    let clients = dump.state.clients.values().flat_map(|c| {
+        c.keys
+            .iter()
+            .map(|k| row(k, Contributor::Client(c.id.clone()).to_string(), None))
+    });
+    servers.chain(clients).collect()
+}
+
 /// Heartbeat statistics.
 pub fn heartbeat(dump: &TableDump) -> Vec<HeartbeatRow> {
     dump.state
@@ -233,6 +291,7 @@ pub fn json(view: View, dump: &TableDump) -> serde_json::Result<serde_json::Valu
         View::LicenseUsage => serde_json::to_value(license_usage(dump)),
         View::Summary => serde_json::to_value(summary(dump)),
         View::Heartbeat => serde_json::to_value(heartbeat(dump)),
+        View::Keys => serde_json::to_value(keys(dump)),
         View::Status => serde_json::to_value(&dump.status),
     }
 }
@@ -349,6 +408,39 @@ pub fn text(view: View, dump: &TableDump) -> String {
                     "responses",
                     "total missed",
                     "last update (s)",
+                ],
+                rows,
+            )
+        }
+        View::Keys => {
+            let rows = keys(dump)
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.key_id,
+                        r.counted_for,
+                        r.serial,
+                        r.license_type.to_string(),
+                        r.count.to_string(),
+                        r.issuer,
+                        r.expires_in_s.map_or_else(
+                            || "never".into(),
+                            |s| format!("in {}d {}h", s / 86_400, s % 86_400 / 3600),
+                        ),
+                        r.installed_by.unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "key",
+                    "counted for",
+                    "serial",
+                    "type",
+                    "count",
+                    "issuer",
+                    "expires",
+                    "installed by",
                 ],
                 rows,
             )

@@ -1,7 +1,8 @@
 //! `vipool check-config` as a real process: the shipped example
 //! configurations pass and print their effective form; a broken file fails
 //! naming its fields; the TLS files a configuration names are checked as
-//! the peers will check them.
+//! the peers will check them, and its license keys as the node will count
+//! them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -138,15 +139,50 @@ fn unparsable_file_fails_showing_the_line() {
     );
 }
 
-/// The primary's example file with `[tls]` pointing into `pki`.
-fn primary_with_pki(pki: &Path, tag: &str) -> PathBuf {
+/// The primary's example file with `[tls]` pointing into `pki`, and its
+/// issuers and key files into `license` (`acme.pub`, `primary.keys`).
+fn primary_with_pki(pki: &Path, license: &Path, tag: &str) -> PathBuf {
     let text = std::fs::read_to_string(deploy("primary.toml")).unwrap();
     let text = text[..text.find("[tls]").unwrap()].to_owned()
         + &format!(
             "[tls]\nca = \"{0}/ca.crt\"\ncert = \"{0}/primary.crt\"\nkey = \"{0}/primary.key\"\n",
             pki.display()
         );
+    let text = text
+        .replace("/etc/vipool/issuers", &license.display().to_string())
+        .replace("/etc/vipool/keys", &license.display().to_string());
     scratch(tag, &text)
+}
+
+/// An issuer `acme` in `dir` (acme.key, acme.pub) made by `vipool license
+/// keygen`, and `primary.keys` holding `lines`.
+fn license_files(dir: &Path, lines: &[String]) {
+    if !dir.join("acme.key").exists() {
+        let out = vipool(&[
+            "license",
+            "keygen",
+            "--name",
+            "acme",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::write(dir.join("primary.keys"), lines.join("\n")).unwrap();
+}
+
+/// `vipool license issue` with `args` by acme of `dir`: the key line.
+fn issue(dir: &Path, args: &[&str]) -> String {
+    let issuer = dir.join("acme.key");
+    let out = vipool(
+        &[
+            &["license", "issue", "--issuer", issuer.to_str().unwrap()][..],
+            args,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn vipool(args: &[&str]) -> Output {
@@ -167,7 +203,15 @@ fn check_config_loads_the_tls_files_and_checks_them_as_a_peer_would() {
         .success());
     let out = vipool(&["pki", "member", "--dir", p, "--name", "primary"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let config = primary_with_pki(&pki, "tls-ok");
+    let license = dir.path().join("license");
+    std::fs::create_dir(&license).unwrap();
+    license_files(&license, &[]);
+    let ap = issue(
+        &license,
+        &["--type", "AP", "--count", "16", "--serial", "CV0012345"],
+    );
+    license_files(&license, &[ap]);
+    let config = primary_with_pki(&pki, &license, "tls-ok");
     let out = check_with(&config, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -203,5 +247,165 @@ fn check_config_loads_the_tls_files_and_checks_them_as_a_peer_would() {
     );
 
     // --syntax-only does not look at them.
+    assert!(check_with(&config, &["--syntax-only"]).status.success());
+}
+
+#[test]
+fn check_config_verifies_every_license_key_naming_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let p = pki.to_str().unwrap();
+    assert!(vipool(&["pki", "init", "--dir", p, "--cluster-id", "1"])
+        .status
+        .success());
+    assert!(vipool(&["pki", "member", "--dir", p, "--name", "primary"])
+        .status
+        .success());
+    let license = dir.path().join("license");
+    std::fs::create_dir(&license).unwrap();
+    license_files(&license, &[]);
+    let config = primary_with_pki(&pki, &license, "keys");
+    let key = |args: &[&str]| issue(&license, args);
+    let ap = key(&[
+        "--type",
+        "AP",
+        "--count",
+        "16",
+        "--serial",
+        "CV0012345",
+        "--key-id",
+        "p-ap",
+    ]);
+    let pefng = key(&[
+        "--type",
+        "PEFNG",
+        "--count",
+        "16",
+        "--serial",
+        "CV0012345",
+        "--key-id",
+        "p-pefng",
+    ]);
+
+    // Keys that verify: OK; one valid only from a later date: a warning.
+    let later = key(&[
+        "--type",
+        "XSEC",
+        "--count",
+        "16",
+        "--serial",
+        "CV0012345",
+        "--key-id",
+        "p-xsec",
+        "--not-before",
+        "2999-01-01",
+    ]);
+    license_files(&license, &["# primary".into(), ap.clone(), pefng.clone(), later]);
+    let out = check_with(&config, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("# warning: ")
+            && stdout.contains("line 4: license key p-xsec counts only from 2999-01-01"),
+        "{stdout}"
+    );
+
+    // The backup's key in the primary's file: refused, naming file and line.
+    let backup = key(&[
+        "--type",
+        "AP",
+        "--count",
+        "16",
+        "--serial",
+        "CV0012346",
+        "--key-id",
+        "b-ap",
+    ]);
+    license_files(&license, &[ap.clone(), backup]);
+    let out = check_with(&config, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let keys = license.join("primary.keys");
+    assert!(
+        err.contains(&format!(
+            "license.key_files[0]: {}, line 2: license key b-ap is bound to serial \"CV0012346\"",
+            keys.display()
+        )),
+        "{err}"
+    );
+
+    // A key of an issuer the server does not trust.
+    let other = dir.path().join("other");
+    let out = vipool(&[
+        "license",
+        "keygen",
+        "--name",
+        "globex",
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let out = vipool(&[
+        "license",
+        "issue",
+        "--issuer",
+        other.join("globex.key").to_str().unwrap(),
+        "--type",
+        "AP",
+        "--count",
+        "9",
+        "--serial",
+        "CV0012345",
+        "--key-id",
+        "g-1",
+    ]);
+    let globex = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    license_files(&license, &[globex]);
+    let err = String::from_utf8_lossy(&check_with(&config, &[]).stderr).into_owned();
+    assert!(
+        err.contains("line 1: license key g-1 is signed by issuer \"globex\", which is not trusted"),
+        "{err}"
+    );
+
+    // An evaluation key that has expired (`vipool license issue` refuses
+    // to make one; the issuer's library does not).
+    let acme = vipool::license::IssuerKey::load(&license.join("acme.key")).unwrap();
+    let expired = acme
+        .sign(vipool::license::KeyStatement {
+            key_id: "p-eval".into(),
+            license_type: vipool::table::LicenseType::new("AP"),
+            count: 8,
+            serial: "CV0012345".into(),
+            not_before: 1_600_000_000,
+            expires: Some(1_700_000_000),
+            issuer: "acme".into(),
+        })
+        .unwrap();
+    license_files(&license, &[ap.clone(), expired.to_string()]);
+    let err = String::from_utf8_lossy(&check_with(&config, &[]).stderr).into_owned();
+    assert!(
+        err.contains("line 2: license key p-eval expired at 2023-11-14 22:13:20 UTC: it no longer counts; remove the line"),
+        "{err}"
+    );
+
+    // A damaged line, and a plain count where a key belongs.
+    let mut damaged: Vec<char> = ap.chars().collect();
+    let at = damaged.len() - 3;
+    damaged[at] = if damaged[at] == 'A' { 'B' } else { 'A' };
+    license_files(&license, &[damaged.into_iter().collect()]);
+    let err = String::from_utf8_lossy(&check_with(&config, &[]).stderr).into_owned();
+    assert!(err.contains("line 1: ") && err.contains("p-ap"), "{err}");
+    license_files(&license, &["AP = 16".into()]);
+    let err = String::from_utf8_lossy(&check_with(&config, &[]).stderr).into_owned();
+    assert!(err.contains("line 1: not a vipool license key"), "{err}");
+
+    // A key file that is not there.
+    std::fs::remove_file(&keys).unwrap();
+    let err = String::from_utf8_lossy(&check_with(&config, &[]).stderr).into_owned();
+    assert!(
+        err.contains(&format!("license.key_files[0]: {}", keys.display())),
+        "{err}"
+    );
+    // --syntax-only does not read them.
     assert!(check_with(&config, &["--syntax-only"]).status.success());
 }

@@ -92,9 +92,61 @@ fn wait_for_listener(addr: &str) {
     }
 }
 
+/// `vipool license ARGS`, its standard output.
+fn license(args: &[&str]) -> String {
+    let out = Command::new(BIN).arg("license").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "license {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Issues a key with `vipool license issue` and returns its line.
+fn issue(issuer: &std::path::Path, key_id: &str, ty: &str, count: u32, serial: &str) -> String {
+    let count = count.to_string();
+    let line = license(&[
+        "issue",
+        "--issuer",
+        issuer.to_str().unwrap(),
+        "--type",
+        ty,
+        "--count",
+        &count,
+        "--serial",
+        serial,
+        "--key-id",
+        key_id,
+    ]);
+    line.trim().to_owned()
+}
+
 #[test]
 fn serve_client_and_show_as_processes() {
     let pki = Pki::new();
+    // An issuer, the server's keys for its serial, and the switches' keys
+    // for theirs, as an operator makes them.
+    let dir = tempfile::tempdir().unwrap();
+    license(&["keygen", "--name", "lab", "--out", dir.path().to_str().unwrap()]);
+    let (secret, public) = (dir.path().join("lab.key"), dir.path().join("lab.pub"));
+    let server_keys: Vec<String> = ["AP", "PEFNG", "XSEC"]
+        .iter()
+        .map(|ty| issue(&secret, &format!("primary-{ty}"), ty, 16, "PRIMARY-SN"))
+        .collect();
+    let server_file = dir.path().join("primary.keys");
+    std::fs::write(&server_file, server_keys.join("\n")).unwrap();
+    let mut switch_keys = Vec::new();
+    for n in 1..=3 {
+        let serial = format!("SIM-sw-000{n}");
+        switch_keys.push(issue(&secret, &format!("sw{n}-ap"), "AP", 4, &serial));
+        switch_keys.push(issue(&secret, &format!("sw{n}-pefv"), "PEFV", 1, &serial));
+    }
+    // A key for nobody here: no switch presents it.
+    switch_keys.push(issue(&secret, "stray", "AP", 100, "OTHER"));
+    let switch_file = dir.path().join("switches.keys");
+    std::fs::write(&switch_file, switch_keys.join("\n")).unwrap();
+
     let addr = format!("127.0.0.1:{}", free_port());
     let operator = format!("127.0.0.1:{}", free_port());
     let server = Command::new(BIN)
@@ -110,9 +162,13 @@ fn serve_client_and_show_as_processes() {
             &addr,
             "--node",
             "primary",
-            "--keys",
-            "AP=16,PEFNG=16,XSEC=16",
+            "--serial",
+            "PRIMARY-SN",
         ])
+        .arg("--issuer")
+        .arg(&public)
+        .arg("--key-file")
+        .arg(&server_file)
         .args(["--sweep-interval-ms", "100", "--heartbeat-interval-ms", "200"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -126,9 +182,9 @@ fn serve_client_and_show_as_processes() {
             "client", "--server", &addr, "--id", "sw", "--count", "3", "--json", "--for-s", "1",
         ])
         .args(["--pki", &pki.path])
+        .arg("--keys")
+        .arg(&switch_file)
         .args([
-            "--installed",
-            "AP=4,PEFV=1",
             "--builtin",
             "AP=16",
             "--aps",
@@ -178,6 +234,16 @@ fn serve_client_and_show_as_processes() {
         .unwrap()
         .iter()
         .any(|r| r["client"] == "sw-0001" && r["builtin"] == 16));
+    let keys = show(&pki, &operator, "keys");
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 9, "{keys:?}");
+    assert_eq!(keys[0]["key_id"], "primary-AP");
+    assert_eq!(keys[0]["counted_for"], "server:primary");
+    assert_eq!(keys[0]["installed_by"], "server \"primary\"");
+    assert_eq!(keys[0]["issuer"], "lab");
+    assert!(keys.iter().any(|k| k["key_id"] == "sw2-ap"
+        && k["counted_for"] == "client:sw-0002"
+        && k["serial"] == "SIM-sw-0002"));
     let heartbeat = show(&pki, &operator, "heartbeat");
     assert!(heartbeat[0]["requests"].as_u64().unwrap() >= 1);
     let summary = show(&pki, &operator, "summary");
@@ -232,9 +298,61 @@ fn serve_client_and_show_as_processes() {
         String::from_utf8_lossy(&fallback.stderr)
     );
 
+    // The operator's changes, on the operator endpoint, with the
+    // operator's certificate: logged with its name.
+    let op = |args: &[&str]| -> Output {
+        Command::new(BIN)
+            .args(["operator", "--server", &operator])
+            .args(pki.operator())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let extra = dir.path().join("extra.keys");
+    std::fs::write(&extra, issue(&secret, "primary-extra", "AP", 10, "PRIMARY-SN")).unwrap();
+    let out = op(&["install-key", "primary", &format!("@{}", extra.display())]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("installed key primary-extra") && stdout.contains("AP: total 38"),
+        "{stdout}"
+    );
+    // A key for another serial is refused, and says why.
+    let wrong = issue(&secret, "wrong", "AP", 10, "OTHER-SN");
+    let out = op(&["install-key", "primary", &wrong]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bound to serial \"OTHER-SN\""), "{err}");
+    let keys = show(&pki, &operator, "keys");
+    let extra = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == "primary-extra")
+        .unwrap()
+        .clone();
+    assert_eq!(extra["installed_by"], "operator \"op\"", "{extra}");
+    assert!(op(&["remove-key", "primary-extra"]).status.success());
+    let out = op(&["remove-client", "sw-0001"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(show(&pki, &operator, "client-table").as_array().unwrap().len(), 2);
+    // A switch's certificate is refused on the operator endpoint.
+    let denied = Command::new(BIN)
+        .args(["operator", "--server", &operator, "--ca", &pki.file("ca.crt")])
+        .args(["--cert", &pki.file("primary.crt"), "remove-client", "sw-0002"])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+
     kill(Pid::from_raw(server.0.id() as i32), Signal::SIGTERM).unwrap();
     let status = server.0.wait().unwrap();
     let mut log = String::new();
     server.0.stderr.take().unwrap().read_to_string(&mut log).unwrap();
     assert!(status.success(), "{log}");
+    // The VIP holder logged who made each change.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("operator change committed") && l.contains("removes client \\\"sw-0001\\\"")),
+        "{log}"
+    );
 }

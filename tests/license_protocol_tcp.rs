@@ -11,12 +11,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vipool::client::{ClientError, Connection};
+use vipool::license::{IssuerKey, KeyStatement, SignedKey, TrustedIssuers};
 use vipool::proto::frame::{self, DEFAULT_MAX_REQUEST};
-use vipool::proto::{Request, RequestFrame, ServerError, ServerMessage, PROTOCOL_VERSION};
-use vipool::server::{Applier, LocalApplier, Port, Server, ServerConfig};
-use vipool::table::{
-    ClientReport, Command, CommandError, Key, LicenseTable, LicenseType, TableConfig, TableState,
+use vipool::proto::{
+    KeyRefusal, Request, RequestError, RequestFrame, ServerError, ServerMessage, SwitchReport,
+    PROTOCOL_VERSION,
 };
+use vipool::server::{now_ms, Applier, LocalApplier, Port, Server, ServerConfig};
+use vipool::table::{Actor, Command, CommandError, LicenseTable, LicenseType, TableConfig, TableState};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const WAIT: Duration = Duration::from_secs(10);
@@ -33,19 +35,30 @@ struct Harness {
 impl Harness {
     async fn start(vip: Option<IpAddr>) -> Self {
         let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
+        for server in ["primary", "backup"] {
+            let command = Command::ServerSerial {
+                server: server.into(),
+                serial: format!("CV-{server}"),
+            };
+            applier.propose(command).await.unwrap().unwrap();
+        }
         for (server, ty, count) in [
             ("primary", "AP", 16),
             ("backup", "AP", 16),
             ("primary", "XSEC", 2),
         ] {
-            let key = Key::permanent(ty, count);
-            let command = Command::InstallServerKey {
-                now_ms: 0,
-                key_id: format!("{server}-{ty}"),
-                server: server.into(),
-                key,
-            };
-            applier.propose(command).await.unwrap().unwrap();
+            install(
+                &applier,
+                server,
+                signed(
+                    &format!("{server}-{ty}"),
+                    &format!("CV-{server}"),
+                    ty,
+                    count,
+                    None,
+                ),
+            )
+            .await;
         }
         let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -56,6 +69,7 @@ impl Harness {
         let config = ServerConfig {
             node: "test".into(),
             vip,
+            trusted: trusted(),
             ..ServerConfig::default()
         };
         let server = Server::new(Arc::clone(&applier), config, serving_rx, shutdown.clone());
@@ -101,10 +115,50 @@ fn ap() -> LicenseType {
     LicenseType::new("AP")
 }
 
-fn keys(list: &[(&str, u32)]) -> ClientReport {
-    ClientReport {
-        keys: list.iter().map(|(t, n)| Key::permanent(*t, *n)).collect(),
-        ..ClientReport::default()
+fn acme() -> IssuerKey {
+    IssuerKey::from_secret_bytes("acme", &[7; 32]).unwrap()
+}
+
+fn trusted() -> TrustedIssuers {
+    TrustedIssuers::from_iter([acme().trusted()])
+}
+
+/// A key signed by acme, valid from an hour ago (an evaluation key until
+/// `expires` when given, in Unix seconds).
+fn signed(key_id: &str, serial: &str, ty: &str, count: u32, expires: Option<u64>) -> SignedKey {
+    acme()
+        .sign(KeyStatement {
+            key_id: key_id.into(),
+            license_type: LicenseType::new(ty),
+            count,
+            serial: serial.into(),
+            not_before: now_ms() / 1000 - 3600,
+            expires,
+            issuer: "acme".into(),
+        })
+        .unwrap()
+}
+
+/// Installs a key on `server` as the server does from its key files.
+async fn install(applier: &LocalApplier, server: &str, key: SignedKey) {
+    let serial = format!("CV-{server}");
+    let command = Command::InstallServerKey {
+        now_ms: now_ms(),
+        server: server.into(),
+        key: key.verified(&trusted(), &serial, now_ms() / 1000).unwrap(),
+        by: Actor::Server(server.into()),
+    };
+    applier.propose(command).await.unwrap().unwrap();
+}
+
+/// A switch's report: a key per `(type, count)`, signed for `serial`.
+fn keys(serial: &str, list: &[(&str, u32)]) -> SwitchReport {
+    SwitchReport {
+        keys: list
+            .iter()
+            .map(|(t, n)| signed(&format!("{serial}-{t}-{n}"), serial, t, *n, None))
+            .collect(),
+        ..SwitchReport::default()
     }
 }
 
@@ -144,7 +198,7 @@ async fn register_acquire_release_over_tcp() {
     let h = Harness::start(Some(LOOPBACK)).await;
     let mut conn = h.connect().await;
     let (client, pool) = conn
-        .register("sw1", "SN1", "6.5.3", keys(&[("AP", 4)]))
+        .register("sw1", "SN1", "6.5.3", keys("SN1", &[("AP", 4)]))
         .await
         .unwrap();
     assert_eq!(
@@ -160,9 +214,9 @@ async fn register_acquire_release_over_tcp() {
     let (client, _) = conn
         .heartbeat(
             "sw1",
-            ClientReport {
+            SwitchReport {
                 used: [(ap(), 20)].into(),
-                ..keys(&[("AP", 4)])
+                ..keys("SN1", &[("AP", 4)])
             },
         )
         .await
@@ -181,14 +235,14 @@ async fn table_refusals_are_typed_and_keep_the_connection() {
     let h = Harness::start(Some(LOOPBACK)).await;
     let mut conn = h.connect().await;
     let unknown = conn
-        .heartbeat("ghost", ClientReport::default())
+        .heartbeat("ghost", SwitchReport::default())
         .await
         .unwrap_err();
     assert!(
         matches!(&unknown, ClientError::Server(ServerError::Refused(CommandError::UnknownClient(id))) if id == "ghost"),
         "{unknown:?}"
     );
-    conn.register("sw1", "SN1", "v", ClientReport::default())
+    conn.register("sw1", "SN1", "v", SwitchReport::default())
         .await
         .unwrap();
     let before = h.state();
@@ -206,13 +260,38 @@ async fn table_refusals_are_typed_and_keep_the_connection() {
     );
     assert_eq!(h.state(), before);
 
-    // Over-subscribed: a heartbeat reports more than the pool has (its APs are up).
+    // A heartbeat claiming more than the pool has is a claim refused like an acquire.
     let xsec = LicenseType::new("XSEC");
-    let report = ClientReport {
+    let report = SwitchReport {
         used: BTreeMap::from([(xsec.clone(), 3)]),
-        ..ClientReport::default()
+        ..SwitchReport::default()
     };
-    conn.heartbeat("sw1", report).await.unwrap();
+    let claim = conn.heartbeat("sw1", report).await.unwrap_err();
+    assert!(
+        matches!(
+            claim,
+            ClientError::Server(ServerError::Refused(CommandError::ClaimExceedsAvailable {
+                claimed: 3,
+                held: 0,
+                available: 2,
+                ..
+            }))
+        ),
+        "{claim:?}"
+    );
+    assert_eq!(h.state(), before);
+    // Over-subscribed the way it happens: the switch brings 2 XSEC of its
+    // own, uses 3, then its key is deleted (its APs stay up).
+    let with_key = SwitchReport {
+        used: BTreeMap::from([(xsec.clone(), 3)]),
+        ..keys("SN1", &[("XSEC", 2)])
+    };
+    conn.update("sw1", with_key).await.unwrap();
+    let without = SwitchReport {
+        used: BTreeMap::from([(xsec.clone(), 3)]),
+        ..SwitchReport::default()
+    };
+    conn.update("sw1", without).await.unwrap();
     let before = h.state();
     let over = conn.acquire("sw1", &xsec, 1).await.unwrap_err();
     assert!(
@@ -238,7 +317,7 @@ async fn not_the_license_server_off_the_vip_or_without_it() {
     let mut conn = h.connect().await;
     let before = h.state();
     let err = conn
-        .register("sw1", "SN1", "v", ClientReport::default())
+        .register("sw1", "SN1", "v", SwitchReport::default())
         .await
         .unwrap_err();
     match err {
@@ -261,7 +340,7 @@ async fn not_the_license_server_off_the_vip_or_without_it() {
     // On the VIP, but the node just lost it: refused, and connections are closed.
     let h = Harness::start(Some(LOOPBACK)).await;
     let mut conn = h.connect().await;
-    conn.register("sw1", "SN1", "v", ClientReport::default())
+    conn.register("sw1", "SN1", "v", SwitchReport::default())
         .await
         .unwrap();
     h.serving.send(false).unwrap();
@@ -288,7 +367,7 @@ fn err_text<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
 async fn bad_frames_close_only_their_connection() {
     let h = Harness::start(Some(LOOPBACK)).await;
     let mut good = h.connect().await;
-    good.register("sw1", "SN1", "v", keys(&[("AP", 1)]))
+    good.register("sw1", "SN1", "v", keys("SN1", &[("AP", 1)]))
         .await
         .unwrap();
     let before = h.state();
@@ -379,7 +458,7 @@ async fn bad_frames_close_only_their_connection() {
 async fn garbage_and_mutated_frames_never_hurt_the_server() {
     let h = Harness::start(Some(LOOPBACK)).await;
     let mut good = h.connect().await;
-    good.register("sw1", "SN1", "v", keys(&[("AP", 1)]))
+    good.register("sw1", "SN1", "v", keys("SN1", &[("AP", 1)]))
         .await
         .unwrap();
     let before = h.state();
@@ -436,10 +515,12 @@ async fn pool_changes_are_pushed_to_registered_clients() {
     let h = Harness::start(Some(LOOPBACK)).await;
     let mut a = h.connect().await;
     let mut b = h.connect().await;
-    a.register("sw-a", "A", "v", ClientReport::default())
+    a.register("sw-a", "A", "v", SwitchReport::default())
         .await
         .unwrap();
-    b.register("sw-b", "B", "v", keys(&[("AP", 8)])).await.unwrap();
+    b.register("sw-b", "B", "v", keys("B", &[("AP", 8)]))
+        .await
+        .unwrap();
     // sw-a learns of sw-b's 8 AP without asking.
     let pool = tokio::time::timeout(WAIT, a.next_push()).await.unwrap().unwrap();
     assert_eq!(pool[&ap()].total, 40);
@@ -458,24 +539,20 @@ async fn status_warns_about_evaluation_keys_about_to_expire() {
     let now = vipool::server::now_ms();
     let hour = 3_600_000;
     for (key_id, hours) in [("eval-soon", 2), ("eval-later", 24 * 30)] {
-        let key = Key {
-            license_type: LicenseType::new("PEFNG"),
-            count: 8,
-            expires_at_ms: Some(now + hours * hour),
-        };
-        let command = Command::InstallServerKey {
-            now_ms: now,
-            key_id: key_id.into(),
-            server: "primary".into(),
-            key,
-        };
-        h.applier.propose(command).await.unwrap().unwrap();
+        let expires = (now + hours * hour) / 1000;
+        install(
+            &h.applier,
+            "primary",
+            signed(key_id, "CV-primary", "PEFNG", 8, Some(expires)),
+        )
+        .await;
     }
     let dump = h.operator().await.show().await.unwrap();
     assert_eq!(dump.status.warnings.len(), 1, "{:?}", dump.status.warnings);
     let warning = &dump.status.warnings[0];
     assert!(
-        warning.contains("PEFNG x8 of server:primary expires in 0d 1h") || warning.contains("0d 2h"),
+        warning.starts_with("evaluation key \"eval-soon\" (PEFNG x8) of server:primary expires in 0d 1h")
+            || warning.contains("0d 2h"),
         "{warning}"
     );
     h.shutdown.cancel();
@@ -521,4 +598,83 @@ async fn stop_accepting_refuses_new_connections_and_keeps_open_ones() {
 
     shutdown.cancel();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+}
+
+/// Over the wire: a key that does not verify, a request for another
+/// client's id, and an operator's changes, each named in its answer and
+/// counted in the status; over plain TCP (no certificate) the server
+/// believes the identity the request claims.
+#[tokio::test]
+async fn keys_identities_and_operator_changes_over_tcp() {
+    let h = Harness::start(Some(LOOPBACK)).await;
+    let mut conn = h.connect().await;
+    conn.register("sw1", "SN1", "v", keys("SN1", &[("AP", 4)]))
+        .await
+        .unwrap();
+    let before = h.state();
+    // sw2 presents sw1's key (bound to SN1).
+    let err = conn
+        .register("sw2", "SN2", "v", keys("SN1", &[("AP", 4)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Server(ServerError::Denied(RequestError::Key(KeyRefusal::WrongSerial { bound, .. }))) if bound == "SN1"),
+        "{err:?}"
+    );
+    // A copy of sw1's key under sw1's serial, from another id.
+    let err = conn
+        .register("sw1-clone", "SN1", "v", keys("SN1", &[("AP", 4)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Server(ServerError::Refused(CommandError::KeyCounted { key_id, .. })) if key_id == "SN1-AP-4"),
+        "{err:?}"
+    );
+    assert_eq!(h.state(), before);
+    // Views and the operator's changes are on the operator endpoint.
+    let mut op = h.operator().await;
+    let status = op.show().await.unwrap().status;
+    assert_eq!(
+        status.refused.get("client_key_refused"),
+        Some(&1),
+        "{:?}",
+        status.refused
+    );
+
+    // The operator's writes: committed, and named in the answer.
+    let pool = op
+        .install_key("backup", signed("backup-XSEC", "CV-backup", "XSEC", 4, None))
+        .await
+        .unwrap();
+    assert_eq!(pool[&LicenseType::new("XSEC")].total, 6);
+    let dump = op.show().await.unwrap();
+    assert!(
+        matches!(&dump.state.server_keys["backup-XSEC"].installed_by, Actor::Operator(name) if name.starts_with("unauthenticated@")),
+        "{:?}",
+        dump.state.server_keys["backup-XSEC"]
+    );
+    let err = op
+        .install_key("backup", signed("p-2", "CV-primary", "XSEC", 4, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server(ServerError::Denied(RequestError::Key(
+                KeyRefusal::WrongSerial { .. }
+            )))
+        ),
+        "{err:?}"
+    );
+    // Not on the client port.
+    assert!(matches!(
+        conn.remove_key("backup-XSEC").await,
+        Err(ClientError::Server(ServerError::WrongPort(_)))
+    ));
+    let pool = op.remove_key("backup-XSEC").await.unwrap();
+    assert_eq!(pool[&LicenseType::new("XSEC")].total, 2);
+    let pool = op.remove_client("sw1").await.unwrap();
+    assert_eq!(pool[&ap()].total, 32);
+    assert!(h.state().clients.is_empty());
+    h.stop().await;
 }

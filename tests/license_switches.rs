@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use vipool::server::{Applier, LocalApplier, Server, ServerConfig};
+use vipool::license::{IssuerKey, KeyStatement, SignedKey, TrustedIssuers};
+use vipool::server::{now_ms, Applier, LocalApplier, Server, ServerConfig};
 use vipool::switch::{self, Change, Event, SwitchConfig, SwitchHandle};
-use vipool::table::{Command, Key, LicenseTable, LicenseType, Pool, TableConfig};
+use vipool::table::{Actor, Command, LicenseTable, LicenseType, Pool, TableConfig};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const WAIT: Duration = Duration::from_secs(20);
@@ -21,15 +22,49 @@ struct Node {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+fn acme() -> IssuerKey {
+    IssuerKey::from_secret_bytes("acme", &[7; 32]).unwrap()
+}
+
+/// `count` AP for `serial`, signed by `issuer`, valid from an hour ago.
+fn key_by(issuer: &IssuerKey, key_id: &str, serial: &str, count: u32) -> SignedKey {
+    issuer
+        .sign(KeyStatement {
+            key_id: key_id.into(),
+            license_type: LicenseType::new("AP"),
+            count,
+            serial: serial.into(),
+            not_before: now_ms() / 1000 - 3600,
+            expires: None,
+            issuer: issuer.name().into(),
+        })
+        .unwrap()
+}
+
+/// `count` AP for switch `id` (its default serial `SIM-ID`), signed by acme.
+fn key(id: &str, count: u32) -> SignedKey {
+    key_by(&acme(), &format!("{id}-ap-{count}"), &format!("SIM-{id}"), count)
+}
+
+/// A server trusting acme, with `ap` AP of its own.
 async fn start_server(addr: SocketAddr, ap: u32) -> (Node, SocketAddr) {
     let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
-    if ap > 0 {
-        let key = Key::permanent("AP", ap);
-        let command = Command::InstallServerKey {
-            now_ms: 0,
-            key_id: "k".into(),
+    let trusted = TrustedIssuers::from_iter([acme().trusted()]);
+    applier
+        .propose(Command::ServerSerial {
             server: "primary".into(),
-            key,
+            serial: "CV1".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    if ap > 0 {
+        let key = key_by(&acme(), "primary-ap", "CV1", ap);
+        let command = Command::InstallServerKey {
+            now_ms: now_ms(),
+            server: "primary".into(),
+            key: key.verified(&trusted, "CV1", now_ms() / 1000).unwrap(),
+            by: Actor::Server("primary".into()),
         };
         applier.propose(command).await.unwrap().unwrap();
     }
@@ -40,6 +75,7 @@ async fn start_server(addr: SocketAddr, ap: u32) -> (Node, SocketAddr) {
     let config = ServerConfig {
         vip: Some(LOOPBACK),
         sweep_interval: Duration::from_millis(50),
+        trusted,
         ..ServerConfig::default()
     };
     let server = Server::new(Arc::clone(&applier), config, serving, shutdown.clone());
@@ -108,8 +144,9 @@ async fn many_switches_converge_on_the_server_table() {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let switches: Vec<SwitchHandle> = (0..40)
         .map(|n| {
-            let mut config = sim(addr, &format!("sw{n:02}"), 200);
-            config.keys = vec![Key::permanent("AP", 1)];
+            let id = format!("sw{n:02}");
+            let mut config = sim(addr, &id, 200);
+            config.keys = vec![key(&id, 1)];
             config.builtin = BTreeMap::from([(ap(), 2)]);
             config.in_use = BTreeMap::from([(ap(), 3)]);
             switch::spawn(config, Some(events_tx.clone()), shutdown.clone())
@@ -183,7 +220,7 @@ async fn a_change_is_sent_at_once_not_at_the_next_heartbeat() {
         .await
         .unwrap()
         .unwrap();
-    s.changes.send(Change::AddKey(Key::permanent("AP", 6))).unwrap();
+    s.changes.send(Change::AddKey(key("sw1", 6))).unwrap();
     s.changes.send(Change::SetInUse(ap(), 3)).unwrap();
     eventually("the key and the use on the server", || {
         node.pool()[&ap()] == vipool::table::PoolEntry { total: 16, used: 3 }
@@ -202,7 +239,7 @@ async fn server_down_keeps_limits_then_a_new_server_is_rebuilt_from_the_switch()
     let shutdown = CancellationToken::new();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut config = sim(addr, "sw1", 50);
-    config.keys = vec![Key::permanent("AP", 2)];
+    config.keys = vec![key("sw1", 2)];
     config.in_use = BTreeMap::from([(ap(), 5)]);
     config.retention = Duration::from_secs(3600);
     let s = switch::spawn(config, Some(events_tx), shutdown.clone());
@@ -258,7 +295,7 @@ async fn a_forgotten_switch_registers_again_with_its_whole_state() {
     let (node, addr) = start_server((LOOPBACK, 0).into(), 10).await;
     let shutdown = CancellationToken::new();
     let mut config = sim(addr, "sw1", 50);
-    config.keys = vec![Key::permanent("AP", 3)];
+    config.keys = vec![key("sw1", 3)];
     config.in_use = BTreeMap::from([(ap(), 2)]);
     let s = switch::spawn(config, None, shutdown.clone());
     eventually("the grant", || {
@@ -268,7 +305,10 @@ async fn a_forgotten_switch_registers_again_with_its_whole_state() {
     // The operator removes it (as 30 days of silence would): the next
     // heartbeat is refused as unknown, and the switch registers anew.
     node.applier
-        .propose(Command::RemoveClient { id: "sw1".into() })
+        .propose(Command::RemoveClient {
+            id: "sw1".into(),
+            by: Actor::Operator("alice".into()),
+        })
         .await
         .unwrap()
         .unwrap();
@@ -282,6 +322,78 @@ async fn a_forgotten_switch_registers_again_with_its_whole_state() {
         1,
         "its licenses came back with its state, not a new grant"
     );
+    shutdown.cancel();
+    s.task.await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn keys_that_do_not_count_are_dropped_and_the_rest_counts() {
+    let (node, addr) = start_server((LOOPBACK, 0).into(), 10).await;
+    let shutdown = CancellationToken::new();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let globex = IssuerKey::from_secret_bytes("globex", &[8; 32]).unwrap();
+    let mut config = sim(addr, "sw1", 50);
+    config.keys = vec![
+        key("sw1", 4),
+        // Another switch's key, and one of an issuer the server does not trust.
+        key("sw2", 50),
+        key_by(&globex, "g-1", "SIM-sw1", 100),
+    ];
+    let s = switch::spawn(config, Some(events_tx), shutdown.clone());
+    eventually("its own key counted", || node.pool()[&ap()].total == 14).await;
+    let refused: Vec<String> = drain(&mut events)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::KeyRefused { key_id, reason, .. } => Some(format!("{key_id}: {reason}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused[0].starts_with("sw2-ap-50: ") && refused[0].contains("bound to serial"),
+        "{refused:?}"
+    );
+    assert!(
+        refused[1].starts_with("g-1: ") && refused[1].contains("not trusted"),
+        "{refused:?}"
+    );
+    // Heartbeats go on with the key that counts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(node.pool()[&ap()].total, 14);
+    let client = node.applier.read(|t| t.client("sw1").cloned()).unwrap();
+    assert!(client.stats.heartbeats > 0);
+    shutdown.cancel();
+    s.task.await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_the_pool_cannot_give_is_lowered_then_asked_for() {
+    let (node, addr) = start_server((LOOPBACK, 0).into(), 10).await;
+    let shutdown = CancellationToken::new();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut config = sim(addr, "sw1", 50);
+    config.in_use = BTreeMap::from([(ap(), 5)]);
+    config.retention = Duration::from_secs(3600);
+    let s = switch::spawn(config, Some(events_tx), shutdown.clone());
+    eventually("the grant", || s.view.borrow().granted.get(&ap()) == Some(&5)).await;
+    node.stop().await;
+    eventually("the switch seeing the server down", || !s.view.borrow().server_up).await;
+    // A new server with a smaller pool: the switch's claim of 5 is more
+    // than it can give, so it claims what it holds there (nothing) and
+    // asks for the 5, which is refused: S3 holds.
+    let (node, _) = start_server(addr, 3).await;
+    eventually("the claim lowered and the grant refused", || {
+        let v = s.view.borrow();
+        v.server_up && v.granted.is_empty() && v.refusals > 0
+    })
+    .await;
+    let entry = node.pool()[&ap()];
+    assert_eq!((entry.total, entry.used), (3, 0));
+    assert!(drain(&mut events)
+        .iter()
+        .any(|e| matches!(e, Event::ClaimLowered { held: 0, .. })));
     shutdown.cancel();
     s.task.await.unwrap();
     node.stop().await;

@@ -1,11 +1,16 @@
-//! The worked examples of SPEC.md section 2 and 4 against the license table.
+//! The worked examples of SPEC.md section 2 and 4 against the license
+//! table, with signed keys: every key below is signed by an issuer,
+//! verified for the serial of the server or switch that holds it, and
+//! counted as the table records it.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use cluster::StateMachine;
+use vipool::license::{load_server_keys, IssuerKey, KeyStatement, SignedKey, TrustedIssuers};
 use vipool::table::{
-    pool_demand, ClientReport, ClientState, Command, CommandError, Key, LicenseTable, LicenseType, Reply,
-    TableConfig,
+    pool_demand, Actor, ClientReport, ClientState, Command, CommandError, Key, LicenseTable, LicenseType,
+    Reply, TableConfig, VerifiedKey,
 };
 
 const INTERVAL: u64 = 30_000;
@@ -13,6 +18,41 @@ const DAY: u64 = 24 * 3600 * 1000;
 
 fn t(name: &str) -> LicenseType {
     LicenseType::new(name)
+}
+
+fn acme() -> IssuerKey {
+    IssuerKey::from_secret_bytes("acme", &[7; 32]).unwrap()
+}
+
+fn trusted() -> TrustedIssuers {
+    TrustedIssuers::from_iter([acme().trusted()])
+}
+
+/// A key signed by acme: `count` of `license_type` for `serial`, valid
+/// from the epoch, an evaluation key until `expires_ms` when given.
+fn signed(key_id: &str, serial: &str, license_type: &str, count: u32, expires_ms: Option<u64>) -> SignedKey {
+    acme()
+        .sign(KeyStatement {
+            key_id: key_id.into(),
+            license_type: t(license_type),
+            count,
+            serial: serial.into(),
+            not_before: 0,
+            expires: expires_ms.map(|ms| ms / 1000),
+            issuer: "acme".into(),
+        })
+        .unwrap()
+}
+
+/// The key as the table records it once the proposer verified it for
+/// `serial` at time zero.
+fn verified(key: &SignedKey, serial: &str) -> VerifiedKey {
+    key.verified(&trusted(), serial, 0).unwrap()
+}
+
+/// A switch's serial in these examples.
+fn serial(id: &str) -> String {
+    format!("SN-{id}")
 }
 
 struct Log {
@@ -33,21 +73,43 @@ impl Log {
         self.table.apply(self.index, command)
     }
 
-    fn server_key(&mut self, server: &str, license_type: &str, count: u32) {
-        let command = Command::InstallServerKey {
-            now_ms: 0,
-            key_id: format!("{server}-{license_type}"),
+    fn announce(&mut self, server: &str) {
+        self.apply(Command::ServerSerial {
             server: server.into(),
-            key: Key::permanent(license_type, count),
-        };
-        self.apply(command).unwrap();
+            serial: serial(server),
+        })
+        .unwrap();
+    }
+
+    /// Installs a server key as the server does from its key files (its
+    /// serial announced first).
+    fn install(&mut self, server: &str, key: VerifiedKey) {
+        self.apply(Command::InstallServerKey {
+            now_ms: 0,
+            server: server.into(),
+            key,
+            by: Actor::Server(server.into()),
+        })
+        .unwrap();
+    }
+
+    fn server_key(&mut self, server: &str, license_type: &str, count: u32) {
+        self.announce(server);
+        let key = signed(
+            &format!("{server}-{license_type}"),
+            &serial(server),
+            license_type,
+            count,
+            None,
+        );
+        self.install(server, verified(&key, &serial(server)));
     }
 
     fn register(&mut self, now_ms: u64, id: &str, report: ClientReport) {
         let command = Command::Register {
             now_ms,
             id: id.into(),
-            serial: format!("SN-{id}"),
+            serial: serial(id),
             address: "192.0.2.50:4000".into(),
             version: "6.5.3".into(),
             report,
@@ -74,22 +136,53 @@ impl Log {
     }
 }
 
-fn report(keys: &[(&str, u32)], used: &[(&str, u32)]) -> ClientReport {
+/// Switch `id`'s report: a permanent key per `(type, count)` of `keys`,
+/// signed for its serial and verified, and what it uses from the pool.
+fn report_of(id: &str, keys: &[(&str, u32)], used: &[(&str, u32)]) -> ClientReport {
     ClientReport {
         builtin: BTreeMap::new(),
-        keys: keys.iter().map(|(ty, n)| Key::permanent(*ty, *n)).collect(),
+        keys: keys
+            .iter()
+            .map(|(ty, n)| {
+                verified(
+                    &signed(&format!("{id}-{ty}-{n}"), &serial(id), ty, *n, None),
+                    &serial(id),
+                )
+            })
+            .collect(),
         used: used.iter().map(|(ty, n)| (t(ty), *n)).collect(),
     }
 }
 
+/// SPEC §2: "primary and backup each have 16 AP, 16 PEFNG and 16 XSEC
+/// installed: the pool is 32 of each". Each server's keys are a key file
+/// of lines signed for its serial, loaded and verified as the server
+/// loads them.
 #[test]
 fn two_servers_with_16_ap_pefng_xsec_pool_32_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuers = dir.path().join("acme.pub");
+    std::fs::write(&issuers, format!("{}\n", acme().trusted())).unwrap();
     let mut log = Log::new();
     for server in ["primary", "backup"] {
-        for ty in ["AP", "PEFNG", "XSEC"] {
-            log.server_key(server, ty, 16);
+        let lines: Vec<String> = ["AP", "PEFNG", "XSEC"]
+            .iter()
+            .map(|ty| signed(&format!("{server}-{ty}"), &serial(server), ty, 16, None).to_string())
+            .collect();
+        let file: PathBuf = dir.path().join(format!("{server}.keys"));
+        std::fs::write(&file, format!("# {server}\n{}\n", lines.join("\n"))).unwrap();
+        let (_, keys) = load_server_keys(std::slice::from_ref(&issuers), &[file], &serial(server)).unwrap();
+        assert_eq!(keys.len(), 3);
+        log.announce(server);
+        for entry in keys {
+            assert!(entry.counts_at(0));
+            log.install(server, entry.key);
         }
     }
+    // The other server's file does not verify for this one.
+    let wrong =
+        load_server_keys(&[issuers], &[dir.path().join("backup.keys")], &serial("primary")).unwrap_err();
+    assert_eq!(wrong.len(), 3);
     for ty in ["AP", "PEFNG", "XSEC"] {
         assert_eq!(log.total(ty), 32, "{ty}");
         assert_eq!(log.table.pool()[&t(ty)].available(), 32, "{ty}");
@@ -116,7 +209,7 @@ fn builtin_16_ap_with_20_aps_reports_4() {
     assert_eq!(pool_demand(16, 10), 0);
     let mut log = Log::new();
     log.server_key("primary", "AP", 16);
-    let mut client = report(&[], &[("AP", pool_demand(16, 20))]);
+    let mut client = report_of("sw1", &[], &[("AP", pool_demand(16, 20))]);
     client.builtin.insert(t("AP"), 16);
     log.register(0, "sw1", client);
     assert_eq!(log.used("AP"), 4);
@@ -132,7 +225,7 @@ fn builtin_16_ap_with_20_aps_reports_4() {
 fn three_missed_heartbeats_return_used_licenses_and_keep_contributions() {
     let mut log = Log::new();
     log.server_key("primary", "AP", 16);
-    log.register(0, "sw1", report(&[("AP", 8)], &[("AP", 10)]));
+    log.register(0, "sw1", report_of("sw1", &[("AP", 8)], &[("AP", 10)]));
     assert_eq!((log.total("AP"), log.used("AP")), (24, 10));
 
     // Two heartbeats missed, and the third still within its interval: still up.
@@ -156,7 +249,7 @@ fn three_missed_heartbeats_return_used_licenses_and_keep_contributions() {
     assert_eq!(log.total("AP"), 24, "its installed contributions stay");
 
     // It comes back: its whole state in one heartbeat brings it up again.
-    log.heartbeat(4 * INTERVAL, "sw1", report(&[("AP", 8)], &[("AP", 10)]))
+    log.heartbeat(4 * INTERVAL, "sw1", report_of("sw1", &[("AP", 8)], &[("AP", 10)]))
         .unwrap();
     assert_eq!(log.table.client("sw1").unwrap().state, ClientState::Up);
     assert_eq!(log.used("AP"), 10);
@@ -166,11 +259,11 @@ fn three_missed_heartbeats_return_used_licenses_and_keep_contributions() {
 fn thirty_days_of_silence_removes_contributions() {
     let mut log = Log::new();
     log.server_key("primary", "AP", 16);
-    log.register(0, "sw1", report(&[("AP", 8), ("XSEC", 4)], &[]));
-    log.register(0, "sw2", report(&[("AP", 2)], &[]));
+    log.register(0, "sw1", report_of("sw1", &[("AP", 8), ("XSEC", 4)], &[]));
+    log.register(0, "sw2", report_of("sw2", &[("AP", 2)], &[]));
     // sw2 keeps talking; sw1 falls silent.
     for day in 1..=30 {
-        log.heartbeat(day * DAY, "sw2", report(&[("AP", 2)], &[]))
+        log.heartbeat(day * DAY, "sw2", report_of("sw2", &[("AP", 2)], &[]))
             .unwrap();
         log.apply(Command::Sweep { now_ms: day * DAY }).unwrap();
     }
@@ -200,10 +293,10 @@ fn thirty_days_in_test_time_follows_the_configured_timer() {
     let register = Command::Register {
         now_ms: 1_000,
         id: "sw1".into(),
-        serial: "SN1".into(),
+        serial: serial("sw1"),
         address: "a".into(),
         version: "v".into(),
-        report: report(&[("AP", 4)], &[]),
+        report: report_of("sw1", &[("AP", 4)], &[]),
     };
     table.apply(1, register).unwrap();
     table.apply(2, Command::Sweep { now_ms: 1_500 }).unwrap();
@@ -216,7 +309,11 @@ fn thirty_days_in_test_time_follows_the_configured_timer() {
 fn switch_specific_types_are_never_pooled() {
     let mut log = Log::new();
     log.server_key("primary", "PEFV", 16);
-    log.register(0, "sw1", report(&[("PEFV", 8), ("WEBCC", 4), ("AP", 1)], &[]));
+    log.register(
+        0,
+        "sw1",
+        report_of("sw1", &[("PEFV", 8), ("WEBCC", 4), ("AP", 1)], &[]),
+    );
     assert!(!log.table.pool().contains_key(&t("PEFV")));
     assert!(!log.table.pool().contains_key(&t("WEBCC")));
     assert_eq!(log.total("AP"), 1);
@@ -233,7 +330,7 @@ fn switch_specific_types_are_never_pooled() {
         count: 1,
     };
     assert_eq!(log.apply(acquire), Err(CommandError::NotPoolable(t("PEFV"))));
-    let reports_use = log.heartbeat(2, "sw1", report(&[("PEFV", 8)], &[("WEBCC", 1)]));
+    let reports_use = log.heartbeat(2, "sw1", report_of("sw1", &[("PEFV", 8)], &[("WEBCC", 1)]));
     assert_eq!(reports_use, Err(CommandError::NotPoolable(t("WEBCC"))));
 }
 
@@ -242,13 +339,21 @@ fn a_new_type_is_a_configuration_change() {
     let mut config = TableConfig::default();
     config.types.insert(t("VIA"), vipool::table::TypeKind::Poolable);
     let mut table = LicenseTable::new(config);
+    let announce = Command::ServerSerial {
+        server: "primary".into(),
+        serial: serial("primary"),
+    };
+    table.apply(1, announce).unwrap();
     let install = Command::InstallServerKey {
         now_ms: 0,
-        key_id: "k".into(),
         server: "primary".into(),
-        key: Key::permanent("via", 5),
+        key: verified(
+            &signed("k", &serial("primary"), "via", 5, None),
+            &serial("primary"),
+        ),
+        by: Actor::Server("primary".into()),
     };
-    table.apply(1, install).unwrap();
+    table.apply(2, install).unwrap();
     assert_eq!(table.pool()[&t("VIA")].total, 5);
 }
 
@@ -257,14 +362,12 @@ fn over_subscription_refuses_new_grants_but_keeps_existing() {
     let mut log = Log::new();
     log.server_key("primary", "AP", 4);
     // An evaluation key on sw1 brings the pool to 10.
-    let mut sw1 = report(&[], &[]);
-    sw1.keys.push(Key {
-        license_type: t("AP"),
-        count: 6,
-        expires_at_ms: Some(1_000),
-    });
+    let mut sw1 = report_of("sw1", &[], &[]);
+    let eval = signed("sw1-eval", &serial("sw1"), "AP", 6, Some(1_000));
+    sw1.keys.push(verified(&eval, &serial("sw1")));
+    assert_eq!(sw1.keys[0].key.expires_at_ms, Some(1_000));
     log.register(0, "sw1", sw1);
-    log.register(0, "sw2", report(&[], &[("AP", 8)]));
+    log.register(0, "sw2", report_of("sw2", &[], &[("AP", 8)]));
     assert_eq!((log.total("AP"), log.used("AP")), (10, 8));
 
     // The key expires: 4 total, 8 used.
@@ -349,7 +452,7 @@ fn acquire_is_decided_at_apply_time_the_last_license_goes_once() {
 fn bad_commands_are_typed_errors_and_change_nothing() {
     let mut log = Log::new();
     log.server_key("primary", "AP", 4);
-    log.register(0, "sw1", report(&[], &[("AP", 2)]));
+    log.register(0, "sw1", report_of("sw1", &[], &[("AP", 2)]));
     let before = log.table.clone();
     let cases = [
         (
@@ -393,10 +496,19 @@ fn bad_commands_are_typed_errors_and_change_nothing() {
             },
         ),
         (
+            // No issuer signs a key of zero licenses; an entry may say so anyway.
             Command::Update {
                 now_ms: 1,
                 id: "sw1".into(),
-                report: report(&[("AP", 0)], &[]),
+                report: ClientReport {
+                    keys: vec![VerifiedKey {
+                        key_id: "zero".into(),
+                        issuer: "acme".into(),
+                        serial: serial("sw1"),
+                        key: Key::permanent("AP", 0),
+                    }],
+                    ..ClientReport::default()
+                },
             },
             CommandError::ZeroCount,
         ),
@@ -404,41 +516,47 @@ fn bad_commands_are_typed_errors_and_change_nothing() {
             Command::Update {
                 now_ms: 1,
                 id: "sw1".into(),
-                report: report(&[("BOGUS", 1)], &[]),
+                report: report_of("sw1", &[("BOGUS", 1)], &[]),
             },
             CommandError::UnknownType(t("BOGUS")),
         ),
         (
-            Command::RemoveClient { id: "nope".into() },
+            Command::RemoveClient {
+                id: "nope".into(),
+                by: Actor::Operator("alice".into()),
+            },
             CommandError::UnknownClient("nope".into()),
         ),
         (
             Command::RemoveServerKey {
                 key_id: "nope".into(),
+                by: Actor::Operator("alice".into()),
             },
             CommandError::UnknownKey("nope".into()),
         ),
         (
             Command::InstallServerKey {
                 now_ms: 0,
-                key_id: "primary-AP".into(),
                 server: "primary".into(),
-                key: Key::permanent("AP", 1),
+                key: verified(
+                    &signed("primary-AP", &serial("primary"), "AP", 4, None),
+                    &serial("primary"),
+                ),
+                by: Actor::Server("primary".into()),
             },
             CommandError::KeyExists("primary-AP".into()),
         ),
         (
             Command::InstallServerKey {
-                now_ms: 10,
-                key_id: "eval".into(),
+                now_ms: 10_000,
                 server: "primary".into(),
-                key: Key {
-                    license_type: t("AP"),
-                    count: 1,
-                    expires_at_ms: Some(10),
-                },
+                key: verified(
+                    &signed("eval", &serial("primary"), "AP", 1, Some(10_000)),
+                    &serial("primary"),
+                ),
+                by: Actor::Server("primary".into()),
             },
-            CommandError::KeyExpired,
+            CommandError::KeyExpired("eval".into()),
         ),
         (
             Command::Register {
@@ -449,7 +567,9 @@ fn bad_commands_are_typed_errors_and_change_nothing() {
                 version: "v".into(),
                 report: ClientReport::default(),
             },
-            CommandError::EmptyId,
+            CommandError::Bound(vipool::table::limits::TokenError::Empty {
+                what: "client id".into(),
+            }),
         ),
     ];
     for (command, expected) in cases {
@@ -464,7 +584,11 @@ fn bad_commands_are_typed_errors_and_change_nothing() {
 fn snapshot_survives_restore_and_refuses_garbage() {
     let mut log = Log::new();
     log.server_key("primary", "AP", 16);
-    log.register(0, "sw1", report(&[("AP", 8), ("PEFV", 1)], &[("AP", 3)]));
+    log.register(
+        0,
+        "sw1",
+        report_of("sw1", &[("AP", 8), ("PEFV", 1)], &[("AP", 3)]),
+    );
     let bytes = log.table.snapshot();
     let mut other = LicenseTable::new(TableConfig::default());
     other.restore(&bytes).unwrap();
@@ -483,33 +607,45 @@ fn snapshot_survives_restore_and_refuses_garbage() {
 fn expiring_evaluation_keys_are_listed_soonest_first() {
     let mut log = Log::new();
     let now = 100 * DAY;
-    let eval = |ty: &str, count, at| Key {
-        license_type: t(ty),
-        count,
-        expires_at_ms: Some(at),
+    let eval = |owner: &str, ty: &str, count, at| {
+        let key = signed(&format!("{owner}-eval-{ty}"), &serial(owner), ty, count, Some(at));
+        verified(&key, &serial(owner))
     };
     log.server_key("primary", "AP", 16);
+    log.announce("backup");
     log.apply(Command::InstallServerKey {
         now_ms: now,
-        key_id: "eval-xsec".into(),
         server: "backup".into(),
-        key: eval("XSEC", 4, now + 5 * DAY),
+        key: eval("backup", "XSEC", 4, now + 5 * DAY),
+        by: Actor::Operator("alice".into()),
     })
     .unwrap();
     let report = ClientReport {
         keys: vec![
-            eval("AP", 2, now + DAY),
-            eval("PEFNG", 2, now + 40 * DAY),
-            eval("ACR", 1, now - 1),
+            eval("sw1", "AP", 2, now + DAY),
+            eval("sw1", "PEFNG", 2, now + 40 * DAY),
         ],
         ..ClientReport::default()
     };
-    log.register(now, "sw1", report);
+    log.register(now, "sw1", report.clone());
+    // A key already expired is not counted: the report is refused.
+    let mut late = report;
+    late.keys.push(eval("sw1", "ACR", 1, now - 1000));
+    assert_eq!(
+        log.heartbeat(now, "sw1", late),
+        Err(CommandError::KeyExpired("sw1-eval-ACR".into()))
+    );
 
     let soon = log.table.expiring(now, 7 * DAY);
     let listed: Vec<(String, String, u64)> = soon
         .iter()
-        .map(|w| (w.owner.clone(), w.key.license_type.to_string(), w.expires_in_ms))
+        .map(|w| {
+            (
+                w.owner.clone(),
+                w.key.key.license_type.to_string(),
+                w.expires_in_ms,
+            )
+        })
         .collect();
     assert_eq!(
         listed,
@@ -520,12 +656,12 @@ fn expiring_evaluation_keys_are_listed_soonest_first() {
     );
     assert_eq!(
         soon[0].to_string(),
-        "evaluation key AP x2 of client:sw1 expires in 1d 0h 0m"
+        "evaluation key \"sw1-eval-AP\" (AP x2) of client:sw1 expires in 1d 0h 0m"
     );
     // Once a key has stopped counting it is the sweep's business, not a warning.
     assert!(log
         .table
         .expiring(now + 6 * DAY, 7 * DAY)
         .iter()
-        .all(|w| w.key.license_type != t("XSEC")));
+        .all(|w| w.key.key.license_type != t("XSEC")));
 }

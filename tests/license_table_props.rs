@@ -1,11 +1,14 @@
-//! Property tests of the license table over random command sequences.
+//! Property tests of the license table over random command sequences:
+//! entries as any proposer might have written them (the request-level
+//! properties, through `request::command`, are in `license_requests_props`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cluster::StateMachine;
 use proptest::prelude::*;
 use vipool::table::{
-    ClientReport, Command, CommandError, Key, LicenseTable, LicenseType, Pool, PoolEntry, TableConfig,
+    Actor, ClientReport, Command, CommandError, Key, LicenseTable, LicenseType, Pool, PoolEntry, TableConfig,
+    VerifiedKey,
 };
 
 const IDS: [&str; 4] = ["sw1", "sw2", "sw3", ""];
@@ -29,14 +32,27 @@ fn id() -> impl Strategy<Value = String> {
     prop::sample::select(IDS.to_vec()).prop_map(str::to_owned)
 }
 
-fn key() -> impl Strategy<Value = Key> {
-    (license_type(), 0u32..20, prop::option::of(0u64..4_000)).prop_map(
-        |(license_type, count, expires_at_ms)| Key {
-            license_type,
-            count,
-            expires_at_ms,
-        },
+/// A verified key as an entry may carry it: a few key ids (so that the
+/// same id turns up in several places), bound to a client's serial
+/// ("SN"), another one, or a server's.
+fn key() -> impl Strategy<Value = VerifiedKey> {
+    (
+        0u8..6,
+        prop::sample::select(vec!["SN", "S2", "CV1", "CV2"]),
+        license_type(),
+        0u32..20,
+        prop::option::of(0u64..4_000),
     )
+        .prop_map(|(n, serial, license_type, count, expires_at_ms)| VerifiedKey {
+            key_id: format!("k{n}"),
+            issuer: "acme".into(),
+            serial: serial.into(),
+            key: Key {
+                license_type,
+                count,
+                expires_at_ms,
+            },
+        })
 }
 
 fn report() -> impl Strategy<Value = ClientReport> {
@@ -46,6 +62,10 @@ fn report() -> impl Strategy<Value = ClientReport> {
         prop::collection::btree_map(license_type(), 0u32..20, 0..3),
     )
         .prop_map(|(builtin, keys, used)| ClientReport { builtin, keys, used })
+}
+
+fn server() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["primary", "backup"])
 }
 
 /// A command with a time offset; times are made non-decreasing afterwards,
@@ -66,12 +86,17 @@ fn command() -> impl Strategy<Value = (u64, Command)> {
         3 => (dt.clone(), id(), license_type(), 0u32..12).prop_map(|(dt, id, license_type, count)| {
             (dt, Command::Release { now_ms: 0, id, license_type, count })
         }),
-        1 => id().prop_map(|id| (0, Command::RemoveClient { id })),
-        2 => (dt.clone(), 0u8..3, prop::sample::select(vec!["primary", "backup"]), key())
-            .prop_map(|(dt, n, server, key)| (dt, Command::InstallServerKey {
-                now_ms: 0, key_id: format!("k{n}"), server: server.into(), key,
+        1 => id().prop_map(|id| (0, Command::RemoveClient { id, by: Actor::Operator("op".into()) })),
+        1 => (server(), prop::sample::select(vec!["CV1", "CV2"])).prop_map(|(server, serial)| {
+            (0, Command::ServerSerial { server: server.into(), serial: serial.into() })
+        }),
+        3 => (dt.clone(), server(), key())
+            .prop_map(|(dt, server, key)| (dt, Command::InstallServerKey {
+                now_ms: 0, server: server.into(), key, by: Actor::Server(server.into()),
             })),
-        1 => (0u8..3).prop_map(|n| (0, Command::RemoveServerKey { key_id: format!("k{n}") })),
+        1 => (0u8..6).prop_map(|n| (0, Command::RemoveServerKey {
+            key_id: format!("k{n}"), by: Actor::Operator("op".into()),
+        })),
         2 => dt.prop_map(|dt| (dt, Command::Sweep { now_ms: 0 })),
     ]
 }
@@ -90,7 +115,9 @@ fn stamp(commands: Vec<(u64, Command)>) -> Vec<Command> {
                 | Command::Release { now_ms, .. }
                 | Command::InstallServerKey { now_ms, .. }
                 | Command::Sweep { now_ms } => *now_ms = now,
-                Command::RemoveClient { .. } | Command::RemoveServerKey { .. } => {}
+                Command::RemoveClient { .. }
+                | Command::RemoveServerKey { .. }
+                | Command::ServerSerial { .. } => {}
             }
             command
         })
@@ -106,7 +133,7 @@ fn stamped_at(command: &Command) -> Option<u64> {
         | Command::Release { now_ms, .. }
         | Command::InstallServerKey { now_ms, .. }
         | Command::Sweep { now_ms } => Some(*now_ms),
-        Command::RemoveClient { .. } | Command::RemoveServerKey { .. } => None,
+        Command::RemoveClient { .. } | Command::RemoveServerKey { .. } | Command::ServerSerial { .. } => None,
     }
 }
 
@@ -119,12 +146,18 @@ fn recomputed(table: &LicenseTable) -> Pool {
         .map(|t| (t.clone(), PoolEntry::default()))
         .collect();
     for server_key in table.state().server_keys.values() {
-        if poolable(&server_key.key.license_type) {
-            pool.get_mut(&server_key.key.license_type).unwrap().total += u64::from(server_key.key.count);
+        let key = &server_key.key.key;
+        if poolable(&key.license_type) {
+            pool.get_mut(&key.license_type).unwrap().total += u64::from(key.count);
         }
     }
     for client in table.state().clients.values() {
-        for key in client.keys.iter().filter(|k| poolable(&k.license_type)) {
+        for key in client
+            .keys
+            .iter()
+            .map(|k| &k.key)
+            .filter(|k| poolable(&k.license_type))
+        {
             pool.get_mut(&key.license_type).unwrap().total += u64::from(key.count);
         }
         for (t, n) in client.used.iter().filter(|(t, _)| poolable(t)) {
@@ -132,6 +165,52 @@ fn recomputed(table: &LicenseTable) -> Pool {
         }
     }
     pool
+}
+
+/// Every key id is counted once, each key is bound to whoever holds it,
+/// and a server key to its server's serial.
+fn keys_are_sound(table: &LicenseTable) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    let state = table.state();
+    for (id, k) in &state.server_keys {
+        if id != &k.key.key_id || !seen.insert(id.clone()) {
+            return Err(format!("server key {id} counted twice"));
+        }
+        if state.servers.get(&k.server).map(|s| &s.serial) != Some(&k.key.serial) {
+            return Err(format!("server key {id} not bound to {}'s serial", k.server));
+        }
+    }
+    for client in state.clients.values() {
+        for k in &client.keys {
+            if !seen.insert(k.key_id.clone()) {
+                return Err(format!("key {} counted twice", k.key_id));
+            }
+            if k.serial != client.serial {
+                return Err(format!("key {} of {} bound to {}", k.key_id, client.id, k.serial));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// S3: a command that raised what is used of a type left it within the
+/// total; over-subscription only ever comes from contributions shrinking.
+fn s3(before: &Pool, after: &Pool) -> Result<(), String> {
+    for (t, a) in after {
+        let b = before.get(t).copied().unwrap_or_default();
+        if a.used > b.used && a.used > a.total {
+            return Err(format!(
+                "{t}: used rose {} -> {} past total {}",
+                b.used, a.used, a.total
+            ));
+        }
+        if a.used > a.total && a.total >= b.total && !b.over_subscribed() {
+            return Err(format!(
+                "{t}: over-subscribed without a contribution shrinking: {b:?} -> {a:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn run(commands: &[Command]) -> (LicenseTable, Vec<Result<vipool::table::Reply, CommandError>>) {
@@ -155,6 +234,8 @@ proptest! {
             let before = table.clone();
             let result = table.apply(i as u64 + 1, command.clone());
             prop_assert_eq!(table.pool(), &recomputed(&table), "after {}", shown);
+            prop_assert_eq!(keys_are_sound(&table), Ok(()), "after {}", shown);
+            prop_assert_eq!(s3(before.pool(), table.pool()), Ok(()), "after {}", shown);
             match result {
                 Err(_) => {
                     // A refused command changes nothing but the applied index.

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::{in_netns, lab_available, wait_for, Host, Lab, Speaker};
 use vipool::client::{ClientError, Connection};
-use vipool::proto::{ServerError, TableDump};
-use vipool::table::{ClientReport, LicenseType};
+use vipool::proto::{ServerError, SwitchReport, TableDump};
+use vipool::table::LicenseType;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const CLIENT_PORT: u16 = 4333;
@@ -45,6 +45,7 @@ fn node_config(
         })
         .collect();
     let data = lab.dir().join(format!("{name}-data"));
+    let license = lab.server_license(name, 100_000);
     let text = format!(
         r#"
 [node]
@@ -52,6 +53,7 @@ name = "{name}"
 id = {id}
 cluster_id = 7
 data_dir = "{data}"
+{serial}
 
 [vrrp]
 interface = "eth0"
@@ -72,13 +74,15 @@ request_timeout_ms = 2000
 [license]
 client_port = {CLIENT_PORT}
 operator_listen = "{addr}:{OPERATOR_PORT}"
-keys = {{ AP = 100000 }}
+{license_lines}
 heartbeat_interval_ms = 2000
 sweep_interval_ms = 500
 
 {tls}"#,
         data = data.display(),
         tls = lab.tls_section(name),
+        serial = license.serial,
+        license_lines = license.lines,
         peers = peers.join(", "),
         addr = host.addr,
     );
@@ -216,7 +220,7 @@ fn prober(
                 if !registered {
                     match tokio::time::timeout(
                         Duration::from_secs(3),
-                        c.register(id, "PROBE", "1", ClientReport::default()),
+                        c.register(id, "PROBE", "1", SwitchReport::default()),
                     )
                     .await
                     {
@@ -562,7 +566,7 @@ fn own_address_and_backup_refuse_with_the_vip() {
             let mut out = Vec::new();
             for (addr, port) in targets {
                 let r = match Connection::connect((addr, port), &tls).await {
-                    Ok(mut conn) => conn.register("probe", "P", "1", ClientReport::default()).await,
+                    Ok(mut conn) => conn.register("probe", "P", "1", SwitchReport::default()).await,
                     Err(e) => Err(e),
                 };
                 out.push(((addr, port), r.map(|_| ()).map_err(|e| e.to_string())));

@@ -50,7 +50,7 @@ use common::{in_netns, inject, lab_available, wait_for, Host, Speaker};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vipool::proto::TableDump;
-use vipool::table::{Command, Key};
+use vipool::table::{Actor, Command, Key, VerifiedKey};
 use vrrp::wire::{self, Checksum, Repr, Version};
 
 /// One lab at a time (see the module docs).
@@ -494,23 +494,39 @@ fn frame(m: &Message) -> Vec<u8> {
     encode_frame(PROTOCOL_VERSION, CLUSTER_ID, m)
 }
 
-/// What the attacker's commands say: a server key of a million APs, the
-/// removal of a real switch and of the backup's key.
+/// What the attacker's commands say: a server "ghost" (its serial first,
+/// as a server announces it, so that the table would take its key) with a
+/// key of a million APs, the removal of a real switch and of the backup's
+/// key.
 fn attacker_commands() -> Vec<Command> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
+    let ghost = Actor::Operator("ghost".into());
     vec![
+        Command::ServerSerial {
+            server: "ghost".into(),
+            serial: "GHOST".into(),
+        },
         Command::InstallServerKey {
             now_ms,
-            key_id: "ghost".into(),
             server: "ghost".into(),
-            key: Key::permanent("AP", 1_000_000),
+            key: VerifiedKey {
+                key_id: "ghost".into(),
+                issuer: "ghost".into(),
+                serial: "GHOST".into(),
+                key: Key::permanent("AP", 1_000_000),
+            },
+            by: ghost.clone(),
         },
-        Command::RemoveClient { id: "sw-0001".into() },
+        Command::RemoveClient {
+            id: "sw-0001".into(),
+            by: ghost.clone(),
+        },
         Command::RemoveServerKey {
             key_id: "backup-AP".into(),
+            by: ghost,
         },
     ]
 }

@@ -20,8 +20,7 @@ use cluster::transport::{encode_release_frame, PROTOCOL_VERSION};
 use common::{in_netns, lab_available, vipool_bin, wait_for, Host, Lab};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vipool::client::Connection;
-use vipool::proto::TableDump;
-use vipool::table::ClientReport;
+use vipool::proto::{SwitchReport, TableDump};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const CLIENT_PORT: u16 = 4333;
@@ -41,6 +40,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// so its applied index tells whether anything was applied.
 fn node_config(lab: &Lab, me: (&Host, u64, &str, u8), primary: &Host, backup: &Host) -> String {
     let (host, id, name, priority) = me;
+    let license = lab.server_license(name, 16);
     let text = format!(
         r#"
 [node]
@@ -48,6 +48,7 @@ name = "{name}"
 id = {id}
 cluster_id = {CLUSTER_ID}
 data_dir = "{data}"
+{serial}
 
 [vrrp]
 interface = "eth0"
@@ -70,13 +71,15 @@ request_timeout_ms = 2000
 [license]
 client_port = {CLIENT_PORT}
 operator_listen = "{me}:{OPERATOR_PORT}"
-keys = {{ AP = 16 }}
+{license_lines}
 heartbeat_interval_ms = 60000
 sweep_interval_ms = 3600000
 
 {tls}"#,
         data = lab.dir().join(format!("{name}-data")).display(),
         tls = lab.tls_section(name),
+        serial = license.serial,
+        license_lines = license.lines,
         me = host.addr,
         primary = primary.addr,
         backup = backup.addr,
@@ -107,7 +110,7 @@ fn register(from: &Host, id: &'static str) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
             tokio::time::timeout(
                 Duration::from_secs(5),
-                conn.register(id, "SERIAL", "1", ClientReport::default()),
+                conn.register(id, "SERIAL", "1", SwitchReport::default()),
             )
             .await
             .map_err(|_| "register timed out".to_string())?
@@ -191,9 +194,16 @@ fn a_peer_of_another_release_is_refused_and_the_node_keeps_serving() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     register(&switch, "sw-before").expect("a client registers through the VIP");
-    // Its own keys and the client are in: the table is settled.
-    let settled =
-        |d: &TableDump| !d.state.server_keys.is_empty() && d.state.clients.contains_key("sw-before");
+    // Both servers' serials and keys and the client are in: the table is
+    // settled (each server announces its serial and installs its keys in
+    // its own time; the backup's may land after the primary's).
+    let settled = |d: &TableDump| {
+        ["primary-AP", "backup-AP"]
+            .iter()
+            .all(|k| d.state.server_keys.contains_key(*k))
+            && d.state.servers.len() == 2
+            && d.state.clients.contains_key("sw-before")
+    };
     assert!(wait_for(WAIT, || show(&switch, a.addr).is_ok_and(|d| settled(&d))));
     let before = show(&switch, a.addr).expect("show before");
     assert!(before.status.warnings.is_empty(), "{:?}", before.status.warnings);

@@ -153,6 +153,27 @@ fi
 "$BIN" pki operator --dir "$VIPOOL_PKI" --name lab-operator >/dev/null || { fail "vipool pki operator failed"; finish; }
 say "pki: the pair's CA and member certificates in $VIPOOL_PKI (vipool pki)"
 
+# ---------------------------------------------------------------- license keys
+
+# The lab issuer and each server's keys bound to its serial (node.serial
+# in the configurations), mounted read-only as /etc/vipool/license: a
+# server holds licenses only through keys an issuer it trusts signed. The
+# issuer's secret key stays here, off the servers.
+export VIPOOL_LICENSE="$WORK/license"
+"$BIN" license keygen --name lab --out "$WORK/issuer" >/dev/null || { fail "vipool license keygen failed"; finish; }
+mkdir -p "$VIPOOL_LICENSE"
+cp "$WORK/issuer/lab.pub" "$VIPOOL_LICENSE/lab.pub"
+for m in primary:CTR-PRIMARY backup:CTR-BACKUP; do
+    for tc in AP:64 PEFNG:16 XSEC:16; do
+        "$BIN" license issue --issuer "$WORK/issuer/lab.key" --serial "${m#*:}" \
+            --type "${tc%%:*}" --count "${tc##*:}" --key-id "${m%%:*}-${tc%%:*}" 2>/dev/null ||
+            { fail "vipool license issue for ${m%%:*} failed"; finish; }
+    done >"$VIPOOL_LICENSE/${m%%:*}.keys"
+done
+# Readable by the containers' user whatever this host's umask.
+chmod 0755 "$VIPOOL_LICENSE" && chmod 0644 "$VIPOOL_LICENSE"/*
+say "license: issuer lab and the servers' keys (64 AP, 16 PEFNG, 16 XSEC each) in $VIPOOL_LICENSE (vipool license)"
+
 # ---------------------------------------------------------------- image
 
 mkdir "$WORK/context"

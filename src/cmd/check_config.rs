@@ -1,14 +1,17 @@
 //! `vipool check-config FILE`: load and validate a node or witness
-//! configuration and the TLS files it names, then print it with every
-//! default filled in (like `keepalived -t`). Exits 0 when the node could
-//! start with it; otherwise prints every problem, each naming its field or
-//! file, and exits non-zero.
+//! configuration and the files it names (the TLS files; on a server the
+//! trusted issuers and its key files, every key verified: issuer trusted,
+//! signature, bound to `node.serial`, not expired), then print it with
+//! every default filled in (like `keepalived -t`). Exits 0 when the node
+//! could start with it; otherwise prints every problem, each naming its
+//! field or file (and line), and exits non-zero.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use vipool::config::AnyConfig;
+use vipool::config::{AnyConfig, Config};
+use vipool::license::format_utc;
 
 /// Options of `vipool check-config`.
 #[derive(Debug, ClapArgs)]
@@ -18,8 +21,9 @@ pub struct Args {
     /// Only check: print nothing when the file is usable.
     #[arg(long, short)]
     quiet: bool,
-    /// Check the file alone, not the certificate and key it names (for
-    /// example configurations checked away from their hosts).
+    /// Check the file alone, not the certificate, key, issuers and key
+    /// files it names (for example configurations checked away from their
+    /// hosts).
     #[arg(long)]
     syntax_only: bool,
 }
@@ -59,6 +63,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        if let AnyConfig::Server(server) = &config {
+            match license_keys(server) {
+                Ok(mut notes) => warnings.append(&mut notes),
+                Err(problems) => {
+                    eprintln!("{path}: configuration refused:\n{}", problems.join("\n"));
+                    std::process::exit(1);
+                }
+            }
+        }
     }
     if !args.quiet {
         let mut out = std::io::stdout().lock();
@@ -77,4 +90,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// Loads the trusted issuers and the key files and verifies every key as
+/// the node will: problems (an untrusted issuer, a bad signature, another
+/// serial, an expired key) refuse the file; a key valid only from a later
+/// date is a warning.
+fn license_keys(config: &Config) -> Result<Vec<String>, Vec<String>> {
+    let (_, keys) = config
+        .load_server_keys()
+        .map_err(|e| e.problems().iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let now_ms = vipool::server::now_ms();
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    for entry in &keys {
+        let at = format!(
+            "{}, line {}: license key {}",
+            entry.path.display(),
+            entry.line,
+            entry.key.key_id
+        );
+        if entry.key.is_expired(now_ms) {
+            let expired = entry.key.key.expires_at_ms.unwrap_or_default() / 1000;
+            problems.push(format!(
+                "license.key_files: {at} expired at {}: it no longer counts; remove the line",
+                format_utc(expired)
+            ));
+        } else if now_ms < entry.not_before_ms {
+            warnings.push(format!(
+                "# warning: {at} counts only from {}",
+                format_utc(entry.not_before_ms / 1000)
+            ));
+        }
+    }
+    if problems.is_empty() {
+        if keys.is_empty() {
+            warnings.push("# warning: no license keys: this server adds nothing to the pool".into());
+        }
+        Ok(warnings)
+    } else {
+        Err(problems)
+    }
 }

@@ -5,8 +5,10 @@
 //! can count what the server acknowledged.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +16,7 @@ use tracing::info;
 use vipool::switch::{self, SwitchConfig};
 use vipool::table::LicenseType;
 
-use super::license_args::{keys, parse_counts, terminated};
+use super::license_args::{parse_counts, terminated};
 use super::tls_args::Creds;
 
 /// Options of `vipool client`.
@@ -26,12 +28,14 @@ pub struct Args {
     /// Client id (with --count, the prefix of `ID-0001`, `ID-0002`, ...).
     #[arg(long)]
     id: String,
-    /// Serial number (default SIM-ID).
+    /// Serial number (default SIM-ID; with --count, SERIAL-0001, ...).
     #[arg(long)]
     serial: Option<String>,
-    /// Keys installed on the switch, e.g. AP=16,PEFNG=16.
-    #[arg(long, value_parser = parse_counts, default_value = "")]
-    installed: BTreeMap<LicenseType, u32>,
+    /// License keys installed on the switch: a file of key lines (`vipool
+    /// license issue` prints them). Each switch presents the keys bound to
+    /// its serial; only keys of an issuer the server trusts count.
+    #[arg(long)]
+    keys: Option<PathBuf>,
     /// Built-in (factory) licenses, e.g. AP=16.
     #[arg(long, value_parser = parse_counts, default_value = "")]
     builtin: BTreeMap<LicenseType, u32>,
@@ -139,6 +143,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         in_use.insert(LicenseType::new("AP"), args.aps);
     }
     let tls = SwitchTls::new(&args)?;
+    let keys = match &args.keys {
+        Some(path) => {
+            vipool::license::load_key_file(path).with_context(|| format!("--keys {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
     let shutdown = CancellationToken::new();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(args.count);
@@ -156,7 +166,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 format!("{serial}-{:04}", n + 1)
             };
         }
-        config.keys = keys(&args.installed);
+        config.keys = keys
+            .iter()
+            .filter(|k| k.serial() == config.serial)
+            .cloned()
+            .collect();
         config.builtin = args.builtin.clone();
         config.in_use = in_use.clone();
         config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(1));

@@ -207,7 +207,7 @@ fn verify(key: &str, issuers: &[PathBuf], serial: Option<&str>) -> anyhow::Resul
 }
 
 /// The keys KEY names: one line, `-` for standard input, `@FILE`.
-fn read_keys(arg: &str) -> anyhow::Result<Vec<SignedKey>> {
+pub fn read_keys(arg: &str) -> anyhow::Result<Vec<SignedKey>> {
     let keys = if arg == "-" {
         let mut text = String::new();
         std::io::stdin()

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use tokio::signal::unix::{signal, SignalKind};
-use vipool::table::{Key, LicenseType};
+use vipool::table::LicenseType;
 
 /// Parses `AP=16,PEFNG=16` (case-insensitive types) into counts per type.
 pub fn parse_counts(s: &str) -> Result<BTreeMap<LicenseType, u32>, String> {
@@ -27,15 +27,6 @@ pub fn parse_type(s: &str) -> Result<LicenseType, String> {
         return Err("empty license type".into());
     }
     Ok(LicenseType::new(s))
-}
-
-/// One permanent key per type of `counts`.
-pub fn keys(counts: &BTreeMap<LicenseType, u32>) -> Vec<Key> {
-    counts
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(t, n)| Key::permanent(t.clone(), *n))
-        .collect()
 }
 
 /// Resolves on SIGINT or SIGTERM, with the signal's name.

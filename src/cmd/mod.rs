@@ -7,6 +7,7 @@ pub mod license;
 mod license_args;
 pub mod logging;
 pub mod node;
+pub mod operator;
 pub mod pki;
 mod reload;
 pub mod serve;

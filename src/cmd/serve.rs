@@ -16,10 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use vipool::server::request::RequestLimits;
 use vipool::server::{now_ms, Applier, LocalApplier, Port, Server, ServerConfig};
-use vipool::table::{Command, Key, LicenseTable, LicenseType, TableConfig, TypeKind};
+use vipool::table::{Actor, Command, LicenseTable, LicenseType, TableConfig, TypeKind};
 
-use super::license_args::{parse_counts, parse_type, terminated};
+use super::license_args::{parse_type, terminated};
 
 /// Options of `vipool serve`.
 #[derive(Debug, ClapArgs)]
@@ -50,9 +51,23 @@ pub struct Args {
     /// This node's name.
     #[arg(long, default_value = "vipool")]
     node: String,
-    /// Keys installed on this server at start, e.g. AP=16,PEFNG=16,XSEC=16.
-    #[arg(long, value_parser = parse_counts, default_value = "")]
-    keys: BTreeMap<LicenseType, u32>,
+    /// This server's serial: its keys must be bound to it (required with --key-file).
+    #[arg(long)]
+    serial: Option<String>,
+    /// A trust file of issuers whose keys count (NAME.pub); repeat it for several.
+    #[arg(long = "issuer")]
+    issuers: Vec<PathBuf>,
+    /// A file of this server's key lines, installed at start if they
+    /// verify and are valid; repeat it for several.
+    #[arg(long = "key-file")]
+    key_files: Vec<PathBuf>,
+    /// Most clients one source address may hold in the table.
+    #[arg(long, default_value_t = RequestLimits::default().max_clients_per_source)]
+    max_clients_per_source: u32,
+    /// Registrations per second one source address may make (beyond a
+    /// burst of --max-clients-per-source).
+    #[arg(long, default_value_t = RequestLimits::default().registrations_per_s_per_source)]
+    registrations_per_s_per_source: u32,
     /// Poolable license types.
     #[arg(long, value_delimiter = ',', value_parser = parse_type, default_value = "AP,PEFNG,RFPROTECT,XSEC,ACR")]
     poolable: Vec<LicenseType>,
@@ -96,18 +111,41 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         missed_heartbeats_down: args.missed_heartbeats,
         silence_remove_ms: args.silence_remove_s.saturating_mul(1000),
     };
+    anyhow::ensure!(
+        args.key_files.is_empty() || args.serial.is_some(),
+        "--key-file needs --serial: keys are bound to the server's serial"
+    );
+    let serial = args.serial.clone().unwrap_or_default();
+    let (trusted, keys) = vipool::license::load_server_keys(&args.issuers, &args.key_files, &serial)
+        .map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("license keys refused:\n{}", lines.join("\n"))
+        })?;
     let applier = Arc::new(LocalApplier::new(LicenseTable::new(table_config)));
-    for (license_type, count) in &args.keys {
-        let command = Command::InstallServerKey {
-            now_ms: now_ms(),
-            key_id: format!("{}-{license_type}", args.node),
+    if let Some(serial) = &args.serial {
+        let announce = Command::ServerSerial {
             server: args.node.clone(),
-            key: Key::permanent(license_type.clone(), *count),
+            serial: serial.clone(),
+        };
+        applier.propose(announce).await?.context("announcing --serial")?;
+    }
+    let now = now_ms();
+    for entry in keys {
+        if !entry.counts_at(now) {
+            tracing::warn!(key_id = %entry.key.key_id, "key not installed: expired, or not valid yet");
+            continue;
+        }
+        let key_id = entry.key.key_id.clone();
+        let command = Command::InstallServerKey {
+            now_ms: now,
+            server: args.node.clone(),
+            key: entry.key,
+            by: Actor::Server(args.node.clone()),
         };
         applier
             .propose(command)
             .await?
-            .with_context(|| format!("installing {license_type}={count}"))?;
+            .with_context(|| format!("installing key {key_id}"))?;
     }
     let tls = if args.insecure_plaintext {
         None
@@ -138,6 +176,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sweep_interval: Duration::from_millis(args.sweep_interval_ms.max(1)),
         expiry_warning: Duration::from_secs(args.expiry_warning_s),
         tls,
+        trusted,
+        limits: RequestLimits {
+            max_clients_per_source: args.max_clients_per_source.max(1),
+            registrations_per_s_per_source: args.registrations_per_s_per_source.max(1),
+        },
         ..ServerConfig::default()
     };
     let server = Server::new(applier, config, serving, shutdown.clone());

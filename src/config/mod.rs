@@ -1,10 +1,12 @@
 //! The node configuration: one TOML file per host.
 //!
 //! A server (`vipool node --config node.toml`) has four sections:
-//! `[node]` (who it is), `[vrrp]` (the virtual router that owns the VIP),
-//! `[cluster]` (the raft members) and `[license]` (the license service). A
-//! witness (`vipool witness --config witness.toml`) has only `[node]` and
-//! `[cluster]`: it never holds the VIP and never answers clients.
+//! `[node]` (who it is, with its serial number), `[vrrp]` (the virtual
+//! router that owns the VIP), `[cluster]` (the raft members) and
+//! `[license]` (the license service: the issuers it trusts, its signed key
+//! files, the types and timers). A witness (`vipool witness --config
+//! witness.toml`) has only `[node]` and `[cluster]`: it never holds the VIP
+//! and never answers clients.
 //!
 //! Loading checks every field and every rule that ties fields together, and
 //! reports every problem at once, each naming its field, saying what is wrong
@@ -21,6 +23,7 @@
 //!     name = "primary"
 //!     id = 1
 //!     cluster_id = 7
+//!     serial = "CV0012345"
 //!
 //!     [vrrp]
 //!     interface = "eth0"
@@ -35,7 +38,8 @@
 //!     ]
 //!
 //!     [license]
-//!     keys = { AP = 16, PEFNG = 16 }
+//!     issuers = ["/etc/vipool/issuers/acme.pub"]
+//!     key_files = ["/etc/vipool/keys/primary.keys"]
 //! "#
 //! .parse()
 //! .unwrap();
@@ -43,6 +47,7 @@
 //! assert_eq!(config.license.heartbeat_interval_ms, 30_000);
 //! assert_eq!(config.speaker_config().vrrp.priority, 200);
 //! assert_eq!(config.license.operator_listen.unwrap().to_string(), "127.0.0.1:4334");
+//! assert_eq!(config.serial(), "CV0012345");
 //! ```
 
 use std::fmt;

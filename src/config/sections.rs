@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use vrrp::proto::V3Checksum;
 use vrrp::sys::GarpConfig;
 
+use crate::server::request::RequestLimits;
 use crate::server::ServerConfig;
 use crate::table::{TableConfig, DEFAULT_POOLABLE, DEFAULT_SWITCH_SPECIFIC};
 
@@ -21,9 +22,18 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// This node's name (letters, digits, `.`, `_`, `-`; at most 63): shown
-    /// in logs and status, and the server its `license.keys` are installed
+    /// in logs and status, and the server its license keys are installed
     /// under. Must be the name of its entry in `cluster.peers`.
     pub name: String,
+    /// This server's serial number, as its license keys name it (1 to 64
+    /// printable ASCII characters without spaces, e.g. "CV0012345").
+    /// Required on a server: its key files' keys must be bound to it, and
+    /// the server announces it in the table so that an operator's key for
+    /// it can be checked on whichever node holds the VIP. A replaced server
+    /// has a new serial, and its keys are issued anew for it (SPEC §5). A
+    /// witness has no keys and needs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
     /// This node's raft id (non-zero); its entry in `cluster.peers` has this id.
     /// Never reuse the id of a node that was replaced.
     pub id: u64,
@@ -353,9 +363,11 @@ impl fmt::Display for Role {
     }
 }
 
-/// `[license]`: the license service. Everything but `keys`, `client_port`
-/// and `operator_listen` decides how the replicated table behaves and must
-/// be the same on both servers.
+/// `[license]`: the license service. The license types and the client
+/// timers decide how the replicated table behaves and must be the same on
+/// both servers; so should `issuers` (a switch's keys must count whichever
+/// server holds the VIP). `key_files`, the ports and the per-source limits
+/// are each server's own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LicenseSection {
@@ -369,10 +381,28 @@ pub struct LicenseSection {
     /// hosts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operator_listen: Option<SocketAddr>,
-    /// Keys installed on this server: licenses per type, e.g.
-    /// `{ AP = 16, PEFNG = 16 }`. Types are case-insensitive and must be
-    /// listed in `poolable` or `switch_specific`.
-    pub keys: BTreeMap<String, u32>,
+    /// The issuers whose license keys count here: trust files
+    /// (`NAME.pub`, as `vipool license keygen` writes them; absolute
+    /// paths), e.g. `["/etc/vipool/issuers/acme.pub"]`. A key counts only
+    /// if one of them signed it (SPEC S7). Default: none, and then no key
+    /// counts, the servers' nor the switches'.
+    pub issuers: Vec<PathBuf>,
+    /// This server's own license keys: files of key lines (`vipool license
+    /// issue` prints them; absolute paths), e.g.
+    /// `["/etc/vipool/keys/primary.keys"]`. Every key must be signed by one
+    /// of `issuers` and bound to `node.serial`; the server keeps its keys in
+    /// the table equal to those that are valid now. Plain license counts
+    /// are not keys: there is no other way to give a server licenses.
+    pub key_files: Vec<PathBuf>,
+    /// Most clients the table may hold whose address is the same source
+    /// address, and the burst of registrations one address may make at
+    /// once (after a failover all its clients re-register). Default 64: a
+    /// rack of switches behind one NAT address fits, one host cannot fill
+    /// the table. Raise it for simulated switches run from one host.
+    pub max_clients_per_source: u32,
+    /// Registrations per second one source address may make beyond that
+    /// burst (default 16).
+    pub registrations_per_s_per_source: u32,
     /// License types shared through the pool (default AP, PEFNG, RFPROTECT, XSEC, ACR).
     pub poolable: Vec<String>,
     /// License types that license one switch only, never pooled (default PEFV, WEBCC).
@@ -417,10 +447,14 @@ impl Default for LicenseSection {
     fn default() -> Self {
         let table = TableConfig::default();
         let server = ServerConfig::default();
+        let limits = RequestLimits::default();
         Self {
             client_port: DEFAULT_CLIENT_PORT,
             operator_listen: None,
-            keys: BTreeMap::new(),
+            issuers: Vec::new(),
+            key_files: Vec::new(),
+            max_clients_per_source: limits.max_clients_per_source,
+            registrations_per_s_per_source: limits.registrations_per_s_per_source,
             poolable: DEFAULT_POOLABLE.iter().map(|t| t.to_string()).collect(),
             switch_specific: DEFAULT_SWITCH_SPECIFIC.iter().map(|t| t.to_string()).collect(),
             heartbeat_interval_ms: table.heartbeat_interval_ms,

@@ -6,13 +6,16 @@ use std::time::Duration;
 use vrrp::sys::GarpConfig;
 
 use super::*;
-use crate::table::{Command, Key, TableConfig};
+use crate::license::{IssuerKey, KeyStatement};
+use crate::server::request::RequestLimits;
+use crate::table::TableConfig;
 
 const PRIMARY: &str = r#"
         [node]
         name = "primary"
         id = 1
         cluster_id = 7
+        serial = "CV0012345"
 
         [vrrp]
         interface = "eth0"
@@ -28,7 +31,8 @@ const PRIMARY: &str = r#"
         ]
 
         [license]
-        keys = { AP = 16, pefng = 16 }
+        issuers = ["/etc/vipool/issuers/acme.pub"]
+        key_files = ["/etc/vipool/keys/primary.keys"]
     "#;
 
 const WITNESS: &str = r#"
@@ -143,8 +147,10 @@ fn defaults_follow_the_spec() {
     // The operator endpoint is on loopback unless opened.
     assert_eq!(l.operator_listen, Some("127.0.0.1:4334".parse().unwrap()));
     assert_eq!(c.vrrp.peer_address, Some(Ipv4Addr::new(192, 0, 2, 12)));
-    // Key types are normalized like the table normalizes them.
-    assert_eq!(l.keys.keys().collect::<Vec<_>>(), ["AP", "PEFNG"]);
+    assert_eq!(l.max_clients_per_source, 64);
+    assert_eq!(l.registrations_per_s_per_source, 16);
+    assert_eq!(c.serial(), "CV0012345");
+    assert_eq!(l.key_files, [Path::new("/etc/vipool/keys/primary.keys")]);
 }
 
 #[test]
@@ -164,22 +170,9 @@ fn converts_to_the_parts() {
     assert_eq!(server.node, "primary");
     assert_eq!(server.vip, Some("192.0.2.100".parse().unwrap()));
     assert_eq!(c.client_address().to_string(), "192.0.2.100:4333");
-    assert_eq!(c.server_keys().len(), 2);
-    match &c.server_key_commands(5)[0] {
-        Command::InstallServerKey {
-            now_ms,
-            key_id,
-            server,
-            key,
-        } => {
-            assert_eq!(
-                (*now_ms, key_id.as_str(), server.as_str()),
-                (5, "primary-AP", "primary")
-            );
-            assert_eq!(key, &Key::permanent("AP", 16));
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(server.limits, RequestLimits::default());
+    // Read from files when the node starts: none in the configuration itself.
+    assert!(server.trusted.is_empty());
     assert_eq!(c.cluster.initial_voters(), [1, 2, 3]);
     assert_eq!(
         c.cluster.peers_except(1).keys().copied().collect::<Vec<_>>(),
@@ -588,13 +581,46 @@ fn master_down_interval_must_exceed_two_election_timeouts() {
 
 #[test]
 fn license_problems_name_their_field() {
-    refused("license", "keys = { AP = 0 }", "license.keys.AP");
-    let shown = refused("license", "keys = { FOO = 3 }", "license.keys.FOO");
-    assert!(shown.contains("license.poolable"), "{shown}");
-    let dup = problems(&edit(PRIMARY, "license", "keys = { AP = 1, ap = 2 }"));
+    // Plain counts are not keys: the old field is refused by name.
+    let err = edit(PRIMARY, "license", "keys = { AP = 16 }")
+        .parse::<Config>()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `keys`"), "{err}");
+    let no_serial = PRIMARY.replace("        serial = \"CV0012345\"\n", "");
+    let p = problems(&no_serial);
     assert!(
-        dup.iter().any(|p| p.field.starts_with("license.keys.")),
-        "{dup:?}"
+        p.iter()
+            .any(|p| p.field == "node.serial" && p.message.contains("serial number")),
+        "{p:?}"
+    );
+    refused("node", "serial = \"CV 1\"", "node.serial");
+    refused("node", &format!("serial = \"{}\"", "S".repeat(65)), "node.serial");
+    refused("license", "issuers = [\"acme.pub\"]", "license.issuers[0]");
+    refused(
+        "license",
+        "key_files = [\"/k\", \"keys/primary.keys\"]",
+        "license.key_files[1]",
+    );
+    refused("license", "key_files = [\"/k\", \"/k\"]", "license.key_files[1]");
+    let shown = refused("license", "issuers = []", "license.issuers");
+    assert!(shown.contains("none would count"), "{shown}");
+    edit(
+        &edit(PRIMARY, "license", "issuers = []"),
+        "license",
+        "key_files = []",
+    )
+    .parse::<Config>()
+    .unwrap();
+    refused(
+        "license",
+        "max_clients_per_source = 0",
+        "license.max_clients_per_source",
+    );
+    refused(
+        "license",
+        "registrations_per_s_per_source = 0",
+        "license.registrations_per_s_per_source",
     );
     refused("license", "poolable = [\"AP\", \"ap\"]", "license.poolable[1]");
     refused(
@@ -641,6 +667,68 @@ fn license_problems_name_their_field() {
     let fast = edit(PRIMARY, "license", "heartbeat_interval_ms = 50");
     let fast = edit(&fast, "license", "silence_remove_s = 1");
     fast.parse::<Config>().unwrap();
+}
+
+#[test]
+fn server_keys_load_verified_and_every_problem_names_its_field_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = IssuerKey::from_secret_bytes("acme", &[7; 32]).unwrap();
+    let issuers = dir.path().join("acme.pub");
+    std::fs::write(&issuers, format!("{}\n", acme.trusted())).unwrap();
+    let key = |id: &str, serial: &str| {
+        acme.sign(KeyStatement {
+            key_id: id.into(),
+            license_type: "AP".into(),
+            count: 16,
+            serial: serial.into(),
+            not_before: 1_700_000_000,
+            expires: None,
+            issuer: "acme".into(),
+        })
+        .unwrap()
+    };
+    let keys = dir.path().join("primary.keys");
+    std::fs::write(&keys, format!("# ours\n{}\n", key("p-ap", "CV0012345"))).unwrap();
+    let text = edit(
+        PRIMARY,
+        "license",
+        &format!("issuers = [{:?}]", issuers.display().to_string()),
+    );
+    let text = edit(
+        &text,
+        "license",
+        &format!("key_files = [{:?}]", keys.display().to_string()),
+    );
+    let c: Config = text.parse().unwrap();
+    let (trusted, loaded) = c.load_server_keys().unwrap();
+    assert_eq!(trusted.names().collect::<Vec<_>>(), ["acme"]);
+    assert_eq!(loaded.len(), 1);
+    assert_eq!((loaded[0].key.key_id.as_str(), loaded[0].line), ("p-ap", 2));
+
+    // The backup's key in the primary's file, and an issuer file that is not there.
+    std::fs::write(
+        &keys,
+        format!("{}\n{}\n", key("p-ap", "CV0012345"), key("b-ap", "CV2")),
+    )
+    .unwrap();
+    let text = edit(
+        &text,
+        "license",
+        &format!(
+            "issuers = [{:?}, \"/nonexistent/globex.pub\"]",
+            issuers.display().to_string()
+        ),
+    );
+    let c: Config = text.parse().unwrap();
+    let err = c.load_server_keys().unwrap_err();
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["license.issuers[1]", "license.key_files[0]"], "{err}");
+    let shown = err.problems()[1].to_string();
+    assert!(
+        shown.starts_with(&format!("license.key_files[0]: {}, line 2: ", keys.display())),
+        "{shown}"
+    );
+    assert!(shown.contains("bound to serial \"CV2\""), "{shown}");
 }
 
 #[test]

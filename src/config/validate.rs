@@ -9,9 +9,11 @@ use vrrp::proto::{Config as VrrpConfig, ConfigError as VrrpError, Instance};
 use vrrp::sys::{GarpConfig, SpeakerConfig};
 use vrrp::wire::{Auth, Version};
 
+use crate::license::{load_server_keys, ServerKeyEntry, ServerKeysError, TrustedIssuers};
 use crate::proto::frame;
+use crate::server::request::RequestLimits;
 use crate::server::ServerConfig;
-use crate::table::{Command, Key, LicenseType, TableConfig, TypeKind};
+use crate::table::{limits, LicenseType, TableConfig, TypeKind};
 
 use super::*;
 
@@ -171,6 +173,12 @@ impl Config {
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),
             // The node adds its certificate (see `node::run`).
             tls: None,
+            // Read from files: `Config::load_server_keys` gives them.
+            trusted: TrustedIssuers::new(),
+            limits: RequestLimits {
+                max_clients_per_source: l.max_clients_per_source,
+                registrations_per_s_per_source: l.registrations_per_s_per_source,
+            },
         }
     }
 
@@ -195,27 +203,40 @@ impl Config {
         }
     }
 
-    /// This server's keys as permanent [`Key`]s, one per type.
-    pub fn server_keys(&self) -> Vec<Key> {
-        self.license
-            .keys
-            .iter()
-            .map(|(t, n)| Key::permanent(LicenseType::new(t), *n))
-            .collect()
+    /// This server's serial (`node.serial`; validation insists on it).
+    pub fn serial(&self) -> &str {
+        self.node.serial.as_deref().unwrap_or_default()
     }
 
-    /// The commands that install this server's keys, with key ids
-    /// `NAME-TYPE` (as `vipool serve` names them), stamped `now_ms`.
-    pub fn server_key_commands(&self, now_ms: u64) -> Vec<Command> {
-        self.server_keys()
-            .into_iter()
-            .map(|key| Command::InstallServerKey {
-                now_ms,
-                key_id: format!("{}-{}", self.node.name, key.license_type),
-                server: self.node.name.clone(),
-                key,
-            })
-            .collect()
+    /// Reads the trusted issuers (`license.issuers`) and this server's key
+    /// files (`license.key_files`), and verifies each key's issuer,
+    /// signature and binding to `node.serial`. Whether each key is valid
+    /// now is [`ServerKeyEntry::counts_at`]'s to say.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every problem, each naming its field,
+    /// file and line.
+    pub fn load_server_keys(&self) -> Result<(TrustedIssuers, Vec<ServerKeyEntry>), ConfigError> {
+        let l = &self.license;
+        load_server_keys(&l.issuers, &l.key_files, self.serial()).map_err(|errors| {
+            let problems = errors
+                .into_iter()
+                .map(|e| {
+                    let field = match &e {
+                        ServerKeysError::Issuers { index, .. } => format!("license.issuers[{index}]"),
+                        ServerKeysError::File { index, .. }
+                        | ServerKeysError::Key { index, .. }
+                        | ServerKeysError::Duplicate { index, .. } => format!("license.key_files[{index}]"),
+                    };
+                    Problem {
+                        field,
+                        value: None,
+                        message: e.to_string(),
+                    }
+                })
+                .collect();
+            ConfigError::Invalid(problems)
+        })
     }
 
     /// The operator endpoint's address (filled in by loading).
@@ -238,10 +259,6 @@ impl Config {
         {
             *t = LicenseType::new(&*t).to_string();
         }
-        self.license.keys = std::mem::take(&mut self.license.keys)
-            .into_iter()
-            .map(|(t, n)| (LicenseType::new(t).to_string(), n))
-            .collect();
     }
 
     pub(super) fn check_vrrp(&self, r: &mut Report) {
@@ -609,33 +626,53 @@ impl Config {
                 "no license types at all: list at least one in license.poolable or license.switch_specific",
             );
         }
-        let mut seen = BTreeSet::new();
-        for (t, n) in &l.keys {
-            let field = format!("license.keys.{t}");
-            let license_type = LicenseType::new(t);
-            if !seen.insert(license_type.clone()) {
-                r.add(
-                    &field,
-                    n,
-                    "the same type is listed twice (types are case-insensitive): add them up",
-                );
+        match &self.node.serial {
+            None => r.add_field(
+                "node.serial",
+                "a server needs its serial number, as its license keys name it, e.g. serial = \
+                 \"CV0012345\"",
+            ),
+            Some(serial) => {
+                if let Err(e) = limits::check_serial(serial) {
+                    r.add("node.serial", format!("{serial:?}"), e.to_string());
+                }
             }
-            if !kinds.contains_key(&license_type) {
-                r.add(
-                    &field,
-                    n,
-                    format!(
-                        "unknown license type {license_type}: add it to license.poolable or license.switch_specific"
-                    ),
-                );
+        }
+        for (list, name) in [
+            (&l.issuers, "license.issuers"),
+            (&l.key_files, "license.key_files"),
+        ] {
+            let mut seen = BTreeSet::new();
+            for (n, path) in list.iter().enumerate() {
+                let field = format!("{name}[{n}]");
+                let shown = format!("{:?}", path.display().to_string());
+                if !path.is_absolute() {
+                    r.add(&field, &shown, "must be an absolute path");
+                } else if !seen.insert(path) {
+                    r.add(&field, &shown, "listed twice: remove one");
+                }
             }
-            if *n == 0 {
-                r.add(
-                    &field,
-                    0,
-                    "a key carries at least 1 license: remove the line instead",
-                );
-            }
+        }
+        if !l.key_files.is_empty() && l.issuers.is_empty() {
+            r.add_field(
+                "license.issuers",
+                "license.key_files has keys, but no issuer is trusted, so none would count: list \
+                 the issuers' NAME.pub files (`vipool license keygen` writes them)",
+            );
+        }
+        if l.max_clients_per_source == 0 {
+            r.add(
+                "license.max_clients_per_source",
+                0,
+                "must be at least 1 (default 64)",
+            );
+        }
+        if l.registrations_per_s_per_source == 0 {
+            r.add(
+                "license.registrations_per_s_per_source",
+                0,
+                "must be at least 1 (default 16)",
+            );
         }
         if l.heartbeat_interval_ms == 0 {
             r.add(

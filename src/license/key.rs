@@ -10,7 +10,7 @@ use ed25519_dalek::Signature;
 use serde::{Deserialize, Serialize};
 
 use super::{KeyError, KeyStatement, ParseError, TrustedIssuers, MAX_LINE_LEN};
-use crate::table::{Key, LicenseType};
+use crate::table::{Key, LicenseType, VerifiedKey};
 
 /// What every key line starts with: the text form's version.
 pub const PREFIX: &str = "vpk1.";
@@ -129,6 +129,38 @@ impl SignedKey {
         now_s: u64,
     ) -> Result<Key, KeyError> {
         Ok(self.verify(trusted, presenter_serial, now_s)?.table_key())
+    }
+
+    /// Verifies the key (see [`SignedKey::verify`]) and gives what the
+    /// table records of it: what a command carries once the proposer
+    /// checked the key.
+    ///
+    /// # Errors
+    /// As [`SignedKey::verify`].
+    pub fn verified(
+        &self,
+        trusted: &TrustedIssuers,
+        presenter_serial: &str,
+        now_s: u64,
+    ) -> Result<VerifiedKey, KeyError> {
+        Ok(self.verify(trusted, presenter_serial, now_s)?.verified_key())
+    }
+
+    /// Verifies who signed the key and whom it is bound to, whatever the
+    /// time: a trusted issuer's signature over this very statement, bound
+    /// to `presenter_serial`. For a server's key files, read once and
+    /// counted while each key is valid.
+    ///
+    /// # Errors
+    /// As [`SignedKey::verify`], but never `NotYetValid` nor `Expired`.
+    pub fn verify_issue(
+        &self,
+        trusted: &TrustedIssuers,
+        presenter_serial: &str,
+    ) -> Result<&KeyStatement, KeyError> {
+        // At the instant the key starts, it is valid: a statement's expiry
+        // is after its start (checked when it was parsed).
+        self.verify(trusted, presenter_serial, self.statement.not_before)
     }
 
     /// The statement as the key claims it, not verified.

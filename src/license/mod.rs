@@ -14,7 +14,8 @@
 //!   [`TrustedIssuer`] / [`TrustedIssuers`]: the public keys a server
 //!   trusts (`NAME.pub`, `vipool-issuer NAME KEY` lines).
 //! - [`load_key_file`]: the keys installed on a server, one key line per
-//!   line.
+//!   line; [`load_server_keys`]: a server's key files and trusted issuers,
+//!   every key verified against its serial.
 //!
 //! # The text form
 //!
@@ -84,28 +85,30 @@
 //!
 //! # For the table and the protocol
 //!
-//! - A [`SignedKey`] serializes (serde) as its text line, so it can ride
-//!   in a `ClientReport` or a `Command` as it is; deserializing parses it
-//!   again (bounds, canonical form), never verifies.
-//! - At the leader, before proposing: `key.verify(&trusted, serial, now_s)`
-//!   with the presenter's authenticated serial, then
-//!   [`KeyStatement::table_key`] (or [`SignedKey::verified_table_key`])
-//!   for today's pool arithmetic, keyed by [`SignedKey::id`] so that a key
-//!   counts once. Evaluation keys carry their expiry into
-//!   `Key::expires_at_ms`, which the table's sweep already honours.
+//! - A [`SignedKey`] serializes (serde) as its text line, so a switch's
+//!   report (`proto::SwitchReport`) carries keys exactly as an operator
+//!   sees them; deserializing parses the line again (bounds, canonical
+//!   form), never verifies.
+//! - The serving node verifies before it proposes (`server::request`):
+//!   [`SignedKey::verified`] with the presenter's authenticated serial and
+//!   its clock gives the table's [`VerifiedKey`](crate::table::VerifiedKey)
+//!   (key id, issuer, serial, type, count, expiry), which the command
+//!   carries. The table counts a key id once, checks the binding to the
+//!   presenter's serial and the expiry against the entry's `now_ms` again,
+//!   and its sweep drops evaluation keys when they expire.
 //! - Verify where the proposal is made, not in `apply`: the trusted
 //!   issuers are each server's local configuration, and two replicas that
-//!   trust different sets would apply the same entry differently. (Or
-//!   replicate the trusted set, and verify in `apply` with the entry's
-//!   `now_ms / 1000`: `verify` reads no clock.)
-//! - A server's own keys: [`load_key_file`] at start (and on reload),
-//!   [`TrustedIssuers::load`] for the configured issuer files, and each
-//!   key verified against the server's own serial.
+//!   trust different sets would apply the same entry differently.
+//! - A server's own keys: [`load_server_keys`] reads its trusted issuers
+//!   and key files and verifies each key against its serial once; the
+//!   server keeps its keys in the table equal to the ones that count now
+//!   ([`ServerKeyEntry::counts_at`]).
 
 mod error;
 mod file;
 mod issuer;
 mod key;
+mod server_keys;
 mod statement;
 mod trust;
 
@@ -119,6 +122,7 @@ pub use error::{KeyError, ParseError};
 pub use file::{load_key_file, parse_key_file, KeyFileError, MAX_KEY_FILE};
 pub use issuer::{IssuerError, IssuerKey, SignError};
 pub use key::{SignedKey, PREFIX};
+pub use server_keys::{load_server_keys, ServerKeyEntry, ServerKeysError};
 pub use statement::{
     format_utc, valid_issuer_name, KeyStatement, StatementError, FORMAT_V1, MAX_ISSUER_LEN, MAX_NAME_LEN,
     MAX_TIME_S, MAX_TYPE_LEN,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ParseError;
-use crate::table::{Key, LicenseType};
+use crate::table::{Key, LicenseType, VerifiedKey};
 
 /// The longest key id, serial or issuer name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
@@ -196,6 +196,18 @@ impl KeyStatement {
             license_type: self.license_type.clone(),
             count: self.count,
             expires_at_ms: self.expires_at_ms(),
+        }
+    }
+
+    /// What the table records of this key: its id, issuer and serial with
+    /// [`KeyStatement::table_key`]. As that one, only for a statement
+    /// [`SignedKey::verify`](super::SignedKey::verify) returned.
+    pub fn verified_key(&self) -> VerifiedKey {
+        VerifiedKey {
+            key_id: self.key_id.clone(),
+            issuer: self.issuer.clone(),
+            serial: self.serial.clone(),
+            key: self.table_key(),
         }
     }
 

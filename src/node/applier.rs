@@ -160,7 +160,7 @@ mod tests {
     use cluster::{Disk, LogStore, MemberConfig, Outbox};
 
     use super::*;
-    use crate::table::{ClientReport, Key, LicenseType, TableConfig};
+    use crate::table::{Actor, ClientReport, Key, LicenseType, TableConfig, VerifiedKey};
 
     struct Alone;
     impl Outbox for Alone {
@@ -191,11 +191,21 @@ mod tests {
         let (applier, member) = start(&[1], Duration::from_secs(5));
         leader(&member).await;
         let mut pool = applier.pool_changes();
+        let serial = Command::ServerSerial {
+            server: "primary".into(),
+            serial: "CV1".into(),
+        };
+        applier.propose(serial).await.unwrap().unwrap();
         let key = Command::InstallServerKey {
             now_ms: 1,
-            key_id: "primary-AP".into(),
             server: "primary".into(),
-            key: Key::permanent("AP", 4),
+            key: VerifiedKey {
+                key_id: "primary-AP".into(),
+                issuer: "acme".into(),
+                serial: "CV1".into(),
+                key: Key::permanent("AP", 4),
+            },
+            by: Actor::Server("primary".into()),
         };
         applier.propose(key).await.unwrap().unwrap();
         assert!(pool.has_changed().unwrap(), "the pool change was published");

@@ -1,54 +1,81 @@
-//! A server's own license keys (`license.keys`) in the replicated table.
+//! A server's own license keys (`license.key_files`) in the replicated table.
 //!
 //! Both servers' keys count in the pool (SPEC §2: 16 + 16 = 32), whichever
-//! node holds the VIP. Each server owns the entries it installed (named
-//! `NAME-TYPE`, with `server = NAME`) and keeps them equal to its
-//! configuration: missing keys are installed, keys whose count or expiry
-//! changed are replaced, keys no longer configured are removed. The VIP
-//! holder proposes the changes; the other server submits them to the leader
-//! (raft forwards them) and checks its applied table again later: every
-//! change is idempotent in effect (a duplicate install is refused by the
-//! table with `KeyExists`, a duplicate removal as an unknown key, and
-//! neither changes anything).
+//! node holds the VIP. Each server keeps the table equal to its key files
+//! (read and verified against its serial once, at start):
+//!
+//! - it announces its serial (`node.serial`) when the table holds another
+//!   or none, so that keys bound to it can be installed, and an
+//!   operator's key for it checked, on whichever node proposes;
+//! - it installs the keys of its files that count now (valid from their
+//!   start, evaluation keys until they expire), and
+//! - removes the keys it installed itself that are no longer in its files
+//!   or no longer count.
+//!
+//! Keys an operator installed for it at run time are left alone: they
+//! stay until an operator removes them or they expire (a key of the files
+//! that an operator already installed counts as installed).
+//!
+//! The VIP holder proposes the changes; the other server submits them to
+//! the leader (raft forwards them) and checks its applied table again
+//! later: every change is idempotent in effect (a duplicate install is
+//! refused by the table with `KeyExists`, a duplicate removal as an unknown
+//! key, and neither changes anything).
 
-use std::collections::BTreeMap;
+use crate::license::ServerKeyEntry;
+use crate::table::{Actor, Command, TableState, VerifiedKey};
 
-use crate::table::{Command, ServerKey};
-
-/// The commands that bring `server`'s entries in `present` to `wanted` (the
-/// configuration's install commands), in the order to apply them: removals
-/// of entries that are gone or changed first, then installs. Configured
-/// keys already expired at `now_ms` are left out: the table refuses them.
+/// The commands that bring `server`'s entries in `state` to its key files
+/// `files` at `now_ms`, in the order to apply them: the serial first, then
+/// removals of entries that are gone or changed, then installs.
 pub(super) fn key_changes(
-    present: &BTreeMap<String, ServerKey>,
+    state: &TableState,
     server: &str,
-    wanted: &[Command],
+    serial: &str,
+    files: &[ServerKeyEntry],
     now_ms: u64,
 ) -> Vec<Command> {
-    let installs: Vec<&Command> = wanted
+    let me = Actor::Server(server.to_owned());
+    let mut changes = Vec::new();
+    if state.servers.get(server).map(|s| s.serial.as_str()) != Some(serial) {
+        // Once applied, keys bound to another serial are gone: they are
+        // not counted as present below.
+        changes.push(Command::ServerSerial {
+            server: server.to_owned(),
+            serial: serial.to_owned(),
+        });
+    }
+    let wanted: Vec<&VerifiedKey> = files
         .iter()
-        .filter(|c| matches!(c, Command::InstallServerKey { key, .. } if !key.is_expired(now_ms)))
+        .filter(|e| e.counts_at(now_ms))
+        .map(|e| &e.key)
         .collect();
-    let same = |id: &str, entry: &ServerKey| {
-        installs.iter().any(|c| {
-            matches!(c, Command::InstallServerKey { key_id, server, key, .. }
-                if key_id == id && *server == entry.server && *key == entry.key)
-        })
-    };
-    let mut changes: Vec<Command> = present
+    let ours = state
+        .server_keys
         .iter()
-        .filter(|(id, entry)| entry.server == server && !same(id, entry))
-        .map(|(id, _)| Command::RemoveServerKey { key_id: id.clone() })
-        .collect();
-    for c in &installs {
-        let Command::InstallServerKey { key_id, .. } = c else {
-            continue;
-        };
-        let installed = present.get(key_id).is_some_and(|entry| same(key_id, entry));
-        // An entry of that id owned by another server is not ours to
+        .filter(|(_, k)| k.server == server && k.key.serial == serial);
+    for (key_id, entry) in ours {
+        if entry.installed_by == me && !wanted.contains(&&entry.key) {
+            changes.push(Command::RemoveServerKey {
+                key_id: key_id.clone(),
+                by: me.clone(),
+            });
+        }
+    }
+    for key in wanted {
+        let installed = state
+            .server_keys
+            .get(&key.key_id)
+            .is_some_and(|entry| entry.server == server && entry.key == *key);
+        // An entry of that id owned by someone else is not ours to
         // replace: the install is refused and the refusal logged.
         if !installed {
-            changes.push((*c).clone());
+            changes.push(Command::InstallServerKey {
+                now_ms,
+                server: server.to_owned(),
+                key: key.clone(),
+                by: me.clone(),
+            });
         }
     }
     changes
@@ -56,68 +83,151 @@ pub(super) fn key_changes(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::table::Key;
+    use std::collections::BTreeMap;
 
-    fn install(server: &str, key: Key) -> Command {
-        Command::InstallServerKey {
-            now_ms: 1,
-            key_id: format!("{server}-{}", key.license_type),
-            server: server.into(),
+    use super::*;
+    use crate::table::{Key, ServerInfo, ServerKey};
+
+    fn key(id: &str, serial: &str, key: Key) -> VerifiedKey {
+        VerifiedKey {
+            key_id: id.into(),
+            issuer: "acme".into(),
+            serial: serial.into(),
             key,
         }
     }
 
-    fn entry(server: &str, key: Key) -> (String, ServerKey) {
-        (
-            format!("{server}-{}", key.license_type),
-            ServerKey {
-                server: server.into(),
-                key,
-            },
-        )
+    fn file(key: VerifiedKey) -> ServerKeyEntry {
+        ServerKeyEntry {
+            path: "/etc/vipool/keys/backup.keys".into(),
+            line: 1,
+            key,
+            not_before_ms: 5,
+        }
+    }
+
+    fn state(serial: &str, entries: &[(&str, VerifiedKey, Actor)]) -> TableState {
+        TableState {
+            servers: BTreeMap::from([(
+                "backup".to_owned(),
+                ServerInfo {
+                    serial: serial.into(),
+                },
+            )]),
+            server_keys: entries
+                .iter()
+                .map(|(server, k, by)| {
+                    (
+                        k.key_id.clone(),
+                        ServerKey {
+                            server: (*server).into(),
+                            key: k.clone(),
+                            installed_by: by.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            ..TableState::default()
+        }
+    }
+
+    fn backup() -> Actor {
+        Actor::Server("backup".into())
+    }
+
+    fn install(k: &VerifiedKey) -> Command {
+        Command::InstallServerKey {
+            now_ms: 10,
+            server: "backup".into(),
+            key: k.clone(),
+            by: backup(),
+        }
     }
 
     #[test]
-    fn installs_what_is_missing_and_nothing_when_equal() {
-        let wanted = vec![install("backup", Key::permanent("AP", 16))];
-        let none = BTreeMap::new();
-        assert_eq!(key_changes(&none, "backup", &wanted, 10), wanted);
-        let present = BTreeMap::from([entry("backup", Key::permanent("AP", 16))]);
-        assert_eq!(key_changes(&present, "backup", &wanted, 10), vec![]);
-    }
-
-    #[test]
-    fn replaces_a_changed_key_and_removes_an_unconfigured_one() {
-        let wanted = vec![install("backup", Key::permanent("AP", 32))];
-        let present = BTreeMap::from([
-            entry("backup", Key::permanent("AP", 16)),
-            entry("backup", Key::permanent("XSEC", 4)),
-            entry("primary", Key::permanent("AP", 16)),
-        ]);
+    fn announces_the_serial_then_installs_what_is_missing_and_nothing_when_equal() {
+        let ap = key("b-ap", "CV2", Key::permanent("AP", 16));
+        let files = [file(ap.clone())];
         assert_eq!(
-            key_changes(&present, "backup", &wanted, 10),
+            key_changes(&TableState::default(), "backup", "CV2", &files, 10),
             vec![
-                Command::RemoveServerKey {
-                    key_id: "backup-AP".into()
+                Command::ServerSerial {
+                    server: "backup".into(),
+                    serial: "CV2".into()
                 },
-                Command::RemoveServerKey {
-                    key_id: "backup-XSEC".into()
-                },
-                wanted[0].clone(),
+                install(&ap)
             ]
+        );
+        let present = state("CV2", &[("backup", ap, backup())]);
+        assert_eq!(key_changes(&present, "backup", "CV2", &files, 10), vec![]);
+    }
+
+    #[test]
+    fn removes_its_own_keys_gone_from_the_files_and_leaves_the_rest() {
+        let ap = key("b-ap", "CV2", Key::permanent("AP", 16));
+        let xsec = key("b-xsec", "CV2", Key::permanent("XSEC", 4));
+        let by_operator = key("op-1", "CV2", Key::permanent("PEFNG", 2));
+        let primary = key("p-ap", "CV1", Key::permanent("AP", 16));
+        let present = state(
+            "CV2",
+            &[
+                ("backup", ap.clone(), backup()),
+                ("backup", xsec, backup()),
+                ("backup", by_operator, Actor::Operator("alice".into())),
+                ("primary", primary, Actor::Server("primary".into())),
+            ],
+        );
+        assert_eq!(
+            key_changes(&present, "backup", "CV2", &[file(ap)], 10),
+            vec![Command::RemoveServerKey {
+                key_id: "b-xsec".into(),
+                by: backup()
+            }]
         );
     }
 
     #[test]
-    fn leaves_the_other_servers_keys_and_expired_ones_alone() {
-        let expired = Key {
-            license_type: "PEFNG".into(),
-            count: 8,
-            expires_at_ms: Some(5),
-        };
-        let wanted = vec![install("backup", expired)];
-        let present = BTreeMap::from([entry("primary", Key::permanent("PEFNG", 8))]);
-        assert_eq!(key_changes(&present, "backup", &wanted, 10), vec![]);
+    fn installs_keys_once_valid_and_removes_them_once_expired() {
+        let eval = key(
+            "b-eval",
+            "CV2",
+            Key {
+                license_type: "PEFNG".into(),
+                count: 8,
+                expires_at_ms: Some(100),
+            },
+        );
+        let files = [file(eval.clone())];
+        let none = state("CV2", &[]);
+        assert_eq!(key_changes(&none, "backup", "CV2", &files, 4), vec![]);
+        assert_eq!(
+            key_changes(&none, "backup", "CV2", &files, 10),
+            vec![install(&eval)]
+        );
+        let present = state("CV2", &[("backup", eval, backup())]);
+        assert_eq!(
+            key_changes(&present, "backup", "CV2", &files, 100),
+            vec![Command::RemoveServerKey {
+                key_id: "b-eval".into(),
+                by: backup()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_new_serial_is_announced_and_the_old_keys_are_not_counted_as_present() {
+        let old = key("b-ap", "CV2", Key::permanent("AP", 16));
+        let new = key("b-ap-2", "CV3", Key::permanent("AP", 16));
+        let present = state("CV2", &[("backup", old, backup())]);
+        assert_eq!(
+            key_changes(&present, "backup", "CV3", &[file(new.clone())], 10),
+            vec![
+                Command::ServerSerial {
+                    server: "backup".into(),
+                    serial: "CV3".into()
+                },
+                install(&new)
+            ]
+        );
     }
 }

@@ -30,9 +30,10 @@
 //!   the priority-0 evidence, takes over as sole voter (this node is now a
 //!   learner) and commits alone; when this node returns it catches up and is
 //!   promoted back.
-//! - Each node installs its own `license.keys` when it first serves: only
-//!   the leader can propose, so a node's keys join the pool once it has held
-//!   the VIP.
+//! - Each server keeps its own license keys (`license.key_files`, verified
+//!   against `node.serial` at start) in the table, and its serial with
+//!   them (see `keys`): the VIP holder proposes its changes, the other
+//!   server submits its own to the leader.
 //!
 //! # Timers
 //!
@@ -126,6 +127,9 @@ pub enum NodeError {
     /// The cluster member stopped on its own (a storage failure).
     #[error("cluster member stopped: {0}")]
     MemberStopped(String),
+    /// The trusted issuers or this server's key files cannot be used.
+    #[error("license keys: {0}")]
+    Keys(crate::config::ConfigError),
 }
 
 /// A refused store, named once: most store errors name the file themselves.
@@ -343,6 +347,22 @@ pub async fn run(
     let has_witness = config.cluster.has_witness();
     let vip = config.client_vip();
 
+    // Before anything starts: a server whose keys cannot be verified would
+    // serve a pool it cannot prove.
+    let (trusted, own_keys) = config.load_server_keys().map_err(NodeError::Keys)?;
+    for entry in own_keys.iter().filter(|e| !e.counts_at(now_ms())) {
+        warn!(
+            key_id = %entry.key.key_id, file = %entry.path.display(), line = entry.line,
+            "a key of this server's key files does not count now (expired, or not valid yet)"
+        );
+    }
+    info!(
+        issuers = trusted.len(),
+        keys = own_keys.len(),
+        serial = config.serial(),
+        "license keys verified"
+    );
+
     let RaftParts {
         store,
         transport,
@@ -396,6 +416,7 @@ pub async fn run(
         what: "client TLS".into(),
         source: std::io::Error::other(e),
     })?);
+    server_config.trusted = trusted;
     let server = Arc::new(Server::with_status_hook(
         Arc::clone(&applier),
         server_config,
@@ -435,6 +456,7 @@ pub async fn run(
         last_refusal: None,
         log: Arc::default(),
         keys: KeySync::default(),
+        own_keys,
         preferred: None,
         followed_master: false,
         leaderless_since: None,
@@ -585,8 +607,10 @@ struct Glue {
     log: Arc<cluster::ratelog::RateLimiter>,
     /// The last refused takeover: why, when it was logged, retries since.
     last_refusal: Option<(String, Instant, u64)>,
-    /// This server's `license.keys` in the table.
+    /// This server's keys in the table.
     keys: KeySync,
+    /// This server's key files, verified.
+    own_keys: Vec<crate::license::ServerKeyEntry>,
     /// The preferred leader this member was last told.
     preferred: Option<u64>,
     /// As a backup, a master (other than this node) was heard.
@@ -867,8 +891,9 @@ impl Glue {
             return;
         }
         k.checked = Some(Instant::now());
-        let wanted = self.config.server_key_commands(now_ms());
+        let files = self.own_keys.clone();
         let server = self.config.node.name.clone();
+        let serial = self.config.serial().to_owned();
         let (applier, member, rounds) = (Arc::clone(&self.applier), self.member.clone(), k.rounds);
         let log = Arc::clone(&self.log);
         if rounds == 5 {
@@ -880,13 +905,13 @@ impl Glue {
         let (done, task) = tokio::sync::oneshot::channel();
         k.task = Some(task);
         tokio::spawn(async move {
-            let changes =
-                applier.read(|t| keys::key_changes(&t.state().server_keys, &server, &wanted, now_ms()));
+            let changes = applier.read(|t| keys::key_changes(t.state(), &server, &serial, &files, now_ms()));
             let sent = changes.len();
             for command in changes {
                 let what = match &command {
-                    crate::table::Command::InstallServerKey { key_id, .. } => format!("install {key_id}"),
-                    crate::table::Command::RemoveServerKey { key_id } => format!("remove {key_id}"),
+                    crate::table::Command::InstallServerKey { key, .. } => format!("install {}", key.key_id),
+                    crate::table::Command::RemoveServerKey { key_id, .. } => format!("remove {key_id}"),
+                    crate::table::Command::ServerSerial { serial, .. } => format!("announce serial {serial}"),
                     _ => continue,
                 };
                 if serve {

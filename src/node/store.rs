@@ -318,6 +318,7 @@ mod tests {
             data_dir: dir.join("data"),
             require_release: None,
             log: None,
+            serial: None,
         }
     }
 
@@ -328,6 +329,7 @@ mod tests {
 name = "primary"
 id = 1
 cluster_id = 7
+serial = "CV1"
 data_dir = "{}"
 
 [vrrp]

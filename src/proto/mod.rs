@@ -7,18 +7,38 @@
 //! [`ServerMessage::Push`]es of revised pool totals to registered clients.
 
 pub mod connection;
+mod denied;
 pub mod frame;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::{
-    Client, ClientReport, CommandError, LicenseType, Pool, TableConfig, TableState, TypeKind,
-};
+pub use denied::{KeyRefusal, RequestError};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+use crate::license::SignedKey;
+use crate::table::{Client, CommandError, LicenseType, Pool, TableConfig, TableState, TypeKind};
+
+/// The protocol version this build speaks. 2: a switch's keys are signed
+/// key lines, and operators have write requests.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// What a switch reports about itself (SPEC §3): its whole license state,
+/// so that a report is idempotent and a new leader can rebuild anything it
+/// owns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchReport {
+    /// Factory licenses per type; never part of the pool.
+    pub builtin: BTreeMap<LicenseType, u32>,
+    /// License keys installed on the switch, as signed key lines. Only keys
+    /// that verify count (SPEC S7): a trusted issuer's, bound to this
+    /// switch's serial, valid now, and counted by nobody else.
+    pub keys: Vec<SignedKey>,
+    /// Licenses per poolable type the switch takes from the pool (what it
+    /// needs beyond its built-in licenses): a claim, checked like an
+    /// acquire wherever it is more than the switch holds in the table.
+    pub used: BTreeMap<LicenseType, u32>,
+}
 
 /// A request with the sequence number its reply will carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,21 +61,21 @@ pub enum Request {
         /// Software version.
         version: String,
         /// Whole license state.
-        report: ClientReport,
+        report: SwitchReport,
     },
     /// Periodic heartbeat with the whole state.
     Heartbeat {
         /// Client id.
         id: String,
         /// Whole license state.
-        report: ClientReport,
+        report: SwitchReport,
     },
     /// Immediate update after a change on the client, whole state.
     Update {
         /// Client id.
         id: String,
         /// Whole license state.
-        report: ClientReport,
+        report: SwitchReport,
     },
     /// Ask for `count` licenses of a poolable type.
     Acquire {
@@ -84,6 +104,24 @@ pub enum Request {
     Show {
         /// The last client id of the previous page.
         after: Option<String>,
+    },
+    /// Operator: remove a client and everything it contributes.
+    RemoveClient {
+        /// Client id.
+        id: String,
+    },
+    /// Operator: install a key on a server of the pair, at run time. It
+    /// must be bound to that server's serial.
+    InstallKey {
+        /// The server (node name).
+        server: String,
+        /// The key line.
+        key: SignedKey,
+    },
+    /// Operator: remove a server's key.
+    RemoveKey {
+        /// The key's id.
+        key_id: String,
     },
 }
 
@@ -122,6 +160,11 @@ pub enum Response {
     Table(Box<TableDump>),
     /// Answer to [`Request::Status`].
     Status(Box<NodeStatus>),
+    /// An operator's change committed: the pool after it.
+    Changed {
+        /// The pool after the change.
+        pool: Pool,
+    },
 }
 
 /// Why a request failed.
@@ -155,6 +198,11 @@ pub enum ServerError {
     /// The table refused the command (unknown client, over-subscribed, not enough licenses, ...).
     #[error(transparent)]
     Refused(#[from] CommandError),
+    /// The server refused the request before proposing anything: a key
+    /// that does not verify, a request for another client's id, a source
+    /// over its limits, ...
+    #[error(transparent)]
+    Denied(#[from] RequestError),
     /// The change could not be committed (the node stopped leading, or is shutting down).
     #[error("not committed: {0}")]
     NotCommitted(String),

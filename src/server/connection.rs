@@ -10,13 +10,23 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use super::request::{self, RequestContext, TableReader};
 use super::{now_ms, Applier, Port, Shared};
 use crate::pki::ClientIdentity;
 use crate::proto::connection::Framed;
 use crate::proto::{
     frame, Request, RequestFrame, Response, ServerError, ServerMessage, TableDump, PAGE_CLIENTS,
 };
-use crate::table::{Command, Pool, Reply};
+use crate::table::{Actor, Command, LicenseTable, Pool, Reply};
+
+/// The table as the applier holds it, for `request::command`.
+struct ReadThrough<'a, A>(&'a A);
+
+impl<A: Applier> TableReader for ReadThrough<'_, A> {
+    fn read_table(&self, f: &mut dyn FnMut(&LicenseTable)) {
+        self.0.read(|table| f(table));
+    }
+}
 
 /// A connected stream, TLS or plain.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -267,8 +277,14 @@ impl<A: Applier> Conn<'_, A> {
 
     async fn respond(&mut self, request: Request) -> Result<Response, ServerError> {
         let now_ms = now_ms();
-        let address = self.peer.to_string();
-        let operator = matches!(request, Request::Show { .. } | Request::Status);
+        let operator = matches!(
+            request,
+            Request::Show { .. }
+                | Request::Status
+                | Request::RemoveClient { .. }
+                | Request::InstallKey { .. }
+                | Request::RemoveKey { .. }
+        );
         if operator != (self.port == Port::Operator) {
             self.shared.counters.forbidden.fetch_add(1, Ordering::Relaxed);
             return Err(ServerError::WrongPort(match self.port {
@@ -280,73 +296,108 @@ impl<A: Applier> Conn<'_, A> {
                     .into(),
             }));
         }
-        if let Some(ClientIdentity::Switch { id, serial }) = &self.who {
-            // A switch acts for the id its certificate names, with its serial.
-            let (asked, claimed_serial) = match &request {
-                Request::Register { id, serial, .. } => (Some(id), Some(serial)),
-                Request::Heartbeat { id, .. }
-                | Request::Update { id, .. }
-                | Request::Acquire { id, .. }
-                | Request::Release { id, .. } => (Some(id), None),
-                Request::Show { .. } | Request::Status => (None, None),
-            };
-            if asked.is_some_and(|a| a != id) || claimed_serial.is_some_and(|s| s != serial) {
-                self.shared.counters.forbidden.fetch_add(1, Ordering::Relaxed);
-                return Err(ServerError::Forbidden(format!(
-                    "this connection's certificate is switch {id:?} (serial {serial}): it may act for \
-                     that id and serial only"
-                )));
-            }
-        }
-        let command = match request {
+        match request {
             Request::Status => return Ok(Response::Status(Box::new(self.shared.status()))),
             Request::Show { after } => return Ok(Response::Table(Box::new(self.dump(now_ms, after)))),
-            Request::Register {
-                id,
-                serial,
-                version,
-                report,
-            } => Command::Register {
-                now_ms,
-                id,
-                serial,
-                address,
-                version,
-                report,
-            },
-            Request::Heartbeat { id, report } => Command::Heartbeat {
-                now_ms,
-                id,
-                address,
-                report,
-            },
-            Request::Update { id, report } => Command::Update { now_ms, id, report },
-            Request::Acquire {
-                id,
-                license_type,
-                count,
-            } => Command::Acquire {
-                now_ms,
-                id,
-                license_type,
-                count,
-            },
-            Request::Release {
-                id,
-                license_type,
-                count,
-            } => Command::Release {
-                now_ms,
-                id,
-                license_type,
-                count,
-            },
+            _ => {}
+        }
+        // Changes are made by the serving node only. License requests also
+        // only on the VIP: checked first, so a request to the wrong node
+        // spends nothing of its source's allowance and gets the one answer
+        // that helps it. An operator's change goes to the serving node's
+        // operator port.
+        if operator {
+            if !*self.shared.serving.borrow() {
+                return Err(ServerError::NotLicenseServer {
+                    vip: self.shared.config.vip.map(|v| v.to_string()),
+                });
+            }
+        } else {
+            self.gate()?;
+        }
+        let who = match &self.who {
+            Some(who) => who.clone(),
+            None => self.claimed_identity(&request),
         };
-        // Checked before proposing, so a refused request never reaches the table.
-        self.gate()?;
+        let mapped = {
+            // Not held across an await: the context borrows the table's reader.
+            let context = RequestContext {
+                now_ms,
+                peer: self.peer,
+                trusted: &self.shared.config.trusted,
+                limits: &self.shared.config.limits,
+                registrations: &self.shared.registrations,
+                table: &ReadThrough(&*self.shared.applier),
+            };
+            request::command(request, &who, &context)
+        };
+        let command = match mapped {
+            Ok(command) => command,
+            Err(ServerError::Denied(e)) => {
+                self.shared.counters.refuse(e.cause());
+                if let Some(suppressed) = self.shared.log.allow(e.cause()) {
+                    // Debug, quoted: a claimed id may hold escape sequences.
+                    info!(suppressed, peer = %self.peer, who = ?who, error = %e, "request refused");
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e),
+        };
+        // An operator's change is logged with who made it, once committed.
+        let audit = matches!(
+            &command,
+            Command::RemoveClient {
+                by: Actor::Operator(_),
+                ..
+            } | Command::InstallServerKey {
+                by: Actor::Operator(_),
+                ..
+            } | Command::RemoveServerKey {
+                by: Actor::Operator(_),
+                ..
+            }
+        )
+        .then(|| command.describe());
         match self.shared.applier.propose(command).await?? {
             Reply::Client { client, pool } => Ok(Response::Client { client, pool }),
+            Reply::ClientRemoved { pool } | Reply::ServerKey { pool } => {
+                if let Some(change) = audit {
+                    info!(peer = %self.peer, change, "operator change committed");
+                }
+                Ok(Response::Changed { pool })
+            }
             other => Err(ServerError::NotCommitted(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Over plain TCP (a standalone `vipool serve --insecure-plaintext`, for
+    /// tests and development) no certificate says who is connected: what
+    /// the request claims is believed. A switch request is the switch of the
+    /// id it names (its serial as it registers, or as the table holds it),
+    /// an operator request an operator named after the peer address.
+    fn claimed_identity(&self, request: &Request) -> ClientIdentity {
+        let switch = |id: &str, serial: Option<&str>| ClientIdentity::Switch {
+            id: id.to_owned(),
+            serial: serial.map(str::to_owned).unwrap_or_else(|| {
+                self.shared
+                    .applier
+                    .read(|t| t.client(id).map(|c| c.serial.clone()))
+                    .unwrap_or_default()
+            }),
+        };
+        match request {
+            Request::Register { id, serial, .. } => switch(id, Some(serial)),
+            Request::Heartbeat { id, .. }
+            | Request::Update { id, .. }
+            | Request::Acquire { id, .. }
+            | Request::Release { id, .. } => switch(id, None),
+            Request::Show { .. }
+            | Request::Status
+            | Request::RemoveClient { .. }
+            | Request::InstallKey { .. }
+            | Request::RemoveKey { .. } => ClientIdentity::Operator {
+                name: format!("unauthenticated@{}", self.peer.ip()),
+            },
         }
     }
 
@@ -369,6 +420,7 @@ impl<A: Applier> Conn<'_, A> {
             let state = crate::table::TableState {
                 clients,
                 server_keys: t.state().server_keys.clone(),
+                servers: t.state().servers.clone(),
             };
             (state, t.pool().clone(), t.config().clone(), next.flatten())
         });

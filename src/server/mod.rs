@@ -16,6 +16,8 @@
 
 mod applier;
 mod connection;
+pub mod rate;
+pub mod request;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -31,8 +33,12 @@ use tracing::{info, warn};
 
 pub use applier::{Applier, LocalApplier};
 
+use crate::license::TrustedIssuers;
 use crate::proto::{frame, HeartbeatCounters, NodeStatus};
 use crate::table::{Command, ExpiryWarning, Reply};
+
+use rate::SourceRate;
+use request::RequestLimits;
 
 /// How a server is configured.
 #[derive(Debug, Clone)]
@@ -68,6 +74,11 @@ pub struct ServerConfig {
     /// standalone `vipool serve --insecure-plaintext` only (tests,
     /// development), logged at error level.
     pub tls: Option<crate::tls::ServerTls>,
+    /// The issuers whose keys count when a client presents them
+    /// (`license.issuers`); none: no client key counts.
+    pub trusted: TrustedIssuers,
+    /// Clients and registrations per source address.
+    pub limits: RequestLimits,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +96,8 @@ impl Default for ServerConfig {
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             tls: None,
+            trusted: TrustedIssuers::new(),
+            limits: RequestLimits::default(),
         }
     }
 }
@@ -116,9 +129,20 @@ pub(crate) struct Counters {
     /// another identity than the connection's.
     pub(crate) forbidden: AtomicU64,
     pub(crate) heartbeats: Mutex<BTreeMap<String, HeartbeatCounters>>,
+    /// Requests refused before proposing, by cause (`RequestError::cause`).
+    pub(crate) refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Counters {
+    pub(crate) fn refuse(&self, cause: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(cause)
+            .or_default() += 1;
+    }
+
     pub(crate) fn heartbeat(&self, id: &str, f: impl FnOnce(&mut HeartbeatCounters)) {
         let mut map = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(counters) = map.get_mut(id) {
@@ -150,6 +174,8 @@ pub(crate) struct Shared<A> {
     pub(crate) log: cluster::ratelog::RateLimiter,
     /// Connections open per source address.
     pub(crate) per_address: Mutex<BTreeMap<IpAddr, usize>>,
+    /// Registrations per source address.
+    pub(crate) registrations: SourceRate,
 }
 
 impl<A: Applier> Shared<A> {
@@ -170,10 +196,18 @@ impl<A: Applier> Shared<A> {
             refused: [
                 ("client_refused_connections", &self.counters.refused_connections),
                 ("client_timed_out", &self.counters.timed_out),
-                ("client_forbidden", &self.counters.forbidden),
+                ("client_wrong_port", &self.counters.forbidden),
             ]
             .into_iter()
             .map(|(cause, n)| (cause.to_owned(), n.load(Ordering::Relaxed)))
+            .chain(
+                self.counters
+                    .refused
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(cause, n)| ((*cause).to_owned(), *n)),
+            )
             .filter(|(_, n)| *n > 0)
             .collect(),
         };
@@ -204,8 +238,10 @@ impl<A: Applier> Server<A> {
         serving: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) -> Self {
+        let registrations = config.limits.registrations();
         let shared = Shared {
             applier,
+            registrations,
             config,
             serving,
             counters: Counters::default(),

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Client, ClientReport, Key, LicenseType, Pool};
+use super::limits::TokenError;
+use super::pool::Contributor;
+use super::{Actor, Client, ClientReport, LicenseType, Pool, VerifiedKey};
 
 /// A change to the license table, as proposed to the replicated log.
 ///
@@ -72,26 +74,43 @@ pub enum Command {
         /// How many (at least 1, at most what the client uses).
         count: u32,
     },
-    /// The operator removes a client and everything it contributes.
+    /// An operator removes a client and everything it contributes.
     RemoveClient {
         /// Client id.
         id: String,
+        /// Who removes it (an operator).
+        by: Actor,
     },
-    /// The operator installs a key on one of the servers.
+    /// A server announces its serial (`node.serial`): its own keys are
+    /// bound to it, and keys installed for it are checked against it. A
+    /// new serial (the server was replaced, SPEC §5) drops the keys bound
+    /// to the old one: its keys are installed anew.
+    ServerSerial {
+        /// The server (node name).
+        server: String,
+        /// Its serial.
+        serial: String,
+    },
+    /// Installs a key on one of the servers: the server itself from its
+    /// key files, or an operator at run time.
     InstallServerKey {
         /// Leader's clock (an already expired key is refused).
         now_ms: u64,
-        /// Operator-chosen id of the key, unique in the table.
-        key_id: String,
-        /// Server (node name) the key belongs to.
+        /// Server (node name) the key belongs to; its serial must be known
+        /// and the key bound to it.
         server: String,
-        /// The key.
-        key: Key,
+        /// The key, verified by the proposer; its key id must not be
+        /// counted anywhere in the table yet.
+        key: VerifiedKey,
+        /// Who installs it.
+        by: Actor,
     },
-    /// The operator removes a server key.
+    /// Removes a server key.
     RemoveServerKey {
-        /// Id given at installation.
+        /// The key's id.
         key_id: String,
+        /// Who removes it.
+        by: Actor,
     },
     /// The leader's periodic sweep: marks silent clients down, removes long
     /// silent ones and drops expired keys, all as of `now_ms`.
@@ -142,26 +161,39 @@ impl Command {
                 license_type,
                 count,
             } => format!("client {id:?} releases {count} {license_type} at {now_ms}"),
-            Command::RemoveClient { id } => format!("remove client {id:?}"),
+            Command::RemoveClient { id, by } => format!("{by} removes client {id:?}"),
+            Command::ServerSerial { server, serial } => {
+                format!("server {server:?} announces serial {serial:?}")
+            }
             Command::InstallServerKey {
                 now_ms,
-                key_id,
                 server,
                 key,
+                by,
             } => format!(
-                "install key {key_id:?} on server {server:?}: {} at {now_ms}",
+                "{by} installs on server {server:?} {} at {now_ms}",
                 describe_key(key)
             ),
-            Command::RemoveServerKey { key_id } => format!("remove server key {key_id:?}"),
+            Command::RemoveServerKey { key_id, by } => format!("{by} removes server key {key_id:?}"),
             Command::Sweep { now_ms } => format!("sweep at {now_ms}"),
         }
     }
 }
 
-fn describe_key(key: &Key) -> String {
+fn describe_key(key: &VerifiedKey) -> String {
+    let VerifiedKey {
+        key_id,
+        issuer,
+        serial,
+        key,
+    } = key;
+    let what = format!(
+        "key {key_id:?} of {issuer:?} for serial {serial:?}: {} {}",
+        key.count, key.license_type
+    );
     match key.expires_at_ms {
-        Some(at) => format!("{} {} (evaluation, expires at {at})", key.count, key.license_type),
-        None => format!("{} {}", key.count, key.license_type),
+        Some(at) => format!("{what} (evaluation, expires at {at})"),
+        None => what,
     }
 }
 
@@ -196,7 +228,7 @@ pub enum Reply {
         /// The pool after the removal.
         pool: Pool,
     },
-    /// A server key was installed or removed.
+    /// A server key was installed or removed, or a server's serial announced.
     ServerKey {
         /// The pool after the change.
         pool: Pool,
@@ -236,9 +268,38 @@ impl SweepReport {
 /// Why a command was refused. A refused command never changes the table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CommandError {
-    /// An empty client id, key id or server name.
-    #[error("id must not be empty")]
-    EmptyId,
+    /// A string out of its bounds (see [`limits`](super::limits)): empty,
+    /// too long, or with characters an operator's terminal must not get.
+    #[error(transparent)]
+    Bound(#[from] TokenError),
+    /// More keys than one client or server may have.
+    #[error("{count} keys: at most {max} per {per}")]
+    TooManyKeys {
+        /// How many.
+        count: usize,
+        /// The bound.
+        max: usize,
+        /// "client" or "server".
+        per: String,
+    },
+    /// More license types in one of a report's maps than any switch has.
+    #[error("{count} license types in one report: at most {max}")]
+    TooManyTypes {
+        /// How many.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A built-in or used count beyond what any switch runs.
+    #[error("{count} {license_type} in one report: at most {max} per type")]
+    CountTooLarge {
+        /// The type.
+        license_type: LicenseType,
+        /// The count.
+        count: u32,
+        /// The bound.
+        max: u32,
+    },
     /// No client of that id is registered.
     #[error("unknown client {0:?}")]
     UnknownClient(String),
@@ -269,6 +330,26 @@ pub enum CommandError {
         /// How many are available.
         available: i64,
     },
+    /// A report claims to use more of a type than the client holds in the
+    /// table, and the pool cannot give it the difference: a claim is
+    /// checked like an acquire.
+    #[error(
+        "the report claims {claimed} {license_type} from the pool, the client holds {held}: \
+         the {} more need as many available, and {available} are{}",
+        claimed - held,
+        if *available < 0 { " (over-subscribed)" } else { "" }
+    )]
+    ClaimExceedsAvailable {
+        /// The type.
+        license_type: LicenseType,
+        /// What the report says the client uses.
+        claimed: u32,
+        /// What the client holds in the table (0 when it is new or down).
+        held: u32,
+        /// What the pool has available for the difference (with the keys
+        /// the same report brings); negative when over-subscribed.
+        available: i64,
+    },
     /// A release of more than the client uses.
     #[error("cannot release {requested} {license_type}: client uses {used}")]
     ReleaseExceedsUsed {
@@ -282,21 +363,58 @@ pub enum CommandError {
     /// The per-client count would not fit.
     #[error("count overflow")]
     CountOverflow,
-    /// A server key id already in use.
+    /// The same key id twice in one report.
+    #[error("key {0:?} is presented twice")]
+    DuplicateKey(String),
+    /// A key id someone else already counts: a key counts once, however
+    /// many clients present it.
+    #[error("key {key_id:?} is already counted for {by}: a key counts once")]
+    KeyCounted {
+        /// The key's id.
+        key_id: String,
+        /// Who counts it.
+        by: Contributor,
+    },
+    /// A key bound to another serial than its presenter's.
+    #[error("key {key_id:?} is bound to serial {bound:?}, not {presenter:?}")]
+    KeyNotBound {
+        /// The key's id.
+        key_id: String,
+        /// The serial it is bound to.
+        bound: String,
+        /// The serial of the switch or server presenting it.
+        presenter: String,
+    },
+    /// A server key id already installed on that server.
     #[error("server key {0:?} already installed")]
     KeyExists(String),
     /// No server key of that id.
     #[error("unknown server key {0:?}")]
     UnknownKey(String),
+    /// The key of that id is a client's: it comes and goes with the
+    /// client's reports, not by removal.
+    #[error(
+        "key {key_id:?} is presented by client {client:?}, not installed on a server: remove the \
+         key on the switch, or remove the client"
+    )]
+    KeyOfClient {
+        /// The key's id.
+        key_id: String,
+        /// The client presenting it.
+        client: String,
+    },
     /// An evaluation key that has already expired.
-    #[error("key already expired")]
-    KeyExpired,
+    #[error("key {0:?} has already expired")]
+    KeyExpired(String),
+    /// A key for a server whose serial the table does not know yet.
+    #[error("server {0:?} has not announced its serial: it does once it runs and the pair has a leader")]
+    UnknownServer(String),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::LicenseType;
+    use crate::table::{Key, LicenseType};
 
     #[test]
     fn commands_describe_themselves_for_an_operator() {
@@ -314,10 +432,15 @@ mod tests {
         let mut report = ClientReport::default();
         report.used.insert(ap.clone(), 100);
         report.builtin.insert(ap.clone(), 16);
-        report.keys.push(Key {
-            license_type: ap,
-            count: 4,
-            expires_at_ms: Some(9),
+        report.keys.push(VerifiedKey {
+            key_id: "k1".into(),
+            issuer: "acme".into(),
+            serial: "SN2".into(),
+            key: Key {
+                license_type: ap,
+                count: 4,
+                expires_at_ms: Some(9),
+            },
         });
         let heartbeat = Command::Heartbeat {
             now_ms: 5,
@@ -328,8 +451,43 @@ mod tests {
         assert_eq!(
             heartbeat.describe(),
             "heartbeat of client \"sw2\" from 192.0.2.50:1000: uses [100 AP] from the pool, \
-             keys [4 AP (evaluation, expires at 9)], built-in [16 AP] at 5"
+             keys [key \"k1\" of \"acme\" for serial \"SN2\": 4 AP (evaluation, expires at 9)], \
+             built-in [16 AP] at 5"
         );
         assert_eq!(Command::Sweep { now_ms: 7 }.describe(), "sweep at 7");
+        let remove = Command::RemoveClient {
+            id: "sw\u{1b}[2J".into(),
+            by: Actor::Operator("alice".into()),
+        };
+        assert_eq!(
+            remove.describe(),
+            "operator \"alice\" removes client \"sw\\u{1b}[2J\""
+        );
+        let serial = Command::ServerSerial {
+            server: "backup".into(),
+            serial: "CV2".into(),
+        };
+        assert_eq!(serial.describe(), "server \"backup\" announces serial \"CV2\"");
+        let install = Command::InstallServerKey {
+            now_ms: 3,
+            server: "backup".into(),
+            key: VerifiedKey {
+                key_id: "b-ap".into(),
+                issuer: "acme".into(),
+                serial: "CV2".into(),
+                key: Key::permanent("AP", 16),
+            },
+            by: Actor::Server("backup".into()),
+        };
+        assert_eq!(
+            install.describe(),
+            "server \"backup\" installs on server \"backup\" key \"b-ap\" of \"acme\" for serial \
+             \"CV2\": 16 AP at 3"
+        );
+        let remove = Command::RemoveServerKey {
+            key_id: "b-ap".into(),
+            by: Actor::Operator("bob".into()),
+        };
+        assert_eq!(remove.describe(), "operator \"bob\" removes server key \"b-ap\"");
     }
 }

@@ -6,28 +6,54 @@
 //! refuses a bad command with a [`CommandError`] without touching anything,
 //! so every node that applies the same log ends with the same table.
 //!
+//! What the table checks when it applies, whoever proposed the entry:
+//!
+//! - every string and count is within the bounds of [`limits`];
+//! - a key counts once: its id is counted by at most one client or server,
+//!   it is bound to the serial of whoever presents it, and it has not
+//!   expired at the entry's `now_ms`. That its signature verifies with a
+//!   trusted issuer is checked where the command is proposed (the trusted
+//!   issuers are each node's own configuration; see `server::request`);
+//! - S3 for every client command: a grant, and a report that claims to use
+//!   more than the client holds, needs that many available (and the type
+//!   not over-subscribed). A type becomes over-subscribed only when
+//!   contributions shrink (a key expires or is withdrawn, a client or a
+//!   server key goes), never by a grant.
+//!
+//! [`LicenseTable::check`] runs the same checks without applying, so that
+//! the proposer can refuse a request with the error the table would give.
+//!
 //! The table implements [`cluster::StateMachine`], snapshot and restore
 //! included, so the replicated log carries it unchanged.
 
 mod command;
 mod config;
+mod derived;
 pub mod limits;
 pub mod pool;
 mod snapshot;
 mod sweep;
+#[cfg(test)]
+mod tests;
 mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, CommandError, Reply, SweepReport};
 pub use config::{TableConfig, TypeKind, DEFAULT_POOLABLE, DEFAULT_SWITCH_SPECIFIC};
+pub use derived::source_of;
 pub use snapshot::SNAPSHOT_VERSION;
 pub use types::{
-    pool_demand, Client, ClientReport, ClientState, HeartbeatStats, Key, LicenseType, Pool, PoolEntry,
-    ServerKey,
+    pool_demand, Actor, Client, ClientReport, ClientState, HeartbeatStats, Key, LicenseType, Pool, PoolEntry,
+    ServerInfo, ServerKey, VerifiedKey,
 };
+
+use derived::Derived;
+use limits::{MAX_COUNT, MAX_KEYS_PER_CLIENT, MAX_KEYS_PER_SERVER, MAX_TYPES_PER_REPORT};
+use pool::Contributor;
 
 /// The replicated part of the table: what a snapshot holds besides the applied index.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,26 +62,28 @@ pub struct TableState {
     pub clients: BTreeMap<String, Client>,
     /// The servers' own keys by key id.
     pub server_keys: BTreeMap<String, ServerKey>,
+    /// The servers by node name, as each announced itself.
+    pub servers: BTreeMap<String, ServerInfo>,
 }
 
-/// The license table with its configuration and the pool derived from it.
+/// The license table with its configuration and what is derived from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LicenseTable {
     config: TableConfig,
     state: TableState,
-    // Derived from `state`; kept up to date incrementally, rebuilt on restore.
-    pool: Pool,
+    // Kept up to date incrementally, rebuilt on restore.
+    derived: Derived,
     applied_index: u64,
 }
 
 impl LicenseTable {
     /// An empty table.
     pub fn new(config: TableConfig) -> Self {
-        let pool = pool::empty(&config);
+        let derived = Derived::new(&config);
         Self {
             config,
             state: TableState::default(),
-            pool,
+            derived,
             applied_index: 0,
         }
     }
@@ -65,14 +93,14 @@ impl LicenseTable {
         &self.config
     }
 
-    /// Clients and server keys.
+    /// Clients, server keys and servers.
     pub fn state(&self) -> &TableState {
         &self.state
     }
 
     /// The pool per poolable type.
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        &self.derived.pool
     }
 
     /// One client.
@@ -80,19 +108,35 @@ impl LicenseTable {
         self.state.clients.get(id)
     }
 
+    /// Who counts the key of this id, if anyone does.
+    pub fn key_owner(&self, key_id: &str) -> Option<&Contributor> {
+        self.derived.key_owners.get(key_id)
+    }
+
+    /// How many clients were last heard from the address `source`.
+    pub fn clients_from(&self, source: IpAddr) -> usize {
+        self.derived.sources.get(&source).copied().unwrap_or(0)
+    }
+
+    /// The serial server `server` announced, if it did.
+    pub fn server_serial(&self, server: &str) -> Option<&str> {
+        self.state.servers.get(server).map(|s| s.serial.as_str())
+    }
+
     /// Evaluation keys (on servers and clients) that stop counting within
     /// `within_ms` of `now_ms`, soonest first: what both sides warn about
     /// before limits shrink (SPEC section 4). Already expired keys are not
     /// listed; the sweep removes them.
     pub fn expiring(&self, now_ms: u64, within_ms: u64) -> Vec<ExpiryWarning> {
-        let soon = |key: &Key| {
-            key.expires_at_ms
+        let soon = |key: &VerifiedKey| {
+            key.key
+                .expires_at_ms
                 .filter(|at| *at > now_ms && *at - now_ms <= within_ms)
                 .map(|at| at - now_ms)
         };
         let servers = self.state.server_keys.values().filter_map(|sk| {
             soon(&sk.key).map(|left| ExpiryWarning {
-                owner: format!("server:{}", sk.server),
+                owner: Contributor::Server(sk.server.clone()).to_string(),
                 key: sk.key.clone(),
                 expires_in_ms: left,
             })
@@ -100,7 +144,7 @@ impl LicenseTable {
         let clients = self.state.clients.values().flat_map(|c| {
             c.keys.iter().filter_map(move |k| {
                 soon(k).map(|left| ExpiryWarning {
-                    owner: format!("client:{}", c.id),
+                    owner: Contributor::Client(c.id.clone()).to_string(),
                     key: k.clone(),
                     expires_in_ms: left,
                 })
@@ -119,9 +163,20 @@ impl LicenseTable {
     /// Applies the command at log `index`.
     ///
     /// # Errors
-    /// The command is refused; the table (all but the applied index) is unchanged.
+    /// The command is refused ([`LicenseTable::check`]); the table (all but
+    /// the applied index) is unchanged.
     pub fn apply_command(&mut self, index: u64, command: Command) -> Result<Reply, CommandError> {
         self.applied_index = self.applied_index.max(index);
+        self.check(&command)?;
+        self.execute(command)
+    }
+
+    /// Whether the table would apply `command` now, and if not, why: every
+    /// check `apply_command` makes, without changing anything.
+    ///
+    /// # Errors
+    /// Why the command would be refused.
+    pub fn check(&self, command: &Command) -> Result<(), CommandError> {
         match command {
             Command::Register {
                 now_ms,
@@ -130,36 +185,373 @@ impl LicenseTable {
                 address,
                 version,
                 report,
-            } => self.register(now_ms, id, serial, address, version, report),
+            } => {
+                limits::check_client_id(id)?;
+                limits::check_serial(serial)?;
+                limits::check_address(address)?;
+                limits::check_version(version)?;
+                self.check_report(*now_ms, id, serial, report)?;
+                self.check_claims(self.state.clients.get(id), report)
+            }
             Command::Heartbeat {
                 now_ms,
                 id,
                 address,
                 report,
-            } => self.report(now_ms, &id, Some(address), report, true),
-            Command::Update { now_ms, id, report } => self.report(now_ms, &id, None, report, false),
+            } => {
+                let client = self.known(id)?;
+                limits::check_address(address)?;
+                self.check_report(*now_ms, id, &client.serial, report)?;
+                self.check_claims(Some(client), report)
+            }
+            Command::Update { now_ms, id, report } => {
+                let client = self.known(id)?;
+                self.check_report(*now_ms, id, &client.serial, report)?;
+                self.check_claims(Some(client), report)
+            }
+            Command::Acquire {
+                id,
+                license_type,
+                count,
+                ..
+            } => self.check_acquire(id, license_type, *count),
+            Command::Release {
+                id,
+                license_type,
+                count,
+                ..
+            } => {
+                let client = self.known(id)?;
+                self.check_poolable(license_type, *count)?;
+                let used = client.used_of(license_type);
+                if *count > used {
+                    return Err(CommandError::ReleaseExceedsUsed {
+                        license_type: license_type.clone(),
+                        requested: *count,
+                        used,
+                    });
+                }
+                Ok(())
+            }
+            Command::RemoveClient { id, by } => {
+                check_actor(by)?;
+                self.known(id).map(|_| ())
+            }
+            Command::ServerSerial { server, serial } => {
+                limits::check_server_name(server)?;
+                limits::check_serial(serial)?;
+                Ok(())
+            }
+            Command::InstallServerKey {
+                now_ms,
+                server,
+                key,
+                by,
+            } => self.check_install(*now_ms, server, key, by),
+            Command::RemoveServerKey { key_id, by } => {
+                check_actor(by)?;
+                if self.state.server_keys.contains_key(key_id) {
+                    return Ok(());
+                }
+                Err(match self.derived.key_owners.get(key_id) {
+                    Some(Contributor::Client(client)) => CommandError::KeyOfClient {
+                        key_id: key_id.clone(),
+                        client: client.clone(),
+                    },
+                    _ => CommandError::UnknownKey(key_id.clone()),
+                })
+            }
+            Command::Sweep { .. } => Ok(()),
+        }
+    }
+
+    /// Applies a command that passed [`LicenseTable::check`].
+    fn execute(&mut self, command: Command) -> Result<Reply, CommandError> {
+        match command {
+            Command::Register {
+                now_ms,
+                id,
+                serial,
+                address,
+                version,
+                report,
+            } => Ok(self.register(now_ms, id, serial, address, version, normalized(report))),
+            Command::Heartbeat {
+                now_ms,
+                id,
+                address,
+                report,
+            } => self.report(now_ms, &id, Some(address), normalized(report), true),
+            Command::Update { now_ms, id, report } => {
+                self.report(now_ms, &id, None, normalized(report), false)
+            }
             Command::Acquire {
                 now_ms,
                 id,
                 license_type,
                 count,
-            } => self.acquire(now_ms, &id, &license_type, count),
+            } => self.update_client(&id, now_ms, |client| {
+                let new_used = client.used_of(&license_type).saturating_add(count);
+                client.used.insert(license_type, new_used);
+            }),
             Command::Release {
                 now_ms,
                 id,
                 license_type,
                 count,
-            } => self.release(now_ms, &id, &license_type, count),
-            Command::RemoveClient { id } => self.remove_client(&id),
-            Command::InstallServerKey {
-                now_ms,
-                key_id,
-                server,
-                key,
-            } => self.install_server_key(now_ms, key_id, server, key),
-            Command::RemoveServerKey { key_id } => self.remove_server_key(&key_id),
+            } => self.update_client(&id, now_ms, |client| {
+                let used = client.used_of(&license_type).saturating_sub(count);
+                if used == 0 {
+                    client.used.remove(&license_type);
+                } else {
+                    client.used.insert(license_type, used);
+                }
+            }),
+            Command::RemoveClient { id, .. } => self.remove_client(&id),
+            Command::ServerSerial { server, serial } => Ok(self.server_serial_changed(server, serial)),
+            Command::InstallServerKey { server, key, by, .. } => {
+                let server_key = ServerKey {
+                    server,
+                    key,
+                    installed_by: by,
+                };
+                self.derived.attach_server_key(&server_key);
+                self.state
+                    .server_keys
+                    .insert(server_key.key.key_id.clone(), server_key);
+                Ok(self.server_key_reply())
+            }
+            Command::RemoveServerKey { key_id, .. } => {
+                let server_key = self
+                    .state
+                    .server_keys
+                    .remove(&key_id)
+                    .ok_or(CommandError::UnknownKey(key_id))?;
+                self.derived.detach_server_key(&server_key);
+                Ok(self.server_key_reply())
+            }
             Command::Sweep { now_ms } => Ok(Reply::Swept(self.sweep(now_ms))),
         }
+    }
+
+    fn known(&self, id: &str) -> Result<&Client, CommandError> {
+        self.state
+            .clients
+            .get(id)
+            .ok_or_else(|| CommandError::UnknownClient(id.to_owned()))
+    }
+
+    fn kind(&self, license_type: &LicenseType) -> Result<TypeKind, CommandError> {
+        self.config
+            .kind(license_type)
+            .ok_or_else(|| CommandError::UnknownType(license_type.clone()))
+    }
+
+    /// Checks a report of client `owner`, whose serial is `serial`: bounds,
+    /// known types, and every key (see [`LicenseTable::check_key`]) counted
+    /// by nobody else.
+    fn check_report(
+        &self,
+        now_ms: u64,
+        owner: &str,
+        serial: &str,
+        report: &ClientReport,
+    ) -> Result<(), CommandError> {
+        if report.keys.len() > MAX_KEYS_PER_CLIENT {
+            return Err(CommandError::TooManyKeys {
+                count: report.keys.len(),
+                max: MAX_KEYS_PER_CLIENT,
+                per: "client".into(),
+            });
+        }
+        for map in [&report.builtin, &report.used] {
+            if map.len() > MAX_TYPES_PER_REPORT {
+                return Err(CommandError::TooManyTypes {
+                    count: map.len(),
+                    max: MAX_TYPES_PER_REPORT,
+                });
+            }
+        }
+        let bounded = |license_type: &LicenseType, count: u32| {
+            if count > MAX_COUNT {
+                return Err(CommandError::CountTooLarge {
+                    license_type: license_type.clone(),
+                    count,
+                    max: MAX_COUNT,
+                });
+            }
+            Ok(())
+        };
+        for (license_type, n) in &report.builtin {
+            self.kind(license_type)?;
+            bounded(license_type, *n)?;
+        }
+        for (license_type, n) in &report.used {
+            if self.kind(license_type)? != TypeKind::Poolable && *n > 0 {
+                return Err(CommandError::NotPoolable(license_type.clone()));
+            }
+            bounded(license_type, *n)?;
+        }
+        let mut seen = BTreeSet::new();
+        for key in &report.keys {
+            self.check_key(now_ms, key, serial)?;
+            if !seen.insert(key.key_id.as_str()) {
+                return Err(CommandError::DuplicateKey(key.key_id.clone()));
+            }
+            match self.derived.key_owners.get(&key.key_id) {
+                Some(Contributor::Client(id)) if id == owner => {}
+                Some(by) => {
+                    return Err(CommandError::KeyCounted {
+                        key_id: key.key_id.clone(),
+                        by: by.clone(),
+                    })
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// What the table can check of a verified key from the entry alone: its
+    /// strings, its type, a count of at least one, its binding to the
+    /// presenter's `serial`, and that it has not expired at `now_ms`.
+    fn check_key(&self, now_ms: u64, key: &VerifiedKey, serial: &str) -> Result<(), CommandError> {
+        limits::check_key_id(&key.key_id)?;
+        limits::check_issuer(&key.issuer)?;
+        limits::check_serial(&key.serial)?;
+        self.kind(&key.key.license_type)?;
+        if key.key.count == 0 {
+            return Err(CommandError::ZeroCount);
+        }
+        if key.serial != serial {
+            return Err(CommandError::KeyNotBound {
+                key_id: key.key_id.clone(),
+                bound: key.serial.clone(),
+                presenter: serial.to_owned(),
+            });
+        }
+        if key.is_expired(now_ms) {
+            return Err(CommandError::KeyExpired(key.key_id.clone()));
+        }
+        Ok(())
+    }
+
+    /// A report's `used` is a claim: wherever it rises above what the
+    /// client holds in the table (`old`; nothing when it is new or down),
+    /// the pool must have the difference available once the report's own
+    /// keys replace the client's old ones, exactly as an acquire of the
+    /// difference would. Lowering and repeating are always fine.
+    fn check_claims(&self, old: Option<&Client>, report: &ClientReport) -> Result<(), CommandError> {
+        for (license_type, &claimed) in &report.used {
+            let held = old.map_or(0, |c| c.used_of(license_type));
+            if claimed <= held {
+                continue;
+            }
+            let entry = self.derived.pool.get(license_type).copied().unwrap_or_default();
+            let of_type = |keys: &[VerifiedKey]| -> i128 {
+                keys.iter()
+                    .filter(|k| &k.key.license_type == license_type)
+                    .map(|k| i128::from(k.key.count))
+                    .sum()
+            };
+            let total = i128::from(entry.total) - old.map_or(0, |c| of_type(&c.keys)) + of_type(&report.keys);
+            let available = total - i128::from(entry.used);
+            if i128::from(claimed - held) > available {
+                return Err(CommandError::ClaimExceedsAvailable {
+                    license_type: license_type.clone(),
+                    claimed,
+                    held,
+                    available: i64::try_from(available).unwrap_or(if available < 0 {
+                        i64::MIN
+                    } else {
+                        i64::MAX
+                    }),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `license_type` can be drawn from the pool by a command of `count`.
+    fn check_poolable(&self, license_type: &LicenseType, count: u32) -> Result<(), CommandError> {
+        match self.kind(license_type)? {
+            TypeKind::SwitchSpecific => Err(CommandError::NotPoolable(license_type.clone())),
+            TypeKind::Poolable if count == 0 => Err(CommandError::ZeroCount),
+            TypeKind::Poolable => Ok(()),
+        }
+    }
+
+    fn check_acquire(&self, id: &str, license_type: &LicenseType, count: u32) -> Result<(), CommandError> {
+        let client = self.known(id)?;
+        self.check_poolable(license_type, count)?;
+        let entry = self.derived.pool.get(license_type).copied().unwrap_or_default();
+        if entry.over_subscribed() {
+            return Err(CommandError::OverSubscribed {
+                license_type: license_type.clone(),
+                available: entry.available(),
+            });
+        }
+        if entry.available() < i64::from(count) {
+            return Err(CommandError::NotEnoughLicenses {
+                license_type: license_type.clone(),
+                requested: count,
+                available: entry.available(),
+            });
+        }
+        let new_used = client
+            .used_of(license_type)
+            .checked_add(count)
+            .ok_or(CommandError::CountOverflow)?;
+        // What a client holds must fit in its next report.
+        if new_used > MAX_COUNT {
+            return Err(CommandError::CountTooLarge {
+                license_type: license_type.clone(),
+                count: new_used,
+                max: MAX_COUNT,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_install(
+        &self,
+        now_ms: u64,
+        server: &str,
+        key: &VerifiedKey,
+        by: &Actor,
+    ) -> Result<(), CommandError> {
+        limits::check_server_name(server)?;
+        check_actor(by)?;
+        let serial = self
+            .server_serial(server)
+            .ok_or_else(|| CommandError::UnknownServer(server.to_owned()))?;
+        self.check_key(now_ms, key, serial)?;
+        match self.derived.key_owners.get(&key.key_id) {
+            Some(Contributor::Server(s)) if s == server => {
+                return Err(CommandError::KeyExists(key.key_id.clone()))
+            }
+            Some(by) => {
+                return Err(CommandError::KeyCounted {
+                    key_id: key.key_id.clone(),
+                    by: by.clone(),
+                })
+            }
+            None => {}
+        }
+        let installed = self
+            .state
+            .server_keys
+            .values()
+            .filter(|k| k.server == server)
+            .count();
+        if installed >= MAX_KEYS_PER_SERVER {
+            return Err(CommandError::TooManyKeys {
+                count: installed + 1,
+                max: MAX_KEYS_PER_SERVER,
+                per: "server".into(),
+            });
+        }
+        Ok(())
     }
 
     fn client_reply(client: &Client, pool: &Pool) -> Reply {
@@ -169,42 +561,10 @@ impl LicenseTable {
         }
     }
 
-    /// Checks a report and brings it into canonical form (no zero counts,
-    /// keys sorted, keys already expired at `now_ms` dropped).
-    fn normalize(&self, now_ms: u64, report: ClientReport) -> Result<ClientReport, CommandError> {
-        let known = |t: &LicenseType| {
-            self.config
-                .kind(t)
-                .ok_or_else(|| CommandError::UnknownType(t.clone()))
-        };
-        let mut builtin = BTreeMap::new();
-        for (t, n) in report.builtin {
-            known(&t)?;
-            if n > 0 {
-                builtin.insert(t, n);
-            }
+    fn server_key_reply(&self) -> Reply {
+        Reply::ServerKey {
+            pool: self.derived.pool.clone(),
         }
-        let mut keys = Vec::with_capacity(report.keys.len());
-        for key in report.keys {
-            known(&key.license_type)?;
-            if key.count == 0 {
-                return Err(CommandError::ZeroCount);
-            }
-            if !key.is_expired(now_ms) {
-                keys.push(key);
-            }
-        }
-        keys.sort();
-        let mut used = BTreeMap::new();
-        for (t, n) in report.used {
-            if known(&t)? != TypeKind::Poolable && n > 0 {
-                return Err(CommandError::NotPoolable(t));
-            }
-            if n > 0 {
-                used.insert(t, n);
-            }
-        }
-        Ok(ClientReport { builtin, keys, used })
     }
 
     fn register(
@@ -215,15 +575,15 @@ impl LicenseTable {
         address: String,
         version: String,
         report: ClientReport,
-    ) -> Result<Reply, CommandError> {
-        if id.is_empty() {
-            return Err(CommandError::EmptyId);
-        }
-        let report = self.normalize(now_ms, report)?;
+    ) -> Reply {
         let previous = self.state.clients.remove(&id);
         if let Some(old) = &previous {
-            pool::apply_client(&mut self.pool, &self.config, old, false);
+            self.derived.detach_client(&self.config, old);
         }
+        // A new serial under an old id is a replaced switch (SPEC §5): a
+        // new device, whose history starts anew. What the id used is the
+        // id's, and was checked as its claim.
+        let same = previous.filter(|c| c.serial == serial);
         let mut client = Client {
             id: id.clone(),
             serial,
@@ -233,15 +593,15 @@ impl LicenseTable {
             keys: report.keys,
             used: report.used,
             state: ClientState::Up,
-            registered_ms: previous.as_ref().map_or(now_ms, |c| c.registered_ms),
-            last_heard_ms: previous.as_ref().map_or(now_ms, |c| c.last_heard_ms.max(now_ms)),
-            stats: previous.map(|c| c.stats).unwrap_or_default(),
+            registered_ms: same.as_ref().map_or(now_ms, |c| c.registered_ms),
+            last_heard_ms: same.as_ref().map_or(now_ms, |c| c.last_heard_ms.max(now_ms)),
+            stats: same.map(|c| c.stats).unwrap_or_default(),
         };
         client.stats.missed_in_a_row = 0;
-        pool::apply_client(&mut self.pool, &self.config, &client, true);
-        let reply = Self::client_reply(&client, &self.pool);
+        self.derived.attach_client(&self.config, &client);
+        let reply = Self::client_reply(&client, &self.derived.pool);
         self.state.clients.insert(id, client);
-        Ok(reply)
+        reply
     }
 
     fn report(
@@ -252,10 +612,6 @@ impl LicenseTable {
         report: ClientReport,
         heartbeat: bool,
     ) -> Result<Reply, CommandError> {
-        if !self.state.clients.contains_key(id) {
-            return Err(CommandError::UnknownClient(id.to_owned()));
-        }
-        let report = self.normalize(now_ms, report)?;
         self.update_client(id, now_ms, |client| {
             client.builtin = report.builtin;
             client.keys = report.keys;
@@ -282,87 +638,11 @@ impl LicenseTable {
             .clients
             .get_mut(id)
             .ok_or_else(|| CommandError::UnknownClient(id.to_owned()))?;
-        pool::apply_client(&mut self.pool, &self.config, client, false);
+        self.derived.detach_client(&self.config, client);
         change(client);
         heard(client, now_ms);
-        pool::apply_client(&mut self.pool, &self.config, client, true);
-        Ok(Self::client_reply(client, &self.pool))
-    }
-
-    /// Checks that `license_type` can be drawn from the pool by a command of `count`.
-    fn check_poolable(&self, license_type: &LicenseType, count: u32) -> Result<(), CommandError> {
-        match self.config.kind(license_type) {
-            None => Err(CommandError::UnknownType(license_type.clone())),
-            Some(TypeKind::SwitchSpecific) => Err(CommandError::NotPoolable(license_type.clone())),
-            Some(TypeKind::Poolable) if count == 0 => Err(CommandError::ZeroCount),
-            Some(TypeKind::Poolable) => Ok(()),
-        }
-    }
-
-    fn acquire(
-        &mut self,
-        now_ms: u64,
-        id: &str,
-        license_type: &LicenseType,
-        count: u32,
-    ) -> Result<Reply, CommandError> {
-        let client = self
-            .state
-            .clients
-            .get(id)
-            .ok_or_else(|| CommandError::UnknownClient(id.to_owned()))?;
-        self.check_poolable(license_type, count)?;
-        let entry = self.pool.get(license_type).copied().unwrap_or_default();
-        if entry.over_subscribed() {
-            return Err(CommandError::OverSubscribed {
-                license_type: license_type.clone(),
-                available: entry.available(),
-            });
-        }
-        if entry.available() < i64::from(count) {
-            return Err(CommandError::NotEnoughLicenses {
-                license_type: license_type.clone(),
-                requested: count,
-                available: entry.available(),
-            });
-        }
-        let new_used = client
-            .used_of(license_type)
-            .checked_add(count)
-            .ok_or(CommandError::CountOverflow)?;
-        self.update_client(id, now_ms, |client| {
-            client.used.insert(license_type.clone(), new_used);
-        })
-    }
-
-    fn release(
-        &mut self,
-        now_ms: u64,
-        id: &str,
-        license_type: &LicenseType,
-        count: u32,
-    ) -> Result<Reply, CommandError> {
-        let client = self
-            .state
-            .clients
-            .get(id)
-            .ok_or_else(|| CommandError::UnknownClient(id.to_owned()))?;
-        self.check_poolable(license_type, count)?;
-        let used = client.used_of(license_type);
-        if count > used {
-            return Err(CommandError::ReleaseExceedsUsed {
-                license_type: license_type.clone(),
-                requested: count,
-                used,
-            });
-        }
-        self.update_client(id, now_ms, |client| {
-            if used == count {
-                client.used.remove(license_type);
-            } else {
-                client.used.insert(license_type.clone(), used - count);
-            }
-        })
+        self.derived.attach_client(&self.config, client);
+        Ok(Self::client_reply(client, &self.derived.pool))
     }
 
     fn remove_client(&mut self, id: &str) -> Result<Reply, CommandError> {
@@ -371,60 +651,60 @@ impl LicenseTable {
             .clients
             .remove(id)
             .ok_or_else(|| CommandError::UnknownClient(id.to_owned()))?;
-        pool::apply_client(&mut self.pool, &self.config, &client, false);
+        self.derived.detach_client(&self.config, &client);
         Ok(Reply::ClientRemoved {
-            pool: self.pool.clone(),
+            pool: self.derived.pool.clone(),
         })
     }
 
-    fn install_server_key(
-        &mut self,
-        now_ms: u64,
-        key_id: String,
-        server: String,
-        key: Key,
-    ) -> Result<Reply, CommandError> {
-        if key_id.is_empty() || server.is_empty() {
-            return Err(CommandError::EmptyId);
-        }
-        if self.config.kind(&key.license_type).is_none() {
-            return Err(CommandError::UnknownType(key.license_type));
-        }
-        if key.count == 0 {
-            return Err(CommandError::ZeroCount);
-        }
-        if key.is_expired(now_ms) {
-            return Err(CommandError::KeyExpired);
-        }
-        if self.state.server_keys.contains_key(&key_id) {
-            return Err(CommandError::KeyExists(key_id));
-        }
-        let server_key = ServerKey { server, key };
-        pool::apply_server_key(&mut self.pool, &server_key, true);
-        self.state.server_keys.insert(key_id, server_key);
-        Ok(Reply::ServerKey {
-            pool: self.pool.clone(),
-        })
-    }
-
-    fn remove_server_key(&mut self, key_id: &str) -> Result<Reply, CommandError> {
-        let server_key = self
+    /// Records a server's serial; keys of that server bound to another
+    /// serial (the one it was replaced under) stop counting.
+    fn server_serial_changed(&mut self, server: String, serial: String) -> Reply {
+        let stale: Vec<String> = self
             .state
             .server_keys
-            .remove(key_id)
-            .ok_or_else(|| CommandError::UnknownKey(key_id.to_owned()))?;
-        pool::apply_server_key(&mut self.pool, &server_key, false);
-        Ok(Reply::ServerKey {
-            pool: self.pool.clone(),
-        })
+            .iter()
+            .filter(|(_, k)| k.server == server && k.key.serial != serial)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for key_id in stale {
+            if let Some(server_key) = self.state.server_keys.remove(&key_id) {
+                self.derived.detach_server_key(&server_key);
+            }
+        }
+        self.state.servers.insert(server, ServerInfo { serial });
+        self.server_key_reply()
     }
 
-    /// Replaces state and applied index, rebuilding the derived pool.
+    /// Replaces state and applied index, rebuilding what is derived.
     fn replace(&mut self, applied_index: u64, state: TableState) {
-        self.pool = pool::recompute(&self.config, state.clients.values(), state.server_keys.values());
+        self.derived = Derived::rebuild(&self.config, &state);
         self.state = state;
         self.applied_index = applied_index;
     }
+}
+
+/// A report in canonical form: no zero counts, keys sorted by key id.
+fn normalized(report: ClientReport) -> ClientReport {
+    let ClientReport {
+        builtin,
+        mut keys,
+        used,
+    } = report;
+    keys.sort();
+    ClientReport {
+        builtin: builtin.into_iter().filter(|(_, n)| *n > 0).collect(),
+        keys,
+        used: used.into_iter().filter(|(_, n)| *n > 0).collect(),
+    }
+}
+
+fn check_actor(actor: &Actor) -> Result<(), CommandError> {
+    match actor {
+        Actor::Server(name) => limits::check_server_name(name)?,
+        Actor::Operator(name) => limits::check_operator(name)?,
+    }
+    Ok(())
 }
 
 /// Marks a client heard at `now_ms`: up, and no heartbeats missed.
@@ -468,7 +748,7 @@ pub struct ExpiryWarning {
     /// `server:NAME` or `client:ID`, as the server table labels contributors.
     pub owner: String,
     /// The key.
-    pub key: Key,
+    pub key: VerifiedKey,
     /// Milliseconds until it stops counting.
     pub expires_in_ms: u64,
 }
@@ -478,9 +758,10 @@ impl std::fmt::Display for ExpiryWarning {
         let secs = self.expires_in_ms / 1000;
         write!(
             f,
-            "evaluation key {} x{} of {} expires in {}d {}h {}m",
-            self.key.license_type,
-            self.key.count,
+            "evaluation key {:?} ({} x{}) of {} expires in {}d {}h {}m",
+            self.key.key_id,
+            self.key.key.license_type,
+            self.key.key.count,
             self.owner,
             secs / 86_400,
             secs % 86_400 / 3600,

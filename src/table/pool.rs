@@ -20,7 +20,7 @@ pub(super) fn empty(config: &TableConfig) -> Pool {
 /// Adds (`add`) or takes back (`!add`) what `client` contributes to the pool:
 /// its installed poolable keys to `total`, what it takes from the pool to `used`.
 pub(super) fn apply_client(pool: &mut Pool, config: &TableConfig, client: &Client, add: bool) {
-    for key in &client.keys {
+    for key in client.keys.iter().map(|k| &k.key) {
         if config.is_poolable(&key.license_type) {
             if let Some(entry) = pool.get_mut(&key.license_type) {
                 shift(&mut entry.total, u64::from(key.count), add);
@@ -36,8 +36,9 @@ pub(super) fn apply_client(pool: &mut Pool, config: &TableConfig, client: &Clien
 
 /// Adds or takes back what a server key contributes to the pool.
 pub(super) fn apply_server_key(pool: &mut Pool, server_key: &ServerKey, add: bool) {
-    if let Some(entry) = pool.get_mut(&server_key.key.license_type) {
-        shift(&mut entry.total, u64::from(server_key.key.count), add);
+    let key = &server_key.key.key;
+    if let Some(entry) = pool.get_mut(&key.license_type) {
+        shift(&mut entry.total, u64::from(key.count), add);
     }
 }
 
@@ -68,8 +69,8 @@ pub fn recompute<'a>(
     pool
 }
 
-/// Where licenses in the pool come from.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+/// Where licenses in the pool come from: who counts a key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Contributor {
     /// A license server, by node name.
     Server(String),
@@ -96,13 +97,14 @@ pub fn contributors<'a>(
     let mut by_type: BTreeMap<_, BTreeMap<Contributor, u64>> =
         config.poolable().map(|t| (t.clone(), BTreeMap::new())).collect();
     for server_key in server_keys {
-        if let Some(who) = by_type.get_mut(&server_key.key.license_type) {
+        let key = &server_key.key.key;
+        if let Some(who) = by_type.get_mut(&key.license_type) {
             *who.entry(Contributor::Server(server_key.server.clone()))
-                .or_default() += u64::from(server_key.key.count);
+                .or_default() += u64::from(key.count);
         }
     }
     for client in clients {
-        for key in &client.keys {
+        for key in client.keys.iter().map(|k| &k.key) {
             if let Some(who) = by_type.get_mut(&key.license_type) {
                 *who.entry(Contributor::Client(client.id.clone())).or_default() += u64::from(key.count);
             }

@@ -12,8 +12,10 @@ use cluster::SnapshotError;
 
 use super::TableState;
 
-/// The snapshot format this build writes and reads.
-pub const SNAPSHOT_VERSION: u16 = 1;
+/// The snapshot format this build writes and reads. 2: keys are verified
+/// signed keys (key id, issuer, serial), server keys say who installed
+/// them, and the table records each server's serial.
+pub const SNAPSHOT_VERSION: u16 = 2;
 
 const MAGIC: &[u8; 4] = b"VPLT";
 const HEADER: usize = MAGIC.len() + 2;
@@ -66,8 +68,14 @@ mod tests {
         assert!(decode(b"").is_err());
         assert!(decode(b"XXXX\x01\x00").is_err());
         let mut newer = good.clone();
-        newer[4] = 2;
-        assert!(decode(&newer).unwrap_err().0.contains("format 2"));
+        newer[4] = 3;
+        assert!(decode(&newer).unwrap_err().0.contains("format 3"));
+        let mut older = good.clone();
+        older[4] = 1;
+        assert!(decode(&older)
+            .unwrap_err()
+            .0
+            .contains("format 1, this build reads 2"));
         let mut trailing = good.clone();
         trailing.push(0);
         assert!(decode(&trailing).is_err());

@@ -1,7 +1,7 @@
 //! The leader's periodic sweep: silent clients go down, long-silent ones
 //! leave the table, expired evaluation keys drop out.
 
-use super::{pool, ClientState, LicenseTable, SweepReport};
+use super::{ClientState, LicenseTable, SweepReport};
 
 /// Heartbeats whose deadline has strictly passed `elapsed_ms` after the
 /// client was last heard: at exactly three intervals the third one may still
@@ -19,11 +19,11 @@ impl LicenseTable {
     pub(super) fn sweep(&mut self, now_ms: u64) -> SweepReport {
         let mut report = SweepReport::default();
         let config = &self.config;
-        let pool = &mut self.pool;
+        let derived = &mut self.derived;
         self.state.clients.retain(|id, client| {
             let elapsed = now_ms.saturating_sub(client.last_heard_ms);
             if elapsed > config.silence_remove_ms {
-                pool::apply_client(pool, config, client, false);
+                derived.detach_client(config, client);
                 report.removed.push(id.clone());
                 return false;
             }
@@ -31,7 +31,7 @@ impl LicenseTable {
             let expired = client.keys.iter().filter(|k| k.is_expired(now_ms)).count();
             let goes_down = client.state == ClientState::Up && missed >= config.missed_heartbeats_down;
             if missed > client.stats.missed_in_a_row || expired > 0 || goes_down {
-                pool::apply_client(pool, config, client, false);
+                derived.detach_client(config, client);
                 if missed > client.stats.missed_in_a_row {
                     client.stats.missed_total += u64::from(missed - client.stats.missed_in_a_row);
                     client.stats.missed_in_a_row = missed;
@@ -46,7 +46,7 @@ impl LicenseTable {
                     client.used.clear();
                     report.down.push(id.clone());
                 }
-                pool::apply_client(pool, config, client, true);
+                derived.attach_client(config, client);
             }
             true
         });
@@ -59,7 +59,7 @@ impl LicenseTable {
             .collect();
         for key_id in expired_server {
             if let Some(server_key) = self.state.server_keys.remove(&key_id) {
-                pool::apply_server_key(&mut self.pool, &server_key, false);
+                self.derived.detach_server_key(&server_key);
                 report.expired_keys += 1;
             }
         }

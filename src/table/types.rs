@@ -80,13 +80,75 @@ impl Key {
     }
 }
 
+/// A license key as the table counts it: what a signed key said, once the
+/// node that proposed the command verified its signature with a trusted
+/// issuer, its binding to the presenter's serial and its validity.
+///
+/// The table cannot verify signatures (the trusted issuers are each node's
+/// own configuration, and `apply` reads nothing but the entry); it checks
+/// again what it can from the entry alone: the key's id is counted once in
+/// the whole table, the key is bound to the serial of whoever presents it,
+/// it has not expired at the entry's `now_ms`, and its strings are within
+/// bounds.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VerifiedKey {
+    /// The key's id: unique per issued key; the table counts it once.
+    pub key_id: String,
+    /// The issuer whose signature verified.
+    pub issuer: String,
+    /// The serial of the switch or server the key is bound to.
+    pub serial: String,
+    /// What it licenses, how many, and until when.
+    pub key: Key,
+}
+
+impl VerifiedKey {
+    /// Whether the key has stopped counting at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.key.is_expired(now_ms)
+    }
+}
+
+/// Who made a change an operator should be able to trace: a server keeping
+/// its own keys equal to its key files, or an operator.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Actor {
+    /// A license server, by node name, from its own key files.
+    Server(String),
+    /// An operator, by the name their certificate carries.
+    Operator(String),
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Quoted: a name in a refused entry was never checked, and an
+        // operator's terminal must not receive its control characters.
+        match self {
+            Self::Server(name) => write!(f, "server {name:?}"),
+            Self::Operator(name) => write!(f, "operator {name:?}"),
+        }
+    }
+}
+
 /// A key installed on one of the license servers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerKey {
     /// The server (node name) the key was installed on.
     pub server: String,
-    /// The key itself.
-    pub key: Key,
+    /// The key itself, bound to that server's serial.
+    pub key: VerifiedKey,
+    /// Who installed it: the server from its key files (it keeps those
+    /// equal to the files), or an operator (it stays until an operator
+    /// removes it or it expires).
+    pub installed_by: Actor,
+}
+
+/// What the table knows of one license server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Its serial (`node.serial`): its keys are bound to it, and an
+    /// operator's key for it is verified against it.
+    pub serial: String,
 }
 
 /// Whether the server considers a client alive.
@@ -121,21 +183,26 @@ pub struct HeartbeatStats {
 
 /// What a client reports about itself: its whole license state, so that a
 /// report is idempotent and a new leader can rebuild anything it owns.
+///
+/// In a command, the keys are the ones the proposer verified; on the wire
+/// a switch sends its keys as signed key lines
+/// ([`SwitchReport`](crate::proto::SwitchReport)).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientReport {
     /// Factory licenses per type; never part of the pool.
     pub builtin: BTreeMap<LicenseType, u32>,
-    /// Keys installed on the client.
-    pub keys: Vec<Key>,
+    /// Keys installed on the client, verified.
+    pub keys: Vec<VerifiedKey>,
     /// Licenses per poolable type the client takes from the pool (what it
-    /// needs beyond its built-in licenses).
+    /// needs beyond its built-in licenses): a claim, checked like an
+    /// acquire wherever it rises above what the client holds.
     pub used: BTreeMap<LicenseType, u32>,
 }
 
 /// One license client (switch) as the table knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Client {
-    /// The client's id, chosen by the client (usually its host name).
+    /// The client's id (usually its host name), as its certificate names it.
     pub id: String,
     /// The switch's serial number.
     pub serial: String,
@@ -145,8 +212,8 @@ pub struct Client {
     pub version: String,
     /// Factory licenses per type; zero counts are not kept.
     pub builtin: BTreeMap<LicenseType, u32>,
-    /// Installed, unexpired keys, sorted.
-    pub keys: Vec<Key>,
+    /// Installed, unexpired keys, sorted by key id.
+    pub keys: Vec<VerifiedKey>,
     /// Licenses taken from the pool per poolable type; zero counts are not kept.
     pub used: BTreeMap<LicenseType, u32>,
     /// Up or down.
@@ -164,8 +231,8 @@ impl Client {
     pub fn installed(&self, license_type: &LicenseType) -> u64 {
         self.keys
             .iter()
-            .filter(|k| &k.license_type == license_type)
-            .map(|k| u64::from(k.count))
+            .filter(|k| &k.key.license_type == license_type)
+            .map(|k| u64::from(k.key.count))
             .sum()
     }
 

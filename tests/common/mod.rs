@@ -280,6 +280,32 @@ impl Lab {
         )
     }
 
+    /// What server `name` needs of the lab's licensing: the `serial` line
+    /// of its `[node]` section, and the `[license]` lines that trust the
+    /// lab's issuer ([`lab_issuer`]) and install a key file of `ap` AP
+    /// licenses bound to that serial (key id `NAME-AP`), with per-source
+    /// limits raised for the many switches a lab runs from one host.
+    pub fn server_license(&self, name: &str, ap: u32) -> ServerLicense {
+        let dir = self.dir().join("license");
+        std::fs::create_dir_all(&dir).expect("lab license dir");
+        let issuer = lab_issuer();
+        let issuers = dir.join("lab.pub");
+        std::fs::write(&issuers, format!("{}\n", issuer.trusted())).expect("write lab.pub");
+        let serial = format!("SN-{name}");
+        let keys = dir.join(format!("{name}.keys"));
+        let key = lab_key(&format!("{name}-AP"), &serial, "AP", ap);
+        std::fs::write(&keys, format!("# {name}\n{key}\n")).expect("write key file");
+        ServerLicense {
+            serial: format!("serial = \"{serial}\""),
+            lines: format!(
+                "issuers = [\"{}\"]\nkey_files = [\"{}\"]\nmax_clients_per_source = 20000\n\
+                 registrations_per_s_per_source = 20000",
+                issuers.display(),
+                keys.display()
+            ),
+        }
+    }
+
     /// Starts keepalived (VRRP only, foreground, logging to stderr) on
     /// `host` with the configuration text `conf`.
     pub fn keepalived(&mut self, host: &Host, name: &str, conf: &str) -> Arc<Mutex<Child>> {
@@ -703,4 +729,39 @@ pub fn bench_keepalived_conf(vip: Ipv4Addr, priority: u8, advert_ms: u32) -> Str
          vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 50\n    \
          priority {priority}\n    advert_int {advert}\n    virtual_ipaddress {{\n        {vip}/24 dev eth0\n    }}\n}}\n"
     )
+}
+
+/// The lab's license issuer: a fixed key, so that every server and switch
+/// of a lab (and every lab) agrees on it.
+pub fn lab_issuer() -> vipool::license::IssuerKey {
+    vipool::license::IssuerKey::from_secret_bytes("lab", &[42; 32]).expect("lab issuer")
+}
+
+/// A key of `count` licenses of `license_type` for `serial`, signed by the
+/// lab's issuer, valid from a day ago.
+pub fn lab_key(key_id: &str, serial: &str, license_type: &str, count: u32) -> vipool::license::SignedKey {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    lab_issuer()
+        .sign(vipool::license::KeyStatement {
+            key_id: key_id.into(),
+            license_type: license_type.into(),
+            count,
+            serial: serial.into(),
+            not_before: now - 86_400,
+            expires: None,
+            issuer: "lab".into(),
+        })
+        .expect("sign a lab key")
+}
+
+/// A server's licensing in a lab (see [`Lab::server_license`]).
+#[derive(Debug, Clone)]
+pub struct ServerLicense {
+    /// `serial = "SN-NAME"`, for `[node]`.
+    pub serial: String,
+    /// The `[license]` lines.
+    pub lines: String,
 }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vipool::client::{ClientError, Connection};
-use vipool::proto::{NodeStatus, ServerError, TableDump};
-use vipool::table::{ClientReport, LicenseType};
+use vipool::proto::{NodeStatus, ServerError, SwitchReport, TableDump};
+use vipool::table::LicenseType;
 
 use super::{in_netns, wait_for, Host, Lab, Speaker};
 
@@ -214,6 +214,7 @@ fn node_config(
     peers: &[(u64, &str, Ipv4Addr)],
 ) -> PathBuf {
     let (host, id, name, priority) = me;
+    let license = lab.server_license(name, SERVER_AP);
     let list: Vec<String> = peers
         .iter()
         .map(|(id, name, addr)| {
@@ -238,6 +239,7 @@ name = "{name}"
 id = {id}
 cluster_id = {CLUSTER_ID}
 data_dir = "{data}"
+{serial}
 
 [vrrp]
 interface = "eth0"
@@ -258,7 +260,7 @@ request_timeout_ms = 2000
 [license]
 client_port = {CLIENT_PORT}
 operator_listen = "{addr}:{OPERATOR_PORT}"
-keys = {{ AP = {SERVER_AP} }}
+{license_lines}
 heartbeat_interval_ms = {hb}
 sweep_interval_ms = {sweep}
 
@@ -275,6 +277,8 @@ sweep_interval_ms = {sweep}
         hb = opts.heartbeat_interval_ms,
         sweep = opts.sweep_interval_ms,
         tls = tls_section(lab, name),
+        serial = license.serial,
+        license_lines = license.lines,
     );
     let path = lab.dir().join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write node config");
@@ -676,7 +680,7 @@ async fn probe_loop(
             }
         };
         if !registered {
-            match tokio::time::timeout(timeout, c.register(id, "PROBE", "1", ClientReport::default())).await {
+            match tokio::time::timeout(timeout, c.register(id, "PROBE", "1", SwitchReport::default())).await {
                 Ok(Ok(_)) => {
                     registered = true;
                     conn = Some(c);

@@ -1,0 +1,512 @@
+//! What `apply` refuses of an entry, however it got into the log: every
+//! check the table can make from the entry alone. Each refusal changes
+//! nothing.
+
+use super::limits::{MAX_COUNT, MAX_KEYS_PER_SERVER};
+use super::*;
+
+fn ap() -> LicenseType {
+    LicenseType::new("AP")
+}
+
+fn vkey(key_id: &str, serial: &str, count: u32, expires_at_ms: Option<u64>) -> VerifiedKey {
+    VerifiedKey {
+        key_id: key_id.into(),
+        issuer: "acme".into(),
+        serial: serial.into(),
+        key: Key {
+            license_type: ap(),
+            count,
+            expires_at_ms,
+        },
+    }
+}
+
+fn report(keys: Vec<VerifiedKey>, used: u32) -> ClientReport {
+    ClientReport {
+        builtin: BTreeMap::new(),
+        keys,
+        used: if used > 0 {
+            BTreeMap::from([(ap(), used)])
+        } else {
+            BTreeMap::new()
+        },
+    }
+}
+
+fn register(id: &str, serial: &str, report: ClientReport) -> Command {
+    Command::Register {
+        now_ms: 100,
+        id: id.into(),
+        serial: serial.into(),
+        address: "192.0.2.50:4000".into(),
+        version: "8.10".into(),
+        report,
+    }
+}
+
+/// A table with the primary's serial announced and 16 AP installed on it.
+fn table() -> LicenseTable {
+    let mut t = LicenseTable::new(TableConfig::default());
+    t.apply_command(
+        1,
+        Command::ServerSerial {
+            server: "primary".into(),
+            serial: "CV1".into(),
+        },
+    )
+    .unwrap();
+    t.apply_command(
+        2,
+        Command::InstallServerKey {
+            now_ms: 0,
+            server: "primary".into(),
+            key: vkey("p-ap", "CV1", 16, None),
+            by: Actor::Server("primary".into()),
+        },
+    )
+    .unwrap();
+    t
+}
+
+#[track_caller]
+fn refused(t: &mut LicenseTable, command: Command) -> CommandError {
+    let before = t.clone();
+    let shown = format!("{command:?}");
+    let err = t.apply_command(t.applied_index() + 1, command).unwrap_err();
+    assert_eq!(t.state(), before.state(), "{shown}");
+    assert_eq!(t.pool(), before.pool(), "{shown}");
+    assert_eq!(t.derived, before.derived, "{shown}");
+    err
+}
+
+#[test]
+fn a_key_id_counts_once_in_the_whole_table() {
+    let mut t = table();
+    t.apply_command(
+        3,
+        register("sw1", "S1", report(vec![vkey("k", "S1", 8, None)], 0)),
+    )
+    .unwrap();
+    let err = refused(
+        &mut t,
+        register("sw2", "S2", report(vec![vkey("k", "S2", 8, None)], 0)),
+    );
+    assert_eq!(
+        err,
+        CommandError::KeyCounted {
+            key_id: "k".into(),
+            by: Contributor::Client("sw1".into())
+        }
+    );
+    let err = refused(
+        &mut t,
+        register("sw2", "S2", report(vec![vkey("p-ap", "S2", 8, None)], 0)),
+    );
+    assert!(
+        matches!(
+            err,
+            CommandError::KeyCounted {
+                by: Contributor::Server(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = refused(
+        &mut t,
+        Command::InstallServerKey {
+            now_ms: 0,
+            server: "primary".into(),
+            key: vkey("k", "CV1", 8, None),
+            by: Actor::Operator("alice".into()),
+        },
+    );
+    assert!(
+        matches!(
+            err,
+            CommandError::KeyCounted {
+                by: Contributor::Client(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = refused(
+        &mut t,
+        register(
+            "sw3",
+            "S3",
+            report(vec![vkey("d", "S3", 1, None), vkey("d", "S3", 1, None)], 0),
+        ),
+    );
+    assert_eq!(err, CommandError::DuplicateKey("d".into()));
+    assert_eq!(t.pool()[&ap()].total, 24);
+    assert_eq!(t.key_owner("k"), Some(&Contributor::Client("sw1".into())));
+    // Once its owner is gone, the key id is free.
+    t.apply_command(
+        9,
+        Command::RemoveClient {
+            id: "sw1".into(),
+            by: Actor::Operator("alice".into()),
+        },
+    )
+    .unwrap();
+    assert_eq!(t.key_owner("k"), None);
+    t.apply_command(
+        10,
+        register("sw2", "S2", report(vec![vkey("k", "S2", 8, None)], 0)),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_key_must_be_bound_to_its_presenter_and_unexpired_at_the_entry_time() {
+    let mut t = table();
+    let err = refused(
+        &mut t,
+        register("sw1", "S1", report(vec![vkey("k", "S2", 8, None)], 0)),
+    );
+    assert_eq!(
+        err,
+        CommandError::KeyNotBound {
+            key_id: "k".into(),
+            bound: "S2".into(),
+            presenter: "S1".into()
+        }
+    );
+    let err = refused(
+        &mut t,
+        register("sw1", "S1", report(vec![vkey("k", "S1", 8, Some(100))], 0)),
+    );
+    assert_eq!(err, CommandError::KeyExpired("k".into()));
+    let err = refused(
+        &mut t,
+        register("sw1", "S1", report(vec![vkey("k", "S1", 0, None)], 0)),
+    );
+    assert_eq!(err, CommandError::ZeroCount);
+    t.apply_command(3, register("sw1", "S1", report(vec![], 0)))
+        .unwrap();
+    // A heartbeat's keys are bound to the serial the table holds.
+    let err = refused(
+        &mut t,
+        Command::Heartbeat {
+            now_ms: 100,
+            id: "sw1".into(),
+            address: "192.0.2.50:4000".into(),
+            report: report(vec![vkey("k", "S9", 8, None)], 0),
+        },
+    );
+    assert!(matches!(err, CommandError::KeyNotBound { .. }), "{err}");
+    // Servers: the key must be bound to the server's announced serial.
+    let install = |server: &str, key| Command::InstallServerKey {
+        now_ms: 100,
+        server: server.into(),
+        key,
+        by: Actor::Server(server.into()),
+    };
+    let err = refused(&mut t, install("primary", vkey("p-2", "CV9", 1, None)));
+    assert!(matches!(err, CommandError::KeyNotBound { .. }), "{err}");
+    let err = refused(&mut t, install("backup", vkey("b-1", "CV2", 1, None)));
+    assert_eq!(err, CommandError::UnknownServer("backup".into()));
+    let err = refused(&mut t, install("primary", vkey("p-ap", "CV1", 16, None)));
+    assert_eq!(err, CommandError::KeyExists("p-ap".into()));
+    let err = refused(&mut t, install("primary", vkey("p-3", "CV1", 1, Some(100))));
+    assert_eq!(err, CommandError::KeyExpired("p-3".into()));
+}
+
+#[test]
+fn strings_and_counts_out_of_bounds_are_refused() {
+    let mut t = table();
+    let long = "x".repeat(65_536);
+    for command in [
+        register("sw\u{1b}[31m", "S1", report(vec![], 0)),
+        register("", "S1", report(vec![], 0)),
+        register("sw1", &long, report(vec![], 0)),
+        register("sw1", "S 1", report(vec![], 0)),
+        Command::Register {
+            now_ms: 0,
+            id: "sw1".into(),
+            serial: "S1".into(),
+            address: long.clone(),
+            version: "v".into(),
+            report: report(vec![], 0),
+        },
+        Command::Register {
+            now_ms: 0,
+            id: "sw1".into(),
+            serial: "S1".into(),
+            address: "a".into(),
+            version: "\u{1b}]0;x\u{7}".into(),
+            report: report(vec![], 0),
+        },
+        register("sw1", "S1", report(vec![vkey(&long, "S1", 1, None)], 0)),
+        register(
+            "sw1",
+            "S1",
+            report(
+                vec![VerifiedKey {
+                    issuer: "ac me".into(),
+                    ..vkey("k", "S1", 1, None)
+                }],
+                0,
+            ),
+        ),
+        Command::RemoveClient {
+            id: "sw1".into(),
+            by: Actor::Operator("eve\n".into()),
+        },
+        Command::ServerSerial {
+            server: "primary".into(),
+            serial: long.clone(),
+        },
+        Command::ServerSerial {
+            server: long.clone(),
+            serial: "CV1".into(),
+        },
+    ] {
+        let err = refused(&mut t, command);
+        assert!(matches!(err, CommandError::Bound(_)), "{err}");
+    }
+    let keys: Vec<VerifiedKey> = (0..65).map(|n| vkey(&format!("k{n}"), "S1", 1, None)).collect();
+    let err = refused(&mut t, register("sw1", "S1", report(keys, 0)));
+    assert!(
+        matches!(err, CommandError::TooManyKeys { count: 65, .. }),
+        "{err}"
+    );
+    let mut types = report(vec![], 0);
+    types.used = (0..33).map(|n| (LicenseType::new(format!("T{n}")), 0)).collect();
+    let err = refused(&mut t, register("sw1", "S1", types));
+    assert!(
+        matches!(err, CommandError::TooManyTypes { count: 33, .. }),
+        "{err}"
+    );
+    let mut builtin = report(vec![], 0);
+    builtin.builtin.insert(ap(), MAX_COUNT + 1);
+    let err = refused(&mut t, register("sw1", "S1", builtin));
+    assert!(matches!(err, CommandError::CountTooLarge { .. }), "{err}");
+    let err = refused(&mut t, register("sw1", "S1", report(vec![], u32::MAX)));
+    assert!(matches!(err, CommandError::CountTooLarge { .. }), "{err}");
+}
+
+#[test]
+fn a_claim_above_what_the_pool_can_give_is_refused_in_every_report() {
+    let mut t = table();
+    let err = refused(&mut t, register("sw1", "S1", report(vec![], 17)));
+    assert_eq!(
+        err,
+        CommandError::ClaimExceedsAvailable {
+            license_type: ap(),
+            claimed: 17,
+            held: 0,
+            available: 16
+        }
+    );
+    t.apply_command(3, register("sw1", "S1", report(vec![], 10)))
+        .unwrap();
+    let heartbeat = |used| Command::Heartbeat {
+        now_ms: 100,
+        id: "sw1".into(),
+        address: "192.0.2.50:4000".into(),
+        report: report(vec![], used),
+    };
+    let update = |used| Command::Update {
+        now_ms: 100,
+        id: "sw1".into(),
+        report: report(vec![], used),
+    };
+    for command in [
+        heartbeat(17),
+        update(17),
+        register("sw1", "S1", report(vec![], 17)),
+    ] {
+        let err = refused(&mut t, command);
+        assert!(
+            matches!(
+                err,
+                CommandError::ClaimExceedsAvailable {
+                    held: 10,
+                    available: 6,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    t.apply_command(4, heartbeat(16)).unwrap();
+    t.apply_command(5, update(2)).unwrap();
+    assert_eq!(t.pool()[&ap()].used, 2);
+    // A client that went down holds nothing: coming back, its claim is new.
+    t.apply_command(6, register("sw2", "S2", report(vec![], 14)))
+        .unwrap();
+    t.apply_command(
+        7,
+        Command::Sweep {
+            now_ms: 100 + 4 * 30_000,
+        },
+    )
+    .unwrap();
+    assert_eq!(t.client("sw1").unwrap().state, ClientState::Down);
+    assert_eq!(t.pool()[&ap()].used, 0);
+    t.apply_command(8, register("sw2", "S2", report(vec![], 14)))
+        .unwrap();
+    let back = Command::Heartbeat {
+        now_ms: 200_000,
+        id: "sw1".into(),
+        address: "192.0.2.50:4000".into(),
+        report: report(vec![], 3),
+    };
+    let err = refused(&mut t, back);
+    assert!(
+        matches!(
+            err,
+            CommandError::ClaimExceedsAvailable {
+                held: 0,
+                available: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // And an acquire that would hold more than a report may claim.
+    t.apply_command(
+        9,
+        Command::ServerSerial {
+            server: "primary".into(),
+            serial: "CV1".into(),
+        },
+    )
+    .unwrap();
+    let big = (0..8)
+        .map(|n| vkey(&format!("big{n}"), "CV1", 20_000, None))
+        .collect::<Vec<_>>();
+    for (n, key) in big.into_iter().enumerate() {
+        t.apply_command(
+            10 + n as u64,
+            Command::InstallServerKey {
+                now_ms: 0,
+                server: "primary".into(),
+                key,
+                by: Actor::Server("primary".into()),
+            },
+        )
+        .unwrap();
+    }
+    let acquire = Command::Acquire {
+        now_ms: 200_000,
+        id: "sw2".into(),
+        license_type: ap(),
+        count: MAX_COUNT,
+    };
+    let err = refused(&mut t, acquire);
+    assert!(matches!(err, CommandError::CountTooLarge { .. }), "{err}");
+}
+
+#[test]
+fn a_new_serial_drops_the_keys_bound_to_the_old_one() {
+    let mut t = table();
+    assert_eq!(t.pool()[&ap()].total, 16);
+    t.apply_command(
+        3,
+        Command::ServerSerial {
+            server: "primary".into(),
+            serial: "CV1-NEW".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(t.pool()[&ap()].total, 0);
+    assert!(t.state().server_keys.is_empty());
+    assert_eq!(t.key_owner("p-ap"), None);
+    assert_eq!(t.server_serial("primary"), Some("CV1-NEW"));
+}
+
+#[test]
+fn a_replaced_switch_starts_a_new_history_under_the_old_id() {
+    let mut t = table();
+    t.apply_command(3, register("sw1", "OLD", report(vec![], 2)))
+        .unwrap();
+    t.apply_command(
+        4,
+        Command::Heartbeat {
+            now_ms: 200,
+            id: "sw1".into(),
+            address: "192.0.2.50:4000".into(),
+            report: report(vec![], 2),
+        },
+    )
+    .unwrap();
+    assert_eq!(t.client("sw1").unwrap().stats.heartbeats, 1);
+    let mut again = register("sw1", "NEW", report(vec![], 2));
+    if let Command::Register { now_ms, .. } = &mut again {
+        *now_ms = 300;
+    }
+    t.apply_command(5, again).unwrap();
+    let c = t.client("sw1").unwrap();
+    assert_eq!(
+        (c.serial.as_str(), c.registered_ms, c.stats.heartbeats),
+        ("NEW", 300, 0)
+    );
+    assert_eq!(c.used_of(&ap()), 2, "what the id held, it holds");
+}
+
+#[test]
+fn server_keys_are_bounded_per_server_and_a_clients_key_is_not_a_servers() {
+    let mut t = table();
+    for n in 1..MAX_KEYS_PER_SERVER {
+        t.apply_command(
+            2 + n as u64,
+            Command::InstallServerKey {
+                now_ms: 0,
+                server: "primary".into(),
+                key: vkey(&format!("p{n}"), "CV1", 1, None),
+                by: Actor::Server("primary".into()),
+            },
+        )
+        .unwrap();
+    }
+    let err = refused(
+        &mut t,
+        Command::InstallServerKey {
+            now_ms: 0,
+            server: "primary".into(),
+            key: vkey("one-more", "CV1", 1, None),
+            by: Actor::Server("primary".into()),
+        },
+    );
+    assert!(matches!(err, CommandError::TooManyKeys { .. }), "{err}");
+    t.apply_command(
+        5_000,
+        register("sw1", "S1", report(vec![vkey("c", "S1", 1, None)], 0)),
+    )
+    .unwrap();
+    let err = refused(
+        &mut t,
+        Command::RemoveServerKey {
+            key_id: "c".into(),
+            by: Actor::Operator("alice".into()),
+        },
+    );
+    assert_eq!(
+        err,
+        CommandError::KeyOfClient {
+            key_id: "c".into(),
+            client: "sw1".into()
+        }
+    );
+}
+
+#[test]
+fn what_is_derived_always_matches_a_rebuild() {
+    let mut t = table();
+    t.apply_command(
+        3,
+        register("sw1", "S1", report(vec![vkey("k", "S1", 8, Some(1_000))], 4)),
+    )
+    .unwrap();
+    t.apply_command(4, register("sw2", "S2", report(vec![], 0)))
+        .unwrap();
+    t.apply_command(5, Command::Sweep { now_ms: 1_000 }).unwrap();
+    assert_eq!(t.derived, Derived::rebuild(&t.config, &t.state));
+    assert_eq!(t.clients_from("192.0.2.50".parse().unwrap()), 2);
+    assert_eq!(t.key_owner("k"), None, "expired with its key");
+}
