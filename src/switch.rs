@@ -236,6 +236,7 @@ pub fn spawn(
         events,
         view: view_tx,
         changes: changes_rx,
+        changes_open: true,
         last_answer: None,
         warned_expiry: false,
     };
@@ -250,6 +251,8 @@ struct Switch {
     events: Option<mpsc::UnboundedSender<Event>>,
     view: watch::Sender<SwitchView>,
     changes: mpsc::UnboundedReceiver<Change>,
+    /// Whether anyone can still send changes (see `session`).
+    changes_open: bool,
     last_answer: Option<Instant>,
     warned_expiry: bool,
 }
@@ -494,9 +497,14 @@ impl Switch {
             let result = tokio::select! {
                 _ = tick.tick() => self.heartbeat(&mut conn).await,
                 push = conn.next_push() => push.map(|pool| self.heard(pool)),
-                change = self.changes.recv() => match change {
+                // Once every sender is gone, recv() is ready at once with
+                // None forever: stop asking, or this loop spins a core.
+                change = self.changes.recv(), if self.changes_open => match change {
                     Some(change) => self.change(&mut conn, change).await,
-                    None => Ok(()),
+                    None => {
+                        self.changes_open = false;
+                        Ok(())
+                    }
                 },
                 () = sleep_until_ms(expiry) => self.expire_keys(&mut conn).await,
                 () = shutdown.cancelled() => return End::Shutdown,
