@@ -9,7 +9,7 @@ use base64::Engine as _;
 use ed25519_dalek::Signature;
 use serde::{Deserialize, Serialize};
 
-use super::{KeyError, KeyStatement, ParseError, TrustedIssuers, MAX_LINE_LEN};
+use super::{KeyError, KeyStatement, ParseError, SeenSignatures, TrustedIssuers, MAX_LINE_LEN};
 use crate::table::{Key, LicenseType, VerifiedKey};
 
 /// What every key line starts with: the text form's version.
@@ -76,6 +76,35 @@ impl SignedKey {
         presenter_serial: &str,
         now_s: u64,
     ) -> Result<&KeyStatement, KeyError> {
+        self.verify_with(trusted, None, presenter_serial, now_s)
+    }
+
+    /// As [`SignedKey::verified`], skipping the signature arithmetic when
+    /// `seen` remembers this very signature by this issuer's key over this
+    /// very statement (and remembering it once it verified). The issuer is
+    /// still looked up in `trusted`, the serial and validity still checked.
+    ///
+    /// # Errors
+    /// As [`SignedKey::verify`].
+    pub fn verified_seen(
+        &self,
+        trusted: &TrustedIssuers,
+        seen: &SeenSignatures,
+        presenter_serial: &str,
+        now_s: u64,
+    ) -> Result<VerifiedKey, KeyError> {
+        Ok(self
+            .verify_with(trusted, Some(seen), presenter_serial, now_s)?
+            .verified_key())
+    }
+
+    fn verify_with(
+        &self,
+        trusted: &TrustedIssuers,
+        seen: Option<&SeenSignatures>,
+        presenter_serial: &str,
+        now_s: u64,
+    ) -> Result<&KeyStatement, KeyError> {
         let s = &self.statement;
         let issuer = trusted.key(&s.issuer).ok_or_else(|| KeyError::UnknownIssuer {
             key_id: s.key_id.clone(),
@@ -83,15 +112,19 @@ impl SignedKey {
         })?;
         // The signature first: what the later errors quote is then what
         // the issuer said, not what a forger wrote.
-        issuer
-            .verify_strict(
-                &signed_message(&self.bytes),
-                &Signature::from_bytes(&self.signature),
-            )
-            .map_err(|_| KeyError::BadSignature {
-                key_id: s.key_id.clone(),
-                issuer: s.issuer.clone(),
-            })?;
+        let message = signed_message(&self.bytes);
+        let check = || {
+            issuer
+                .verify_strict(&message, &Signature::from_bytes(&self.signature))
+                .map_err(|_| KeyError::BadSignature {
+                    key_id: s.key_id.clone(),
+                    issuer: s.issuer.clone(),
+                })
+        };
+        match seen {
+            Some(seen) => seen.check(issuer, &message, &self.signature, check)?,
+            None => check()?,
+        }
         if s.serial != presenter_serial {
             return Err(KeyError::WrongSerial {
                 key_id: s.key_id.clone(),
@@ -355,6 +388,73 @@ mod tests {
         };
         target[bit / 8] ^= 1 << (bit % 8);
         k
+    }
+
+    #[test]
+    fn a_remembered_signature_skips_only_the_arithmetic() {
+        let seen = SeenSignatures::with_capacity(2);
+        let key = acme().sign(statement()).unwrap();
+        let first = key.verified_seen(&trusted(), &seen, "CV0012345", NOW).unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            key.verified_seen(&trusted(), &seen, "CV0012345", NOW).unwrap(),
+            first
+        );
+        assert_eq!(seen.len(), 1);
+        // Remembered or not, the serial, the validity and the issuer's
+        // trust are checked again.
+        let err = key
+            .verified_seen(&trusted(), &seen, "CV0099999", NOW)
+            .unwrap_err();
+        assert!(matches!(err, KeyError::WrongSerial { .. }), "{err}");
+        let err = key.verified_seen(&trusted(), &seen, "CV0012345", 1).unwrap_err();
+        assert!(matches!(err, KeyError::NotYetValid { .. }), "{err}");
+        let err = key
+            .verified_seen(&TrustedIssuers::new(), &seen, "CV0012345", NOW)
+            .unwrap_err();
+        assert!(matches!(err, KeyError::UnknownIssuer { .. }), "{err}");
+        // The same signature over another statement (count 16 -> 17), or
+        // another signature over the same statement, is checked and
+        // refused, and not remembered.
+        let at = key.bytes.windows(2).position(|w| w == [16, 9]).unwrap();
+        let more: SignedKey = flipped(&key, false, at * 8).to_string().parse().unwrap();
+        assert_eq!(more.count(), 17);
+        let err = more
+            .verified_seen(&trusted(), &seen, "CV0012345", NOW)
+            .unwrap_err();
+        assert!(matches!(err, KeyError::BadSignature { .. }), "{err}");
+        let err = flipped(&key, true, 9)
+            .verified_seen(&trusted(), &seen, "CV0012345", NOW)
+            .unwrap_err();
+        assert!(matches!(err, KeyError::BadSignature { .. }), "{err}");
+        assert_eq!(seen.len(), 1);
+        // The same statement and signature under another issuer's key of
+        // the same name: not the signature that was remembered.
+        let mallory = IssuerKey::from_secret_bytes("acme", &[8; 32]).unwrap();
+        let err = key
+            .verified_seen(
+                &TrustedIssuers::from_iter([mallory.trusted()]),
+                &seen,
+                "CV0012345",
+                NOW,
+            )
+            .unwrap_err();
+        assert!(matches!(err, KeyError::BadSignature { .. }), "{err}");
+        // Full: it starts again, and what it forgot is checked again.
+        let mut other = statement();
+        other.key_id = "fedcba9876543210".into();
+        let other = acme().sign(other).unwrap();
+        other.verified_seen(&trusted(), &seen, "CV0012345", NOW).unwrap();
+        assert_eq!(seen.len(), 2);
+        let mut third = statement();
+        third.key_id = "00000000000000ff".into();
+        acme()
+            .sign(third)
+            .unwrap()
+            .verified_seen(&trusted(), &seen, "CV0012345", NOW)
+            .unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen.capacity(), 2);
     }
 
     #[test]

@@ -108,6 +108,7 @@ mod error;
 mod file;
 mod issuer;
 mod key;
+mod seen;
 mod server_keys;
 mod statement;
 mod trust;
@@ -122,6 +123,7 @@ pub use error::{KeyError, ParseError};
 pub use file::{load_key_file, parse_key_file, KeyFileError, MAX_KEY_FILE};
 pub use issuer::{IssuerError, IssuerKey, SignError};
 pub use key::{SignedKey, PREFIX};
+pub use seen::SeenSignatures;
 pub use server_keys::{load_server_keys, ServerKeyEntry, ServerKeysError};
 pub use statement::{
     format_utc, valid_issuer_name, KeyStatement, StatementError, FORMAT_V1, MAX_ISSUER_LEN, MAX_NAME_LEN,

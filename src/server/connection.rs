@@ -48,7 +48,10 @@ pub(super) async fn accept<A: Applier>(shared: Arc<Shared<A>>, tcp: TcpStream, p
             .fetch_add(1, Ordering::Relaxed);
         cluster::warn_limited!(shared.log, "client handshake", %peer, ?port, "connection refused: {why}");
     };
-    let (stream, who) = match tls.accept(tcp, shared.config.handshake_timeout).await {
+    // Boxed, as the answer below: the task of a connection that waits for
+    // its next frame holds only what waiting needs, not the largest state
+    // it went through (10,000 switches stay connected).
+    let (stream, who) = match Box::pin(tls.accept(tcp, shared.config.handshake_timeout)).await {
         Ok(accepted) => accepted,
         Err(e) => return refused(&e.to_string()),
     };
@@ -140,7 +143,7 @@ impl<A: Applier> Conn<'_, A> {
                         last_frame = Instant::now();
                         frame_began = framed.in_frame().then_some(last_frame);
                         self.shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-                        let (message, heartbeat_of) = self.answer(request).await;
+                        let (message, heartbeat_of) = Box::pin(self.answer(request)).await;
                         let written = framed.write(&message, frame::DEFAULT_MAX_RESPONSE).await;
                         let written = match written {
                             Err(crate::proto::connection::WriteError::Frame(e)) => {
@@ -327,6 +330,7 @@ impl<A: Applier> Conn<'_, A> {
                 trusted: &self.shared.config.trusted,
                 limits: &self.shared.config.limits,
                 registrations: &self.shared.registrations,
+                seen: &self.shared.seen,
                 table: &ReadThrough(&*self.shared.applier),
             };
             request::command(request, &who, &context)

@@ -176,6 +176,8 @@ pub(crate) struct Shared<A> {
     pub(crate) per_address: Mutex<BTreeMap<IpAddr, usize>>,
     /// Registrations per source address.
     pub(crate) registrations: SourceRate,
+    /// Key signatures already verified (heartbeats present the same keys).
+    pub(crate) seen: crate::license::SeenSignatures,
 }
 
 impl<A: Applier> Shared<A> {
@@ -242,6 +244,7 @@ impl<A: Applier> Server<A> {
         let shared = Shared {
             applier,
             registrations,
+            seen: crate::license::SeenSignatures::default(),
             config,
             serving,
             counters: Counters::default(),

@@ -24,7 +24,7 @@
 
 use std::net::SocketAddr;
 
-use crate::license::{SignedKey, TrustedIssuers};
+use crate::license::{SeenSignatures, SignedKey, TrustedIssuers};
 use crate::pki::ClientIdentity;
 use crate::proto::{Request, RequestError, ServerError, SwitchReport};
 use crate::table::limits::{self, MAX_KEYS_PER_CLIENT, MAX_TYPES_PER_REPORT};
@@ -95,6 +95,8 @@ pub struct RequestContext<'a> {
     pub limits: &'a RequestLimits,
     /// The per-source registration buckets, kept by the server.
     pub registrations: &'a SourceRate,
+    /// Key signatures this server already verified, kept by the server.
+    pub seen: &'a SeenSignatures,
     /// The table.
     pub table: &'a dyn TableReader,
 }
@@ -346,7 +348,7 @@ fn verify_report(
     let now_s = ctx.now_ms / 1000;
     let keys = keys
         .iter()
-        .map(|key: &SignedKey| key.verified(ctx.trusted, serial, now_s))
+        .map(|key: &SignedKey| key.verified_seen(ctx.trusted, ctx.seen, serial, now_s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(RequestError::from)?;
     Ok(ClientReport { builtin, keys, used })

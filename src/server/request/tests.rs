@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use super::*;
-use crate::license::{IssuerKey, KeyStatement};
+use crate::license::{IssuerKey, KeyStatement, SeenSignatures};
 use crate::proto::KeyRefusal;
 use crate::table::limits::{MAX_COUNT, MAX_ID_LEN};
 use crate::table::pool::Contributor;
@@ -82,6 +82,7 @@ struct Node {
     trusted: TrustedIssuers,
     limits: RequestLimits,
     registrations: SourceRate,
+    seen: SeenSignatures,
     peer: SocketAddr,
     now_ms: u64,
     index: u64,
@@ -97,6 +98,7 @@ impl Node {
             table: LicenseTable::new(TableConfig::default()),
             trusted: TrustedIssuers::from_iter([acme().trusted()]),
             registrations: limits.registrations(),
+            seen: SeenSignatures::default(),
             limits,
             peer: "192.0.2.50:40000".parse().unwrap(),
             now_ms: NOW_MS,
@@ -135,6 +137,7 @@ impl Node {
             trusted: &self.trusted,
             limits: &self.limits,
             registrations: &self.registrations,
+            seen: &self.seen,
             table: &self.table,
         };
         command(request, who, &ctx)
