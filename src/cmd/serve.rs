@@ -68,6 +68,9 @@ pub struct Args {
     /// burst of --max-clients-per-source).
     #[arg(long, default_value_t = RequestLimits::default().registrations_per_s_per_source)]
     registrations_per_s_per_source: u32,
+    /// Connections served at once from one source address.
+    #[arg(long, default_value_t = ServerConfig::default().max_connections_per_address)]
+    max_connections_per_address: usize,
     /// Poolable license types.
     #[arg(long, value_delimiter = ',', value_parser = parse_type, default_value = "AP,PEFNG,RFPROTECT,XSEC,ACR")]
     poolable: Vec<LicenseType>,
@@ -176,6 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sweep_interval: Duration::from_millis(args.sweep_interval_ms.max(1)),
         expiry_warning: Duration::from_secs(args.expiry_warning_s),
         tls,
+        max_connections_per_address: args.max_connections_per_address.max(1),
         trusted,
         limits: RequestLimits {
             max_clients_per_source: args.max_clients_per_source.max(1),

@@ -31,8 +31,11 @@ pub struct Framed<S> {
     max_in: u32,
 }
 
-/// Bytes read from the stream at a time.
-const CHUNK: usize = 8192;
+/// Room made for a read when no frame has begun: a heartbeat's size.
+const SMALL_READ: usize = 1024;
+/// A buffer left larger than this once it is empty is given back: an idle
+/// connection holds little memory (10,000 switches stay connected).
+const KEEP: usize = 4096;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Frames `stream`, accepting incoming frames of at most `max_in` bytes.
@@ -62,10 +65,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         match frame::decode::<T>(&self.buf, self.max_in)? {
             Some((message, used)) => {
                 self.buf.drain(..used);
+                if self.buf.is_empty() && self.buf.capacity() > KEEP {
+                    self.buf = Vec::new();
+                }
                 Ok(Some(message))
             }
             None => Ok(None),
         }
+    }
+
+    /// Reads once into the frame buffer's spare room, making room for the
+    /// rest of the frame that has begun (bounded by the frame limit, which
+    /// `try_buffered` enforces before the body is read), or for a small
+    /// frame. No buffer lives in the future itself: a connection waiting
+    /// for its next frame costs a few bytes, not a read buffer.
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        let want = match frame::peek_len(&self.buf, self.max_in) {
+            Ok(Some(len)) => (frame::LENGTH_BYTES + len as usize).saturating_sub(self.buf.len()),
+            _ => SMALL_READ,
+        };
+        self.buf.reserve(want.clamp(1, 64 * 1024));
+        self.stream.read_buf(&mut self.buf).await
     }
 
     /// Reads one message; `None` when the other side closed the connection
@@ -75,20 +95,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// The stream failed, closed in the middle of a frame, or sent bytes
     /// that are not a frame (too long, another version, undecodable).
     pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ReadError> {
-        let mut chunk = [0u8; CHUNK];
         loop {
             if let Some(message) = self.try_buffered()? {
                 return Ok(Some(message));
             }
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
+            if self.read_more().await? == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
                     Err(ReadError::Truncated)
                 };
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -98,24 +115,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// # Errors
     /// The stream failed.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        let mut chunk = [0u8; CHUNK];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
+        self.read_more().await
     }
 
     /// Reads whatever arrives within `wait`, without waiting for a whole
     /// frame (a connection that is being closed answers what it already
     /// received). Returns whether anything arrived.
     pub async fn read_pending(&mut self, wait: Duration) -> bool {
-        let mut chunk = [0u8; CHUNK];
         let mut any = false;
-        while let Ok(Ok(n)) = tokio::time::timeout(wait, self.stream.read(&mut chunk)).await {
+        while let Ok(Ok(n)) = tokio::time::timeout(wait, self.read_more()).await {
             if n == 0 {
                 break;
             }
             any = true;
-            self.buf.extend_from_slice(&chunk[..n]);
         }
         any
     }
