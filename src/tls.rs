@@ -66,8 +66,19 @@ impl ServerTls {
             .with_client_cert_verifier(verifier)
             .with_single_cert(identity.chain().to_vec(), identity.key().clone_key())?;
         // A switch that reconnects (after a blip, or to the same server
-        // after a handback) resumes instead of a full handshake.
-        cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(32_768);
+        // after a handback) resumes instead of a full handshake, with a
+        // stateless ticket: sealed with a key that only this process holds
+        // (rotated every 6 hours), carrying the client's certificate, so
+        // the server keeps nothing per switch. A server-side cache kept
+        // every session of every switch, two per handshake: 26 MB of RSS
+        // for 10,000 connected switches (license_bench, 197 -> 171 MB).
+        // The other member cannot open this member's
+        // tickets: after a failover a switch makes one full handshake.
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        // One ticket per handshake: each resumption consumes one and the
+        // resumed handshake brings the next.
+        cfg.send_tls13_tickets = 1;
         Ok(ServerTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
         })
