@@ -14,9 +14,16 @@
 //!   CPU per heartbeat and the extrapolation to 10,000 switches at 30 s, and
 //!   the server's resident memory with all of them registered.
 //!
-//! Every switch presents two signed license keys bound to its serial (an
-//! issuer made for the run, which the server trusts), so the heartbeat
-//! figures include verifying them.
+//! As in production, every switch has its own connection over mutual TLS
+//! 1.3 with a certificate of the pair's CA (a CA made for the run) naming
+//! its id and serial, and presents two signed license keys bound to its
+//! serial (an issuer made for the run, which the server trusts), so the
+//! figures include the handshakes, the TLS records and verifying the keys.
+//! `--plaintext` runs the same over plain TCP, for comparison.
+//! `--reconnect` makes each heartbeat a connection of its own, closed
+//! after the answer, as a switch that does not keep its connection: TLS
+//! 1.3 resumes the session from the ticket of the previous connection, so
+//! the server holds nothing per idle switch.
 //!
 //! A benchmark, not a test: it prints figures and fails only if the server
 //! cannot be started or stops answering.
@@ -30,8 +37,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use vipool::client::Connection;
 use vipool::license::{IssuerKey, KeyStatement, SignedKey};
+use vipool::pki::Ca;
 use vipool::proto::SwitchReport;
 use vipool::table::LicenseType;
+use vipool::tls::ClientTls;
 
 /// Options of the license benchmark.
 #[derive(Debug, Parser)]
@@ -55,9 +64,17 @@ struct Args {
     /// Seconds the heartbeat run lasts.
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
-    /// Connections the heartbeats are spread over.
-    #[arg(long, default_value_t = 50)]
-    connections: usize,
+    /// Connections opened at once while the switches register.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+    /// Plain TCP instead of TLS (a standalone `serve --insecure-plaintext`),
+    /// for comparison.
+    #[arg(long)]
+    plaintext: bool,
+    /// A connection per heartbeat (resuming the TLS session) instead of
+    /// one kept open per switch.
+    #[arg(long)]
+    reconnect: bool,
 }
 
 struct ServerProcess(Child);
@@ -96,15 +113,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     )?;
     let limit = (args.switches + 1000).to_string();
+    // The pair's CA for the run, the server's certificate, and a switch
+    // certificate per switch (issued in memory, as `vipool pki switch` does).
+    let pki = dir.path().join("pki");
+    let ca = Ca::create(&pki, 1, 30)?;
+    ca.issue_member("bench", 30)?.write(&pki, "bench")?;
+    let security: Vec<String> = if args.plaintext {
+        vec!["--insecure-plaintext".into()]
+    } else {
+        vec![
+            "--ca".into(),
+            pki.join("ca.crt").to_string_lossy().into_owned(),
+            "--cert".into(),
+            pki.join("bench.crt").to_string_lossy().into_owned(),
+        ]
+    };
+    let tls_for = |id: &str, serial: &str| -> anyhow::Result<Option<ClientTls>> {
+        if args.plaintext {
+            return Ok(None);
+        }
+        let issued = ca.issue_switch(id, serial, 30)?;
+        Ok(Some(ClientTls::from_pem(
+            ca.cert_pem().as_bytes(),
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )?))
+    };
     let child = Command::new(exe)
-        .args([
-            "--log",
-            "warn",
-            "serve",
-            "--insecure-plaintext",
-            "--listen",
-            &addr,
-        ])
+        .args(["--log", "warn", "serve", "--listen", &addr])
+        .args(&security)
+        .args(["--max-connections-per-address", &limit])
         .args(["--operator-listen", "127.0.0.1:0", "--node", "bench"])
         .args(["--serial", "BENCH-SERVER"])
         .arg("--issuer")
@@ -120,19 +158,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = ServerProcess(child);
     let pid = server.0.id();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Connection::connect_insecure(&addr).await.is_err() {
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
         if Instant::now() > deadline {
             bail!("server did not come up on {addr}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    println!(
+        "{}",
+        if args.plaintext {
+            "plain TCP (serve --insecure-plaintext)"
+        } else {
+            "mutual TLS 1.3, a certificate per switch"
+        }
+    );
 
     println!(
         "acquire/release through the protocol ({}s per run)",
         args.ops_seconds
     );
     for concurrency in [1usize, 64] {
-        let (ops, mut latencies) = ops_run(&addr, concurrency, Duration::from_secs(args.ops_seconds)).await?;
+        let tls: Vec<Option<ClientTls>> = (0..concurrency)
+            .map(|n| {
+                let id = format!("ops-{concurrency}-{n}");
+                tls_for(&id, &id)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let (ops, mut latencies) = ops_run(&addr, tls, Duration::from_secs(args.ops_seconds)).await?;
         latencies.sort_unstable();
         let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
         println!(
@@ -145,22 +197,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let interval = Duration::from_secs(args.interval_s) / u32::try_from(args.scale.max(1))?;
     println!(
-        "heartbeats: {} switches every {}s scaled x{} (every {:?}) over {} connections, {}s",
-        args.switches, args.interval_s, args.scale, interval, args.connections, args.heartbeat_seconds
+        "heartbeats: {} switches every {}s scaled x{} (every {:?}), {}, {}s",
+        args.switches,
+        args.interval_s,
+        args.scale,
+        interval,
+        if args.reconnect {
+            "a connection per heartbeat"
+        } else {
+            "one connection each, kept open"
+        },
+        args.heartbeat_seconds
     );
-    let reports: Vec<SwitchReport> = (0..args.switches)
-        .map(|n| report(&issuer, n))
-        .collect::<anyhow::Result<_>>()?;
-    let reports = std::sync::Arc::new(reports);
+    let mut switches = Vec::with_capacity(args.switches);
+    for n in 0..args.switches {
+        let id = format!("hb-{n:05}");
+        let tls = tls_for(&id, &serial(n))?;
+        switches.push((id, serial(n), report(&issuer, n)?, tls));
+    }
     let rss_before = rss_kb(pid)?;
-    let ids = register_all(&addr, &reports, args.connections).await?;
+    let cpu_before = cpu_ticks(pid)?;
+    let started = Instant::now();
+    let conns = register_all(&addr, switches, args.connect_concurrency, args.reconnect).await?;
+    let register_s = started.elapsed().as_secs_f64();
+    let register_cpu_s = (cpu_ticks(pid)? - cpu_before) as f64 / 100.0;
     let rss_registered = rss_kb(pid)?;
+    println!(
+        "  registered {} switches (connect, handshake, register) in {register_s:.1} s, server CPU {register_cpu_s:.1} s \
+         ({:.0} us each)",
+        conns.len(),
+        register_cpu_s * 1e6 / conns.len().max(1) as f64
+    );
     let cpu_before = cpu_ticks(pid)?;
     let started = Instant::now();
     let sent = heartbeat_run(
         &addr,
-        ids,
-        &reports,
+        conns,
         interval,
         Duration::from_secs(args.heartbeat_seconds),
     )
@@ -186,15 +258,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ops_run(addr: &str, concurrency: usize, duration: Duration) -> anyhow::Result<(u64, Vec<Duration>)> {
+async fn connect(addr: &str, tls: Option<&ClientTls>) -> anyhow::Result<Connection> {
+    Ok(match tls {
+        Some(tls) => Connection::connect(addr, tls).await?,
+        None => Connection::connect_insecure(addr).await?,
+    })
+}
+
+async fn ops_run(
+    addr: &str,
+    tls: Vec<Option<ClientTls>>,
+    duration: Duration,
+) -> anyhow::Result<(u64, Vec<Duration>)> {
     let ap = LicenseType::new("AP");
+    let concurrency = tls.len();
     let mut tasks = Vec::new();
-    for n in 0..concurrency {
+    for (n, tls) in tls.into_iter().enumerate() {
         let addr = addr.to_owned();
         let ap = ap.clone();
         tasks.push(tokio::spawn(async move {
             let id = format!("ops-{concurrency}-{n}");
-            let mut conn = Connection::connect_insecure(&addr).await?;
+            let mut conn = connect(&addr, tls.as_ref()).await?;
             conn.register(&id, &id, "bench", SwitchReport::default()).await?;
             let mut latencies = Vec::new();
             let end = Instant::now() + duration;
@@ -261,60 +345,82 @@ fn report(issuer: &IssuerKey, n: usize) -> anyhow::Result<SwitchReport> {
     })
 }
 
-async fn register_all(
-    addr: &str,
-    reports: &std::sync::Arc<Vec<SwitchReport>>,
-    connections: usize,
-) -> anyhow::Result<Vec<Vec<usize>>> {
-    let switches = reports.len();
-    let connections = connections.clamp(1, switches.max(1));
-    let groups: Vec<Vec<usize>> = (0..connections)
-        .map(|c| (c..switches).step_by(connections).collect())
-        .collect();
-    let mut tasks = Vec::new();
-    for group in groups.clone() {
-        let addr = addr.to_owned();
-        let reports = std::sync::Arc::clone(reports);
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Connection::connect_insecure(&addr).await?;
-            for n in group {
-                conn.register(&format!("hb-{n:05}"), &serial(n), "bench", reports[n].clone())
-                    .await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(groups)
+/// A registered switch: its connection (if it keeps one), TLS end, id and
+/// whole state.
+struct Registered {
+    conn: Option<Connection>,
+    tls: Option<ClientTls>,
+    id: String,
+    report: SwitchReport,
 }
 
+/// Connects and registers every switch, `concurrency` at a time; the
+/// connections stay open, as switches keep theirs, unless `close`.
+async fn register_all(
+    addr: &str,
+    switches: Vec<(String, String, SwitchReport, Option<ClientTls>)>,
+    concurrency: usize,
+    close: bool,
+) -> anyhow::Result<Vec<Registered>> {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::new();
+    for (id, serial, report, tls) in switches {
+        let addr = addr.to_owned();
+        let gate = std::sync::Arc::clone(&gate);
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let mut conn = connect(&addr, tls.as_ref()).await?;
+            conn.register(&id, &serial, "bench", report.clone()).await?;
+            let conn = (!close).then_some(conn);
+            anyhow::Ok(Registered {
+                conn,
+                tls,
+                id,
+                report,
+            })
+        }));
+    }
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await??);
+    }
+    Ok(out)
+}
+
+/// Every switch heartbeats on its own connection every `interval`, the
+/// switches' phases spread over the interval; a switch without a
+/// connection opens one for the heartbeat and closes it after the answer.
 async fn heartbeat_run(
     addr: &str,
-    groups: Vec<Vec<usize>>,
-    reports: &std::sync::Arc<Vec<SwitchReport>>,
+    switches: Vec<Registered>,
     interval: Duration,
     duration: Duration,
 ) -> anyhow::Result<u64> {
-    let per_connection = groups.first().map_or(1, Vec::len).max(1);
-    let period = interval / u32::try_from(per_connection)?;
+    let n = switches.len().max(1) as u32;
+    let end = Instant::now() + duration;
     let mut tasks = Vec::new();
-    for group in groups {
+    for (i, mut s) in switches.into_iter().enumerate() {
+        let phase = interval * u32::try_from(i)? / n;
         let addr = addr.to_owned();
-        let reports = std::sync::Arc::clone(reports);
         tasks.push(tokio::spawn(async move {
-            let mut conn = Connection::connect_insecure(&addr).await?;
-            let mut tick = tokio::time::interval(period.max(Duration::from_micros(50)));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let end = Instant::now() + duration;
+            let start = tokio::time::Instant::now() + phase;
+            let mut tick = tokio::time::interval_at(start, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut sent = 0u64;
-            for n in group.iter().cycle() {
+            loop {
+                tick.tick().await;
                 if Instant::now() >= end {
                     break;
                 }
-                tick.tick().await;
-                conn.heartbeat(&format!("hb-{n:05}"), reports[*n].clone()).await?;
+                match &mut s.conn {
+                    Some(conn) => {
+                        conn.heartbeat(&s.id, s.report.clone()).await?;
+                    }
+                    None => {
+                        let mut conn = connect(&addr, s.tls.as_ref()).await?;
+                        conn.heartbeat(&s.id, s.report.clone()).await?;
+                    }
+                }
                 sent += 1;
             }
             anyhow::Ok(sent)
