@@ -9,7 +9,7 @@
 //! and refusal is an [`Event`], so a test (or `vipool client --json`) can
 //! count what was acknowledged.
 //!
-//! It reconnects to the VIP as a failover needs ([`reconnect`]): each
+//! It reconnects to the VIP as a failover needs (`switch/reconnect.rs`): each
 //! connect has a short timeout ([`SwitchConfig::connect_timeout`]), one
 //! that times out within the failover window is retried at once (its SYN
 //! went to the dead holder; the new one reaches whoever holds the VIP
@@ -68,9 +68,10 @@ pub struct SwitchConfig {
     pub missed_limit: u32,
     /// How long the last limits are kept while the server is down (default 30 days).
     pub retention: Duration,
-    /// First reconnect delay after a failed connect (doubling up to
-    /// `backoff_max`); after an established session ends, the first retry
-    /// comes at a spread point within it.
+    /// Within the failover window, attempts start at least this far
+    /// apart; past it, the first reconnect delay (doubling up to
+    /// `backoff_max`). After an established session ends, the first retry
+    /// comes at a spread point within it. At least 1 ms.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,

@@ -69,7 +69,9 @@ pub(crate) struct Reconnect {
 }
 
 impl Reconnect {
-    pub(crate) fn new(settings: Settings, spread: u64) -> Self {
+    pub(crate) fn new(mut settings: Settings, spread: u64) -> Self {
+        // A zero would retry a refusing server in a tight loop.
+        settings.backoff_min = settings.backoff_min.max(Duration::from_millis(1));
         Self {
             settings,
             spread,
