@@ -5,8 +5,9 @@
 //!
 //! - an idle connected client costs (almost) no CPU;
 //! - a refusal no retry can change stops the client at once, non-zero,
-//!   saying what to do; an unreachable server is said, and is an error
-//!   when `--for-s` ends without it;
+//!   saying what to do; a node that does not serve yet is waited for;
+//!   an unreachable server is said, and is an error when `--for-s` ends
+//!   without it;
 //! - a connect is given up after the connect timeout (a SYN lost to a
 //!   dead VIP holder), a TLS handshake after the handshake timeout, and a
 //!   server that appears during a failover is reached within one connect
@@ -517,6 +518,36 @@ async fn a_server_that_appears_during_a_failover_is_reached_within_one_connect_t
     eprintln!("registered {after:?} after the new holder listened");
     // At most one connect timeout (and a little work) after the takeover.
     assert!(after < Duration::from_millis(700), "{after:?}");
+    shutdown.cancel();
+    s.task.await.unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_serve_yet_is_waited_for_not_given_up() {
+    // The new VIP holder before its raft leader is up: it answers "not
+    // the license server" until it serves.
+    let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (serving_tx, serving) = watch::channel(false);
+    let shutdown = CancellationToken::new();
+    let server = Server::new(applier, ServerConfig::default(), serving, shutdown.clone());
+    let task = tokio::spawn(async move { server.run(listener).await });
+    let s = switch::spawn(SwitchConfig::new(addr.to_string(), "sw1"), None, shutdown.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    {
+        let view = s.view.borrow();
+        assert!(!view.reached && view.stopped.is_none(), "{view:?}");
+        let last = view.last_error.as_deref().unwrap_or_default();
+        assert!(last.contains("not the license server"), "{last}");
+    }
+    serving_tx.send(true).unwrap();
+    let mut view = s.view.clone();
+    tokio::time::timeout(Duration::from_secs(10), view.wait_for(|v| v.reached))
+        .await
+        .expect("never registered")
+        .unwrap();
     shutdown.cancel();
     s.task.await.unwrap();
     task.await.unwrap().unwrap();
