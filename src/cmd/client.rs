@@ -3,9 +3,16 @@
 //! Every grant, refusal, release and server up/down goes to the log; with
 //! `--json` also to stdout, one JSON object per line, so scripts and tests
 //! can count what the server acknowledged.
+//!
+//! It exits non-zero when a switch was refused for good (an unknown
+//! license type, a certificate refused, ...: the switch stops at once,
+//! and the process once every switch has), or when `--for-s` ends with
+//! a switch that never reached the server.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -54,6 +61,20 @@ pub struct Args {
     /// How long to keep the last limits while the server is down, in seconds.
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     retention_s: u64,
+    /// Give a TCP connect up after this many milliseconds and try again:
+    /// shorter than the pair's Master_Down_Interval, so that a SYN lost to
+    /// a dead VIP holder costs at most this much after the takeover.
+    #[arg(long, default_value_t = vipool::client::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64)]
+    connect_timeout_ms: u64,
+    /// Give the TLS handshake up after this many milliseconds.
+    #[arg(long, default_value_t = vipool::client::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64)]
+    handshake_timeout_ms: u64,
+    /// Failures shorter than this many milliseconds are a failover: a
+    /// timed-out connect is retried at once, and only longer failures back
+    /// off (doubling) and make the server "unreachable". Set it to the
+    /// pair's Master_Down_Interval plus a raft election.
+    #[arg(long, default_value_t = 1000)]
+    failover_window_ms: u64,
     /// Load mode: run this many switches in one process.
     #[arg(long, default_value_t = 1)]
     count: usize,
@@ -151,7 +172,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut tasks = Vec::with_capacity(args.count);
+    let mut switches = Vec::with_capacity(args.count);
     for n in 0..args.count {
         let id = if args.count == 1 {
             args.id.clone()
@@ -176,16 +197,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(1));
         config.missed_limit = args.missed.max(1);
         config.retention = Duration::from_secs(args.retention_s);
+        config.connect_timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
+        config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms.max(1));
+        config.failover_window = Duration::from_millis(args.failover_window_ms);
         config.tls = tls.for_switch(&config.id, &config.serial)?;
-        tasks.push(switch::spawn(config, Some(events_tx.clone()), shutdown.clone()).task);
+        // Nothing changes on a simulated switch once it runs: its changes
+        // sender is dropped here (the switch stops listening for changes).
+        let switch::SwitchHandle { view, task, .. } =
+            switch::spawn(config, Some(events_tx.clone()), shutdown.clone());
+        switches.push((view, task));
     }
     drop(events_tx);
     let stop = shutdown.clone();
     let limit = args.for_s;
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let elapsed = timed_out.clone();
     tokio::spawn(async move {
         let reason = match limit {
             Some(s) => tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(s)) => Ok("--for-s elapsed"),
+                () = tokio::time::sleep(Duration::from_secs(s)) => {
+                    elapsed.store(true, Ordering::Relaxed);
+                    Ok("--for-s elapsed")
+                }
                 r = terminated() => r,
             },
             None => terminated().await,
@@ -193,13 +226,46 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         info!(?reason, "stopping");
         stop.cancel();
     });
+    // Every switch holds a sender: this ends when all have stopped (on the
+    // signal, at --for-s, or each on a permanent refusal).
     while let Some(event) = events.recv().await {
         if args.json {
             println!("{}", serde_json::to_string(&event)?);
         }
     }
-    for task in tasks {
+    let mut stopped = Vec::new();
+    let mut never_reached = Vec::new();
+    for (view, task) in switches {
         task.await?;
+        let view = view.borrow();
+        if let Some(reason) = &view.stopped {
+            stopped.push(reason.clone());
+        } else if !view.reached {
+            never_reached.push(view.last_error.clone());
+        }
+    }
+    if let Some(first) = stopped.first() {
+        anyhow::bail!(
+            "{} of {} switches stopped on an error no retry can fix, with {}: {first} (the error \
+             above says what to do)",
+            stopped.len(),
+            args.count,
+            args.server
+        );
+    }
+    if timed_out.load(Ordering::Relaxed) && !never_reached.is_empty() {
+        let last = never_reached
+            .iter()
+            .flatten()
+            .next()
+            .map_or_else(|| "none".to_owned(), Clone::clone);
+        anyhow::bail!(
+            "server unreachable: {} of {} switches never reached {} in {} s (last error: {last})",
+            never_reached.len(),
+            args.count,
+            args.server,
+            args.for_s.unwrap_or_default()
+        );
     }
     Ok(())
 }

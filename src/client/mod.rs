@@ -4,11 +4,20 @@
 //! pinned and its own certificate presented (see [`crate::tls`]).
 //! [`Connection::connect_insecure`] speaks the same protocol over plain TCP,
 //! to a standalone `vipool serve --insecure-plaintext` only.
+//! [`Connection::connect_with`] does either within the deadlines of
+//! [`ConnectOptions`], as a switch does across a failover.
+//!
+//! Every error says whether trying again can help ([`ClientError::verdict`]).
+
+mod verdict;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
+
+pub use verdict::Verdict;
 
 use crate::license::SignedKey;
 use crate::proto::connection::{Framed, ReadError, WriteError};
@@ -61,6 +70,30 @@ impl From<WriteError> for ClientError {
     }
 }
 
+/// A TCP connection to the first address of `addr` that answers, each
+/// given `timeout`.
+async fn connect_tcp(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let mut last = None;
+    for to in tokio::net::lookup_host(addr).await? {
+        match tokio::time::timeout(timeout, TcpStream::connect(to)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no TCP connection to {to} within {} ms", timeout.as_millis()),
+                ))
+            }
+        }
+    }
+    Err(ClientError::Io(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    })))
+}
+
 /// A connected stream, TLS or plain.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
@@ -79,7 +112,86 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// The TCP connect timeout of [`ConnectOptions::default`]: 300 ms.
+///
+/// Why this long. When the VIP holder dies, the backup takes the VIP after
+/// the VRRP Master_Down_Interval (3 adverts and a skew: about 360 ms with
+/// 100 ms adverts, 3.6 s with the default 1 s). A SYN sent to the VIP in
+/// between goes to the dead host and is lost, and the kernel would send it
+/// again only after 1 s, then 3 s, 7 s: a switch would reach the new
+/// master up to seconds after it took over. With a timeout of 300 ms the
+/// switch gives that SYN up and sends a new one (at once: see
+/// [`crate::switch::SwitchConfig::failover_window`]), so it reaches the new
+/// master at most about 300 ms after the takeover, whatever the
+/// Master_Down_Interval. Shorter would be faster still, but a TCP connect
+/// on a campus network takes well under 10 ms, and 300 ms leaves room for
+/// a slow WAN path or a busy server's SYN queue; a switch whose failures
+/// outlast the failover window doubles its timeout with its backoff, so a
+/// path slower than this still gets through.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The TLS handshake deadline of [`ConnectOptions::default`]: 5 s, the
+/// servers' own handshake deadline (`license.handshake_timeout_ms`), after
+/// which they drop the connection anyway. The handshake runs with a live
+/// server (the TCP connection is up) and TCP retransmits a lost segment
+/// within its own timer, so it needs no failover-sized deadline; a short
+/// one would only make a herd of switches, reconnecting at once after a
+/// failover, start their handshakes again while the server works through
+/// them.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long [`Connection::connect_with`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// For the TCP connection to each address the server name resolves to.
+    pub connect_timeout: Duration,
+    /// For the TLS handshake, once TCP is connected.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
 impl Connection {
+    /// Connects to the server at `addr` (the VIP and port) within the
+    /// deadlines of `options`: over TLS with `tls` (the pair's CA pinned,
+    /// this client's certificate presented), or over plain TCP without.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when no TCP connection could be made (of kind
+    /// `TimedOut` when none answered within the connect timeout),
+    /// [`ClientError::Tls`] when the handshake failed or did not complete
+    /// in time. [`ClientError::verdict`] says whether to try again.
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs,
+        tls: Option<&ClientTls>,
+        options: &ConnectOptions,
+    ) -> Result<Self, ClientError> {
+        let tcp = connect_tcp(addr, options.connect_timeout).await?;
+        tcp.set_nodelay(true)?;
+        let peer = tcp.peer_addr()?;
+        let Some(tls) = tls else {
+            return Ok(Self::framed(Box::new(tcp), peer));
+        };
+        let deadline = options.handshake_timeout;
+        let stream = tokio::time::timeout(deadline, tls.connect(tcp))
+            .await
+            .map_err(|_| {
+                ClientError::Tls(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no TLS handshake with {peer} within {} ms", deadline.as_millis()),
+                ))
+            })?
+            .map_err(ClientError::Tls)?;
+        Ok(Self::framed(Box::new(stream), peer))
+    }
+
     /// Connects to the server at `addr` (the VIP and port) over TLS, the
     /// pair's CA pinned and this client's certificate presented.
     ///

@@ -5,10 +5,21 @@
 //! licensed things (APs, ...) need beyond its built-in licenses, heartbeats
 //! every interval, sends an update at once when something changes on it,
 //! treats the server as down after three heartbeat intervals without an
-//! answer, keeps its last limits for the retention period, and reconnects
-//! to the VIP with exponential backoff. Every grant and refusal is an
-//! [`Event`], so a test (or `vipool client --json`) can count what was
-//! acknowledged.
+//! answer, and keeps its last limits for the retention period. Every grant
+//! and refusal is an [`Event`], so a test (or `vipool client --json`) can
+//! count what was acknowledged.
+//!
+//! It reconnects to the VIP as a failover needs (`switch/reconnect.rs`): each
+//! connect has a short timeout ([`SwitchConfig::connect_timeout`]), one
+//! that times out within the failover window is retried at once (its SYN
+//! went to the dead holder; the new one reaches whoever holds the VIP
+//! now), and only failures that outlast the window back off, doubling.
+//! After a few failed tries past the window it says "server unreachable"
+//! (a warning, repeated at most once a minute). A refusal that no retry
+//! can change ([`crate::client::Verdict::Permanent`]: an unknown license
+//! type, a certificate refused either way, an id its certificate does not
+//! name, ...) stops the switch: it logs what happened and what to do at
+//! error level, emits [`Event::Stopped`], and its task ends.
 //!
 //! It presents its license keys as signed key lines; a key the server
 //! does not count (not signed by an issuer it trusts, bound to another
@@ -16,6 +27,8 @@
 //! presents, and a report whose `used` claims more than the pool can give
 //! is sent again claiming what the switch holds in the table; it then
 //! asks for the rest like any other need.
+
+mod reconnect;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,7 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ClientError, Connection};
+use crate::client::{ClientError, ConnectOptions, Connection, Verdict};
 use crate::license::SignedKey;
 use crate::proto::{RequestError, ServerError, SwitchReport};
 use crate::server::now_ms;
@@ -55,12 +68,29 @@ pub struct SwitchConfig {
     pub missed_limit: u32,
     /// How long the last limits are kept while the server is down (default 30 days).
     pub retention: Duration,
-    /// First reconnect delay after a failed connect (doubling up to
-    /// `backoff_max`); after an established session ends, the first retry
-    /// comes at a spread point within it.
+    /// Within the failover window, attempts start at least this far
+    /// apart; past it, the first reconnect delay (doubling up to
+    /// `backoff_max`). After an established session ends, the first retry
+    /// comes at a spread point within it. At least 1 ms.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// How long a TCP connect may take before it is given up and tried
+    /// again (default [`crate::client::DEFAULT_CONNECT_TIMEOUT`], 300 ms:
+    /// why, there). Past the failover window it doubles with the backoff,
+    /// up to `backoff_max`.
+    pub connect_timeout: Duration,
+    /// How long the TLS handshake may take once TCP is connected (default
+    /// [`crate::client::DEFAULT_HANDSHAKE_TIMEOUT`], 5 s).
+    pub handshake_timeout: Duration,
+    /// How long failures may last and still be a failover (default 1 s).
+    /// Within it a connect that timed out is retried at once, and one
+    /// refused at once after `backoff_min`; the delay doubles only for
+    /// failures that outlast it, and only then is the server called
+    /// unreachable. Set it to the pair's Master_Down_Interval plus a raft
+    /// election (with the fast configuration, 100 ms adverts and 10 ms
+    /// raft ticks: about 0.5 s; with 1 s adverts: about 4 s).
+    pub failover_window: Duration,
     /// The pair's CA and this switch's certificate (TLS, as a real switch
     /// connects); `None` speaks plain TCP to a standalone
     /// `vipool serve --insecure-plaintext`.
@@ -84,6 +114,9 @@ impl SwitchConfig {
             retention: Duration::from_secs(30 * 24 * 3600),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            connect_timeout: crate::client::DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: crate::client::DEFAULT_HANDSHAKE_TIMEOUT,
+            failover_window: Duration::from_secs(1),
             tls: None,
         }
     }
@@ -180,6 +213,32 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Failed tries outlasted the failover window: the server is
+    /// unreachable (said again at most once a minute while it stays so).
+    Unreachable {
+        /// Switch id.
+        id: String,
+        /// Server address.
+        server: String,
+        /// How long the tries have failed, in milliseconds.
+        for_ms: u64,
+        /// Failed tries so far.
+        tries: u32,
+        /// Why the last one failed.
+        error: String,
+    },
+    /// The server refused the switch for good, or the switch refused the
+    /// server (its certificate): no retry can change it, the switch stops.
+    Stopped {
+        /// Switch id.
+        id: String,
+        /// Server address.
+        server: String,
+        /// What the server (or the TLS handshake) said.
+        reason: String,
+        /// What an operator has to change.
+        remedy: String,
+    },
 }
 
 /// What a simulated switch currently believes, for tests and status.
@@ -197,6 +256,12 @@ pub struct SwitchView {
     pub grants: u64,
     /// Grants refused.
     pub refusals: u64,
+    /// Registered at least once since it started.
+    pub reached: bool,
+    /// Why the last attempt to connect or register failed, if it did.
+    pub last_error: Option<String>,
+    /// Why the switch stopped, when a permanent refusal stopped it.
+    pub stopped: Option<String>,
 }
 
 /// A change on the switch, sent to the server at once.
@@ -217,7 +282,8 @@ pub struct SwitchHandle {
     pub view: watch::Receiver<SwitchView>,
     /// Changes to make on the switch.
     pub changes: mpsc::UnboundedSender<Change>,
-    /// The switch's task; ends when the shutdown token is cancelled.
+    /// The switch's task; ends when the shutdown token is cancelled, or
+    /// when a permanent refusal stops the switch ([`Event::Stopped`]).
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -268,12 +334,39 @@ enum ReportKind {
 /// Why a session with the server ended.
 enum End {
     Shutdown,
-    Lost(String),
+    /// Connected, but not registered.
+    NotRegistered(ClientError),
+    /// Registered, then lost.
+    Lost(ClientError),
 }
 
 impl Switch {
     fn emit(&self, event: Event) {
-        tracing::info!(?event, "switch");
+        match &event {
+            Event::Stopped {
+                id,
+                server,
+                reason,
+                remedy,
+            } => tracing::error!(
+                id = %id.escape_debug(),
+                "switch stopped, on an error no retry can fix: {reason} (server {server}). What to \
+                 do: {remedy}."
+            ),
+            Event::Unreachable {
+                id,
+                server,
+                for_ms,
+                tries,
+                error,
+            } => tracing::warn!(
+                id = %id.escape_debug(),
+                "server unreachable: {server} not reached for {:.1} s ({tries} tries); last error: \
+                 {error}; still trying, backing off",
+                *for_ms as f64 / 1000.0
+            ),
+            _ => tracing::info!(?event, "switch"),
+        }
         if let Some(events) = &self.events {
             // A dropped receiver only means nobody is counting any more.
             let _ = events.send(event);
@@ -363,55 +456,93 @@ impl Switch {
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = self.config.backoff_min;
         // Spread reconnects of many switches without drawing randomness.
         let spread = self
             .config
             .id
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let mut policy = reconnect::Reconnect::new(
+            reconnect::Settings {
+                connect_timeout: self.config.connect_timeout,
+                failover_window: self.config.failover_window,
+                backoff_min: self.config.backoff_min,
+                backoff_max: self.config.backoff_max,
+            },
+            spread,
+        );
         loop {
             self.check_server();
-            let server = self.config.server.clone();
-            let tls = self.config.tls.clone();
-            let connect = tokio::time::timeout(self.config.heartbeat_interval, async move {
-                match &tls {
-                    Some(tls) => Connection::connect(&server, tls).await,
-                    None => Connection::connect_insecure(&server).await,
-                }
-            });
+            let started = Instant::now();
+            let options = ConnectOptions {
+                connect_timeout: policy.connect_timeout(),
+                handshake_timeout: self.config.handshake_timeout,
+            };
+            let connect = Connection::connect_with(&self.config.server, self.config.tls.as_ref(), &options);
             let connected = tokio::select! {
                 connected = connect => connected,
                 () = shutdown.cancelled() => return,
             };
-            let delay = if let Ok(Ok(conn)) = connected {
-                backoff = self.config.backoff_min;
-                let end = self.session(conn, &shutdown).await;
-                self.view.send_modify(|v| v.connected = false);
-                match end {
-                    End::Shutdown => return,
-                    End::Lost(reason) => self.emit(Event::Disconnected {
-                        id: self.id(),
-                        reason,
-                    }),
-                }
-                // A session that worked ended (the VIP moved, say): the new
-                // holder is likely up already, so the first retry comes
-                // within backoff_min, spread so that a herd of switches does
-                // not reconnect in the same millisecond.
-                Duration::from_millis(spread % (backoff.as_millis() as u64).max(1))
-            } else {
-                // Connecting failed: back off, doubling.
-                let jitter = Duration::from_millis(spread % (backoff.as_millis() as u64 / 4 + 1));
-                let delay = backoff + jitter;
-                backoff = (backoff * 2).min(self.config.backoff_max);
-                delay
+            let end = match connected {
+                Ok(conn) => self.session(conn, &shutdown, &mut policy).await,
+                Err(e) => End::NotRegistered(e),
             };
+            self.view.send_modify(|v| v.connected = false);
+            let (e, was_registered) = match end {
+                End::Shutdown => return,
+                End::NotRegistered(e) => (e, false),
+                End::Lost(e) => (e, true),
+            };
+            if let Verdict::Permanent { remedy } = e.verdict() {
+                self.stop(&e, remedy);
+                return;
+            }
+            let reason = e.to_string();
+            let delay = if was_registered {
+                self.emit(Event::Disconnected {
+                    id: self.id(),
+                    reason: reason.clone(),
+                });
+                policy.session_ended(Instant::now())
+            } else {
+                // One line per attempt only at debug: during a failover
+                // they come every few hundred ms.
+                tracing::debug!(id = %self.config.id.escape_debug(), server = %self.config.server,
+                    error = %reason, "no connection to the server; trying again");
+                let retry = policy.failed(Instant::now(), started);
+                if let Some((failing_for, tries)) = retry.unreachable {
+                    self.emit(Event::Unreachable {
+                        id: self.id(),
+                        server: self.config.server.clone(),
+                        for_ms: failing_for.as_millis() as u64,
+                        tries,
+                        error: reason.clone(),
+                    });
+                }
+                retry.delay.max(retry_after(&e))
+            };
+            self.view.send_modify(|v| v.last_error = Some(reason));
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// An error no retry can fix: say so and what to do, and stop.
+    fn stop(&mut self, e: &ClientError, remedy: &str) {
+        let reason = e.to_string();
+        self.view.send_modify(|v| {
+            v.connected = false;
+            v.last_error = Some(reason.clone());
+            v.stopped = Some(reason.clone());
+        });
+        self.emit(Event::Stopped {
+            id: self.id(),
+            server: self.config.server.clone(),
+            reason,
+            remedy: remedy.to_owned(),
+        });
     }
 
     /// Marks the server down after `missed_limit` silent intervals, and lets
@@ -474,7 +605,11 @@ impl Switch {
         let (_, pool) = self.send_report(conn, ReportKind::Register).await?;
         let id = self.id();
         self.heard(pool);
-        self.view.send_modify(|v| v.connected = true);
+        self.view.send_modify(|v| {
+            v.connected = true;
+            v.reached = true;
+            v.last_error = None;
+        });
         self.emit(Event::Registered {
             id,
             server: self.config.server.clone(),
@@ -482,12 +617,29 @@ impl Switch {
         Ok(())
     }
 
-    async fn session(&mut self, mut conn: Connection, shutdown: &CancellationToken) -> End {
-        if let Err(e) = self.register(&mut conn).await {
-            return End::Lost(e.to_string());
+    async fn session(
+        &mut self,
+        mut conn: Connection,
+        shutdown: &CancellationToken,
+        policy: &mut reconnect::Reconnect,
+    ) -> End {
+        let registered = tokio::select! {
+            registered = self.register(&mut conn) => registered,
+            () = shutdown.cancelled() => return End::Shutdown,
+        };
+        if let Err(e) = registered {
+            return End::NotRegistered(e);
+        }
+        if let Some((failing_for, tries)) = policy.registered(Instant::now()) {
+            tracing::info!(
+                id = %self.config.id.escape_debug(),
+                "server reachable again: {} registered after {:.1} s ({tries} tries)",
+                self.config.server,
+                failing_for.as_secs_f64()
+            );
         }
         if let Err(e) = self.reconcile(&mut conn).await {
-            return End::Lost(e.to_string());
+            return End::Lost(e);
         }
         let start = Instant::now() + self.config.heartbeat_interval;
         let mut tick = tokio::time::interval_at(start, self.config.heartbeat_interval);
@@ -514,10 +666,13 @@ impl Switch {
                 Ok(()) => {}
                 Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                     if !self.view.borrow().server_up {
-                        return End::Lost("server down: no answer for too long".into());
+                        return End::Lost(ClientError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "server down: no answer for too long",
+                        )));
                     }
                 }
-                Err(e) => return End::Lost(e.to_string()),
+                Err(e) => return End::Lost(e),
             }
         }
     }
@@ -645,6 +800,16 @@ impl Switch {
                 v.grants += 1;
             }
         });
+    }
+}
+
+/// How long the server asked the switch to wait, if it did.
+fn retry_after(e: &ClientError) -> Duration {
+    match e {
+        ClientError::Server(ServerError::Denied(RequestError::RegistrationRate {
+            retry_after_ms, ..
+        })) => Duration::from_millis(*retry_after_ms),
+        _ => Duration::ZERO,
     }
 }
 
