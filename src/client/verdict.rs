@@ -36,6 +36,15 @@ pub enum Verdict {
         /// What to do about it, for the operator.
         remedy: &'static str,
     },
+    /// The TLS handshake failed before the other end proved to be the
+    /// pair: a certificate an operator has to fix, most likely, but a host
+    /// that holds the VIP (Trust I) can cause exactly the same error, and
+    /// a switch that stopped for good on it would be a switch that host
+    /// switched off. Say so loudly, and keep trying, backing off.
+    Unproven {
+        /// What to do about it, for the operator.
+        remedy: &'static str,
+    },
 }
 
 impl Verdict {
@@ -53,7 +62,13 @@ impl ClientError {
     /// Whether trying again can help, and if not, what to do.
     pub fn verdict(&self) -> Verdict {
         match self {
-            ClientError::Io(e) | ClientError::Tls(e) => io_verdict(e),
+            // After the handshake the server has proved who it is: what it
+            // says (an alert refusing our certificate) is the pair's word.
+            ClientError::Io(e) => io_verdict(e),
+            ClientError::Tls(e) => match io_verdict(e) {
+                Verdict::Permanent { remedy } => Verdict::Unproven { remedy },
+                other => other,
+            },
             // The server went away (a failover, a restart): the VIP's next
             // holder answers.
             ClientError::Closed => Verdict::Transient,
@@ -315,18 +330,24 @@ mod tests {
             .verdict()
             .is_permanent());
         // A server certificate of another CA, or not naming the license
-        // server: refused by this end's handshake.
+        // server: refused by this end's handshake, before the other end
+        // proved anything. Not permanent: a host holding the VIP could
+        // send it to stop every switch.
         for (e, says) in [
             (CertificateError::UnknownIssuer, "pinned CA"),
             (CertificateError::NotValidForName, "license server"),
             (CertificateError::Expired, "validity"),
         ] {
             let v = ClientError::Tls(tls_io(rustls::Error::InvalidCertificate(e))).verdict();
-            let Verdict::Permanent { remedy } = v else {
+            let Verdict::Unproven { remedy } = v else {
                 panic!("{v:?}")
             };
+            assert!(!v.is_permanent());
             assert!(remedy.contains(says), "{remedy}");
         }
+        // Whatever the unproven end says in the handshake, alerts too.
+        let v = ClientError::Tls(tls_io(rustls::Error::AlertReceived(AlertDescription::UnknownCA))).verdict();
+        assert!(matches!(v, Verdict::Unproven { .. }), "{v:?}");
         // This switch's certificate refused by the server: an alert, seen
         // on the first read after the handshake.
         let alert = tls_io(rustls::Error::AlertReceived(AlertDescription::UnknownCA));

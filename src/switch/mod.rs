@@ -17,9 +17,13 @@
 //! After a few failed tries past the window it says "server unreachable"
 //! (a warning, repeated at most once a minute). A refusal that no retry
 //! can change ([`crate::client::Verdict::Permanent`]: an unknown license
-//! type, a certificate refused either way, an id its certificate does not
-//! name, ...) stops the switch: it logs what happened and what to do at
-//! error level, emits [`Event::Stopped`], and its task ends.
+//! type, its certificate refused by the server, an id its certificate does
+//! not name, ...) stops the switch: it logs what happened and what to do at
+//! error level, emits [`Event::Stopped`], and its task ends. Only the
+//! pair's word stops it: a handshake that fails before the other end
+//! proved to be the pair (a server certificate not of the pinned CA) is
+//! said at error level once a minute ([`Event::Unproven`]) and tried
+//! again, backing off, since a host that holds the VIP could send it.
 //!
 //! It presents its license keys as signed key lines; a key the server
 //! does not count (not signed by an issuer it trusts, bound to another
@@ -227,8 +231,23 @@ pub enum Event {
         /// Why the last one failed.
         error: String,
     },
-    /// The server refused the switch for good, or the switch refused the
-    /// server (its certificate): no retry can change it, the switch stops.
+    /// The TLS handshake failed before the other end proved to be the
+    /// pair (its certificate is not of the pinned CA, or it refused ours
+    /// before showing its own): said at error level once a minute while
+    /// it lasts; the switch keeps trying, backing off, since a host that
+    /// holds the VIP could cause it (see [`crate::client::Verdict::Unproven`]).
+    Unproven {
+        /// Switch id.
+        id: String,
+        /// Server address.
+        server: String,
+        /// What the handshake said.
+        reason: String,
+        /// What an operator has to change if it is not an attack.
+        remedy: String,
+    },
+    /// The server refused the switch for good: no retry can change it, the
+    /// switch stops.
     Stopped {
         /// Switch id.
         id: String,
@@ -353,6 +372,16 @@ impl Switch {
                 "switch stopped, on an error no retry can fix: {reason} (server {server}). What to \
                  do: {remedy}."
             ),
+            Event::Unproven {
+                id,
+                server,
+                reason,
+                remedy,
+            } => tracing::error!(
+                id = %id.escape_debug(),
+                "the host answering at {server} is not proven to be the pair: {reason}. What to \
+                 do: {remedy}. Still trying, backing off (another host may hold the VIP)."
+            ),
             Event::Unreachable {
                 id,
                 server,
@@ -471,6 +500,8 @@ impl Switch {
             },
             spread,
         );
+        // When a handshake with an unproven end was last said (once a minute).
+        let mut unproven_said: Option<Instant> = None;
         loop {
             self.check_server();
             let started = Instant::now();
@@ -493,11 +524,24 @@ impl Switch {
                 End::NotRegistered(e) => (e, false),
                 End::Lost(e) => (e, true),
             };
-            if let Verdict::Permanent { remedy } = e.verdict() {
+            let verdict = e.verdict();
+            if let Verdict::Permanent { remedy } = verdict {
                 self.stop(&e, remedy);
                 return;
             }
             let reason = e.to_string();
+            if let Verdict::Unproven { remedy } = verdict {
+                let now = Instant::now();
+                if unproven_said.is_none_or(|at| now.duration_since(at) >= reconnect::UNREACHABLE_REPEAT) {
+                    unproven_said = Some(now);
+                    self.emit(Event::Unproven {
+                        id: self.id(),
+                        server: self.config.server.clone(),
+                        reason: reason.clone(),
+                        remedy: remedy.to_owned(),
+                    });
+                }
+            }
             let delay = if was_registered {
                 self.emit(Event::Disconnected {
                     id: self.id(),
