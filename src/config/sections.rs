@@ -432,7 +432,8 @@ pub struct LicenseSection {
     /// (default 5000).
     pub handshake_timeout_ms: u64,
     /// Once a request frame has begun, the rest of it must arrive within
-    /// this many milliseconds (default 10000).
+    /// this many milliseconds, and an answer must be taken by the client
+    /// within as long (default 10000).
     pub frame_timeout_ms: u64,
     /// A connection that sends no whole request for this many milliseconds
     /// is closed (default 120000; switches heartbeat every

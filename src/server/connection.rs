@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -13,7 +14,7 @@ use tracing::{debug, info};
 use super::request::{self, RequestContext, TableReader};
 use super::{now_ms, Applier, Port, Shared};
 use crate::pki::ClientIdentity;
-use crate::proto::connection::Framed;
+use crate::proto::connection::{Framed, WriteError};
 use crate::proto::{
     frame, Request, RequestFrame, Response, ServerError, ServerMessage, TableDump, PAGE_CLIENTS,
 };
@@ -72,8 +73,12 @@ pub(super) async fn accept<A: Applier>(shared: Arc<Shared<A>>, tcp: TcpStream, p
             seq: 0,
             response: Err(ServerError::Forbidden(why.into())),
         };
-        let _ = framed.write(&message, frame::DEFAULT_MAX_RESPONSE).await;
-        framed.shutdown().await;
+        if write_within(&mut framed, &message, shared.config.frame_timeout)
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(shared.config.frame_timeout, framed.shutdown()).await;
+        }
         return;
     }
     serve(shared, Box::new(stream), peer, local, Some(who), port).await;
@@ -101,7 +106,7 @@ async fn serve<A: Applier>(
     };
     let mut framed = Framed::new(stream, shared.config.max_frame);
     let reason = conn.run(&mut framed).await;
-    if matches!(reason, "idle" | "frame too slow") {
+    if matches!(reason, "idle" | "frame too slow" | "answer not taken") {
         shared.counters.timed_out.fetch_add(1, Ordering::Relaxed);
     }
     debug!(%peer, reason, "connection closed");
@@ -144,9 +149,9 @@ impl<A: Applier> Conn<'_, A> {
                         frame_began = framed.in_frame().then_some(last_frame);
                         self.shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
                         let (message, heartbeat_of) = Box::pin(self.answer(request)).await;
-                        let written = framed.write(&message, frame::DEFAULT_MAX_RESPONSE).await;
+                        let written = write_within(framed, &message, config.frame_timeout).await;
                         let written = match written {
-                            Err(crate::proto::connection::WriteError::Frame(e)) => {
+                            Err(WriteError::Frame(e)) => {
                                 // Too large to send: say so instead.
                                 let seq = match message {
                                     ServerMessage::Reply { seq, .. } => seq,
@@ -156,13 +161,13 @@ impl<A: Applier> Conn<'_, A> {
                                     seq,
                                     response: Err(ServerError::from(e)),
                                 };
-                                framed.write(&fallback, frame::DEFAULT_MAX_RESPONSE).await
+                                write_within(framed, &fallback, config.frame_timeout).await
                             }
                             other => other,
                         };
                         self.shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        if written.is_err() {
-                            return "write failed";
+                        if let Err(e) = written {
+                            return write_failed(&e);
                         }
                         if let Some(id) = heartbeat_of {
                             self.shared.counters.heartbeat(&id, |c| c.responses += 1);
@@ -180,7 +185,7 @@ impl<A: Applier> Conn<'_, A> {
                             response: Err(ServerError::from(e)),
                         };
                         // Best effort: the connection closes either way.
-                        let _ = framed.write(&message, frame::DEFAULT_MAX_RESPONSE).await;
+                        let _ = write_within(framed, &message, config.frame_timeout).await;
                         return "bad frame";
                     }
                 }
@@ -217,8 +222,9 @@ impl<A: Applier> Conn<'_, A> {
                     let pool = pool_rx.borrow_and_update().clone();
                     if self.last_pool.as_ref() != Some(&pool) {
                         self.last_pool = Some(pool.clone());
-                        if framed.write(&ServerMessage::Push { pool }, frame::DEFAULT_MAX_RESPONSE).await.is_err() {
-                            return "write failed";
+                        let push = ServerMessage::Push { pool };
+                        if let Err(e) = write_within(framed, &push, config.frame_timeout).await {
+                            return write_failed(&e);
                         }
                     }
                 }
@@ -445,6 +451,36 @@ impl<A: Applier> Conn<'_, A> {
             status: self.shared.status(),
             next,
         }
+    }
+}
+
+/// Writes `message` as one frame, unless the peer takes longer than
+/// `within` to take it. A peer that sends requests and never reads the
+/// answers fills its receive window and then our send buffer, and the
+/// write waits: without a deadline it would wait forever, outside the
+/// read deadlines, and such a peer would hold its connection (and its
+/// place under the per-address cap) for good. With one, it holds it no
+/// longer than a peer that begins a frame and never ends it.
+async fn write_within<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S>,
+    message: &ServerMessage,
+    within: Duration,
+) -> Result<(), WriteError> {
+    tokio::time::timeout(within, framed.write(message, frame::DEFAULT_MAX_RESPONSE))
+        .await
+        .unwrap_or_else(|_| {
+            Err(WriteError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the peer does not take its answers",
+            )))
+        })
+}
+
+/// Why a connection whose write failed is closed.
+fn write_failed(e: &WriteError) -> &'static str {
+    match e {
+        WriteError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => "answer not taken",
+        _ => "write failed",
     }
 }
 

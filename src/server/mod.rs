@@ -64,7 +64,8 @@ pub struct ServerConfig {
     pub max_connections_per_address: usize,
     /// A TLS handshake must complete within this.
     pub handshake_timeout: Duration,
-    /// Once a frame has begun, the rest of it must arrive within this.
+    /// Once a frame has begun, the rest of it must arrive within this; and
+    /// an answer must be taken by the client within as long.
     pub frame_timeout: Duration,
     /// A connection that sends no whole frame for this long is closed
     /// (switches heartbeat far more often).
@@ -123,7 +124,8 @@ pub(crate) struct Counters {
     /// Connections refused: too many from one address, a failed or late
     /// handshake, a certificate of the wrong kind for the port.
     pub(crate) refused_connections: AtomicU64,
-    /// Connections closed for sending nothing, or a frame too slowly.
+    /// Connections closed for sending nothing, sending a frame too
+    /// slowly, or not taking their answers.
     pub(crate) timed_out: AtomicU64,
     /// Requests refused because they came to the wrong port or acted for
     /// another identity than the connection's.

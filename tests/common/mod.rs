@@ -286,6 +286,12 @@ impl Lab {
     /// licenses bound to that serial (key id `NAME-AP`), with per-source
     /// limits raised for the many switches a lab runs from one host.
     pub fn server_license(&self, name: &str, ap: u32) -> ServerLicense {
+        self.server_license_with(name, ap, (20_000, 20_000))
+    }
+
+    /// As [`Lab::server_license`], with `license.max_clients_per_source`
+    /// and `license.registrations_per_s_per_source` set to `limits`.
+    pub fn server_license_with(&self, name: &str, ap: u32, limits: (u32, u32)) -> ServerLicense {
         let dir = self.dir().join("license");
         std::fs::create_dir_all(&dir).expect("lab license dir");
         let issuer = lab_issuer();
@@ -298,10 +304,12 @@ impl Lab {
         ServerLicense {
             serial: format!("serial = \"{serial}\""),
             lines: format!(
-                "issuers = [\"{}\"]\nkey_files = [\"{}\"]\nmax_clients_per_source = 20000\n\
-                 registrations_per_s_per_source = 20000",
+                "issuers = [\"{}\"]\nkey_files = [\"{}\"]\nmax_clients_per_source = {}\n\
+                 registrations_per_s_per_source = {}",
                 issuers.display(),
-                keys.display()
+                keys.display(),
+                limits.0,
+                limits.1
             ),
         }
     }
@@ -755,6 +763,16 @@ pub fn lab_key(key_id: &str, serial: &str, license_type: &str, count: u32) -> vi
             issuer: "lab".into(),
         })
         .expect("sign a lab key")
+}
+
+/// The resident memory of process `pid` (VmRSS of /proc/PID/status), in
+/// KiB; `None` once it has exited.
+pub fn rss_kb(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// A server's licensing in a lab (see [`Lab::server_license`]).

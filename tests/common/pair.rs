@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use vipool::client::{ClientError, Connection};
 use vipool::proto::{NodeStatus, ServerError, SwitchReport, TableDump};
-use vipool::table::LicenseType;
+use vipool::table::{LicenseType, Pool};
 
 use super::{in_netns, wait_for, Host, Lab, Speaker};
 
@@ -67,6 +67,21 @@ pub struct PairOptions {
     pub heartbeat_interval_ms: u64,
     /// `license.sweep_interval_ms`.
     pub sweep_interval_ms: u64,
+    /// The AP licenses each server's key file installs (the pool holds
+    /// twice this once the pair is settled).
+    pub server_ap: u32,
+    /// `license.max_clients_per_source`: raised far above the default in
+    /// the lab, where one host runs many simulated switches.
+    pub max_clients_per_source: u32,
+    /// `license.registrations_per_s_per_source`: raised as above.
+    pub registrations_per_s_per_source: u32,
+    /// More `[license]` lines, as written (timers and connection limits a
+    /// test sets, e.g. `idle_timeout_ms = 3000`).
+    pub license_extra: String,
+    /// A server that keeps the default operator endpoint, loopback only
+    /// (127.0.0.1:4334): the lab's operator asks it from its own host.
+    /// The others listen on their own address.
+    pub loopback_operator: Option<Which>,
 }
 
 impl Default for PairOptions {
@@ -88,6 +103,11 @@ impl Default for PairOptions {
             extra_hosts: 1,
             heartbeat_interval_ms: 60_000,
             sweep_interval_ms: 10_000,
+            server_ap: SERVER_AP,
+            max_clients_per_source: 20_000,
+            registrations_per_s_per_source: 20_000,
+            license_extra: String::new(),
+            loopback_operator: None,
         }
     }
 }
@@ -214,7 +234,15 @@ fn node_config(
     peers: &[(u64, &str, Ipv4Addr)],
 ) -> PathBuf {
     let (host, id, name, priority) = me;
-    let license = lab.server_license(name, SERVER_AP);
+    let limits = (opts.max_clients_per_source, opts.registrations_per_s_per_source);
+    let license = lab.server_license_with(name, opts.server_ap, limits);
+    let which = if id == 1 { Which::Primary } else { Which::Backup };
+    // Without the line the node keeps its default: loopback only.
+    let operator_listen = if opts.loopback_operator == Some(which) {
+        String::new()
+    } else {
+        format!("operator_listen = \"{}:{OPERATOR_PORT}\"", host.addr)
+    };
     let list: Vec<String> = peers
         .iter()
         .map(|(id, name, addr)| {
@@ -259,10 +287,11 @@ request_timeout_ms = 2000
 
 [license]
 client_port = {CLIENT_PORT}
-operator_listen = "{addr}:{OPERATOR_PORT}"
+{operator_listen}
 {license_lines}
 heartbeat_interval_ms = {hb}
 sweep_interval_ms = {sweep}
+{license_extra}
 
 {tls}"#,
         data = lab.dir().join(format!("{name}-data")).display(),
@@ -273,8 +302,8 @@ sweep_interval_ms = {sweep}
         tick = opts.tick_ms,
         election = opts.election_ticks,
         heartbeat = opts.heartbeat_ticks,
-        addr = host.addr,
         hb = opts.heartbeat_interval_ms,
+        license_extra = opts.license_extra,
         sweep = opts.sweep_interval_ms,
         tls = tls_section(lab, name),
         serial = license.serial,
@@ -375,9 +404,22 @@ impl PairLab {
         node.logs.push(log);
     }
 
-    /// Node `which`'s status and table through its operator endpoint, asked from `from`.
+    /// Node `which`'s status and table through its operator endpoint, asked from `from`
+    /// (from the node's own host if its endpoint is on loopback).
     pub fn show(&self, from: &Host, which: Which) -> Result<TableDump, String> {
-        show(from, self.node(which).addr())
+        let (host, addr) = self.operator_endpoint(from, which);
+        super::operator_show(&host, addr, OPERATOR_PORT)
+    }
+
+    /// Where the lab's operator asks node `which` from, and at which
+    /// address: from `from` at the node's address, or from the node's own
+    /// host at 127.0.0.1 if its endpoint stays on loopback.
+    pub fn operator_endpoint(&self, from: &Host, which: Which) -> (Host, Ipv4Addr) {
+        if self.opts.loopback_operator == Some(which) {
+            (self.node(which).host.clone(), Ipv4Addr::LOCALHOST)
+        } else {
+            (from.clone(), self.node(which).addr())
+        }
     }
 
     /// Waits until the primary serves, the backup follows as VRRP backup,
@@ -388,7 +430,7 @@ impl PairLab {
             d.state.server_keys.keys().collect::<Vec<_>>() == ["backup-AP", "primary-AP"]
                 && d.pool
                     .get(&ap())
-                    .is_some_and(|e| e.total == 2 * u64::from(SERVER_AP))
+                    .is_some_and(|e| e.total == 2 * u64::from(self.opts.server_ap))
         };
         let settled = wait_for(2 * WAIT, || {
             let p = self.show(from, Which::Primary);
@@ -743,6 +785,8 @@ pub struct Sample {
     pub server_keys: Vec<String>,
     /// The clients' ids in its table.
     pub clients: Vec<String>,
+    /// Its pool (empty when it did not answer).
+    pub pool: Pool,
 }
 
 /// Samples both servers' status every `period` from a host, until
@@ -750,7 +794,7 @@ pub struct Sample {
 pub struct Monitor {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
-    handle: Option<std::thread::JoinHandle<()>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Monitor {
@@ -760,46 +804,34 @@ impl Drop for Monitor {
 }
 
 impl Monitor {
-    /// Starts sampling the pair's nodes from `from`.
+    /// Starts sampling the pair's nodes from `from` (a node whose operator
+    /// endpoint is on loopback from its own host; see
+    /// [`PairLab::operator_endpoint`]), one thread per host asked from.
     pub fn start(pair: &PairLab, from: &Host, period: Duration) -> Monitor {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let nodes = [
-            (Which::Primary, pair.primary.addr()),
-            (Which::Backup, pair.backup.addr()),
-        ];
-        let (stop2, sink) = (stop.clone(), samples.clone());
-        let tls = super::operator_tls(from);
-        let handle = in_netns(from, move || {
-            super::runtime().block_on(async move {
-                let mut conns: [Option<Connection>; 2] = [None, None];
-                while !stop2.load(Ordering::SeqCst) {
-                    for (i, (which, addr)) in nodes.iter().enumerate() {
-                        let got = sample(&mut conns[i], *addr, &tls).await;
-                        let (status, server_keys, clients) = match got {
-                            Ok(d) => (
-                                Ok(d.status),
-                                d.state.server_keys.keys().cloned().collect(),
-                                d.state.clients.keys().cloned().collect(),
-                            ),
-                            Err(e) => (Err(e), Vec::new(), Vec::new()),
-                        };
-                        sink.lock().unwrap().push(Sample {
-                            at: Instant::now(),
-                            node: *which,
-                            status,
-                            server_keys,
-                            clients,
-                        });
-                    }
-                    tokio::time::sleep(period).await;
-                }
+        let mut by_host: Vec<(Host, Vec<(Which, Ipv4Addr)>)> = Vec::new();
+        for which in [Which::Primary, Which::Backup] {
+            let (host, addr) = pair.operator_endpoint(from, which);
+            match by_host.iter_mut().find(|(h, _)| h.ns == host.ns) {
+                Some((_, nodes)) => nodes.push((which, addr)),
+                None => by_host.push((host, vec![(which, addr)])),
+            }
+        }
+        let handles = by_host
+            .into_iter()
+            .map(|(host, nodes)| {
+                let (stop, sink) = (stop.clone(), samples.clone());
+                let tls = super::operator_tls(&host);
+                in_netns(&host, move || {
+                    super::runtime().block_on(sample_loop(nodes, tls, period, stop, sink))
+                })
             })
-        });
+            .collect();
         Monitor {
             stop,
             samples,
-            handle: Some(handle),
+            handles,
         }
     }
 
@@ -811,10 +843,43 @@ impl Monitor {
     /// Stops it and returns every sample.
     pub fn finish(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(handle) = self.handle.take() {
+        for handle in self.handles.drain(..) {
             handle.join().expect("monitor thread");
         }
         self.samples()
+    }
+}
+
+async fn sample_loop(
+    nodes: Vec<(Which, Ipv4Addr)>,
+    tls: vipool::tls::ClientTls,
+    period: Duration,
+    stop: Arc<AtomicBool>,
+    sink: Arc<Mutex<Vec<Sample>>>,
+) {
+    let mut conns: Vec<Option<Connection>> = nodes.iter().map(|_| None).collect();
+    while !stop.load(Ordering::SeqCst) {
+        for (i, (which, addr)) in nodes.iter().enumerate() {
+            let got = sample(&mut conns[i], *addr, &tls).await;
+            let (status, server_keys, clients, pool) = match got {
+                Ok(d) => (
+                    Ok(d.status),
+                    d.state.server_keys.keys().cloned().collect(),
+                    d.state.clients.keys().cloned().collect(),
+                    d.pool,
+                ),
+                Err(e) => (Err(e), Vec::new(), Vec::new(), Pool::default()),
+            };
+            sink.lock().unwrap().push(Sample {
+                at: Instant::now(),
+                node: *which,
+                status,
+                server_keys,
+                clients,
+                pool,
+            });
+        }
+        tokio::time::sleep(period).await;
     }
 }
 
