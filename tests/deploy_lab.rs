@@ -67,6 +67,11 @@ fn lab_script_passes_both_failover_rounds_and_cleans_up() {
         out.lines().any(|l| l.starts_with("PASS")),
         "no PASS line in the output"
     );
+    // SPEC's example, checked by lab.sh against the pool it shows.
+    assert!(
+        out.contains("16 PEFNG + 16 XSEC keys signed for each server give a pool of 32 of each"),
+        "no seed example line"
+    );
     for round in ["round 1 (stop): VIP", "round 2 (kill): VIP"] {
         assert!(out.contains(round), "no {round:?} summary line");
     }
