@@ -307,6 +307,16 @@ async fn table_refusals_are_typed_and_keep_the_connection() {
     assert_eq!(h.state(), before);
     // Same connection still answers.
     conn.acquire("sw1", &ap(), 1).await.unwrap();
+    // Each refusal is counted by its cause, for the operator to see.
+    let refused = h.operator().await.show().await.unwrap().status.refused;
+    for cause in [
+        "table_unknown_client",
+        "table_not_enough_licenses",
+        "table_claim_exceeds_available",
+        "table_over_subscribed",
+    ] {
+        assert_eq!(refused.get(cause), Some(&1), "{cause}: {refused:?}");
+    }
     h.stop().await;
 }
 
@@ -636,6 +646,12 @@ async fn keys_identities_and_operator_changes_over_tcp() {
     let status = op.show().await.unwrap().status;
     assert_eq!(
         status.refused.get("client_key_refused"),
+        Some(&1),
+        "{:?}",
+        status.refused
+    );
+    assert_eq!(
+        status.refused.get("table_key_counted"),
         Some(&1),
         "{:?}",
         status.refused

@@ -277,6 +277,17 @@ impl<A: Applier> Conn<'_, A> {
             self.shared.counters.heartbeat(id, |c| c.requests += 1);
         }
         let response = self.respond(request).await;
+        if let Err(ServerError::Refused(e)) = &response {
+            // What the table refused (a claim above what the pool can give,
+            // a key counted for another client, a bound): counted by cause
+            // and said once a minute per cause, so that a flood of bad
+            // claims shows in `show status` and the log, not in neither.
+            let cause = e.cause();
+            self.shared.counters.refuse(cause);
+            if let Some(suppressed) = self.shared.log.allow(cause) {
+                info!(suppressed, peer = %self.peer, error = %e, "the table refused a request");
+            }
+        }
         if let Ok(Response::Client { client, pool }) = &response {
             self.client_id = Some(client.id.clone());
             self.last_pool = Some(pool.clone());

@@ -411,6 +411,36 @@ pub enum CommandError {
     UnknownServer(String),
 }
 
+impl CommandError {
+    /// A short stable name for counting refusals by cause (`show status`
+    /// `refused`, logs): `table_` and the variant in snake case.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::Bound { .. } => "table_bound",
+            Self::TooManyKeys { .. } => "table_too_many_keys",
+            Self::TooManyTypes { .. } => "table_too_many_types",
+            Self::CountTooLarge { .. } => "table_count_too_large",
+            Self::UnknownClient { .. } => "table_unknown_client",
+            Self::UnknownType { .. } => "table_unknown_type",
+            Self::NotPoolable { .. } => "table_not_poolable",
+            Self::ZeroCount { .. } => "table_zero_count",
+            Self::OverSubscribed { .. } => "table_over_subscribed",
+            Self::NotEnoughLicenses { .. } => "table_not_enough_licenses",
+            Self::ClaimExceedsAvailable { .. } => "table_claim_exceeds_available",
+            Self::ReleaseExceedsUsed { .. } => "table_release_exceeds_used",
+            Self::CountOverflow { .. } => "table_count_overflow",
+            Self::DuplicateKey { .. } => "table_duplicate_key",
+            Self::KeyCounted { .. } => "table_key_counted",
+            Self::KeyNotBound { .. } => "table_key_not_bound",
+            Self::KeyExists { .. } => "table_key_exists",
+            Self::UnknownKey { .. } => "table_unknown_key",
+            Self::KeyOfClient { .. } => "table_key_of_client",
+            Self::KeyExpired { .. } => "table_key_expired",
+            Self::UnknownServer { .. } => "table_unknown_server",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
