@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use vipool::license::{IssuerKey, KeyStatement, SignedKey, TrustedIssuers};
+use vipool::license::{IssuerKey, KeyStatement, SeenSignatures, SignedKey, TrustedIssuers};
 use vipool::pki::ClientIdentity;
 use vipool::proto::{Request, SwitchReport};
 use vipool::server::rate::SourceRate;
@@ -475,6 +475,8 @@ proptest! {
         let trusted = TrustedIssuers::from_iter([acme().trusted()]);
         let limits = RequestLimits { max_clients_per_source: 100, registrations_per_s_per_source: 1000 };
         let registrations = SourceRate::new(1000, 100);
+        // Signatures remembered, as a server does.
+        let seen = SeenSignatures::default();
         let identities = identities();
         let mut table = pair();
         let mut index = table.applied_index();
@@ -504,6 +506,7 @@ proptest! {
                         trusted: &trusted,
                         limits: &limits,
                         registrations: &registrations,
+                        seen: &seen,
                         table: &table,
                     };
                     let mapped = command(request, who, &ctx);
@@ -536,6 +539,8 @@ fn the_generator_covers_grants_refusals_and_over_subscription() {
     let trusted = TrustedIssuers::from_iter([acme().trusted()]);
     let limits = RequestLimits::default();
     let registrations = SourceRate::new(1000, 1000);
+    // Signatures remembered, as a server does.
+    let seen = SeenSignatures::default();
     let identities = identities();
     let (mut grants, mut refusals, mut counted, mut over) = (0, 0, 0, 0);
     let mut causes = BTreeMap::new();
@@ -563,6 +568,7 @@ fn the_generator_covers_grants_refusals_and_over_subscription() {
                         trusted: &trusted,
                         limits: &limits,
                         registrations: &registrations,
+                        seen: &seen,
                         table: &table,
                     };
                     (
