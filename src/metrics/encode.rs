@@ -176,6 +176,11 @@ impl Collector for Scrape {
         )?;
         if let Some(p) = &o.pair {
             gauge(&mut e, "raft_last_index", "The last index of this node's raft log", p.last_index)?;
+            gauges(
+                &mut e,
+                ("raft_learners", "1 for each member that is a raft learner (does not vote)", "peer"),
+                p.learners.iter().map(|l| (l.as_str(), 1u64)),
+            )?;
             gauge(
                 &mut e,
                 "raft_in_sync",

@@ -101,6 +101,9 @@ pub struct PairObserved {
     /// Whether this node's log is known to be complete (see
     /// `cluster::Status::in_sync`).
     pub in_sync: bool,
+    /// The raft learners, by name: a member that a sole voter took over
+    /// from (it rejoins and is promoted once caught up), or a new one.
+    pub learners: Vec<String>,
     /// Durations of the raft store's durable writes.
     pub fsync: cluster::FlushSnapshot,
 }

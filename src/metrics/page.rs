@@ -31,7 +31,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d233
 header{background:#1d2330;color:#fff;padding:12px 20px}header h1{font-size:18px;margin:0}\
 header p{margin:2px 0 0;color:#b8bfcc}main{display:grid;grid-template-columns:repeat(auto-fit,minmax(340px,1fr));\
 gap:14px;padding:14px 20px}section{background:#fff;border-radius:6px;padding:12px 16px;\
-box-shadow:0 1px 2px #0002}h2{font-size:15px;margin:0 0 8px}table{border-collapse:collapse;width:100%}\
+box-shadow:0 1px 2px #0002}h2{font-size:15px;margin:0 0 8px}h2:not(:first-child){margin-top:14px}table{border-collapse:collapse;width:100%}\
 td,th{text-align:left;padding:3px 6px;border-bottom:1px solid #eceef2}th{font-weight:600;color:#555}\
 .holder{font-size:20px;font-weight:600}.ok{color:#13795b}.bad{color:#b42318}.muted{color:#777}\
 .bar{background:#e6e8ee;border-radius:3px;height:12px;min-width:120px}\
@@ -115,6 +115,8 @@ fn roles(h: &mut String, o: &Observed) {
         };
         let peer_raft = if p.leader.as_deref() == Some(p.peer.as_str()) {
             "Leader"
+        } else if p.learners.contains(&p.peer) {
+            "Learner"
         } else if s.raft_role == "Leader" {
             "Follower"
         } else {
@@ -206,6 +208,12 @@ fn warnings(h: &mut String, o: &Observed) {
                 p.priority, p.configured_priority
             ));
         }
+        for learner in &p.learners {
+            items.push(format!(
+                "{} is a raft learner: it does not vote until it is back and caught up",
+                escape(learner)
+            ));
+        }
         if !p.witness && !s.serving && s.vrrp_state == "Master" {
             items.push("VRRP master but not serving: see the log for a refused takeover".into());
         }
@@ -253,7 +261,7 @@ fn timeline(h: &mut String, o: &Observed) {
     let f = &o.failovers;
     let _ = write!(
         h,
-        "<section id=\"failovers\"><h2>Failovers</h2><p>{} takeovers by this node since it started</p>",
+        "<section id=\"failovers\"><h2>Failovers</h2><p>takeovers by this node since it started: {}</p>",
         f.count
     );
     if f.recent.is_empty() {

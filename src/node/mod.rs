@@ -185,6 +185,8 @@ struct PairView {
     progress: Vec<(u64, u64)>,
     /// Whether this member's log is known to be complete.
     in_sync: bool,
+    /// The raft learners (a peer that a sole voter took over from).
+    learners: Vec<u64>,
 }
 
 /// A VRRP drop reason as `show status` and the metrics name it.
@@ -731,6 +733,7 @@ fn metrics_source(
                 .map(|(id, matched)| (name(*id), v.last_index.saturating_sub(*matched)))
                 .collect(),
             in_sync: v.in_sync,
+            learners: v.learners.iter().map(|id| name(*id)).collect(),
             fsync: flush_times.snapshot(),
         };
         crate::metrics::Observed {
@@ -970,6 +973,7 @@ impl Glue {
             last_index: raft.last_index,
             progress: raft.progress,
             in_sync: raft.in_sync,
+            learners: raft.conf.learners.clone(),
         };
         Ok(new_priority)
     }
