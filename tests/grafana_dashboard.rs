@@ -10,7 +10,11 @@ use vipool::metrics::{openmetrics, FailoverLog, Observed, PairObserved};
 /// after one failover.
 fn exposition() -> String {
     let log = FailoverLog::default();
-    log.took_over(SystemTime::now(), Duration::from_millis(40), "the peer left (priority 0)");
+    log.took_over(
+        SystemTime::now(),
+        Duration::from_millis(40),
+        "the peer left (priority 0)",
+    );
     let mut o = Observed {
         pair: Some(PairObserved {
             follower_lag: vec![("backup".into(), 0)],
@@ -23,9 +27,10 @@ fn exposition() -> String {
     };
     o.server.status.refused.insert("client_key_refused".into(), 1);
     o.server.bad_frames = vec![("oversize", 0)];
-    o.server
-        .pool
-        .insert(vipool::table::LicenseType::new("AP"), vipool::table::PoolEntry { total: 1, used: 0 });
+    o.server.pool.insert(
+        vipool::table::LicenseType::new("AP"),
+        vipool::table::PoolEntry { total: 1, used: 0 },
+    );
     openmetrics(&o)
 }
 
@@ -61,7 +66,10 @@ fn the_dashboard_and_the_exposition_agree() {
         .collect();
     let asked = names(&text);
     let unknown: Vec<_> = asked.difference(&samples).collect();
-    assert!(unknown.is_empty(), "the dashboard asks for metrics no node exposes: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "the dashboard asks for metrics no node exposes: {unknown:?}"
+    );
 
     let families: Vec<&str> = exposed
         .lines()
@@ -72,5 +80,8 @@ fn the_dashboard_and_the_exposition_agree() {
         .iter()
         .filter(|f| !asked.iter().any(|a| a.starts_with(*f)))
         .collect();
-    assert!(missing.is_empty(), "families the dashboard does not show: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "families the dashboard does not show: {missing:?}"
+    );
 }

@@ -26,12 +26,16 @@ fn get(from: &Host, addr: Ipv4Addr, path: &str) -> Result<(String, String), Stri
     let path = path.to_owned();
     in_netns(from, move || {
         let to = SocketAddr::from((addr, METRICS_PORT));
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| format!("{to}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        let mut s =
+            TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| format!("{to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
         let mut raw = String::new();
         s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-        let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| format!("no head in {raw:?}"))?;
+        let (head, body) = raw
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no head in {raw:?}"))?;
         let status = head.lines().next().unwrap_or_default().to_owned();
         Ok((status, body.to_owned()))
     })
@@ -54,7 +58,9 @@ impl Scrape {
         }
         let mut samples = BTreeMap::new();
         for line in body.lines().filter(|l| !l.starts_with('#')) {
-            let (name, value) = line.rsplit_once(' ').ok_or_else(|| format!("bad sample {line:?}"))?;
+            let (name, value) = line
+                .rsplit_once(' ')
+                .ok_or_else(|| format!("bad sample {line:?}"))?;
             let value = value.parse().map_err(|_| format!("bad value in {line:?}"))?;
             samples.insert(name.to_owned(), value);
         }
@@ -159,12 +165,16 @@ fn metrics_and_the_status_page_follow_a_failover() {
     }
     // Only the leader tracks its follower; the backup keeps up.
     assert!(
-        wait_for(WAIT, || Scrape::of(&client, a)
-            .is_ok_and(|s| s.v("vipool_raft_follower_lag_entries{peer=\"backup\"}") == 0.0)),
+        wait_for(WAIT, || Scrape::of(&client, a).is_ok_and(|s| s
+            .v("vipool_raft_follower_lag_entries{peer=\"backup\"}")
+            == 0.0)),
         "the backup never caught up: {:?}",
         Scrape::of(&client, a)
     );
-    assert!(!bk.0.keys().any(|k| k.starts_with("vipool_raft_follower_lag_entries")));
+    assert!(!bk
+        .0
+        .keys()
+        .any(|k| k.starts_with("vipool_raft_follower_lag_entries")));
     let backup_became_master = bk.v("vipool_vrrp_transitions_total{to=\"master\"}");
     let term_before = p.v("vipool_raft_term");
 
@@ -177,10 +187,17 @@ fn metrics_and_the_status_page_follow_a_failover() {
 
     // The failover: the primary stops; the backup takes over.
     pair.primary.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(pair.primary.process.wait_exit(WAIT), Some(0), "{}", pair.primary.log());
+    assert_eq!(
+        pair.primary.process.wait_exit(WAIT),
+        Some(0),
+        "{}",
+        pair.primary.log()
+    );
     assert!(
-        wait_for(WAIT, || Scrape::of(&client, b).is_ok_and(|s| s.v("vipool_serving") == 1.0
-            && s.v("vipool_clients{state=\"up\"}") == 3.0)),
+        wait_for(WAIT, || Scrape::of(&client, b)
+            .is_ok_and(
+                |s| s.v("vipool_serving") == 1.0 && s.v("vipool_clients{state=\"up\"}") == 3.0
+            )),
         "the backup never served the 3 switches: {:?}\n{}",
         Scrape::of(&client, b),
         pair.backup.log()
@@ -204,20 +221,28 @@ fn metrics_and_the_status_page_follow_a_failover() {
     // The backup takes over as sole voter: the primary is a learner.
     assert!(
         wait_for(WAIT, || Scrape::of(&client, b)
-            .is_ok_and(|s| s.0.get("vipool_raft_learners{peer=\"primary\"}") == Some(&1.0))),
+            .is_ok_and(
+                |s| s.0.get("vipool_raft_learners{peer=\"primary\"}") == Some(&1.0)
+            )),
         "the primary never became a learner: {:?}",
         Scrape::of(&client, b)
     );
     let stopped = Scrape::of(&client, a);
     assert!(stopped.is_err(), "the stopped primary still answers: {stopped:?}");
-    eprintln!("{test}: graceful failover, gap measured by the backup {:.1} ms", gap * 1000.0);
+    eprintln!(
+        "{test}: graceful failover, gap measured by the backup {:.1} ms",
+        gap * 1000.0
+    );
 
     if browser {
         let png = shots.join("after.png");
         let dom = chromium(&shots, &client, b, &png);
         assert!(dom.contains("id=\"holder\">backup (192.0.2.2)</p>"), "{dom}");
         assert!(dom.contains("this node serves license requests"), "{dom}");
-        assert!(dom.contains("took over") && dom.contains("the peer left (priority 0)"), "{dom}");
+        assert!(
+            dom.contains("took over") && dom.contains("the peer left (priority 0)"),
+            "{dom}"
+        );
         assert!(dom.contains("<span class=\"holder\">3</span> up"), "{dom}");
         // The primary stopped gracefully: the backup took over as sole
         // voter, the primary is a learner until it returns.
@@ -231,7 +256,8 @@ fn metrics_and_the_status_page_follow_a_failover() {
     // takeover on its side, a loss on the backup's.
     pair.restart(Which::Primary);
     assert!(
-        wait_for(2 * WAIT, || Scrape::of(&client, a).is_ok_and(|s| s.v("vipool_serving") == 1.0)
+        wait_for(2 * WAIT, || Scrape::of(&client, a)
+            .is_ok_and(|s| s.v("vipool_serving") == 1.0)
             && Scrape::of(&client, b).is_ok_and(|s| s.v("vipool_serving") == 0.0)),
         "the primary never took the VIP back: {:?}\n{}",
         Scrape::of(&client, a),
@@ -241,11 +267,18 @@ fn metrics_and_the_status_page_follow_a_failover() {
     assert_eq!(back.v("vipool_failovers_total"), 1.0);
     assert_eq!(back.v("vipool_vrrp_state{state=\"Master\"}"), 1.0);
     let handed = Scrape::of(&client, b).unwrap();
-    assert_eq!(handed.v("vipool_failovers_total"), 1.0, "a loss is not a takeover");
+    assert_eq!(
+        handed.v("vipool_failovers_total"),
+        1.0,
+        "a loss is not a takeover"
+    );
     assert_eq!(handed.v("vipool_vrrp_state{state=\"Backup\"}"), 1.0);
     let (status, page) = get(&client, b, "/").unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(page.contains("stopped serving") && page.contains("took over"), "{page}");
+    assert!(
+        page.contains("stopped serving") && page.contains("took over"),
+        "{page}"
+    );
     assert!(page.contains(&format!("VIP {VIP}")), "{page}");
     drop(switches);
 }

@@ -82,7 +82,8 @@ pub struct Status {
     /// commit reaches the leader's. Steady replication never clears it. A
     /// member cut off from the leader cannot know and keeps its value until
     /// it hears from the leader again. See [`Node::in_sync`].
-    pub in_sync: bool,    /// Index of the last entry of this member's log.
+    pub in_sync: bool,
+    /// Index of the last entry of this member's log.
     pub last_index: u64,
     /// As leader, each other member's matched index (see
     /// [`Node::progress`]); empty otherwise.

@@ -790,12 +790,17 @@ fn metrics_are_off_by_default_and_their_listener_is_checked() {
     let on: Config = with("listen = \"192.0.2.11:9464\"").parse().unwrap();
     assert_eq!(on.metrics.listen, Some("192.0.2.11:9464".parse().unwrap()));
     let printed = toml::to_string(&on).unwrap();
-    assert!(printed.contains("[metrics]\nlisten = \"192.0.2.11:9464\""), "{printed}");
+    assert!(
+        printed.contains("[metrics]\nlisten = \"192.0.2.11:9464\""),
+        "{printed}"
+    );
 
     let refused = |line: &str, why: &str| {
         let found = problems(&with(line));
         assert!(
-            found.iter().any(|p| p.field == "metrics.listen" && p.to_string().contains(why)),
+            found
+                .iter()
+                .any(|p| p.field == "metrics.listen" && p.to_string().contains(why)),
             "{line}: {found:?}"
         );
     };
@@ -805,8 +810,14 @@ fn metrics_are_off_by_default_and_their_listener_is_checked() {
     refused("listen = \"127.0.0.1:4334\"", "operator endpoint");
     refused("listen = \"0.0.0.0:4335\"", "raft address");
     // Not an address at all: a parse error that names the field.
-    let bad = with("listen = \"localhost\"").parse::<Config>().unwrap_err().to_string();
+    let bad = with("listen = \"localhost\"")
+        .parse::<Config>()
+        .unwrap_err()
+        .to_string();
     assert!(bad.contains("listen"), "{bad}");
-    let unknown = with("listen = \"192.0.2.11:9464\"\nport = 1").parse::<Config>().unwrap_err().to_string();
+    let unknown = with("listen = \"192.0.2.11:9464\"\nport = 1")
+        .parse::<Config>()
+        .unwrap_err()
+        .to_string();
     assert!(unknown.contains("port"), "{unknown}");
 }

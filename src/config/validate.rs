@@ -780,10 +780,19 @@ impl Config {
         };
         let field = "metrics.listen";
         if listen.port() == 0 {
-            r.add(field, listen, "port 0: give a fixed port that Prometheus can be told (9464 is customary)");
+            r.add(
+                field,
+                listen,
+                "port 0: give a fixed port that Prometheus can be told (9464 is customary)",
+            );
             return;
         }
-        if self.vrrp.vips.iter().any(|v| IpAddr::V4(v.address) == listen.ip()) {
+        if self
+            .vrrp
+            .vips
+            .iter()
+            .any(|v| IpAddr::V4(v.address) == listen.ip())
+        {
             r.add(
                 field,
                 listen,
@@ -801,12 +810,20 @@ impl Config {
         }
         let operator = self.operator_address();
         if listen.port() == operator.port() && overlaps(listen.ip(), operator.ip()) {
-            r.add(field, listen, format!("is also the operator endpoint ({operator}): use another port"));
+            r.add(
+                field,
+                listen,
+                format!("is also the operator endpoint ({operator}): use another port"),
+            );
         }
         if let Some(me) = self.cluster.peer(self.node.id) {
             let raft = self.cluster.listen.unwrap_or(me.address);
             if listen.port() == raft.port() && overlaps(listen.ip(), raft.ip()) {
-                r.add(field, listen, format!("is also the raft address of this node ({raft}): use another port"));
+                r.add(
+                    field,
+                    listen,
+                    format!("is also the raft address of this node ({raft}): use another port"),
+                );
             }
         }
     }

@@ -8,7 +8,9 @@
 use std::fmt::Error;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -96,7 +98,12 @@ fn histogram(
     family(encoder, name, help, MetricType::Histogram)?.encode_histogram::<NoLabelSet>(sum, count, &all, None)
 }
 
-fn info(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, labels: &impl EncodeLabelSet) -> Result<(), Error> {
+fn info(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    labels: &impl EncodeLabelSet,
+) -> Result<(), Error> {
     family(encoder, name, help, MetricType::Info)?.encode_info(labels)
 }
 
@@ -143,10 +150,19 @@ impl Collector for Scrape {
             )?;
             counters(
                 &mut e,
-                ("vrrp_transitions", "VRRP state transitions, by the state entered", "to"),
+                (
+                    "vrrp_transitions",
+                    "VRRP state transitions, by the state entered",
+                    "to",
+                ),
                 p.transitions.iter().map(|(to, n)| (*to, *n)),
             )?;
-            counter(&mut e, "vrrp_adverts_sent", "VRRP advertisements sent", p.adverts_sent)?;
+            counter(
+                &mut e,
+                "vrrp_adverts_sent",
+                "VRRP advertisements sent",
+                p.adverts_sent,
+            )?;
             counter(
                 &mut e,
                 "vrrp_adverts_received",
@@ -167,7 +183,12 @@ impl Collector for Scrape {
             RAFT_ROLES.iter().map(|r| (*r, u64::from(s.raft_role == *r))),
         )?;
         gauge(&mut e, "raft_term", "The raft term", s.term)?;
-        gauge(&mut e, "raft_commit_index", "The highest committed raft index", s.commit_index)?;
+        gauge(
+            &mut e,
+            "raft_commit_index",
+            "The highest committed raft index",
+            s.commit_index,
+        )?;
         gauge(
             &mut e,
             "raft_applied_index",
@@ -175,10 +196,19 @@ impl Collector for Scrape {
             s.applied_index,
         )?;
         if let Some(p) = &o.pair {
-            gauge(&mut e, "raft_last_index", "The last index of this node's raft log", p.last_index)?;
+            gauge(
+                &mut e,
+                "raft_last_index",
+                "The last index of this node's raft log",
+                p.last_index,
+            )?;
             gauges(
                 &mut e,
-                ("raft_learners", "1 for each member that is a raft learner (does not vote)", "peer"),
+                (
+                    "raft_learners",
+                    "1 for each member that is a raft learner (does not vote)",
+                    "peer",
+                ),
                 p.learners.iter().map(|l| (l.as_str(), 1u64)),
             )?;
             gauge(
@@ -192,7 +222,8 @@ impl Collector for Scrape {
                 (
                     "raft_follower_lag_entries",
                     "On the leader: entries each follower lacks (last index minus matched)",
-                    "peer"),
+                    "peer",
+                ),
                 p.follower_lag.iter().map(|(peer, lag)| (peer.as_str(), *lag)),
             )?;
             histogram(
@@ -237,7 +268,11 @@ impl Collector for Scrape {
         )?;
         gauges(
             &mut e,
-            ("pool_used_licenses", "Licenses clients take from the pool, by type", "type"),
+            (
+                "pool_used_licenses",
+                "Licenses clients take from the pool, by type",
+                "type",
+            ),
             types.iter().zip(pool.values()).map(|(t, p)| (*t, p.used)),
         )?;
         gauges(
@@ -245,7 +280,8 @@ impl Collector for Scrape {
             (
                 "pool_available_licenses",
                 "Licenses left in the pool, by type (negative when over-subscribed)",
-                "type"),
+                "type",
+            ),
             types.iter().zip(pool.values()).map(|(t, p)| (*t, p.available())),
         )?;
 
@@ -266,7 +302,8 @@ impl Collector for Scrape {
             (
                 "bad_frames",
                 "Connections closed for a bad frame, by kind",
-                "kind"),
+                "kind",
+            ),
             o.server.bad_frames.iter().map(|(k, n)| (*k, *n)),
         )?;
         counters(
@@ -275,7 +312,8 @@ impl Collector for Scrape {
                 "refusals",
                 "What this node refused (client requests and connections, raft connections and \
                  frames), by reason; VRRP drops are in vipool_vrrp_drops_total",
-                "reason"),
+                "reason",
+            ),
             o.refusals(),
         )?;
         gauge(
@@ -304,7 +342,9 @@ mod tests {
         o.server.status.term = 3;
         o.server.status.refused.insert("client_key_refused".into(), 2);
         o.server.status.refused.insert("vrrp_unknown_peer".into(), 9);
-        o.server.pool.insert(LicenseType::new("AP"), PoolEntry { total: 32, used: 40 });
+        o.server
+            .pool
+            .insert(LicenseType::new("AP"), PoolEntry { total: 32, used: 40 });
         o.server.clients_up = 5;
         o.server.clients_down = 1;
         o.server.bad_frames = vec![("oversize", 1), ("malformed", 0)];
@@ -375,7 +415,11 @@ mod tests {
         assert!(text.contains(r#"reason="a\"b\\c\nd""#), "{text}");
         // Every sample line still parses as name{labels} value.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.rsplit_once(' ').is_some_and(|(_, v)| v.parse::<f64>().is_ok()), "{line:?}");
+            assert!(
+                line.rsplit_once(' ')
+                    .is_some_and(|(_, v)| v.parse::<f64>().is_ok()),
+                "{line:?}"
+            );
         }
     }
 }

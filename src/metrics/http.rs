@@ -87,7 +87,8 @@ fn route(head: &[u8]) -> (Route, bool) {
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut words = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) = (words.next(), words.next(), words.next(), words.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (words.next(), words.next(), words.next(), words.next())
     else {
         return (Route::BadRequest, false);
     };
@@ -134,7 +135,11 @@ async fn answer(mut stream: TcpStream, source: &Source) -> std::io::Result<()> {
             "not an HTTP/1 request\n".to_owned(),
         ),
     };
-    let allow = if route == Route::BadMethod { "Allow: GET, HEAD\r\n" } else { "" };
+    let allow = if route == Route::BadMethod {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     let mut response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}\
          Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
@@ -180,11 +185,20 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), (Route::Metrics, false));
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (Route::Metrics, false)
+        );
         assert_eq!(route(b"GET /?refresh=1 HTTP/1.0\r\n\r\n"), (Route::Page, false));
         assert_eq!(route(b"HEAD / HTTP/1.1\r\n\r\n"), (Route::Page, true));
-        assert_eq!(route(b"GET /etc/passwd HTTP/1.1\r\n\r\n"), (Route::NotFound, false));
-        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), (Route::BadMethod, false));
+        assert_eq!(
+            route(b"GET /etc/passwd HTTP/1.1\r\n\r\n"),
+            (Route::NotFound, false)
+        );
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            (Route::BadMethod, false)
+        );
         assert_eq!(route(b"GET /metrics\r\n\r\n").0, Route::BadRequest);
         assert_eq!(route(b"\x16\x03\x01\x02\x00\x01\x00").0, Route::BadRequest);
         assert_eq!(route(b"GET / SPDY/3 extra\r\n\r\n").0, Route::BadRequest);
@@ -214,14 +228,27 @@ mod tests {
         let metrics = request(addr, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await;
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
         assert!(metrics.contains(OPENMETRICS), "{metrics}");
-        assert!(metrics.contains("vipool_serving 0\n") && metrics.ends_with("# EOF\n"), "{metrics}");
+        assert!(
+            metrics.contains("vipool_serving 0\n") && metrics.ends_with("# EOF\n"),
+            "{metrics}"
+        );
 
         let page = request(addr, b"GET / HTTP/1.1\r\n\r\n").await;
-        assert!(page.contains("text/html") && page.contains("n&lt;1&gt;"), "{page}");
+        assert!(
+            page.contains("text/html") && page.contains("n&lt;1&gt;"),
+            "{page}"
+        );
         let head = request(addr, b"HEAD / HTTP/1.1\r\n\r\n").await;
-        assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: "), "{head}");
-        assert!(request(addr, b"DELETE / HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 405"));
-        assert!(request(addr, b"GET /x HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404"));
+        assert!(
+            head.ends_with("\r\n\r\n") && head.contains("Content-Length: "),
+            "{head}"
+        );
+        assert!(request(addr, b"DELETE / HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 405"));
+        assert!(request(addr, b"GET /x HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 404"));
         // A head that never ends is cut at 8 KiB, not buffered forever.
         let long = vec![b'a'; 9 * 1024];
         assert!(request(addr, &long).await.starts_with("HTTP/1.1 400"));

@@ -50,7 +50,9 @@ pub const FAILOVER_RING: usize = 16;
 /// Upper bounds of the failover duration buckets, in seconds: from a
 /// graceful handoff (a few milliseconds) to a crash detected after a long
 /// Master_Down_Interval.
-pub const FAILOVER_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+pub const FAILOVER_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// Everything one scrape or one page shows, read at one moment.
 #[derive(Debug, Clone, Default)]
@@ -259,7 +261,11 @@ mod tests {
         let log = FailoverLog::default();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         for i in 0..20u64 {
-            log.took_over(t0 + Duration::from_secs(i), Duration::from_millis(30 * (i + 1)), "peer left");
+            log.took_over(
+                t0 + Duration::from_secs(i),
+                Duration::from_millis(30 * (i + 1)),
+                "peer left",
+            );
         }
         log.gave_up(t0 + Duration::from_secs(30), "VRRP backup");
         let s = log.snapshot();

@@ -78,7 +78,9 @@ fn holder(h: &mut String, o: &Observed) {
                 escape(&addr)
             );
         }
-        None if o.pair.is_some() => h.push_str("<p class=\"holder bad\" id=\"holder\">nobody (no VRRP master)</p>"),
+        None if o.pair.is_some() => {
+            h.push_str("<p class=\"holder bad\" id=\"holder\">nobody (no VRRP master)</p>")
+        }
         None => h.push_str("<p class=\"holder muted\" id=\"holder\">standalone server, no VIP</p>"),
     }
     let (class, text) = if s.serving {
@@ -105,7 +107,11 @@ fn roles(h: &mut String, o: &Observed) {
         escape(&s.node),
         escape(&s.vrrp_state),
         escape(&s.raft_role),
-        if s.raft_role == "Leader" { "&ndash;".to_owned() } else { "n/a".to_owned() }
+        if s.raft_role == "Leader" {
+            "&ndash;".to_owned()
+        } else {
+            "n/a".to_owned()
+        }
     );
     if let Some(p) = &o.pair {
         let peer_vrrp = match (o.vip_holder(), s.vrrp_state.as_str()) {
@@ -165,15 +171,13 @@ fn pool(h: &mut String, o: &Observed) {
     h.push_str("<table><tr><th>type</th><th>used / total</th><th>available</th><th></th></tr>");
     for (t, p) in &o.server.pool {
         let available = p.available();
-        let share = if p.total == 0 {
-            if p.used > 0 {
-                100
-            } else {
-                0
-            }
-        } else {
-            (p.used.saturating_mul(100) / p.total).min(100)
-        };
+        // An empty type with licenses in use is all used.
+        let share = p
+            .used
+            .saturating_mul(100)
+            .checked_div(p.total)
+            .unwrap_or(if p.used > 0 { 100 } else { 0 })
+            .min(100);
         let over = if available < 0 { " over" } else { "" };
         let _ = write!(
             h,
@@ -338,13 +342,21 @@ mod tests {
         let mut o = Observed::default();
         o.server.status.node = "primary".into();
         o.server.status.warnings.push("<script>alert(1)</script>".into());
-        o.server.status.refused.insert("x\"><img src=x onerror=alert(1)>".into(), 1);
-        o.server.pool.insert(LicenseType::new("AP"), PoolEntry { total: 4, used: 1 });
+        o.server
+            .status
+            .refused
+            .insert("x\"><img src=x onerror=alert(1)>".into(), 1);
+        o.server
+            .pool
+            .insert(LicenseType::new("AP"), PoolEntry { total: 4, used: 1 });
         let log = FailoverLog::default();
         log.took_over(SystemTime::now(), Duration::from_millis(12), "peer <b>left</b>");
         o.failovers = log.snapshot();
         let page = status_page(&o);
-        assert!(!page.contains("<script>") && !page.contains("<img") && !page.contains("<b>left"), "{page}");
+        assert!(
+            !page.contains("<script>") && !page.contains("<img") && !page.contains("<b>left"),
+            "{page}"
+        );
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(page.contains("x&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"));
         assert!(page.contains("12.0 ms"));
@@ -357,8 +369,12 @@ mod tests {
         o.server.status.node = "primary".into();
         o.server.status.vrrp_state = "Backup".into();
         o.server.status.raft_role = "Follower".into();
-        o.server.pool.insert(LicenseType::new("AP"), PoolEntry { total: 32, used: 8 });
-        o.server.pool.insert(LicenseType::new("XSEC"), PoolEntry { total: 4, used: 6 });
+        o.server
+            .pool
+            .insert(LicenseType::new("AP"), PoolEntry { total: 32, used: 8 });
+        o.server
+            .pool
+            .insert(LicenseType::new("XSEC"), PoolEntry { total: 4, used: 6 });
         o.server.clients_up = 3;
         o.pair = Some(PairObserved {
             node: "primary".into(),
@@ -377,7 +393,10 @@ mod tests {
         // Over-subscribed: a full red bar and a negative count.
         assert!(page.contains("fill over\" style=\"width:100%\""), "{page}");
         assert!(page.contains("class=\"bad\">-2</td>"), "{page}");
-        assert!(page.contains("advertising VRRP priority 1 instead of 200"), "{page}");
+        assert!(
+            page.contains("advertising VRRP priority 1 instead of 200"),
+            "{page}"
+        );
         assert!(page.contains("<span class=\"holder\">3</span> up"), "{page}");
     }
 }

@@ -408,11 +408,9 @@ pub async fn run(
         .await
         .map_err(io(format!("binding operator endpoint {operator_addr}")))?;
     let metrics_listener = match config.metrics.listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(io(format!("binding the metrics listener {addr} (metrics.listen)")))?,
-        ),
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(io(format!(
+            "binding the metrics listener {addr} (metrics.listen)"
+        )))?),
         None => None,
     };
 
@@ -684,8 +682,12 @@ fn metrics_source(
 ) -> crate::metrics::Source {
     let (server, view) = (Arc::clone(server), Arc::clone(view));
     let (flush_times, failovers) = (Arc::clone(flush_times), Arc::clone(failovers));
-    let names: std::collections::BTreeMap<u64, String> =
-        config.cluster.peers.iter().map(|p| (p.id, p.name.clone())).collect();
+    let names: std::collections::BTreeMap<u64, String> = config
+        .cluster
+        .peers
+        .iter()
+        .map(|p| (p.id, p.name.clone()))
+        .collect();
     let name = move |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("member {id}"));
     let node = config.node.name.clone();
     let peer = config.pair_peer().name.clone();
