@@ -173,9 +173,8 @@ struct PairView {
     raft_role: String,
     term: u64,
     commit: u64,
-    /// VRRP datagrams dropped, by reason.
-    vrrp_drops: std::collections::BTreeMap<vrrp::proto::DropReason, u64>,
-    /// The VRRP status as last published (priority, master, counters).
+    /// The VRRP status as last published (priority, master, counters,
+    /// drops by reason).
     vrrp: Option<vrrp::sys::Status>,
     /// The raft leader, by id.
     leader: Option<u64>,
@@ -246,7 +245,8 @@ fn status_hook(
                 status.refused.insert(cause.to_owned(), n);
             }
         }
-        for (reason, n) in &v.vrrp_drops {
+        let drops = v.vrrp.iter().flat_map(|s| &s.counters.drops);
+        for (reason, n) in drops {
             status.refused.insert(format!("vrrp_{}", drop_name(*reason)), *n);
         }
         status.vrrp_state = v.vrrp_state;
@@ -969,7 +969,6 @@ impl Glue {
             raft_role: format!("{:?}", raft.role),
             term: raft.term,
             commit: raft.commit,
-            vrrp_drops: vrrp.counters.drops.clone(),
             vrrp: Some(vrrp.clone()),
             leader: raft.leader,
             last_index: raft.last_index,
