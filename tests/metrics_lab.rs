@@ -1,8 +1,8 @@
 //! The metrics endpoint and the status page (`[metrics] listen`) on a lab
 //! pair: both nodes scraped from the switches' host before a failover,
 //! the primary stopped (SIGTERM), the backup scraped again, then the
-//! primary restarted until it takes the VIP back; each step's numbers are
-//! checked against what the pair did. The status page is loaded in real
+//! primary restarted until it takes the VIP back, then killed (SIGKILL);
+//! each step's numbers are checked against what the pair did. The status page is loaded in real
 //! headless Chromium (Debian's `chromium`) from the same host, before and
 //! after the failover: its text must name the VIP holder of the moment.
 //!
@@ -280,5 +280,38 @@ fn metrics_and_the_status_page_follow_a_failover() {
         "{page}"
     );
     assert!(page.contains(&format!("VIP {VIP}")), "{page}");
+
+    // A crash: the primary is killed. The backup waits out its
+    // Master_Down_Interval, and its measured gap holds that silence: at
+    // least the interval less the advert period the crash may fall into.
+    let before = Scrape::of(&client, b).unwrap();
+    pair.primary.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        wait_for(2 * WAIT, || Scrape::of(&client, b)
+            .is_ok_and(|s| s.v("vipool_serving") == 1.0)),
+        "the backup never took over from the killed primary: {:?}\n{}",
+        Scrape::of(&client, b),
+        pair.backup.log()
+    );
+    let crash = Scrape::of(&client, b).unwrap();
+    assert_eq!(crash.v("vipool_failovers_total"), 2.0);
+    let gap =
+        crash.v("vipool_failover_duration_seconds_sum") - before.v("vipool_failover_duration_seconds_sum");
+    let down = pair.opts.master_down(100).as_secs_f64();
+    let advert = pair.opts.advert().as_secs_f64();
+    assert!(
+        gap >= down - advert && gap < down + 5.0,
+        "crash gap {gap} s, Master_Down_Interval {down} s"
+    );
+    let (_, page) = get(&client, b, "/").unwrap();
+    assert!(
+        page.contains("the peer fell silent (Master_Down_Interval)"),
+        "{page}"
+    );
+    eprintln!(
+        "{test}: crash failover, gap measured by the backup {:.1} ms (Master_Down_Interval {:.0} ms)",
+        gap * 1000.0,
+        down * 1000.0
+    );
     drop(switches);
 }
