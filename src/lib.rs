@@ -7,7 +7,8 @@
 //! - [`client`]: one connection to the server; [`switch`]: a simulated switch on top of it;
 //! - [`views`]: the operator views of `vipool show`;
 //! - [`node`]: one server of the pair (VRRP, the replicated table and the server together);
-//! - [`license`]: signed license keys, their issuers, and the keys a server trusts.
+//! - [`license`]: signed license keys, their issuers, and the keys a server trusts;
+//! - [`metrics`]: a node's OpenMetrics endpoint and status page (`[metrics] listen`).
 //!
 //! The heart of the service is the [`table`]: the shared license table as a
 //! pure, deterministic state machine. Every change to it is a
@@ -52,6 +53,7 @@
 pub mod client;
 pub mod config;
 pub mod license;
+pub mod metrics;
 pub mod node;
 pub mod pki;
 pub mod proto;

@@ -124,6 +124,7 @@ pub use node::{Applied, Node, NodeConfig, NodeError, Output, ProposeError, Takeo
 pub use raft;
 pub use state_machine::{SnapshotError, StateMachine};
 pub use storage::{
-    DiscardedEntry, DiscardedLog, DiscardedSnapshot, Disk, LogStore, StoreError, DISCARDED_FORMAT,
+    DiscardedEntry, DiscardedLog, DiscardedSnapshot, Disk, FlushSnapshot, FlushTimes, LogStore, StoreError,
+    DISCARDED_FORMAT,
 };
 pub use transport::{TcpTransport, TransportConfig};

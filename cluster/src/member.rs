@@ -83,6 +83,11 @@ pub struct Status {
     /// member cut off from the leader cannot know and keeps its value until
     /// it hears from the leader again. See [`Node::in_sync`].
     pub in_sync: bool,
+    /// Index of the last entry of this member's log.
+    pub last_index: u64,
+    /// As leader, each other member's matched index (see
+    /// [`Node::progress`]); empty otherwise.
+    pub progress: Vec<(u64, u64)>,
 }
 
 type ReadFn<S> = Box<dyn FnOnce(Result<&S, ProposeError>) + Send>;
@@ -534,6 +539,8 @@ impl<S: StateMachine> Task<S> {
                     conf: self.node.conf_state(),
                     last_yield: self.last_yield,
                     in_sync: self.node.in_sync(),
+                    last_index: self.node.last_index(),
+                    progress: self.node.progress(),
                 });
             }
             Request::Shutdown(done) => return Some(done),

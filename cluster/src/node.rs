@@ -366,6 +366,31 @@ impl<S: StateMachine> Node<S> {
         self.raw.raft.raft_log.applied
     }
 
+    /// Index of the last entry of this member's log.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// As leader, how far each other member's log is known to match this
+    /// one: `(member, matched index)`, by member id. Empty on a member
+    /// that does not lead: only the leader tracks its followers.
+    pub fn progress(&self) -> Vec<(u64, u64)> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let me = self.id();
+        let mut progress: Vec<(u64, u64)> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, p)| (*id, p.matched))
+            .collect();
+        progress.sort_unstable();
+        progress
+    }
+
     /// Whether this member's log is known to hold everything its leader had
     /// committed (what [`Node::take_over_as_sole_voter`] requires).
     ///
@@ -1097,7 +1122,9 @@ impl<S: StateMachine> Node<S> {
             "yielded to member {winner} after a split brain (term {term}); what it discarded is kept in {kept}"
         ));
         store.flush()?;
-        let fresh = LogStore::open(store.disk())?;
+        let times = store.flush_times();
+        let mut fresh = LogStore::open(store.disk())?;
+        fresh.keep_flush_times(times);
         self.raw = Self::raw_node(&self.cfg, fresh, 0)?;
         self.last_term = 0;
         self.timeout_key = (u64::MAX, StateRole::Follower, 0);

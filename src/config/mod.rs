@@ -88,6 +88,9 @@ pub struct Config {
     /// The license service.
     #[serde(default)]
     pub license: LicenseSection,
+    /// The metrics endpoint and status page (off unless `listen` is set).
+    #[serde(default, skip_serializing_if = "MetricsSection::is_off")]
+    pub metrics: MetricsSection,
 }
 
 /// The configuration of a witness: a vote-only third raft member. It has

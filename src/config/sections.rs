@@ -242,6 +242,26 @@ impl fmt::Display for Vip {
     }
 }
 
+/// `[metrics]`: a read-only HTTP listener with the node's metrics in the
+/// OpenMetrics text format at `/metrics` (for Prometheus) and a status
+/// page at `/`. Off unless `listen` is set. It is plain HTTP without
+/// authentication: bind it to a management address, not the switches'.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `ADDR:PORT` to listen on (9464 is Prometheus's customary port for
+    /// such exporters), e.g. "192.0.2.11:9464".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl MetricsSection {
+    /// Whether the endpoint is off (nothing to print).
+    pub fn is_off(&self) -> bool {
+        self.listen.is_none()
+    }
+}
+
 /// `[tls]`: this member's credentials for the cluster link, mutual TLS 1.3
 /// with the pair's own CA (`vipool pki` issues them). There is no way to
 /// run the link without TLS.

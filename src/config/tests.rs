@@ -778,3 +778,46 @@ fn witness_operator_endpoint_defaults_to_loopback_and_is_checked() {
         .to_string();
     assert!(err.contains("witness"), "{err}");
 }
+
+#[test]
+fn metrics_are_off_by_default_and_their_listener_is_checked() {
+    let off: Config = PRIMARY.parse().unwrap();
+    assert!(off.metrics.is_off());
+    // Off: nothing printed for it by check-config.
+    assert!(!toml::to_string(&off).unwrap().contains("[metrics]"));
+
+    let with = |line: &str| format!("{PRIMARY}\n[metrics]\n{line}\n");
+    let on: Config = with("listen = \"192.0.2.11:9464\"").parse().unwrap();
+    assert_eq!(on.metrics.listen, Some("192.0.2.11:9464".parse().unwrap()));
+    let printed = toml::to_string(&on).unwrap();
+    assert!(
+        printed.contains("[metrics]\nlisten = \"192.0.2.11:9464\""),
+        "{printed}"
+    );
+
+    let refused = |line: &str, why: &str| {
+        let found = problems(&with(line));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.field == "metrics.listen" && p.to_string().contains(why)),
+            "{line}: {found:?}"
+        );
+    };
+    refused("listen = \"192.0.2.11:0\"", "port 0");
+    refused("listen = \"192.0.2.100:9464\"", "is a VIP");
+    refused("listen = \"0.0.0.0:4333\"", "license.client_port");
+    refused("listen = \"127.0.0.1:4334\"", "operator endpoint");
+    refused("listen = \"0.0.0.0:4335\"", "raft address");
+    // Not an address at all: a parse error that names the field.
+    let bad = with("listen = \"localhost\"")
+        .parse::<Config>()
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("listen"), "{bad}");
+    let unknown = with("listen = \"192.0.2.11:9464\"\nport = 1")
+        .parse::<Config>()
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("port"), "{unknown}");
+}

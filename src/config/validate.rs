@@ -38,6 +38,7 @@ impl Config {
         self.check_failover_timers(&mut report);
         self.check_license(&mut report);
         self.check_ports(&mut report);
+        self.check_metrics(&mut report);
         report.finish()
     }
 
@@ -770,6 +771,64 @@ impl Config {
         }
     }
 }
+impl Config {
+    /// `[metrics] listen`: a fixed port that no other listener of this
+    /// node uses, on an address that stays on this host (not a VIP).
+    pub(super) fn check_metrics(&self, r: &mut Report) {
+        let Some(listen) = self.metrics.listen else {
+            return;
+        };
+        let field = "metrics.listen";
+        if listen.port() == 0 {
+            r.add(
+                field,
+                listen,
+                "port 0: give a fixed port that Prometheus can be told (9464 is customary)",
+            );
+            return;
+        }
+        if self
+            .vrrp
+            .vips
+            .iter()
+            .any(|v| IpAddr::V4(v.address) == listen.ip())
+        {
+            r.add(
+                field,
+                listen,
+                "is a VIP: the backup cannot bind it, and the page would move with the VIP. Use this \
+                 node's own address (or 0.0.0.0)",
+            );
+        }
+        let client_port = self.license.client_port;
+        if listen.port() == client_port {
+            r.add(
+                field,
+                listen,
+                format!("uses license.client_port ({client_port}), which listens on every address: use another port"),
+            );
+        }
+        let operator = self.operator_address();
+        if listen.port() == operator.port() && overlaps(listen.ip(), operator.ip()) {
+            r.add(
+                field,
+                listen,
+                format!("is also the operator endpoint ({operator}): use another port"),
+            );
+        }
+        if let Some(me) = self.cluster.peer(self.node.id) {
+            let raft = self.cluster.listen.unwrap_or(me.address);
+            if listen.port() == raft.port() && overlaps(listen.ip(), raft.ip()) {
+                r.add(
+                    field,
+                    listen,
+                    format!("is also the raft address of this node ({raft}): use another port"),
+                );
+            }
+        }
+    }
+}
+
 /// A stand-in for a primary address resolved only at start: one that the
 /// instance's other addresses do not collide with.
 fn probe_address(config: &VrrpConfig) -> Ipv4Addr {

@@ -166,15 +166,34 @@ struct KeySync {
     serving: bool,
 }
 
-/// What the glue publishes for `vipool show status`.
+/// What the glue publishes for `vipool show status` and the metrics.
 #[derive(Debug, Clone, Default)]
 struct PairView {
     vrrp_state: String,
     raft_role: String,
     term: u64,
     commit: u64,
-    /// VRRP datagrams dropped, by reason.
-    vrrp_drops: std::collections::BTreeMap<vrrp::proto::DropReason, u64>,
+    /// The VRRP status as last published (priority, master, counters,
+    /// drops by reason).
+    vrrp: Option<vrrp::sys::Status>,
+    /// The raft leader, by id.
+    leader: Option<u64>,
+    /// The last index of this member's log.
+    last_index: u64,
+    /// As leader: each other member's matched index.
+    progress: Vec<(u64, u64)>,
+    /// Whether this member's log is known to be complete.
+    in_sync: bool,
+    /// The raft learners (a peer that a sole voter took over from).
+    learners: Vec<u64>,
+}
+
+/// A VRRP drop reason as `show status` and the metrics name it.
+fn drop_name(reason: vrrp::proto::DropReason) -> String {
+    serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{reason:?}"))
 }
 
 /// The transport's refusals, by cause, as `show status` names them.
@@ -226,12 +245,9 @@ fn status_hook(
                 status.refused.insert(cause.to_owned(), n);
             }
         }
-        for (reason, n) in &v.vrrp_drops {
-            let name = serde_json::to_value(reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("{reason:?}"));
-            status.refused.insert(format!("vrrp_{name}"), *n);
+        let drops = v.vrrp.iter().flat_map(|s| &s.counters.drops);
+        for (reason, n) in drops {
+            status.refused.insert(format!("vrrp_{}", drop_name(*reason)), *n);
         }
         status.vrrp_state = v.vrrp_state;
         status.raft_role = v.raft_role;
@@ -278,6 +294,7 @@ async fn raft_parts(
         .map_err(io(format!("binding raft port {listen}")))?;
 
     let store = store::open_log(node, role, start)?;
+    let flush_times = store.flush_times();
 
     let mut mcfg = MemberConfig::new(me);
     mcfg.tick = cluster.tick();
@@ -287,6 +304,7 @@ async fn raft_parts(
     mcfg.node.snapshot_interval = cluster.snapshot_interval;
     Ok(RaftParts {
         store,
+        flush_times,
         transport,
         listener,
         member: mcfg,
@@ -297,6 +315,8 @@ async fn raft_parts(
 /// What a server and a witness both start from (see [`raft_parts`]).
 struct RaftParts {
     store: LogStore,
+    /// How long the store's durable writes take (for the metrics).
+    flush_times: Arc<cluster::FlushTimes>,
     transport: TcpTransport,
     listener: TcpListener,
     member: MemberConfig,
@@ -365,6 +385,7 @@ pub async fn run(
 
     let RaftParts {
         store,
+        flush_times,
         transport,
         listener: raft_listener,
         member: mcfg,
@@ -386,6 +407,12 @@ pub async fn run(
     let operator_listener = TcpListener::bind(operator_addr)
         .await
         .map_err(io(format!("binding operator endpoint {operator_addr}")))?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(io(format!(
+            "binding the metrics listener {addr} (metrics.listen)"
+        )))?),
+        None => None,
+    };
 
     let speaker_config = config.speaker_config();
     let priority = speaker_config.vrrp.priority;
@@ -429,6 +456,11 @@ pub async fn run(
         client = %client_addr, operator = %operator_addr,
         "node up: VRRP, cluster member and license server started"
     );
+    let failovers = Arc::new(crate::metrics::FailoverLog::default());
+    if let Some(listener) = metrics_listener {
+        let source = metrics_source(&config, &server, &view, &flush_times, &failovers, peer_address);
+        tokio::spawn(crate::metrics::serve(listener, source, server_shutdown.clone()));
+    }
     notify::notify(notify::READY);
     let running = Arc::clone(&server);
     let server_task = tokio::spawn(async move {
@@ -463,6 +495,10 @@ pub async fn run(
         election_timeout,
         beacons: Arc::clone(&beacons),
         advert,
+        failovers,
+        peer_served_at: None,
+        heard: (0, 0),
+        became_master: None,
     };
     let mut glue_task = tokio::spawn(glue.run(speaker, glue_stop.clone()));
 
@@ -623,6 +659,91 @@ struct Glue {
     beacons: Arc<beacon::Beacons>,
     /// The VRRP advertisement interval: beacons are refreshed as often.
     advert: Duration,
+    /// Takeovers and losses of the service, for the metrics and the page.
+    failovers: Arc<crate::metrics::FailoverLog>,
+    /// When this node last heard the peer hold the VIP (an advert from it
+    /// as master, or its priority-0 advert): where a takeover's gap starts.
+    peer_served_at: Option<Instant>,
+    /// Adverts and priority-0 adverts accepted, as last seen.
+    heard: (u64, u64),
+    /// Why this node last became VRRP master.
+    became_master: Option<Reason>,
+}
+
+/// What the metrics and the status page read, at each request: the
+/// server's own view, the glue's, the store's write times, the failovers.
+fn metrics_source(
+    config: &Config,
+    server: &Arc<Server<ReplicatedApplier>>,
+    view: &Arc<Mutex<PairView>>,
+    flush_times: &Arc<cluster::FlushTimes>,
+    failovers: &Arc<crate::metrics::FailoverLog>,
+    peer_address: std::net::Ipv4Addr,
+) -> crate::metrics::Source {
+    let (server, view) = (Arc::clone(server), Arc::clone(view));
+    let (flush_times, failovers) = (Arc::clone(flush_times), Arc::clone(failovers));
+    let names: std::collections::BTreeMap<u64, String> = config
+        .cluster
+        .peers
+        .iter()
+        .map(|p| (p.id, p.name.clone()))
+        .collect();
+    let name = move |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("member {id}"));
+    let node = config.node.name.clone();
+    let peer = config.pair_peer().name.clone();
+    let configured_priority = config.vrrp.priority;
+    let advert_interval = Duration::from_millis(u64::from(config.vrrp.advert_interval_ms));
+    let witness = config.cluster.has_witness();
+    Arc::new(move || {
+        let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let vrrp = v.vrrp.unwrap_or_else(|| vrrp::sys::Status {
+            state: State::Initialize,
+            priority: configured_priority,
+            primary_address: std::net::Ipv4Addr::UNSPECIFIED,
+            master: None,
+            vip_installed: false,
+            accepts_vip_traffic: false,
+            counters: vrrp::proto::Counters::default(),
+        });
+        let c = &vrrp.counters;
+        let pair = crate::metrics::PairObserved {
+            node: node.clone(),
+            peer: peer.clone(),
+            peer_address: Some(peer_address),
+            own_address: (!vrrp.primary_address.is_unspecified()).then_some(vrrp.primary_address),
+            vrrp_master: vrrp.master,
+            priority: vrrp.priority,
+            configured_priority,
+            advert_interval,
+            witness,
+            transitions: [
+                ("master", c.became_master),
+                ("backup", c.became_backup),
+                ("initialize", c.became_initialize),
+            ],
+            adverts_sent: c.adverts_sent,
+            adverts_received: c.adverts_received,
+            drops: vrrp::proto::DropReason::ALL
+                .iter()
+                .map(|r| (drop_name(*r), c.drops_for(*r)))
+                .collect(),
+            leader: v.leader.filter(|l| *l != 0).map(&name),
+            last_index: v.last_index,
+            follower_lag: v
+                .progress
+                .iter()
+                .map(|(id, matched)| (name(*id), v.last_index.saturating_sub(*matched)))
+                .collect(),
+            in_sync: v.in_sync,
+            learners: v.learners.iter().map(|id| name(*id)).collect(),
+            fsync: flush_times.snapshot(),
+        };
+        crate::metrics::Observed {
+            server: server.observe(),
+            pair: Some(pair),
+            failovers: failovers.snapshot(),
+        }
+    })
 }
 
 impl Glue {
@@ -662,7 +783,7 @@ impl Glue {
                     }
                 }
                 r = speaker.stopped() => {
-                    self.set_serving(false);
+                    self.set_serving(false, "the VRRP speaker stopped");
                     let source = match r {
                         Ok(_) => std::io::Error::other("stopped by itself"),
                         Err(e) => e,
@@ -674,6 +795,7 @@ impl Glue {
             if status.state == State::Backup && status.master.is_some_and(|m| m != status.primary_address) {
                 self.followed_master = true;
             }
+            self.heard_from_peer(&status);
             let priority = self.step(&status).await?;
             // The peer hears of a change before the adverts that carry it.
             self.beacons
@@ -697,6 +819,24 @@ impl Glue {
         };
         if t.to == State::Master {
             self.followed_master = false;
+            self.became_master = t.reason;
+        }
+    }
+
+    /// Notes when the peer was last heard holding the VIP: a new advert
+    /// from it as master, or its priority-0 advert (it leaves now).
+    fn heard_from_peer(&mut self, status: &vrrp::sys::Status) {
+        let c = &status.counters;
+        let heard = (c.adverts_received, c.priority_zero_received);
+        if heard == self.heard {
+            return;
+        }
+        let left = heard.1 != self.heard.1;
+        self.heard = heard;
+        let peer_is_master =
+            status.state == State::Backup && status.master.is_some_and(|m| m != status.primary_address);
+        if left || peer_is_master {
+            self.peer_served_at = Some(Instant::now());
         }
     }
 
@@ -704,7 +844,7 @@ impl Glue {
     /// changes.
     async fn step(&mut self, vrrp: &vrrp::sys::Status) -> Result<Option<u8>, NodeError> {
         let Ok(raft) = self.member.status().await else {
-            self.set_serving(false);
+            self.set_serving(false, "the cluster member stopped");
             let why = self.member.failure().unwrap_or_else(|| "member stopped".into());
             return Err(NodeError::MemberStopped(why));
         };
@@ -813,7 +953,12 @@ impl Glue {
         }
 
         let serve = master && raft.role == StateRole::Leader;
-        self.set_serving(serve);
+        let why_not = if master {
+            "not the raft leader"
+        } else {
+            "lost the VIP (no longer VRRP master)"
+        };
+        self.set_serving(serve, why_not);
         // Both servers' keys belong in the pool, whichever leads: the VIP
         // holder proposes its own changes, the other server submits its
         // own to the leader (forwarded by raft).
@@ -824,7 +969,12 @@ impl Glue {
             raft_role: format!("{:?}", raft.role),
             term: raft.term,
             commit: raft.commit,
-            vrrp_drops: vrrp.counters.drops.clone(),
+            vrrp: Some(vrrp.clone()),
+            leader: raft.leader,
+            last_index: raft.last_index,
+            progress: raft.progress,
+            in_sync: raft.in_sync,
+            learners: raft.conf.learners.clone(),
         };
         Ok(new_priority)
     }
@@ -854,18 +1004,40 @@ impl Glue {
         }
     }
 
-    fn set_serving(&self, serve: bool) {
+    /// Serves or stops serving; `why_not` says why not, when it stops.
+    fn set_serving(&mut self, serve: bool, why_not: &str) {
         let changed = self.serving.send_if_modified(|s| {
             let changed = *s != serve;
             *s = serve;
             changed
         });
-        if changed {
-            if serve {
-                info!("serving: VRRP master and raft leader");
-            } else {
-                info!("not serving: client connections close");
+        if !changed {
+            return;
+        }
+        if !serve {
+            info!(reason = why_not, "not serving: client connections close");
+            self.failovers.gave_up(std::time::SystemTime::now(), why_not);
+            return;
+        }
+        // A takeover when the peer was heard holding the VIP since this
+        // node last served; the first start of a pair is none.
+        match self.peer_served_at.take() {
+            Some(since) => {
+                let gap = since.elapsed();
+                let why = match self.became_master {
+                    Some(Reason::MasterLeft) => "the peer left (priority 0)",
+                    Some(Reason::MasterDown) => "the peer fell silent (Master_Down_Interval)",
+                    Some(Reason::Preempt) => "preempted the peer (higher priority)",
+                    _ => "the peer gave up raft leadership",
+                };
+                info!(
+                    gap_ms = gap.as_secs_f64() * 1000.0,
+                    reason = why,
+                    "serving: VRRP master and raft leader; took over from the peer"
+                );
+                self.failovers.took_over(std::time::SystemTime::now(), gap, why);
             }
+            None => info!("serving: VRRP master and raft leader"),
         }
     }
 

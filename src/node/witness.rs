@@ -31,6 +31,7 @@ pub async fn run_witness(
     let me = config.node.id;
     let super::RaftParts {
         store,
+        flush_times: _,
         transport,
         listener,
         member: mut mcfg,

@@ -176,7 +176,7 @@ impl<A: Applier> Conn<'_, A> {
                     Ok(None) if lost_vip => return "stopped serving",
                     Ok(None) => break,
                     Err(e) => {
-                        self.shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        self.shared.counters.bad_frame(&e);
                         if let Some(suppressed) = self.shared.log.allow("bad frame") {
                             info!(suppressed, peer = %self.peer, error = %e, "bad frame; closing the connection");
                         }

@@ -121,6 +121,8 @@ pub(crate) struct Counters {
     /// Requests read and not answered yet.
     pub(crate) in_flight: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
+    /// `bad_frames` by kind, in the order of [`BAD_FRAME_KINDS`].
+    pub(crate) bad_frame_kinds: [AtomicU64; BAD_FRAME_KINDS.len()],
     /// Connections refused: too many from one address, a failed or late
     /// handshake, a certificate of the wrong kind for the port.
     pub(crate) refused_connections: AtomicU64,
@@ -135,7 +137,24 @@ pub(crate) struct Counters {
     pub(crate) refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
+/// What was wrong with a frame a connection was closed for, as metrics
+/// name it: announced larger than the maximum, of another protocol
+/// version, or not decodable.
+pub const BAD_FRAME_KINDS: [&str; 3] = ["oversize", "wrong_version", "malformed"];
+
 impl Counters {
+    /// Counts one bad frame, by kind.
+    pub(crate) fn bad_frame(&self, e: &crate::proto::frame::FrameError) {
+        use crate::proto::frame::FrameError;
+        let kind = match e {
+            FrameError::TooLarge { .. } => 0,
+            FrameError::VersionNotSupported { .. } => 1,
+            FrameError::Malformed(_) => 2,
+        };
+        self.bad_frames.fetch_add(1, Ordering::Relaxed);
+        self.bad_frame_kinds[kind].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn refuse(&self, cause: &'static str) {
         *self
             .refused
@@ -221,10 +240,57 @@ impl<A: Applier> Shared<A> {
         status
     }
 
+    fn observe(&self) -> ServerView {
+        let status = self.status();
+        let (pool, clients_up, clients_down) = self.applier.read(|t| {
+            let up = t
+                .state()
+                .clients
+                .values()
+                .filter(|c| c.state == crate::table::ClientState::Up)
+                .count();
+            let all = t.state().clients.len();
+            (t.pool().clone(), as_u64(up), as_u64(all - up))
+        });
+        let bad_frames = BAD_FRAME_KINDS
+            .iter()
+            .zip(&self.counters.bad_frame_kinds)
+            .map(|(kind, n)| (*kind, n.load(Ordering::Relaxed)))
+            .collect();
+        ServerView {
+            status,
+            pool,
+            clients_up,
+            clients_down,
+            bad_frames,
+        }
+    }
+
     fn expiring(&self) -> Vec<ExpiryWarning> {
         let within = u64::try_from(self.config.expiry_warning.as_millis()).unwrap_or(u64::MAX);
         self.applier.read(|t| t.expiring(now_ms(), within))
     }
+}
+
+fn as_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// What the license server knows of itself for metrics and the status
+/// page: its status, the pool (one row per type: the only copy of table
+/// data a scrape makes) and the count of clients per state.
+#[derive(Debug, Clone, Default)]
+pub struct ServerView {
+    /// As `vipool show status` has it (with the pair's additions).
+    pub status: NodeStatus,
+    /// The pool per type.
+    pub pool: crate::table::Pool,
+    /// Clients heard from.
+    pub clients_up: u64,
+    /// Clients that missed their heartbeats.
+    pub clients_down: u64,
+    /// Connections closed for a bad frame, by kind ([`BAD_FRAME_KINDS`]).
+    pub bad_frames: Vec<(&'static str, u64)>,
 }
 
 /// A license server over an [`Applier`].
@@ -290,6 +356,11 @@ impl<A: Applier> Server<A> {
     /// switch flips back to this node when it answers after the move).
     pub fn stop_accepting(&self) {
         self.shared.stop_accepting.cancel();
+    }
+
+    /// What metrics and the status page show of the license server.
+    pub fn observe(&self) -> ServerView {
+        self.shared.observe()
     }
 
     /// Requests being answered now (a change waiting for its commit, say).

@@ -29,6 +29,8 @@ pub const CLIENT_PORT: u16 = 4333;
 pub const OPERATOR_PORT: u16 = 4334;
 /// The raft port of every member.
 pub const RAFT_PORT: u16 = 4335;
+/// Each node's metrics listener (on its own address), with `PairOptions::metrics`.
+pub const METRICS_PORT: u16 = 9464;
 /// The cluster id in every member's configuration.
 pub const CLUSTER_ID: u64 = 7;
 /// The licenses each server's `license.keys` installs.
@@ -82,6 +84,8 @@ pub struct PairOptions {
     /// (127.0.0.1:4334): the lab's operator asks it from its own host.
     /// The others listen on their own address.
     pub loopback_operator: Option<Which>,
+    /// `[metrics] listen` on each server's own address, port [`METRICS_PORT`].
+    pub metrics: bool,
 }
 
 impl Default for PairOptions {
@@ -108,6 +112,7 @@ impl Default for PairOptions {
             registrations_per_s_per_source: 20_000,
             license_extra: String::new(),
             loopback_operator: None,
+            metrics: false,
         }
     }
 }
@@ -292,7 +297,7 @@ client_port = {CLIENT_PORT}
 heartbeat_interval_ms = {hb}
 sweep_interval_ms = {sweep}
 {license_extra}
-
+{metrics}
 {tls}"#,
         data = lab.dir().join(format!("{name}-data")).display(),
         vrid = opts.vrid,
@@ -306,6 +311,11 @@ sweep_interval_ms = {sweep}
         license_extra = opts.license_extra,
         sweep = opts.sweep_interval_ms,
         tls = tls_section(lab, name),
+        metrics = if opts.metrics {
+            format!("[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n", host.addr)
+        } else {
+            String::new()
+        },
         serial = license.serial,
         license_lines = license.lines,
     );

@@ -15,6 +15,7 @@
 
 mod discarded;
 mod disk;
+mod flush_times;
 #[cfg(test)]
 mod sweep;
 
@@ -26,6 +27,7 @@ use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 pub(crate) use discarded::hex;
 pub use discarded::{DiscardedEntry, DiscardedLog, DiscardedSnapshot, DISCARDED_FORMAT};
 pub use disk::Disk;
+pub use flush_times::{FlushSnapshot, FlushTimes, FLUSH_BUCKETS};
 
 /// Why the log store cannot be used. Every one is fatal for the member.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +196,8 @@ pub struct LogStore {
     /// Raft asked for a snapshot the stored one cannot serve (too old, or
     /// from before the recipient joined); the member makes a fresh one.
     snapshot_wanted: std::cell::Cell<bool>,
+    /// How long each durable write took (see [`LogStore::flush_times`]).
+    flush_times: std::sync::Arc<FlushTimes>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -260,7 +264,20 @@ impl LogStore {
             rebuild: image.rebuild,
             pending: Vec::new(),
             snapshot_wanted: std::cell::Cell::new(false),
+            flush_times: std::sync::Arc::default(),
         })
+    }
+
+    /// How long this store's durable writes take: a handle to read from
+    /// anywhere (a node's metrics) while the member owns the store.
+    pub fn flush_times(&self) -> std::sync::Arc<FlushTimes> {
+        std::sync::Arc::clone(&self.flush_times)
+    }
+
+    /// Goes on recording into `times` (a store reopened in place of this
+    /// one keeps its history).
+    pub(crate) fn keep_flush_times(&mut self, times: std::sync::Arc<FlushTimes>) {
+        self.flush_times = times;
     }
 
     /// Whether raft asked for a fresher snapshot since the last call.
@@ -480,7 +497,12 @@ impl LogStore {
             return Ok(());
         }
         let ops = std::mem::take(&mut self.pending);
-        self.disk.write(&ops)
+        let started = std::time::Instant::now();
+        let written = self.disk.write(&ops);
+        if written.is_ok() {
+            self.flush_times.record(started.elapsed());
+        }
+        written
     }
 }
 
