@@ -1099,7 +1099,8 @@ impl Glue {
         let (done, task) = tokio::sync::oneshot::channel();
         k.task = Some(task);
         tokio::spawn(async move {
-            let changes = applier.read(|t| keys::key_changes(t.state(), &server, &serial, &files, now_ms()));
+            let now = applier.stamp();
+            let changes = applier.read(|t| keys::key_changes(t.state(), &server, &serial, &files, now));
             let sent = changes.len();
             for command in changes {
                 let what = match &command {
