@@ -59,7 +59,9 @@ fn register_and_acquire(host: &Host, register: bool, count: u32) -> (Answer, Ans
                 ..SwitchReport::default()
             };
             let registered = if register {
-                conn.register(SWITCH, SWITCH_SERIAL, "8.10", report).await.map(|_| ())
+                conn.register(SWITCH, SWITCH_SERIAL, "8.10", report)
+                    .await
+                    .map(|_| ())
             } else {
                 Ok(())
             };
@@ -103,9 +105,18 @@ fn tables_at_one_index(pair: &PairLab, from: &Host, witness: Ipv4Addr) -> [Table
 fn assert_equal(what: &str, [p, b, w]: &[TableDump; 3]) {
     let index = p.status.applied_index;
     for (name, d) in [("backup", b), ("witness", w)] {
-        assert_eq!(d.state, p.state, "{what}: {name}'s clients and keys differ from the primary's at index {index}");
-        assert_eq!(d.pool, p.pool, "{what}: {name}'s pool differs from the primary's at index {index}");
-        assert_eq!(d.types, p.types, "{what}: {name}'s license types differ from the primary's at index {index}");
+        assert_eq!(
+            d.state, p.state,
+            "{what}: {name}'s clients and keys differ from the primary's at index {index}"
+        );
+        assert_eq!(
+            d.pool, p.pool,
+            "{what}: {name}'s pool differs from the primary's at index {index}"
+        );
+        assert_eq!(
+            d.types, p.types,
+            "{what}: {name}'s license types differ from the primary's at index {index}"
+        );
     }
 }
 
@@ -134,7 +145,8 @@ fn servers_configured_differently_keep_one_table() {
     // proposed them when it started serving.
     let proposed = pair.primary.log_lines("proposing them for every member");
     assert!(
-        !proposed.is_empty() && proposed[0].contains("license.heartbeat_interval_ms: configured 60000, the pair's 30000"),
+        !proposed.is_empty()
+            && proposed[0].contains("license.heartbeat_interval_ms: configured 60000, the pair's 30000"),
         "the primary did not propose its settings: {proposed:?}"
     );
     let (registered, acquired) = register_and_acquire(&switch, true, 10);
@@ -144,7 +156,11 @@ fn servers_configured_differently_keep_one_table() {
     assert_equal("the primary serving", &tables);
     for (name, d) in ["primary", "backup", "witness"].iter().zip(&tables) {
         assert_eq!(used_xsec(d), Some(10), "{name}: the switch's grant of 10 XSEC");
-        assert_eq!(d.pool.get(&xsec()).map(|e| e.used), Some(10), "{name}: XSEC used in the pool");
+        assert_eq!(
+            d.pool.get(&xsec()).map(|e| e.used),
+            Some(10),
+            "{name}: XSEC used in the pool"
+        );
     }
     println!(
         "{test}: primary serving: the three tables agree at applied index {}: {SWITCH} uses 10 XSEC everywhere",
@@ -164,26 +180,47 @@ fn servers_configured_differently_keep_one_table() {
         "{warning}"
     );
     assert!(
-        !primary.status.warnings.iter().any(|w| w.contains("table settings")),
+        !primary
+            .status
+            .warnings
+            .iter()
+            .any(|w| w.contains("table settings")),
         "the primary's settings are the pair's: {:?}",
         primary.status.warnings
     );
-    let logged = || pair.backup.log_lines("settings differ from the pair's replicated ones");
-    assert!(wait_for(WAIT, || !logged().is_empty()), "the backup never logged the difference");
+    let logged = || {
+        pair.backup
+            .log_lines("settings differ from the pair's replicated ones")
+    };
+    assert!(
+        wait_for(WAIT, || !logged().is_empty()),
+        "the backup never logged the difference"
+    );
     assert!(logged()[0].contains("XSEC"), "{}", logged()[0]);
     println!("{test}: the backup says: {warning}");
 
     // The primary stops: the backup serves and proposes its settings,
     // which every member then applies.
     pair.primary.signal(Signal::SIGTERM);
-    assert!(pair.primary.process.wait_exit(WAIT).is_some(), "the primary did not stop");
+    assert!(
+        pair.primary.process.wait_exit(WAIT).is_some(),
+        "the primary did not stop"
+    );
     let switched = wait_for(WAIT, || {
-        pair.show(&switch, Which::Backup)
-            .is_ok_and(|d| d.status.serving && d.types.get(&xsec()) == Some(&vipool::table::TypeKind::SwitchSpecific))
+        pair.show(&switch, Which::Backup).is_ok_and(|d| {
+            d.status.serving && d.types.get(&xsec()) == Some(&vipool::table::TypeKind::SwitchSpecific)
+        })
     });
-    assert!(switched, "the backup did not serve with its settings:\n{}", pair.log_tails(40));
+    assert!(
+        switched,
+        "the backup did not serve with its settings:\n{}",
+        pair.log_tails(40)
+    );
     let proposed = pair.backup.log_lines("proposing them for every member");
-    assert!(!proposed.is_empty() && proposed[0].contains("XSEC"), "{proposed:?}");
+    assert!(
+        !proposed.is_empty() && proposed[0].contains("XSEC"),
+        "{proposed:?}"
+    );
     assert!(!pair.backup.log_lines("table settings committed").is_empty());
 
     // XSEC is no longer pooled: the switch keeps what it reported, but may
@@ -203,16 +240,27 @@ fn servers_configured_differently_keep_one_table() {
             d.status.serving && d.types.get(&xsec()) == Some(&vipool::table::TypeKind::Poolable)
         })
     });
-    assert!(back, "the primary did not serve again with its settings:\n{}", pair.log_tails(40));
     assert!(
-        !pair.primary.run_log_lines("proposing them for every member").is_empty(),
+        back,
+        "the primary did not serve again with its settings:\n{}",
+        pair.log_tails(40)
+    );
+    assert!(
+        !pair
+            .primary
+            .run_log_lines("proposing them for every member")
+            .is_empty(),
         "the returning primary did not say it proposed its settings"
     );
     let tables = tables_at_one_index(&pair, &switch, witness);
     assert_equal("the primary serving again", &tables);
     for (name, d) in ["primary", "backup", "witness"].iter().zip(&tables) {
         assert_eq!(used_xsec(d), Some(10), "{name}: what the switch reported stays");
-        assert_eq!(d.pool.get(&xsec()).map(|e| e.used), Some(10), "{name}: XSEC used in the pool again");
+        assert_eq!(
+            d.pool.get(&xsec()).map(|e| e.used),
+            Some(10),
+            "{name}: XSEC used in the pool again"
+        );
     }
     println!(
         "{test}: the primary serving again: the three tables agree at applied index {} with XSEC poolable",

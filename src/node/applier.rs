@@ -84,8 +84,7 @@ impl StateMachine for SharedTable {
         let (reply, pool) = {
             let mut table = self.lock();
             if let Some(stamped) = command.now_ms() {
-                self.clock
-                    .observe(stamped, table.config().heartbeat_interval_ms);
+                self.clock.observe(stamped, table.config().heartbeat_interval_ms);
             }
             let reply = table.apply_command(index, command);
             (reply, table.pool().clone())

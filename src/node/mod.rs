@@ -246,7 +246,9 @@ fn status_hook(
         status.warnings.extend(yields::warnings(&data_dir, &config_file));
         // A server's own settings against the pair's (a witness has none).
         if let Some((configured, table)) = &settings {
-            status.warnings.extend(settings::status_warning(configured, table));
+            status
+                .warnings
+                .extend(settings::status_warning(configured, table));
         }
         let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (cause, n) in transport_refusals(transport.stats()) {

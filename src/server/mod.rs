@@ -564,7 +564,13 @@ async fn sweeper<A: Applier>(shared: Arc<Shared<A>>) {
                 warn!(%warning, "limits about to expire");
             }
         }
-        match shared.applier.propose(Command::Sweep { now_ms: shared.applier.stamp() }).await {
+        match shared
+            .applier
+            .propose(Command::Sweep {
+                now_ms: shared.applier.stamp(),
+            })
+            .await
+        {
             Ok(Ok(Reply::Swept(report))) if !report.is_empty() => {
                 info!(down = ?report.down, removed = ?report.removed, expired_keys = report.expired_keys, "sweep");
             }

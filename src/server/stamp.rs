@@ -273,7 +273,10 @@ mod tests {
             "{:?}",
             bounded.state().clients
         );
-        assert!(unbounded.state().clients.is_empty(), "control: the wall clock's stamps purge");
+        assert!(
+            unbounded.state().clients.is_empty(),
+            "control: the wall clock's stamps purge"
+        );
     }
 
     /// A follower whose clock is 31 days ahead anchors on the stamps it
@@ -299,7 +302,10 @@ mod tests {
         assert_eq!(second.ms, T0 + 95_000 + HB);
         backup.observe(stamp.ms, now + secs(1), HB);
         backup.observe(second.ms, now + secs(31), HB);
-        assert_eq!(backup.stamp(T0 + 31 * DAY, now + secs(60), HB).ms, T0 + 125_000 + HB);
+        assert_eq!(
+            backup.stamp(T0 + 31 * DAY, now + secs(60), HB).ms,
+            T0 + 125_000 + HB
+        );
     }
 
     /// A replay of old entries at start-up anchors nothing: the entries

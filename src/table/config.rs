@@ -80,7 +80,11 @@ pub struct SettingDifference {
 
 impl std::fmt::Display for SettingDifference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: configured {}, the pair's {}", self.setting, self.ours, self.theirs)
+        write!(
+            f,
+            "{}: configured {}, the pair's {}",
+            self.setting, self.ours, self.theirs
+        )
     }
 }
 
@@ -120,7 +124,10 @@ impl TableConfig {
             return bad("types", "no license types at all".into());
         }
         if self.types.len() > MAX_TYPES {
-            return bad("types", format!("{} types: at most {MAX_TYPES}", self.types.len()));
+            return bad(
+                "types",
+                format!("{} types: at most {MAX_TYPES}", self.types.len()),
+            );
         }
         for t in self.types.keys() {
             let name = t.as_str();
@@ -148,7 +155,10 @@ impl TableConfig {
         if self.silence_remove_ms <= down_ms {
             return bad(
                 "silence_remove_s",
-                format!("{} ms is not longer than the {down_ms} ms after which a client is down", self.silence_remove_ms),
+                format!(
+                    "{} ms is not longer than the {down_ms} ms after which a client is down",
+                    self.silence_remove_ms
+                ),
             );
         }
         Ok(())
@@ -192,7 +202,7 @@ impl TableConfig {
         );
         if self.silence_remove_ms != theirs.silence_remove_ms {
             let secs = |ms: u64| {
-                if ms % 1000 == 0 {
+                if ms.is_multiple_of(1000) {
                     (ms / 1000).to_string()
                 } else {
                     format!("{}.{:03}", ms / 1000, ms % 1000)
@@ -264,7 +274,8 @@ mod tests {
         let pair = TableConfig::default();
         assert!(pair.differences(&pair).is_empty());
         let mut ours = pair.clone();
-        ours.types.insert(LicenseType::new("XSEC"), TypeKind::SwitchSpecific);
+        ours.types
+            .insert(LicenseType::new("XSEC"), TypeKind::SwitchSpecific);
         ours.types.insert(LicenseType::new("NEW"), TypeKind::Poolable);
         ours.missed_heartbeats_down = 5;
         let d = ours.differences(&pair);
@@ -279,11 +290,15 @@ mod tests {
     #[test]
     fn check_refuses_what_check_config_refuses() {
         assert_eq!(TableConfig::default().check(), Ok(()));
-        let mut c = TableConfig::default();
-        c.heartbeat_interval_ms = 0;
+        let c = TableConfig {
+            heartbeat_interval_ms: 0,
+            ..TableConfig::default()
+        };
         assert_eq!(c.check().unwrap_err().setting, "heartbeat_interval_ms");
-        let mut c = TableConfig::default();
-        c.silence_remove_ms = 90_000;
+        let c = TableConfig {
+            silence_remove_ms: 90_000,
+            ..TableConfig::default()
+        };
         assert_eq!(c.check().unwrap_err().setting, "silence_remove_s");
         let mut c = TableConfig::default();
         c.types.clear();
@@ -291,11 +306,15 @@ mod tests {
         let mut c = TableConfig::default();
         // A name from the log is normalized like any other, but only the
         // check keeps control characters out of an operator's terminal.
-        c.types.insert(serde_json::from_str("\"x\\u001b[2J\"").unwrap(), TypeKind::Poolable);
+        c.types.insert(
+            serde_json::from_str("\"x\\u001b[2J\"").unwrap(),
+            TypeKind::Poolable,
+        );
         assert!(c.check().is_err());
         let mut c = TableConfig::default();
         for n in 0..MAX_TYPES {
-            c.types.insert(LicenseType::new(format!("T{n}")), TypeKind::Poolable);
+            c.types
+                .insert(LicenseType::new(format!("T{n}")), TypeKind::Poolable);
         }
         assert!(c.check().is_err());
     }

@@ -54,7 +54,9 @@ pub(super) fn decode(bytes: &[u8]) -> Result<(u64, TableConfig, TableState), Sna
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     let corrupt = |e: bincode::error::DecodeError| SnapshotError(format!("corrupt snapshot: {e}"));
     let (decoded, read) = match version {
-        SNAPSHOT_VERSION => bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?,
+        SNAPSHOT_VERSION => {
+            bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?
+        }
         OLDEST_READ => {
             let ((index, state), read): ((u64, TableState), usize) =
                 bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?;
@@ -106,9 +108,10 @@ mod tests {
     #[test]
     fn settings_round_trip_and_bad_ones_are_refused() {
         let mut settings = TableConfig::default();
-        settings
-            .types
-            .insert(crate::table::LicenseType::new("XSEC"), crate::table::TypeKind::SwitchSpecific);
+        settings.types.insert(
+            crate::table::LicenseType::new("XSEC"),
+            crate::table::TypeKind::SwitchSpecific,
+        );
         let (_, back, _) = decode(&encode(3, &settings, &TableState::default())).unwrap();
         assert_eq!(back, settings);
         settings.heartbeat_interval_ms = 0;
@@ -123,9 +126,7 @@ mod tests {
         let mut state = TableState::default();
         state.servers.insert(
             "primary".into(),
-            crate::table::ServerInfo {
-                serial: "CV1".into(),
-            },
+            crate::table::ServerInfo { serial: "CV1".into() },
         );
         let mut v2 = MAGIC.to_vec();
         v2.extend_from_slice(&2u16.to_le_bytes());

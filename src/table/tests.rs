@@ -605,8 +605,10 @@ fn settings_are_replicated_state_and_travel_in_snapshots() {
 #[test]
 fn settings_out_of_bounds_are_refused_and_change_nothing() {
     let mut t = table();
-    let mut bad = TableConfig::default();
-    bad.missed_heartbeats_down = 0;
+    let bad = TableConfig {
+        missed_heartbeats_down: 0,
+        ..TableConfig::default()
+    };
     let err = refused(
         &mut t,
         Command::Settings {
@@ -614,7 +616,10 @@ fn settings_out_of_bounds_are_refused_and_change_nothing() {
             by: Actor::Server("primary".into()),
         },
     );
-    assert!(matches!(&err, CommandError::Settings(e) if e.setting == "missed_heartbeats"), "{err}");
+    assert!(
+        matches!(&err, CommandError::Settings(e) if e.setting == "missed_heartbeats"),
+        "{err}"
+    );
     assert_eq!(t.config(), &TableConfig::default());
     let err = refused(
         &mut t,
