@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{error, info};
+use tracing::info;
 
 use super::applier::{ReplicatedApplier, SharedTable};
 use crate::server::Applier;
@@ -34,6 +34,8 @@ pub(super) struct SettingsSync {
     task: Option<tokio::sync::oneshot::Receiver<bool>>,
     /// When the last proposal that did not commit was sent.
     failed_at: Option<Instant>,
+    /// The differences last logged as proposed: a retry is not logged again.
+    announced: Option<String>,
 }
 
 impl SettingsSync {
@@ -43,6 +45,7 @@ impl SettingsSync {
             server,
             task: None,
             failed_at: None,
+            announced: None,
         }
     }
 
@@ -68,6 +71,8 @@ impl SettingsSync {
         }
         let differences = applier.read(|t| self.configured.differences(t.config()));
         if differences.is_empty() {
+            // The next difference, even the same one again, is news.
+            self.announced = None;
             return;
         }
         let listed = TableConfig::describe_differences(&differences);
@@ -86,11 +91,14 @@ impl SettingsSync {
         if self.failed_at.is_some_and(|at| at.elapsed() < RETRY) {
             return;
         }
-        info!(
-            differences = %listed,
-            "VIP holder: this server's [license] settings differ from the pair's replicated ones: \
-             proposing them for every member"
-        );
+        if self.announced.as_deref() != Some(listed.as_str()) {
+            info!(
+                differences = %listed,
+                "VIP holder: this server's [license] settings differ from the pair's replicated ones: \
+                 proposing them for every member"
+            );
+            self.announced = Some(listed);
+        }
         let command = Command::Settings {
             settings: self.configured.clone(),
             by: Actor::Server(self.server.clone()),
@@ -106,7 +114,12 @@ impl SettingsSync {
                     true
                 }
                 Ok(Err(e)) => {
-                    error!(error = %e, "table settings refused by the table: the pair keeps its own");
+                    cluster::error_limited!(
+                        log,
+                        "settings refused",
+                        error = %e,
+                        "table settings refused by the table: the pair keeps its own; retried"
+                    );
                     false
                 }
                 Err(e) => {
