@@ -480,6 +480,7 @@ impl CommandError {
             Self::KeyOfClient { .. } => "table_key_of_client",
             Self::KeyExpired { .. } => "table_key_expired",
             Self::UnknownServer { .. } => "table_unknown_server",
+            Self::Settings { .. } => "table_settings",
         }
     }
 }
