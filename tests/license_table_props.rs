@@ -117,7 +117,8 @@ fn stamp(commands: Vec<(u64, Command)>) -> Vec<Command> {
                 | Command::Sweep { now_ms } => *now_ms = now,
                 Command::RemoveClient { .. }
                 | Command::RemoveServerKey { .. }
-                | Command::ServerSerial { .. } => {}
+                | Command::ServerSerial { .. }
+                | Command::Settings { .. } => {}
             }
             command
         })
@@ -133,7 +134,10 @@ fn stamped_at(command: &Command) -> Option<u64> {
         | Command::Release { now_ms, .. }
         | Command::InstallServerKey { now_ms, .. }
         | Command::Sweep { now_ms } => Some(*now_ms),
-        Command::RemoveClient { .. } | Command::RemoveServerKey { .. } | Command::ServerSerial { .. } => None,
+        Command::RemoveClient { .. }
+        | Command::RemoveServerKey { .. }
+        | Command::ServerSerial { .. }
+        | Command::Settings { .. } => None,
     }
 }
 

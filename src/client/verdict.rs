@@ -209,7 +209,10 @@ fn command_verdict(e: &CommandError) -> Verdict {
         | C::ReleaseExceedsUsed { .. }
         // A server that has not announced its serial yet does once the
         // pair has a leader.
-        | C::UnknownServer(_) => Verdict::Transient,
+        | C::UnknownServer(_)
+        // Settings are the servers' own business; a switch never sends
+        // them, so this answers another request than its own: retry.
+        | C::Settings(_) => Verdict::Transient,
         C::UnknownType(_) | C::NotPoolable(_) => permanent(
             "the servers do not pool this license type: remove it from the switch's licenses \
              (--builtin, --use), or add it to the servers' [license] types",

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use vipool::server::request::RequestLimits;
-use vipool::server::{now_ms, Applier, LocalApplier, Port, Server, ServerConfig};
+use vipool::server::{Applier, LocalApplier, Port, Server, ServerConfig};
 use vipool::table::{Actor, Command, LicenseTable, LicenseType, TableConfig, TypeKind};
 
 use super::license_args::{parse_type, terminated};
@@ -132,7 +132,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         applier.propose(announce).await?.context("announcing --serial")?;
     }
-    let now = now_ms();
+    let now = applier.stamp();
     for entry in keys {
         if !entry.counts_at(now) {
             tracing::warn!(key_id = %entry.key.key_id, "key not installed: expired, or not valid yet");

@@ -600,7 +600,10 @@ impl Config {
         ] {
             for (n, t) in list.iter().enumerate() {
                 let field = format!("{name}[{n}]");
+                // The same rule as the table's (`TableConfig::check`): the
+                // settings are replicated, and every member checks them.
                 let valid = !t.trim().is_empty()
+                    && t.trim().len() <= 32
                     && t.trim()
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
@@ -608,7 +611,7 @@ impl Config {
                     r.add(
                         &field,
                         format!("{t:?}"),
-                        "a license type is a name of letters, digits, '_' and '-', e.g. \"AP\"",
+                        "a license type is a name of 1-32 letters, digits, '_' and '-', e.g. \"AP\"",
                     );
                     continue;
                 }
@@ -620,6 +623,16 @@ impl Config {
                     );
                 }
             }
+        }
+        if kinds.len() > crate::table::MAX_SETTINGS_TYPES {
+            r.add_field(
+                "license.poolable",
+                format!(
+                    "{} license types: at most {} in license.poolable and license.switch_specific together",
+                    kinds.len(),
+                    crate::table::MAX_SETTINGS_TYPES
+                ),
+            );
         }
         if kinds.is_empty() {
             r.add_field(

@@ -16,6 +16,7 @@ use cluster::{Member, ProposeError, SnapshotError, StateMachine};
 use tokio::sync::watch;
 
 use crate::proto::ServerError;
+use crate::server::stamp::Clock;
 use crate::server::Applier;
 use crate::table::{Command, CommandError, LicenseTable, Pool, Reply};
 
@@ -25,6 +26,8 @@ use crate::table::{Command, CommandError, LicenseTable, Pool, Reply};
 pub struct SharedTable {
     table: Arc<Mutex<LicenseTable>>,
     pool: Arc<watch::Sender<Pool>>,
+    /// The pair's time: follows the stamps this member sees commit.
+    clock: Arc<Clock>,
 }
 
 impl SharedTable {
@@ -34,7 +37,15 @@ impl SharedTable {
         Self {
             table: Arc::new(Mutex::new(table)),
             pool,
+            clock: Arc::default(),
         }
+    }
+
+    /// The time to stamp into a command this member proposes now (see
+    /// `server::stamp`: bounded against forward jumps of the wall clock).
+    pub fn stamp(&self) -> u64 {
+        let limit = self.read(|t| t.config().heartbeat_interval_ms);
+        self.clock.stamp(limit)
     }
 
     fn lock(&self) -> MutexGuard<'_, LicenseTable> {
@@ -72,6 +83,9 @@ impl StateMachine for SharedTable {
     fn apply(&mut self, index: u64, command: Command) -> Self::Response {
         let (reply, pool) = {
             let mut table = self.lock();
+            if let Some(stamped) = command.now_ms() {
+                self.clock.observe(stamped, table.config().heartbeat_interval_ms);
+            }
             let reply = table.apply_command(index, command);
             (reply, table.pool().clone())
         };
@@ -150,6 +164,10 @@ impl Applier for ReplicatedApplier {
 
     fn pool_changes(&self) -> watch::Receiver<Pool> {
         self.table.pool_changes()
+    }
+
+    fn stamp(&self) -> u64 {
+        self.table.stamp()
     }
 }
 

@@ -34,6 +34,9 @@
 //!   against `node.serial` at start) in the table, and its serial with
 //!   them (see `keys`): the VIP holder proposes its changes, the other
 //!   server submits its own to the leader.
+//! - The table's settings are the log's, the same on every member (see
+//!   `settings`): the VIP holder proposes its configured ones when they
+//!   differ; another server whose configuration differs says so.
 //!
 //! # Timers
 //!
@@ -48,6 +51,7 @@ pub mod applier;
 mod beacon;
 mod keys;
 mod notify;
+mod settings;
 pub mod store;
 mod witness;
 pub mod yields;
@@ -73,7 +77,7 @@ pub use witness::run_witness;
 use crate::config::{ClusterSection, Config, NodeSection, Role, TlsSection};
 use crate::proto::NodeStatus;
 use crate::server::{now_ms, Applier, Port, Server, StatusHook};
-use crate::table::LicenseTable;
+use crate::table::{LicenseTable, TableConfig};
 
 /// Why a node could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +232,7 @@ fn status_hook(
     transport: &TcpTransport,
     data_dir: &std::path::Path,
     start: &Start,
+    settings: Option<(TableConfig, SharedTable)>,
 ) -> StatusHook {
     let view = Arc::clone(view);
     let transport = transport.clone();
@@ -239,6 +244,12 @@ fn status_hook(
         }
         // Until an operator acknowledges them (`vipool ack-yield`).
         status.warnings.extend(yields::warnings(&data_dir, &config_file));
+        // A server's own settings against the pair's (a witness has none).
+        if let Some((configured, table)) = &settings {
+            status
+                .warnings
+                .extend(settings::status_warning(configured, table));
+        }
         let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (cause, n) in transport_refusals(transport.stats()) {
             if n > 0 {
@@ -392,7 +403,10 @@ pub async fn run(
         identity,
     } = raft_parts(&config.node, &config.cluster, &config.tls, Role::Server, &start).await?;
     let election_timeout = mcfg.tick * u32::try_from(mcfg.node.election_tick).unwrap_or(u32::MAX);
-    let table = SharedTable::new(LicenseTable::new(config.table_config()));
+    // Every member starts from the SPEC's settings: the log (or the
+    // snapshot the store holds) sets the pair's, whatever this node's
+    // configuration says; see `settings`.
+    let table = SharedTable::new(LicenseTable::new(TableConfig::default()));
     // No initial voters: the store was bootstrapped by `vipool init`, or
     // waits for the leader's snapshot (`--rejoin`, a yield).
     let member = Member::start(mcfg, store, table.clone(), &[], Arc::new(transport.clone()))
@@ -434,7 +448,13 @@ pub async fn run(
     ));
     let (serving_tx, serving) = watch::channel(false);
     let view = Arc::new(Mutex::new(PairView::default()));
-    let hook = status_hook(&view, &transport, &config.node.data_dir, &start);
+    let hook = status_hook(
+        &view,
+        &transport,
+        &config.node.data_dir,
+        &start,
+        Some((config.table_config(), table.clone())),
+    );
     let server_shutdown = CancellationToken::new();
     let mut server_config = config.server_config();
     // Switches and operators see the node's member certificate, which names
@@ -488,6 +508,7 @@ pub async fn run(
         last_refusal: None,
         log: Arc::default(),
         keys: KeySync::default(),
+        settings: settings::SettingsSync::new(config.table_config(), config.node.name.clone()),
         own_keys,
         preferred: None,
         followed_master: false,
@@ -645,6 +666,8 @@ struct Glue {
     last_refusal: Option<(String, Instant, u64)>,
     /// This server's keys in the table.
     keys: KeySync,
+    /// This server's table settings against the pair's.
+    settings: settings::SettingsSync,
     /// This server's key files, verified.
     own_keys: Vec<crate::license::ServerKeyEntry>,
     /// The preferred leader this member was last told.
@@ -959,6 +982,7 @@ impl Glue {
             "lost the VIP (no longer VRRP master)"
         };
         self.set_serving(serve, why_not);
+        self.settings.step(serve, raft.in_sync, &self.applier, &self.log);
         // Both servers' keys belong in the pool, whichever leads: the VIP
         // holder proposes its own changes, the other server submits its
         // own to the leader (forwarded by raft).
@@ -1077,7 +1101,8 @@ impl Glue {
         let (done, task) = tokio::sync::oneshot::channel();
         k.task = Some(task);
         tokio::spawn(async move {
-            let changes = applier.read(|t| keys::key_changes(t.state(), &server, &serial, &files, now_ms()));
+            let now = applier.stamp();
+            let changes = applier.read(|t| keys::key_changes(t.state(), &server, &serial, &files, now));
             let sent = changes.len();
             for command in changes {
                 let what = match &command {

@@ -38,8 +38,10 @@ pub async fn run_witness(
         identity,
     } = super::raft_parts(&config.node, &config.cluster, &config.tls, Role::Witness, &start).await?;
     mcfg.node.witness = true;
-    // The witness never answers from its table: what it applies only has to
-    // round-trip through its own snapshots.
+    // The witness never answers from its table, but it is a replica like
+    // the others: it starts from the SPEC's settings and applies the log's
+    // (the table's settings are replicated state), so its snapshots are
+    // the servers'.
     let table = SharedTable::new(LicenseTable::new(TableConfig::default()));
     // No initial voters: see `run`.
     let member = Member::start(mcfg, store, table.clone(), &[], Arc::new(transport.clone()))
@@ -54,7 +56,7 @@ pub async fn run_witness(
         .map_err(io(format!("binding operator endpoint {operator_addr}")))?;
     let applier = Arc::new(ReplicatedApplier::new(member.clone(), table, None));
     let view = Arc::new(Mutex::new(PairView::default()));
-    let hook = super::status_hook(&view, &transport, &config.node.data_dir, &start);
+    let hook = super::status_hook(&view, &transport, &config.node.data_dir, &start, None);
     let (_never_serving, serving) = watch::channel(false);
     let server_shutdown = CancellationToken::new();
     let server = Arc::new(Server::with_status_hook(

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
+use super::stamp::Clock;
 use crate::proto::ServerError;
 use crate::table::{Command, CommandError, LicenseTable, Pool, Reply};
 
@@ -26,6 +27,10 @@ pub trait Applier: Send + Sync + 'static {
 
     /// Follows the pool: changes whenever an applied command changes it.
     fn pool_changes(&self) -> watch::Receiver<Pool>;
+
+    /// The time to stamp into a command proposed now: the wall clock,
+    /// bounded against forward jumps (see [`stamp`](super::stamp)).
+    fn stamp(&self) -> u64;
 }
 
 /// A single in-process table: every proposal commits at once. For a
@@ -34,6 +39,7 @@ pub trait Applier: Send + Sync + 'static {
 pub struct LocalApplier {
     table: Mutex<LicenseTable>,
     pool: watch::Sender<Pool>,
+    clock: Clock,
 }
 
 impl LocalApplier {
@@ -43,6 +49,7 @@ impl LocalApplier {
         Self {
             table: Mutex::new(table),
             pool,
+            clock: Clock::new(),
         }
     }
 
@@ -79,5 +86,11 @@ impl Applier for LocalApplier {
 
     fn pool_changes(&self) -> watch::Receiver<Pool> {
         self.pool.subscribe()
+    }
+
+    fn stamp(&self) -> u64 {
+        // Every stamp is this node's own: nothing to observe.
+        let limit = self.read(|t| t.config().heartbeat_interval_ms);
+        self.clock.stamp(limit)
     }
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::request::{self, RequestContext, TableReader};
-use super::{now_ms, Applier, Port, Shared};
+use super::{Applier, Port, Shared};
 use crate::pki::ClientIdentity;
 use crate::proto::connection::{Framed, WriteError};
 use crate::proto::{
@@ -296,7 +296,7 @@ impl<A: Applier> Conn<'_, A> {
     }
 
     async fn respond(&mut self, request: Request) -> Result<Response, ServerError> {
-        let now_ms = now_ms();
+        let now_ms = self.shared.applier.stamp();
         let operator = matches!(
             request,
             Request::Show { .. }

@@ -18,6 +18,7 @@ mod applier;
 mod connection;
 pub mod rate;
 pub mod request;
+pub mod stamp;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -535,7 +536,9 @@ fn is_transient(e: &std::io::Error) -> bool {
         || e.raw_os_error() == Some(23) // ENFILE
 }
 
-/// The leader's clock, stamped into proposals.
+/// The wall clock, in milliseconds since the Unix epoch. Proposals are
+/// stamped with [`Applier::stamp`], which bounds it against jumps (see
+/// [`stamp`]).
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -561,7 +564,13 @@ async fn sweeper<A: Applier>(shared: Arc<Shared<A>>) {
                 warn!(%warning, "limits about to expire");
             }
         }
-        match shared.applier.propose(Command::Sweep { now_ms: now_ms() }).await {
+        match shared
+            .applier
+            .propose(Command::Sweep {
+                now_ms: shared.applier.stamp(),
+            })
+            .await
+        {
             Ok(Ok(Reply::Swept(report))) if !report.is_empty() => {
                 info!(down = ?report.down, removed = ?report.removed, expired_keys = report.expired_keys, "sweep");
             }

@@ -503,7 +503,7 @@ impl Switch {
         // When a handshake with an unproven end was last said (once a minute).
         let mut unproven_said: Option<Instant> = None;
         loop {
-            self.check_server();
+            self.check_server(Instant::now());
             let started = Instant::now();
             let options = ConnectOptions {
                 connect_timeout: policy.connect_timeout(),
@@ -590,10 +590,14 @@ impl Switch {
     }
 
     /// Marks the server down after `missed_limit` silent intervals, and lets
-    /// the retained limits expire after the retention period.
-    fn check_server(&mut self) {
+    /// the retained limits expire after the retention period, as of `now`.
+    ///
+    /// Both run on the monotonic clock (tokio's `Instant`): a jump of the
+    /// switch's wall clock neither ends the retention early nor stretches
+    /// it. Only key expiry, a calendar date, reads the wall clock.
+    fn check_server(&mut self, now: Instant) {
         let Some(last) = self.last_answer else { return };
-        let silent = last.elapsed();
+        let silent = now.saturating_duration_since(last);
         let down_after = self.config.heartbeat_interval * self.config.missed_limit;
         if silent > down_after && self.view.borrow().server_up {
             self.view.send_modify(|v| v.server_up = false);
@@ -705,7 +709,7 @@ impl Switch {
                 () = sleep_until_ms(expiry) => self.expire_keys(&mut conn).await,
                 () = shutdown.cancelled() => return End::Shutdown,
             };
-            self.check_server();
+            self.check_server(Instant::now());
             match result {
                 Ok(()) => {}
                 Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -861,5 +865,79 @@ async fn sleep_until_ms(at_ms: Option<u64>) {
     match at_ms {
         Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A switch that last heard the server at `last_answer`, with limits.
+    fn switch(retention: Duration) -> (Switch, mpsc::UnboundedReceiver<Event>) {
+        let mut config = SwitchConfig::new("192.0.2.100:4333", "sw1");
+        config.retention = retention;
+        let (events, rx) = mpsc::unbounded_channel();
+        let (view, _) = watch::channel(SwitchView::default());
+        let (_, changes) = mpsc::unbounded_channel();
+        let s = Switch {
+            keys: Vec::new(),
+            in_use: BTreeMap::new(),
+            config,
+            events: Some(events),
+            view,
+            changes,
+            changes_open: false,
+            last_answer: None,
+            warned_expiry: false,
+        };
+        (s, rx)
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    /// SPEC §4: "both servers down: clients keep the limits they were last
+    /// sent for [30 days]", and "limits about to expire: both sides show a
+    /// warning". The window is measured on the monotonic clock from the
+    /// last answer: down after three silent intervals, a warning in the
+    /// last tenth of the window, the limits gone at its end.
+    #[test]
+    fn retention_runs_on_the_monotonic_clock() {
+        let day = Duration::from_secs(86_400);
+        let (mut s, mut events) = switch(30 * day);
+        s.heard(Pool::new());
+        let t0 = s.last_answer.expect("heard");
+        assert!(s.view.borrow().limits.is_some());
+        drain(&mut events);
+
+        s.check_server(t0 + s.config.heartbeat_interval * 3);
+        assert!(s.view.borrow().server_up, "three intervals: not missed yet");
+        s.check_server(t0 + s.config.heartbeat_interval * 3 + Duration::from_millis(1));
+        assert!(!s.view.borrow().server_up);
+        assert!(matches!(drain(&mut events)[..], [Event::ServerDown { .. }]));
+
+        s.check_server(t0 + 26 * day);
+        assert!(drain(&mut events).is_empty(), "no warning before the last tenth");
+        s.check_server(t0 + 28 * day);
+        assert!(
+            matches!(drain(&mut events)[..], [Event::LimitsExpiring { remaining_s, .. }] if remaining_s == 2 * 86_400)
+        );
+        assert!(s.view.borrow().limits.is_some(), "kept for the whole window");
+        s.check_server(t0 + 30 * day - Duration::from_millis(1));
+        assert!(s.view.borrow().limits.is_some());
+        s.check_server(t0 + 30 * day);
+        assert!(s.view.borrow().limits.is_none());
+        assert!(matches!(drain(&mut events)[..], [Event::LimitsExpired { .. }]));
+
+        // An answer restarts the window, from its own instant.
+        s.heard(Pool::new());
+        let t1 = s.last_answer.expect("heard");
+        s.check_server(t1 + 29 * day);
+        assert!(s.view.borrow().limits.is_some());
+        // A monotonic instant before the answer (cannot happen, but a
+        // reordered call must not end the window): nothing changes.
+        s.check_server(t0);
+        assert!(s.view.borrow().limits.is_some());
     }
 }

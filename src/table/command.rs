@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::config::SettingsError;
 use super::limits::TokenError;
 use super::pool::Contributor;
-use super::{Actor, Client, ClientReport, LicenseType, Pool, VerifiedKey};
+use super::{Actor, Client, ClientReport, LicenseType, Pool, TableConfig, VerifiedKey};
 
 /// A change to the license table, as proposed to the replicated log.
 ///
@@ -118,6 +119,17 @@ pub enum Command {
         /// Leader's clock.
         now_ms: u64,
     },
+    // New variants go last: bincode numbers variants by position, and the
+    // logs and yield files already written must still decode.
+    /// Sets the table's settings (license types and client timers) for
+    /// every member from this entry on: the VIP holder proposes its
+    /// configured settings when they differ from the replicated ones.
+    Settings {
+        /// The settings.
+        settings: TableConfig,
+        /// Who sets them (the server proposing its configuration).
+        by: Actor,
+    },
 }
 
 impl Command {
@@ -176,6 +188,26 @@ impl Command {
             ),
             Command::RemoveServerKey { key_id, by } => format!("{by} removes server key {key_id:?}"),
             Command::Sweep { now_ms } => format!("sweep at {now_ms}"),
+            Command::Settings { settings, by } => {
+                format!("{by} sets the table settings: {}", settings.describe())
+            }
+        }
+    }
+
+    /// The leader's clock stamped into the command, if it carries one.
+    pub fn now_ms(&self) -> Option<u64> {
+        match self {
+            Command::Register { now_ms, .. }
+            | Command::Heartbeat { now_ms, .. }
+            | Command::Update { now_ms, .. }
+            | Command::Acquire { now_ms, .. }
+            | Command::Release { now_ms, .. }
+            | Command::InstallServerKey { now_ms, .. }
+            | Command::Sweep { now_ms } => Some(*now_ms),
+            Command::RemoveClient { .. }
+            | Command::ServerSerial { .. }
+            | Command::RemoveServerKey { .. }
+            | Command::Settings { .. } => None,
         }
     }
 }
@@ -235,13 +267,21 @@ pub enum Reply {
     },
     /// A sweep ran.
     Swept(SweepReport),
+    /// New settings apply (appended last, like [`Command::Settings`]).
+    Settings {
+        /// The pool under the new settings.
+        pool: Pool,
+    },
 }
 
 impl Reply {
     /// The pool after the command, if the reply carries one.
     pub fn pool(&self) -> Option<&Pool> {
         match self {
-            Self::Client { pool, .. } | Self::ClientRemoved { pool } | Self::ServerKey { pool } => Some(pool),
+            Self::Client { pool, .. }
+            | Self::ClientRemoved { pool }
+            | Self::ServerKey { pool }
+            | Self::Settings { pool } => Some(pool),
             Self::Swept(_) => None,
         }
     }
@@ -409,6 +449,9 @@ pub enum CommandError {
     /// A key for a server whose serial the table does not know yet.
     #[error("server {0:?} has not announced its serial: it does once it runs and the pair has a leader")]
     UnknownServer(String),
+    /// Settings out of bounds (appended last: errors travel in replies).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
 }
 
 impl CommandError {
@@ -437,6 +480,7 @@ impl CommandError {
             Self::KeyOfClient { .. } => "table_key_of_client",
             Self::KeyExpired { .. } => "table_key_expired",
             Self::UnknownServer { .. } => "table_unknown_server",
+            Self::Settings { .. } => "table_settings",
         }
     }
 }
@@ -519,5 +563,39 @@ mod tests {
             by: Actor::Operator("bob".into()),
         };
         assert_eq!(remove.describe(), "operator \"bob\" removes server key \"b-ap\"");
+        let mut settings = TableConfig::default();
+        settings
+            .types
+            .insert(LicenseType::new("XSEC"), crate::table::TypeKind::SwitchSpecific);
+        let set = Command::Settings {
+            settings,
+            by: Actor::Server("backup".into()),
+        };
+        assert_eq!(
+            set.describe(),
+            "server \"backup\" sets the table settings: poolable [ACR,AP,PEFNG,RFPROTECT], \
+             switch-specific [PEFV,WEBCC,XSEC], heartbeat 30000 ms, down after 3 missed, removed \
+             after 2592000 s silent"
+        );
+        assert_eq!(set.now_ms(), None);
+        assert_eq!(Command::Sweep { now_ms: 7 }.now_ms(), Some(7));
+    }
+
+    /// Logs written before `Settings` existed decode unchanged: the new
+    /// variant is appended, so the old ones keep their numbers.
+    #[test]
+    fn settings_keep_older_variants_numbers() {
+        let config = bincode::config::standard();
+        let sweep = bincode::serde::encode_to_vec(Command::Sweep { now_ms: 7 }, config).unwrap();
+        // Variant 9 (the tenth), then the varint 7: as written before.
+        assert_eq!(sweep, [9, 7]);
+        let set = Command::Settings {
+            settings: TableConfig::default(),
+            by: Actor::Server("a".into()),
+        };
+        let bytes = bincode::serde::encode_to_vec(&set, config).unwrap();
+        assert_eq!(bytes[0], 10);
+        let (back, _): (Command, usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(back, set);
     }
 }

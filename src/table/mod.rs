@@ -23,6 +23,12 @@
 //! [`LicenseTable::check`] runs the same checks without applying, so that
 //! the proposer can refuse a request with the error the table would give.
 //!
+//! The settings the table applies commands with (license types and client
+//! timers, [`TableConfig`]) are part of the replicated state: a committed
+//! [`Command::Settings`] changes them, snapshots carry them, so every
+//! member applies the same log the same way whatever its own
+//! configuration says.
+//!
 //! The table implements [`cluster::StateMachine`], snapshot and restore
 //! included, so the replicated log carries it unchanged.
 
@@ -43,7 +49,10 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, CommandError, Reply, SweepReport};
-pub use config::{TableConfig, TypeKind, DEFAULT_POOLABLE, DEFAULT_SWITCH_SPECIFIC};
+pub use config::{
+    SettingDifference, SettingsError, TableConfig, TypeKind, DEFAULT_POOLABLE, DEFAULT_SWITCH_SPECIFIC,
+    MAX_TYPES as MAX_SETTINGS_TYPES,
+};
 pub use derived::source_of;
 pub use snapshot::SNAPSHOT_VERSION;
 pub use types::{
@@ -66,9 +75,10 @@ pub struct TableState {
     pub servers: BTreeMap<String, ServerInfo>,
 }
 
-/// The license table with its configuration and what is derived from it.
+/// The license table with its settings and what is derived from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LicenseTable {
+    /// Replicated: set by [`Command::Settings`], carried in snapshots.
     config: TableConfig,
     state: TableState,
     // Kept up to date incrementally, rebuilt on restore.
@@ -77,7 +87,10 @@ pub struct LicenseTable {
 }
 
 impl LicenseTable {
-    /// An empty table.
+    /// An empty table applying commands with `config` until a
+    /// [`Command::Settings`] or a snapshot says otherwise. Members of a
+    /// pair all start from [`TableConfig::default`], so that the entries
+    /// before the first `Settings` apply alike everywhere.
     pub fn new(config: TableConfig) -> Self {
         let derived = Derived::new(&config);
         Self {
@@ -88,7 +101,7 @@ impl LicenseTable {
         }
     }
 
-    /// The configuration the table applies commands with.
+    /// The settings the table applies commands with: the replicated ones.
     pub fn config(&self) -> &TableConfig {
         &self.config
     }
@@ -262,6 +275,10 @@ impl LicenseTable {
                 })
             }
             Command::Sweep { .. } => Ok(()),
+            Command::Settings { settings, by } => {
+                check_actor(by)?;
+                Ok(settings.check()?)
+            }
         }
     }
 
@@ -331,6 +348,16 @@ impl LicenseTable {
                 Ok(self.server_key_reply())
             }
             Command::Sweep { now_ms } => Ok(Reply::Swept(self.sweep(now_ms))),
+            Command::Settings { settings, .. } => {
+                // The pool depends on which types are poolable: rebuild it.
+                // A client keeps what it reported; a type that is no longer
+                // poolable (or known) just stops counting in the pool.
+                self.derived = Derived::rebuild(&settings, &self.state);
+                self.config = settings;
+                Ok(Reply::Settings {
+                    pool: self.derived.pool.clone(),
+                })
+            }
         }
     }
 
@@ -676,8 +703,9 @@ impl LicenseTable {
         self.server_key_reply()
     }
 
-    /// Replaces state and applied index, rebuilding what is derived.
-    fn replace(&mut self, applied_index: u64, state: TableState) {
+    /// Replaces settings, state and applied index, rebuilding what is derived.
+    fn replace(&mut self, applied_index: u64, config: TableConfig, state: TableState) {
+        self.config = config;
         self.derived = Derived::rebuild(&self.config, &state);
         self.state = state;
         self.applied_index = applied_index;
@@ -728,7 +756,7 @@ impl cluster::StateMachine for LicenseTable {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        snapshot::encode(self.applied_index, &self.state)
+        snapshot::encode(self.applied_index, &self.config, &self.state)
     }
 
     fn describe(command: &Command) -> String {
@@ -736,8 +764,8 @@ impl cluster::StateMachine for LicenseTable {
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), cluster::SnapshotError> {
-        let (applied_index, state) = snapshot::decode(bytes)?;
-        self.replace(applied_index, state);
+        let (applied_index, config, state) = snapshot::decode(bytes)?;
+        self.replace(applied_index, config, state);
         Ok(())
     }
 }

@@ -1,21 +1,30 @@
 //! Snapshot encoding: a versioned envelope around bincode.
 //!
 //! Layout: the 4-byte magic `VPLT`, a little-endian `u16` format version,
-//! then `(applied_index, TableState)` in bincode's standard configuration.
+//! then `(applied_index, TableConfig, TableState)` in bincode's standard
+//! configuration (format 2: `(applied_index, TableState)`).
 //! bincode because a table of 10,000 clients is snapshotted and shipped to a
 //! joining node: it is several times smaller and faster than JSON. The
 //! envelope makes a format change an explicit, refusable event instead of a
-//! garbled table. The configuration is not in the snapshot: it is each
-//! node's own, and both nodes of a pair must use the same.
+//! garbled table. The settings are in the snapshot (format 3): they are
+//! replicated state, so a member restored from a snapshot applies what
+//! follows exactly as the one that took it.
+//!
+//! Format 2 (before the settings were replicated) still reads, with the
+//! SPEC's default settings: the same on every member, so members that
+//! restore it stay equal, until the VIP holder's first `Settings` entry.
 
 use cluster::SnapshotError;
 
-use super::TableState;
+use super::{TableConfig, TableState};
 
-/// The snapshot format this build writes and reads. 2: keys are verified
-/// signed keys (key id, issuer, serial), server keys say who installed
-/// them, and the table records each server's serial.
-pub const SNAPSHOT_VERSION: u16 = 2;
+/// The snapshot format this build writes. 3: the settings are in it.
+/// 2: keys are verified signed keys (key id, issuer, serial), server keys
+/// say who installed them, and the table records each server's serial.
+pub const SNAPSHOT_VERSION: u16 = 3;
+
+/// The oldest format this build reads.
+const OLDEST_READ: u16 = 2;
 
 const MAGIC: &[u8; 4] = b"VPLT";
 const HEADER: usize = MAGIC.len() + 2;
@@ -26,34 +35,46 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<LIMIT>()
 }
 
-pub(super) fn encode(applied_index: u64, state: &TableState) -> Vec<u8> {
+pub(super) fn encode(applied_index: u64, config: &TableConfig, state: &TableState) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + 64 * state.clients.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     // Writing plain data into a Vec cannot fail: no I/O, and the table's
     // types serialize without custom impls.
-    let body = bincode::serde::encode_to_vec((applied_index, state), bincode_config())
+    let body = bincode::serde::encode_to_vec((applied_index, config, state), bincode_config())
         .expect("encoding a table snapshot into memory cannot fail");
     out.extend_from_slice(&body);
     out
 }
 
-pub(super) fn decode(bytes: &[u8]) -> Result<(u64, TableState), SnapshotError> {
+pub(super) fn decode(bytes: &[u8]) -> Result<(u64, TableConfig, TableState), SnapshotError> {
     if bytes.len() < HEADER || &bytes[..MAGIC.len()] != MAGIC {
         return Err(SnapshotError("not a license table snapshot".into()));
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != SNAPSHOT_VERSION {
-        return Err(SnapshotError(format!(
-            "snapshot format {version}, this build reads {SNAPSHOT_VERSION}"
-        )));
-    }
-    let (decoded, read): ((u64, TableState), usize) =
-        bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config())
-            .map_err(|e| SnapshotError(format!("corrupt snapshot: {e}")))?;
+    let corrupt = |e: bincode::error::DecodeError| SnapshotError(format!("corrupt snapshot: {e}"));
+    let (decoded, read) = match version {
+        SNAPSHOT_VERSION => {
+            bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?
+        }
+        OLDEST_READ => {
+            let ((index, state), read): ((u64, TableState), usize) =
+                bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?;
+            ((index, TableConfig::default(), state), read)
+        }
+        _ => {
+            return Err(SnapshotError(format!(
+                "snapshot format {version}, this build reads {OLDEST_READ} to {SNAPSHOT_VERSION}"
+            )))
+        }
+    };
     if read != bytes.len() - HEADER {
         return Err(SnapshotError("trailing bytes after snapshot".into()));
     }
+    let (_, config, _): &(u64, TableConfig, TableState) = &decoded;
+    config
+        .check()
+        .map_err(|e| SnapshotError(format!("snapshot settings refused: {e}")))?;
     Ok(decoded)
 }
 
@@ -63,24 +84,54 @@ mod tests {
 
     #[test]
     fn refuses_wrong_magic_version_and_garbage() {
-        let good = encode(7, &TableState::default());
+        let good = encode(7, &TableConfig::default(), &TableState::default());
         assert_eq!(decode(&good).unwrap().0, 7);
         assert!(decode(b"").is_err());
         assert!(decode(b"XXXX\x01\x00").is_err());
         let mut newer = good.clone();
-        newer[4] = 3;
-        assert!(decode(&newer).unwrap_err().0.contains("format 3"));
+        newer[4] = 4;
+        assert!(decode(&newer).unwrap_err().0.contains("format 4"));
         let mut older = good.clone();
         older[4] = 1;
         assert!(decode(&older)
             .unwrap_err()
             .0
-            .contains("format 1, this build reads 2"));
+            .contains("format 1, this build reads 2 to 3"));
         let mut trailing = good.clone();
         trailing.push(0);
         assert!(decode(&trailing).is_err());
         let mut huge = good[..HEADER].to_vec();
         huge.extend_from_slice(&[0xff; 32]);
         assert!(decode(&huge).is_err());
+    }
+
+    #[test]
+    fn settings_round_trip_and_bad_ones_are_refused() {
+        let mut settings = TableConfig::default();
+        settings.types.insert(
+            crate::table::LicenseType::new("XSEC"),
+            crate::table::TypeKind::SwitchSpecific,
+        );
+        let (_, back, _) = decode(&encode(3, &settings, &TableState::default())).unwrap();
+        assert_eq!(back, settings);
+        settings.heartbeat_interval_ms = 0;
+        let e = decode(&encode(3, &settings, &TableState::default())).unwrap_err();
+        assert!(e.0.contains("heartbeat_interval_ms"), "{e:?}");
+    }
+
+    /// A format-2 snapshot (written before the settings were replicated)
+    /// restores with the SPEC's settings, the same on every member.
+    #[test]
+    fn format_2_reads_with_default_settings() {
+        let mut state = TableState::default();
+        state.servers.insert(
+            "primary".into(),
+            crate::table::ServerInfo { serial: "CV1".into() },
+        );
+        let mut v2 = MAGIC.to_vec();
+        v2.extend_from_slice(&2u16.to_le_bytes());
+        v2.extend(bincode::serde::encode_to_vec((9u64, &state), bincode_config()).unwrap());
+        let (index, settings, back) = decode(&v2).unwrap();
+        assert_eq!((index, settings, back), (9, TableConfig::default(), state));
     }
 }

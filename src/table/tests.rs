@@ -510,3 +510,127 @@ fn what_is_derived_always_matches_a_rebuild() {
     assert_eq!(t.clients_from("192.0.2.50".parse().unwrap()), 2);
     assert_eq!(t.key_owner("k"), None, "expired with its key");
 }
+
+fn xsec() -> LicenseType {
+    LicenseType::new("XSEC")
+}
+
+fn xsec_key(key_id: &str, serial: &str, count: u32) -> VerifiedKey {
+    VerifiedKey {
+        key: Key::permanent("XSEC", count),
+        ..vkey(key_id, serial, count, None)
+    }
+}
+
+/// Issue 11: two servers configured differently (XSEC poolable on one,
+/// switch-specific on the other) diverged because each applied the log
+/// with its own configuration. The settings are now in the log: two
+/// replicas constructed with different configurations apply the same
+/// entries alike once the log sets them, and a snapshot carries them.
+#[test]
+fn settings_are_replicated_state_and_travel_in_snapshots() {
+    use cluster::StateMachine;
+    let mut switch_specific = TableConfig::default();
+    switch_specific.types.insert(xsec(), TypeKind::SwitchSpecific);
+    // Deliberately built with different settings: the log decides.
+    let mut primary = LicenseTable::new(TableConfig::default());
+    let mut backup = LicenseTable::new(switch_specific.clone());
+    let log = [
+        Command::Settings {
+            settings: TableConfig::default(),
+            by: Actor::Server("primary".into()),
+        },
+        Command::ServerSerial {
+            server: "primary".into(),
+            serial: "CV1".into(),
+        },
+        Command::InstallServerKey {
+            now_ms: 1,
+            server: "primary".into(),
+            key: xsec_key("p-xsec", "CV1", 16),
+            by: Actor::Server("primary".into()),
+        },
+        register("sw1", "SN1", ClientReport::default()),
+        Command::Acquire {
+            now_ms: 200,
+            id: "sw1".into(),
+            license_type: xsec(),
+            count: 10,
+        },
+    ];
+    for (i, command) in log.iter().enumerate() {
+        let index = i as u64 + 1;
+        let a = primary.apply_command(index, command.clone());
+        let b = backup.apply_command(index, command.clone());
+        assert_eq!(a, b, "entry {index}");
+        assert!(a.is_ok(), "entry {index}: {a:?}");
+    }
+    assert_eq!(primary, backup);
+    assert_eq!(backup.client("sw1").unwrap().used_of(&xsec()), 10);
+    assert_eq!(backup.pool()[&xsec()].used, 10);
+
+    // The backup's VIP holder sets XSEC switch-specific: every replica's
+    // pool follows, what clients reported stays.
+    let set = Command::Settings {
+        settings: switch_specific.clone(),
+        by: Actor::Server("backup".into()),
+    };
+    let reply = primary.apply_command(6, set.clone()).unwrap();
+    assert_eq!(backup.apply_command(6, set).unwrap(), reply);
+    assert_eq!(primary, backup);
+    assert_eq!(primary.config(), &switch_specific);
+    assert!(!primary.pool().contains_key(&xsec()));
+    assert_eq!(primary.client("sw1").unwrap().used_of(&xsec()), 10);
+    assert_eq!(
+        primary.apply_command(
+            7,
+            Command::Acquire {
+                now_ms: 300,
+                id: "sw1".into(),
+                license_type: xsec(),
+                count: 1,
+            }
+        ),
+        Err(CommandError::NotPoolable(xsec()))
+    );
+
+    // A member restored from a snapshot (here one built with the SPEC's
+    // settings, as a witness is) applies what follows like the others.
+    let mut witness = LicenseTable::new(TableConfig::default());
+    witness.restore(&primary.snapshot()).unwrap();
+    assert_eq!(witness, primary);
+    assert!(derived_matches(&witness));
+}
+
+#[test]
+fn settings_out_of_bounds_are_refused_and_change_nothing() {
+    let mut t = table();
+    let bad = TableConfig {
+        missed_heartbeats_down: 0,
+        ..TableConfig::default()
+    };
+    let err = refused(
+        &mut t,
+        Command::Settings {
+            settings: bad,
+            by: Actor::Server("primary".into()),
+        },
+    );
+    assert!(
+        matches!(&err, CommandError::Settings(e) if e.setting == "missed_heartbeats"),
+        "{err}"
+    );
+    assert_eq!(t.config(), &TableConfig::default());
+    let err = refused(
+        &mut t,
+        Command::Settings {
+            settings: TableConfig::default(),
+            by: Actor::Server(String::new()),
+        },
+    );
+    assert!(matches!(err, CommandError::Bound(_)), "{err}");
+}
+
+fn derived_matches(t: &LicenseTable) -> bool {
+    t.derived == Derived::rebuild(t.config(), t.state())
+}

@@ -80,6 +80,9 @@ pub struct PairOptions {
     /// More `[license]` lines, as written (timers and connection limits a
     /// test sets, e.g. `idle_timeout_ms = 3000`).
     pub license_extra: String,
+    /// More `[license]` lines for the primary alone and the backup alone
+    /// (settings a test makes differ between the servers).
+    pub node_license_extra: [String; 2],
     /// A server that keeps the default operator endpoint, loopback only
     /// (127.0.0.1:4334): the lab's operator asks it from its own host.
     /// The others listen on their own address.
@@ -111,6 +114,7 @@ impl Default for PairOptions {
             max_clients_per_source: 20_000,
             registrations_per_s_per_source: 20_000,
             license_extra: String::new(),
+            node_license_extra: Default::default(),
             loopback_operator: None,
             metrics: false,
         }
@@ -297,6 +301,7 @@ client_port = {CLIENT_PORT}
 heartbeat_interval_ms = {hb}
 sweep_interval_ms = {sweep}
 {license_extra}
+{node_license_extra}
 {metrics}
 {tls}"#,
         data = lab.dir().join(format!("{name}-data")).display(),
@@ -309,6 +314,7 @@ sweep_interval_ms = {sweep}
         heartbeat = opts.heartbeat_ticks,
         hb = opts.heartbeat_interval_ms,
         license_extra = opts.license_extra,
+        node_license_extra = opts.node_license_extra[usize::from(which == Which::Backup)],
         sweep = opts.sweep_interval_ms,
         tls = tls_section(lab, name),
         metrics = if opts.metrics {
