@@ -285,7 +285,9 @@ impl<A: Applier> Conn<'_, A> {
             let cause = e.cause();
             self.shared.counters.refuse(cause);
             if let Some(suppressed) = self.shared.log.allow(cause) {
-                info!(suppressed, peer = %self.peer, error = %e, "the table refused a request");
+                // Escaped: the error quotes what the client sent (a
+                // license type, a key id), which may hold escape sequences.
+                info!(suppressed, peer = %self.peer, error = %e.to_string().escape_debug(), "the table refused a request");
             }
         }
         if let Ok(Response::Client { client, pool }) = &response {
