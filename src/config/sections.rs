@@ -71,10 +71,11 @@ pub struct VrrpSection {
     /// when `vmac` is on).
     pub interface: String,
     /// Virtual router id, 1-255, the same on both servers and unique on the network.
+    #[serde(deserialize_with = "ranged::vrid")]
     pub vrid: u8,
     /// Priority, 1-254; the higher one is master. 255 only on the owner of
     /// the address: a VIP that is this node's own address. Default 100.
-    #[serde(default = "default_priority")]
+    #[serde(default = "default_priority", deserialize_with = "ranged::priority")]
     pub priority: u8,
     /// The virtual addresses with their prefix length, e.g. "192.0.2.100/24";
     /// all with one prefix length. License clients connect to the first.
@@ -84,7 +85,7 @@ pub struct VrrpSection {
     #[serde(default = "default_advert_interval_ms")]
     pub advert_interval_ms: u32,
     /// VRRP version: 3 (RFC 5798/9568, default) or 2 (RFC 3768).
-    #[serde(default = "default_vrrp_version")]
+    #[serde(default = "default_vrrp_version", deserialize_with = "ranged::vrrp_version")]
     pub version: u8,
     /// Preempt_Mode: a higher-priority backup takes over from a
     /// lower-priority master (default true).
@@ -393,6 +394,7 @@ impl fmt::Display for Role {
 pub struct LicenseSection {
     /// TCP port license clients connect to on the VIP (default 4333); not the
     /// raft port nor the operator port.
+    #[serde(deserialize_with = "ranged::port")]
     pub client_port: u16,
     /// The operator endpoint (`vipool show --server`, operator commands;
     /// operator certificates only), answered whether or not the node holds
@@ -575,5 +577,37 @@ impl ClusterSection {
 
     pub(super) fn fill_defaults(&mut self, me: u64) {
         self.listen = self.listen_address(me);
+    }
+}
+
+/// Small integer fields read as any integer first, so that one out of
+/// range is refused with the field's own rule ("must be 1-254 ...") rather
+/// than serde's "expected u8", which tells an operator nothing.
+mod ranged {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+
+    fn read<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D, rule: &str) -> Result<T, D::Error> {
+        let n = i64::deserialize(d)?;
+        T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is out of range: {rule}")))
+    }
+
+    pub(super) fn vrid<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+        read(d, "vrrp.vrid must be 1-255, the same on both servers")
+    }
+
+    pub(super) fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+        read(
+            d,
+            "vrrp.priority must be 1-254 (255 only if a vip is this node's own address)",
+        )
+    }
+
+    pub(super) fn vrrp_version<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+        read(d, "vrrp.version must be 3 (RFC 5798) or 2 (RFC 3768)")
+    }
+
+    pub(super) fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+        read(d, "license.client_port must be a TCP port, 1-65535")
     }
 }

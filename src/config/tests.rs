@@ -821,3 +821,44 @@ fn metrics_are_off_by_default_and_their_listener_is_checked() {
         .to_string();
     assert!(unknown.contains("port"), "{unknown}");
 }
+
+/// A VIP equal to this node's own address, with `source` set to that
+/// address as the shipped examples do: one mistake, reported once.
+#[test]
+fn a_vip_that_is_the_own_address_is_reported_once() {
+    let text = edit(
+        &edit(PRIMARY, "vrrp", r#"source = "192.0.2.11""#),
+        "vrrp",
+        r#"vips = ["192.0.2.11/24"]"#,
+    );
+    let found = problems(&text);
+    let about_vip: Vec<_> = found.iter().filter(|p| p.field == "vrrp.vips[0]").collect();
+    assert_eq!(about_vip.len(), 1, "{found:?}");
+    assert!(about_vip[0].to_string().contains("own address"), "{found:?}");
+}
+
+/// An integer too large for its field names the field's rule, not serde's
+/// type ("expected u8").
+#[test]
+fn out_of_range_integers_say_the_rule() {
+    for (section, line, rule) in [
+        ("vrrp", "priority = 300", "vrrp.priority must be 1-254"),
+        ("vrrp", "priority = -1", "vrrp.priority must be 1-254"),
+        ("vrrp", "vrid = 256", "vrrp.vrid must be 1-255"),
+        ("vrrp", "version = 1000", "vrrp.version must be 3"),
+        (
+            "license",
+            "client_port = 70000",
+            "license.client_port must be a TCP port",
+        ),
+    ] {
+        let err = edit(PRIMARY, section, line).parse::<Config>().unwrap_err();
+        let shown = err.to_string();
+        assert!(matches!(err, ConfigError::Parse(_)), "{line}: {err:?}");
+        assert!(shown.contains(rule), "{line}: {shown}");
+        assert!(!shown.contains("expected u"), "{line}: {shown}");
+    }
+    // In range, the value is read as before.
+    let c: Config = edit(PRIMARY, "vrrp", "priority = 254").parse().unwrap();
+    assert_eq!(c.vrrp.priority, 254);
+}

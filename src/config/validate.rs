@@ -319,10 +319,14 @@ impl Config {
                     "must be a unicast address on the servers' shared network",
                 );
             }
+            // One mistake, one line: a VIP that is this node's own address
+            // is usually vrrp.source too; the member check below says it.
+            let mut own_member = false;
             for peer in &self.cluster.peers {
                 if peer.address.ip() != IpAddr::V4(a) {
                     continue;
                 }
+                own_member |= peer.id == self.node.id;
                 if peer.id != self.node.id {
                     r.add(
                         &field,
@@ -341,7 +345,7 @@ impl Config {
                     );
                 }
             }
-            if Some(a) == v.source && v.priority != 255 {
+            if Some(a) == v.source && v.priority != 255 && !own_member {
                 r.add(
                     &field,
                     vip,
