@@ -310,7 +310,7 @@ fn counts<V: std::fmt::Display>(map: &BTreeMap<impl std::fmt::Display, V>) -> St
 pub fn text(view: View, dump: &TableDump) -> String {
     match view {
         View::ServerTable => {
-            let rows = server_table(dump).into_iter().map(pool_cells).collect();
+            let rows = server_table(dump).into_iter().flat_map(pool_rows).collect();
             table(
                 &[
                     "type",
@@ -460,6 +460,51 @@ fn pool_cells(r: ServerTableRow) -> Vec<String> {
     ]
 }
 
+/// Widest a "contributed by" line gets before the rest goes on lines of
+/// its own: with five switches one line was over 150 characters.
+const CONTRIBUTORS_WIDTH: usize = 48;
+
+/// A server-table row, its contributors wrapped onto continuation rows
+/// (every other cell empty) of at most [`CONTRIBUTORS_WIDTH`] characters.
+fn pool_rows(r: ServerTableRow) -> Vec<Vec<String>> {
+    let lines = wrap_counts(&r.contributed_by, CONTRIBUTORS_WIDTH);
+    let mut first = pool_cells(r);
+    let columns = first.len();
+    let mut lines = lines.into_iter();
+    if let Some(line) = lines.next() {
+        first[columns - 1] = line;
+    }
+    let mut rows = vec![first];
+    for line in lines {
+        let mut row = vec![String::new(); columns - 1];
+        row.push(line);
+        rows.push(row);
+    }
+    rows
+}
+
+/// `counts` as lines of at most `width` characters (an entry longer than
+/// that has a line of its own).
+fn wrap_counts<V: std::fmt::Display>(map: &BTreeMap<impl std::fmt::Display, V>, width: usize) -> Vec<String> {
+    if map.is_empty() {
+        return vec!["-".into()];
+    }
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for (k, v) in map {
+        let entry = format!("{k}={v}");
+        if !line.is_empty() && line.chars().count() + 1 + entry.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&entry);
+    }
+    lines.push(line);
+    lines
+}
+
 fn status_text(s: &NodeStatus) -> String {
     status_table(&[(String::new(), Ok(s.clone()))])
 }
@@ -482,7 +527,9 @@ pub fn status_table(nodes: &[(String, Result<NodeStatus, String>)]) -> String {
                 s.connections.to_string(),
                 s.bad_frames.to_string(),
             ],
-            Err(why) => vec![asked.clone(), format!("unreachable: {why}")],
+            // Why goes below the table: in a cell it would widen the
+            // column for every row.
+            Err(_) => vec![asked.clone(), "-".into(), "no".into(), "unreachable".into()],
         })
         .collect();
     let mut out = table(
@@ -500,7 +547,10 @@ pub fn status_table(nodes: &[(String, Result<NodeStatus, String>)]) -> String {
         ],
         rows,
     );
-    for (_, status) in nodes {
+    for (asked, status) in nodes {
+        if let Err(why) = status {
+            out.push_str(&format!("unreachable ({asked}): {why}\n"));
+        }
         if let Ok(s) = status {
             for warning in &s.warnings {
                 out.push_str(&format!("warning ({}): {warning}\n", s.node));
@@ -557,5 +607,78 @@ mod tests {
             out,
             "a          long header\n---------  -----------\nwide cell  x\n"
         );
+    }
+
+    /// A node that does not answer keeps the table narrow: its error goes
+    /// on a line below, not in the vip column.
+    #[test]
+    fn an_unreachable_node_is_explained_below_the_table() {
+        let why = "connection: Connection refused (os error 111); ".repeat(4);
+        let up = NodeStatus {
+            node: "primary".into(),
+            vip: Some("192.0.2.100".into()),
+            serving: true,
+            vrrp_state: "master".into(),
+            raft_role: "leader".into(),
+            ..NodeStatus::default()
+        };
+        let out = status_table(&[
+            ("192.0.2.11:4334".into(), Ok(up)),
+            ("192.0.2.12:4334".into(), Err(why.clone())),
+        ]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("node"), "{out}");
+        assert!(lines[3].starts_with("192.0.2.12:4334"), "{out}");
+        assert!(lines[3].contains("unreachable"), "{out}");
+        assert!(!lines[3].contains("refused"), "{out}");
+        for line in &lines[..4] {
+            assert!(line.chars().count() < 120, "{out}");
+        }
+        assert_eq!(lines[4], format!("unreachable (192.0.2.12:4334): {why}"), "{out}");
+    }
+
+    /// Five switches and two servers contributing: no line of the table
+    /// is over 100 characters, and every contributor is still listed.
+    #[test]
+    fn server_table_wraps_contributors() {
+        let mut contributed_by = BTreeMap::new();
+        contributed_by.insert("server:primary".to_owned(), 16);
+        contributed_by.insert("server:backup".to_owned(), 16);
+        for n in 1..=5 {
+            contributed_by.insert(format!("client:switch-{n:04}"), 4);
+        }
+        let row = ServerTableRow {
+            license_type: LicenseType::new("AP"),
+            total: 52,
+            used: 3,
+            available: 49,
+            over_subscribed: false,
+            contributed_by: contributed_by.clone(),
+        };
+        let rows = pool_rows(row);
+        assert!(rows.len() > 1, "{rows:?}");
+        let out = table(
+            &[
+                "type",
+                "total",
+                "used",
+                "available",
+                "over-subscribed",
+                "contributed by",
+            ],
+            rows,
+        );
+        for line in out.lines() {
+            assert!(line.chars().count() <= 100, "{}: {out}", line.chars().count());
+        }
+        for (k, v) in &contributed_by {
+            assert_eq!(out.matches(&format!("{k}={v}")).count(), 1, "{k}: {out}");
+        }
+        // The continuation lines start in the contributors' column.
+        let column = out.lines().next().unwrap().find("contributed by").unwrap();
+        for line in out.lines().skip(3) {
+            assert_eq!(line.len() - line.trim_start().len(), column, "{out}");
+        }
+        assert_eq!(wrap_counts(&BTreeMap::<String, u64>::new(), 10), ["-"]);
     }
 }
