@@ -29,9 +29,10 @@ use crate::tls::ClientTls;
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The connection failed.
+    /// The connection failed. (The cause is in the message and not also
+    /// the error's source: a report would print it twice.)
     #[error("connection: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The TLS handshake failed: the server is not one of the pair (its
     /// certificate is not of the pinned CA, or does not name the license
     /// server), or it refused our certificate.
@@ -42,13 +43,43 @@ pub enum ClientError {
     Closed,
     /// The server sent something this client cannot read.
     #[error("bad frame from the server: {0}")]
-    Frame(#[from] FrameError),
+    Frame(FrameError),
+    /// The first bytes the other end sent are not a vipool frame at all:
+    /// another service answers on that address and port (a web server
+    /// answering a request's bytes with "HTTP/1.1 400" reads as a frame
+    /// of 1,213,486,160 bytes).
+    #[error("{peer} is not a vipool server: its answer does not read as the vipool protocol ({why})")]
+    NotVipool {
+        /// The address that answered.
+        peer: SocketAddr,
+        /// What did not read.
+        why: FrameError,
+    },
+    /// A connection without TLS (`--insecure-plaintext`) to a server that
+    /// speaks TLS: its first bytes are a TLS record (an alert).
+    #[error("{peer} speaks TLS: connect with the pair's CA and a certificate (--ca, --cert), not --insecure-plaintext")]
+    SpeaksTls {
+        /// The address that answered.
+        peer: SocketAddr,
+    },
     /// The server answered with an error.
     #[error(transparent)]
     Server(#[from] ServerError),
     /// The server answered with something that does not fit the request.
     #[error("unexpected answer from the server")]
     Unexpected,
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        ClientError::Frame(e)
+    }
 }
 
 impl From<ReadError> for ClientError {
@@ -103,6 +134,9 @@ pub struct Connection {
     framed: Framed<Box<dyn Stream>>,
     peer: SocketAddr,
     seq: u64,
+    /// Whether a whole message has come: until one has, bytes that are
+    /// not a frame mean the other end is not a vipool server at all.
+    heard: bool,
     last_push: Option<Pool>,
 }
 
@@ -222,6 +256,7 @@ impl Connection {
             framed: Framed::new(stream, frame::DEFAULT_MAX_RESPONSE),
             peer,
             seq: 0,
+            heard: false,
             last_push: None,
         }
     }
@@ -289,10 +324,28 @@ impl Connection {
 
     /// Reads one message. Cancel-safe: bytes read are kept for the next call.
     async fn read_message(&mut self) -> Result<ServerMessage, ClientError> {
-        self.framed
-            .read::<ServerMessage>()
-            .await?
-            .ok_or(ClientError::Closed)
+        match self.framed.read::<ServerMessage>().await {
+            Ok(Some(message)) => {
+                self.heard = true;
+                Ok(message)
+            }
+            Ok(None) => Err(ClientError::Closed),
+            // Another release of vipool says which version it speaks:
+            // that is not "another service".
+            Err(ReadError::Frame(why @ (FrameError::TooLarge { .. } | FrameError::Malformed(_))))
+                if !self.heard =>
+            {
+                Err(match why {
+                    // A TLS record header read as a length: content type
+                    // 21 (alert) or 22 (handshake), version 3.x.
+                    FrameError::TooLarge { size, .. } if matches!(size.to_be_bytes(), [21 | 22, 3, ..]) => {
+                        ClientError::SpeaksTls { peer: self.peer }
+                    }
+                    why => ClientError::NotVipool { peer: self.peer, why },
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn client_request(&mut self, request: Request) -> Result<(Client, Pool), ClientError> {
@@ -462,5 +515,70 @@ impl Connection {
             key_id: key_id.into(),
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A port where another service answers: what it sends is not read as
+    /// a (huge) frame length, the error says what the other end is not.
+    #[tokio::test]
+    async fn another_service_is_not_a_vipool_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let web = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        });
+        let mut conn = Connection::connect_insecure(addr).await.unwrap();
+        let e = conn.status().await.unwrap_err();
+        web.await.unwrap();
+        let shown = e.to_string();
+        assert!(matches!(e, ClientError::NotVipool { .. }), "{e:?}");
+        assert!(
+            shown.starts_with(&format!("{addr} is not a vipool server")),
+            "{shown}"
+        );
+        assert!(e.verdict().is_permanent());
+    }
+
+    /// Plain TCP to a server that speaks TLS: its alert record says so.
+    #[tokio::test]
+    async fn plain_tcp_to_a_tls_server_says_so() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = tcp.read(&mut buf).await;
+            // A fatal decode_error alert, as rustls sends for bytes that
+            // are not a ClientHello.
+            let _ = tcp.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]).await;
+        });
+        let mut conn = Connection::connect_insecure(addr).await.unwrap();
+        let e = conn.status().await.unwrap_err();
+        server.await.unwrap();
+        assert!(matches!(e, ClientError::SpeaksTls { .. }), "{e:?}");
+        assert!(e.to_string().contains("not --insecure-plaintext"), "{e}");
+    }
+
+    /// The cause of an I/O error is shown once: in the message, not again
+    /// as its source (a report prints every source on a line of its own).
+    #[test]
+    fn io_errors_show_their_cause_once() {
+        let e = ClientError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(e.to_string().starts_with("connection: "), "{e}");
+        assert!(std::error::Error::source(&e).is_none());
+        let read = crate::proto::connection::ReadError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        ));
+        assert!(std::error::Error::source(&read).is_none());
     }
 }

@@ -76,9 +76,13 @@ impl ClientError {
                 "the server speaks another protocol version: run the same vipool release on the \
                  switches and the servers",
             ),
-            ClientError::Frame(_) | ClientError::Unexpected => permanent(
+            ClientError::Frame(_) | ClientError::NotVipool { .. } | ClientError::Unexpected => permanent(
                 "the server's answers do not read as this release's protocol: check that the \
                  address is the pair's VIP and client port, and that both run the same release",
+            ),
+            ClientError::SpeaksTls { .. } => permanent(
+                "the server speaks TLS: give the pair's CA and a certificate instead of \
+                 --insecure-plaintext",
             ),
             ClientError::Server(e) => e.verdict(),
         }

@@ -10,6 +10,7 @@ pub mod node;
 pub mod operator;
 pub mod pki;
 mod reload;
+pub mod report;
 pub mod serve;
 pub mod show;
 mod tls_args;

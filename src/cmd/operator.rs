@@ -20,7 +20,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use vipool::table::Pool;
 
 use super::license::read_keys;
-use super::tls_args::{connect, Creds};
+use super::tls_args::{connect, operator_error, Creds};
 
 /// Options of `vipool operator`.
 #[derive(Debug, ClapArgs)]
@@ -66,7 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tls = args.creds.operator()?;
     let mut conn = connect(&args.server, tls.as_ref())
         .await
-        .with_context(|| format!("connecting to {}", args.server))?;
+        .map_err(|e| operator_error(&args.server, e))?;
     let pool = match &args.command {
         Change::RemoveClient { id } => {
             let pool = conn.remove_client(id).await?;

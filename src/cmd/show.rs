@@ -5,7 +5,9 @@ use vipool::proto::TableDump;
 use vipool::tls::ClientTls;
 use vipool::views::{self, View};
 
-use super::tls_args::{connect, Creds};
+use vipool::client::ClientError;
+
+use super::tls_args::{connect, operator_error, operator_hint, Creds};
 
 /// Options of `vipool show`.
 #[derive(Debug, ClapArgs)]
@@ -43,15 +45,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            Err(e) => last_error = Some(e.context(format!("asking {server}"))),
+            Err(e) => last_error = Some(operator_error(server, e)),
         }
     }
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no --server given")))
 }
 
-async fn fetch(server: &str, tls: Option<&ClientTls>) -> anyhow::Result<TableDump> {
+async fn fetch(server: &str, tls: Option<&ClientTls>) -> Result<TableDump, ClientError> {
     let mut conn = connect(server, tls).await?;
-    Ok(conn.show().await?)
+    conn.show().await
 }
 
 /// Every node's status, one row each, even when some do not answer.
@@ -63,7 +65,10 @@ async fn status(servers: &[String], json: bool, tls: Option<&ClientTls>) -> anyh
             conn.status().await
         }
         .await
-        .map_err(|e| e.to_string());
+        .map_err(|e| match operator_hint(&e) {
+            Some(hint) => format!("{e}; {hint}"),
+            None => e.to_string(),
+        });
         nodes.push((server.clone(), status));
     }
     if json {

@@ -12,9 +12,10 @@ use super::frame::{self, FrameError};
 /// Why no message could be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// The stream failed.
+    /// The stream failed. (Its cause is in the message, so not also the
+    /// error's source: a report would print it twice.)
     #[error("connection: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The other side closed the connection in the middle of a frame.
     #[error("the connection closed in the middle of a frame")]
     Truncated,
@@ -155,9 +156,21 @@ pub enum WriteError {
     /// It does not fit in a frame.
     #[error(transparent)]
     Frame(#[from] FrameError),
-    /// The stream failed.
+    /// The stream failed (its cause in the message, not the source).
     #[error("connection: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+impl From<std::io::Error> for WriteError {
+    fn from(e: std::io::Error) -> Self {
+        WriteError::Io(e)
+    }
 }
 
 #[cfg(test)]
