@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# vipool lab demo: a license server pair on one Linux machine, as root.
+# vipool lab demo: a license server pair on one Linux machine.
 #
-#   sudo bash deploy/lab.sh [--witness] [--switches N] [--advert-ms N] [--keep]
+#   deploy/lab.sh [--witness] [--switches N] [--advert-ms N] [--keep] [--bin PATH]
 #
-# Builds vipool (cargo build --release; set VIPOOL_BIN=/path/to/vipool to use
-# a binary instead), makes a broadcast domain of network namespaces (a
+# Run it as root, or as a user who may use sudo: it then builds as that
+# user and runs the lab itself under sudo (`sudo deploy/lab.sh` works too;
+# it builds as the user who ran sudo, with that user's cargo).
+# Needs Rust >= 1.88 (rustup), a C linker (build-essential) and iproute2.
+# Builds vipool (cargo build --release; --bin PATH or VIPOOL_BIN=PATH uses
+# a built binary instead), makes a broadcast domain of network namespaces (a
 # "switch" namespace holding a bridge; primary, backup, optional witness and
 # one host running the simulated switches), starts the pair and runs two
 # rounds while the switches keep drawing licenses through the VIP:
@@ -20,14 +24,17 @@ set -o pipefail
 export LC_ALL=C
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    # The comment block at the top, whatever its length.
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     exit "${1:-0}"
 }
 
+ARGS=("$@")
 WITNESS=0
 SWITCHES=20
 ADVERT_MS=100
 KEEP=0
+BIN="${VIPOOL_BIN:-}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --witness) WITNESS=1 ;;
@@ -36,6 +43,8 @@ while [ $# -gt 0 ]; do
         --advert-ms) ADVERT_MS="${2:-}"; shift ;;
         --advert-ms=*) ADVERT_MS="${1#*=}" ;;
         --keep) KEEP=1 ;;
+        --bin) BIN="${2:-}"; shift ;;
+        --bin=*) BIN="${1#*=}" ;;
         -h | --help) usage 0 ;;
         *) echo "lab.sh: unknown option $1" >&2; usage 2 >&2 ;;
     esac
@@ -50,17 +59,61 @@ if [ "$ADVERT_MS" -lt 50 ] || [ "$ADVERT_MS" -gt 40950 ] || [ $((ADVERT_MS % 10)
     echo "lab.sh: --advert-ms must be a multiple of 10 from 50 to 40950" >&2; exit 2
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "lab.sh: needs root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)" >&2
-    exit 2
-fi
 if ! ip -V >/dev/null 2>&1; then
-    echo "lab.sh: needs the ip command (Debian package iproute2)" >&2
+    echo "lab.sh: needs the ip command: apt-get install iproute2" >&2
     exit 2
 fi
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
+
+# ---------------------------------------------------------------- build
+
+# cargo where rustup puts it, also when it is not on PATH (sudo's PATH
+# never has ~/.cargo/bin). $1: the home of the user who builds.
+find_cargo() {
+    local c
+    for c in "$1/.cargo/bin/cargo" "$(command -v cargo 2>/dev/null)"; do
+        [ -n "$c" ] && [ -x "$c" ] && { echo "$c"; return 0; }
+    done
+    return 1
+}
+
+# Builds the release binary and sets BIN. Under sudo it builds as the user
+# who ran sudo: with that user's toolchain, and without leaving files
+# owned by root in that user's target/.
+build() {
+    local as=() who home cargo
+    who=$(id -un)
+    home=$HOME
+    if [ "$(id -u)" -eq 0 ] && [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+        who=$SUDO_USER
+        home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+        as=(sudo -u "$SUDO_USER" -H --)
+    fi
+    if ! cargo=$(find_cargo "$home"); then
+        echo "lab.sh: no cargo for $who (not on PATH, not in $home/.cargo/bin)." >&2
+        echo "  Install Rust >= 1.88 as $who with rustup (see https://rustup.rs; Debian's rustc is too old)" >&2
+        echo "  and a C linker (apt-get install build-essential), or pass a built binary: --bin PATH" >&2
+        exit 1
+    fi
+    echo "lab.sh: building as $who: $cargo build --release --bin vipool"
+    (cd "$ROOT" && "${as[@]}" "$cargo" build --release --bin vipool) ||
+        { echo "lab.sh: build failed (see cargo's errors above)" >&2; exit 1; }
+    BIN="$ROOT/target/release/vipool"
+}
+
+if [ "$(id -u)" -ne 0 ]; then
+    # Network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN: build as
+    # this user, then run the lab under sudo.
+    if ! command -v sudo >/dev/null; then
+        echo "lab.sh: needs root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN), and sudo is not installed: run it as root" >&2
+        exit 2
+    fi
+    [ -n "$BIN" ] || build
+    echo "lab.sh: the lab itself needs root: continuing under sudo"
+    exec sudo -- bash "$0" "${ARGS[@]}" --bin "$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
+fi
 
 # ---------------------------------------------------------------- names
 
@@ -136,15 +189,9 @@ trap cleanup EXIT
 trap 'echo "lab.sh: interrupted" >&2; exit 130' INT
 trap 'echo "lab.sh: terminated" >&2; exit 143' TERM
 
-# ---------------------------------------------------------------- build
+# ---------------------------------------------------------------- binary
 
-if [ -n "${VIPOOL_BIN:-}" ]; then
-    BIN="$VIPOOL_BIN"
-else
-    say "building: cargo build --release --bin vipool"
-    (cd "$ROOT" && cargo build --release --bin vipool) || { echo "lab.sh: build failed" >&2; exit 1; }
-    BIN="$ROOT/target/release/vipool"
-fi
+[ -n "$BIN" ] || build
 if [ ! -x "$BIN" ]; then
     echo "lab.sh: $BIN is not an executable" >&2
     exit 1
@@ -512,9 +559,14 @@ round() {
     if [ "$how" = stop ]; then
         kill -TERM "$vpid"
     else
-        kill -KILL "$vpid"
-        ip -n "$NS_SW" link set "$vport" down
-        wait "$vpid" 2>/dev/null
+        # bash prints "Killed" for a job killed by a signal when it reaps
+        # it, at whatever command runs then: the whole group's stderr
+        # goes to /dev/null, ip's own errors to the script's stderr.
+        {
+            kill -KILL "$vpid"
+            ip -n "$NS_SW" link set "$vport" down 2>&3
+            wait "$vpid"
+        } 3>&2 2>/dev/null
     fi
     local exited=""
     if [ "$how" = stop ]; then
@@ -527,8 +579,7 @@ round() {
             fi
         else
             fail "$label: the $victim did not exit within 30 s of SIGTERM; killed"
-            kill -KILL "$vpid"
-            wait "$vpid" 2>/dev/null
+            { kill -KILL "$vpid"; wait "$vpid"; } 2>/dev/null
         fi
     fi
     if ! wait_until 30 serving "$saddr"; then

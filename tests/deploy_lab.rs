@@ -75,6 +75,12 @@ fn lab_script_passes_both_failover_rounds_and_cleans_up() {
     for round in ["round 1 (stop): VIP", "round 2 (kill): VIP"] {
         assert!(out.contains(round), "no {round:?} summary line");
     }
+    // bash's job notices for the processes the script kills on purpose
+    // ("line 512: 4242 Killed  ip netns exec ...") are noise.
+    assert!(
+        !out.contains("Killed") && !err.contains("Killed"),
+        "job-control noise in the output"
+    );
     // Nothing left behind: no namespace of this run's prefix.
     let prefix = out
         .lines()

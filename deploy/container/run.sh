@@ -5,8 +5,10 @@
 #   bash deploy/container/run.sh [--witness]
 #
 # Builds a static vipool (cargo, target x86_64-unknown-linux-gnu with
-# crt-static, into /tmp/static-target; or set VIPOOL_STATIC_BIN=/path to use
-# a static binary), builds a FROM-scratch image around it, starts the compose
+# crt-static, into its scratch directory; set VIPOOL_STATIC_TARGET_DIR=DIR
+# to build into DIR instead and keep it for the next run, or
+# VIPOOL_STATIC_BIN=/path to use a static binary), builds a FROM-scratch
+# image around it, starts the compose
 # project (primary, backup, optional witness, 10 simulated switches on
 # 198.51.100.0/24, VIP 198.51.100.100), waits until the primary serves,
 # stops the primary (SIGTERM), checks that the backup serves and the
@@ -19,7 +21,8 @@ set -o pipefail
 export LC_ALL=C
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    # The comment block at the top, whatever its length.
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     exit "${1:-0}"
 }
 WITNESS=0
@@ -118,7 +121,9 @@ finish() {
 if [ -n "${VIPOOL_STATIC_BIN:-}" ]; then
     BIN="$VIPOOL_STATIC_BIN"
 else
-    TARGET_DIR="${VIPOOL_STATIC_TARGET_DIR:-/tmp/static-target}"
+    # In the scratch directory unless told otherwise: the help promises
+    # that everything the run made is removed (a static build is ~800 MB).
+    TARGET_DIR="${VIPOOL_STATIC_TARGET_DIR:-$WORK/target}"
     say "building a static binary: cargo build --release --bin vipool --target x86_64-unknown-linux-gnu (crt-static) into $TARGET_DIR"
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --bin vipool \
         --target x86_64-unknown-linux-gnu --target-dir "$TARGET_DIR") || { fail "cargo build failed"; finish; }
