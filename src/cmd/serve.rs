@@ -157,7 +157,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "--cert (this server's certificate, `vipool pki member`) or --insecure-plaintext is required",
         )?;
         let key = args.key.clone().unwrap_or_else(|| cert.with_extension("key"));
-        let identity = cluster::tls::Identity::load(&args.ca, &cert, &key)?;
+        let identity = cluster::tls::Identity::load(&args.ca, &cert, &key).with_context(|| {
+            format!(
+                "this server's TLS files (--ca {}, --cert {}, --key {}): make them with \
+                 `vipool pki init --dir DIR` and `vipool pki member --dir DIR --name NAME`",
+                args.ca.display(),
+                cert.display(),
+                key.display()
+            )
+        })?;
         Some(vipool::tls::ServerTls::new(&identity)?)
     };
     let listener = TcpListener::bind(args.listen)
