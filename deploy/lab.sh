@@ -460,13 +460,18 @@ show status --server "$ADDR_A:$OPERATOR_PORT" --server "$ADDR_B:$OPERATOR_PORT"
 echo
 # The seed's example: 16 PEFNG and 16 XSEC keys signed for each server
 # (above, `vipool license issue`) give a pool of 32 of each; the servers
-# count nothing else of these types.
-for t in PEFNG XSEC; do
-    total=$(show server-table --json --server "$ADDR_A:$OPERATOR_PORT" |
-        awk -v want="$t" '/"license_type":/ { split($0, a, "\""); ty = a[4] }
-            /"total":/ { gsub(/[^0-9]/, ""); if (ty == want) print $0 }' | head -n 1)
-    [ "$total" = 32 ] || { fail "the pool holds ${total:-no} $t, expected 32 (16 signed for each server)"; exit 1; }
-done
+# count nothing else of these types. The backup installs its keys once it
+# has joined, through the log: give it a few seconds.
+pool_of() { # type: its total in the primary's pool
+    show server-table --json --server "$ADDR_A:$OPERATOR_PORT" |
+        awk -v want="$1" '/"license_type":/ { split($0, a, "\""); ty = a[4] }
+            /"total":/ { gsub(/[^0-9]/, ""); if (ty == want) print $0 }' | head -n 1
+}
+seed_pool() { [ "$(pool_of PEFNG)" = 32 ] && [ "$(pool_of XSEC)" = 32 ]; }
+if ! wait_until 10 seed_pool; then
+    fail "the pool holds $(pool_of PEFNG) PEFNG and $(pool_of XSEC) XSEC, expected 32 of each (16 signed for each server)"
+    exit 1
+fi
 say "the seed's example: 16 PEFNG + 16 XSEC keys signed for each server give a pool of 32 of each"
 
 # ---------------------------------------------------------------- load
