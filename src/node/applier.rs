@@ -19,6 +19,7 @@ use crate::proto::ServerError;
 use crate::server::stamp::Clock;
 use crate::server::Applier;
 use crate::table::{Command, CommandError, LicenseTable, Pool, Reply};
+use crate::usage::{Pending, UsageLog};
 
 /// The license table as the member's state machine, shared with readers.
 /// Clones are handles on the same table.
@@ -28,6 +29,8 @@ pub struct SharedTable {
     pool: Arc<watch::Sender<Pool>>,
     /// The pair's time: follows the stamps this member sees commit.
     clock: Arc<Clock>,
+    /// Written while this node serves (see `usage`).
+    usage: Option<UsageLog>,
 }
 
 impl SharedTable {
@@ -38,6 +41,16 @@ impl SharedTable {
             table: Arc::new(Mutex::new(table)),
             pool,
             clock: Arc::default(),
+            usage: None,
+        }
+    }
+
+    /// Wraps `table`; applied entries go to `usage` while it is active
+    /// (while this node serves).
+    pub fn with_usage(table: LicenseTable, usage: Option<UsageLog>) -> Self {
+        Self {
+            usage,
+            ..Self::new(table)
         }
     }
 
@@ -86,7 +99,15 @@ impl StateMachine for SharedTable {
             if let Some(stamped) = command.now_ms() {
                 self.clock.observe(stamped, table.config().heartbeat_interval_ms);
             }
+            let pending = self
+                .usage
+                .as_ref()
+                .filter(|u| u.active())
+                .and_then(|_| Pending::of(&command));
             let reply = table.apply_command(index, command);
+            if let (Some(usage), Some(pending)) = (&self.usage, pending) {
+                usage.record(pending, index, &reply, table.pool());
+            }
             (reply, table.pool().clone())
         };
         self.publish(&pool);
@@ -168,6 +189,10 @@ impl Applier for ReplicatedApplier {
 
     fn stamp(&self) -> u64 {
         self.table.stamp()
+    }
+
+    fn usage(&self) -> Option<&UsageLog> {
+        self.table.usage.as_ref()
     }
 }
 
