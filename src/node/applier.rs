@@ -302,6 +302,71 @@ mod tests {
         member.shutdown().await;
     }
 
+    /// The usage log is written by the serving node only: the follower
+    /// applies the same entries and writes nothing.
+    #[test]
+    fn applied_entries_reach_the_usage_log_only_while_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.jsonl");
+        let config = crate::usage::UsageConfig {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            keep: 1,
+        };
+        let (serving, serving_rx) = watch::channel(false);
+        let usage = UsageLog::open(&config, "primary")
+            .unwrap()
+            .while_serving(serving_rx);
+        let mut table = SharedTable::with_usage(LicenseTable::new(TableConfig::default()), Some(usage));
+        let sweep = |now_ms| Command::Sweep { now_ms };
+        let serial = |n: u32| Command::ServerSerial {
+            server: "primary".into(),
+            serial: format!("CV{n}"),
+        };
+        let key = |id: &str| Command::InstallServerKey {
+            now_ms: 1,
+            server: "primary".into(),
+            key: VerifiedKey {
+                key_id: id.into(),
+                issuer: "acme".into(),
+                serial: "CV1".into(),
+                key: Key::permanent("AP", 4),
+            },
+            by: Actor::Operator("alice".into()),
+        };
+        table.apply(1, serial(1)).unwrap();
+        table.apply(2, key("not-serving")).unwrap();
+        serving.send_replace(true);
+        table.apply(3, key("serving")).unwrap();
+        table.apply(4, sweep(2)).unwrap();
+        serving.send_replace(false);
+        table
+            .apply(
+                5,
+                Command::RemoveServerKey {
+                    key_id: "serving".into(),
+                    by: Actor::Operator("alice".into()),
+                },
+            )
+            .unwrap();
+        // Dropping the table drops the last sender: the writer flushes and ends.
+        drop(table);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if !text.is_empty() || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["event"], "key_installed");
+        assert_eq!(lines[0]["key_id"], "serving");
+        assert_eq!(lines[0]["index"], 3);
+        assert_eq!(lines[0]["operator"], "alice");
+    }
+
     #[test]
     fn every_propose_error_maps_to_a_client_error() {
         for e in [
