@@ -61,4 +61,5 @@ pub mod server;
 pub mod switch;
 pub mod table;
 pub mod tls;
+pub mod usage;
 pub mod views;

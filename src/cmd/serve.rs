@@ -95,6 +95,16 @@ pub struct Args {
     /// Largest request frame accepted, in bytes.
     #[arg(long, default_value_t = vipool::proto::frame::DEFAULT_MAX_REQUEST)]
     max_frame: u32,
+    /// Write the usage log for license audits to this file (JSON lines,
+    /// 0600; see README "Usage log"). Default: none.
+    #[arg(long)]
+    usage_log: Option<PathBuf>,
+    /// Rotate the usage log when it would grow beyond this many bytes.
+    #[arg(long, default_value_t = vipool::usage::DEFAULT_MAX_BYTES)]
+    usage_log_max_bytes: u64,
+    /// Rotated usage logs kept (FILE.1 ... FILE.N).
+    #[arg(long, default_value_t = vipool::usage::DEFAULT_KEEP)]
+    usage_log_keep: u32,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -124,7 +134,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
             anyhow::anyhow!("license keys refused:\n{}", lines.join("\n"))
         })?;
-    let applier = Arc::new(LocalApplier::new(LicenseTable::new(table_config)));
+    let table = LicenseTable::new(table_config);
+    let applier = Arc::new(match &args.usage_log {
+        Some(path) => {
+            let config = vipool::usage::UsageConfig {
+                path: path.clone(),
+                max_bytes: args.usage_log_max_bytes,
+                keep: args.usage_log_keep,
+            };
+            let usage = vipool::usage::UsageLog::open(&config, &args.node)
+                .with_context(|| format!("opening the usage log {} (--usage-log)", path.display()))?;
+            LocalApplier::with_usage(table, usage)
+        }
+        None => LocalApplier::new(table),
+    });
     if let Some(serial) = &args.serial {
         let announce = Command::ServerSerial {
             server: args.node.clone(),

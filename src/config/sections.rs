@@ -464,6 +464,17 @@ pub struct LicenseSection {
     /// How long a pool change waits before it is pushed to clients, so that a
     /// burst costs one push per client, in milliseconds (default 100).
     pub push_delay_ms: u64,
+    /// The usage log for license audits (absolute path, e.g.
+    /// "/var/lib/vipool/usage.jsonl"): one JSON line per grant, release,
+    /// client up, down or removed, key change and settings change, written
+    /// by the node that serves. Default: none, no usage log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_log: Option<PathBuf>,
+    /// The usage log is rotated when it would grow beyond this many bytes
+    /// (default 67108864: 64 MiB).
+    pub usage_log_max_bytes: u64,
+    /// Rotated usage logs kept (`usage.jsonl.1` … `.N`; default 4).
+    pub usage_log_keep: u32,
 }
 
 impl Default for LicenseSection {
@@ -492,6 +503,9 @@ impl Default for LicenseSection {
             frame_timeout_ms: millis(server.frame_timeout),
             idle_timeout_ms: millis(server.idle_timeout),
             push_delay_ms: millis(server.push_delay),
+            usage_log: None,
+            usage_log_max_bytes: crate::usage::DEFAULT_MAX_BYTES,
+            usage_log_keep: crate::usage::DEFAULT_KEEP,
         }
     }
 }

@@ -862,3 +862,28 @@ fn out_of_range_integers_say_the_rule() {
     let c: Config = edit(PRIMARY, "vrrp", "priority = 254").parse().unwrap();
     assert_eq!(c.vrrp.priority, 254);
 }
+
+#[test]
+fn the_usage_log_needs_an_absolute_path_in_a_directory_that_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |path: &str, max_bytes: u64| {
+        let mut config: Config = PRIMARY.parse().unwrap();
+        config.license.usage_log = Some(path.into());
+        config.license.usage_log_max_bytes = max_bytes;
+        config.validate().err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let ok = dir.path().join("usage.jsonl");
+    assert_eq!(check(ok.to_str().unwrap(), 1 << 20), "");
+    let missing = dir.path().join("nowhere/usage.jsonl");
+    let e = check(missing.to_str().unwrap(), 1 << 20);
+    assert!(
+        e.contains("license.usage_log") && e.contains("does not exist"),
+        "{e}"
+    );
+    let e = check("usage.jsonl", 1 << 20);
+    assert!(e.contains("must be an absolute path"), "{e}");
+    let e = check(dir.path().to_str().unwrap(), 1 << 20);
+    assert!(e.contains("is a directory"), "{e}");
+    let e = check(ok.to_str().unwrap(), 100);
+    assert!(e.contains("license.usage_log_max_bytes"), "{e}");
+}

@@ -183,6 +183,16 @@ impl Config {
         }
     }
 
+    /// The usage log's file and rotation, if `license.usage_log` is set.
+    pub fn usage_config(&self) -> Option<crate::usage::UsageConfig> {
+        let l = &self.license;
+        l.usage_log.as_ref().map(|path| crate::usage::UsageConfig {
+            path: path.clone(),
+            max_bytes: l.usage_log_max_bytes,
+            keep: l.usage_log_keep,
+        })
+    }
+
     /// The replicated table's settings: license types and client timers.
     pub fn table_config(&self) -> TableConfig {
         let l = &self.license;
@@ -676,6 +686,29 @@ impl Config {
                 "license.issuers",
                 "license.key_files has keys, but no issuer is trusted, so none would count: list \
                  the issuers' NAME.pub files (`vipool license keygen` writes them)",
+            );
+        }
+        if let Some(path) = &l.usage_log {
+            let shown = format!("{:?}", path.display().to_string());
+            match path.parent() {
+                _ if !path.is_absolute() => r.add("license.usage_log", &shown, "must be an absolute path"),
+                Some(dir) if !dir.is_dir() => r.add(
+                    "license.usage_log",
+                    &shown,
+                    format!(
+                        "its directory {} does not exist: create it (owned by the user vipool runs as)",
+                        dir.display()
+                    ),
+                ),
+                _ if path.is_dir() => r.add("license.usage_log", &shown, "is a directory: name a file in it"),
+                _ => {}
+            }
+        }
+        if l.usage_log_max_bytes < 4096 {
+            r.add(
+                "license.usage_log_max_bytes",
+                l.usage_log_max_bytes,
+                "must be at least 4096 (default 67108864: 64 MiB)",
             );
         }
         if l.max_clients_per_source == 0 {

@@ -19,6 +19,7 @@ use crate::proto::ServerError;
 use crate::server::stamp::Clock;
 use crate::server::Applier;
 use crate::table::{Command, CommandError, LicenseTable, Pool, Reply};
+use crate::usage::{Pending, UsageLog};
 
 /// The license table as the member's state machine, shared with readers.
 /// Clones are handles on the same table.
@@ -28,6 +29,8 @@ pub struct SharedTable {
     pool: Arc<watch::Sender<Pool>>,
     /// The pair's time: follows the stamps this member sees commit.
     clock: Arc<Clock>,
+    /// Written while this node serves (see `usage`).
+    usage: Option<UsageLog>,
 }
 
 impl SharedTable {
@@ -38,6 +41,16 @@ impl SharedTable {
             table: Arc::new(Mutex::new(table)),
             pool,
             clock: Arc::default(),
+            usage: None,
+        }
+    }
+
+    /// Wraps `table`; applied entries go to `usage` while it is active
+    /// (while this node serves).
+    pub fn with_usage(table: LicenseTable, usage: Option<UsageLog>) -> Self {
+        Self {
+            usage,
+            ..Self::new(table)
         }
     }
 
@@ -86,7 +99,15 @@ impl StateMachine for SharedTable {
             if let Some(stamped) = command.now_ms() {
                 self.clock.observe(stamped, table.config().heartbeat_interval_ms);
             }
+            let pending = self
+                .usage
+                .as_ref()
+                .filter(|u| u.active())
+                .and_then(|_| Pending::of(&command));
             let reply = table.apply_command(index, command);
+            if let (Some(usage), Some(pending)) = (&self.usage, pending) {
+                usage.record(pending, index, &reply, table.pool());
+            }
             (reply, table.pool().clone())
         };
         self.publish(&pool);
@@ -168,6 +189,10 @@ impl Applier for ReplicatedApplier {
 
     fn stamp(&self) -> u64 {
         self.table.stamp()
+    }
+
+    fn usage(&self) -> Option<&UsageLog> {
+        self.table.usage.as_ref()
     }
 }
 
@@ -275,6 +300,71 @@ mod tests {
         );
         assert!(err.to_string().contains("use VIP 192.0.2.100"), "{err}");
         member.shutdown().await;
+    }
+
+    /// The usage log is written by the serving node only: the follower
+    /// applies the same entries and writes nothing.
+    #[test]
+    fn applied_entries_reach_the_usage_log_only_while_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.jsonl");
+        let config = crate::usage::UsageConfig {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            keep: 1,
+        };
+        let (serving, serving_rx) = watch::channel(false);
+        let usage = UsageLog::open(&config, "primary")
+            .unwrap()
+            .while_serving(serving_rx);
+        let mut table = SharedTable::with_usage(LicenseTable::new(TableConfig::default()), Some(usage));
+        let sweep = |now_ms| Command::Sweep { now_ms };
+        let serial = |n: u32| Command::ServerSerial {
+            server: "primary".into(),
+            serial: format!("CV{n}"),
+        };
+        let key = |id: &str| Command::InstallServerKey {
+            now_ms: 1,
+            server: "primary".into(),
+            key: VerifiedKey {
+                key_id: id.into(),
+                issuer: "acme".into(),
+                serial: "CV1".into(),
+                key: Key::permanent("AP", 4),
+            },
+            by: Actor::Operator("alice".into()),
+        };
+        table.apply(1, serial(1)).unwrap();
+        table.apply(2, key("not-serving")).unwrap();
+        serving.send_replace(true);
+        table.apply(3, key("serving")).unwrap();
+        table.apply(4, sweep(2)).unwrap();
+        serving.send_replace(false);
+        table
+            .apply(
+                5,
+                Command::RemoveServerKey {
+                    key_id: "serving".into(),
+                    by: Actor::Operator("alice".into()),
+                },
+            )
+            .unwrap();
+        // Dropping the table drops the last sender: the writer flushes and ends.
+        drop(table);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if !text.is_empty() || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["event"], "key_installed");
+        assert_eq!(lines[0]["key_id"], "serving");
+        assert_eq!(lines[0]["index"], 3);
+        assert_eq!(lines[0]["operator"], "alice");
     }
 
     #[test]

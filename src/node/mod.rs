@@ -78,6 +78,7 @@ use crate::config::{ClusterSection, Config, NodeSection, Role, TlsSection};
 use crate::proto::NodeStatus;
 use crate::server::{now_ms, Applier, Port, Server, StatusHook};
 use crate::table::{LicenseTable, TableConfig};
+use crate::usage::UsageLog;
 
 /// Why a node could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
@@ -406,7 +407,20 @@ pub async fn run(
     // Every member starts from the SPEC's settings: the log (or the
     // snapshot the store holds) sets the pair's, whatever this node's
     // configuration says; see `settings`.
-    let table = SharedTable::new(LicenseTable::new(TableConfig::default()));
+    // Written only while this node serves: see `usage`.
+    let (serving_tx, serving) = watch::channel(false);
+    let usage = match config.usage_config() {
+        Some(usage) => Some(
+            UsageLog::open(&usage, &config.node.name)
+                .map_err(io(format!(
+                    "opening the usage log {} (license.usage_log)",
+                    usage.path.display()
+                )))?
+                .while_serving(serving.clone()),
+        ),
+        None => None,
+    };
+    let table = SharedTable::with_usage(LicenseTable::new(TableConfig::default()), usage);
     // No initial voters: the store was bootstrapped by `vipool init`, or
     // waits for the leader's snapshot (`--rejoin`, a yield).
     let member = Member::start(mcfg, store, table.clone(), &[], Arc::new(transport.clone()))
@@ -446,7 +460,6 @@ pub async fn run(
         table.clone(),
         Some(vip.to_string()),
     ));
-    let (serving_tx, serving) = watch::channel(false);
     let view = Arc::new(Mutex::new(PairView::default()));
     let hook = status_hook(
         &view,

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use super::stamp::Clock;
 use crate::proto::ServerError;
 use crate::table::{Command, CommandError, LicenseTable, Pool, Reply};
+use crate::usage::{Pending, UsageLog};
 
 /// Applies commands to the license table on behalf of the server.
 pub trait Applier: Send + Sync + 'static {
@@ -31,6 +32,12 @@ pub trait Applier: Send + Sync + 'static {
     /// The time to stamp into a command proposed now: the wall clock,
     /// bounded against forward jumps (see [`stamp`](super::stamp)).
     fn stamp(&self) -> u64;
+
+    /// The usage log, if one is written: the server logs there what it
+    /// refuses before proposing (denied acquires).
+    fn usage(&self) -> Option<&UsageLog> {
+        None
+    }
 }
 
 /// A single in-process table: every proposal commits at once. For a
@@ -40,6 +47,7 @@ pub struct LocalApplier {
     table: Mutex<LicenseTable>,
     pool: watch::Sender<Pool>,
     clock: Clock,
+    usage: Option<UsageLog>,
 }
 
 impl LocalApplier {
@@ -50,14 +58,32 @@ impl LocalApplier {
             table: Mutex::new(table),
             pool,
             clock: Clock::new(),
+            usage: None,
+        }
+    }
+
+    /// An applier owning `table` that writes the usage log (it serves
+    /// whenever it runs).
+    pub fn with_usage(table: LicenseTable, usage: UsageLog) -> Self {
+        Self {
+            usage: Some(usage),
+            ..Self::new(table)
         }
     }
 
     fn apply_now(&self, command: Command) -> Result<Reply, CommandError> {
         let mut table = self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let index = table.applied_index() + 1;
+        let pending = self
+            .usage
+            .as_ref()
+            .filter(|u| u.active())
+            .and_then(|_| Pending::of(&command));
         let reply = table.apply_command(index, command);
         let pool = table.pool();
+        if let (Some(usage), Some(pending)) = (&self.usage, pending) {
+            usage.record(pending, index, &reply, pool);
+        }
         self.pool.send_if_modified(|current| {
             if current == pool {
                 false
@@ -92,5 +118,9 @@ impl Applier for LocalApplier {
         // Every stamp is this node's own: nothing to observe.
         let limit = self.read(|t| t.config().heartbeat_interval_ms);
         self.clock.stamp(limit)
+    }
+
+    fn usage(&self) -> Option<&UsageLog> {
+        self.usage.as_ref()
     }
 }

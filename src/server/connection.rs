@@ -341,6 +341,17 @@ impl<A: Applier> Conn<'_, A> {
             Some(who) => who.clone(),
             None => self.claimed_identity(&request),
         };
+        // An acquire refused here is usage too (see `usage`).
+        let acquire = match &request {
+            Request::Acquire {
+                id,
+                license_type,
+                count,
+            } if self.shared.applier.usage().is_some_and(|u| u.active()) => {
+                Some((id.clone(), license_type.clone(), *count))
+            }
+            _ => None,
+        };
         let mapped = {
             // Not held across an await: the context borrows the table's reader.
             let context = RequestContext {
@@ -356,6 +367,14 @@ impl<A: Applier> Conn<'_, A> {
         };
         let command = match mapped {
             Ok(command) => command,
+            Err(ServerError::Refused(e)) => {
+                if let (Some(usage), Some((id, license_type, count))) = (self.shared.applier.usage(), acquire)
+                {
+                    let pool = self.shared.applier.read(|t| t.pool().clone());
+                    usage.denied(now_ms, &id, &license_type, count, &e.to_string(), &pool);
+                }
+                return Err(e.into());
+            }
             Err(ServerError::Denied(e)) => {
                 self.shared.counters.refuse(e.cause());
                 if let Some(suppressed) = self.shared.log.allow(e.cause()) {
