@@ -480,7 +480,15 @@ impl LogStore {
             return Ok(());
         }
         let ops = std::mem::take(&mut self.pending);
-        self.disk.write(&ops)
+        let began = std::time::Instant::now();
+        let written = self.disk.write(&ops);
+        // Every election, vote and append waits for this: a slow disk shows
+        // up as slow leadership changes, and here is where to see it.
+        let took = began.elapsed();
+        if took >= std::time::Duration::from_millis(5) {
+            tracing::debug!(ms = took.as_secs_f64() * 1e3, ops = ops.len(), "slow log flush");
+        }
+        written
     }
 }
 
