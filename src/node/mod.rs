@@ -533,7 +533,11 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_millis(500), advert_out).await;
         hand_over(&member, me, peer, config.cluster.request_timeout()).await;
     };
-    let (left, ()) = tokio::join!(speaker.shutdown(), leaving);
+    // The speaker deletes its virtual-MAC interface only once leadership
+    // is handed over: the kernel does that inside the netlink call, tens of
+    // milliseconds on a busy host during which this single thread would
+    // send nothing, not even the transfer the new master waits for.
+    let left = speaker.shutdown_after(leaving).await;
     match left {
         Ok(counters) => info!(?counters, "VRRP left (priority 0 sent, VIP removed)"),
         Err(e) => warn!(error = %e, "VRRP speaker stopped with an error"),
