@@ -10,7 +10,12 @@
 //! 100 ms), `--failovers N` (the lost-grants loop, default 100),
 //! `--switches N` (simulated switches, default 20), `--probers N` (default
 //! 4), `--tick-ms N` (raft tick, default 10), `--only gap|lost`,
-//! `--verbose` (one line per failover). Needs root and `ip`; keepalived for
+//! `--how graceful|crash` and `--advert-ms N` (the gap cases of one kind
+//! or one advert interval only), `--verbose`
+//! (one line per failover). With `FAILOVER_BENCH_TRACE` set, the worst
+//! prober's attempts across each disruption are printed (what a gap is made
+//! of); with `FAILOVER_BENCH_KEEP_LOGS` set, the nodes' logs are kept after
+//! every run (`VIPOOL_LAB_LOG` sets their filter). Needs root and `ip`; keepalived for
 //! its column. The default run takes about 8 minutes.
 //!
 //! Every case runs in a fresh namespaced lab: the primary (priority 200) and
@@ -120,10 +125,14 @@ struct Opts {
     gap: bool,
     lost: bool,
     verbose: bool,
+    /// The failover kinds of the gap cases (`--how graceful|crash`).
+    kinds: Vec<How>,
+    /// The advert intervals of the gap cases (`--advert-ms N`).
+    adverts: Vec<u32>,
 }
 
 const USAGE: &str =
-    "failover_bench [--runs N] [--failovers N] [--switches N] [--probers N] [--tick-ms N] [--only gap|lost] [--verbose]";
+    "failover_bench [--runs N] [--failovers N] [--switches N] [--probers N] [--tick-ms N] [--only gap|lost] [--how graceful|crash] [--advert-ms N] [--verbose]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut opts = Opts {
@@ -134,6 +143,8 @@ fn parse_args() -> Result<Opts, String> {
         gap: true,
         lost: true,
         verbose: false,
+        kinds: vec![How::Graceful, How::Crash],
+        adverts: vec![1000, 100],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -152,6 +163,14 @@ fn parse_args() -> Result<Opts, String> {
             "--switches" => opts.switches = number()?.max(1),
             "--probers" => opts.probers = number()?.max(1),
             "--tick-ms" => TICK_MS.store(number()?.max(1) as u64, Ordering::Relaxed),
+            "--advert-ms" => opts.adverts = vec![u32::try_from(number()?.max(1)).map_err(|e| e.to_string())?],
+            "--how" => {
+                opts.kinds = match value.as_str() {
+                    "graceful" => vec![How::Graceful],
+                    "crash" => vec![How::Crash],
+                    _ => return Err(format!("--how graceful|crash, not {value}")),
+                }
+            }
             "--only" => match value.as_str() {
                 "gap" => opts.lost = false,
                 "lost" => opts.gap = false,
@@ -481,6 +500,15 @@ struct Probe {
     why: Vec<String>,
     /// A refusal by the table itself (the pool ran dry): a setup problem.
     refused: Option<String>,
+    /// With `FAILOVER_BENCH_TRACE` set: what each attempt ended in, and when.
+    trace: Vec<(Instant, String)>,
+}
+
+/// `FAILOVER_BENCH_TRACE=1`: print the worst prober's attempts across each
+/// disruption (connect, handshake, register, refusals), to see where a gap
+/// goes.
+fn tracing_on() -> bool {
+    std::env::var_os("FAILOVER_BENCH_TRACE").is_some()
 }
 
 /// Draws one AP at a time through the VIP until `stop`, then until the next
@@ -502,6 +530,14 @@ fn prober(
             let mut registered = false;
             let mut settled = true; // nothing in flight
             let mut stop_deadline = None;
+            let trace = tracing_on();
+            let note = |probe: &mut Probe, began: Instant, what: String| {
+                if trace {
+                    probe
+                        .trace
+                        .push((began, format!("{what} ({:.1} ms)", ms(began.elapsed()))));
+                }
+            };
             loop {
                 if stop.load(Ordering::SeqCst) {
                     let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + WAIT);
@@ -516,9 +552,14 @@ fn prober(
                             connect_timeout: CONNECT_TIMEOUT,
                             handshake_timeout: HANDSHAKE_TIMEOUT,
                         };
+                        let began = Instant::now();
                         match Connection::connect_with((VIP, CLIENT_PORT), Some(&tls), &options).await {
-                            Ok(c) => c,
-                            _ => {
+                            Ok(c) => {
+                                note(&mut probe, began, "connected".into());
+                                c
+                            }
+                            Err(e) => {
+                                note(&mut probe, began, format!("connect: {e}"));
                                 tokio::time::sleep(Duration::from_millis(2)).await;
                                 continue;
                             }
@@ -526,15 +567,28 @@ fn prober(
                     }
                 };
                 if !registered {
+                    let began = Instant::now();
                     let register = c.register(&id, "PROBE", "1", SwitchReport::default());
-                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), register).await {
-                        registered = true;
-                        conn = Some(c);
+                    match tokio::time::timeout(Duration::from_secs(2), register).await {
+                        Ok(Ok(_)) => {
+                            note(&mut probe, began, "registered".into());
+                            registered = true;
+                            conn = Some(c);
+                        }
+                        Ok(Err(e)) => note(&mut probe, began, format!("register: {e}")),
+                        Err(_) => note(&mut probe, began, "register: no answer".into()),
                     }
                     continue;
                 }
                 settled = false;
-                match tokio::time::timeout(REQUEST_TIMEOUT, c.acquire(&id, &ap(), 1)).await {
+                let began = Instant::now();
+                let acquired = tokio::time::timeout(REQUEST_TIMEOUT, c.acquire(&id, &ap(), 1)).await;
+                match &acquired {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => note(&mut probe, began, format!("acquire: {e}")),
+                    Err(_) => note(&mut probe, began, "acquire: no answer".into()),
+                }
+                match acquired {
                     Ok(Ok((client, _))) => {
                         probe.acks.push(Instant::now());
                         probe.last_used = client.used_of(&ap());
@@ -695,6 +749,56 @@ fn probed(
         m.uncertain_applied += table.saturating_sub(acked.max(u64::from(p.last_used)));
         if lost > 0 || table > acked + p.uncertain {
             m.notes.push(format!("{}: uncertain outcomes: {:?}", p.id, p.why));
+        }
+    }
+    if tracing_on() {
+        // The prober whose gap was the longest: its attempts from the
+        // disruption to the acknowledgement that ended the gap.
+        let gap_of = |p: &Probe| {
+            p.acks
+                .windows(2)
+                .filter(|w| w[1] > t0)
+                .map(|w| w[1] - w[0])
+                .max()
+                .unwrap_or_default()
+        };
+        if let Some(p) = probes.iter().max_by_key(|p| gap_of(p)) {
+            println!(
+                "    trace of {} (gap {:.1} ms, ms from the disruption):",
+                p.id,
+                ms(gap_of(p))
+            );
+            let end = t0 + m.served_again;
+            let rel = |at: Instant| if at >= t0 { ms(at - t0) } else { -ms(t0 - at) };
+            // Runs of the same failure are one line: "x N until".
+            let mut run: Option<(Instant, Instant, &str, usize)> = None;
+            let same = |a: &str, b: &str| a.split(" (").next() == b.split(" (").next();
+            let flush = |run: &Option<(Instant, Instant, &str, usize)>| {
+                if let Some((first, last, what, n)) = run {
+                    if *n == 1 {
+                        println!("      {:8.1} {what}", rel(*first));
+                    } else {
+                        println!("      {:8.1} {what} x{n} until {:.1}", rel(*first), rel(*last));
+                    }
+                }
+            };
+            for (at, what) in p
+                .trace
+                .iter()
+                .filter(|(at, _)| *at + Duration::from_millis(300) > t0 && *at <= end)
+            {
+                match &mut run {
+                    Some((_, last, w, n)) if same(w, what) => {
+                        *last = *at;
+                        *n += 1;
+                    }
+                    _ => {
+                        flush(&run);
+                        run = Some((*at, *at, what, 1));
+                    }
+                }
+            }
+            flush(&run);
         }
     }
     let pool = &dump.pool[&ap()];
@@ -1000,6 +1104,9 @@ fn gap_case(advert_ms: u32, how: How, runs: usize, opts: &Opts, keepalived: bool
         let tag = format!("{advert_ms}{}{i}", if how == How::Crash { "c" } else { "g" });
         match round(p, how, i as f64 / runs as f64, advert_ms, opts.probers, &tag) {
             Ok(r) => {
+                if std::env::var_os("FAILOVER_BENCH_KEEP_LOGS").is_some() {
+                    println!("  run {i}: logs kept in {}", p.keep_logs());
+                }
                 if opts.verbose {
                     println!("  run {i}: {}", r.describe());
                 }
@@ -1193,9 +1300,9 @@ fn main() {
              {} probers); times from the failure, median/min/max",
             opts.switches, opts.probers
         );
-        for advert_ms in [1000u32, 100] {
+        for &advert_ms in &opts.adverts {
             let runs = opts.runs.unwrap_or(if advert_ms == 1000 { 3 } else { 5 });
-            for how in [How::Graceful, How::Crash] {
+            for &how in &opts.kinds {
                 gap_case(advert_ms, how, runs, &opts, keepalived);
             }
         }

@@ -28,6 +28,9 @@ struct Harness {
     operator_addr: SocketAddr,
     applier: Arc<LocalApplier>,
     serving: watch::Sender<bool>,
+    /// The node's word that it holds the VIP and will serve soon.
+    soon: watch::Sender<bool>,
+    server: Arc<Server<LocalApplier>>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -65,6 +68,7 @@ impl Harness {
         let operator = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
         let operator_addr = operator.local_addr().unwrap();
         let (serving, serving_rx) = watch::channel(true);
+        let (soon, soon_rx) = watch::channel(false);
         let shutdown = CancellationToken::new();
         let config = ServerConfig {
             node: "test".into(),
@@ -72,9 +76,13 @@ impl Harness {
             trusted: trusted(),
             ..ServerConfig::default()
         };
-        let server = Server::new(Arc::clone(&applier), config, serving_rx, shutdown.clone());
+        let server = Arc::new(
+            Server::new(Arc::clone(&applier), config, serving_rx, shutdown.clone())
+                .with_serving_soon(soon_rx),
+        );
+        let running = Arc::clone(&server);
         let task = tokio::spawn(async move {
-            server
+            running
                 .run_on(vec![(listener, Port::Client), (operator, Port::Operator)])
                 .await
         });
@@ -83,6 +91,8 @@ impl Harness {
             operator_addr,
             applier,
             serving,
+            soon,
+            server,
             shutdown,
             task,
         }
@@ -369,6 +379,75 @@ async fn not_the_license_server_off_the_vip_or_without_it() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn a_vip_holder_about_to_serve_holds_requests_until_it_does() {
+    // A new VIP holder whose leadership is on its way: a request waits for
+    // serving instead of a refusal that would only make the client
+    // reconnect (a full TLS handshake each time) to this same node.
+    let h = Harness::start(Some(LOOPBACK)).await;
+    h.serving.send(false).unwrap();
+    h.soon.send(true).unwrap();
+    let mut conn = h.connect().await;
+    let register = tokio::spawn(async move {
+        let r = conn.register("sw1", "SN1", "v", SwitchReport::default()).await;
+        (r, conn)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!register.is_finished(), "answered before the node served");
+    h.serving.send(true).unwrap();
+    let (registered, mut conn) = tokio::time::timeout(WAIT, register).await.unwrap().unwrap();
+    registered.expect("held, then served");
+    conn.acquire("sw1", &ap(), 1).await.expect("served");
+
+    // Leadership is no longer coming (a refused takeover, a stop): the
+    // request waiting is refused then, and new ones at once.
+    h.serving.send(false).unwrap();
+    let mut conn = h.connect().await;
+    let before = h.state();
+    let acquire = tokio::spawn(async move { conn.acquire("sw1", &ap(), 1).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!acquire.is_finished(), "refused while the node said soon");
+    h.soon.send(false).unwrap();
+    let refused = tokio::time::timeout(WAIT, acquire).await.unwrap().unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Server(ServerError::NotLicenseServer { .. }))
+        ),
+        "{refused:?}"
+    );
+    let mut late = h.connect().await;
+    let quick = tokio::time::timeout(Duration::from_millis(500), late.acquire("sw1", &ap(), 1)).await;
+    assert!(
+        matches!(
+            quick,
+            Ok(Err(ClientError::Server(ServerError::NotLicenseServer { .. })))
+        ),
+        "{quick:?}"
+    );
+    assert_eq!(h.state(), before);
+    h.stop().await;
+
+    // Off the VIP nothing is held, soon or not: that node is never the server there.
+    let h = Harness::start(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))).await;
+    h.serving.send(false).unwrap();
+    h.soon.send(true).unwrap();
+    let mut conn = h.connect().await;
+    let quick = tokio::time::timeout(
+        Duration::from_millis(500),
+        conn.register("sw1", "SN1", "v", SwitchReport::default()),
+    )
+    .await;
+    assert!(
+        matches!(
+            quick,
+            Ok(Err(ClientError::Server(ServerError::NotLicenseServer { .. })))
+        ),
+        "{quick:?}"
+    );
+    h.stop().await;
+}
+
 fn err_text<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
     result.unwrap_err().to_string()
 }
@@ -608,6 +687,43 @@ async fn stop_accepting_refuses_new_connections_and_keeps_open_ones() {
 
     shutdown.cancel();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn stop_accepting_closes_client_connections_while_the_vip_is_here() {
+    // A node giving its VIP away waits for its client connections to close
+    // first: one still open when the VIP leaves loses the client's next
+    // request until a TCP retransmission, 200 ms or more later.
+    let h = Harness::start(None).await;
+    let mut conn = h.connect().await;
+    conn.register("sw1", "SN1", "v", SwitchReport::default())
+        .await
+        .unwrap();
+    let mut operator = h.operator().await;
+    operator.show().await.unwrap();
+    assert_eq!(h.server.client_connections(), 1);
+    h.server.stop_accepting();
+    let closed = tokio::time::timeout(WAIT, conn.next_push()).await.unwrap();
+    assert!(
+        matches!(closed, Err(ClientError::Closed) | Err(ClientError::Io(_))),
+        "{closed:?}"
+    );
+    assert!(
+        tokio::time::timeout(WAIT, async {
+            while h.server.client_connections() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok(),
+        "client connections still counted"
+    );
+    // The operator's connection goes on.
+    operator
+        .show()
+        .await
+        .expect("an operator connection is still answered");
+    h.stop().await;
 }
 
 /// Over the wire: a key that does not verify, a request for another

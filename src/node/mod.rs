@@ -460,6 +460,7 @@ pub async fn run(
         table.clone(),
         Some(vip.to_string()),
     ));
+    let (soon_tx, soon) = watch::channel(false);
     let view = Arc::new(Mutex::new(PairView::default()));
     let hook = status_hook(
         &view,
@@ -477,13 +478,16 @@ pub async fn run(
         source: std::io::Error::other(e),
     })?);
     server_config.trusted = trusted;
-    let server = Arc::new(Server::with_status_hook(
-        Arc::clone(&applier),
-        server_config,
-        serving,
-        server_shutdown.clone(),
-        hook,
-    ));
+    let server = Arc::new(
+        Server::with_status_hook(
+            Arc::clone(&applier),
+            server_config,
+            serving,
+            server_shutdown.clone(),
+            hook,
+        )
+        .with_serving_soon(soon),
+    );
     info!(
         node = %config.node.name, id = me, peer, %vip, raft = %transport.local_addr(),
         client = %client_addr, operator = %operator_addr,
@@ -516,6 +520,8 @@ pub async fn run(
         applier,
         config: config.clone(),
         serving: serving_tx,
+        soon: soon_tx,
+        role: None,
         view,
         peer_left: None,
         last_refusal: None,
@@ -577,9 +583,12 @@ pub async fn run(
     server.stop_accepting();
     // Requests in flight are answered (they commit, this node still leads)
     // before the VIP leaves: after that, their answers could not reach the
-    // clients. New requests are refused from now on, so this ends.
+    // clients. New requests are refused from now on, so this ends. And the
+    // client connections close while the VIP is still here: a request sent
+    // on one as the VIP leaves would be lost until a TCP retransmission
+    // (see `Server::client_connections`).
     let drain = Instant::now() + config.cluster.request_timeout().min(Duration::from_secs(1));
-    while server.in_flight() > 0 && Instant::now() < drain {
+    while (server.in_flight() > 0 || server.client_connections() > 0) && Instant::now() < drain {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     member.set_preferred_leader(Some(peer)).await;
@@ -603,7 +612,11 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_millis(500), advert_out).await;
         hand_over(&member, me, peer, config.cluster.request_timeout()).await;
     };
-    let (left, ()) = tokio::join!(speaker.shutdown(), leaving);
+    // The speaker deletes its virtual-MAC interface only once leadership
+    // is handed over: the kernel does that inside the netlink call, tens of
+    // milliseconds on a busy host during which this single thread would
+    // send nothing, not even the transfer the new master waits for.
+    let left = speaker.shutdown_after(leaving).await;
     match left {
         Ok(counters) => info!(?counters, "VRRP left (priority 0 sent, VIP removed)"),
         Err(e) => warn!(error = %e, "VRRP speaker stopped with an error"),
@@ -669,6 +682,11 @@ struct Glue {
     applier: Arc<ReplicatedApplier>,
     config: Config,
     serving: watch::Sender<bool>,
+    /// VRRP master, not serving yet, leadership on its way: the server
+    /// holds requests to the VIP until it serves instead of refusing them.
+    soon: watch::Sender<bool>,
+    /// The raft role last seen (logged when it changes).
+    role: Option<StateRole>,
     view: Arc<Mutex<PairView>>,
     /// Why this node became master, when VRRP says the peer is gone: its
     /// evidence, kept until the takeover is done.
@@ -820,6 +838,7 @@ impl Glue {
                 }
                 r = speaker.stopped() => {
                     self.set_serving(false, "the VRRP speaker stopped");
+                    self.soon.send_replace(false);
                     let source = match r {
                         Ok(_) => std::io::Error::other("stopped by itself"),
                         Err(e) => e,
@@ -840,6 +859,8 @@ impl Glue {
                 speaker.set_priority(priority).await;
             }
         }
+        // Stopping: nothing is coming any more.
+        self.soon.send_replace(false);
         Ok((self.serving, speaker))
     }
 
@@ -881,6 +902,7 @@ impl Glue {
     async fn step(&mut self, vrrp: &vrrp::sys::Status) -> Result<Option<u8>, NodeError> {
         let Ok(raft) = self.member.status().await else {
             self.set_serving(false, "the cluster member stopped");
+            self.soon.send_replace(false);
             let why = self.member.failure().unwrap_or_else(|| "member stopped".into());
             return Err(NodeError::MemberStopped(why));
         };
@@ -988,6 +1010,10 @@ impl Glue {
             new_priority = Some(want);
         }
 
+        if self.role != Some(raft.role) {
+            debug!(role = ?raft.role, leader = ?raft.leader, vrrp = %vrrp.state, "raft role");
+            self.role = Some(raft.role);
+        }
         let serve = master && raft.role == StateRole::Leader;
         let why_not = if master {
             "not the raft leader"
@@ -996,6 +1022,11 @@ impl Glue {
         };
         self.set_serving(serve, why_not);
         self.settings.step(serve, raft.in_sync, &self.applier, &self.log);
+        // Leadership is on its way to this master (a handover, a takeover,
+        // an election), unless its takeover was refused: then a refusal
+        // tells clients more than a wait.
+        let soon = master && !serve && voter && self.last_refusal.is_none();
+        self.soon.send_if_modified(|s| std::mem::replace(s, soon) != soon);
         // Both servers' keys belong in the pool, whichever leads: the VIP
         // holder proposes its own changes, the other server submits its
         // own to the leader (forwarded by raft).

@@ -95,6 +95,9 @@ async fn serve<A: Applier>(
     port: Port,
 ) {
     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+    if port == Port::Client {
+        shared.counters.client_connections.fetch_add(1, Ordering::Relaxed);
+    }
     let mut conn = Conn {
         shared: &shared,
         peer,
@@ -111,6 +114,9 @@ async fn serve<A: Applier>(
     }
     debug!(%peer, reason, "connection closed");
     shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+    if port == Port::Client {
+        shared.counters.client_connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Conn<'a, A> {
@@ -241,17 +247,27 @@ impl<A: Applier> Conn<'_, A> {
                         framed.read_pending(std::time::Duration::from_millis(1)).await;
                     }
                 }
+                // The node stops (see `Server::stop_accepting`): as when it
+                // loses the VIP, and also for a connection whose handshake
+                // ended after serving did (no change of `serving` to see).
+                () = self.shared.stop_accepting.cancelled(), if self.port == Port::Client && !lost_vip => {
+                    lost_vip = true;
+                    framed.read_pending(std::time::Duration::from_millis(1)).await;
+                }
                 () = self.shared.shutdown.cancelled() => return "shutdown",
             }
         }
     }
 
     /// Whether license requests may be answered on this connection.
-    fn gate(&self) -> Result<(), ServerError> {
+    async fn gate(&self) -> Result<(), ServerError> {
         let vip = self.shared.config.vip;
         let not_server = || ServerError::NotLicenseServer {
             vip: vip.map(|v| v.to_string()),
         };
+        if !*self.shared.serving.borrow() && vip.is_some() && self.local.map(|l| l.ip()) == vip {
+            self.await_serving().await;
+        }
         if !*self.shared.serving.borrow() {
             return Err(not_server());
         }
@@ -259,6 +275,30 @@ impl<A: Applier> Conn<'_, A> {
             (Some(vip), Some(local)) if local.ip() != vip => Err(not_server()),
             (Some(_), None) => Err(not_server()),
             _ => Ok(()),
+        }
+    }
+
+    /// A request to the VIP of a node that holds it but does not serve yet
+    /// (leadership is on its way, see [`super::Server::with_serving_soon`])
+    /// waits for serving, up to [`super::HOLD_FOR_SERVING`], instead of
+    /// being refused. A refusal only makes the client reconnect to the same
+    /// VIP, that is to this node, in a loop: with TLS every new connection
+    /// is a full handshake (the new holder cannot resume the old one's
+    /// tickets), and on the node's single thread a herd of them delays the
+    /// very leadership transfer that would let it serve.
+    async fn await_serving(&self) {
+        let mut soon = self.shared.soon.clone();
+        if !*soon.borrow_and_update() {
+            return;
+        }
+        let mut serving = self.shared.serving.clone();
+        tokio::select! {
+            _ = serving.wait_for(|s| *s) => {}
+            _ = soon.wait_for(|s| !*s) => {}
+            () = tokio::time::sleep(super::HOLD_FOR_SERVING) => {}
+            // A node that stops refuses at once: its drain waits for us.
+            () = self.shared.stop_accepting.cancelled() => {}
+            () = self.shared.shutdown.cancelled() => {}
         }
     }
 
@@ -335,7 +375,7 @@ impl<A: Applier> Conn<'_, A> {
                 });
             }
         } else {
-            self.gate()?;
+            self.gate().await?;
         }
         let who = match &self.who {
             Some(who) => who.clone(),

@@ -119,6 +119,8 @@ pub enum Port {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) connections: AtomicU64,
+    /// Of which on the client port.
+    pub(crate) client_connections: AtomicU64,
     /// Requests read and not answered yet.
     pub(crate) in_flight: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
@@ -177,6 +179,12 @@ impl Counters {
     }
 }
 
+/// The longest a license request waits for a node that holds the VIP to
+/// serve (see [`Server::with_serving_soon`]): well beyond a graceful
+/// handover or a takeover (tens of milliseconds), short enough that a
+/// client whose own deadline is longer still hears a refusal it can act on.
+pub const HOLD_FOR_SERVING: Duration = Duration::from_secs(1);
+
 /// Fills in the parts of a node's status the server does not know itself
 /// (VRRP state, raft role, term, commit index), for a node that has them.
 pub type StatusHook = Arc<dyn Fn(&mut NodeStatus) + Send + Sync>;
@@ -186,6 +194,9 @@ pub(crate) struct Shared<A> {
     pub(crate) applier: Arc<A>,
     pub(crate) config: ServerConfig,
     pub(crate) serving: watch::Receiver<bool>,
+    /// This node holds the VIP and its leadership is on its way: license
+    /// requests wait for serving rather than being refused.
+    pub(crate) soon: watch::Receiver<bool>,
     pub(crate) counters: Counters,
     pub(crate) shutdown: CancellationToken,
     /// Cancelled by [`Server::stop_accepting`]: the listeners close, the
@@ -316,6 +327,8 @@ impl<A: Applier> Server<A> {
             seen: crate::license::SeenSignatures::default(),
             config,
             serving,
+            // Never soon unless the node says so (`with_serving_soon`).
+            soon: watch::channel(false).1,
             counters: Counters::default(),
             shutdown,
             stop_accepting: CancellationToken::new(),
@@ -344,17 +357,32 @@ impl<A: Applier> Server<A> {
         server
     }
 
+    /// A server that, while `soon` is true and it does not serve yet,
+    /// holds license requests to the VIP (up to [`HOLD_FOR_SERVING`])
+    /// until it serves, instead of refusing them: the pair daemon sets it
+    /// while it is VRRP master and raft leadership is on its way (a
+    /// graceful handover, a takeover, a handback).
+    #[must_use]
+    pub fn with_serving_soon(mut self, soon: watch::Receiver<bool>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.soon = soon;
+        }
+        self
+    }
+
     /// This node's status.
     pub fn status(&self) -> NodeStatus {
         self.shared.status()
     }
 
     /// Closes the listeners: new connections are refused by the kernel at
-    /// once (a reset), the open ones go on until shutdown. A node that gives
-    /// its VIP away gracefully calls it first, so that no client connects to
-    /// it in the last milliseconds and loses its packets when the VIP moves
-    /// (a TCP retransmission later, ~200 ms; the virtual MAC's port in the
-    /// switch flips back to this node when it answers after the move).
+    /// once (a reset); client connections answer what they have received
+    /// and close (see [`Server::client_connections`]), operator ones go on
+    /// until shutdown. A node that gives its VIP away gracefully calls it
+    /// first, so that no client connects to it in the last milliseconds and
+    /// loses its packets when the VIP moves (a TCP retransmission later,
+    /// ~200 ms; the virtual MAC's port in the switch flips back to this
+    /// node when it answers after the move).
     pub fn stop_accepting(&self) {
         self.shared.stop_accepting.cancel();
     }
@@ -368,6 +396,18 @@ impl<A: Applier> Server<A> {
     /// A node that stops serving waits for them before it lets the VIP go.
     pub fn in_flight(&self) -> u64 {
         self.shared.counters.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Connections open on the client port. A node that gives its VIP away
+    /// waits for them to close first: a client that got an answer sends its
+    /// next request at once on the same connection, and if that connection
+    /// is still open when the VIP leaves, the request is lost with the
+    /// address (the reset that a closed socket would send goes nowhere) and
+    /// the client only learns on its TCP retransmission, 200 ms or more
+    /// later. Closed while the VIP is still here, the socket resets it at
+    /// once and the client reconnects.
+    pub fn client_connections(&self) -> u64 {
+        self.shared.counters.client_connections.load(Ordering::Relaxed)
     }
 
     /// Serves `listener` until the shutdown token is cancelled, then waits

@@ -499,8 +499,14 @@ impl LogStore {
         let ops = std::mem::take(&mut self.pending);
         let started = std::time::Instant::now();
         let written = self.disk.write(&ops);
+        // Every election, vote and append waits for this: a slow disk shows
+        // up as slow leadership changes, and here is where to see it.
+        let took = started.elapsed();
+        if took >= std::time::Duration::from_millis(5) {
+            tracing::debug!(ms = took.as_secs_f64() * 1e3, ops = ops.len(), "slow log flush");
+        }
         if written.is_ok() {
-            self.flush_times.record(started.elapsed());
+            self.flush_times.record(took);
         }
         written
     }

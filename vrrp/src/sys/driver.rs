@@ -165,6 +165,8 @@ pub struct Speaker {
     status: watch::Receiver<Status>,
     transitions: broadcast::Sender<Transition>,
     cancel: CancellationToken,
+    /// Lets the stopped driver delete its interface and restore sysctls.
+    tidy: CancellationToken,
     task: JoinHandle<io::Result<Counters>>,
 }
 
@@ -244,6 +246,7 @@ impl Speaker {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (claims_tx, claims_rx) = watch::channel(None);
         let cancel = CancellationToken::new();
+        let tidy = CancellationToken::new();
         let driver = Driver {
             instance,
             socket,
@@ -260,13 +263,14 @@ impl Speaker {
             transitions: transitions.clone(),
             warned: WarnLimit::default(),
         };
-        let task = tokio::spawn(driver.run(cmd_rx, claims_rx, cancel.clone()));
+        let task = tokio::spawn(driver.run(cmd_rx, claims_rx, cancel.clone(), tidy.clone()));
         Ok(Speaker {
             commands: cmd_tx,
             claims: PeerClaims { tx: claims_tx },
             status: status_rx,
             transitions,
             cancel,
+            tidy,
             task,
         })
     }
@@ -300,6 +304,29 @@ impl Speaker {
     /// The error that stopped the driver, if any.
     pub async fn shutdown(self) -> io::Result<Counters> {
         self.cancel.cancel();
+        self.tidy.cancel();
+        self.task.await.map_err(io::Error::other)?
+    }
+
+    /// Stops the instance as [`Speaker::shutdown`] does, but tidies up
+    /// (deletes the virtual-MAC interface, restores the sysctls) only once
+    /// `first` is done; the priority-0 advert and the removal of the
+    /// virtual addresses do not wait (the status says `Initialize` once
+    /// they are done). The kernel deletes a link inside the netlink call
+    /// and waits for RCU grace periods there: tens of milliseconds on a
+    /// busy host during which a single-threaded caller runs nothing else.
+    /// A caller with urgent work right after the advert (handing raft
+    /// leadership to the new master) passes it as `first`.
+    ///
+    /// # Errors
+    /// The error that stopped the driver, if any.
+    pub async fn shutdown_after(self, first: impl std::future::Future<Output = ()>) -> io::Result<Counters> {
+        self.cancel.cancel();
+        {
+            // Dropped half-way, this future still lets the driver tidy up.
+            let _tidy = self.tidy.clone().drop_guard();
+            first.await;
+        }
         self.task.await.map_err(io::Error::other)?
     }
 
@@ -375,6 +402,7 @@ impl Driver {
         commands: mpsc::Receiver<Command>,
         claims: watch::Receiver<Option<PeerClaim>>,
         cancel: CancellationToken,
+        tidy: CancellationToken,
     ) -> io::Result<Counters> {
         let result = self.serve(commands, claims, cancel).await;
         if let Err(e) = &result {
@@ -384,12 +412,22 @@ impl Driver {
         // were master, VIPs removed, the link and sysctls as we found them.
         self.instance.shutdown(Instant::now());
         let left = self.drain().await;
+        if result.is_ok() {
+            // Stopped by `shutdown`: the owner may want the thread first
+            // (see `Speaker::shutdown_after`). After a failure nobody waits.
+            tidy.cancelled().await;
+        }
+        let began = Instant::now();
         if let Some(index) = self.created_link {
             if let Err(e) = self.netlink.delete_link(index).await {
                 warn!(error = %e, "virtual MAC interface not deleted");
             }
         }
         self.sysctls.restore();
+        debug!(
+            ms = began.elapsed().as_secs_f64() * 1e3,
+            "left: interface deleted, sysctls restored"
+        );
         result.and(left).map(|()| self.instance.counters().clone())
     }
 
