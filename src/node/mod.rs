@@ -554,19 +554,19 @@ pub async fn run(
         Ok(Err(e)) => {
             error!(error = %e, "stopping on failure");
             notifier.notify(notify::Event::Fault, None, Some(&e.to_string()));
-            notifier.finish(hook_wait).await;
             server_shutdown.cancel();
             let _ = server_task.await;
             member.shutdown().await;
             transport.shutdown();
+            notifier.finish(hook_wait).await;
             return Err(e);
         }
         Err(e) => {
             notifier.notify(notify::Event::Fault, None, Some("the node's glue task failed"));
-            notifier.finish(hook_wait).await;
             server_shutdown.cancel();
             member.shutdown().await;
             transport.shutdown();
+            notifier.finish(hook_wait).await;
             return Err(NodeError::Io {
                 what: "glue task".into(),
                 source: std::io::Error::other(e),
