@@ -409,3 +409,50 @@ fn check_config_verifies_every_license_key_naming_its_file_and_line() {
     // --syntax-only does not read them.
     assert!(check_with(&config, &["--syntax-only"]).status.success());
 }
+
+#[test]
+fn check_config_refuses_a_notify_script_that_is_missing_or_unsafe() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let p = pki.to_str().unwrap();
+    assert!(vipool(&["pki", "init", "--dir", p, "--cluster-id", "1"])
+        .status
+        .success());
+    assert!(vipool(&["pki", "member", "--dir", p, "--name", "primary"])
+        .status
+        .success());
+    let license = dir.path().join("license");
+    std::fs::create_dir(&license).unwrap();
+    license_files(&license, &[]);
+    let base = primary_with_pki(&pki, &license, "notify");
+    let script = dir.path().join("notify.sh");
+    let config = scratch(
+        "notify-on",
+        &format!(
+            "{}\n[notify]\nserving = \"{}\"\n",
+            std::fs::read_to_string(&base).unwrap(),
+            script.display()
+        ),
+    );
+    let refused = |why: &str| {
+        let out = check_with(&config, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("notify.serving") && err.contains(why), "{err}");
+    };
+    refused("cannot be read");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused(&format!("chmod 755 {}", script.display()));
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&format!("chmod o-w {}", script.display()));
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = check_with(&config, &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        shown.contains("[notify]") && shown.contains("timeout_ms = 5000"),
+        "{shown}"
+    );
+}

@@ -1,7 +1,8 @@
 //! `vipool check-config FILE`: load and validate a node or witness
 //! configuration and the files it names (the TLS files; on a server the
-//! trusted issuers and its key files, every key verified: issuer trusted,
-//! signature, bound to `node.serial`, not expired), then print it with
+//! `[notify]` scripts, and the trusted issuers and its key files, every
+//! key verified: issuer trusted, signature, bound to `node.serial`, not
+//! expired), then print it with
 //! every default filled in (like `keepalived -t`). Exits 0 when the node
 //! could start with it; otherwise prints every problem, each naming its
 //! field or file (and line), and exits non-zero.
@@ -64,6 +65,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         if let AnyConfig::Server(server) = &config {
+            if let Err(problems) = server.notify.check_files() {
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                eprintln!("{path}: configuration refused:\n{}", lines.join("\n"));
+                std::process::exit(1);
+            }
             match license_keys(server) {
                 Ok(mut notes) => warnings.append(&mut notes),
                 Err(problems) => {

@@ -57,11 +57,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod notify;
 mod sections;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use notify::*;
 pub use sections::*;
 use validate::*;
 
@@ -91,6 +93,9 @@ pub struct Config {
     /// The metrics endpoint and status page (off unless `listen` is set).
     #[serde(default, skip_serializing_if = "MetricsSection::is_off")]
     pub metrics: MetricsSection,
+    /// Scripts run on state changes (none unless configured).
+    #[serde(default, skip_serializing_if = "NotifySection::is_off")]
+    pub notify: NotifySection,
 }
 
 /// The configuration of a witness: a vote-only third raft member. It has

@@ -887,3 +887,56 @@ fn the_usage_log_needs_an_absolute_path_in_a_directory_that_exists() {
     let e = check(ok.to_str().unwrap(), 100);
     assert!(e.contains("license.usage_log_max_bytes"), "{e}");
 }
+
+#[test]
+fn notify_scripts_are_optional_and_checked_in_the_file_and_on_the_host() {
+    use std::os::unix::fs::PermissionsExt;
+    let off: Config = PRIMARY.parse().unwrap();
+    assert!(off.notify.is_off());
+    assert_eq!(off.notify.timeout_ms, DEFAULT_NOTIFY_TIMEOUT_MS);
+    assert!(!toml::to_string(&off).unwrap().contains("[notify]"));
+    assert_eq!(off.notify.check_files(), Ok(()));
+
+    let with = |lines: &str| format!("{PRIMARY}\n[notify]\n{lines}\n");
+    let on: Config = with("master = \"/etc/vipool/master.sh\"").parse().unwrap();
+    let printed = toml::to_string(&on).unwrap();
+    assert!(
+        printed.contains("[notify]\nmaster = \"/etc/vipool/master.sh\"\ntimeout_ms = 5000"),
+        "{printed}"
+    );
+    let found = problems(&with("serving = \"notify.sh\"\ntimeout_ms = 10"));
+    assert!(
+        found
+            .iter()
+            .any(|p| p.field == "notify.serving" && p.message.contains("absolute")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|p| p.field == "notify.timeout_ms"), "{found:?}");
+    assert!(with("fail = \"/x\"").parse::<Config>().is_err());
+
+    // On the host: exists, executable, not world-writable.
+    let dir = tempfile::tempdir().unwrap();
+    let script = |name: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let good = script("good.sh", 0o755);
+    let section = |path: &std::path::Path| NotifySection {
+        backup: Some(path.to_owned()),
+        ..NotifySection::default()
+    };
+    assert_eq!(section(&good).check_files(), Ok(()));
+    let refused = |path: &std::path::Path, why: &str| {
+        let found = section(path).check_files().unwrap_err();
+        assert!(
+            found.len() == 1 && found[0].field == "notify.backup" && found[0].message.contains(why),
+            "{found:?}"
+        );
+    };
+    refused(&dir.path().join("missing.sh"), "cannot be read");
+    refused(dir.path(), "not a regular file");
+    refused(&script("plain.sh", 0o644), "chmod 755");
+    refused(&script("open.sh", 0o777), "chmod o-w");
+}

@@ -39,6 +39,7 @@ impl Config {
         self.check_license(&mut report);
         self.check_ports(&mut report);
         self.check_metrics(&mut report);
+        self.notify.check(&mut report);
         report.finish()
     }
 

@@ -51,6 +51,7 @@ pub mod applier;
 mod beacon;
 mod keys;
 mod notify;
+mod sd_notify;
 mod settings;
 pub mod store;
 mod witness;
@@ -135,6 +136,10 @@ pub enum NodeError {
     /// The trusted issuers or this server's key files cannot be used.
     #[error("license keys: {0}")]
     Keys(crate::config::ConfigError),
+    /// A `[notify]` script cannot be used (missing, not executable,
+    /// writable by every user).
+    #[error("notify scripts: {0}")]
+    Notify(crate::config::ConfigError),
 }
 
 /// A refused store, named once: most store errors name the file themselves.
@@ -382,6 +387,11 @@ pub async fn run(
     // Before anything starts: a server whose keys cannot be verified would
     // serve a pool it cannot prove.
     let (trusted, own_keys) = config.load_server_keys().map_err(NodeError::Keys)?;
+    // A script the node would run as its own user must be safe to run.
+    config
+        .notify
+        .check_files()
+        .map_err(|p| NodeError::Notify(crate::config::ConfigError::Invalid(p)))?;
     for entry in own_keys.iter().filter(|e| !e.counts_at(now_ms())) {
         warn!(
             key_id = %entry.key.key_id, file = %entry.path.display(), line = entry.line,
@@ -498,7 +508,7 @@ pub async fn run(
         let source = metrics_source(&config, &server, &view, &flush_times, &failovers, peer_address);
         tokio::spawn(crate::metrics::serve(listener, source, server_shutdown.clone()));
     }
-    notify::notify(notify::READY);
+    sd_notify::notify(sd_notify::READY);
     let running = Arc::clone(&server);
     let server_task = tokio::spawn(async move {
         running
@@ -509,6 +519,8 @@ pub async fn run(
             .await
     });
 
+    let notifier = notify::Notifier::start(&config.notify, &config.node.name, &vip.to_string());
+    notify::announce(&config.notify);
     let glue_stop = CancellationToken::new();
     let glue = Glue {
         me,
@@ -539,6 +551,7 @@ pub async fn run(
         peer_served_at: None,
         heard: (0, 0),
         became_master: None,
+        notifier: notifier.clone(),
     };
     let mut glue_task = tokio::spawn(glue.run(speaker, glue_stop.clone()));
 
@@ -553,20 +566,26 @@ pub async fn run(
             glue_task.await
         }
     };
+    // A stopping node still lets its last hooks run (bounded by their timeout).
+    let hook_wait = Duration::from_millis(config.notify.timeout_ms);
     let (serving_tx, speaker) = match ended {
         Ok(Ok(parts)) => parts,
         Ok(Err(e)) => {
             error!(error = %e, "stopping on failure");
+            notifier.notify(notify::Event::Fault, None, Some(&e.to_string()));
             server_shutdown.cancel();
             let _ = server_task.await;
             member.shutdown().await;
             transport.shutdown();
+            notifier.finish(hook_wait).await;
             return Err(e);
         }
         Err(e) => {
+            notifier.notify(notify::Event::Fault, None, Some("the node's glue task failed"));
             server_shutdown.cancel();
             member.shutdown().await;
             transport.shutdown();
+            notifier.finish(hook_wait).await;
             return Err(NodeError::Io {
                 what: "glue task".into(),
                 source: std::io::Error::other(e),
@@ -576,8 +595,10 @@ pub async fn run(
 
     // Graceful stop: nothing more is answered, the VIP moves, then leadership.
     info!("stopping: serving ends, VIP and leadership go to the peer");
-    notify::notify(notify::STOPPING);
-    serving_tx.send_replace(false);
+    sd_notify::notify(sd_notify::STOPPING);
+    if serving_tx.send_replace(false) {
+        notifier.notify(notify::Event::Stopped, None, Some("graceful stop"));
+    }
     // No new connection from here on: a client that connected now would
     // lose its packets when the VIP moves a few milliseconds later.
     server.stop_accepting();
@@ -627,6 +648,7 @@ pub async fn run(
     if let Ok(Err(e)) = server_task.await {
         warn!(error = %e, "license server stopped with an error");
     }
+    notifier.finish(hook_wait).await;
     if let Some(why) = member.failure() {
         return Err(NodeError::MemberStopped(why));
     }
@@ -722,6 +744,8 @@ struct Glue {
     heard: (u64, u64),
     /// Why this node last became VRRP master.
     became_master: Option<Reason>,
+    /// The operator's `[notify]` scripts.
+    notifier: notify::Notifier,
 }
 
 /// What the metrics and the status page read, at each request: the
@@ -877,6 +901,17 @@ impl Glue {
         if t.to == State::Master {
             self.followed_master = false;
             self.became_master = t.reason;
+        }
+        let event = match t.to {
+            State::Master => Some(notify::Event::Master),
+            State::Backup => Some(notify::Event::Backup),
+            // Initialize: the speaker stops; STOPPED or FAULT says why.
+            State::Initialize => None,
+        };
+        if let Some(event) = event {
+            let reason = t.reason.map(|r| format!("{r:?}"));
+            self.notifier
+                .notify(event, Some(self.advertised), reason.as_deref());
         }
     }
 
@@ -1083,6 +1118,8 @@ impl Glue {
             return;
         }
         if !serve {
+            self.notifier
+                .notify(notify::Event::Stopped, Some(self.advertised), Some(why_not));
             info!(reason = why_not, "not serving: client connections close");
             self.failovers.gave_up(std::time::SystemTime::now(), why_not);
             return;
@@ -1104,8 +1141,14 @@ impl Glue {
                     "serving: VRRP master and raft leader; took over from the peer"
                 );
                 self.failovers.took_over(std::time::SystemTime::now(), gap, why);
+                self.notifier
+                    .notify(notify::Event::Serving, Some(self.advertised), Some(why));
             }
-            None => info!("serving: VRRP master and raft leader"),
+            None => {
+                info!("serving: VRRP master and raft leader");
+                self.notifier
+                    .notify(notify::Event::Serving, Some(self.advertised), None);
+            }
         }
     }
 

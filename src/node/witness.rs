@@ -82,14 +82,14 @@ pub async fn run_witness(
         node = %config.node.name, id = me, raft = %transport.local_addr(), operator = %operator_addr,
         "witness up: votes, never leads"
     );
-    super::notify::notify(super::notify::READY);
+    super::sd_notify::notify(super::sd_notify::READY);
 
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     tokio::pin!(stop);
     let failure = loop {
         tokio::select! {
             () = &mut stop => {
-                super::notify::notify(super::notify::STOPPING);
+                super::sd_notify::notify(super::sd_notify::STOPPING);
                 break None;
             }
             _ = tick.tick() => {

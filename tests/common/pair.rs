@@ -89,7 +89,17 @@ pub struct PairOptions {
     pub loopback_operator: Option<Which>,
     /// `[metrics] listen` on each server's own address, port [`METRICS_PORT`].
     pub metrics: bool,
+    /// A `[notify]` section whose every script is [`NOTIFY_RECORDER`],
+    /// appending to `NAME-notify.log` in the lab's directory (see
+    /// [`Node::notified`]).
+    pub notify: bool,
 }
+
+/// The lab's notify script: one line per run, `ARGC ARGS...|` then
+/// `VIPOOL_STATE|VIPOOL_NODE|VIPOOL_VIP|VIPOOL_PRIORITY|VIPOOL_REASON`.
+pub const NOTIFY_RECORDER: &str = r#"#!/bin/sh
+echo "$# $*|$VIPOOL_STATE|$VIPOOL_NODE|$VIPOOL_VIP|$VIPOOL_PRIORITY|$VIPOOL_REASON" >> "$(dirname "$0")/$3-notify.log"
+"#;
 
 impl Default for PairOptions {
     /// The shipped configuration's shape with lab timers: adverts every
@@ -117,6 +127,7 @@ impl Default for PairOptions {
             node_license_extra: Default::default(),
             loopback_operator: None,
             metrics: false,
+            notify: false,
         }
     }
 }
@@ -214,6 +225,16 @@ impl Node {
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         self.process.signal(sig);
     }
+
+    /// The lines its notify scripts recorded (with `PairOptions::notify`).
+    pub fn notified(&self) -> Vec<String> {
+        let log = self.config.with_file_name(format!("{}-notify.log", self.name));
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 /// A pair lab: the hosts and both servers.
@@ -303,6 +324,7 @@ sweep_interval_ms = {sweep}
 {license_extra}
 {node_license_extra}
 {metrics}
+{notify}
 {tls}"#,
         data = lab.dir().join(format!("{name}-data")).display(),
         vrid = opts.vrid,
@@ -319,6 +341,22 @@ sweep_interval_ms = {sweep}
         tls = tls_section(lab, name),
         metrics = if opts.metrics {
             format!("[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n", host.addr)
+        } else {
+            String::new()
+        },
+        notify = if opts.notify {
+            let script = lab.dir().join("notify.sh");
+            std::fs::write(&script, NOTIFY_RECORDER).expect("write the notify script");
+            std::fs::set_permissions(
+                &script,
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+            )
+            .expect("chmod the notify script");
+            let s = script.display();
+            format!(
+                "[notify]\nmaster = \"{s}\"\nbackup = \"{s}\"\nfault = \"{s}\"\nserving = \"{s}\"\n\
+                 stopped = \"{s}\"\ntimeout_ms = 5000\n"
+            )
         } else {
             String::new()
         },
