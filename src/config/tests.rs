@@ -646,6 +646,9 @@ fn license_problems_name_their_field() {
     refused("license", "sweep_interval_ms = 0", "license.sweep_interval_ms");
     refused("license", "max_frame = 10", "license.max_frame");
     refused("license", "max_connections = 0", "license.max_connections");
+    for field in ["handshake_timeout_ms", "frame_timeout_ms", "idle_timeout_ms"] {
+        refused("license", &format!("{field} = 0"), &format!("license.{field}"));
+    }
     refused("license", "client_port = 0", "license.client_port");
     refused("license", "client_port = 4335", "license.client_port");
     refused(

@@ -774,6 +774,17 @@ impl Config {
         if l.max_connections == 0 {
             r.add("license.max_connections", 0, "must be at least 1 (default 20000)");
         }
+        // A deadline of 0 closes every connection at once (and cuts every
+        // answer that has to wait for its write).
+        for (field, value, default) in [
+            ("license.handshake_timeout_ms", l.handshake_timeout_ms, 5000),
+            ("license.frame_timeout_ms", l.frame_timeout_ms, 10000),
+            ("license.idle_timeout_ms", l.idle_timeout_ms, 120000),
+        ] {
+            if value == 0 {
+                r.add(field, 0, format!("must be at least 1 (default {default})"));
+            }
+        }
         if l.client_port == 0 {
             r.add(
                 "license.client_port",
