@@ -584,46 +584,6 @@ fn send_plain(from: &Host, to: SocketAddr, frames: Vec<Vec<u8>>, wait: Duration)
     .expect("attacker thread")
 }
 
-/// Believes any server certificate: the attacker wants to reach the
-/// node's check of *its* certificate, not to check the node's.
-#[derive(Debug)]
-struct BelieveAnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for BelieveAnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &rustls_pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A TLS 1.3 client presenting `cert_pem`/`key_pem` and believing any server.
 fn attacker_tls(cert_pem: &str, key_pem: &str) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
@@ -635,7 +595,7 @@ fn attacker_tls(cert_pem: &str, key_pem: &str) -> Arc<rustls::ClientConfig> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(BelieveAnyServer(provider)))
+        .with_custom_certificate_verifier(Arc::new(common::BelieveAnyServer(provider)))
         .with_client_auth_cert(chain, key)
         .expect("client certificate");
     Arc::new(cfg)
