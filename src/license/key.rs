@@ -112,17 +112,21 @@ impl SignedKey {
         })?;
         // The signature first: what the later errors quote is then what
         // the issuer said, not what a forger wrote.
-        let message = signed_message(&self.bytes);
+        // Built only when the curve arithmetic runs: a remembered
+        // signature is found by its parts, without the copy.
         let check = || {
             issuer
-                .verify_strict(&message, &Signature::from_bytes(&self.signature))
+                .verify_strict(
+                    &signed_message(&self.bytes),
+                    &Signature::from_bytes(&self.signature),
+                )
                 .map_err(|_| KeyError::BadSignature {
                     key_id: s.key_id.clone(),
                     issuer: s.issuer.clone(),
                 })
         };
         match seen {
-            Some(seen) => seen.check(issuer, &message, &self.signature, check)?,
+            Some(seen) => seen.check(issuer, &[DOMAIN, &self.bytes], &self.signature, check)?,
             None => check()?,
         }
         if s.serial != presenter_serial {

@@ -63,12 +63,13 @@ impl SeenSignatures {
         self.len() == 0
     }
 
-    /// Whether `check` already succeeded for this issuer key, message and
-    /// signature; if not, runs it and remembers a success.
+    /// Whether `check` already succeeded for this issuer key, message (in
+    /// `parts`, concatenated) and signature; if not, runs it and remembers
+    /// a success.
     pub(super) fn check<E>(
         &self,
         issuer: &VerifyingKey,
-        message: &[u8],
+        message: &[&[u8]],
         signature: &[u8; 64],
         check: impl FnOnce() -> Result<(), E>,
     ) -> Result<(), E> {
@@ -96,11 +97,13 @@ impl SeenSignatures {
 /// SHA-256 over the issuer's public key, the signature and the message,
 /// each of fixed length or last, so that no two different triples encode
 /// alike.
-fn digest(issuer: &VerifyingKey, message: &[u8], signature: &[u8; 64]) -> [u8; 32] {
+fn digest(issuer: &VerifyingKey, message: &[&[u8]], signature: &[u8; 64]) -> [u8; 32] {
     let mut ctx = Context::new(&SHA256);
     ctx.update(issuer.as_bytes());
     ctx.update(signature);
-    ctx.update(message);
+    for part in message {
+        ctx.update(part);
+    }
     let mut out = [0; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
