@@ -306,6 +306,13 @@ impl Ca {
     /// # Errors
     /// The id or serial breaks the table's bounds, or signing failed.
     pub fn issue_switch(&self, id: &str, serial: &str, days: u32) -> Result<Issued, PkiError> {
+        let most = crate::table::limits::MAX_SWITCH_CERT_DAYS;
+        if days > most {
+            return Err(PkiError::BadName(format!(
+                "a switch certificate is valid at most {most} days, not {days}: the servers remember \
+                 which certificate replaced which for that long"
+            )));
+        }
         crate::table::limits::check_client_id(id).map_err(|e| PkiError::BadName(e.to_string()))?;
         crate::table::limits::check_serial(serial).map_err(|e| PkiError::BadName(e.to_string()))?;
         let mut params = CertificateParams::default();
@@ -444,6 +451,11 @@ pub enum ClientIdentity {
         id: String,
         /// Serial number.
         serial: String,
+        /// The certificate's not-before, seconds since the Unix epoch
+        /// (`None` without a certificate: a plain-TCP test server believes
+        /// what a request claims). A replacement switch's certificate,
+        /// issued later for the same id, supersedes the old one's.
+        issued_s: Option<u64>,
     },
     /// An operator.
     Operator {
@@ -455,7 +467,7 @@ pub enum ClientIdentity {
 impl std::fmt::Display for ClientIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientIdentity::Switch { id, serial } => write!(f, "switch {id} (serial {serial})"),
+            ClientIdentity::Switch { id, serial, .. } => write!(f, "switch {id} (serial {serial})"),
             ClientIdentity::Operator { name } => write!(f, "operator {name}"),
         }
     }
@@ -488,7 +500,13 @@ pub fn client_identity(der: &[u8]) -> Result<ClientIdentity, String> {
             let serial = one(&mut subject.iter_by_oid(&oid), "serialNumber")?;
             crate::table::limits::check_client_id(&cn).map_err(|e| e.to_string())?;
             crate::table::limits::check_serial(&serial).map_err(|e| e.to_string())?;
-            Ok(ClientIdentity::Switch { id: cn, serial })
+            let issued_s = u64::try_from(cert.validity().not_before.timestamp())
+                .map_err(|_| "certificate issued before 1970".to_owned())?;
+            Ok(ClientIdentity::Switch {
+                id: cn,
+                serial,
+                issued_s: Some(issued_s),
+            })
         }
         OU_OPERATOR => {
             crate::table::limits::check_token("operator name", &cn, crate::table::limits::MAX_ID_LEN)
@@ -633,12 +651,27 @@ mod tests {
             use rustls_pki_types::pem::PemObject;
             rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
         };
+        let not_before = CertInfo::from_pem(switch.cert_pem.as_bytes())
+            .unwrap()
+            .not_before
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert_eq!(
             client_identity(&der(&switch.cert_pem)),
             Ok(ClientIdentity::Switch {
                 id: "sw-17".into(),
-                serial: "SN-0017".into()
+                serial: "SN-0017".into(),
+                issued_s: Some(not_before),
             })
+        );
+        // Certificates for longer than the table remembers replacements
+        // are not issued.
+        let too_long = ca.issue_switch("sw-17", "SN-0017", crate::table::limits::MAX_SWITCH_CERT_DAYS + 1);
+        assert!(
+            matches!(&too_long, Err(PkiError::BadName(e)) if e.contains("at most 3650 days")),
+            "{:?}",
+            too_long.map(|_| ())
         );
         let op = ca.issue_operator("alice", 30).unwrap();
         assert_eq!(

@@ -126,14 +126,16 @@ fn catalog() -> &'static Catalog {
 }
 
 fn identities() -> Vec<ClientIdentity> {
-    let switch = |id: &str, serial: &str| ClientIdentity::Switch {
+    let switch = |id: &str, serial: &str, issued_s: u64| ClientIdentity::Switch {
         id: id.into(),
         serial: serial.into(),
+        issued_s: Some(issued_s),
     };
-    let mut out: Vec<ClientIdentity> = SWITCHES.iter().map(|(id, s)| switch(id, s)).collect();
-    // sw1's replacement, a stranger, an operator.
-    out.push(switch("sw1", "S1B"));
-    out.push(switch("mallory", "M1"));
+    let mut out: Vec<ClientIdentity> = SWITCHES.iter().map(|(id, s)| switch(id, s, 1_000)).collect();
+    // sw1's replacement (its certificate issued later), a stranger, an
+    // operator.
+    out.push(switch("sw1", "S1B", 2_000));
+    out.push(switch("mallory", "M1", 1_000));
     out.push(ClientIdentity::Operator { name: "alice".into() });
     out
 }
@@ -204,6 +206,7 @@ fn shaped(request: Request, who: &ClientIdentity, shape: Shape) -> Request {
     let ClientIdentity::Switch {
         id: me,
         serial: my_serial,
+        ..
     } = who
     else {
         return request;
@@ -426,7 +429,7 @@ fn check_step(
     }
     // A switch changes nothing but its own entry.
     match who {
-        Some(ClientIdentity::Switch { id, serial }) => {
+        Some(ClientIdentity::Switch { id, serial, .. }) => {
             let others = |t: &LicenseTable| -> BTreeMap<String, vipool::table::Client> {
                 t.state()
                     .clients
@@ -578,7 +581,7 @@ fn the_generator_covers_grants_refusals_and_over_subscription() {
                 }
             };
             now_ms += dt;
-            let grant = matches!(&command, Ok(Command::Acquire { .. }));
+            let grant = matches!(&command, Ok(c) if matches!(c.inner(), Command::Acquire { .. }));
             match command.and_then(|c| {
                 index += 1;
                 table.apply_command(index, c).map_err(|e| e.to_string())

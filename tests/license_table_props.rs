@@ -97,7 +97,21 @@ fn command() -> impl Strategy<Value = (u64, Command)> {
         1 => (0u8..6).prop_map(|n| (0, Command::RemoveServerKey {
             key_id: format!("k{n}"), by: Actor::Operator("op".into()),
         })),
-        2 => dt.prop_map(|dt| (dt, Command::Sweep { now_ms: 0 })),
+        2 => dt.clone().prop_map(|dt| (dt, Command::Sweep { now_ms: 0 })),
+        // Switches' commands over certificates of a few issue times: the
+        // replaced ones' are refused and change nothing.
+        2 => (dt.clone(), id(), report(), 0u64..4).prop_map(|(dt, id, report, issued_s)| (dt, Command::Certified {
+            issued_s,
+            command: Box::new(Command::Register {
+                now_ms: 0, id, serial: "SN".into(), address: "a".into(), version: "v".into(), report,
+            }),
+        })),
+        2 => (dt, id(), license_type(), 0u32..12, 0u64..4).prop_map(|(dt, id, license_type, count, issued_s)| {
+            (dt, Command::Certified {
+                issued_s,
+                command: Box::new(Command::Acquire { now_ms: 0, id, license_type, count }),
+            })
+        }),
     ]
 }
 
@@ -107,7 +121,11 @@ fn stamp(commands: Vec<(u64, Command)>) -> Vec<Command> {
         .into_iter()
         .map(|(dt, mut command)| {
             now += dt;
-            match &mut command {
+            let inner = match &mut command {
+                Command::Certified { command, .. } => &mut **command,
+                other => other,
+            };
+            match inner {
                 Command::Register { now_ms, .. }
                 | Command::Heartbeat { now_ms, .. }
                 | Command::Update { now_ms, .. }
@@ -118,7 +136,8 @@ fn stamp(commands: Vec<(u64, Command)>) -> Vec<Command> {
                 Command::RemoveClient { .. }
                 | Command::RemoveServerKey { .. }
                 | Command::ServerSerial { .. }
-                | Command::Settings { .. } => {}
+                | Command::Settings { .. }
+                | Command::Certified { .. } => {}
             }
             command
         })
@@ -138,6 +157,7 @@ fn stamped_at(command: &Command) -> Option<u64> {
         | Command::RemoveServerKey { .. }
         | Command::ServerSerial { .. }
         | Command::Settings { .. } => None,
+        Command::Certified { command, .. } => stamped_at(command),
     }
 }
 

@@ -226,6 +226,12 @@ fn command_verdict(e: &CommandError) -> Verdict {
              enforces: fix the switch's configuration",
         ),
         C::ZeroCount | C::CountOverflow => permanent("fix the counts in the switch's configuration"),
+        C::SupersededCertificate { .. } => permanent(
+            "a newer certificate for this id has registered (the switch was replaced): give this \
+             switch its own id and certificate (`vipool pki switch`)",
+        ),
+        // Never a switch's own doing: the server sent what it must not.
+        C::NotCertifiable => Verdict::Transient,
         C::DuplicateKey(_)
         | C::KeyCounted { .. }
         | C::KeyNotBound { .. }

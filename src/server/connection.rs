@@ -459,6 +459,7 @@ impl<A: Applier> Conn<'_, A> {
     /// an operator request an operator named after the peer address.
     fn claimed_identity(&self, request: &Request) -> ClientIdentity {
         let switch = |id: &str, serial: Option<&str>| ClientIdentity::Switch {
+            issued_s: None,
             id: id.to_owned(),
             serial: serial.map(str::to_owned).unwrap_or_else(|| {
                 self.shared
@@ -503,6 +504,8 @@ impl<A: Applier> Conn<'_, A> {
                 clients,
                 server_keys: t.state().server_keys.clone(),
                 servers: t.state().servers.clone(),
+                // The page shows clients, not which certificates replaced whose.
+                cert_floors: Default::default(),
             };
             (state, t.pool().clone(), t.config().clone(), next.flatten())
         });

@@ -240,6 +240,19 @@ pub fn command(
             by: operator(who, "remove a key")?,
         },
     };
+    // A switch's command carries its certificate's issue time: the table
+    // refuses it if the id has registered with a newer certificate since
+    // (the switch was replaced), and a registration records it.
+    let command = match who {
+        ClientIdentity::Switch {
+            issued_s: Some(issued_s),
+            ..
+        } if command.switch_id().is_some() => Command::Certified {
+            issued_s: *issued_s,
+            command: Box::new(command),
+        },
+        _ => command,
+    };
     // What the table would refuse now is refused now, with its error.
     ctx.read(|table| table.check(&command))?;
     Ok(command)
@@ -251,6 +264,7 @@ fn own_id<'w>(who: &'w ClientIdentity, id: &str, what: &str) -> Result<&'w str, 
         ClientIdentity::Switch {
             id: certified,
             serial,
+            ..
         } if certified == id => Ok(serial),
         ClientIdentity::Switch { id: certified, .. } => Err(RequestError::NotOwnId {
             certified: certified.clone(),

@@ -130,6 +130,18 @@ pub enum Command {
         /// Who sets them (the server proposing its configuration).
         by: Actor,
     },
+    /// A switch's command (register, heartbeat, update, acquire, release)
+    /// with the issue time of the certificate it came over. Replacing a
+    /// switch (SPEC §5) is a new certificate for the old id; the table
+    /// remembers the newest certificate an id registered with, and refuses
+    /// commands over an older one, so the replaced switch cannot take its
+    /// id back (see `LicenseTable::cert_floor`).
+    Certified {
+        /// The certificate's not-before, seconds since the Unix epoch.
+        issued_s: u64,
+        /// The switch's command.
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -191,6 +203,31 @@ impl Command {
             Command::Settings { settings, by } => {
                 format!("{by} sets the table settings: {}", settings.describe())
             }
+            Command::Certified { issued_s, command } => {
+                format!("{} (certificate issued at {issued_s} s)", command.describe())
+            }
+        }
+    }
+
+    /// The client id a switch's command acts for: register, heartbeat,
+    /// update, acquire and release (the commands a certificate may carry).
+    pub fn switch_id(&self) -> Option<&str> {
+        match self {
+            Command::Register { id, .. }
+            | Command::Heartbeat { id, .. }
+            | Command::Update { id, .. }
+            | Command::Acquire { id, .. }
+            | Command::Release { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The command itself, without the certificate's issue time of
+    /// [`Command::Certified`].
+    pub fn inner(&self) -> &Command {
+        match self {
+            Command::Certified { command, .. } => command.inner(),
+            other => other,
         }
     }
 
@@ -204,6 +241,7 @@ impl Command {
             | Command::Release { now_ms, .. }
             | Command::InstallServerKey { now_ms, .. }
             | Command::Sweep { now_ms } => Some(*now_ms),
+            Command::Certified { command, .. } => command.now_ms(),
             Command::RemoveClient { .. }
             | Command::ServerSerial { .. }
             | Command::RemoveServerKey { .. }
@@ -452,6 +490,25 @@ pub enum CommandError {
     /// Settings out of bounds (appended last: errors travel in replies).
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// A switch's command over an older certificate than the one its id
+    /// last registered with: the switch was replaced (a new certificate was
+    /// issued for its id) and this is the old one.
+    #[error(
+        "client {id:?} registered with a certificate issued at {floor} s; this one was issued at \
+         {issued_s} s and is superseded: a replaced switch cannot take its id back (issue this \
+         switch a new certificate if it is the replacement)"
+    )]
+    SupersededCertificate {
+        /// The client id.
+        id: String,
+        /// The presented certificate's not-before (s).
+        issued_s: u64,
+        /// The newest certificate's not-before the id registered with (s).
+        floor: u64,
+    },
+    /// A [`Command::Certified`] around anything but a switch's command.
+    #[error("only a switch's register, heartbeat, update, acquire or release carries a certificate")]
+    NotCertifiable,
 }
 
 impl CommandError {
@@ -481,6 +538,8 @@ impl CommandError {
             Self::KeyExpired { .. } => "table_key_expired",
             Self::UnknownServer { .. } => "table_unknown_server",
             Self::Settings { .. } => "table_settings",
+            Self::SupersededCertificate { .. } => "table_superseded_certificate",
+            Self::NotCertifiable => "table_not_certifiable",
         }
     }
 }

@@ -24,6 +24,7 @@
 //! | operator name | 1 to [`MAX_ID_LEN`] printable ASCII characters, no spaces |
 //! | client address (as the server saw it) | 1 to [`MAX_ADDRESS_LEN`] printable ASCII characters |
 //! | keys per server | [`MAX_KEYS_PER_SERVER`] |
+//! | a switch certificate's validity (`vipool pki switch --days`) | [`MAX_SWITCH_CERT_DAYS`] |
 //!
 //! How many clients one source address may hold in the table and how
 //! often it may register are the serving node's own policy
@@ -56,6 +57,11 @@ pub const MAX_ADDRESS_LEN: usize = 64;
 /// Most keys installed on one server (a key file of 1 MiB holds about 2,300;
 /// a pair needs a handful).
 pub const MAX_KEYS_PER_SERVER: usize = 1_000;
+/// The longest validity `vipool pki switch` issues a switch certificate
+/// for, in days. The table remembers the newest certificate each client id
+/// registered with for this long after its issue: by then every older
+/// certificate of that id the pair's CA issued has expired.
+pub const MAX_SWITCH_CERT_DAYS: u32 = 3_650;
 
 /// Why a string is refused (see [`check_token`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]

@@ -73,6 +73,14 @@ pub struct TableState {
     pub server_keys: BTreeMap<String, ServerKey>,
     /// The servers by node name, as each announced itself.
     pub servers: BTreeMap<String, ServerInfo>,
+    /// For each client id, the not-before (seconds since the Unix epoch)
+    /// of the newest certificate it registered with: commands over an
+    /// older certificate of that id are refused. Kept when the client
+    /// leaves the table (removed by an operator or after its silence), so
+    /// that a replaced switch's certificate cannot take the id back then
+    /// either, until [`limits::MAX_SWITCH_CERT_DAYS`] after that issue,
+    /// when every older certificate has expired (the sweep drops it).
+    pub cert_floors: BTreeMap<String, u64>,
 }
 
 /// The license table with its settings and what is derived from it.
@@ -279,7 +287,26 @@ impl LicenseTable {
                 check_actor(by)?;
                 Ok(settings.check()?)
             }
+            Command::Certified { issued_s, command } => {
+                let id = command.switch_id().ok_or(CommandError::NotCertifiable)?;
+                if let Some(floor) = self.cert_floor(id) {
+                    if *issued_s < floor {
+                        return Err(CommandError::SupersededCertificate {
+                            id: id.to_owned(),
+                            issued_s: *issued_s,
+                            floor,
+                        });
+                    }
+                }
+                self.check(command)
+            }
         }
+    }
+
+    /// The not-before (s) of the newest certificate client `id` registered
+    /// with, if the table remembers one (see [`TableState::cert_floors`]).
+    pub fn cert_floor(&self, id: &str) -> Option<u64> {
+        self.state.cert_floors.get(id).copied()
     }
 
     /// Applies a command that passed [`LicenseTable::check`].
@@ -357,6 +384,20 @@ impl LicenseTable {
                 Ok(Reply::Settings {
                     pool: self.derived.pool.clone(),
                 })
+            }
+            Command::Certified { issued_s, command } => {
+                let registers = match &*command {
+                    Command::Register { id, .. } => Some(id.clone()),
+                    _ => None,
+                };
+                let reply = self.execute(*command)?;
+                // A registration over a newer certificate supersedes the
+                // older ones of its id.
+                if let Some(id) = registers {
+                    let floor = self.state.cert_floors.entry(id).or_insert(issued_s);
+                    *floor = (*floor).max(issued_s);
+                }
+                Ok(reply)
             }
         }
     }

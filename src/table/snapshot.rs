@@ -2,7 +2,8 @@
 //!
 //! Layout: the 4-byte magic `VPLT`, a little-endian `u16` format version,
 //! then `(applied_index, TableConfig, TableState)` in bincode's standard
-//! configuration (format 2: `(applied_index, TableState)`).
+//! configuration (format 2: `(applied_index, TableState)`; formats 2 and 3
+//! hold no certificate floors).
 //! bincode because a table of 10,000 clients is snapshotted and shipped to a
 //! joining node: it is several times smaller and faster than JSON. The
 //! envelope makes a format change an explicit, refusable event instead of a
@@ -18,10 +19,31 @@ use cluster::SnapshotError;
 
 use super::{TableConfig, TableState};
 
-/// The snapshot format this build writes. 3: the settings are in it.
-/// 2: keys are verified signed keys (key id, issuer, serial), server keys
-/// say who installed them, and the table records each server's serial.
-pub const SNAPSHOT_VERSION: u16 = 3;
+/// The snapshot format this build writes. 4: the table remembers the
+/// newest certificate each client id registered with (`cert_floors`).
+/// 3: the settings are in it. 2: keys are verified signed keys (key id,
+/// issuer, serial), server keys say who installed them, and the table
+/// records each server's serial.
+pub const SNAPSHOT_VERSION: u16 = 4;
+
+/// The table's state as formats 2 and 3 hold it: no certificate floors.
+#[derive(serde::Deserialize)]
+struct StateV3 {
+    clients: std::collections::BTreeMap<String, super::Client>,
+    server_keys: std::collections::BTreeMap<String, super::ServerKey>,
+    servers: std::collections::BTreeMap<String, super::ServerInfo>,
+}
+
+impl From<StateV3> for TableState {
+    fn from(v: StateV3) -> TableState {
+        TableState {
+            clients: v.clients,
+            server_keys: v.server_keys,
+            servers: v.servers,
+            cert_floors: Default::default(),
+        }
+    }
+}
 
 /// The oldest format this build reads.
 const OLDEST_READ: u16 = 2;
@@ -57,10 +79,15 @@ pub(super) fn decode(bytes: &[u8]) -> Result<(u64, TableConfig, TableState), Sna
         SNAPSHOT_VERSION => {
             bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?
         }
-        OLDEST_READ => {
-            let ((index, state), read): ((u64, TableState), usize) =
+        3 => {
+            let ((index, config, state), read): ((u64, TableConfig, StateV3), usize) =
                 bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?;
-            ((index, TableConfig::default(), state), read)
+            ((index, config, state.into()), read)
+        }
+        OLDEST_READ => {
+            let ((index, state), read): ((u64, StateV3), usize) =
+                bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?;
+            ((index, TableConfig::default(), state.into()), read)
         }
         _ => {
             return Err(SnapshotError(format!(
@@ -89,14 +116,14 @@ mod tests {
         assert!(decode(b"").is_err());
         assert!(decode(b"XXXX\x01\x00").is_err());
         let mut newer = good.clone();
-        newer[4] = 4;
-        assert!(decode(&newer).unwrap_err().0.contains("format 4"));
+        newer[4] = 5;
+        assert!(decode(&newer).unwrap_err().0.contains("format 5"));
         let mut older = good.clone();
         older[4] = 1;
         assert!(decode(&older)
             .unwrap_err()
             .0
-            .contains("format 1, this build reads 2 to 3"));
+            .contains("format 1, this build reads 2 to 4"));
         let mut trailing = good.clone();
         trailing.push(0);
         assert!(decode(&trailing).is_err());
@@ -130,7 +157,9 @@ mod tests {
         );
         let mut v2 = MAGIC.to_vec();
         v2.extend_from_slice(&2u16.to_le_bytes());
-        v2.extend(bincode::serde::encode_to_vec((9u64, &state), bincode_config()).unwrap());
+        // Format 2's state: clients, server keys, servers (no floors).
+        let v2_state = (&state.clients, &state.server_keys, &state.servers);
+        v2.extend(bincode::serde::encode_to_vec((9u64, v2_state), bincode_config()).unwrap());
         let (index, settings, back) = decode(&v2).unwrap();
         assert_eq!((index, settings, back), (9, TableConfig::default(), state));
     }

@@ -50,6 +50,12 @@ impl LicenseTable {
             }
             true
         });
+        // Every certificate older than a floor has expired by now (the
+        // CA issues none for longer): the floor has nothing left to refuse.
+        let keep_s = u64::from(super::limits::MAX_SWITCH_CERT_DAYS) * 86_400;
+        self.state
+            .cert_floors
+            .retain(|_, floor| floor.saturating_add(keep_s) >= now_ms / 1000);
         let expired_server: Vec<String> = self
             .state
             .server_keys

@@ -4,6 +4,7 @@
 
 use super::limits::{MAX_COUNT, MAX_KEYS_PER_SERVER};
 use super::*;
+use cluster::StateMachine;
 
 fn ap() -> LicenseType {
     LicenseType::new("AP")
@@ -529,7 +530,6 @@ fn xsec_key(key_id: &str, serial: &str, count: u32) -> VerifiedKey {
 /// entries alike once the log sets them, and a snapshot carries them.
 #[test]
 fn settings_are_replicated_state_and_travel_in_snapshots() {
-    use cluster::StateMachine;
     let mut switch_specific = TableConfig::default();
     switch_specific.types.insert(xsec(), TypeKind::SwitchSpecific);
     // Deliberately built with different settings: the log decides.
@@ -633,4 +633,165 @@ fn settings_out_of_bounds_are_refused_and_change_nothing() {
 
 fn derived_matches(t: &LicenseTable) -> bool {
     t.derived == Derived::rebuild(t.config(), t.state())
+}
+
+fn certified(issued_s: u64, command: Command) -> Command {
+    Command::Certified {
+        issued_s,
+        command: Box::new(command),
+    }
+}
+
+fn heartbeat(id: &str, used: u32) -> Command {
+    Command::Heartbeat {
+        now_ms: 200,
+        id: id.into(),
+        address: "192.0.2.66:4000".into(),
+        report: report(vec![], used),
+    }
+}
+
+/// SPEC §5: replacing a switch is a new certificate for the old id. The
+/// replaced switch's certificate (issued earlier) must not take the id back
+/// or act under it, by any command, not even after an operator removed the
+/// entry; the replacement's may.
+#[test]
+fn a_replaced_switchs_older_certificate_cannot_act_for_its_id() {
+    let mut t = table();
+    t.apply_command(3, certified(1_000, register("sw1", "OLD", report(vec![], 2))))
+        .unwrap();
+    assert_eq!(t.cert_floor("sw1"), Some(1_000));
+    // The same certificate again, and a heartbeat over it: fine.
+    t.apply_command(4, certified(1_000, heartbeat("sw1", 2))).unwrap();
+    // The replacement, issued later, with the new serial.
+    t.apply_command(5, certified(2_000, register("sw1", "NEW", report(vec![], 1))))
+        .unwrap();
+    assert_eq!(t.cert_floor("sw1"), Some(2_000));
+    // Every command of the old certificate is refused and changes nothing.
+    let old = [
+        register("sw1", "OLD", report(vec![], 3)),
+        heartbeat("sw1", 1),
+        Command::Update {
+            now_ms: 300,
+            id: "sw1".into(),
+            report: report(vec![], 0),
+        },
+        Command::Acquire {
+            now_ms: 300,
+            id: "sw1".into(),
+            license_type: ap(),
+            count: 1,
+        },
+        Command::Release {
+            now_ms: 300,
+            id: "sw1".into(),
+            license_type: ap(),
+            count: 1,
+        },
+    ];
+    for command in old.clone() {
+        let err = refused(&mut t, certified(1_000, command));
+        assert_eq!(
+            err,
+            CommandError::SupersededCertificate {
+                id: "sw1".into(),
+                issued_s: 1_000,
+                floor: 2_000
+            }
+        );
+        assert_eq!(err.cause(), "table_superseded_certificate");
+        assert!(err.to_string().contains("cannot take its id back"), "{err}");
+    }
+    // The replacement's certificate still acts; a later register over an
+    // older certificate does not lower the floor.
+    t.apply_command(t.applied_index() + 1, certified(2_000, heartbeat("sw1", 1)))
+        .unwrap();
+    assert_eq!(t.client("sw1").unwrap().serial, "NEW");
+    // Removed by an operator: the floor stays, the old certificate still
+    // cannot register the id.
+    t.apply_command(
+        t.applied_index() + 1,
+        Command::RemoveClient {
+            id: "sw1".into(),
+            by: Actor::Operator("ops".into()),
+        },
+    )
+    .unwrap();
+    assert!(t.client("sw1").is_none());
+    let err = refused(&mut t, certified(1_000, old[0].clone()));
+    assert!(matches!(err, CommandError::SupersededCertificate { .. }), "{err}");
+    // Another id is not affected.
+    t.apply_command(
+        t.applied_index() + 1,
+        certified(1_000, register("sw2", "X", report(vec![], 0))),
+    )
+    .unwrap();
+    // Plain commands (a plain-TCP test server) carry no certificate and are
+    // not compared.
+    t.apply_command(t.applied_index() + 1, heartbeat("sw2", 0))
+        .unwrap();
+}
+
+#[test]
+fn only_a_switchs_commands_carry_a_certificate() {
+    let mut t = table();
+    for command in [
+        Command::Sweep { now_ms: 5 },
+        Command::RemoveServerKey {
+            key_id: "p-ap".into(),
+            by: Actor::Operator("ops".into()),
+        },
+        certified(1, register("sw1", "A", report(vec![], 0))),
+    ] {
+        assert_eq!(
+            refused(&mut t, certified(1, command)),
+            CommandError::NotCertifiable
+        );
+    }
+}
+
+/// The floor is forgotten once every older certificate has expired (the CA
+/// issues none for longer than `MAX_SWITCH_CERT_DAYS`), and travels in
+/// snapshots until then.
+#[test]
+fn certificate_floors_travel_in_snapshots_and_expire_with_the_certificates() {
+    let mut t = table();
+    let issued_s = 1_700_000_000;
+    t.apply_command(3, certified(issued_s, register("sw1", "A", report(vec![], 0))))
+        .unwrap();
+    let mut restored = LicenseTable::new(TableConfig::default());
+    restored.restore(&t.snapshot()).unwrap();
+    assert_eq!(restored.cert_floor("sw1"), Some(issued_s));
+    let keep_ms = u64::from(super::limits::MAX_SWITCH_CERT_DAYS) * 86_400_000;
+    let at = |ms: u64| Command::Sweep { now_ms: ms };
+    t.apply_command(4, at(issued_s * 1000 + keep_ms)).unwrap();
+    assert_eq!(t.cert_floor("sw1"), Some(issued_s), "not a second early");
+    t.apply_command(5, at(issued_s * 1000 + keep_ms + 1_000)).unwrap();
+    assert_eq!(t.cert_floor("sw1"), None);
+}
+
+/// A snapshot of format 3 (before certificate floors) still restores,
+/// with none remembered.
+#[test]
+fn a_format_3_snapshot_restores_without_floors() {
+    let mut t = table();
+    t.apply_command(3, register("sw1", "A", report(vec![], 1)))
+        .unwrap();
+    let state = t.state();
+    let body = bincode::serde::encode_to_vec(
+        (
+            t.applied_index(),
+            t.config(),
+            (&state.clients, &state.server_keys, &state.servers),
+        ),
+        bincode::config::standard(),
+    )
+    .unwrap();
+    let mut bytes = b"VPLT".to_vec();
+    bytes.extend_from_slice(&3u16.to_le_bytes());
+    bytes.extend_from_slice(&body);
+    let mut restored = LicenseTable::new(TableConfig::default());
+    restored.restore(&bytes).unwrap();
+    assert_eq!(restored.state(), t.state());
+    assert_eq!(restored.client("sw1").unwrap().used_of(&ap()), 1);
 }

@@ -177,7 +177,7 @@ impl Pending {
     /// What to log of `command`, if anything (heartbeats, updates and
     /// serial announcements are not usage).
     pub fn of(command: &Command) -> Option<Self> {
-        let what = match command {
+        let what = match command.inner() {
             Command::Register { id, serial, .. } => What::Register {
                 id: id.clone(),
                 serial: serial.clone(),
@@ -223,7 +223,11 @@ impl Pending {
                 detail: settings.describe(),
                 by: by.clone(),
             },
-            Command::Heartbeat { .. } | Command::Update { .. } | Command::ServerSerial { .. } => return None,
+            // `inner` took the certificate's wrapper off.
+            Command::Heartbeat { .. }
+            | Command::Update { .. }
+            | Command::ServerSerial { .. }
+            | Command::Certified { .. } => return None,
         };
         Some(Self {
             now_ms: command.now_ms(),

@@ -51,6 +51,16 @@ fn switch(id: &str, serial: &str) -> ClientIdentity {
     ClientIdentity::Switch {
         id: id.into(),
         serial: serial.into(),
+        issued_s: None,
+    }
+}
+
+/// A switch as its certificate, issued at `issued_s`, names it.
+fn switch_issued(id: &str, serial: &str, issued_s: u64) -> ClientIdentity {
+    ClientIdentity::Switch {
+        id: id.into(),
+        serial: serial.into(),
+        issued_s: Some(issued_s),
     }
 }
 
@@ -898,4 +908,56 @@ fn ten_thousand_switches_from_one_host_register_within_a_second_when_the_limits_
         matches!(e, RequestError::TooManyClients { max: 10_000, .. }),
         "{e}"
     );
+}
+
+/// SPEC §5 and §9: a replaced switch's certificate (issued before its
+/// replacement's) is refused for every request of its id, before anything
+/// is proposed, with a table error that says what happened.
+#[test]
+fn a_replaced_switchs_certificate_is_refused_before_proposing() {
+    let mut node = Node::new();
+    let old = switch_issued("sw1", "OLD", NOW_S - 7_200);
+    let new = switch_issued("sw1", "NEW", NOW_S - 600);
+    node.send(register("sw1", "OLD", report(vec![], &[("AP", 2)])), &old)
+        .unwrap();
+    // The command carries the certificate's issue time.
+    let mapped = node
+        .map(register("sw1", "OLD", report(vec![], &[])), &old)
+        .unwrap();
+    assert!(
+        matches!(&mapped, Command::Certified { issued_s, command }
+            if *issued_s == NOW_S - 7_200 && matches!(**command, Command::Register { .. })),
+        "{mapped:?}"
+    );
+    node.send(register("sw1", "NEW", report(vec![], &[("AP", 1)])), &new)
+        .unwrap();
+    let acquire = Request::Acquire {
+        id: "sw1".into(),
+        license_type: ap(),
+        count: 1,
+    };
+    // The old certificate registering again; an earlier certificate of
+    // the new serial (a stolen one, say) acting for the id.
+    let earlier_new = switch_issued("sw1", "NEW", NOW_S - 3_000);
+    for (request, who) in [
+        (register("sw1", "OLD", report(vec![], &[])), &old),
+        (register("sw1", "NEW", report(vec![], &[])), &earlier_new),
+        (acquire.clone(), &earlier_new),
+    ] {
+        match node.send(request, who) {
+            Err(ServerError::Refused(CommandError::SupersededCertificate { id, floor, .. })) => {
+                assert_eq!((id.as_str(), floor), ("sw1", NOW_S - 600));
+            }
+            other => panic!("expected a superseded certificate, got {other:?}"),
+        }
+    }
+    // The old certificate's other requests were refused before already:
+    // its serial is not the registered one.
+    assert!(matches!(
+        denied(node.send(acquire.clone(), &old)),
+        RequestError::SerialMismatch { .. }
+    ));
+    assert_eq!(node.table.client("sw1").unwrap().serial, "NEW");
+    node.send(acquire, &new).unwrap();
+    assert_eq!(node.used(), 2);
 }
