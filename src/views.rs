@@ -559,6 +559,13 @@ pub fn status_table(nodes: &[(String, Result<NodeStatus, String>)]) -> String {
                 let causes: Vec<String> = s.refused.iter().map(|(c, n)| format!("{c} {n}")).collect();
                 out.push_str(&format!("refused ({}): {}\n", s.node, causes.join(", ")));
             }
+            if s.paced > 0 {
+                out.push_str(&format!(
+                    "paced ({}): {} requests waited for their client's rate \
+                     (license.requests_per_s_per_client)\n",
+                    s.node, s.paced
+                ));
+            }
         }
     }
     out

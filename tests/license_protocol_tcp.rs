@@ -17,6 +17,7 @@ use vipool::proto::{
     KeyRefusal, Request, RequestError, RequestFrame, ServerError, ServerMessage, SwitchReport,
     PROTOCOL_VERSION,
 };
+use vipool::server::request::RequestLimits;
 use vipool::server::{now_ms, Applier, LocalApplier, Port, Server, ServerConfig};
 use vipool::table::{Actor, Command, CommandError, LicenseTable, LicenseType, TableConfig, TableState};
 
@@ -37,6 +38,10 @@ struct Harness {
 
 impl Harness {
     async fn start(vip: Option<IpAddr>) -> Self {
+        Self::start_with(vip, RequestLimits::default()).await
+    }
+
+    async fn start_with(vip: Option<IpAddr>, limits: RequestLimits) -> Self {
         let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
         for server in ["primary", "backup"] {
             let command = Command::ServerSerial {
@@ -74,6 +79,7 @@ impl Harness {
             node: "test".into(),
             vip,
             trusted: trusted(),
+            limits,
             ..ServerConfig::default()
         };
         let server = Arc::new(
@@ -808,5 +814,61 @@ async fn keys_identities_and_operator_changes_over_tcp() {
     let pool = op.remove_client("sw1").await.unwrap();
     assert_eq!(pool[&ap()].total, 32);
     assert!(h.state().clients.is_empty());
+    h.stop().await;
+}
+
+/// A client sending faster than `license.requests_per_s_per_client` is
+/// paced, over all its connections together: every request is answered
+/// (none refused), no faster than the rate allows, and counted; another
+/// client is served meanwhile.
+#[tokio::test]
+async fn a_client_faster_than_its_rate_is_paced_not_refused() {
+    const PER_S: u32 = 20;
+    const BURST: u32 = 5;
+    let limits = RequestLimits {
+        requests_per_s_per_client: PER_S,
+        request_burst_per_client: BURST,
+        ..RequestLimits::default()
+    };
+    let h = Harness::start_with(Some(LOOPBACK), limits).await;
+    let mut first = h.connect().await;
+    first
+        .register("sw1", "SN1", "6.5.3", keys("SN1", &[("AP", 4)]))
+        .await
+        .unwrap();
+    let mut other = h.connect().await;
+    other
+        .register("sw2", "SN2", "6.5.3", SwitchReport::default())
+        .await
+        .unwrap();
+    let began = std::time::Instant::now();
+    // Two connections of sw1, 24 requests each: at most a full burst goes
+    // at once, the rest waits for the rate.
+    let second = h.connect().await;
+    let flood = |mut conn: Connection| async move {
+        for _ in 0..12 {
+            conn.acquire("sw1", &ap(), 1).await.unwrap();
+            conn.release("sw1", &ap(), 1).await.unwrap();
+        }
+    };
+    let sw1 = tokio::spawn(async move {
+        tokio::join!(flood(first), flood(second));
+        std::time::Instant::now()
+    });
+    // sw2 has its own rate: served while sw1 waits.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    other.acquire("sw2", &ap(), 1).await.unwrap();
+    let sw2_done = std::time::Instant::now();
+    let sw1_done = sw1.await.unwrap();
+    let took = sw1_done - began;
+    let least = Duration::from_millis(u64::from(48 - BURST) * 1000 / u64::from(PER_S));
+    assert!(
+        took >= least,
+        "48 requests in {took:?}: the rate allows them in {least:?} at the least"
+    );
+    assert!(sw2_done < sw1_done, "sw2 waited for sw1's rate");
+    let status = h.operator().await.status().await.unwrap();
+    assert!(status.paced > 0, "{status:?}");
+    assert!(status.refused.is_empty(), "{:?}", status.refused);
     h.stop().await;
 }

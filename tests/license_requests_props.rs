@@ -476,7 +476,7 @@ proptest! {
         two_sources in any::<bool>(),
     ) {
         let trusted = TrustedIssuers::from_iter([acme().trusted()]);
-        let limits = RequestLimits { max_clients_per_source: 100, registrations_per_s_per_source: 1000 };
+        let limits = RequestLimits { max_clients_per_source: 100, registrations_per_s_per_source: 1000, ..RequestLimits::default() };
         let registrations = SourceRate::new(1000, 100);
         // Signatures remembered, as a server does.
         let seen = SeenSignatures::default();

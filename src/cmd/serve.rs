@@ -68,6 +68,13 @@ pub struct Args {
     /// burst of --max-clients-per-source).
     #[arg(long, default_value_t = RequestLimits::default().registrations_per_s_per_source)]
     registrations_per_s_per_source: u32,
+    /// License requests per second one client may send (beyond a burst of
+    /// --request-burst-per-client); faster clients are paced.
+    #[arg(long, default_value_t = RequestLimits::default().requests_per_s_per_client)]
+    requests_per_s_per_client: u32,
+    /// The burst of requests one client may send at once.
+    #[arg(long, default_value_t = RequestLimits::default().request_burst_per_client)]
+    request_burst_per_client: u32,
     /// Connections served at once from one source address.
     #[arg(long, default_value_t = ServerConfig::default().max_connections_per_address)]
     max_connections_per_address: usize,
@@ -215,6 +222,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         limits: RequestLimits {
             max_clients_per_source: args.max_clients_per_source.max(1),
             registrations_per_s_per_source: args.registrations_per_s_per_source.max(1),
+            requests_per_s_per_client: args.requests_per_s_per_client.max(1),
+            request_burst_per_client: args.request_burst_per_client.max(1),
         },
         ..ServerConfig::default()
     };

@@ -425,6 +425,13 @@ pub struct LicenseSection {
     /// Registrations per second one source address may make beyond that
     /// burst (default 16).
     pub registrations_per_s_per_source: u32,
+    /// License requests per second one client id may send, over however
+    /// many connections, beyond a burst of `request_burst_per_client`
+    /// (default 200): a faster client is paced (its requests wait), not
+    /// refused. Bounds how fast one switch can grow the log.
+    pub requests_per_s_per_client: u32,
+    /// The burst of requests one client id may send at once (default 1000).
+    pub request_burst_per_client: u32,
     /// License types shared through the pool (default AP, PEFNG, RFPROTECT, XSEC, ACR).
     pub poolable: Vec<String>,
     /// License types that license one switch only, never pooled (default PEFV, WEBCC).
@@ -489,6 +496,8 @@ impl Default for LicenseSection {
             key_files: Vec::new(),
             max_clients_per_source: limits.max_clients_per_source,
             registrations_per_s_per_source: limits.registrations_per_s_per_source,
+            requests_per_s_per_client: limits.requests_per_s_per_client,
+            request_burst_per_client: limits.request_burst_per_client,
             poolable: DEFAULT_POOLABLE.iter().map(|t| t.to_string()).collect(),
             switch_specific: DEFAULT_SWITCH_SPECIFIC.iter().map(|t| t.to_string()).collect(),
             heartbeat_interval_ms: table.heartbeat_interval_ms,

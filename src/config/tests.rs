@@ -622,6 +622,16 @@ fn license_problems_name_their_field() {
         "registrations_per_s_per_source = 0",
         "license.registrations_per_s_per_source",
     );
+    refused(
+        "license",
+        "requests_per_s_per_client = 0",
+        "license.requests_per_s_per_client",
+    );
+    refused(
+        "license",
+        "request_burst_per_client = 0",
+        "license.request_burst_per_client",
+    );
     refused("license", "poolable = [\"AP\", \"ap\"]", "license.poolable[1]");
     refused(
         "license",

@@ -180,6 +180,8 @@ impl Config {
             limits: RequestLimits {
                 max_clients_per_source: l.max_clients_per_source,
                 registrations_per_s_per_source: l.registrations_per_s_per_source,
+                requests_per_s_per_client: l.requests_per_s_per_client,
+                request_burst_per_client: l.request_burst_per_client,
             },
         }
     }
@@ -724,6 +726,20 @@ impl Config {
                 "license.registrations_per_s_per_source",
                 0,
                 "must be at least 1 (default 16)",
+            );
+        }
+        if l.requests_per_s_per_client == 0 {
+            r.add(
+                "license.requests_per_s_per_client",
+                0,
+                "must be at least 1 (default 200)",
+            );
+        }
+        if l.request_burst_per_client == 0 {
+            r.add(
+                "license.request_burst_per_client",
+                0,
+                "must be at least 1 (default 1000)",
             );
         }
         if l.heartbeat_interval_ms == 0 {

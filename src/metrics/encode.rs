@@ -316,6 +316,13 @@ impl Collector for Scrape {
             ),
             o.refusals(),
         )?;
+        counter(
+            &mut e,
+            "requests_paced",
+            "License requests that waited because their client sent faster than \
+             license.requests_per_s_per_client",
+            s.paced,
+        )?;
         gauge(
             &mut e,
             "warnings",
@@ -340,6 +347,7 @@ mod tests {
         o.server.status.vrrp_state = "Master".into();
         o.server.status.raft_role = "Leader".into();
         o.server.status.term = 3;
+        o.server.status.paced = 4;
         o.server.status.refused.insert("client_key_refused".into(), 2);
         o.server.status.refused.insert("vrrp_unknown_peer".into(), 9);
         o.server
@@ -391,6 +399,7 @@ mod tests {
             "vipool_clients{state=\"down\"} 1\n",
             "vipool_bad_frames_total{kind=\"oversize\"} 1\n",
             "vipool_refusals_total{reason=\"client_key_refused\"} 2\n",
+            "vipool_requests_paced_total 4\n",
             "vipool_raft_fsync_duration_seconds_count 2\n",
             "vipool_raft_fsync_duration_seconds_bucket{le=\"0.0001\"} 1\n",
             "vipool_raft_fsync_duration_seconds_bucket{le=\"0.0025\"} 1\n",

@@ -263,6 +263,10 @@ pub struct NodeStatus {
     /// ...). Causes never seen are left out.
     #[serde(default)]
     pub refused: std::collections::BTreeMap<String, u64>,
+    /// License requests that waited because their client sent faster
+    /// than `license.requests_per_s_per_client` (paced, not refused).
+    #[serde(default)]
+    pub paced: u64,
 }
 
 /// Per-connection heartbeat counters kept by the serving node (not replicated).

@@ -316,6 +316,9 @@ impl<A: Applier> Conn<'_, A> {
         if let Some(id) = &heartbeat_of {
             self.shared.counters.heartbeat(id, |c| c.requests += 1);
         }
+        if let Some(client) = self.paced_as(&request) {
+            self.pace(client).await;
+        }
         let response = self.respond(request).await;
         if let Err(ServerError::Refused(e)) = &response {
             // What the table refused (a claim above what the pool can give,
@@ -335,6 +338,55 @@ impl<A: Applier> Conn<'_, A> {
             self.last_pool = Some(pool.clone());
         }
         (ServerMessage::Reply { seq, response }, heartbeat_of)
+    }
+
+    /// Whose rate a license request spends: the client id the certificate
+    /// names (over plain TCP, the id the request claims).
+    fn paced_as(&self, request: &Request) -> Option<String> {
+        let claimed = match request {
+            Request::Register { id, .. }
+            | Request::Heartbeat { id, .. }
+            | Request::Update { id, .. }
+            | Request::Acquire { id, .. }
+            | Request::Release { id, .. } => id,
+            _ => return None,
+        };
+        match &self.who {
+            Some(ClientIdentity::Switch { id, .. }) => Some(id.clone()),
+            Some(ClientIdentity::Operator { .. }) => None,
+            None => Some(claimed.clone()),
+        }
+    }
+
+    /// Waits until `client` may send another request
+    /// (`license.requests_per_s_per_client`): a client that sends faster
+    /// is slowed down, not refused, and its connection is not read
+    /// meanwhile (TCP pushes back).
+    async fn pace(&self, client: String) {
+        let mut counted = false;
+        loop {
+            let now_ms = u64::try_from(self.shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let Err(wait_ms) = self.shared.requests.take(client.clone(), now_ms) else {
+                return;
+            };
+            if !counted {
+                counted = true;
+                self.shared.counters.paced.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.shared.log.allow("paced") {
+                    info!(
+                        suppressed,
+                        peer = %self.peer,
+                        client = %client.escape_debug(),
+                        per_s = self.shared.config.limits.requests_per_s_per_client,
+                        "a client sends faster than license.requests_per_s_per_client: its requests wait"
+                    );
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(wait_ms.max(1))) => {}
+                () = self.shared.shutdown.cancelled() => return,
+            }
+        }
     }
 
     async fn respond(&mut self, request: Request) -> Result<Response, ServerError> {

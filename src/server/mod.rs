@@ -135,6 +135,9 @@ pub(crate) struct Counters {
     /// Requests refused because they came to the wrong port or acted for
     /// another identity than the connection's.
     pub(crate) forbidden: AtomicU64,
+    /// License requests that waited for their client's rate
+    /// (`license.requests_per_s_per_client`).
+    pub(crate) paced: AtomicU64,
     pub(crate) heartbeats: Mutex<BTreeMap<String, HeartbeatCounters>>,
     /// Requests refused before proposing, by cause (`RequestError::cause`).
     pub(crate) refused: Mutex<BTreeMap<&'static str, u64>>,
@@ -209,6 +212,9 @@ pub(crate) struct Shared<A> {
     pub(crate) per_address: Mutex<BTreeMap<IpAddr, usize>>,
     /// Registrations per source address.
     pub(crate) registrations: SourceRate,
+    /// License requests per client id, and the clock their buckets use.
+    pub(crate) requests: rate::ClientRate,
+    pub(crate) epoch: tokio::time::Instant,
     /// Key signatures already verified (heartbeats present the same keys).
     pub(crate) seen: crate::license::SeenSignatures,
 }
@@ -227,6 +233,7 @@ impl<A: Applier> Shared<A> {
             applied_index,
             connections: self.counters.connections.load(Ordering::Relaxed),
             bad_frames: self.counters.bad_frames.load(Ordering::Relaxed),
+            paced: self.counters.paced.load(Ordering::Relaxed),
             warnings: self.expiring().iter().map(ToString::to_string).collect(),
             refused: [
                 ("client_refused_connections", &self.counters.refused_connections),
@@ -324,6 +331,8 @@ impl<A: Applier> Server<A> {
         let shared = Shared {
             applier,
             registrations,
+            requests: config.limits.requests(),
+            epoch: tokio::time::Instant::now(),
             seen: crate::license::SeenSignatures::default(),
             config,
             serving,

@@ -1,6 +1,7 @@
-//! How often one source address may register: a token bucket per address,
-//! held in the server's shared state (not replicated: it is the serving
-//! node's own policy, and a new VIP holder starts with full buckets).
+//! How often one source address may register, and how fast one client
+//! may send requests: a token bucket per address (per client id), held in
+//! the server's shared state (not replicated: it is the serving node's own
+//! policy, and a new VIP holder starts with full buckets).
 //!
 //! A bucket holds up to `burst` registrations and refills at `per_s` a
 //! second. The burst is the number of clients one address may hold
@@ -18,6 +19,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+/// Registrations per source address.
+pub type SourceRate = Rate<IpAddr>;
+
+/// Requests per client id (the id a switch's certificate names).
+pub type ClientRate = Rate<String>;
+
 /// Most source addresses tracked at once.
 pub const MAX_SOURCES: usize = 65_536;
 
@@ -32,15 +39,15 @@ struct Bucket {
     at_ms: u64,
 }
 
-/// Registrations per source address: a token bucket each.
+/// A token bucket per key (a source address, a client id).
 #[derive(Debug)]
-pub struct SourceRate {
+pub struct Rate<K> {
     per_s: u64,
     burst: u64,
-    buckets: Mutex<BTreeMap<IpAddr, Bucket>>,
+    buckets: Mutex<BTreeMap<K, Bucket>>,
 }
 
-impl SourceRate {
+impl<K: Ord + Clone> Rate<K> {
     /// Buckets of `burst` registrations refilled at `per_s` a second (both
     /// at least 1).
     pub fn new(per_s: u32, burst: u32) -> Self {
@@ -68,12 +75,12 @@ impl SourceRate {
         }
     }
 
-    /// Takes one registration for `source` at `now_ms`.
+    /// Takes one token (a registration, a request) for `source` at `now_ms`.
     ///
     /// # Errors
     /// The bucket is empty: in how many milliseconds the next one would be
     /// taken.
-    pub fn take(&self, source: IpAddr, now_ms: u64) -> Result<(), u64> {
+    pub fn take(&self, source: K, now_ms: u64) -> Result<(), u64> {
         // A short critical section, never held across an await.
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if !buckets.contains_key(&source) && buckets.len() >= MAX_SOURCES {
@@ -98,7 +105,7 @@ impl SourceRate {
         result
     }
 
-    /// How many source addresses are tracked now.
+    /// How many keys are tracked now.
     pub fn tracked(&self) -> usize {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -165,5 +172,15 @@ mod tests {
             let _ = rate.take(ip(n), 2_000);
         }
         assert!(rate.tracked() <= MAX_SOURCES);
+    }
+
+    #[test]
+    fn each_client_id_has_its_own_bucket() {
+        let rate = ClientRate::new(100, 2);
+        rate.take("sw1".into(), 0).unwrap();
+        rate.take("sw1".into(), 0).unwrap();
+        assert_eq!(rate.take("sw1".into(), 0), Err(10));
+        rate.take("sw2".into(), 0).unwrap();
+        rate.take("sw1".into(), 10).unwrap();
     }
 }

@@ -30,7 +30,7 @@ use crate::proto::{Request, RequestError, ServerError, SwitchReport};
 use crate::table::limits::{self, MAX_KEYS_PER_CLIENT, MAX_TYPES_PER_REPORT};
 use crate::table::{source_of, Actor, ClientReport, Command, CommandError, LicenseTable};
 
-use super::rate::SourceRate;
+use super::rate::{ClientRate, SourceRate};
 
 /// The limits a serving node puts on clients by source address
 /// (`[license]` `max_clients_per_source`, `registrations_per_s_per_source`).
@@ -42,6 +42,13 @@ pub struct RequestLimits {
     pub max_clients_per_source: u32,
     /// Registrations per second one source address may make beyond that burst.
     pub registrations_per_s_per_source: u32,
+    /// License requests per second one client id may send beyond a burst
+    /// of [`RequestLimits::request_burst_per_client`], over however many
+    /// connections: a faster client is paced (its requests wait, the
+    /// connection is not read meanwhile), not refused.
+    pub requests_per_s_per_client: u32,
+    /// The burst of requests one client id may send at once.
+    pub request_burst_per_client: u32,
 }
 
 /// Clients per source address, unless `license.max_clients_per_source`
@@ -51,12 +58,22 @@ pub const DEFAULT_MAX_CLIENTS_PER_SOURCE: u32 = 64;
 /// Registrations per second per source address, unless
 /// `license.registrations_per_s_per_source` says otherwise.
 pub const DEFAULT_REGISTRATIONS_PER_S_PER_SOURCE: u32 = 16;
+/// License requests per second per client id, unless
+/// `license.requests_per_s_per_client` says otherwise: a switch sends a
+/// heartbeat every 30 s and a request per change of its APs; this bounds
+/// how fast one switch (or one stolen certificate) can grow the log.
+pub const DEFAULT_REQUESTS_PER_S_PER_CLIENT: u32 = 200;
+/// The burst of requests per client id, unless
+/// `license.request_burst_per_client` says otherwise.
+pub const DEFAULT_REQUEST_BURST_PER_CLIENT: u32 = 1_000;
 
 impl Default for RequestLimits {
     fn default() -> Self {
         Self {
             max_clients_per_source: DEFAULT_MAX_CLIENTS_PER_SOURCE,
             registrations_per_s_per_source: DEFAULT_REGISTRATIONS_PER_S_PER_SOURCE,
+            requests_per_s_per_client: DEFAULT_REQUESTS_PER_S_PER_CLIENT,
+            request_burst_per_client: DEFAULT_REQUEST_BURST_PER_CLIENT,
         }
     }
 }
@@ -66,6 +83,11 @@ impl RequestLimits {
     /// may hold).
     pub fn registrations(&self) -> SourceRate {
         SourceRate::new(self.registrations_per_s_per_source, self.max_clients_per_source)
+    }
+
+    /// The token buckets of requests per client id.
+    pub fn requests(&self) -> ClientRate {
+        ClientRate::new(self.requests_per_s_per_client, self.request_burst_per_client)
     }
 }
 

@@ -290,7 +290,9 @@ impl Lab {
     }
 
     /// As [`Lab::server_license`], with `license.max_clients_per_source`
-    /// and `license.registrations_per_s_per_source` set to `limits`.
+    /// and `license.registrations_per_s_per_source` set to `limits`; the
+    /// per-client request rate is raised with the latter when that is above
+    /// the default (benchmarks' switches send as fast as they are answered).
     pub fn server_license_with(&self, name: &str, ap: u32, limits: (u32, u32)) -> ServerLicense {
         let dir = self.dir().join("license");
         std::fs::create_dir_all(&dir).expect("lab license dir");
@@ -305,11 +307,12 @@ impl Lab {
             serial: format!("serial = \"{serial}\""),
             lines: format!(
                 "issuers = [\"{}\"]\nkey_files = [\"{}\"]\nmax_clients_per_source = {}\n\
-                 registrations_per_s_per_source = {}",
+                 registrations_per_s_per_source = {}\nrequests_per_s_per_client = {}",
                 issuers.display(),
                 keys.display(),
                 limits.0,
-                limits.1
+                limits.1,
+                limits.1.max(vipool::server::request::DEFAULT_REQUESTS_PER_S_PER_CLIENT)
             ),
         }
     }

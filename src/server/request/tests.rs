@@ -681,6 +681,7 @@ fn one_source_holds_a_bounded_number_of_clients_and_registers_at_a_bounded_rate(
     let mut node = Node::with_limits(RequestLimits {
         max_clients_per_source: 2,
         registrations_per_s_per_source: 1,
+        ..RequestLimits::default()
     });
     for n in 1..=2 {
         let id = format!("sw{n}");
@@ -884,6 +885,7 @@ fn ten_thousand_switches_from_one_host_register_within_a_second_when_the_limits_
     let mut node = Node::with_limits(RequestLimits {
         max_clients_per_source: 10_000,
         registrations_per_s_per_source: 10_000,
+        ..RequestLimits::default()
     });
     for n in 0..10_000u64 {
         node.now_ms = NOW_MS + n / 10;
