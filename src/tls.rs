@@ -104,9 +104,25 @@ impl ServerTls {
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or_else(|| AcceptError::Identity("none presented".into()))?;
+        // A resumed session is not verified again by rustls: the ticket
+        // carries the certificate as it was. Its validity is checked here,
+        // so that a ticket (valid for hours) does not outlive it.
+        still_valid(cert, std::time::SystemTime::now()).map_err(AcceptError::Identity)?;
         let who = client_identity(cert).map_err(AcceptError::Identity)?;
         Ok((stream, who))
     }
+}
+
+/// Whether the certificate `der` is within its validity at `now`.
+fn still_valid(der: &[u8], now: std::time::SystemTime) -> Result<(), String> {
+    let info = crate::pki::CertInfo::from_der(der)?;
+    if now < info.not_before {
+        return Err("certificate not valid yet (a resumed session)".into());
+    }
+    if now > info.not_after {
+        return Err("certificate expired (a resumed session): issue a new one with `vipool pki`".into());
+    }
+    Ok(())
 }
 
 /// Verifies a server as webpki does (chain to the pinned CA, validity,
@@ -245,5 +261,29 @@ impl ClientTls {
         tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
             .connect(name, tcp)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// A resumed session brings the certificate it was made with: outside
+    /// its validity it is refused, whatever the ticket says.
+    #[test]
+    fn a_certificate_is_checked_for_its_validity_at_accept() {
+        use rustls_pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::Ca::create(dir.path(), 7, 3650).unwrap();
+        let issued = ca.issue_switch("sw-1", "SN-1", 30).unwrap();
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        let now = SystemTime::now();
+        still_valid(&der, now).unwrap();
+        let day = Duration::from_secs(86_400);
+        let late = still_valid(&der, now + 31 * day).unwrap_err();
+        assert!(late.contains("expired"), "{late}");
+        let early = still_valid(&der, now - day).unwrap_err();
+        assert!(early.contains("not valid yet"), "{early}");
     }
 }

@@ -312,7 +312,9 @@ impl Lab {
                 keys.display(),
                 limits.0,
                 limits.1,
-                limits.1.max(vipool::server::request::DEFAULT_REQUESTS_PER_S_PER_CLIENT)
+                limits
+                    .1
+                    .max(vipool::server::request::DEFAULT_REQUESTS_PER_S_PER_CLIENT)
             ),
         }
     }
