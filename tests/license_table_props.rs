@@ -137,6 +137,7 @@ fn stamp(commands: Vec<(u64, Command)>) -> Vec<Command> {
                 | Command::RemoveServerKey { .. }
                 | Command::ServerSerial { .. }
                 | Command::Settings { .. }
+                | Command::Issuers { .. }
                 | Command::Certified { .. } => {}
             }
             command
@@ -156,7 +157,8 @@ fn stamped_at(command: &Command) -> Option<u64> {
         Command::RemoveClient { .. }
         | Command::RemoveServerKey { .. }
         | Command::ServerSerial { .. }
-        | Command::Settings { .. } => None,
+        | Command::Settings { .. }
+        | Command::Issuers { .. } => None,
         Command::Certified { command, .. } => stamped_at(command),
     }
 }

@@ -111,6 +111,17 @@ impl TrustedIssuer {
     }
 }
 
+impl TrustedIssuer {
+    /// An issuer from its name and public key (URL-safe base64), as the
+    /// table records the pair's ([`TrustedIssuers::by_name_text`]).
+    ///
+    /// # Errors
+    /// As a trust file's line would be refused.
+    pub fn from_parts(name: &str, key: &str) -> Result<Self, PublicLineError> {
+        format!("{PUBLIC_TAG} {name} {key}").parse()
+    }
+}
+
 impl fmt::Display for TrustedIssuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -236,6 +247,15 @@ impl TrustedIssuers {
     /// The trusted issuers' names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
+    }
+
+    /// Each trusted issuer's name and public key (URL-safe base64), as the
+    /// table records the pair's.
+    pub fn by_name_text(&self) -> BTreeMap<String, String> {
+        self.by_name
+            .iter()
+            .map(|(name, key)| (name.clone(), URL_SAFE_NO_PAD.encode(key.as_bytes())))
+            .collect()
     }
 
     /// How many issuers are trusted.

@@ -238,7 +238,7 @@ fn status_hook(
     transport: &TcpTransport,
     data_dir: &std::path::Path,
     start: &Start,
-    settings: Option<(TableConfig, SharedTable)>,
+    settings: Option<(settings::Configured, SharedTable)>,
 ) -> StatusHook {
     let view = Arc::clone(view);
     let transport = transport.clone();
@@ -387,6 +387,11 @@ pub async fn run(
     // Before anything starts: a server whose keys cannot be verified would
     // serve a pool it cannot prove.
     let (trusted, own_keys) = config.load_server_keys().map_err(NodeError::Keys)?;
+    // What this server's configuration says of the pair's settings.
+    let configured = settings::Configured {
+        table: config.table_config(),
+        issuers: trusted.by_name_text(),
+    };
     // A script the node would run as its own user must be safe to run.
     config
         .notify
@@ -477,7 +482,7 @@ pub async fn run(
         &transport,
         &config.node.data_dir,
         &start,
-        Some((config.table_config(), table.clone())),
+        Some((configured.clone(), table.clone())),
     );
     let server_shutdown = CancellationToken::new();
     let mut server_config = config.server_config();
@@ -539,7 +544,7 @@ pub async fn run(
         last_refusal: None,
         log: Arc::default(),
         keys: KeySync::default(),
-        settings: settings::SettingsSync::new(config.table_config(), config.node.name.clone()),
+        settings: settings::SettingsSync::new(configured, config.node.name.clone()),
         own_keys,
         preferred: None,
         followed_master: false,

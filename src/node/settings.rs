@@ -14,22 +14,71 @@
 //!   `vipool show status`, and applies the pair's.
 //!
 //! The witness has no settings of its own: it applies the log's.
+//!
+//! The issuers a server trusts (`license.issuers`) go the same way, as a
+//! record: the serving node verifies keys with its own, and the pair's
+//! log says whose those are, so a server configured with other issuers
+//! than the VIP holder's says so before a failover would change which
+//! keys count.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use std::collections::BTreeMap;
+
 use super::applier::{ReplicatedApplier, SharedTable};
 use crate::server::Applier;
-use crate::table::{Actor, Command, TableConfig};
+use crate::table::{describe_issuers, Actor, Command, LicenseTable, SettingDifference, TableConfig};
+
+/// What a server's configuration says of the pair's replicated settings:
+/// the table's settings and the issuers it trusts (name to public key).
+#[derive(Debug, Clone)]
+pub(super) struct Configured {
+    pub(super) table: TableConfig,
+    pub(super) issuers: BTreeMap<String, String>,
+}
+
+impl Configured {
+    /// Every difference between this configuration and the pair's.
+    fn differences(&self, t: &LicenseTable) -> Vec<SettingDifference> {
+        let mut out = self.table.differences(t.config());
+        if self.issuers != t.state().issuers {
+            out.push(SettingDifference {
+                setting: "license.issuers".into(),
+                ours: describe_issuers(&self.issuers),
+                theirs: describe_issuers(&t.state().issuers),
+            });
+        }
+        out
+    }
+
+    /// The command that sets the first part that differs, if any.
+    fn proposal(&self, t: &LicenseTable, server: &str) -> Option<Command> {
+        let by = Actor::Server(server.to_owned());
+        if !self.table.differences(t.config()).is_empty() {
+            Some(Command::Settings {
+                settings: self.table.clone(),
+                by,
+            })
+        } else if self.issuers != t.state().issuers {
+            Some(Command::Issuers {
+                issuers: self.issuers.clone(),
+                by,
+            })
+        } else {
+            None
+        }
+    }
+}
 
 /// How long after a proposal that did not commit the next one goes out.
 const RETRY: Duration = Duration::from_secs(2);
 
 /// A server's configured settings, and the proposal of them in flight.
 pub(super) struct SettingsSync {
-    configured: TableConfig,
+    configured: Configured,
     server: String,
     task: Option<tokio::sync::oneshot::Receiver<bool>>,
     /// When the last proposal that did not commit was sent.
@@ -39,7 +88,7 @@ pub(super) struct SettingsSync {
 }
 
 impl SettingsSync {
-    pub(super) fn new(configured: TableConfig, server: String) -> Self {
+    pub(super) fn new(configured: Configured, server: String) -> Self {
         Self {
             configured,
             server,
@@ -69,7 +118,12 @@ impl SettingsSync {
                 Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
             }
         }
-        let differences = applier.read(|t| self.configured.differences(t.config()));
+        let (differences, command) = applier.read(|t| {
+            (
+                self.configured.differences(t),
+                self.configured.proposal(t, &self.server),
+            )
+        });
         if differences.is_empty() {
             // The next difference, even the same one again, is news.
             self.announced = None;
@@ -99,9 +153,8 @@ impl SettingsSync {
             );
             self.announced = Some(listed);
         }
-        let command = Command::Settings {
-            settings: self.configured.clone(),
-            by: Actor::Server(self.server.clone()),
+        let Some(command) = command else {
+            return;
         };
         let applier = Arc::clone(applier);
         let log = Arc::clone(log);
@@ -134,12 +187,111 @@ impl SettingsSync {
 
 /// What `vipool show status` says when `configured` (this server's
 /// settings) differ from those `table` applies (the pair's).
-pub(super) fn status_warning(configured: &TableConfig, table: &SharedTable) -> Option<String> {
-    let differences = table.read(|t| configured.differences(t.config()));
+pub(super) fn status_warning(configured: &Configured, table: &SharedTable) -> Option<String> {
+    let differences = table.read(|t| configured.differences(t));
     (!differences.is_empty()).then(|| {
         format!(
             "table settings differ from the pair's (this node applies the pair's, set by the VIP holder): {}",
             TableConfig::describe_differences(&differences)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::license::{IssuerKey, TrustedIssuers};
+    use cluster::StateMachine;
+
+    fn issuers(names: &[(&str, u8)]) -> BTreeMap<String, String> {
+        names
+            .iter()
+            .map(|(name, seed)| {
+                IssuerKey::from_secret_bytes(name, &[*seed; 32])
+                    .unwrap()
+                    .trusted()
+            })
+            .collect::<TrustedIssuers>()
+            .by_name_text()
+    }
+
+    fn apply(t: &mut LicenseTable, command: Command) {
+        t.apply_command(t.applied_index() + 1, command).unwrap();
+    }
+
+    /// The VIP holder proposes its settings, then its issuers, one part at
+    /// a time; once both are the pair's nothing differs. A server trusting
+    /// another key under the same name, or another issuer, is told which.
+    #[test]
+    fn the_issuers_are_compared_and_proposed_after_the_settings() {
+        let mut t = LicenseTable::new(TableConfig::default());
+        let table = TableConfig {
+            heartbeat_interval_ms: 60_000,
+            ..TableConfig::default()
+        };
+        let ours = Configured {
+            table,
+            issuers: issuers(&[("acme", 7), ("lab", 9)]),
+        };
+        let listed = TableConfig::describe_differences(&ours.differences(&t));
+        assert!(listed.contains("license.heartbeat_interval_ms"), "{listed}");
+        assert!(listed.contains("license.issuers: configured acme ("), "{listed}");
+        assert!(listed.contains("the pair's none"), "{listed}");
+        let first = ours.proposal(&t, "primary").unwrap();
+        assert!(matches!(first, Command::Settings { .. }), "{first:?}");
+        apply(&mut t, first);
+        let second = ours.proposal(&t, "primary").unwrap();
+        assert!(
+            matches!(&second, Command::Issuers { issuers, .. } if issuers.len() == 2),
+            "{second:?}"
+        );
+        apply(&mut t, second);
+        assert!(ours.differences(&t).is_empty());
+        assert!(ours.proposal(&t, "primary").is_none());
+        // A snapshot carries them.
+        let mut restored = LicenseTable::new(TableConfig::default());
+        restored.restore(&t.snapshot()).unwrap();
+        assert_eq!(restored.state().issuers, ours.issuers);
+
+        // Another key under the name "lab": the difference shows both.
+        let other = Configured {
+            table: ours.table.clone(),
+            issuers: issuers(&[("acme", 7), ("lab", 10)]),
+        };
+        let listed = TableConfig::describe_differences(&other.differences(&t));
+        assert!(listed.starts_with("license.issuers:"), "{listed}");
+        let (ours_lab, theirs_lab) = (&other.issuers["lab"][..8], &ours.issuers["lab"][..8]);
+        assert!(
+            listed.contains(ours_lab) && listed.contains(theirs_lab),
+            "{listed}"
+        );
+    }
+
+    /// The table refuses issuers that are not a name and an Ed25519 key,
+    /// and more than a pair needs; nothing changes.
+    #[test]
+    fn bad_issuers_are_refused_by_the_table() {
+        let mut t = LicenseTable::new(TableConfig::default());
+        let by = Actor::Server("primary".into());
+        let mut bad = issuers(&[("acme", 7)]);
+        bad.insert("junk".into(), "not-a-key".into());
+        let e = t
+            .apply_command(
+                1,
+                Command::Issuers {
+                    issuers: bad,
+                    by: by.clone(),
+                },
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("\"junk\""), "{e}");
+        let many: BTreeMap<String, String> = (0..=crate::table::limits::MAX_ISSUERS)
+            .map(|n| (format!("i{n}"), issuers(&[("x", 7)])["x"].clone()))
+            .collect();
+        let e = t
+            .apply_command(2, Command::Issuers { issuers: many, by })
+            .unwrap_err();
+        assert!(e.to_string().contains("at most 64"), "{e}");
+        assert!(t.state().issuers.is_empty());
+    }
 }

@@ -558,6 +558,7 @@ impl<A: Applier> Conn<'_, A> {
                 servers: t.state().servers.clone(),
                 // The page shows clients, not which certificates replaced whose.
                 cert_floors: Default::default(),
+                issuers: t.state().issuers.clone(),
             };
             (state, t.pool().clone(), t.config().clone(), next.flatten())
         });

@@ -142,6 +142,15 @@ pub enum Command {
         /// The switch's command.
         command: Box<Command>,
     },
+    /// Sets the issuers the pair trusts (a record, as the settings are:
+    /// the VIP holder proposes its `license.issuers` when they differ from
+    /// the replicated ones, and another server whose own differ says so).
+    Issuers {
+        /// Name to Ed25519 public key (URL-safe base64).
+        issuers: std::collections::BTreeMap<String, String>,
+        /// Who sets them (the server proposing its configuration).
+        by: Actor,
+    },
 }
 
 impl Command {
@@ -206,6 +215,9 @@ impl Command {
             Command::Certified { issued_s, command } => {
                 format!("{} (certificate issued at {issued_s} s)", command.describe())
             }
+            Command::Issuers { issuers, by } => {
+                format!("{by} sets the trusted issuers: {}", describe_issuers(issuers))
+            }
         }
     }
 
@@ -245,9 +257,23 @@ impl Command {
             Command::RemoveClient { .. }
             | Command::ServerSerial { .. }
             | Command::RemoveServerKey { .. }
-            | Command::Settings { .. } => None,
+            | Command::Settings { .. }
+            | Command::Issuers { .. } => None,
         }
     }
+}
+
+/// The issuers by name, each with the start of its public key (enough to
+/// tell two keys of one name apart), or "none".
+pub fn describe_issuers(issuers: &std::collections::BTreeMap<String, String>) -> String {
+    if issuers.is_empty() {
+        return "none".into();
+    }
+    issuers
+        .iter()
+        .map(|(name, key)| format!("{name} ({}…)", key.chars().take(8).collect::<String>()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_key(key: &VerifiedKey) -> String {
@@ -506,6 +532,10 @@ pub enum CommandError {
         /// The newest certificate's not-before the id registered with (s).
         floor: u64,
     },
+    /// A trusted issuer that is not a name and an Ed25519 public key, or
+    /// more of them than any pair needs.
+    #[error("trusted issuers refused: {0}")]
+    Issuers(String),
     /// A [`Command::Certified`] around anything but a switch's command.
     #[error("only a switch's register, heartbeat, update, acquire or release carries a certificate")]
     NotCertifiable,
@@ -540,6 +570,7 @@ impl CommandError {
             Self::Settings { .. } => "table_settings",
             Self::SupersededCertificate { .. } => "table_superseded_certificate",
             Self::NotCertifiable => "table_not_certifiable",
+            Self::Issuers(_) => "table_issuers",
         }
     }
 }

@@ -57,6 +57,8 @@ pub const MAX_ADDRESS_LEN: usize = 64;
 /// Most keys installed on one server (a key file of 1 MiB holds about 2,300;
 /// a pair needs a handful).
 pub const MAX_KEYS_PER_SERVER: usize = 1_000;
+/// Most issuers a pair may trust.
+pub const MAX_ISSUERS: usize = 64;
 /// The longest validity `vipool pki switch` issues a switch certificate
 /// for, in days. The table remembers the newest certificate each client id
 /// registered with for this long after its issue: by then every older

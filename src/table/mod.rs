@@ -48,7 +48,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, CommandError, Reply, SweepReport};
+pub use command::{describe_issuers, Command, CommandError, Reply, SweepReport};
 pub use config::{
     SettingDifference, SettingsError, TableConfig, TypeKind, DEFAULT_POOLABLE, DEFAULT_SWITCH_SPECIFIC,
     MAX_TYPES as MAX_SETTINGS_TYPES,
@@ -81,6 +81,11 @@ pub struct TableState {
     /// either, until [`limits::MAX_SWITCH_CERT_DAYS`] after that issue,
     /// when every older certificate has expired (the sweep drops it).
     pub cert_floors: BTreeMap<String, u64>,
+    /// The issuers the pair trusts, as the VIP holder set them last
+    /// ([`Command::Issuers`]): name to Ed25519 public key (URL-safe
+    /// base64, as in a trust file). A server whose `license.issuers`
+    /// differ says so; empty until the first such entry.
+    pub issuers: BTreeMap<String, String>,
 }
 
 /// The license table with its settings and what is derived from it.
@@ -287,6 +292,21 @@ impl LicenseTable {
                 check_actor(by)?;
                 Ok(settings.check()?)
             }
+            Command::Issuers { issuers, by } => {
+                check_actor(by)?;
+                if issuers.len() > limits::MAX_ISSUERS {
+                    return Err(CommandError::Issuers(format!(
+                        "{} issuers: at most {}",
+                        issuers.len(),
+                        limits::MAX_ISSUERS
+                    )));
+                }
+                for (name, key) in issuers {
+                    crate::license::TrustedIssuer::from_parts(name, key)
+                        .map_err(|e| CommandError::Issuers(format!("{name:?}: {e}")))?;
+                }
+                Ok(())
+            }
             Command::Certified { issued_s, command } => {
                 let id = command.switch_id().ok_or(CommandError::NotCertifiable)?;
                 if let Some(floor) = self.cert_floor(id) {
@@ -381,6 +401,12 @@ impl LicenseTable {
                 // poolable (or known) just stops counting in the pool.
                 self.derived = Derived::rebuild(&settings, &self.state);
                 self.config = settings;
+                Ok(Reply::Settings {
+                    pool: self.derived.pool.clone(),
+                })
+            }
+            Command::Issuers { issuers, .. } => {
+                self.state.issuers = issuers;
                 Ok(Reply::Settings {
                     pool: self.derived.pool.clone(),
                 })

@@ -20,7 +20,8 @@ use cluster::SnapshotError;
 use super::{TableConfig, TableState};
 
 /// The snapshot format this build writes. 4: the table remembers the
-/// newest certificate each client id registered with (`cert_floors`).
+/// newest certificate each client id registered with (`cert_floors`), and
+/// the issuers the pair trusts (`issuers`).
 /// 3: the settings are in it. 2: keys are verified signed keys (key id,
 /// issuer, serial), server keys say who installed them, and the table
 /// records each server's serial.
@@ -41,6 +42,7 @@ impl From<StateV3> for TableState {
             server_keys: v.server_keys,
             servers: v.servers,
             cert_floors: Default::default(),
+            issuers: Default::default(),
         }
     }
 }

@@ -223,6 +223,10 @@ impl Pending {
                 detail: settings.describe(),
                 by: by.clone(),
             },
+            Command::Issuers { issuers, by } => What::Settings {
+                detail: format!("trusted issuers: {}", crate::table::describe_issuers(issuers)),
+                by: by.clone(),
+            },
             // `inner` took the certificate's wrapper off.
             Command::Heartbeat { .. }
             | Command::Update { .. }
