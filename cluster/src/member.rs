@@ -901,10 +901,51 @@ pub(crate) mod tests {
             assert!(tokio::time::Instant::now() < deadline, "survivor never in sync");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let mut facts = survivor.leadership();
         survivor.take_over_as_sole_voter().await.unwrap();
+        // Published before the answer: the caller sees what the takeover
+        // made without waiting for another wake-up.
+        let made = facts.borrow_and_update().clone();
+        assert_eq!(
+            (made.role, made.leader, made.voters.clone(), made.learners.clone()),
+            (
+                StateRole::Leader,
+                Some(survivor.id()),
+                vec![survivor.id()],
+                vec![old]
+            ),
+            "{made:?}"
+        );
+        let mut last = 0;
         for c in 100..160u64 {
-            acked.insert(survivor.propose(c).await.unwrap(), c);
+            last = survivor.propose(c).await.unwrap();
+            acked.insert(last, c);
         }
+        // Commits move the positions in the watch but wake nobody.
+        assert!(
+            !facts.has_changed().unwrap(),
+            "{made:?} then {:?}",
+            *facts.borrow()
+        );
+        // The answer comes as the entry applies; the positions are
+        // published at the end of that step.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = facts.borrow().clone();
+            if now.commit >= last && now.applied >= last && now.last_index >= last {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "positions never published: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            !facts.has_changed().unwrap(),
+            "{made:?} then {:?}",
+            *facts.borrow()
+        );
         let back = start_pair(dir.path(), old, &net);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
