@@ -736,3 +736,67 @@ fn of_two_masters_only_the_leader_serves() {
     let (x, y) = (a.actions(), b.actions());
     assert!(serves(&x) && !serves(&y), "{x:?} {y:?}");
 }
+
+// README, old primary returns: "joins as a learner, catches up (snapshot
+// if needed), is promoted once it keeps up; until it is caught up and a
+// voter it advertises VRRP priority 1 ... The preemption itself costs
+// clients ~250 ms". The handback: caught up and a voter, it advertises its
+// priority, preempts, names itself preferred leader, and serves once
+// leadership arrives; it never takes over from a peer that leads.
+#[test]
+fn the_old_primary_returns_catches_up_and_takes_the_service_back() {
+    let mut s = Script::new(false);
+    s.raft.in_sync = false;
+    s.raft.voters = vec![PEER];
+    s.raft.learners = vec![ME];
+    s.raft.leader = Some(PEER);
+    s.feed_raft();
+    s.vrrp.master = Some(PEER_ADDR);
+    s.vrrp.adverts_received = 1;
+    s.feed_vrrp();
+    let a = s.actions();
+    assert_eq!(priorities(&a), [BEHIND_PRIORITY], "{a:?}");
+    assert!(a.contains(&Action::PreferLeader(Some(PEER))), "{a:?}");
+    // Caught up and promoted.
+    s.at_ms(5000);
+    s.raft.in_sync = true;
+    s.raft.voters = vec![PEER, ME];
+    s.raft.learners = vec![];
+    s.feed_raft();
+    assert_eq!(priorities(&s.actions()), [PRIORITY]);
+    s.at_ms(5100);
+    s.vrrp.adverts_received = 2;
+    s.feed_vrrp();
+    // VRRP preempts; the peer still leads raft.
+    s.at_ms(5150);
+    s.become_state(State::Master, Reason::Preempt);
+    let mut a = s.actions();
+    a.extend(s.run_until_ms(60_000));
+    assert!(!takes_over(&a), "the peer is alive and leads: {a:?}");
+    assert!(a.contains(&Action::PreferLeader(Some(ME))), "{a:?}");
+    assert!(a.contains(&Action::SoonServing(true)), "{a:?}");
+    assert!(!serves(&a));
+    // Leadership comes (the peer transfers it to the preferred member).
+    s.at_ms(60_250);
+    s.raft.role = StateRole::Leader;
+    s.raft.leader = Some(ME);
+    s.raft.term += 1;
+    s.feed_raft();
+    let a = s.actions();
+    let served = a.iter().find_map(|x| match x {
+        Action::Serve {
+            serve: true,
+            why,
+            gap,
+        } => Some((*why, *gap)),
+        _ => None,
+    });
+    assert_eq!(
+        served,
+        Some((
+            Some("preempted the peer (higher priority)"),
+            Some(Duration::from_millis(60_250 - 5100))
+        )),
+        "{a:?}"
+    );
+}
