@@ -129,9 +129,17 @@ impl<S: StateMachine> Clone for Member<S> {
     }
 }
 
-/// Who leads, as this member sees it; published by [`Member::leadership`] after
-/// every step that changes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What this member knows of the cluster, as it changes: the one source
+/// of the facts the pair's rules decide on (who leads, who votes, whether
+/// this log is complete), published by [`Member::leadership`] after every
+/// step of the member.
+///
+/// Receivers are woken only when a fact the rules read changes (role,
+/// leader, term, in-sync, voters, learners; see [`Leadership::same_facts`]);
+/// the log positions (`commit`, `applied`, `last_index`, `progress`) are
+/// kept current in the same value without waking anyone, for status pages
+/// that read it when asked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Leadership {
     /// This member's raft role.
     pub role: StateRole,
@@ -141,6 +149,31 @@ pub struct Leadership {
     pub term: u64,
     /// Whether this member is in sync (see [`Status::in_sync`]).
     pub in_sync: bool,
+    /// The voters of the applied configuration.
+    pub voters: Vec<u64>,
+    /// Its learners.
+    pub learners: Vec<u64>,
+    /// Highest committed index (not a wake-up).
+    pub commit: u64,
+    /// Highest applied index (not a wake-up).
+    pub applied: u64,
+    /// Index of the last entry of this member's log (not a wake-up).
+    pub last_index: u64,
+    /// As leader, each other member's matched index (not a wake-up).
+    pub progress: Vec<(u64, u64)>,
+}
+
+impl Leadership {
+    /// Whether `other` carries the same facts (role, leader, term, in-sync,
+    /// voters, learners), whatever the log positions.
+    pub fn same_facts(&self, other: &Leadership) -> bool {
+        self.role == other.role
+            && self.leader == other.leader
+            && self.term == other.term
+            && self.in_sync == other.in_sync
+            && self.voters == other.voters
+            && self.learners == other.learners
+    }
 }
 
 impl<S: StateMachine> std::fmt::Debug for Member<S> {
@@ -198,9 +231,10 @@ impl<S: StateMachine> Member<S> {
         })
     }
 
-    /// Role, leader, term and in-sync as they change: an event source for
-    /// code that must act at once when leadership moves (polling
-    /// [`Member::status`] on a timer adds up to one period of delay).
+    /// Role, leader, term, in-sync and membership as they change (see
+    /// [`Leadership`]): an event source for code that must act at once when
+    /// leadership moves (polling [`Member::status`] on a timer adds up to
+    /// one period of delay and a round trip through the member's queue).
     pub fn leadership(&self) -> watch::Receiver<Leadership> {
         self.role.clone()
     }
@@ -410,11 +444,18 @@ struct Task<S: StateMachine> {
 }
 
 fn leadership_of<S: StateMachine>(node: &Node<S>) -> Leadership {
+    let conf = node.conf_state();
     Leadership {
         role: node.role(),
         leader: node.leader(),
         term: node.term(),
         in_sync: node.in_sync(),
+        voters: conf.voters,
+        learners: conf.learners,
+        commit: node.commit_index(),
+        applied: node.applied_index(),
+        last_index: node.last_index(),
+        progress: node.progress(),
     }
 }
 
@@ -448,8 +489,7 @@ impl<S: StateMachine> Task<S> {
                 Some(e) => Err(e),
                 None => self.ready(),
             };
-            let now = leadership_of(&self.node);
-            self.role.send_if_modified(|r| std::mem::replace(r, now) != now);
+            self.publish();
             if let Err(e) = failed {
                 tracing::error!(member = self.node.id(), "member stops: {e}");
                 *self.stopped.lock().expect("stopped lock") = Some(e.to_string());
@@ -467,6 +507,14 @@ impl<S: StateMachine> Task<S> {
                 return Some(done);
             }
         }
+    }
+
+    /// Publishes the member's facts; wakes the watchers only when a fact
+    /// changed, not for log positions alone.
+    fn publish(&self) {
+        let now = leadership_of(&self.node);
+        self.role
+            .send_if_modified(|r| !std::mem::replace(r, now).same_facts(r));
     }
 
     fn token(&mut self) -> Token {
@@ -524,6 +572,9 @@ impl<S: StateMachine> Task<S> {
                 } else {
                     self.node.take_over_as_sole_voter()
                 };
+                // The caller learns the outcome with the facts it made
+                // (sole voter, leader): it can serve in the same round.
+                self.publish();
                 let _ = tx.send(r);
             }
             Request::Transfer(to) => self.node.transfer_leader(to),
@@ -850,10 +901,51 @@ pub(crate) mod tests {
             assert!(tokio::time::Instant::now() < deadline, "survivor never in sync");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let mut facts = survivor.leadership();
         survivor.take_over_as_sole_voter().await.unwrap();
+        // Published before the answer: the caller sees what the takeover
+        // made without waiting for another wake-up.
+        let made = facts.borrow_and_update().clone();
+        assert_eq!(
+            (made.role, made.leader, made.voters.clone(), made.learners.clone()),
+            (
+                StateRole::Leader,
+                Some(survivor.id()),
+                vec![survivor.id()],
+                vec![old]
+            ),
+            "{made:?}"
+        );
+        let mut last = 0;
         for c in 100..160u64 {
-            acked.insert(survivor.propose(c).await.unwrap(), c);
+            last = survivor.propose(c).await.unwrap();
+            acked.insert(last, c);
         }
+        // Commits move the positions in the watch but wake nobody.
+        assert!(
+            !facts.has_changed().unwrap(),
+            "{made:?} then {:?}",
+            *facts.borrow()
+        );
+        // The answer comes as the entry applies; the positions are
+        // published at the end of that step.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = facts.borrow().clone();
+            if now.commit >= last && now.applied >= last && now.last_index >= last {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "positions never published: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            !facts.has_changed().unwrap(),
+            "{made:?} then {:?}",
+            *facts.borrow()
+        );
         let back = start_pair(dir.path(), old, &net);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {

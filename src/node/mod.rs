@@ -2,41 +2,12 @@
 //! license table, the license server and its operator endpoint, and the
 //! glue that ties them together.
 //!
-//! # The rules the glue enforces
-//!
-//! - A node answers license requests (`serving`) exactly while it is VRRP
-//!   master *and* raft leader, and only on the VIP (the server's gate). When
-//!   serving ends, the server closes its client connections so that clients
-//!   reconnect to the new holder.
-//! - Leadership follows the VIP: each member names the VRRP master as its
-//!   preferred raft leader, so a leader that lost the VIP hands leadership to
-//!   the new master as soon as the master's log is caught up.
-//! - A VRRP master without a witness takes over as sole voter when VRRP says
-//!   the peer is gone: it sent priority 0 (at once once this node leads, or
-//!   no longer sees the peer lead), its adverts stopped after this node had
-//!   followed it (once raft sees no leader either), or no raft leader has
-//!   been seen for two election timeouts (the peer stopped or lost its raft
-//!   link). A refused takeover (this node's log cannot be shown complete) is
-//!   logged at error level and retried as the status changes, never forced.
-//!   With a witness there is no takeover: raft elects, and the preferred
-//!   leader brings leadership to the VIP holder.
-//! - While this node has not caught up with the log since it started, it
-//!   advertises the lowest VRRP priority, so a restarted primary never
-//!   preempts with a stale table.
-//! - Graceful stop: stop serving (connections close), let requests in flight
-//!   commit and be answered, hand the VIP over (priority-0 advert: the peer
-//!   takes over at once with `vrrp.pair_handoff`), hand raft leadership to
-//!   the peer, and stop the member as soon as the peer leads. The peer, on
-//!   the priority-0 evidence, takes over as sole voter (this node is now a
-//!   learner) and commits alone; when this node returns it catches up and is
-//!   promoted back.
-//! - Each server keeps its own license keys (`license.key_files`, verified
-//!   against `node.serial` at start) in the table, and its serial with
-//!   them (see `keys`): the VIP holder proposes its changes, the other
-//!   server submits its own to the leader.
-//! - The table's settings are the log's, the same on every member (see
-//!   `settings`): the VIP holder proposes its configured ones when they
-//!   differ; another server whose configuration differs says so.
+//! The rules that make the pair (who serves, takeover as sole voter, the
+//! VRRP priority, the preferred leader, keys and settings) are a sans-IO
+//! state machine in `rules`, whose module doc states them; the glue here
+//! only feeds it the VRRP speaker's status and transitions and the cluster
+//! member's facts (pushed on one watch, `Member::leadership`) and carries
+//! out its actions.
 //!
 //! # Timers
 //!
@@ -51,6 +22,7 @@ pub mod applier;
 mod beacon;
 mod keys;
 mod notify;
+mod rules;
 mod sd_notify;
 mod settings;
 pub mod store;
@@ -58,7 +30,7 @@ mod witness;
 pub mod yields;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::raft::StateRole;
@@ -68,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use vrrp::proto::{Reason, State};
+use vrrp::proto::State;
 use vrrp::sys::Speaker;
 
 pub use applier::{ReplicatedApplier, SharedTable};
@@ -156,47 +128,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
     move |source| NodeError::Io { what, source }
 }
 
-/// The lowest priority a backup may advertise: what a node that is not
-/// caught up uses, so that it never preempts.
-pub const BEHIND_PRIORITY: u8 = 1;
-
-/// How often a server compares its keys in the table with its configuration.
-const KEY_CHECK: Duration = Duration::from_secs(2);
-
-/// The state of [`Glue::sync_keys`].
-#[derive(Default)]
-struct KeySync {
-    /// The round in flight.
-    task: Option<tokio::sync::oneshot::Receiver<usize>>,
-    /// When the last round started.
-    checked: Option<Instant>,
-    /// Rounds in a row that had something to change.
-    rounds: u32,
-    /// Serving at the last check.
-    serving: bool,
-}
-
-/// What the glue publishes for `vipool show status` and the metrics.
-#[derive(Debug, Clone, Default)]
-struct PairView {
-    vrrp_state: String,
-    raft_role: String,
-    term: u64,
-    commit: u64,
-    /// The VRRP status as last published (priority, master, counters,
-    /// drops by reason).
-    vrrp: Option<vrrp::sys::Status>,
-    /// The raft leader, by id.
-    leader: Option<u64>,
-    /// The last index of this member's log.
-    last_index: u64,
-    /// As leader: each other member's matched index.
-    progress: Vec<(u64, u64)>,
-    /// Whether this member's log is known to be complete.
-    in_sync: bool,
-    /// The raft learners (a peer that a sole voter took over from).
-    learners: Vec<u64>,
-}
+pub use rules::BEHIND_PRIORITY;
 
 /// A VRRP drop reason as `show status` and the metrics name it.
 fn drop_name(reason: vrrp::proto::DropReason) -> String {
@@ -231,16 +163,17 @@ fn transport_refusals(stats: &cluster::transport::TransportStats) -> Vec<(&'stat
 }
 
 /// What `vipool show status` adds to the license server's own status on a
-/// server and on a witness: the view its loop publishes, and a peer refused
-/// for running another release.
+/// server and on a witness: the member's facts and log positions as it
+/// pushes them, the VRRP speaker's status (none on a witness), and a peer
+/// refused for running another release.
 fn status_hook(
-    view: &Arc<Mutex<PairView>>,
+    facts: watch::Receiver<cluster::Leadership>,
+    vrrp: Option<watch::Receiver<vrrp::sys::Status>>,
     transport: &TcpTransport,
     data_dir: &std::path::Path,
     start: &Start,
     settings: Option<(settings::Configured, SharedTable)>,
 ) -> StatusHook {
-    let view = Arc::clone(view);
     let transport = transport.clone();
     let data_dir = data_dir.to_path_buf();
     let config_file = start.config_file.clone();
@@ -256,22 +189,28 @@ fn status_hook(
                 .warnings
                 .extend(settings::status_warning(configured, table));
         }
-        let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (cause, n) in transport_refusals(transport.stats()) {
             if n > 0 {
                 status.refused.insert(cause.to_owned(), n);
             }
         }
-        let drops = v.vrrp.iter().flat_map(|s| &s.counters.drops);
-        for (reason, n) in drops {
-            status.refused.insert(format!("vrrp_{}", drop_name(*reason)), *n);
+        match &vrrp {
+            Some(vrrp) => {
+                let v = vrrp.borrow();
+                for (reason, n) in &v.counters.drops {
+                    status.refused.insert(format!("vrrp_{}", drop_name(*reason)), *n);
+                }
+                status.vrrp_state = v.state.to_string();
+            }
+            None => status.vrrp_state = "none (witness)".into(),
         }
-        status.vrrp_state = v.vrrp_state;
-        status.raft_role = v.raft_role;
-        status.term = v.term;
-        // The view is refreshed by the loop; the table is read now.
-        // Committed is never behind applied.
-        status.commit_index = v.commit.max(status.applied_index);
+        let f = facts.borrow();
+        status.raft_role = format!("{:?}", f.role);
+        status.term = f.term;
+        // The member applies entries before it publishes the positions, so
+        // the table read just before may be one step ahead: committed is
+        // never behind applied.
+        status.commit_index = f.commit.max(status.applied_index);
     })
 }
 
@@ -476,9 +415,9 @@ pub async fn run(
         Some(vip.to_string()),
     ));
     let (soon_tx, soon) = watch::channel(false);
-    let view = Arc::new(Mutex::new(PairView::default()));
     let hook = status_hook(
-        &view,
+        member.leadership(),
+        Some(speaker.status()),
         &transport,
         &config.node.data_dir,
         &start,
@@ -510,7 +449,14 @@ pub async fn run(
     );
     let failovers = Arc::new(crate::metrics::FailoverLog::default());
     if let Some(listener) = metrics_listener {
-        let source = metrics_source(&config, &server, &view, &flush_times, &failovers, peer_address);
+        let source = metrics_source(
+            &config,
+            &server,
+            (member.leadership(), speaker.status()),
+            &flush_times,
+            &failovers,
+            peer_address,
+        );
         tokio::spawn(crate::metrics::serve(listener, source, server_shutdown.clone()));
     }
     sd_notify::notify(sd_notify::READY);
@@ -528,34 +474,24 @@ pub async fn run(
     notify::announce(&config.notify);
     let glue_stop = CancellationToken::new();
     let glue = Glue {
-        me,
-        peer,
-        has_witness,
-        priority,
-        advertised: priority,
+        rules: rules::PairRules::new(rules::RulesConfig {
+            me,
+            peer,
+            has_witness,
+            priority,
+            election_timeout,
+        }),
         member: member.clone(),
         applier,
         config: config.clone(),
         serving: serving_tx,
         soon: soon_tx,
-        role: None,
-        view,
-        peer_left: None,
-        last_refusal: None,
         log: Arc::default(),
-        keys: KeySync::default(),
         settings: settings::SettingsSync::new(configured, config.node.name.clone()),
         own_keys,
-        preferred: None,
-        followed_master: false,
-        leaderless_since: None,
-        election_timeout,
         beacons: Arc::clone(&beacons),
         advert,
         failovers,
-        peer_served_at: None,
-        heard: (0, 0),
-        became_master: None,
         notifier: notifier.clone(),
     };
     let mut glue_task = tokio::spawn(glue.run(speaker, glue_stop.clone()));
@@ -688,23 +624,10 @@ async fn hand_over(member: &Member<SharedTable>, me: u64, peer: u64, wait: Durat
     }
 }
 
-/// VRRP's evidence that the peer is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PeerGone {
-    /// It sent priority 0: a graceful stop.
-    Left,
-    /// Its adverts stopped (Master_Down_Interval): a crash, or a partition.
-    Silent,
-}
-
+/// The tokio side of the pair's rules: feeds [`rules::PairRules`] and
+/// carries out its actions.
 struct Glue {
-    me: u64,
-    peer: u64,
-    has_witness: bool,
-    /// The configured VRRP priority.
-    priority: u8,
-    /// The priority advertised now.
-    advertised: u8,
+    rules: rules::PairRules,
     member: Member<SharedTable>,
     applier: Arc<ReplicatedApplier>,
     config: Config,
@@ -712,43 +635,18 @@ struct Glue {
     /// VRRP master, not serving yet, leadership on its way: the server
     /// holds requests to the VIP until it serves instead of refusing them.
     soon: watch::Sender<bool>,
-    /// The raft role last seen (logged when it changes).
-    role: Option<StateRole>,
-    view: Arc<Mutex<PairView>>,
-    /// Why this node became master, when VRRP says the peer is gone: its
-    /// evidence, kept until the takeover is done.
-    peer_left: Option<PeerGone>,
     /// Warnings that repeat while a condition lasts.
     log: Arc<cluster::ratelog::RateLimiter>,
-    /// The last refused takeover: why, when it was logged, retries since.
-    last_refusal: Option<(String, Instant, u64)>,
-    /// This server's keys in the table.
-    keys: KeySync,
     /// This server's table settings against the pair's.
     settings: settings::SettingsSync,
     /// This server's key files, verified.
     own_keys: Vec<crate::license::ServerKeyEntry>,
-    /// The preferred leader this member was last told.
-    preferred: Option<u64>,
-    /// As a backup, a master (other than this node) was heard.
-    followed_master: bool,
-    /// Since when no raft leader is known.
-    leaderless_since: Option<Instant>,
-    /// Raft's election timeout (ticks times tick length).
-    election_timeout: Duration,
     /// Our VRRP state to the peer, the peer's to our speaker.
     beacons: Arc<beacon::Beacons>,
     /// The VRRP advertisement interval: beacons are refreshed as often.
     advert: Duration,
     /// Takeovers and losses of the service, for the metrics and the page.
     failovers: Arc<crate::metrics::FailoverLog>,
-    /// When this node last heard the peer hold the VIP (an advert from it
-    /// as master, or its priority-0 advert): where a takeover's gap starts.
-    peer_served_at: Option<Instant>,
-    /// Adverts and priority-0 adverts accepted, as last seen.
-    heard: (u64, u64),
-    /// Why this node last became VRRP master.
-    became_master: Option<Reason>,
     /// The operator's `[notify]` scripts.
     notifier: notify::Notifier,
 }
@@ -758,12 +656,15 @@ struct Glue {
 fn metrics_source(
     config: &Config,
     server: &Arc<Server<ReplicatedApplier>>,
-    view: &Arc<Mutex<PairView>>,
+    (facts, vrrp): (
+        watch::Receiver<cluster::Leadership>,
+        watch::Receiver<vrrp::sys::Status>,
+    ),
     flush_times: &Arc<cluster::FlushTimes>,
     failovers: &Arc<crate::metrics::FailoverLog>,
     peer_address: std::net::Ipv4Addr,
 ) -> crate::metrics::Source {
-    let (server, view) = (Arc::clone(server), Arc::clone(view));
+    let server = Arc::clone(server);
     let (flush_times, failovers) = (Arc::clone(flush_times), Arc::clone(failovers));
     let names: std::collections::BTreeMap<u64, String> = config
         .cluster
@@ -778,16 +679,8 @@ fn metrics_source(
     let advert_interval = Duration::from_millis(u64::from(config.vrrp.advert_interval_ms));
     let witness = config.cluster.has_witness();
     Arc::new(move || {
-        let v = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let vrrp = v.vrrp.unwrap_or_else(|| vrrp::sys::Status {
-            state: State::Initialize,
-            priority: configured_priority,
-            primary_address: std::net::Ipv4Addr::UNSPECIFIED,
-            master: None,
-            vip_installed: false,
-            accepts_vip_traffic: false,
-            counters: vrrp::proto::Counters::default(),
-        });
+        let vrrp = vrrp.borrow().clone();
+        let v = facts.borrow().clone();
         let c = &vrrp.counters;
         let pair = crate::metrics::PairObserved {
             node: node.clone(),
@@ -840,34 +733,73 @@ impl Glue {
     ) -> Result<(watch::Sender<bool>, Speaker), NodeError> {
         let mut vrrp = speaker.status();
         let mut transitions = speaker.transitions();
-        // Leadership changes wake the glue at once: a new leader that is
-        // VRRP master serves without waiting for the next tick.
-        let mut leadership = self.member.leadership();
-        let mut leadership_open = true;
-        let period = self.config.cluster.tick().max(Duration::from_millis(5));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The member pushes its facts (leadership, membership, in-sync):
+        // a change wakes the glue at once, with no status request.
+        let mut facts = self.member.leadership();
         let mut refresh = tokio::time::interval(self.advert);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut keys_task: Option<tokio::task::JoinHandle<usize>> = None;
+        // One sleep, reset only when the rules' deadline moves.
+        let mut deadline = None;
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+
+        let now = Instant::now();
+        let raft = rules::RaftFacts::from(&*facts.borrow_and_update());
+        debug!(role = ?raft.role, leader = ?raft.leader, "raft role");
+        let mut role = raft.role;
+        self.rules.handle_raft(now, raft);
+        self.rules.handle_vrrp(now, (&*vrrp.borrow_and_update()).into());
+        self.act(&speaker, &mut keys_task, &mut facts).await;
         loop {
+            let next = self.rules.poll_timeout();
+            if next != deadline {
+                deadline = next;
+                if let Some(at) = next {
+                    sleep.as_mut().reset(at.into());
+                }
+            }
             tokio::select! {
                 () = stop.cancelled() => break,
-                _ = tick.tick() => {}
-                _ = refresh.tick() => self.beacons.refresh(),
+                () = &mut sleep, if deadline.is_some() => {
+                    deadline = None;
+                    self.rules.handle_timeout(Instant::now());
+                }
+                _ = refresh.tick() => {
+                    self.beacons.refresh();
+                    self.beacons.peer_demoted(self.rules.peer_demoted(), BEHIND_PRIORITY);
+                }
+                // The status is fed below, after every wake-up.
                 _ = vrrp.changed() => {}
-                changed = leadership.changed(), if leadership_open => {
-                    // A closed watch: the member stopped; `step` says why.
-                    leadership_open = changed.is_ok();
+                changed = facts.changed() => {
+                    if changed.is_err() {
+                        // The member stopped on its own (its task is gone).
+                        self.rules.failed(Instant::now(), "the cluster member stopped");
+                        self.act(&speaker, &mut keys_task, &mut facts).await;
+                        let why = self.member.failure().unwrap_or_else(|| "member stopped".into());
+                        return Err(NodeError::MemberStopped(why));
+                    }
+                    let raft = rules::RaftFacts::from(&*facts.borrow_and_update());
+                    if raft.role != role {
+                        debug!(role = ?raft.role, leader = ?raft.leader, "raft role");
+                        role = raft.role;
+                    }
+                    self.rules.handle_raft(Instant::now(), raft);
                 }
                 t = transitions.recv() => {
                     // Lagged: the status watch still carries the state.
                     if let Ok(t) = t {
-                        self.transition(&t);
+                        info!(from = %t.from, to = %t.to, reason = ?t.reason, "VRRP state change");
+                        self.rules.handle_transition(t.to, t.reason);
                     }
                 }
+                sent = async { keys_task.as_mut().expect("guarded").await }, if keys_task.is_some() => {
+                    keys_task = None;
+                    self.rules.keys_done(Instant::now(), sent.ok());
+                }
                 r = speaker.stopped() => {
-                    self.set_serving(false, "the VRRP speaker stopped");
-                    self.soon.send_replace(false);
+                    self.rules.failed(Instant::now(), "the VRRP speaker stopped");
+                    self.act(&speaker, &mut keys_task, &mut facts).await;
                     let source = match r {
                         Ok(_) => std::io::Error::other("stopped by itself"),
                         Err(e) => e,
@@ -875,314 +807,121 @@ impl Glue {
                     return Err(NodeError::Io { what: "VRRP speaker".into(), source });
                 }
             }
-            let status = vrrp.borrow_and_update().clone();
-            if status.state == State::Backup && status.master.is_some_and(|m| m != status.primary_address) {
-                self.followed_master = true;
-            }
-            self.heard_from_peer(&status);
-            let priority = self.step(&status).await?;
-            // The peer hears of a change before the adverts that carry it.
-            self.beacons
-                .publish(status.state == State::Master, self.advertised);
-            if let Some(priority) = priority {
-                speaker.set_priority(priority).await;
-            }
+            // After a transition, its status; after anything else, the
+            // status as it is (the rules ignore what did not change).
+            self.rules
+                .handle_vrrp(Instant::now(), (&*vrrp.borrow_and_update()).into());
+            self.act(&speaker, &mut keys_task, &mut facts).await;
         }
         // Stopping: nothing is coming any more.
-        self.soon.send_replace(false);
+        self.rules.stop();
+        self.act(&speaker, &mut keys_task, &mut facts).await;
         Ok((self.serving, speaker))
     }
 
-    fn transition(&mut self, t: &vrrp::sys::Transition) {
-        info!(from = %t.from, to = %t.to, reason = ?t.reason, "VRRP state change");
-        self.peer_left = match (t.to, t.reason) {
-            // The peer said it leaves (priority 0).
-            (State::Master, Some(Reason::MasterLeft)) => Some(PeerGone::Left),
-            // A master we followed fell silent. Silence at start-up, before
-            // any master was seen, says nothing about the peer.
-            (State::Master, Some(Reason::MasterDown)) if self.followed_master => Some(PeerGone::Silent),
-            _ => None,
-        };
-        if t.to == State::Master {
-            self.followed_master = false;
-            self.became_master = t.reason;
-        }
-        let event = match t.to {
-            State::Master => Some(notify::Event::Master),
-            State::Backup => Some(notify::Event::Backup),
-            // Initialize: the speaker stops; STOPPED or FAULT says why.
-            State::Initialize => None,
-        };
-        if let Some(event) = event {
-            let reason = t.reason.map(|r| format!("{r:?}"));
-            self.notifier
-                .notify(event, Some(self.advertised), reason.as_deref());
-        }
-    }
-
-    /// Notes when the peer was last heard holding the VIP: a new advert
-    /// from it as master, or its priority-0 advert (it leaves now).
-    fn heard_from_peer(&mut self, status: &vrrp::sys::Status) {
-        let c = &status.counters;
-        let heard = (c.adverts_received, c.priority_zero_received);
-        if heard == self.heard {
-            return;
-        }
-        let left = heard.1 != self.heard.1;
-        self.heard = heard;
-        let peer_is_master =
-            status.state == State::Backup && status.master.is_some_and(|m| m != status.primary_address);
-        if left || peer_is_master {
-            self.peer_served_at = Some(Instant::now());
-        }
-    }
-
-    /// One round of the rules; returns a VRRP priority to advertise when it
-    /// changes.
-    async fn step(&mut self, vrrp: &vrrp::sys::Status) -> Result<Option<u8>, NodeError> {
-        let Ok(raft) = self.member.status().await else {
-            self.set_serving(false, "the cluster member stopped");
-            self.soon.send_replace(false);
-            let why = self.member.failure().unwrap_or_else(|| "member stopped".into());
-            return Err(NodeError::MemberStopped(why));
-        };
-        let master = vrrp.state == State::Master;
-        let me = self.me;
-        let sole = raft.conf.voters == [me];
-
-        // Leadership follows the VIP: the master prefers itself, a backup
-        // the master it hears. Without a master, raft elects freely (two
-        // backups each preferring the other would bounce leadership).
-        let peer_is_master =
-            vrrp.state == State::Backup && vrrp.master.is_some_and(|m| m != vrrp.primary_address);
-        let preferred = if master {
-            Some(me)
-        } else if peer_is_master {
-            Some(self.peer)
-        } else {
-            None
-        };
-        if self.preferred != preferred {
-            self.preferred = preferred;
-            self.member.set_preferred_leader(preferred).await;
-        }
-
-        let no_leader = raft.leader.is_none() || raft.leader == Some(0);
-        if !no_leader {
-            self.leaderless_since = None;
-        }
-        let leaderless_for = if no_leader {
-            self.leaderless_since.get_or_insert_with(Instant::now).elapsed()
-        } else {
-            Duration::ZERO
-        };
-        // Takeover without a witness, on VRRP's evidence that the peer is
-        // gone: it left or fell silent (then at once, as soon as the peer no
-        // longer leads here), or this master has seen no leader for two
-        // election timeouts (the peer stopped or lost its raft link).
-        if master && !self.has_witness && !sole && raft.conf.voters.contains(&me) {
-            let leads = raft.role == StateRole::Leader;
-            let peer_leads = raft.leader == Some(self.peer);
-            let gone = match self.peer_left {
-                // Leaving: it hands leadership over first, then stops.
-                Some(PeerGone::Left) => leads || !peer_leads,
-                // Silent: gone once raft agrees it no longer leads. Being
-                // elected normally needs its vote: then it is alive (this
-                // node outranked it and preempted).
-                // A transfer to this node also passes through a moment
-                // without a leader: wait half an election timeout.
-                Some(PeerGone::Silent) => {
-                    !leads && !peer_leads && leaderless_for >= self.election_timeout / 2
+    /// Carries out the rules' actions, in order.
+    async fn act(
+        &mut self,
+        speaker: &Speaker,
+        keys_task: &mut Option<tokio::task::JoinHandle<usize>>,
+        facts: &mut watch::Receiver<cluster::Leadership>,
+    ) {
+        use rules::Action;
+        while let Some(action) = self.rules.poll_action() {
+            match action {
+                Action::PreferLeader(id) => self.member.set_preferred_leader(id).await,
+                Action::TakeOverAsSoleVoter => {
+                    let result = self
+                        .member
+                        .take_over_as_sole_voter()
+                        .await
+                        .map_err(|e| e.to_string());
+                    // The member publishes the facts the takeover made
+                    // before it answers: serving flips in this round.
+                    let raft = rules::RaftFacts::from(&*facts.borrow_and_update());
+                    self.rules.takeover_result(Instant::now(), result, raft);
                 }
-                None => false,
-            };
-            if leads && self.peer_left == Some(PeerGone::Silent) {
-                self.peer_left = None;
-            }
-            if gone || leaderless_for >= 2 * self.election_timeout {
-                match self.member.take_over_as_sole_voter().await {
-                    Ok(()) => {
-                        warn!(
-                            peer = self.peer,
-                            "VRRP master: took over as sole voter; the peer rejoins as a learner"
-                        );
-                        self.peer_left = None;
-                        self.last_refusal = None;
-                    }
-                    Err(e) => self.refused(&e.to_string()),
-                }
-            }
-        }
-        if sole {
-            // Already alone: once the peer is back as a voter, it is not gone.
-            self.peer_left = None;
-        }
-
-        // The raft log says the peer is a learner: its adverts cannot be
-        // genuine at more than the lowest priority (see `beacon`).
-        let peer_demoted = raft.conf.learners.contains(&self.peer) && raft.conf.voters.contains(&me);
-        self.beacons.peer_demoted(peer_demoted, BEHIND_PRIORITY);
-
-        // A node behind the log never outranks the one that has it, and a
-        // learner (the peer took over as sole voter and has not promoted
-        // it back yet) cannot lead: holding the VIP it could not serve.
-        let voter = raft.conf.voters.contains(&me);
-        let want = if (raft.in_sync && voter) || sole {
-            self.priority
-        } else {
-            BEHIND_PRIORITY.min(self.priority)
-        };
-        let mut new_priority = None;
-        if want != self.advertised && self.priority != 255 {
-            info!(
-                priority = want,
-                in_sync = raft.in_sync,
-                voter,
-                "{}",
-                if want == self.priority {
-                    "caught up with the log and a voter: advertising the configured VRRP priority"
-                } else {
-                    "behind the log or not a voter yet: advertising the lowest VRRP priority until \
-                     caught up and promoted"
-                }
-            );
-            self.advertised = want;
-            new_priority = Some(want);
-        }
-
-        if self.role != Some(raft.role) {
-            debug!(role = ?raft.role, leader = ?raft.leader, vrrp = %vrrp.state, "raft role");
-            self.role = Some(raft.role);
-        }
-        let serve = master && raft.role == StateRole::Leader;
-        let why_not = if master {
-            "not the raft leader"
-        } else {
-            "lost the VIP (no longer VRRP master)"
-        };
-        self.set_serving(serve, why_not);
-        self.settings.step(serve, raft.in_sync, &self.applier, &self.log);
-        // Leadership is on its way to this master (a handover, a takeover,
-        // an election), unless its takeover was refused: then a refusal
-        // tells clients more than a wait.
-        let soon = master && !serve && voter && self.last_refusal.is_none();
-        self.soon.send_if_modified(|s| std::mem::replace(s, soon) != soon);
-        // Both servers' keys belong in the pool, whichever leads: the VIP
-        // holder proposes its own changes, the other server submits its
-        // own to the leader (forwarded by raft).
-        let follows = raft.leader.is_some_and(|l| l != 0 && l != me) && raft.role != StateRole::Leader;
-        self.sync_keys(serve, follows);
-        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = PairView {
-            vrrp_state: vrrp.state.to_string(),
-            raft_role: format!("{:?}", raft.role),
-            term: raft.term,
-            commit: raft.commit,
-            vrrp: Some(vrrp.clone()),
-            leader: raft.leader,
-            last_index: raft.last_index,
-            progress: raft.progress,
-            in_sync: raft.in_sync,
-            learners: raft.conf.learners.clone(),
-        };
-        Ok(new_priority)
-    }
-
-    /// Logs a refused takeover: at once for a new reason, then once a
-    /// minute with the count of retries in between (it is retried at every
-    /// change of status, for as long as the cause lasts).
-    fn refused(&mut self, why: &str) {
-        match &mut self.last_refusal {
-            Some((last, at, retries)) if last == why && at.elapsed() < Duration::from_secs(60) => {
-                *retries += 1
-            }
-            _ => {
-                let retries = self
-                    .last_refusal
-                    .as_ref()
-                    .filter(|(last, ..)| last == why)
-                    .map_or(0, |r| r.2);
-                error!(
-                    reason = why,
+                Action::TookOver => warn!(
+                    peer = self.config.pair_peer().id,
+                    "VRRP master: took over as sole voter; the peer rejoins as a learner"
+                ),
+                Action::TakeoverRefused { reason, retries } => error!(
+                    reason,
                     retries,
                     "VRRP master but the takeover as sole voter was REFUSED: not serving; \
                      retrying as the status changes (an operator who knows the peer is gone for good can force it)"
-                );
-                self.last_refusal = Some((why.to_string(), Instant::now(), 0));
+                ),
+                Action::PeerDemoted(demoted) => self.beacons.peer_demoted(demoted, BEHIND_PRIORITY),
+                Action::SetPriority {
+                    priority,
+                    caught_up,
+                    in_sync,
+                    voter,
+                } => {
+                    info!(
+                        priority,
+                        in_sync,
+                        voter,
+                        "{}",
+                        if caught_up {
+                            "caught up with the log and a voter: advertising the configured VRRP priority"
+                        } else {
+                            "behind the log or not a voter yet: advertising the lowest VRRP priority until \
+                             caught up and promoted"
+                        }
+                    );
+                    speaker.set_priority(priority).await;
+                }
+                Action::Beacon { master, priority } => {
+                    self.beacons.publish(master, priority);
+                }
+                Action::Serve { serve, why, gap } => self.set_serving(serve, why, gap),
+                Action::SoonServing(soon) => {
+                    self.soon.send_if_modified(|s| std::mem::replace(s, soon) != soon);
+                }
+                Action::Settings { leads, in_sync } => {
+                    self.settings.step(leads, in_sync, &self.applier, &self.log)
+                }
+                Action::SyncKeys { serve, rounds } => *keys_task = Some(self.sync_keys(serve, rounds)),
+                Action::Notify {
+                    event,
+                    priority,
+                    reason,
+                } => self.notifier.notify(event, Some(priority), reason.as_deref()),
             }
         }
     }
 
-    /// Serves or stops serving; `why_not` says why not, when it stops.
-    fn set_serving(&mut self, serve: bool, why_not: &str) {
-        let changed = self.serving.send_if_modified(|s| {
-            let changed = *s != serve;
-            *s = serve;
-            changed
-        });
-        if !changed {
-            return;
-        }
+    /// Serves or stops serving, as the rules said (see [`rules::Action::Serve`]).
+    fn set_serving(&mut self, serve: bool, why: Option<&'static str>, gap: Option<Duration>) {
+        self.serving.send_replace(serve);
         if !serve {
-            self.notifier
-                .notify(notify::Event::Stopped, Some(self.advertised), Some(why_not));
+            let why_not = why.unwrap_or("not serving");
             info!(reason = why_not, "not serving: client connections close");
             self.failovers.gave_up(std::time::SystemTime::now(), why_not);
             return;
         }
-        // A takeover when the peer was heard holding the VIP since this
-        // node last served; the first start of a pair is none.
-        match self.peer_served_at.take() {
-            Some(since) => {
-                let gap = since.elapsed();
-                let why = match self.became_master {
-                    Some(Reason::MasterLeft) => "the peer left (priority 0)",
-                    Some(Reason::MasterDown) => "the peer fell silent (Master_Down_Interval)",
-                    Some(Reason::Preempt) => "preempted the peer (higher priority)",
-                    _ => "the peer gave up raft leadership",
-                };
+        match (gap, why) {
+            (Some(gap), Some(why)) => {
                 info!(
                     gap_ms = gap.as_secs_f64() * 1000.0,
                     reason = why,
                     "serving: VRRP master and raft leader; took over from the peer"
                 );
                 self.failovers.took_over(std::time::SystemTime::now(), gap, why);
-                self.notifier
-                    .notify(notify::Event::Serving, Some(self.advertised), Some(why));
             }
-            None => {
-                info!("serving: VRRP master and raft leader");
-                self.notifier
-                    .notify(notify::Event::Serving, Some(self.advertised), None);
-            }
+            _ => info!("serving: VRRP master and raft leader"),
         }
     }
 
-    /// Brings this server's keys in the table to its configuration (see
-    /// `keys.rs`): at once when it starts serving, then every
-    /// [`KEY_CHECK`] while it serves or follows a leader, one round at a time.
-    fn sync_keys(&mut self, serve: bool, follows: bool) {
-        let k = &mut self.keys;
-        if let Some(task) = &mut k.task {
-            match task.try_recv() {
-                Ok(sent) => {
-                    k.rounds = if sent == 0 { 0 } else { k.rounds + 1 };
-                    k.task = None;
-                }
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => k.task = None,
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
-            }
-        }
-        let started_serving = serve && !k.serving;
-        k.serving = serve;
-        let due = started_serving || k.checked.is_none_or(|at| at.elapsed() >= KEY_CHECK);
-        if !(serve || follows) || !due || k.task.is_some() {
-            return;
-        }
-        k.checked = Some(Instant::now());
+    /// One round of bringing this server's keys in the table to its
+    /// configuration (see `keys.rs`); the task answers how many changes it
+    /// sent.
+    fn sync_keys(&self, serve: bool, rounds: u32) -> tokio::task::JoinHandle<usize> {
         let files = self.own_keys.clone();
         let server = self.config.node.name.clone();
         let serial = self.config.serial().to_owned();
-        let (applier, member, rounds) = (Arc::clone(&self.applier), self.member.clone(), k.rounds);
+        let (applier, member) = (Arc::clone(&self.applier), self.member.clone());
         let log = Arc::clone(&self.log);
         if rounds == 5 {
             warn!(
@@ -1190,8 +929,6 @@ impl Glue {
                  is the leader refusing them? (see the leader's log)"
             );
         }
-        let (done, task) = tokio::sync::oneshot::channel();
-        k.task = Some(task);
         tokio::spawn(async move {
             let now = applier.stamp();
             let changes = applier.read(|t| keys::key_changes(t.state(), &server, &serial, &files, now));
@@ -1228,7 +965,7 @@ impl Glue {
                     }
                 }
             }
-            let _ = done.send(sent);
-        });
+            sent
+        })
     }
 }

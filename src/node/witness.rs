@@ -4,7 +4,7 @@
 //! Its operator endpoint answers `vipool show status` (raft role, term,
 //! commit, a peer refused for its release) and `show table` (its replica).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cluster::Member;
 use tokio::net::TcpListener;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::applier::ReplicatedApplier;
-use super::{io, NodeError, PairView, SharedTable, Start};
+use super::{io, NodeError, SharedTable, Start};
 use crate::config::{Role, WitnessConfig};
 use crate::server::{Port, Server, ServerConfig};
 use crate::table::{LicenseTable, TableConfig};
@@ -55,8 +55,14 @@ pub async fn run_witness(
         .await
         .map_err(io(format!("binding operator endpoint {operator_addr}")))?;
     let applier = Arc::new(ReplicatedApplier::new(member.clone(), table, None));
-    let view = Arc::new(Mutex::new(PairView::default()));
-    let hook = super::status_hook(&view, &transport, &config.node.data_dir, &start, None);
+    let hook = super::status_hook(
+        member.leadership(),
+        None,
+        &transport,
+        &config.node.data_dir,
+        &start,
+        None,
+    );
     let (_never_serving, serving) = watch::channel(false);
     let server_shutdown = CancellationToken::new();
     let server = Arc::new(Server::with_status_hook(
@@ -95,15 +101,6 @@ pub async fn run_witness(
             _ = tick.tick() => {
                 if let Some(why) = member.failure() {
                     break Some(why);
-                }
-                if let Ok(st) = member.status().await {
-                    *view.lock().unwrap_or_else(|p| p.into_inner()) = PairView {
-                        vrrp_state: "none (witness)".into(),
-                        raft_role: format!("{:?}", st.role),
-                        term: st.term,
-                        commit: st.commit,
-                        ..PairView::default()
-                    };
                 }
             }
         }
