@@ -54,6 +54,7 @@ mod notify;
 mod sd_notify;
 mod settings;
 pub mod store;
+mod track;
 mod witness;
 pub mod yields;
 
@@ -140,6 +141,10 @@ pub enum NodeError {
     /// writable by every user).
     #[error("notify scripts: {0}")]
     Notify(crate::config::ConfigError),
+    /// A `[[track.script]]` program cannot be used (missing, not
+    /// executable, writable by every user).
+    #[error("track scripts: {0}")]
+    Track(crate::config::ConfigError),
 }
 
 /// A refused store, named once: most store errors name the file themselves.
@@ -392,6 +397,13 @@ pub async fn run(
         .notify
         .check_files()
         .map_err(|p| NodeError::Notify(crate::config::ConfigError::Invalid(p)))?;
+    for missing in config
+        .track
+        .check_files()
+        .map_err(|p| NodeError::Track(crate::config::ConfigError::Invalid(p)))?
+    {
+        warn!("{missing}");
+    }
     for entry in own_keys.iter().filter(|e| !e.counts_at(now_ms())) {
         warn!(
             key_id = %entry.key.key_id, file = %entry.path.display(), line = entry.line,
@@ -452,6 +464,11 @@ pub async fn run(
         None => None,
     };
 
+    // Interfaces are read before the speaker starts: it never contends
+    // with a priority a tracked uplink that is down would lower.
+    let tracking = track::Tracking::start(&config.track)
+        .await
+        .map_err(io("tracking interfaces (a netlink socket)"))?;
     let speaker_config = config.speaker_config();
     let priority = speaker_config.vrrp.priority;
     let advert = Duration::from_millis(u64::from(config.vrrp.advert_interval_ms));
@@ -479,6 +496,7 @@ pub async fn run(
         &start,
         Some((config.table_config(), table.clone())),
     );
+    let hook = track::status_hook(hook, tracking.subscribe());
     let server_shutdown = CancellationToken::new();
     let mut server_config = config.server_config();
     // Switches and operators see the node's member certificate, which names
@@ -506,6 +524,7 @@ pub async fn run(
     let failovers = Arc::new(crate::metrics::FailoverLog::default());
     if let Some(listener) = metrics_listener {
         let source = metrics_source(&config, &server, &view, &flush_times, &failovers, peer_address);
+        let source = track::metrics_source(source, tracking.subscribe());
         tokio::spawn(crate::metrics::serve(listener, source, server_shutdown.clone()));
     }
     sd_notify::notify(sd_notify::READY);
@@ -552,6 +571,8 @@ pub async fn run(
         heard: (0, 0),
         became_master: None,
         notifier: notifier.clone(),
+        track: tracking,
+        faulted: false,
     };
     let mut glue_task = tokio::spawn(glue.run(speaker, glue_stop.clone()));
 
@@ -746,6 +767,11 @@ struct Glue {
     became_master: Option<Reason>,
     /// The operator's `[notify]` scripts.
     notifier: notify::Notifier,
+    /// What this node tracks (`[track]`): the priority it advertises, and
+    /// whether it must give up the VIP.
+    track: track::Tracking,
+    /// In fault for a tracker: the speaker gave up the VIP and stays out.
+    faulted: bool,
 }
 
 /// What the metrics and the status page read, at each request: the
@@ -815,6 +841,9 @@ fn metrics_source(
             in_sync: v.in_sync,
             learners: v.learners.iter().map(|id| name(*id)).collect(),
             fsync: flush_times.snapshot(),
+            // Filled in by `track::metrics_source`.
+            trackers: Vec::new(),
+            track_fault: false,
         };
         crate::metrics::Observed {
             server: server.observe(),
@@ -839,6 +868,8 @@ impl Glue {
         // VRRP master serves without waiting for the next tick.
         let mut leadership = self.member.leadership();
         let mut leadership_open = true;
+        // A tracker's change wakes the glue at once.
+        let mut track = self.track.subscribe();
         let period = self.config.cluster.tick().max(Duration::from_millis(5));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -850,6 +881,8 @@ impl Glue {
                 _ = tick.tick() => {}
                 _ = refresh.tick() => self.beacons.refresh(),
                 _ = vrrp.changed() => {}
+                // The sender lives as long as `self.track`: never closed here.
+                _ = track.changed() => {}
                 changed = leadership.changed(), if leadership_open => {
                     // A closed watch: the member stopped; `step` says why.
                     leadership_open = changed.is_ok();
@@ -875,10 +908,14 @@ impl Glue {
                 self.followed_master = true;
             }
             self.heard_from_peer(&status);
+            self.follow_fault(&speaker, &status).await;
             let priority = self.step(&status).await?;
             // The peer hears of a change before the adverts that carry it.
-            self.beacons
-                .publish(status.state == State::Master, self.advertised);
+            // In fault our word stays "leaving, not master" (see `follow_fault`).
+            if !self.faulted {
+                self.beacons
+                    .publish(status.state == State::Master, self.advertised);
+            }
             if let Some(priority) = priority {
                 speaker.set_priority(priority).await;
             }
@@ -886,6 +923,41 @@ impl Glue {
         // Stopping: nothing is coming any more.
         self.soon.send_replace(false);
         Ok((self.serving, speaker))
+    }
+
+    /// Gives up the VIP while a tracker without a weight is down, and
+    /// contends again once none is (keepalived's FAULT state): the peer
+    /// hears that we leave over the cluster link, then our speaker sends
+    /// priority 0 once (the peer, believing it, takes over at once),
+    /// removes the VIP and stays silent; raft leadership goes to the peer
+    /// (see `step`). The FAULT notify script runs as the fault begins.
+    async fn follow_fault(&mut self, speaker: &Speaker, vrrp: &vrrp::sys::Status) {
+        let state = self.track.state();
+        let fault = state.fault();
+        if fault == self.faulted {
+            return;
+        }
+        self.faulted = fault;
+        if fault {
+            let why = state.fault_reason();
+            warn!(reason = %why, "tracking: FAULT: giving up the VIP; not contending until the tracker is up");
+            self.notifier
+                .notify(notify::Event::Fault, Some(self.advertised), Some(&why));
+            // Only a master sends priority 0: only then must the peer
+            // believe it before it arrives.
+            let wait = if vrrp.state == State::Master {
+                self.advert.min(Duration::from_millis(200))
+            } else {
+                Duration::ZERO
+            };
+            if !self.beacons.fault(wait).await && vrrp.state == State::Master {
+                warn!("the peer did not acknowledge our fault over the cluster link: it takes the VIP by VRRP alone");
+            }
+            speaker.set_fault(true).await;
+        } else {
+            info!("tracking: fault cleared: contending for the VIP again");
+            speaker.set_fault(false).await;
+        }
     }
 
     fn transition(&mut self, t: &vrrp::sys::Transition) {
@@ -952,7 +1024,9 @@ impl Glue {
             vrrp.state == State::Backup && vrrp.master.is_some_and(|m| m != vrrp.primary_address);
         let preferred = if master {
             Some(me)
-        } else if peer_is_master {
+        } else if peer_is_master || self.faulted {
+            // In fault this node cannot serve: leadership goes to the
+            // peer, which takes the VIP.
             Some(self.peer)
         } else {
             None
@@ -1022,25 +1096,33 @@ impl Glue {
         // learner (the peer took over as sole voter and has not promoted
         // it back yet) cannot lead: holding the VIP it could not serve.
         let voter = raft.conf.voters.contains(&me);
+        // The configured priority as tracking changes it (`[track]`).
+        let base = track::tracked(self.priority, &self.track.state());
         let want = if (raft.in_sync && voter) || sole {
-            self.priority
+            base
         } else {
-            BEHIND_PRIORITY.min(self.priority)
+            BEHIND_PRIORITY.min(base)
         };
         let mut new_priority = None;
         if want != self.advertised && self.priority != 255 {
-            info!(
-                priority = want,
-                in_sync = raft.in_sync,
-                voter,
-                "{}",
-                if want == self.priority {
-                    "caught up with the log and a voter: advertising the configured VRRP priority"
-                } else {
-                    "behind the log or not a voter yet: advertising the lowest VRRP priority until \
-                     caught up and promoted"
-                }
-            );
+            let state = self.track.state();
+            if want == base && !state.trackers.is_empty() && self.advertised != BEHIND_PRIORITY {
+                // A tracker changed it, not the log.
+                track::log_priority(self.priority, want, &state);
+            } else {
+                info!(
+                    priority = want,
+                    in_sync = raft.in_sync,
+                    voter,
+                    "{}",
+                    if want == base {
+                        "caught up with the log and a voter: advertising the configured VRRP priority"
+                    } else {
+                        "behind the log or not a voter yet: advertising the lowest VRRP priority until \
+                         caught up and promoted"
+                    }
+                );
+            }
             self.advertised = want;
             new_priority = Some(want);
         }
