@@ -640,10 +640,16 @@ mod tests {
         let flag = dir.path().join("ok");
         std::fs::write(&flag, "").unwrap();
         let section = TrackSection {
-            interface: vec![TrackInterface {
-                name: "lo".into(),
-                weight: Some(-10),
-            }],
+            interface: vec![
+                TrackInterface {
+                    name: "lo".into(),
+                    weight: Some(-10),
+                },
+                TrackInterface {
+                    name: "nosuchif0".into(),
+                    weight: Some(-20),
+                },
+            ],
             script: vec![TrackScript {
                 name: "flag".into(),
                 command: vec!["/usr/bin/test".into(), "-e".into(), flag.display().to_string()],
@@ -666,11 +672,18 @@ mod tests {
                     .clone()
             }
         };
-        // Loopback: read before start returned. It is up, with no carrier
-        // notion problem: lo is always running when up.
-        assert!(rx.borrow().trackers[0].up, "{:?}", rx.borrow());
+        // Both interfaces were read before start returned: loopback is up
+        // (and running), the missing one counts as down.
+        {
+            let s = rx.borrow();
+            assert!(s.trackers[0].up, "{s:?}");
+            assert!(
+                !s.trackers[1].up && s.trackers[1].detail == "no such interface",
+                "{s:?}"
+            );
+        }
         let s = wait(&mut rx, false).await;
-        assert_eq!(tracked(100, &s), 100);
+        assert_eq!(tracked(100, &s), 80);
         let removed = std::time::Instant::now();
         std::fs::remove_file(&flag).unwrap();
         let s = wait(&mut rx, true).await;
@@ -681,7 +694,7 @@ mod tests {
             "{}",
             s.fault_reason()
         );
-        assert!(s.trackers[1].detail.contains("failed"), "{:?}", s.trackers[1]);
+        assert!(s.trackers[2].detail.contains("failed"), "{:?}", s.trackers[2]);
         std::fs::write(&flag, "").unwrap();
         let back = std::time::Instant::now();
         wait(&mut rx, false).await;
