@@ -456,3 +456,65 @@ fn check_config_refuses_a_notify_script_that_is_missing_or_unsafe() {
         "{shown}"
     );
 }
+
+#[test]
+fn check_config_checks_trackers_a_missing_interface_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let p = pki.to_str().unwrap();
+    assert!(vipool(&["pki", "init", "--dir", p, "--cluster-id", "1"])
+        .status
+        .success());
+    assert!(vipool(&["pki", "member", "--dir", p, "--name", "primary"])
+        .status
+        .success());
+    let license = dir.path().join("license");
+    std::fs::create_dir(&license).unwrap();
+    license_files(&license, &[]);
+    let base = primary_with_pki(&pki, &license, "track");
+    let check = dir.path().join("check.sh");
+    let config = scratch(
+        "track-on",
+        &format!(
+            "{}\n[[track.interface]]\nname = \"nosuchif0\"\nweight = -50\n\
+             [[track.script]]\nname = \"gw\"\ncommand = [\"{}\", \"192.0.2.254\"]\nfall = 3\n",
+            std::fs::read_to_string(&base).unwrap(),
+            check.display()
+        ),
+    );
+    let out = check_with(&config, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("track.script[0].command") && err.contains("cannot be read"),
+        "{err}"
+    );
+    std::fs::write(&check, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = check_with(&config, &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        shown.contains("# warning: track.interface[0].name = \"nosuchif0\": no such interface")
+            && shown.contains("[[track.script]]")
+            && shown.contains("fall = 3")
+            && shown.contains("rise = 1"),
+        "{shown}"
+    );
+    // A bad value is refused by name, with what to do.
+    let bad = scratch(
+        "track-bad",
+        &format!(
+            "{}\n[[track.script]]\nname = \"gw\"\ncommand = [\"ping\"]\n",
+            std::fs::read_to_string(&base).unwrap()
+        ),
+    );
+    let out = check_with(&bad, &["--syntax-only"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("track.script[0].command = \"ping\"") && err.contains("absolute path"),
+        "{err}"
+    );
+}

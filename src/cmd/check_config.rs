@@ -1,6 +1,7 @@
 //! `vipool check-config FILE`: load and validate a node or witness
 //! configuration and the files it names (the TLS files; on a server the
-//! `[notify]` scripts, and the trusted issuers and its key files, every
+//! `[notify]` scripts, the `[[track.script]]` programs (a tracked
+//! interface missing on this host is a warning), and the trusted issuers and its key files, every
 //! key verified: issuer trusted, signature, bound to `node.serial`, not
 //! expired), then print it with
 //! every default filled in (like `keepalived -t`). Exits 0 when the node
@@ -69,6 +70,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 eprintln!("{path}: configuration refused:\n{}", lines.join("\n"));
                 std::process::exit(1);
+            }
+            match server.track.check_files() {
+                Ok(notes) => warnings.extend(notes.into_iter().map(|n| format!("# warning: {n}"))),
+                Err(problems) => {
+                    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    eprintln!("{path}: configuration refused:\n{}", lines.join("\n"));
+                    std::process::exit(1);
+                }
             }
             match license_keys(server) {
                 Ok(mut notes) => warnings.append(&mut notes),

@@ -61,10 +61,12 @@ mod notify;
 mod sections;
 #[cfg(test)]
 mod tests;
+mod track;
 mod validate;
 
 pub use notify::*;
 pub use sections::*;
+pub use track::*;
 use validate::*;
 
 /// TCP port license clients connect to on the VIP, unless `license.client_port` says otherwise.
@@ -96,6 +98,10 @@ pub struct Config {
     /// Scripts run on state changes (none unless configured).
     #[serde(default, skip_serializing_if = "NotifySection::is_off")]
     pub notify: NotifySection,
+    /// Interfaces and scripts that lower the priority or put the node in
+    /// fault while they fail (none unless configured).
+    #[serde(default, skip_serializing_if = "TrackSection::is_off")]
+    pub track: TrackSection,
 }
 
 /// The configuration of a witness: a vote-only third raft member. It has

@@ -26,8 +26,9 @@ pub struct NotifySection {
     /// Run when this node becomes VRRP backup.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<PathBuf>,
-    /// Run when the node stops on a failure (the VRRP speaker or the
-    /// cluster member failed).
+    /// Run when a tracker without a weight puts the node in fault (it
+    /// gives up the VIP; see `[track]`), and when the node stops on a
+    /// failure (the VRRP speaker or the cluster member failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<PathBuf>,
     /// Run when the license server starts answering on the VIP.

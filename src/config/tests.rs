@@ -953,3 +953,128 @@ fn notify_scripts_are_optional_and_checked_in_the_file_and_on_the_host() {
     refused(&script("plain.sh", 0o644), "chmod 755");
     refused(&script("open.sh", 0o777), "chmod o-w");
 }
+
+#[test]
+fn trackers_are_optional_checked_in_the_file_and_on_the_host() {
+    use std::os::unix::fs::PermissionsExt;
+    let off: Config = PRIMARY.parse().unwrap();
+    assert!(off.track.is_off());
+    assert!(!toml::to_string(&off).unwrap().contains("track"));
+
+    let with = |lines: &str| format!("{PRIMARY}\n{lines}\n");
+    let on: Config = with(
+        "[[track.interface]]\nname = \"eth1\"\nweight = -50\n\
+         [[track.script]]\nname = \"gw\"\ncommand = [\"/usr/bin/true\"]\n",
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(on.track.interface[0].weight, Some(-50));
+    let s = &on.track.script[0];
+    assert_eq!(
+        (s.interval_ms, s.timeout_ms, s.fall, s.rise, s.weight),
+        (DEFAULT_TRACK_INTERVAL_MS, DEFAULT_TRACK_TIMEOUT_MS, 1, 1, None)
+    );
+    // Printed with every default, and read back the same.
+    let printed = toml::to_string(&on).unwrap();
+    assert!(
+        printed.contains("[[track.script]]") && printed.contains("interval_ms = 1000"),
+        "{printed}"
+    );
+    assert_eq!(printed.parse::<Config>().unwrap(), on);
+
+    let found = problems(&with(
+        "[[track.interface]]\nname = \"a/b\"\n[[track.interface]]\nname = \"eth1\"\nweight = -300\n\
+         [[track.interface]]\nname = \"eth1\"\n\
+         [[track.script]]\nname = \"g w\"\ncommand = [\"ping\"]\ninterval_ms = 10\ntimeout_ms = 0\nfall = 0\nrise = 101\n\
+         [[track.script]]\nname = \"x\"\ncommand = []\n[[track.script]]\nname = \"x\"\ncommand = [\"/bin/true\"]\n",
+    ));
+    for (field, says) in [
+        ("track.interface[0].name", "interface name"),
+        ("track.interface[1].weight", "between -253 and 253"),
+        ("track.interface[2].name", "tracked twice"),
+        ("track.script[0].name", "letters, digits"),
+        ("track.script[0].command", "absolute path"),
+        ("track.script[0].interval_ms", "between 100"),
+        ("track.script[0].timeout_ms", "between 10"),
+        ("track.script[0].fall", "between 1 and 100"),
+        ("track.script[0].rise", "between 1 and 100"),
+        ("track.script[1].command", "must name a program"),
+        ("track.script[2].name", "give each its own name"),
+    ] {
+        assert!(
+            found.iter().any(|p| p.field == field && p.message.contains(says)),
+            "{field}: {says} not in {found:?}"
+        );
+    }
+    assert_eq!(found.len(), 11, "{found:?}");
+    assert!(with("[[track.interface]]\nname = \"eth1\"\nwait = 1\n")
+        .parse::<Config>()
+        .is_err());
+    // The owner's priority never changes: a weight would do nothing.
+    let owner = with("[[track.interface]]\nname = \"eth1\"\nweight = -10\n")
+        .replace("priority = 200", "priority = 255");
+    let found = problems(&owner);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.field == "vrrp.priority" && p.message.contains("never changes")),
+        "{found:?}"
+    );
+    let owner_fault =
+        with("[[track.interface]]\nname = \"eth1\"\n").replace("priority = 200", "priority = 255");
+    // (The owner has rules of its own; only the weight's problem matters here.)
+    let found = match owner_fault.parse::<Config>() {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().to_vec(),
+    };
+    assert!(
+        !found.iter().any(|p| p.message.contains("never changes")),
+        "{found:?}"
+    );
+
+    // On the host: a program that cannot run refuses the file; a missing
+    // interface is a warning.
+    let dir = tempfile::tempdir().unwrap();
+    let program = |name: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let section = |path: &std::path::Path, interface: &str| TrackSection {
+        interface: vec![TrackInterface {
+            name: interface.into(),
+            weight: None,
+        }],
+        script: vec![TrackScript {
+            name: "check".into(),
+            command: vec![path.display().to_string(), "arg".into()],
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            fall: 1,
+            rise: 1,
+            weight: None,
+        }],
+    };
+    let good = program("good.sh", 0o755);
+    assert_eq!(section(&good, "lo").check_files(), Ok(vec![]));
+    let warned = section(&good, "nosuchif0").check_files().unwrap();
+    assert!(
+        warned.len() == 1
+            && warned[0].contains("track.interface[0].name")
+            && warned[0].contains("counts as down"),
+        "{warned:?}"
+    );
+    for (path, why) in [
+        (dir.path().join("missing.sh"), "cannot be read"),
+        (dir.path().to_owned(), "not a regular file"),
+        (program("plain.sh", 0o644), "chmod 755"),
+        (program("open.sh", 0o777), "chmod o-w"),
+    ] {
+        let found = section(&path, "lo").check_files().unwrap_err();
+        assert!(
+            found.len() == 1 && found[0].field == "track.script[0].command" && found[0].message.contains(why),
+            "{found:?}"
+        );
+    }
+}

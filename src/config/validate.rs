@@ -40,6 +40,7 @@ impl Config {
         self.check_ports(&mut report);
         self.check_metrics(&mut report);
         self.notify.check(&mut report);
+        self.track.check(self.vrrp.priority, &mut report);
         report.finish()
     }
 

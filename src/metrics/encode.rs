@@ -17,7 +17,8 @@ use prometheus_client::registry::Registry;
 use super::Observed;
 
 /// The VRRP states, as the `state` label of `vipool_vrrp_state`.
-const VRRP_STATES: [&str; 3] = ["Initialize", "Backup", "Master"];
+/// `Fault` is a node that gave up the VIP for a tracker (see `node::track`).
+const VRRP_STATES: [&str; 4] = ["Initialize", "Backup", "Master", "Fault"];
 /// The raft roles, as the `role` label of `vipool_raft_role`.
 const RAFT_ROLES: [&str; 4] = ["Follower", "Candidate", "PreCandidate", "Leader"];
 
@@ -148,6 +149,25 @@ impl Collector for Scrape {
                 "The VRRP priority of the configuration",
                 u64::from(p.configured_priority),
             )?;
+            if !p.trackers.is_empty() {
+                let mut metric = family(
+                    &mut e,
+                    "track_up",
+                    "1 while a tracked interface or script is up ([[track.interface]], [[track.script]])",
+                    MetricType::Gauge,
+                )?;
+                for (kind, name, up) in &p.trackers {
+                    metric
+                        .encode_family(&[("kind", *kind), ("name", name.as_str())])?
+                        .encode_gauge(&u64::from(*up))?;
+                }
+                gauge(
+                    &mut e,
+                    "track_fault",
+                    "1 while a tracker without a weight is down: this node gave up the VIP",
+                    u64::from(p.track_fault),
+                )?;
+            }
             counters(
                 &mut e,
                 (
@@ -362,6 +382,10 @@ mod tests {
             transitions: [("master", 1), ("backup", 1), ("initialize", 0)],
             drops: vec![("unknown_peer".into(), 9)],
             follower_lag: vec![("backup".into(), 7)],
+            trackers: vec![
+                ("interface", "uplink0".into(), false),
+                ("script", "gw".into(), true),
+            ],
             ..PairObserved::default()
         });
         let times = cluster::FlushTimes::default();
@@ -405,6 +429,9 @@ mod tests {
             "vipool_raft_fsync_duration_seconds_bucket{le=\"0.0025\"} 1\n",
             "vipool_raft_fsync_duration_seconds_bucket{le=\"0.005\"} 2\n",
             "vipool_raft_fsync_duration_seconds_bucket{le=\"+Inf\"} 2\n",
+            "vipool_track_up{kind=\"interface\",name=\"uplink0\"} 0\n",
+            "vipool_track_up{kind=\"script\",name=\"gw\"} 1\n",
+            "vipool_track_fault 0\n",
             "# TYPE vipool_failovers counter\n",
             "# TYPE vipool_failover_duration_seconds histogram\n",
         ] {

@@ -108,6 +108,11 @@ pub struct PairObserved {
     pub learners: Vec<String>,
     /// Durations of the raft store's durable writes.
     pub fsync: cluster::FlushSnapshot,
+    /// Each tracker (`[[track.interface]]`, `[[track.script]]`): its kind
+    /// (`interface`, `script`), name, and whether it is up.
+    pub trackers: Vec<(&'static str, String, bool)>,
+    /// Whether a tracker without a weight is down: the node gave up the VIP.
+    pub track_fault: bool,
 }
 
 /// One change of who serves, as this node saw it.

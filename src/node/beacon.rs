@@ -233,9 +233,23 @@ impl Beacons {
     /// acknowledge it; whether it did. Without an acknowledgement (the link
     /// is down) the peer's claim of us expires and VRRP alone decides.
     pub(crate) async fn leave(&self, wait: Duration) -> bool {
+        self.announce_leaving(None, wait).await
+    }
+
+    /// As [`Beacons::leave`] for a node that enters fault (see
+    /// `node::track`): it also says it is no longer master, so that while
+    /// it stays out no advert in its name at its priority is acted on
+    /// (held, then dropped). The next [`Beacons::publish`] once the fault
+    /// clears says what it is again.
+    pub(crate) async fn fault(&self, wait: Duration) -> bool {
+        self.announce_leaving(Some(false), wait).await
+    }
+
+    async fn announce_leaving(&self, master: Option<bool>, wait: Duration) -> bool {
         let seq = {
             let mut ours = self.ours.lock().unwrap_or_else(|p| p.into_inner());
             ours.seq += 1;
+            ours.master = master.unwrap_or(ours.master);
             ours.leaving = true;
             ours.ack = None;
             self.transport.send_pair(self.peer, ours.encode());

@@ -26,6 +26,7 @@ mod rules;
 mod sd_notify;
 mod settings;
 pub mod store;
+mod track;
 mod witness;
 pub mod yields;
 
@@ -112,6 +113,10 @@ pub enum NodeError {
     /// writable by every user).
     #[error("notify scripts: {0}")]
     Notify(crate::config::ConfigError),
+    /// A `[[track.script]]` program cannot be used (missing, not
+    /// executable, writable by every user).
+    #[error("track scripts: {0}")]
+    Track(crate::config::ConfigError),
 }
 
 /// A refused store, named once: most store errors name the file themselves.
@@ -336,6 +341,13 @@ pub async fn run(
         .notify
         .check_files()
         .map_err(|p| NodeError::Notify(crate::config::ConfigError::Invalid(p)))?;
+    for missing in config
+        .track
+        .check_files()
+        .map_err(|p| NodeError::Track(crate::config::ConfigError::Invalid(p)))?
+    {
+        warn!("{missing}");
+    }
     for entry in own_keys.iter().filter(|e| !e.counts_at(now_ms())) {
         warn!(
             key_id = %entry.key.key_id, file = %entry.path.display(), line = entry.line,
@@ -396,6 +408,11 @@ pub async fn run(
         None => None,
     };
 
+    // Interfaces are read before the speaker starts: it never contends
+    // with a priority a tracked uplink that is down would lower.
+    let tracking = track::Tracking::start(&config.track)
+        .await
+        .map_err(io("tracking interfaces (a netlink socket)"))?;
     let speaker_config = config.speaker_config();
     let priority = speaker_config.vrrp.priority;
     let advert = Duration::from_millis(u64::from(config.vrrp.advert_interval_ms));
@@ -423,6 +440,7 @@ pub async fn run(
         &start,
         Some((configured.clone(), table.clone())),
     );
+    let hook = track::status_hook(hook, tracking.subscribe());
     let server_shutdown = CancellationToken::new();
     let mut server_config = config.server_config();
     // Switches and operators see the node's member certificate, which names
@@ -457,6 +475,7 @@ pub async fn run(
             &failovers,
             peer_address,
         );
+        let source = track::metrics_source(source, tracking.subscribe());
         tokio::spawn(crate::metrics::serve(listener, source, server_shutdown.clone()));
     }
     sd_notify::notify(sd_notify::READY);
@@ -493,6 +512,8 @@ pub async fn run(
         advert,
         failovers,
         notifier: notifier.clone(),
+        track: tracking,
+        faulted: false,
     };
     let mut glue_task = tokio::spawn(glue.run(speaker, glue_stop.clone()));
 
@@ -649,6 +670,11 @@ struct Glue {
     failovers: Arc<crate::metrics::FailoverLog>,
     /// The operator's `[notify]` scripts.
     notifier: notify::Notifier,
+    /// What this node tracks (`[track]`): the priority it advertises, and
+    /// whether it must give up the VIP.
+    track: track::Tracking,
+    /// In fault for a tracker: the speaker gave up the VIP and stays out.
+    faulted: bool,
 }
 
 /// What the metrics and the status page read, at each request: the
@@ -713,6 +739,9 @@ fn metrics_source(
             in_sync: v.in_sync,
             learners: v.learners.iter().map(|id| name(*id)).collect(),
             fsync: flush_times.snapshot(),
+            // Filled in by `track::metrics_source`.
+            trackers: Vec::new(),
+            track_fault: false,
         };
         crate::metrics::Observed {
             server: server.observe(),
@@ -736,6 +765,8 @@ impl Glue {
         // The member pushes its facts (leadership, membership, in-sync):
         // a change wakes the glue at once, with no status request.
         let mut facts = self.member.leadership();
+        // A tracker's change wakes the glue at once.
+        let mut track = self.track.subscribe();
         let mut refresh = tokio::time::interval(self.advert);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut keys_task: Option<tokio::task::JoinHandle<usize>> = None;
@@ -750,6 +781,10 @@ impl Glue {
         let mut role = raft.role;
         self.rules.handle_raft(now, raft);
         self.rules.handle_vrrp(now, (&*vrrp.borrow_and_update()).into());
+        // Trackers read before the speaker started: their priority and
+        // fault from the first round.
+        let status = vrrp.borrow().clone();
+        self.follow_track(&speaker, &status).await;
         self.act(&speaker, &mut keys_task, &mut facts).await;
         loop {
             let next = self.rules.poll_timeout();
@@ -771,6 +806,11 @@ impl Glue {
                 }
                 // The status is fed below, after every wake-up.
                 _ = vrrp.changed() => {}
+                // The sender lives as long as `self.track`: never closed here.
+                _ = track.changed() => {
+                    let status = vrrp.borrow().clone();
+                    self.follow_track(&speaker, &status).await;
+                }
                 changed = facts.changed() => {
                     if changed.is_err() {
                         // The member stopped on its own (its task is gone).
@@ -819,6 +859,49 @@ impl Glue {
         Ok((self.serving, speaker))
     }
 
+    /// Follows the trackers (`[track]`): the priority the rules advertise
+    /// when caught up is the configured one as weights change it; while a
+    /// tracker without a weight is down the node gives up the VIP and does
+    /// not contend (keepalived's FAULT state): the peer hears that we leave
+    /// over the cluster link, then our speaker sends priority 0 once (the
+    /// peer, believing it, takes over at once), removes the VIP and stays
+    /// silent; raft leadership goes to the peer (the rules prefer it). The
+    /// FAULT notify script runs as the fault begins.
+    async fn follow_track(&mut self, speaker: &Speaker, vrrp: &vrrp::sys::Status) {
+        let state = self.track.state();
+        let now = Instant::now();
+        self.rules
+            .set_base_priority(now, track::tracked(self.config.vrrp.priority, &state));
+        let fault = state.fault();
+        if fault == self.faulted {
+            return;
+        }
+        self.faulted = fault;
+        if fault {
+            let why = state.fault_reason();
+            warn!(reason = %why, "tracking: FAULT: giving up the VIP; not contending until the tracker is up");
+            self.notifier
+                .notify(notify::Event::Fault, Some(self.rules.advertised()), Some(&why));
+            // Only a master sends priority 0: only then must the peer
+            // believe it before it arrives.
+            let wait = if vrrp.state == State::Master {
+                self.advert.min(Duration::from_millis(200))
+            } else {
+                Duration::ZERO
+            };
+            // No beacon of ours may say otherwise meanwhile.
+            self.rules.set_fault(now, true);
+            if !self.beacons.fault(wait).await && vrrp.state == State::Master {
+                warn!("the peer did not acknowledge our fault over the cluster link: it takes the VIP by VRRP alone");
+            }
+            speaker.set_fault(true).await;
+        } else {
+            info!("tracking: fault cleared: contending for the VIP again");
+            speaker.set_fault(false).await;
+            self.rules.set_fault(now, false);
+        }
+    }
+
     /// Carries out the rules' actions, in order.
     async fn act(
         &mut self,
@@ -858,18 +941,24 @@ impl Glue {
                     in_sync,
                     voter,
                 } => {
-                    info!(
-                        priority,
-                        in_sync,
-                        voter,
-                        "{}",
-                        if caught_up {
-                            "caught up with the log and a voter: advertising the configured VRRP priority"
-                        } else {
-                            "behind the log or not a voter yet: advertising the lowest VRRP priority until \
-                             caught up and promoted"
-                        }
-                    );
+                    let track = self.track.state();
+                    if caught_up && priority != self.config.vrrp.priority {
+                        // A tracker changed it, not the log.
+                        track::log_priority(self.config.vrrp.priority, priority, &track);
+                    } else {
+                        info!(
+                            priority,
+                            in_sync,
+                            voter,
+                            "{}",
+                            if caught_up {
+                                "caught up with the log and a voter: advertising the configured VRRP priority"
+                            } else {
+                                "behind the log or not a voter yet: advertising the lowest VRRP priority until \
+                                 caught up and promoted"
+                            }
+                        );
+                    }
                     speaker.set_priority(priority).await;
                 }
                 Action::Beacon { master, priority } => {

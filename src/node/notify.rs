@@ -39,7 +39,8 @@ pub(crate) enum Event {
     Master,
     /// Became VRRP backup.
     Backup,
-    /// Stopped on a failure.
+    /// A tracker without a weight failed (the VIP is given up), or the
+    /// node stopped on a failure.
     Fault,
     /// Started answering license requests.
     Serving,

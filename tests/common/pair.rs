@@ -93,7 +93,17 @@ pub struct PairOptions {
     /// appending to `NAME-notify.log` in the lab's directory (see
     /// [`Node::notified`]).
     pub notify: bool,
+    /// A second interface on the primary, `uplink0`, a veth whose other
+    /// end, [`UPLINK_PEER`], is in the switch namespace: taking that end
+    /// down takes the primary's carrier away, as a pulled uplink cable.
+    pub uplink: bool,
+    /// More top-level lines for the primary alone and the backup alone,
+    /// appended to their files (e.g. `[[track.interface]]` tables).
+    pub node_extra: [String; 2],
 }
+
+/// The switch namespace's end of the primary's `uplink0` (see `PairOptions::uplink`).
+pub const UPLINK_PEER: &str = "upl0";
 
 /// The lab's notify script: one line per run, `ARGC ARGS...|` then
 /// `VIPOOL_STATE|VIPOOL_NODE|VIPOOL_VIP|VIPOOL_PRIORITY|VIPOOL_REASON`.
@@ -128,6 +138,8 @@ impl Default for PairOptions {
             loopback_operator: None,
             metrics: false,
             notify: false,
+            uplink: false,
+            node_extra: Default::default(),
         }
     }
 }
@@ -325,7 +337,8 @@ sweep_interval_ms = {sweep}
 {node_license_extra}
 {metrics}
 {notify}
-{tls}"#,
+{tls}
+{node_extra}"#,
         data = lab.dir().join(format!("{name}-data")).display(),
         vrid = opts.vrid,
         advert = opts.advert_ms,
@@ -362,6 +375,7 @@ sweep_interval_ms = {sweep}
         },
         serial = license.serial,
         license_lines = license.lines,
+        node_extra = opts.node_extra[usize::from(which == Which::Backup)],
     );
     let path = lab.dir().join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write node config");
@@ -374,6 +388,25 @@ impl PairLab {
         let n = 2 + opts.extra_hosts + usize::from(opts.witness);
         let mut lab = Lab::new(n);
         let (a, b) = (lab.hosts[0].clone(), lab.hosts[1].clone());
+        if opts.uplink {
+            super::sh(&[
+                "ip",
+                "-n",
+                &lab.switch,
+                "link",
+                "add",
+                UPLINK_PEER,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "uplink0",
+                "netns",
+                &a.ns,
+            ]);
+            super::sh(&["ip", "-n", &lab.switch, "link", "set", UPLINK_PEER, "up"]);
+            super::sh(&["ip", "-n", &a.ns, "link", "set", "uplink0", "up"]);
+        }
         let mut peers = vec![(1, "primary", a.addr), (2, "backup", b.addr)];
         let w = opts.witness.then(|| lab.hosts[n - 1].clone());
         if let Some(w) = &w {
@@ -553,6 +586,20 @@ impl PairLab {
 }
 
 impl PairLab {
+    /// Takes the switch's end of the primary's uplink down or up (see
+    /// [`PairOptions::uplink`]).
+    pub fn set_uplink(&self, up: bool) {
+        super::sh(&[
+            "ip",
+            "-n",
+            &self.lab.switch,
+            "link",
+            "set",
+            UPLINK_PEER,
+            if up { "up" } else { "down" },
+        ]);
+    }
+
     /// The last `n` lines of both servers' logs.
     pub fn log_tails(&self, n: usize) -> String {
         let tail = |node: &Node| {

@@ -286,6 +286,8 @@ pub(crate) struct PairRules {
     settings: Option<(Instant, bool, bool)>,
     /// Stopping, or stopped on a failure: nothing more is decided.
     stopped: bool,
+    /// In fault for a tracker (see [`PairRules::set_fault`]).
+    faulted: bool,
 }
 
 impl PairRules {
@@ -315,6 +317,7 @@ impl PairRules {
             keys: KeyRounds::default(),
             settings: None,
             stopped: false,
+            faulted: false,
         }
     }
 
@@ -419,13 +422,29 @@ impl PairRules {
 
     /// The priority to advertise when caught up changes at run time (a
     /// tracked interface went down or came back).
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "fed by interface tracking, built on its own branch")
-    )]
     pub(crate) fn set_base_priority(&mut self, now: Instant, priority: u8) {
-        self.base = priority;
-        self.round(now);
+        if priority != self.base {
+            self.base = priority;
+            self.round(now);
+        }
+    }
+
+    /// A tracker without a weight is down (`fault`) or no longer is: in
+    /// fault the speaker has given up the VIP (see `node::track`), this
+    /// member prefers the peer as leader, and publishes no beacon (its
+    /// word to the peer is "leaving", said by the glue).
+    pub(crate) fn set_fault(&mut self, now: Instant, fault: bool) {
+        if fault != self.faulted {
+            self.faulted = fault;
+            // Once it clears, the peer hears our word again.
+            self.beacon = None;
+            self.round(now);
+        }
+    }
+
+    /// The priority advertised now.
+    pub(crate) fn advertised(&self) -> u8 {
+        self.advertised
     }
 
     /// The node stops gracefully: nothing is coming any more. Serving ends
@@ -497,7 +516,9 @@ impl PairRules {
         // backups each preferring the other would bounce leadership).
         let preferred = if master {
             Some(me)
-        } else if vrrp.peer_is_master() {
+        } else if vrrp.peer_is_master() || self.faulted {
+            // In fault this node cannot serve: leadership goes to the
+            // peer, which takes the VIP.
             Some(self.cfg.peer)
         } else {
             None
@@ -561,8 +582,9 @@ impl PairRules {
         // own to the leader (forwarded by raft).
         let follows = raft.leader.is_some_and(|l| l != 0 && l != me) && raft.role != StateRole::Leader;
         self.keys_check(now, serve, follows);
-        // The peer hears of a change before the adverts that carry it.
-        if self.beacon != Some((master, self.advertised)) {
+        // The peer hears of a change before the adverts that carry it. In
+        // fault our word stays "leaving, not master".
+        if !self.faulted && self.beacon != Some((master, self.advertised)) {
             self.beacon = Some((master, self.advertised));
             self.actions.push_back(Action::Beacon {
                 master,

@@ -800,3 +800,43 @@ fn the_old_primary_returns_catches_up_and_takes_the_service_back() {
         "{a:?}"
     );
 }
+
+// README "Tracking": "without a weight a failure puts the node in FAULT:
+// ... it gives up the VIP, hands raft leadership to the peer". Keepalived's
+// FAULT state: the instance stays out until the tracker is up.
+#[test]
+fn in_fault_the_node_prefers_the_peer_and_says_nothing_else_until_it_clears() {
+    let mut s = Script::serving();
+    s.rules.set_fault(s.now, true);
+    let a = s.actions();
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Beacon { .. })),
+        "no beacon of ours may contradict the fault: {a:?}"
+    );
+    // The speaker gave up the VIP (Initialize): serving ends, leadership
+    // goes to the peer, still no beacon.
+    s.vrrp.state = State::Initialize;
+    s.vrrp.master = None;
+    s.feed_vrrp();
+    let a = s.actions();
+    assert!(stops(&a).is_some(), "{a:?}");
+    assert!(a.contains(&Action::PreferLeader(Some(PEER))), "{a:?}");
+    assert!(!a.iter().any(|a| matches!(a, Action::Beacon { .. })), "{a:?}");
+    // A backup following the new master: leadership stays with the peer.
+    s.vrrp.state = State::Backup;
+    s.vrrp.master = Some(PEER_ADDR);
+    s.vrrp.adverts_received += 1;
+    s.feed_vrrp();
+    let a = s.actions();
+    assert!(!a.iter().any(|a| matches!(a, Action::Beacon { .. })), "{a:?}");
+    // Cleared: the peer hears our word again.
+    s.rules.set_fault(s.now, false);
+    let a = s.actions();
+    assert!(
+        a.contains(&Action::Beacon {
+            master: false,
+            priority: PRIORITY
+        }),
+        "{a:?}"
+    );
+}

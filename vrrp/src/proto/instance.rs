@@ -76,6 +76,11 @@ pub struct Instance {
     /// The advert held for the peer's next claim, if any (at most one: a
     /// newer advert from the same source supersedes it).
     held: Option<Held>,
+    /// Started and not shut down: what [`Instance::set_fault`] returns to
+    /// when the fault clears.
+    running: bool,
+    /// In fault (see [`Instance::set_fault`]): held in Initialize.
+    fault: bool,
 }
 
 impl Instance {
@@ -97,6 +102,8 @@ impl Instance {
             master: None,
             peer_claim: None,
             held: None,
+            running: false,
+            fault: false,
         })
     }
 
@@ -104,9 +111,11 @@ impl Instance {
     ///
     /// The address owner (priority 255) advertises and becomes master at
     /// once; anyone else becomes backup and waits Master_Down_Interval for a
-    /// master to show up. A no-op unless in [`State::Initialize`].
+    /// master to show up. A no-op unless in [`State::Initialize`]. In fault
+    /// the instance stays in Initialize and starts when the fault clears.
     pub fn startup(&mut self, now: Instant) {
-        if self.state != State::Initialize {
+        self.running = true;
+        if self.state != State::Initialize || self.fault {
             return;
         }
         self.master = None;
@@ -124,7 +133,44 @@ impl Instance {
     ///
     /// Every timer is cancelled. A no-op in [`State::Initialize`]; call
     /// [`Instance::startup`] to run again.
-    pub fn shutdown(&mut self, _now: Instant) {
+    pub fn shutdown(&mut self, now: Instant) {
+        self.running = false;
+        self.leave(now);
+    }
+
+    /// Enters or leaves fault, as keepalived's FAULT state: something this
+    /// router depends on (a tracked uplink, a health check) is down, so it
+    /// must not hold the virtual addresses.
+    ///
+    /// Entering fault acts as [`Instance::shutdown`]: a master sends one
+    /// advert with priority 0, so that a backup takes over at once (after
+    /// Skew_Time, or at once with [`Config::pair_handoff`]), and the
+    /// instance goes to [`State::Initialize`] (the driver removes the
+    /// virtual addresses). While in fault it sends nothing, ignores
+    /// adverts and never contends: [`Instance::startup`] only remembers to
+    /// start. Leaving fault starts the instance again as
+    /// [`Instance::startup`] does (Backup, or Master for the owner), if it
+    /// was started and not shut down. Setting the state it is already in
+    /// is a no-op. The address owner (priority 255) enters fault too.
+    pub fn set_fault(&mut self, now: Instant, fault: bool) {
+        if fault == self.fault {
+            return;
+        }
+        self.fault = fault;
+        if fault {
+            self.leave(now);
+        } else if self.running {
+            self.startup(now);
+        }
+    }
+
+    /// Whether the instance is in fault (see [`Instance::set_fault`]).
+    pub fn in_fault(&self) -> bool {
+        self.fault
+    }
+
+    /// A master's priority-0 advert, then Initialize with no timer running.
+    fn leave(&mut self, _now: Instant) {
         match self.state {
             State::Initialize => return,
             // RFC 9568 §6.4.3: "Cancel the Adver_Timer, Send an ADVERTISEMENT

@@ -66,6 +66,9 @@ pub enum Reason {
     HigherPriority,
     /// Local shutdown.
     Shutdown,
+    /// Local fault ([`Instance::set_fault`]): the router stopped contending
+    /// while something it depends on is down, as keepalived's FAULT state.
+    Fault,
 }
 
 /// An output of the state machine, in the order the driver must act on them.

@@ -124,6 +124,7 @@ pub struct Status {
 
 enum Command {
     SetPriority(u8),
+    SetFault(bool),
 }
 
 /// The handle through which the glue of the authenticated cluster link
@@ -279,6 +280,16 @@ impl Speaker {
     pub async fn set_priority(&self, priority: u8) {
         // The driver only stops after `shutdown`, which consumes self.
         let _ = self.commands.send(Command::SetPriority(priority)).await;
+    }
+
+    /// Enters or leaves fault (see
+    /// [`Instance::set_fault`](crate::proto::Instance::set_fault)): a master
+    /// sends priority 0 once and removes the virtual addresses; in fault
+    /// the speaker stays in Initialize, sends nothing and never contends;
+    /// when the fault clears it starts again as backup.
+    pub async fn set_fault(&self, fault: bool) {
+        // The driver only stops after `shutdown`, which consumes self.
+        let _ = self.commands.send(Command::SetFault(fault)).await;
     }
 
     /// The handle that feeds the peer's authenticated claims to this
@@ -483,6 +494,12 @@ impl Driver {
                         info!(priority = p, "priority changed");
                         self.instance.set_priority(Instant::now(), p);
                     }
+                    Command::SetFault(fault) => {
+                        if fault != self.instance.in_fault() {
+                            info!(fault, "VRRP fault {}", if fault { "entered: leaving the virtual router" } else { "cleared: contending again" });
+                        }
+                        self.instance.set_fault(Instant::now(), fault);
+                    }
                 },
                 () = sleep => {
                     let now = Instant::now();
@@ -588,7 +605,12 @@ impl Driver {
                     self.remove_vips().await?;
                 }
                 Event::BecomeInitialize => {
-                    self.transition(State::Initialize, Some(Reason::Shutdown));
+                    let reason = if self.instance.in_fault() {
+                        Reason::Fault
+                    } else {
+                        Reason::Shutdown
+                    };
+                    self.transition(State::Initialize, Some(reason));
                     self.garp_plan.clear();
                     self.remove_vips().await?;
                 }

@@ -64,6 +64,26 @@ impl Netlink {
         }
     }
 
+    /// Whether interface `name` is up and running (`IFF_UP` and
+    /// `IFF_RUNNING`: administratively up, with a carrier), as keepalived's
+    /// `track_interface` judges it; `None` when there is no such interface.
+    ///
+    /// # Errors
+    /// A netlink error other than "no such device".
+    pub async fn link_running(&self, name: &str) -> io::Result<Option<bool>> {
+        use rtnetlink::packet_route::link::LinkFlags;
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(link)) => {
+                let f = link.header.flags;
+                Ok(Some(f.contains(LinkFlags::Up) && f.contains(LinkFlags::Running)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+
     /// The IPv4 addresses (with prefix lengths) on interface `index`.
     ///
     /// # Errors

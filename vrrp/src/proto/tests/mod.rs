@@ -11,8 +11,11 @@
 //!   RFC 3768 §7.1), and proptests over arbitrary bytes.
 //! - [`trust`]: who may move the VIP: the source filter, spoofs of our own
 //!   addresses, and the peer's authenticated claims (SPEC §9, S6).
+//! - [`fault`]: a router that gives up the virtual addresses while
+//!   something it tracks is down (keepalived's FAULT state).
 
 mod election;
+mod fault;
 mod trust;
 mod validation;
 
@@ -217,6 +220,18 @@ impl Network {
                 self.nodes[to].vr.set_peer_claim(self.now, Some(claim));
             }
         }
+    }
+
+    /// Node `i` enters or leaves fault. With claims, entering fault says
+    /// `leaving` first (the priority-0 advert must be believed), as the
+    /// glue does; leaving fault says it no more.
+    fn set_fault(&mut self, i: usize, fault: bool) {
+        if self.claims {
+            self.nodes[i].leaving = fault;
+            self.send_claims();
+        }
+        self.nodes[i].vr.set_fault(self.now, fault);
+        self.flush();
     }
 
     fn set_priority(&mut self, i: usize, priority: u8) {
