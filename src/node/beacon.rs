@@ -198,6 +198,24 @@ impl Beacons {
         true
     }
 
+    /// The peer's own word, while it is fresh (not this node standing in
+    /// for a demoted peer: see [`Beacons::peer_demoted`]).
+    pub(crate) fn peer_word(&self) -> Option<crate::node::rules::PeerWord> {
+        let now = Instant::now();
+        let heard = *self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        if heard.is_none_or(|at| now.duration_since(at) >= self.validity) {
+            return None;
+        }
+        self.claims
+            .get()
+            .filter(|c| c.valid_until > now)
+            .map(|c| crate::node::rules::PeerWord {
+                master: c.master,
+                priority: c.priority,
+                leaving: c.leaving,
+            })
+    }
+
     /// Sends our state again (every advert interval: the peer's claim of
     /// us lasts three).
     pub(crate) fn refresh(&self) {

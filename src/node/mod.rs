@@ -499,7 +499,9 @@ pub async fn run(
             has_witness,
             priority,
             election_timeout,
+            preempt: config.vrrp.preempt,
         }),
+        server: Arc::clone(&server),
         member: member.clone(),
         applier,
         config: config.clone(),
@@ -649,6 +651,8 @@ async fn hand_over(member: &Member<SharedTable>, me: u64, peer: u64, wait: Durat
 /// carries out its actions.
 struct Glue {
     rules: rules::PairRules,
+    /// The license server: a handback waits for its requests in flight.
+    server: Arc<Server<ReplicatedApplier>>,
     member: Member<SharedTable>,
     applier: Arc<ReplicatedApplier>,
     config: Config,
@@ -851,6 +855,10 @@ impl Glue {
             // status as it is (the rules ignore what did not change).
             self.rules
                 .handle_vrrp(Instant::now(), (&*vrrp.borrow_and_update()).into());
+            // The peer's word arrives on the cluster link, not as a wake-up:
+            // read at every one (at least every advert interval).
+            self.rules
+                .handle_peer_word(Instant::now(), self.beacons.peer_word());
             self.act(&speaker, &mut keys_task, &mut facts).await;
         }
         // Stopping: nothing is coming any more.
@@ -900,6 +908,31 @@ impl Glue {
             speaker.set_fault(false).await;
             self.rules.set_fault(now, false);
         }
+    }
+
+    /// Hands the VIP back to the peer, as a graceful stop does, but stays
+    /// up (see [`rules::Action::HandBack`]). Serving has ended: client
+    /// connections close while the VIP is still here, so that no request
+    /// is lost in flight. Then the peer hears that we leave, the speaker
+    /// sends priority 0 and gives up the VIP; the rules hand leadership to
+    /// the peer and ask to rejoin as a backup once it leads.
+    async fn hand_back(&mut self, speaker: &Speaker) {
+        info!("the peer is back, caught up, and outranks this node: handing the VIP back");
+        let drain = Instant::now() + self.config.cluster.request_timeout().min(Duration::from_secs(1));
+        while (self.server.in_flight() > 0 || self.server.client_connections() > 0) && Instant::now() < drain
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // The peer believes our priority-0 advert once it has our word.
+        if !self
+            .beacons
+            .fault(self.advert.min(Duration::from_millis(200)))
+            .await
+        {
+            warn!("the peer did not acknowledge the handback over the cluster link: it takes the VIP by VRRP alone");
+        }
+        speaker.set_fault(true).await;
+        self.rules.handback_resigned(Instant::now());
     }
 
     /// Carries out the rules' actions, in order.
@@ -963,6 +996,11 @@ impl Glue {
                 }
                 Action::Beacon { master, priority } => {
                     self.beacons.publish(master, priority);
+                }
+                Action::HandBack => self.hand_back(speaker).await,
+                Action::RejoinAsBackup => {
+                    speaker.set_fault(false).await;
+                    info!("VIP handed back: contending again as a backup");
                 }
                 Action::Serve { serve, why, gap } => self.set_serving(serve, why, gap),
                 Action::SoonServing(soon) => {

@@ -91,6 +91,22 @@ pub(crate) struct RulesConfig {
     pub(crate) priority: u8,
     /// Raft's election timeout (ticks times tick length).
     pub(crate) election_timeout: Duration,
+    /// VRRP preempts (`vrrp.preempt`, the same on both servers): a peer
+    /// that outranks this master takes the VIP back, so this node hands
+    /// it back first (see [`Action::HandBack`]).
+    pub(crate) preempt: bool,
+}
+
+/// The peer's own word over the authenticated cluster link (its beacon),
+/// while it is fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerWord {
+    /// It is VRRP master.
+    pub(crate) master: bool,
+    /// The priority it advertises.
+    pub(crate) priority: u8,
+    /// It is leaving (stopping, or in fault).
+    pub(crate) leaving: bool,
 }
 
 /// What the rules read of the VRRP speaker's status.
@@ -175,7 +191,10 @@ pub(crate) enum Action {
     /// The takeover was done (for the log).
     TookOver,
     /// The takeover was refused: log it at error level (rate-limited here).
-    TakeoverRefused { reason: String, retries: u64 },
+    TakeoverRefused {
+        reason: String,
+        retries: u64,
+    },
     /// Advertise this VRRP priority: the base one when `caught_up`, else
     /// the lowest; `in_sync` and `voter` say why.
     SetPriority {
@@ -186,7 +205,22 @@ pub(crate) enum Action {
     },
     /// Tell the peer our VRRP state over the cluster link (before the
     /// adverts that carry a new priority).
-    Beacon { master: bool, priority: u8 },
+    /// Hand the VIP back to the peer as a graceful stop would, staying up
+    /// (the old primary returned, caught up, and outranks this master): the
+    /// glue lets requests in flight be answered while client connections
+    /// close (serving already ended), tells the peer it leaves, has the
+    /// speaker send priority 0 and give up the VIP, and contends again as a
+    /// backup once the peer leads; then [`PairRules::handback_done`]. The
+    /// peer's preemption would move the VIP anyway, but abruptly: a request
+    /// sent as the VIP left this node was lost until a TCP retransmission.
+    HandBack,
+    /// The handback is over (the peer leads, or it did not within two
+    /// election timeouts): the speaker contends again, as a backup.
+    RejoinAsBackup,
+    Beacon {
+        master: bool,
+        priority: u8,
+    },
     /// The raft log says the peer is a learner (see `beacon`); until told
     /// otherwise, stand in for its word at every beacon refresh.
     PeerDemoted(bool),
@@ -194,10 +228,16 @@ pub(crate) enum Action {
     /// serving, submit to the leader otherwise; answer with
     /// [`PairRules::keys_done`]. `rounds`: rounds in a row that had
     /// something to change.
-    SyncKeys { serve: bool, rounds: u32 },
+    SyncKeys {
+        serve: bool,
+        rounds: u32,
+    },
     /// Compare this server's table settings with the pair's (see
     /// `settings::SettingsSync::step`).
-    Settings { leads: bool, in_sync: bool },
+    Settings {
+        leads: bool,
+        in_sync: bool,
+    },
     /// Run the operator's `[notify]` script for `event`.
     Notify {
         event: Event,
@@ -226,9 +266,21 @@ enum Timer {
     Keys,
     /// The next settings check.
     Settings,
+    /// A handback waits this long at most for the peer to lead.
+    HandBack,
 }
 
-const TIMERS: usize = 4;
+const TIMERS: usize = 5;
+
+/// Where a handback is ([`Action::HandBack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandBack {
+    /// Asked for: the glue drains and gives up the VIP.
+    Asked,
+    /// The VIP is given up (`handback_resigned`): leadership goes to the
+    /// peer; once it leads, this node rejoins as a backup.
+    Resigned,
+}
 
 /// This server's keys in the table.
 #[derive(Debug, Default)]
@@ -288,6 +340,10 @@ pub(crate) struct PairRules {
     stopped: bool,
     /// In fault for a tracker (see [`PairRules::set_fault`]).
     faulted: bool,
+    /// The peer's word, while fresh.
+    peer_word: Option<PeerWord>,
+    /// Handing the VIP back (see [`Action::HandBack`]).
+    handing_back: Option<HandBack>,
 }
 
 impl PairRules {
@@ -318,6 +374,8 @@ impl PairRules {
             settings: None,
             stopped: false,
             faulted: false,
+            peer_word: None,
+            handing_back: None,
         }
     }
 
@@ -442,6 +500,25 @@ impl PairRules {
         }
     }
 
+    /// The peer's word over the cluster link changed (or lapsed: `None`).
+    pub(crate) fn handle_peer_word(&mut self, now: Instant, word: Option<PeerWord>) {
+        if word != self.peer_word {
+            self.peer_word = word;
+            self.round(now);
+        }
+    }
+
+    /// The handback's VIP is given up (the speaker sent priority 0 and is
+    /// silent): leadership goes to the peer; [`Action::RejoinAsBackup`]
+    /// follows once it leads, or after two election timeouts.
+    pub(crate) fn handback_resigned(&mut self, now: Instant) {
+        if self.handing_back == Some(HandBack::Asked) {
+            self.handing_back = Some(HandBack::Resigned);
+            self.timers[Timer::HandBack as usize] = Some(now + 2 * self.cfg.election_timeout);
+            self.round(now);
+        }
+    }
+
     /// The priority advertised now.
     pub(crate) fn advertised(&self) -> u8 {
         self.advertised
@@ -516,9 +593,9 @@ impl PairRules {
         // backups each preferring the other would bounce leadership).
         let preferred = if master {
             Some(me)
-        } else if vrrp.peer_is_master() || self.faulted {
-            // In fault this node cannot serve: leadership goes to the
-            // peer, which takes the VIP.
+        } else if vrrp.peer_is_master() || self.faulted || self.handing_back.is_some() {
+            // In fault, or handing back, this node cannot serve:
+            // leadership goes to the peer, which takes the VIP.
             Some(self.cfg.peer)
         } else {
             None
@@ -561,8 +638,37 @@ impl PairRules {
             });
         }
 
-        let serve = master && raft.role == StateRole::Leader;
-        let why_not = if master {
+        // The old primary returned, caught up and a voter again, and
+        // outranks this master: hand the VIP back before it preempts.
+        let peer_outranks = self.peer_word.is_some_and(|w| {
+            !w.master && !w.leaving && w.priority > self.advertised && w.priority > BEHIND_PRIORITY
+        });
+        let hand_back = self.cfg.preempt
+            && master
+            && raft.role == StateRole::Leader
+            && raft.voters.contains(&self.cfg.peer)
+            && peer_outranks
+            && !self.faulted
+            && self.handing_back.is_none();
+        if hand_back {
+            self.handing_back = Some(HandBack::Asked);
+        }
+        let rejoin = self.handing_back == Some(HandBack::Resigned)
+            && (raft.leader == Some(self.cfg.peer)
+                || self.timers[Timer::HandBack as usize].is_some_and(|at| now >= at));
+        if rejoin {
+            self.handing_back = None;
+            self.timers[Timer::HandBack as usize] = None;
+            // The peer hears our word again.
+            self.beacon = None;
+        }
+        let handing_back = self.handing_back.is_some();
+        let serve = master && raft.role == StateRole::Leader && !self.faulted && !handing_back;
+        let why_not = if handing_back {
+            "handing the VIP back to the peer (it outranks this node)"
+        } else if self.faulted {
+            "in fault (a tracker is down)"
+        } else if master {
             "not the raft leader"
         } else {
             "lost the VIP (no longer VRRP master)"
@@ -572,7 +678,7 @@ impl PairRules {
         // Leadership is on its way to this master (a handover, a takeover,
         // an election), unless its takeover was refused: then a refusal
         // tells clients more than a wait.
-        let soon = master && !serve && voter && self.last_refusal.is_none();
+        let soon = master && !serve && voter && self.last_refusal.is_none() && !self.faulted && !handing_back;
         if soon != self.soon {
             self.soon = soon;
             self.actions.push_back(Action::SoonServing(soon));
@@ -583,8 +689,8 @@ impl PairRules {
         let follows = raft.leader.is_some_and(|l| l != 0 && l != me) && raft.role != StateRole::Leader;
         self.keys_check(now, serve, follows);
         // The peer hears of a change before the adverts that carry it. In
-        // fault our word stays "leaving, not master".
-        if !self.faulted && self.beacon != Some((master, self.advertised)) {
+        // fault or handing back our word stays "leaving".
+        if !self.faulted && !handing_back && self.beacon != Some((master, self.advertised)) {
             self.beacon = Some((master, self.advertised));
             self.actions.push_back(Action::Beacon {
                 master,
@@ -592,6 +698,12 @@ impl PairRules {
             });
         }
         self.actions.extend(new_priority);
+        if hand_back {
+            self.actions.push_back(Action::HandBack);
+        }
+        if rejoin {
+            self.actions.push_back(Action::RejoinAsBackup);
+        }
     }
 
     /// Takeover without a witness, on VRRP's evidence that the peer is

@@ -30,6 +30,7 @@ impl Script {
                 has_witness,
                 priority: PRIORITY,
                 election_timeout: ET,
+                preempt: true,
             }),
             t0,
             now: t0,
@@ -813,13 +814,15 @@ fn in_fault_the_node_prefers_the_peer_and_says_nothing_else_until_it_clears() {
         !a.iter().any(|a| matches!(a, Action::Beacon { .. })),
         "no beacon of ours may contradict the fault: {a:?}"
     );
-    // The speaker gave up the VIP (Initialize): serving ends, leadership
-    // goes to the peer, still no beacon.
+    // Serving ends at once: client connections close while the VIP is
+    // still here.
+    assert!(stops(&a).is_some(), "{a:?}");
+    // The speaker gave up the VIP (Initialize): leadership goes to the
+    // peer, still no beacon.
     s.vrrp.state = State::Initialize;
     s.vrrp.master = None;
     s.feed_vrrp();
     let a = s.actions();
-    assert!(stops(&a).is_some(), "{a:?}");
     assert!(a.contains(&Action::PreferLeader(Some(PEER))), "{a:?}");
     assert!(!a.iter().any(|a| matches!(a, Action::Beacon { .. })), "{a:?}");
     // A backup following the new master: leadership stays with the peer.
@@ -839,4 +842,122 @@ fn in_fault_the_node_prefers_the_peer_and_says_nothing_else_until_it_clears() {
         }),
         "{a:?}"
     );
+}
+
+// Issue 12, item 3: "The handback (the old primary returning and
+// preempting) costs switches no more than a graceful stop." README: "old
+// primary returns ... is promoted once it keeps up; until it is caught up
+// and a voter it advertises VRRP priority 1". Once it advertises more than
+// this master, this master hands the VIP back as a graceful stop would.
+#[test]
+fn a_master_hands_the_vip_back_to_a_caught_up_peer_that_outranks_it() {
+    let mut s = Script::serving();
+    // The peer back as a learner, behind: priority 1, nothing happens.
+    let behind = PeerWord {
+        master: false,
+        priority: BEHIND_PRIORITY,
+        leaving: false,
+    };
+    s.rules.handle_peer_word(s.now, Some(behind));
+    assert!(!s.actions().contains(&Action::HandBack));
+    // Caught up and promoted: it advertises its configured 150.
+    let back = PeerWord {
+        priority: 150,
+        ..behind
+    };
+    s.rules.handle_peer_word(s.now, Some(back));
+    let a = s.actions();
+    let stop = a
+        .iter()
+        .position(|a| matches!(a, Action::Serve { serve: false, .. }));
+    let hand = a.iter().position(|a| *a == Action::HandBack);
+    assert!(
+        matches!((stop, hand), (Some(x), Some(y)) if x < y),
+        "serving ends (connections close) before the handback: {a:?}"
+    );
+    assert!(!a.iter().any(|a| matches!(a, Action::Beacon { .. })), "{a:?}");
+    // Asked once only.
+    s.feed_vrrp();
+    assert!(!s.actions().contains(&Action::HandBack));
+    // The VIP given up: leadership goes to the peer.
+    s.rules.handback_resigned(s.now);
+    s.vrrp.state = State::Initialize;
+    s.vrrp.master = None;
+    s.feed_vrrp();
+    let a = s.actions();
+    assert!(a.contains(&Action::PreferLeader(Some(PEER))), "{a:?}");
+    assert!(!a.contains(&Action::RejoinAsBackup), "{a:?}");
+    // The peer leads: rejoin as a backup, and say so to the peer again.
+    s.raft.role = StateRole::Follower;
+    s.raft.leader = Some(PEER);
+    s.feed_raft();
+    let a = s.actions();
+    assert!(a.contains(&Action::RejoinAsBackup), "{a:?}");
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Beacon { master: false, .. })),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn no_handback_without_preempt_or_when_the_peer_does_not_outrank() {
+    let mut s = Script::serving();
+    let word = PeerWord {
+        master: false,
+        priority: PRIORITY,
+        leaving: false,
+    };
+    s.rules.handle_peer_word(s.now, Some(word));
+    assert!(!s.actions().contains(&Action::HandBack), "equal priority: no");
+    let mut s = Script::new(false);
+    s.rules = PairRules::new(RulesConfig {
+        me: ME,
+        peer: PEER,
+        has_witness: false,
+        priority: PRIORITY,
+        election_timeout: ET,
+        preempt: false,
+    });
+    s.raft.role = StateRole::Leader;
+    s.raft.leader = Some(ME);
+    s.feed_raft();
+    s.vrrp.state = State::Master;
+    s.vrrp.master = Some(OWN);
+    s.feed_vrrp();
+    assert!(serves(&s.actions()));
+    s.rules.handle_peer_word(
+        s.now,
+        Some(PeerWord {
+            priority: 200,
+            ..word
+        }),
+    );
+    let a = s.actions();
+    assert!(
+        !a.contains(&Action::HandBack) && !a.iter().any(|a| matches!(a, Action::Serve { serve: false, .. })),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_handback_gives_up_waiting_for_the_peer_after_two_election_timeouts() {
+    let mut s = Script::serving();
+    s.rules.handle_peer_word(
+        s.now,
+        Some(PeerWord {
+            master: false,
+            priority: 150,
+            leaving: false,
+        }),
+    );
+    assert!(s.actions().contains(&Action::HandBack));
+    s.rules.handback_resigned(s.now);
+    s.vrrp.state = State::Initialize;
+    s.vrrp.master = None;
+    s.feed_vrrp();
+    let a = s.run_until_ms(1_999);
+    assert!(!a.contains(&Action::RejoinAsBackup), "{a:?}");
+    let a = s.run_until_ms(2_001);
+    assert!(a.contains(&Action::RejoinAsBackup), "{a:?}");
 }
