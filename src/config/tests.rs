@@ -646,6 +646,17 @@ fn license_problems_name_their_field() {
     refused("license", "sweep_interval_ms = 0", "license.sweep_interval_ms");
     refused("license", "max_frame = 10", "license.max_frame");
     refused("license", "max_connections = 0", "license.max_connections");
+    refused(
+        "license",
+        "connection_threads = 257",
+        "license.connection_threads",
+    );
+    // 0 is allowed: connections on the node's own thread.
+    let inline = problems(&edit(PRIMARY, "license", "connection_threads = 0"));
+    assert!(
+        inline.iter().all(|p| p.field != "license.connection_threads"),
+        "{inline:?}"
+    );
     for field in ["handshake_timeout_ms", "frame_timeout_ms", "idle_timeout_ms"] {
         refused("license", &format!("{field} = 0"), &format!("license.{field}"));
     }
