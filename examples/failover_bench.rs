@@ -13,7 +13,8 @@
 //! `--how graceful|crash` and `--advert-ms N` (the gap cases of one kind
 //! or one advert interval only), `--vmac on|off` (the nodes' `vrrp.vmac`,
 //! default on), `--fresh-connect-ms N` (the fresh-connect prober's connect
-//! timeout, default the client library's, 300 ms), `--verbose`
+//! timeout, default the client library's, 300 ms), `--fresh-deadline-ms N`
+//! (its deadline for a whole attempt, default 2000), `--verbose`
 //! (one line per failover). With `FAILOVER_BENCH_TRACE` set, the worst
 //! prober's attempts across each disruption are printed (what a gap is made
 //! of); with `FAILOVER_BENCH_KEEP_LOGS` set, the nodes' logs are kept after
@@ -103,6 +104,11 @@ static VMAC: AtomicBool = AtomicBool::new(true);
 /// by default the client library's, what a switch uses.
 static FRESH_CONNECT_MS: AtomicU64 =
     AtomicU64::new(vipool::client::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64);
+/// The fresh-connect prober's deadline for one whole attempt (connect,
+/// handshake, registration) in ms (`--fresh-deadline-ms`). A request that
+/// the dead holder's kernel acknowledged is never retransmitted, so no
+/// reset from the new holder ends it: only this deadline does.
+static FRESH_DEADLINE_MS: AtomicU64 = AtomicU64::new(2000);
 const PRIMARY_PRIORITY: u8 = 200;
 const BACKUP_PRIORITY: u8 = 100;
 /// Generous: the lab shares two cores with compilers.
@@ -150,7 +156,7 @@ struct Opts {
 }
 
 const USAGE: &str = "failover_bench [--runs N] [--failovers N] [--switches N] [--probers N] [--tick-ms N] \
-     [--only gap|lost] [--how graceful|crash] [--advert-ms N] [--vmac on|off] [--fresh-connect-ms N] [--verbose]";
+     [--only gap|lost] [--how graceful|crash] [--advert-ms N] [--vmac on|off] [--fresh-connect-ms N] [--fresh-deadline-ms N] [--verbose]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut opts = Opts {
@@ -182,6 +188,7 @@ fn parse_args() -> Result<Opts, String> {
             "--probers" => opts.probers = number()?.max(1),
             "--tick-ms" => TICK_MS.store(number()?.max(1) as u64, Ordering::Relaxed),
             "--fresh-connect-ms" => FRESH_CONNECT_MS.store(number()?.max(1) as u64, Ordering::Relaxed),
+            "--fresh-deadline-ms" => FRESH_DEADLINE_MS.store(number()?.max(1) as u64, Ordering::Relaxed),
             "--vmac" => VMAC.store(
                 match value.as_str() {
                     "on" => true,
@@ -698,8 +705,8 @@ fn fresh_identities(
 /// handshake with the certificate of a switch id never seen before, its
 /// registration; then the connection is dropped and the next id comes.
 /// It connects as a switch does (the client library's default connect and
-/// handshake timeouts, or `--fresh-connect-ms`), and tries again at once
-/// when an attempt fails.
+/// handshake timeouts, or `--fresh-connect-ms`), gives a whole attempt
+/// `--fresh-deadline-ms`, and tries again at once when an attempt fails.
 fn fresh_prober(
     host: &Host,
     tag: String,
@@ -714,6 +721,7 @@ fn fresh_prober(
                 connect_timeout: Duration::from_millis(FRESH_CONNECT_MS.load(Ordering::Relaxed)),
                 handshake_timeout: vipool::client::DEFAULT_HANDSHAKE_TIMEOUT,
             };
+            let deadline = Duration::from_millis(FRESH_DEADLINE_MS.load(Ordering::Relaxed));
             let mut next = None;
             while !stop.load(Ordering::SeqCst) {
                 // A failed attempt tries again with the same id (it may or
@@ -729,7 +737,7 @@ fn fresh_prober(
                     let mut c = Connection::connect_with((VIP, CLIENT_PORT), Some(&tls), &options).await?;
                     c.register(&id, &serial, "1", SwitchReport::default()).await
                 };
-                match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                match tokio::time::timeout(deadline, attempt).await {
                     Ok(Ok(_)) => {
                         fresh.acks.push(Instant::now());
                         registered.fetch_add(1, Ordering::SeqCst);
@@ -739,7 +747,7 @@ fn fresh_prober(
                         if fresh.why.len() < 3 {
                             fresh.why.push(match failed {
                                 Ok(Err(e)) => e.to_string(),
-                                _ => "no registration within 2 s".into(),
+                                _ => format!("no registration within {deadline:?}"),
                             });
                         }
                         next = Some((id, serial, tls));
@@ -1539,12 +1547,13 @@ fn main() {
     if opts.gap {
         println!(
             "failover of a vipool pair (priorities {PRIMARY_PRIORITY} -> {BACKUP_PRIORITY}, VRRPv3, vmac {}, {} \
-             switches, {} probers, a fresh-connect prober with a {} ms connect timeout); times from the failure, \
-             median/min/max",
+             switches, {} probers, a fresh-connect prober with a {} ms connect timeout and {} ms per attempt); \
+             times from the failure, median/min/max",
             if VMAC.load(Ordering::Relaxed) { "on" } else { "off" },
             opts.switches,
             opts.probers,
-            FRESH_CONNECT_MS.load(Ordering::Relaxed)
+            FRESH_CONNECT_MS.load(Ordering::Relaxed),
+            FRESH_DEADLINE_MS.load(Ordering::Relaxed)
         );
         for &advert_ms in &opts.adverts {
             let runs = opts.runs.unwrap_or(if advert_ms == 1000 { 3 } else { 5 });

@@ -12,13 +12,16 @@
 //! (default both), `--vmac on|off` (default off, as deploy/ ships),
 //! `--advert-ms N` (default 100), `--tick-ms N` (raft tick, default 10),
 //! `--heartbeat-ms N` (the switches' heartbeat interval, default 5000),
+//! `--client-processes N` (the `vipool client` processes the switches are
+//! spread over, default 4), `--connection-threads N` (the nodes'
+//! `license.connection_threads`, default theirs; 0 for the node's thread),
 //! `--verbose` (the switches' registrations per 100 ms). With
 //! `HERD_BENCH_KEEP_LOGS` set, the nodes' and switches' logs are kept
 //! (`VIPOOL_LAB_LOG` sets the nodes' filter). Needs root and `ip`.
 //!
 //! One namespaced lab per size: the primary (priority 200) and the backup
-//! (100) run `vipool node`, a third host runs the N switches in one
-//! `vipool client --count N` process (each with its own certificate of the
+//! (100) run `vipool node`, a third host runs the N switches in
+//! `--client-processes` `vipool client --count` processes (each switch with its own certificate of the
 //! pair's CA, its own TLS 1.3 connection, and the client library's default
 //! connect timeout and reconnect policy: what a switch does). Times come
 //! from the switches' own acknowledgements: the instant the bench reads
@@ -80,11 +83,15 @@ struct Opts {
     advert_ms: u32,
     tick_ms: u64,
     heartbeat_ms: u64,
+    /// `vipool client` processes the switches are spread over.
+    processes: usize,
+    /// The nodes' `license.connection_threads` (`None`: their default).
+    connection_threads: Option<usize>,
     verbose: bool,
 }
 
 const USAGE: &str = "herd_bench [--switches N[,N...]] [--runs N] [--how graceful|crash] [--vmac on|off] \
-                     [--advert-ms N] [--tick-ms N] [--heartbeat-ms N] [--verbose]";
+                     [--advert-ms N] [--tick-ms N] [--heartbeat-ms N] [--client-processes N] [--connection-threads N] [--verbose]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut opts = Opts {
@@ -95,6 +102,8 @@ fn parse_args() -> Result<Opts, String> {
         advert_ms: 100,
         tick_ms: 10,
         heartbeat_ms: 5000,
+        processes: 4,
+        connection_threads: None,
         verbose: false,
     };
     let mut args = std::env::args().skip(1);
@@ -122,6 +131,8 @@ fn parse_args() -> Result<Opts, String> {
             }
             "--tick-ms" => opts.tick_ms = number(&value)?.max(1),
             "--heartbeat-ms" => opts.heartbeat_ms = number(&value)?.max(100),
+            "--client-processes" => opts.processes = number(&value)?.max(1) as usize,
+            "--connection-threads" => opts.connection_threads = Some(number(&value)? as usize),
             "--how" => {
                 opts.kinds = match value.as_str() {
                     "graceful" => vec![How::Graceful],
@@ -214,7 +225,7 @@ heartbeat_interval_ms = {heartbeat}
 sweep_interval_ms = 1000
 max_connections = 30000
 max_connections_per_address = 30000
-
+{threads}
 {tls}"#,
         data = data.display(),
         tls = lab.tls_section(name),
@@ -225,6 +236,9 @@ max_connections_per_address = 30000
         vmac = opts.vmac,
         tick = opts.tick_ms,
         heartbeat = opts.heartbeat_ms,
+        threads = opts
+            .connection_threads
+            .map_or(String::new(), |n| format!("connection_threads = {n}\n")),
     );
     let path = lab.dir().join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write node config");
@@ -249,9 +263,8 @@ struct Seen {
 /// Reads the switches' JSON lines; keeps only what the figures need (the
 /// whole stream of 10,000 switches would cost the bench more CPU than the
 /// pair, on the same two cores).
-fn read_events(child: &mut Child) -> Arc<Mutex<Seen>> {
+fn read_events(child: &mut Child, seen: &Arc<Mutex<Seen>>) {
     let out = child.stdout.take().expect("stdout piped");
-    let seen = Arc::new(Mutex::new(Seen::default()));
     let sink = seen.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -274,7 +287,6 @@ fn read_events(child: &mut Child) -> Arc<Mutex<Seen>> {
             }
         }
     });
-    seen
 }
 
 struct Pair {
@@ -333,33 +345,42 @@ impl Pair {
                 show(&client, hosts[0].addr)
             ));
         }
+        // The switches are spread over several processes: one process
+        // (one thread) making every switch's handshake would measure
+        // itself, not the pair.
         let server = format!("{VIP}:{CLIENT_PORT}");
-        let (count, heartbeat, pki) = (n.to_string(), opts.heartbeat_ms.to_string(), lab.pki_dir());
-        let args = [
-            "client",
-            "--pki",
-            &pki,
-            "--server",
-            &server,
-            "--id",
-            "herd",
-            "--count",
-            &count,
-            "--heartbeat-interval-ms",
-            &heartbeat,
-            "--json",
-        ];
-        let file = std::fs::File::create(log("switches")).map_err(|e| e.to_string())?;
-        let mut child = client
-            .command(&common::vipool_bin())
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .map_err(|e| format!("spawn the switches: {e}"))?;
-        let seen = read_events(&mut child);
-        lab.adopt(child);
+        let (heartbeat, pki) = (opts.heartbeat_ms.to_string(), lab.pki_dir());
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let processes = opts.processes.min(n);
+        for p in 0..processes {
+            let count = (n / processes + usize::from(p < n % processes)).to_string();
+            let id = format!("herd{p}");
+            let args = [
+                "client",
+                "--pki",
+                &pki,
+                "--server",
+                &server,
+                "--id",
+                &id,
+                "--count",
+                &count,
+                "--heartbeat-interval-ms",
+                &heartbeat,
+                "--json",
+            ];
+            let file = std::fs::File::create(log(&format!("switches-{p}"))).map_err(|e| e.to_string())?;
+            let mut child = client
+                .command(&common::vipool_bin())
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::from(file))
+                .spawn()
+                .map_err(|e| format!("spawn the switches: {e}"))?;
+            read_events(&mut child, &seen);
+            lab.adopt(child);
+        }
         let pair = Pair {
             lab,
             hosts,
@@ -609,7 +630,8 @@ fn report(name: &str, herds: &[Herd]) {
 
 fn case(n: usize, how: How, opts: &Opts) {
     println!(
-        "\n{n} switches, {}, {} runs (advert {} ms, vmac {}, switch heartbeat {} ms)",
+        "\n{n} switches in {} processes, {}, {} runs (advert {} ms, vmac {}, switch heartbeat {} ms)",
+        opts.processes.min(n),
         match how {
             How::Graceful => "graceful stop (SIGTERM)",
             How::Crash => "power loss (SIGSTOP, port cut, SIGKILL)",
