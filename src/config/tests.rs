@@ -651,12 +651,14 @@ fn license_problems_name_their_field() {
         "connection_threads = 257",
         "license.connection_threads",
     );
-    // 0 is allowed: connections on the node's own thread.
-    let inline = problems(&edit(PRIMARY, "license", "connection_threads = 0"));
-    assert!(
-        inline.iter().all(|p| p.field != "license.connection_threads"),
-        "{inline:?}"
-    );
+    // 0 is allowed: connections on the node's own thread. The default is
+    // one thread per CPU, at most 8.
+    let inline: Config = edit(PRIMARY, "license", "connection_threads = 0")
+        .parse()
+        .unwrap();
+    assert_eq!(inline.server_config().connection_threads, 0);
+    let default: Config = PRIMARY.parse().unwrap();
+    assert!((1..=8).contains(&default.server_config().connection_threads));
     for field in ["handshake_timeout_ms", "frame_timeout_ms", "idle_timeout_ms"] {
         refused("license", &format!("{field} = 0"), &format!("license.{field}"));
     }
