@@ -38,10 +38,12 @@ struct Harness {
 
 impl Harness {
     async fn start(vip: Option<IpAddr>) -> Self {
-        Self::start_with(vip, RequestLimits::default()).await
+        Self::start_with(vip, 0, RequestLimits::default()).await
     }
 
-    async fn start_with(vip: Option<IpAddr>, limits: RequestLimits) -> Self {
+    /// With `connection_threads` (0: connections on the test's runtime)
+    /// and the request limits `limits`.
+    async fn start_with(vip: Option<IpAddr>, connection_threads: usize, limits: RequestLimits) -> Self {
         let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
         for server in ["primary", "backup"] {
             let command = Command::ServerSerial {
@@ -80,6 +82,7 @@ impl Harness {
             vip,
             trusted: trusted(),
             limits,
+            connection_threads,
             ..ServerConfig::default()
         };
         let server = Arc::new(
@@ -243,6 +246,55 @@ async fn register_acquire_release_over_tcp() {
     assert_eq!(dump.heartbeats["sw1"].requests, 1);
     assert_eq!(dump.heartbeats["sw1"].responses, 1);
     assert!(dump.status.serving);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn connections_on_threads_of_their_own_serve_and_close_as_on_the_nodes() {
+    // `connection_threads`: connections move to a runtime of their own;
+    // they answer from the same table, are still refused off the VIP, and
+    // close when the node stops serving.
+    let h = Harness::start_with(Some(LOOPBACK), 2, RequestLimits::default()).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let addr = h.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::connect_insecure(addr).await.unwrap();
+            let id = format!("sw{i}");
+            conn.register(&id, &format!("SN{i}"), "v", SwitchReport::default())
+                .await
+                .unwrap();
+            let (client, _) = conn.acquire(&id, &ap(), 1).await.unwrap();
+            assert_eq!(client.used_of(&ap()), 1);
+            conn
+        }));
+    }
+    let mut conns = Vec::new();
+    for task in tasks {
+        conns.push(tokio::time::timeout(WAIT, task).await.unwrap().unwrap());
+    }
+    let state = h.state();
+    assert_eq!(state.clients.len(), 20);
+    assert!(state.clients.values().all(|c| c.used_of(&ap()) == 1));
+    assert_eq!(h.server.client_connections(), 20);
+    let dump = h.operator().await.show().await.unwrap();
+    assert_eq!(dump.pool[&ap()].used, 20);
+
+    h.serving.send(false).unwrap();
+    for conn in &mut conns {
+        let closed = tokio::time::timeout(WAIT, conn.next_push()).await.unwrap();
+        assert!(
+            matches!(closed, Err(ClientError::Closed) | Err(ClientError::Io(_))),
+            "{closed:?}"
+        );
+    }
+    let mut late = h.connect().await;
+    assert!(matches!(
+        late.acquire("sw0", &ap(), 1).await,
+        Err(ClientError::Server(ServerError::NotLicenseServer { .. }))
+    ));
+    assert_eq!(h.state(), state);
+    drop(late);
     h.stop().await;
 }
 
@@ -830,7 +882,7 @@ async fn a_client_faster_than_its_rate_is_paced_not_refused() {
         request_burst_per_client: BURST,
         ..RequestLimits::default()
     };
-    let h = Harness::start_with(Some(LOOPBACK), limits).await;
+    let h = Harness::start_with(Some(LOOPBACK), 0, limits).await;
     let mut first = h.connect().await;
     first
         .register("sw1", "SN1", "6.5.3", keys("SN1", &[("AP", 4)]))

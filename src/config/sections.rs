@@ -454,6 +454,12 @@ pub struct LicenseSection {
     pub max_frame: u32,
     /// Client connections served at once; more wait (default 20000).
     pub max_connections: usize,
+    /// Threads that serve client and operator connections (TLS
+    /// handshakes, requests, answers) beside the node's own thread, which
+    /// keeps VRRP and raft on time while a herd of switches reconnects
+    /// after a failover. Default: one per CPU, at most 8; 0 serves
+    /// connections on the node's own thread.
+    pub connection_threads: usize,
     /// Connections served at once from one source address; more are
     /// closed (default 256).
     pub max_connections_per_address: usize,
@@ -507,6 +513,7 @@ impl Default for LicenseSection {
             expiry_warning_s: server.expiry_warning.as_secs(),
             max_frame: server.max_frame,
             max_connections: server.max_connections,
+            connection_threads: default_connection_threads(),
             max_connections_per_address: server.max_connections_per_address,
             handshake_timeout_ms: millis(server.handshake_timeout),
             frame_timeout_ms: millis(server.frame_timeout),
@@ -517,6 +524,16 @@ impl Default for LicenseSection {
             usage_log_keep: crate::usage::DEFAULT_KEEP,
         }
     }
+}
+
+/// The most threads `license.connection_threads` takes by default.
+pub(super) const DEFAULT_CONNECTION_THREADS_MAX: usize = 8;
+
+/// One connection thread per CPU, at most [`DEFAULT_CONNECTION_THREADS_MAX`].
+fn default_connection_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(DEFAULT_CONNECTION_THREADS_MAX)
 }
 
 pub(super) fn millis(d: Duration) -> u64 {

@@ -656,6 +656,19 @@ fn license_problems_name_their_field() {
     refused("license", "sweep_interval_ms = 0", "license.sweep_interval_ms");
     refused("license", "max_frame = 10", "license.max_frame");
     refused("license", "max_connections = 0", "license.max_connections");
+    refused(
+        "license",
+        "connection_threads = 257",
+        "license.connection_threads",
+    );
+    // 0 is allowed: connections on the node's own thread. The default is
+    // one thread per CPU, at most 8.
+    let inline: Config = edit(PRIMARY, "license", "connection_threads = 0")
+        .parse()
+        .unwrap();
+    assert_eq!(inline.server_config().connection_threads, 0);
+    let default: Config = PRIMARY.parse().unwrap();
+    assert!((1..=8).contains(&default.server_config().connection_threads));
     for field in ["handshake_timeout_ms", "frame_timeout_ms", "idle_timeout_ms"] {
         refused("license", &format!("{field} = 0"), &format!("license.{field}"));
     }

@@ -17,6 +17,10 @@ use crate::table::{limits, LicenseType, TableConfig, TypeKind};
 
 use super::*;
 
+/// The most threads `license.connection_threads` may ask for: more than a
+/// server has cores only adds switching.
+const MAX_CONNECTION_THREADS: usize = 256;
+
 impl Config {
     /// Reads, parses and validates a server's configuration file, and fills
     /// in the defaults that depend on other fields.
@@ -184,6 +188,7 @@ impl Config {
                 requests_per_s_per_client: l.requests_per_s_per_client,
                 request_burst_per_client: l.request_burst_per_client,
             },
+            connection_threads: l.connection_threads,
         }
     }
 
@@ -790,6 +795,17 @@ impl Config {
         }
         if l.max_connections == 0 {
             r.add("license.max_connections", 0, "must be at least 1 (default 20000)");
+        }
+        if l.connection_threads > MAX_CONNECTION_THREADS {
+            r.add(
+                "license.connection_threads",
+                l.connection_threads,
+                format!(
+                    "must be at most {MAX_CONNECTION_THREADS} (default: one per CPU, at most {}; 0 serves \
+                     connections on the node's own thread)",
+                    super::sections::DEFAULT_CONNECTION_THREADS_MAX
+                ),
+            );
         }
         // A deadline of 0 closes every connection at once (and cuts every
         // answer that has to wait for its write).

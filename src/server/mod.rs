@@ -81,6 +81,13 @@ pub struct ServerConfig {
     pub trusted: TrustedIssuers,
     /// Clients and registrations per source address.
     pub limits: RequestLimits,
+    /// Threads of their own that serve client and operator connections
+    /// (TLS handshakes, frames, answers); 0 serves them on the caller's
+    /// runtime. A herd of switches reconnecting after a failover makes a
+    /// full TLS handshake each (about 1 ms of CPU): on the node's single
+    /// thread 1,000 of them starve its VRRP adverts and raft ticks for
+    /// seconds (herd_bench saw the peer take the VIP for it).
+    pub connection_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +105,7 @@ impl Default for ServerConfig {
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             tls: None,
+            connection_threads: 0,
             trusted: TrustedIssuers::new(),
             limits: RequestLimits::default(),
         }
@@ -315,6 +323,47 @@ pub struct ServerView {
 /// A license server over an [`Applier`].
 pub struct Server<A> {
     shared: Arc<Shared<A>>,
+    /// Where connections run, if not on the caller's runtime
+    /// ([`ServerConfig::connection_threads`]).
+    threads: Option<ConnectionThreads>,
+}
+
+/// The runtime of [`ServerConfig::connection_threads`].
+struct ConnectionThreads(Option<tokio::runtime::Runtime>);
+
+impl ConnectionThreads {
+    fn start(n: usize) -> Option<Self> {
+        if n == 0 {
+            return None;
+        }
+        match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .thread_name("vipool-conn")
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => Some(Self(Some(runtime))),
+            Err(e) => {
+                tracing::error!(error = %e, threads = n,
+                    "no threads for client connections: serving them on the node's own thread");
+                None
+            }
+        }
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+}
+
+impl Drop for ConnectionThreads {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async caller may not do; its
+        // connections have ended by then (`run_on` waits for them).
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl<A: Applier> Server<A> {
@@ -328,6 +377,7 @@ impl<A: Applier> Server<A> {
         shutdown: CancellationToken,
     ) -> Self {
         let registrations = config.limits.registrations();
+        let threads = ConnectionThreads::start(config.connection_threads);
         let shared = Shared {
             applier,
             registrations,
@@ -347,6 +397,7 @@ impl<A: Applier> Server<A> {
         };
         Self {
             shared: Arc::new(shared),
+            threads,
         }
     }
 
@@ -499,10 +550,39 @@ impl<A: Applier> Server<A> {
                         continue;
                     };
                     let shared = Arc::clone(&self.shared);
-                    tracker.spawn(async move {
-                        connection::accept(shared, stream, peer, port).await;
-                        drop((slot, permit));
-                    });
+                    match self.threads.as_ref().and_then(ConnectionThreads::handle) {
+                        // Moved to the connection threads' own reactor, so
+                        // that its readiness does not wait for this thread.
+                        Some(threads) => match stream.into_std() {
+                            Ok(stream) => {
+                                threads.spawn(tracker.track_future(async move {
+                                    match tokio::net::TcpStream::from_std(stream) {
+                                        Ok(stream) => connection::accept(shared, stream, peer, port).await,
+                                        Err(e) => {
+                                            shared.counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+                                            cluster::warn_limited!(shared.log, "accept", error = %e, %peer,
+                                                "connection dropped: not registered with the connection threads");
+                                        }
+                                    }
+                                    drop((slot, permit));
+                                }));
+                            }
+                            Err(e) => {
+                                self.shared
+                                    .counters
+                                    .refused_connections
+                                    .fetch_add(1, Ordering::Relaxed);
+                                cluster::warn_limited!(self.shared.log, "accept", error = %e, %peer,
+                                    "connection dropped: not handed to the connection threads");
+                            }
+                        },
+                        None => {
+                            tracker.spawn(async move {
+                                connection::accept(shared, stream, peer, port).await;
+                                drop((slot, permit));
+                            });
+                        }
+                    }
                 }
                 Err(e) if is_transient(&e) => {
                     cluster::warn_limited!(self.shared.log, "accept", error = %e, "accept failed; retrying");
