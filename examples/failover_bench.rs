@@ -459,25 +459,8 @@ impl Pair {
                 t0
             }
             How::Crash => {
-                let me = std::process::id().to_string();
-                let victims: Vec<i32> = common::sh(&["ip", "netns", "pids", &self.hosts[0].ns])
-                    .split_whitespace()
-                    .filter(|p| *p != me)
-                    .filter_map(|p| p.parse().ok())
-                    .collect();
-                let t0 = Instant::now();
-                // Freeze first, so nothing sees another die and leaves
-                // gracefully; cut the link, as a power loss would (its kernel
-                // would otherwise go on answering for the VIP it held).
-                for pid in &victims {
-                    let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
-                }
                 let host = self.hosts[0].clone();
-                self.lab.set_port(&host, false);
-                for pid in &victims {
-                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-                }
-                t0
+                self.lab.power_loss(&host)
             }
         }
     }
@@ -486,12 +469,7 @@ impl Pair {
     fn restart(&mut self, how: How) {
         let host = self.hosts[0].clone();
         if how == How::Crash {
-            let link = format!("vrrp.{VRID}");
-            let _ = std::process::Command::new("ip")
-                .args(["-n", &host.ns, "link", "del", &link])
-                .stderr(Stdio::null())
-                .status();
-            self.lab.set_port(&host, true);
+            self.lab.power_back(&host, VRID);
         }
         let log = self.lab.dir().join(format!("primary-{}.log", self.starts));
         self.starts += 1;
@@ -504,17 +482,7 @@ impl Pair {
     /// Copies the nodes' and switches' logs and configurations out of the
     /// lab (which removes its directory) for a post-mortem; returns where.
     fn keep_logs(&self) -> String {
-        let to = std::env::temp_dir().join(format!("failover_bench-logs-{}", self.lab.prefix));
-        let _ = std::fs::create_dir_all(&to);
-        if let Ok(dir) = std::fs::read_dir(self.lab.dir()) {
-            for entry in dir.flatten() {
-                let name = entry.file_name();
-                if name.to_string_lossy().ends_with(".log") || name.to_string_lossy().ends_with(".toml") {
-                    let _ = std::fs::copy(entry.path(), to.join(&name));
-                }
-            }
-        }
-        to.display().to_string()
+        self.lab.keep_logs("failover_bench")
     }
 
     fn log_tail(&self, name: &str) -> String {

@@ -56,8 +56,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{lab_available, wait_for, Host, Lab, Speaker};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use vipool::proto::TableDump;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
@@ -447,22 +446,8 @@ impl Pair {
                 t0
             }
             How::Crash => {
-                let me = std::process::id().to_string();
-                let victims: Vec<i32> = common::sh(&["ip", "netns", "pids", &self.hosts[0].ns])
-                    .split_whitespace()
-                    .filter(|p| *p != me)
-                    .filter_map(|p| p.parse().ok())
-                    .collect();
-                let t0 = Instant::now();
-                for pid in &victims {
-                    let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
-                }
                 let host = self.hosts[0].clone();
-                self.lab.set_port(&host, false);
-                for pid in &victims {
-                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-                }
-                t0
+                self.lab.power_loss(&host)
             }
         }
     }
@@ -470,12 +455,7 @@ impl Pair {
     fn restart(&mut self, how: How) {
         let host = self.hosts[0].clone();
         if how == How::Crash {
-            let link = format!("vrrp.{VRID}");
-            let _ = std::process::Command::new("ip")
-                .args(["-n", &host.ns, "link", "del", &link])
-                .stderr(Stdio::null())
-                .status();
-            self.lab.set_port(&host, true);
+            self.lab.power_back(&host, VRID);
         }
         let log = self.lab.dir().join(format!("primary-{}.log", self.starts));
         self.starts += 1;
@@ -486,18 +466,7 @@ impl Pair {
     }
 
     fn keep_logs(&self) -> String {
-        let to = std::env::temp_dir().join(format!("herd_bench-logs-{}", self.lab.prefix));
-        let _ = std::fs::create_dir_all(&to);
-        if let Ok(dir) = std::fs::read_dir(self.lab.dir()) {
-            for entry in dir.flatten() {
-                let name = entry.file_name();
-                let name_str = name.to_string_lossy();
-                if name_str.ends_with(".log") || name_str.ends_with(".toml") {
-                    let _ = std::fs::copy(entry.path(), to.join(&name));
-                }
-            }
-        }
-        to.display().to_string()
+        self.lab.keep_logs("herd_bench")
     }
 }
 

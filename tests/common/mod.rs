@@ -232,6 +232,60 @@ impl Lab {
         ]);
     }
 
+    /// A power loss of `host`: every process in its namespace but ours is
+    /// frozen (so that none sees another die and leaves gracefully), its
+    /// link is cut (its kernel would otherwise go on answering for the
+    /// VIP it held), then they are killed. Returns the instant of the
+    /// failure.
+    pub fn power_loss(&self, host: &Host) -> Instant {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let me = std::process::id().to_string();
+        let victims: Vec<i32> = sh(&["ip", "netns", "pids", &host.ns])
+            .split_whitespace()
+            .filter(|p| *p != me)
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let t0 = Instant::now();
+        for pid in &victims {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
+        }
+        self.set_port(host, false);
+        for pid in &victims {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        t0
+    }
+
+    /// After [`Lab::power_loss`]: the virtual-MAC link of VRID `vrid` the
+    /// dead node left is removed, and the host's link is up again.
+    pub fn power_back(&self, host: &Host, vrid: u8) {
+        let link = format!("vrrp.{vrid}");
+        let _ = Command::new("ip")
+            .args(["-n", &host.ns, "link", "del", &link])
+            .stderr(Stdio::null())
+            .status();
+        self.set_port(host, true);
+    }
+
+    /// Copies the lab's logs and configurations (which go with its
+    /// directory) to `<tmp>/<bench>-logs-<prefix>` for a post-mortem;
+    /// returns where.
+    pub fn keep_logs(&self, bench: &str) -> String {
+        let to = std::env::temp_dir().join(format!("{bench}-logs-{}", self.prefix));
+        let _ = std::fs::create_dir_all(&to);
+        if let Ok(dir) = std::fs::read_dir(self.dir()) {
+            for entry in dir.flatten() {
+                let name = entry.file_name();
+                let name_str = name.to_string_lossy();
+                if name_str.ends_with(".log") || name_str.ends_with(".toml") {
+                    let _ = std::fs::copy(entry.path(), to.join(&name));
+                }
+            }
+        }
+        to.display().to_string()
+    }
+
     /// Keeps a spawned child so that it is killed when the lab is dropped.
     pub fn adopt(&mut self, child: Child) -> Arc<Mutex<Child>> {
         let child = Arc::new(Mutex::new(child));
