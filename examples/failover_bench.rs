@@ -591,6 +591,7 @@ fn prober(
                         let options = ConnectOptions {
                             connect_timeout: CONNECT_TIMEOUT,
                             handshake_timeout: HANDSHAKE_TIMEOUT,
+                            ..ConnectOptions::default()
                         };
                         let began = Instant::now();
                         match Connection::connect_with((VIP, CLIENT_PORT), Some(&tls), &options).await {
@@ -720,6 +721,7 @@ fn fresh_prober(
             let options = ConnectOptions {
                 connect_timeout: Duration::from_millis(FRESH_CONNECT_MS.load(Ordering::Relaxed)),
                 handshake_timeout: vipool::client::DEFAULT_HANDSHAKE_TIMEOUT,
+                ..ConnectOptions::default()
             };
             let deadline = Duration::from_millis(FRESH_DEADLINE_MS.load(Ordering::Relaxed));
             let mut next = None;
