@@ -15,7 +15,11 @@
 //! went to the dead holder; the new one reaches whoever holds the VIP
 //! now), and only failures that outlast the window back off, doubling.
 //! After a few failed tries past the window it says "server unreachable"
-//! (a warning, repeated at most once a minute). A refusal that no retry
+//! (a warning, repeated at most once a minute). A request unanswered
+//! within the answer deadline ([`SwitchConfig::answer_timeout`]: a holder
+//! that lost power after its kernel acknowledged the request) ends the
+//! session as a reset would: the switch reconnects at once and registers
+//! its whole state with the next holder. A refusal that no retry
 //! can change ([`crate::client::Verdict::Permanent`]: an unknown license
 //! type, its certificate refused by the server, an id its certificate does
 //! not name, ...) stops the switch: it logs what happened and what to do at
