@@ -559,6 +559,8 @@ fn prober(
                         let options = ConnectOptions {
                             connect_timeout: CONNECT_TIMEOUT,
                             handshake_timeout: HANDSHAKE_TIMEOUT,
+                            // The prober keeps its own request deadlines.
+                            answer_timeout: None,
                         };
                         let began = Instant::now();
                         match Connection::connect_with((VIP, CLIENT_PORT), Some(&tls), &options).await {
@@ -688,6 +690,8 @@ fn fresh_prober(
             let options = ConnectOptions {
                 connect_timeout: Duration::from_millis(FRESH_CONNECT_MS.load(Ordering::Relaxed)),
                 handshake_timeout: vipool::client::DEFAULT_HANDSHAKE_TIMEOUT,
+                // --fresh-deadline-ms is the prober's own request deadline.
+                answer_timeout: None,
             };
             let deadline = Duration::from_millis(FRESH_DEADLINE_MS.load(Ordering::Relaxed));
             let mut next = None;

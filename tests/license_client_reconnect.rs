@@ -11,22 +11,29 @@
 //! - a connect is given up after the connect timeout (a SYN lost to a
 //!   dead VIP holder), a TLS handshake after the handshake timeout, and a
 //!   server that appears during a failover is reached within one connect
-//!   timeout, not after the kernel's SYN retransmission (1 s, then 3 s).
+//!   timeout, not after the kernel's SYN retransmission (1 s, then 3 s);
+//! - a request the dead VIP holder never answers (its kernel acknowledged
+//!   it, then the power went) is given up after the answer deadline, and
+//!   the switch registers with the next holder at once; an idle
+//!   connection is never given up; a request a new holder holds while
+//!   its leadership arrives is not cut short by the default deadline.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
-use tokio::sync::watch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use vipool::client::{ClientError, ConnectOptions, Connection, Verdict};
 use vipool::server::{LocalApplier, Server, ServerConfig};
-use vipool::switch::{self, SwitchConfig};
+use vipool::switch::{self, Change, Event, SwitchConfig};
 use vipool::table::{LicenseTable, TableConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vipool");
@@ -580,5 +587,271 @@ async fn a_node_that_does_not_serve_yet_is_waited_for_not_given_up() {
         .unwrap();
     shutdown.cancel();
     s.task.await.unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// The VIP as the switches see it: a relay in front of `server`. The
+/// first `dead` connections it accepted forward nothing any more, either
+/// way: what the switch sends is read and dropped (the dead holder's
+/// kernel acknowledged it before the power went), nothing comes back, and
+/// nothing resets the connection. Later connections reach the server (the
+/// next holder).
+struct Relay {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    dead: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(server: SocketAddr, dead: usize) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let dead = Arc::new(AtomicUsize::new(dead));
+        let (count, cut) = (accepted.clone(), dead.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((switch, _)) = listener.accept().await {
+                let index = count.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                let (from_switch, to_switch) = switch.into_split();
+                let (from_server, to_server) = server.into_split();
+                tokio::spawn(pump(from_switch, to_server, index, cut.clone()));
+                tokio::spawn(pump(from_server, to_switch, index, cut.clone()));
+            }
+        });
+        Relay {
+            addr,
+            accepted,
+            dead,
+            task,
+        }
+    }
+
+    /// The holder loses power: every connection made so far goes dead.
+    fn power_loss(&self) {
+        self.dead
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    index: usize,
+    dead: Arc<AtomicUsize>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if index < dead.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An in-process standalone server that serves: its address and task.
+async fn in_process_server(
+    config: ServerConfig,
+    serving: bool,
+    shutdown: &CancellationToken,
+) -> (
+    SocketAddr,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (serving_tx, serving) = watch::channel(serving);
+    let server = Server::new(applier, config, serving, shutdown.clone());
+    let task = tokio::spawn(async move { server.run(listener).await });
+    (addr, serving_tx, task)
+}
+
+/// The next event that `pick` takes, within `limit`; the ones before it
+/// are returned too.
+async fn next_event(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    limit: Duration,
+    pick: impl Fn(&Event) -> bool,
+) -> (Event, Vec<Event>) {
+    let mut before = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no such event within {limit:?}; saw {before:?}"))
+            .expect("the switch is gone");
+        if pick(&event) {
+            return (event, before);
+        }
+        before.push(event);
+    }
+}
+
+fn registered(e: &Event) -> bool {
+    matches!(e, Event::Registered { .. })
+}
+
+const ANSWER_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[tokio::test]
+async fn a_request_the_dead_holder_never_answers_is_sent_again_to_the_next_within_the_deadline() {
+    let shutdown = CancellationToken::new();
+    let (server, _serving, task) = in_process_server(ServerConfig::default(), true, &shutdown).await;
+    let relay = Relay::start(server, 0).await;
+    let mut config = SwitchConfig::new(relay.addr.to_string(), "sw1");
+    // The heartbeat interval stays 30 s: without the deadline, that is
+    // how long the switch would wait.
+    config.answer_timeout = Some(ANSWER_TIMEOUT);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let s = switch::spawn(config, Some(events_tx), shutdown.clone());
+    next_event(&mut events, Duration::from_secs(10), registered).await;
+    // A session that worked (longer than the failover window), then the
+    // holder loses power, and the switch sends an update.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    relay.power_loss();
+    let sent = Instant::now();
+    s.changes
+        .send(Change::SetInUse(vipool::table::LicenseType::new("AP"), 4))
+        .unwrap();
+    let (_, before) = next_event(&mut events, Duration::from_secs(10), registered).await;
+    let took = sent.elapsed();
+    eprintln!("registered again {took:?} after the update was sent; {before:?}");
+    assert!(
+        matches!(&before[..], [Event::Disconnected { reason, .. }] if reason.contains("no answer")),
+        "{before:?}"
+    );
+    // Given up after the deadline, not sooner; reconnected at once.
+    assert!(took >= ANSWER_TIMEOUT, "{took:?}");
+    assert!(took < ANSWER_TIMEOUT + Duration::from_millis(1500), "{took:?}");
+    assert_eq!(relay.accepted(), 2);
+    // The new connection answers: another update goes through at once,
+    // and nothing drops it.
+    let again = Instant::now();
+    s.changes
+        .send(Change::SetInUse(vipool::table::LicenseType::new("AP"), 5))
+        .unwrap();
+    tokio::time::sleep(ANSWER_TIMEOUT * 3).await;
+    let view = s.view.borrow().clone();
+    assert!(
+        view.connected && view.server_up && view.last_error.is_none(),
+        "{view:?}"
+    );
+    // The pool holds no AP licenses: each need is asked for and refused,
+    // answers from the server on the new connection, and nothing else.
+    let more: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(
+        matches!(
+            &more[..],
+            [Event::Refused { count: 4, .. }, Event::Refused { count: 5, .. }]
+        ),
+        "{more:?}"
+    );
+    assert_eq!(relay.accepted(), 2, "answered on the second connection");
+    eprintln!("second update sent {:?} ago", again.elapsed());
+    shutdown.cancel();
+    s.task.await.unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_registration_a_server_reads_and_never_answers_moves_to_the_next_within_the_deadline() {
+    let shutdown = CancellationToken::new();
+    let (server, _serving, task) = in_process_server(ServerConfig::default(), true, &shutdown).await;
+    // The first connection reaches a host that accepts and reads, and
+    // never answers.
+    let relay = Relay::start(server, 1).await;
+    let mut config = SwitchConfig::new(relay.addr.to_string(), "sw1");
+    config.answer_timeout = Some(ANSWER_TIMEOUT);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    let s = switch::spawn(config, Some(events_tx), shutdown.clone());
+    let (_, before) = next_event(&mut events, Duration::from_secs(10), registered).await;
+    let took = start.elapsed();
+    eprintln!("registered {took:?} after starting; {before:?}");
+    assert!(before.is_empty(), "{before:?}");
+    assert!(took >= ANSWER_TIMEOUT, "{took:?}");
+    assert!(took < ANSWER_TIMEOUT + Duration::from_millis(1500), "{took:?}");
+    assert_eq!(relay.accepted(), 2);
+    shutdown.cancel();
+    s.task.await.unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_not_given_up_by_the_answer_deadline() {
+    let shutdown = CancellationToken::new();
+    let (server, _serving, task) = in_process_server(ServerConfig::default(), true, &shutdown).await;
+    let relay = Relay::start(server, 0).await;
+    let mut config = SwitchConfig::new(relay.addr.to_string(), "sw1");
+    config.answer_timeout = Some(Duration::from_millis(200));
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let s = switch::spawn(config, Some(events_tx), shutdown.clone());
+    next_event(&mut events, Duration::from_secs(10), registered).await;
+    // Ten deadlines without a request (heartbeats every 30 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(events.try_recv().is_err(), "the idle connection was dropped");
+    assert!(s.view.borrow().connected);
+    assert_eq!(relay.accepted(), 1);
+    shutdown.cancel();
+    s.task.await.unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_request_held_while_leadership_arrives_is_not_cut_short_by_the_default_deadline() {
+    // A node that holds the VIP (127.0.0.1 here) and expects to serve
+    // soon holds license requests for up to HOLD_FOR_SERVING, then says
+    // it is not the license server: the client must hear that answer.
+    let shutdown = CancellationToken::new();
+    let config = ServerConfig {
+        vip: Some("127.0.0.1".parse().unwrap()),
+        ..ServerConfig::default()
+    };
+    let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_serving_tx, serving) = watch::channel(false);
+    let (_soon_tx, soon) = watch::channel(true);
+    let server = Server::new(applier, config, serving, shutdown.clone()).with_serving_soon(soon);
+    let task = tokio::spawn(async move { server.run(listener).await });
+    assert!(vipool::client::DEFAULT_ANSWER_TIMEOUT > vipool::server::HOLD_FOR_SERVING);
+    let mut conn = Connection::connect_with(addr, None, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let report = vipool::proto::SwitchReport::default();
+    let e = conn.register("sw1", "SIM-sw1", "1", report).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(took >= vipool::server::HOLD_FOR_SERVING, "{took:?}");
+    assert!(
+        matches!(
+            e,
+            ClientError::Server(vipool::proto::ServerError::NotLicenseServer { .. })
+        ),
+        "{e:?}"
+    );
+    drop(conn);
+    shutdown.cancel();
     task.await.unwrap().unwrap();
 }

@@ -68,6 +68,19 @@ pub enum ClientError {
     /// The server answered with something that does not fit the request.
     #[error("unexpected answer from the server")]
     Unexpected,
+    /// A request got no answer within the answer deadline
+    /// ([`ConnectOptions::answer_timeout`]): the connection is dead (its
+    /// host lost power, say, after its kernel acknowledged the request)
+    /// and every later request on it fails the same way. Connect again:
+    /// the VIP's next holder answers. Whether the request took effect is
+    /// unknown.
+    #[error("no answer from {peer} within {} ms: connection given up", after.as_millis())]
+    NoAnswer {
+        /// The address that did not answer.
+        peer: SocketAddr,
+        /// The deadline that passed.
+        after: Duration,
+    },
 }
 
 impl From<std::io::Error> for ClientError {
@@ -138,6 +151,10 @@ pub struct Connection {
     /// not a frame mean the other end is not a vipool server at all.
     heard: bool,
     last_push: Option<Pool>,
+    /// How long a request may wait for its answer (`None`: for ever).
+    answer_timeout: Option<Duration>,
+    /// Set when a request's deadline passed: the connection is dead.
+    gave_up: Option<Duration>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -174,13 +191,42 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// them.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long [`Connection::connect_with`] waits.
+/// The answer deadline of [`ConnectOptions::default`]: 1.5 s.
+///
+/// Why this long. When the VIP holder loses power, a request its kernel
+/// had already acknowledged is never answered and nothing resets the
+/// connection (the host is gone): without a deadline a switch would wait
+/// for its own much longer timers (the heartbeat interval, 30 s) while the
+/// backup serves after the Master_Down_Interval (about 0.36 s with 100 ms
+/// adverts). So a request unanswered for this long means the connection is
+/// dead, and the switch reconnects to the VIP at once.
+///
+/// It must not cut short a request that is legitimately slow: a node that
+/// has just taken the VIP holds license requests for up to
+/// [`crate::server::HOLD_FOR_SERVING`] (1 s) while its raft leadership
+/// arrives, and then answers after a commit (milliseconds with the fast
+/// configuration's 10 ms raft ticks, tens with the default ones). 1.5 s is
+/// that hold plus a margin of half a second for the commit, a busy node
+/// and the network; shorter would give up on a node about to answer,
+/// and make the switch register again with the very node that held it.
+/// A request sent just before a power loss is then retried on the new
+/// holder about 1.5 s later, instead of 30 s or more.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// How long [`Connection::connect_with`] waits, and how long the
+/// connection it makes waits for each answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectOptions {
     /// For the TCP connection to each address the server name resolves to.
     pub connect_timeout: Duration,
     /// For the TLS handshake, once TCP is connected.
     pub handshake_timeout: Duration,
+    /// For the answer to each request, from when it is sent
+    /// ([`DEFAULT_ANSWER_TIMEOUT`]: why, there). Past it the request fails
+    /// with [`ClientError::NoAnswer`] and the connection is dead. `None`
+    /// waits for ever. An idle connection (no request outstanding) has no
+    /// deadline: pushes may be minutes apart.
+    pub answer_timeout: Option<Duration>,
 }
 
 impl Default for ConnectOptions {
@@ -188,6 +234,7 @@ impl Default for ConnectOptions {
         Self {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            answer_timeout: Some(DEFAULT_ANSWER_TIMEOUT),
         }
     }
 }
@@ -211,7 +258,7 @@ impl Connection {
         tcp.set_nodelay(true)?;
         let peer = tcp.peer_addr()?;
         let Some(tls) = tls else {
-            return Ok(Self::framed(Box::new(tcp), peer));
+            return Ok(Self::framed(Box::new(tcp), peer).with_answer_timeout(options.answer_timeout));
         };
         let deadline = options.handshake_timeout;
         let stream = tokio::time::timeout(deadline, tls.connect(tcp))
@@ -223,7 +270,7 @@ impl Connection {
                 ))
             })?
             .map_err(ClientError::Tls)?;
-        Ok(Self::framed(Box::new(stream), peer))
+        Ok(Self::framed(Box::new(stream), peer).with_answer_timeout(options.answer_timeout))
     }
 
     /// Connects to the server at `addr` (the VIP and port) over TLS, the
@@ -258,7 +305,19 @@ impl Connection {
             seq: 0,
             heard: false,
             last_push: None,
+            answer_timeout: None,
+            gave_up: None,
         }
+    }
+
+    /// Sets how long each request waits for its answer (`None`: for ever);
+    /// see [`ConnectOptions::answer_timeout`]. [`Connection::connect`] and
+    /// [`Connection::connect_insecure`] wait for ever (operator tools, whose
+    /// pages of a large table may take a while).
+    #[must_use]
+    pub fn with_answer_timeout(mut self, answer_timeout: Option<Duration>) -> Self {
+        self.answer_timeout = answer_timeout;
+        self
     }
 
     /// The server's address.
@@ -278,7 +337,35 @@ impl Connection {
     ///
     /// # Errors
     /// The connection failed, or the server refused the request.
+    /// With an answer deadline, a request unanswered past it fails with
+    /// [`ClientError::NoAnswer`], and so does every later one at once: the
+    /// caller drops the connection and connects again.
     pub async fn request(&mut self, request: Request) -> Result<Response, ClientError> {
+        if let Some(after) = self.gave_up {
+            return Err(ClientError::NoAnswer {
+                peer: self.peer,
+                after,
+            });
+        }
+        let Some(deadline) = self.answer_timeout else {
+            return self.exchange(request).await;
+        };
+        match tokio::time::timeout(deadline, self.exchange(request)).await {
+            Ok(result) => result,
+            // The exchange may have stopped mid-frame: nothing more can be
+            // sent or read on this connection.
+            Err(_) => {
+                self.gave_up = Some(deadline);
+                Err(ClientError::NoAnswer {
+                    peer: self.peer,
+                    after: deadline,
+                })
+            }
+        }
+    }
+
+    /// Sends `request` and reads until its answer.
+    async fn exchange(&mut self, request: Request) -> Result<Response, ClientError> {
         self.seq += 1;
         let seq = self.seq;
         self.framed
@@ -305,6 +392,12 @@ impl Connection {
     /// # Errors
     /// The connection failed or the server sent a reply nobody asked for.
     pub async fn next_push(&mut self) -> Result<Pool, ClientError> {
+        if let Some(after) = self.gave_up {
+            return Err(ClientError::NoAnswer {
+                peer: self.peer,
+                after,
+            });
+        }
         loop {
             match self.read_message().await? {
                 ServerMessage::Push { pool } => {
@@ -567,6 +660,61 @@ mod tests {
         server.await.unwrap();
         assert!(matches!(e, ClientError::SpeaksTls { .. }), "{e:?}");
         assert!(e.to_string().contains("not --insecure-plaintext"), "{e}");
+    }
+
+    /// A server that reads the request and never answers (a host whose
+    /// power went after its kernel acknowledged it): the request fails
+    /// after the answer deadline, transient, and the connection is dead
+    /// from then on: every later call fails at once, even if the answer
+    /// would come.
+    #[tokio::test]
+    async fn a_request_unanswered_past_the_deadline_kills_the_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+        let deadline = Duration::from_millis(200);
+        let mut conn = Connection::connect_insecure(addr)
+            .await
+            .unwrap()
+            .with_answer_timeout(Some(deadline));
+        let start = std::time::Instant::now();
+        let e = conn.status().await.unwrap_err();
+        let took = start.elapsed();
+        assert!(
+            matches!(e, ClientError::NoAnswer { after, .. } if after == deadline),
+            "{e:?}"
+        );
+        assert!(took >= deadline && took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(e.verdict(), Verdict::Transient);
+        assert!(e.to_string().contains("within 200 ms"), "{e}");
+        let start = std::time::Instant::now();
+        assert!(matches!(conn.status().await, Err(ClientError::NoAnswer { .. })));
+        assert!(matches!(
+            conn.next_push().await,
+            Err(ClientError::NoAnswer { .. })
+        ));
+        assert!(start.elapsed() < deadline, "a dead connection fails at once");
+        drop(conn);
+        silent.await.unwrap();
+    }
+
+    /// The default deadline lets a new VIP holder hold a request while its
+    /// leadership arrives (the integration test
+    /// `a_request_held_while_leadership_arrives_is_not_cut_short_by_the_default_deadline`
+    /// shows it against a server).
+    #[test]
+    fn the_default_deadline_outlasts_the_servers_hold() {
+        let options = ConnectOptions::default();
+        let answer = options.answer_timeout.expect("a switch has a deadline");
+        assert!(answer > crate::server::HOLD_FOR_SERVING);
+        assert!(
+            answer < Duration::from_secs(30),
+            "well below the heartbeat interval"
+        );
     }
 
     /// The cause of an I/O error is shown once: in the message, not again

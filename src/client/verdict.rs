@@ -72,6 +72,8 @@ impl ClientError {
             // The server went away (a failover, a restart): the VIP's next
             // holder answers.
             ClientError::Closed => Verdict::Transient,
+            // A dead host (a power loss): the VIP's next holder answers.
+            ClientError::NoAnswer { .. } => Verdict::Transient,
             ClientError::Frame(FrameError::VersionNotSupported { .. }) => permanent(
                 "the server speaks another protocol version: run the same vipool release on the \
                  switches and the servers",

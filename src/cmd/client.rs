@@ -69,6 +69,13 @@ pub struct Args {
     /// Give the TLS handshake up after this many milliseconds.
     #[arg(long, default_value_t = vipool::client::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64)]
     handshake_timeout_ms: u64,
+    /// Give a request up after this many milliseconds without its answer,
+    /// take the connection for dead and reconnect at once (0: wait for
+    /// ever, up to the heartbeat interval). Above the 1 s a new VIP holder
+    /// may hold a request while its leadership arrives (README, "Standalone
+    /// tools", says more).
+    #[arg(long, default_value_t = vipool::client::DEFAULT_ANSWER_TIMEOUT.as_millis() as u64)]
+    answer_timeout_ms: u64,
     /// Failures shorter than this many milliseconds are a failover: a
     /// timed-out connect is retried at once, and only longer failures back
     /// off (doubling) and make the server "unreachable". Set it to the
@@ -199,6 +206,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config.retention = Duration::from_secs(args.retention_s);
         config.connect_timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
         config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms.max(1));
+        config.answer_timeout =
+            (args.answer_timeout_ms > 0).then(|| Duration::from_millis(args.answer_timeout_ms));
         config.failover_window = Duration::from_millis(args.failover_window_ms);
         config.tls = tls.for_switch(&config.id, &config.serial)?;
         // Nothing changes on a simulated switch once it runs: its changes

@@ -15,7 +15,11 @@
 //! went to the dead holder; the new one reaches whoever holds the VIP
 //! now), and only failures that outlast the window back off, doubling.
 //! After a few failed tries past the window it says "server unreachable"
-//! (a warning, repeated at most once a minute). A refusal that no retry
+//! (a warning, repeated at most once a minute). A request unanswered
+//! within the answer deadline ([`SwitchConfig::answer_timeout`]: a holder
+//! that lost power after its kernel acknowledged the request) ends the
+//! session as a reset would: the switch reconnects at once and registers
+//! its whole state with the next holder. A refusal that no retry
 //! can change ([`crate::client::Verdict::Permanent`]: an unknown license
 //! type, its certificate refused by the server, an id its certificate does
 //! not name, ...) stops the switch: it logs what happened and what to do at
@@ -87,6 +91,15 @@ pub struct SwitchConfig {
     /// How long the TLS handshake may take once TCP is connected (default
     /// [`crate::client::DEFAULT_HANDSHAKE_TIMEOUT`], 5 s).
     pub handshake_timeout: Duration,
+    /// How long a request may wait for its answer before the connection is
+    /// taken for dead (default [`crate::client::DEFAULT_ANSWER_TIMEOUT`],
+    /// 1.5 s: why, there; `None`: the heartbeat interval). Past it the
+    /// switch reconnects at once, as after any session that worked, and
+    /// registers with its whole state on the new connection: that repeats
+    /// a register, heartbeat or update (each carries the whole state), and
+    /// repairs an acquire or release whose outcome is unknown
+    /// ([`Event::Uncertain`]). An idle connection has no deadline.
+    pub answer_timeout: Option<Duration>,
     /// How long failures may last and still be a failover (default 1 s).
     /// Within it a connect that timed out is retried at once, and one
     /// refused at once after `backoff_min`; the delay doubles only for
@@ -120,6 +133,7 @@ impl SwitchConfig {
             backoff_max: Duration::from_secs(10),
             connect_timeout: crate::client::DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: crate::client::DEFAULT_HANDSHAKE_TIMEOUT,
+            answer_timeout: Some(crate::client::DEFAULT_ANSWER_TIMEOUT),
             failover_window: Duration::from_secs(1),
             tls: None,
         }
@@ -187,6 +201,23 @@ pub enum Event {
         license_type: LicenseType,
         /// How many.
         count: u32,
+    },
+    /// An acquire or release got no answer within the answer deadline:
+    /// whether the server committed it is unknown. The switch counts it as
+    /// not done, reconnects, and registers with its whole state (what it
+    /// holds as far as it knows), which sets the server's record to that;
+    /// then it asks again for what it still needs, or gives back again.
+    Uncertain {
+        /// Switch id.
+        id: String,
+        /// `acquire` or `release`.
+        request: String,
+        /// Type.
+        license_type: LicenseType,
+        /// How many.
+        count: u32,
+        /// Why.
+        reason: String,
     },
     /// No answer for `missed_limit` heartbeat intervals: the server is down.
     ServerDown {
@@ -508,6 +539,7 @@ impl Switch {
             let options = ConnectOptions {
                 connect_timeout: policy.connect_timeout(),
                 handshake_timeout: self.config.handshake_timeout,
+                answer_timeout: self.config.answer_timeout,
             };
             let connect = Connection::connect_with(&self.config.server, self.config.tls.as_ref(), &options);
             let connected = tokio::select! {
@@ -820,11 +852,14 @@ impl Switch {
                             reason,
                         });
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(self.uncertain(e, "acquire", license_type, count)),
                 }
             } else if want < have {
                 let count = have - want;
-                let (_, pool) = self.call(conn.release(&id, &license_type, count)).await?;
+                let (_, pool) = match self.call(conn.release(&id, &license_type, count)).await {
+                    Ok(answer) => answer,
+                    Err(e) => return Err(self.uncertain(e, "release", license_type, count)),
+                };
                 self.set_granted(&license_type, want, false);
                 self.heard(pool);
                 self.emit(Event::Released {
@@ -835,6 +870,23 @@ impl Switch {
             }
         }
         Ok(())
+    }
+
+    /// An acquire or release failed with `e`: when it went unanswered, its
+    /// outcome is unknown; say so. What the switch holds stays as it was:
+    /// the registration on the next connection carries it, and the server
+    /// takes it (see [`Event::Uncertain`]).
+    fn uncertain(&self, e: ClientError, request: &str, license_type: LicenseType, count: u32) -> ClientError {
+        if matches!(e, ClientError::NoAnswer { .. }) {
+            self.emit(Event::Uncertain {
+                id: self.id(),
+                request: request.to_owned(),
+                license_type,
+                count,
+                reason: e.to_string(),
+            });
+        }
+        e
     }
 
     fn set_granted(&self, license_type: &LicenseType, n: u32, grant: bool) {
@@ -895,6 +947,29 @@ mod tests {
 
     fn drain(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
         std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    /// An acquire or release unanswered within the deadline is said to be
+    /// of unknown outcome; one that failed otherwise (the connection
+    /// closed before it was sent, say) is not. Either way what the switch
+    /// holds stays as it was, for the registration to carry.
+    #[test]
+    fn an_unanswered_acquire_is_uncertain_and_changes_nothing_held() {
+        let (s, mut events) = switch(Duration::from_secs(60));
+        let ap = LicenseType::new("AP");
+        s.set_granted(&ap, 2, true);
+        let no_answer = ClientError::NoAnswer {
+            peer: "192.0.2.100:4333".parse().unwrap(),
+            after: Duration::from_millis(1500),
+        };
+        let e = s.uncertain(no_answer, "acquire", ap.clone(), 3);
+        assert!(matches!(e, ClientError::NoAnswer { .. }));
+        assert!(
+            matches!(&drain(&mut events)[..], [Event::Uncertain { request, count: 3, .. }] if request == "acquire")
+        );
+        let _ = s.uncertain(ClientError::Closed, "release", ap.clone(), 1);
+        assert!(drain(&mut events).is_empty());
+        assert_eq!(s.view.borrow().granted.get(&ap), Some(&2));
     }
 
     /// SPEC §4: "both servers down: clients keep the limits they were last
