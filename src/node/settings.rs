@@ -54,22 +54,23 @@ impl Configured {
         out
     }
 
-    /// The command that sets the first part that differs, if any.
-    fn proposal(&self, t: &LicenseTable, server: &str) -> Option<Command> {
+    /// The commands that set what differs: the settings, then the issuers.
+    fn proposal(&self, t: &LicenseTable, server: &str) -> Vec<Command> {
         let by = Actor::Server(server.to_owned());
+        let mut out = Vec::new();
         if !self.table.differences(t.config()).is_empty() {
-            Some(Command::Settings {
+            out.push(Command::Settings {
                 settings: self.table.clone(),
-                by,
-            })
-        } else if self.issuers != t.state().issuers {
-            Some(Command::Issuers {
+                by: by.clone(),
+            });
+        }
+        if self.issuers != t.state().issuers {
+            out.push(Command::Issuers {
                 issuers: self.issuers.clone(),
                 by,
-            })
-        } else {
-            None
+            });
         }
+        out
     }
 }
 
@@ -118,7 +119,7 @@ impl SettingsSync {
                 Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
             }
         }
-        let (differences, command) = applier.read(|t| {
+        let (differences, commands) = applier.read(|t| {
             (
                 self.configured.differences(t),
                 self.configured.proposal(t, &self.server),
@@ -153,33 +154,36 @@ impl SettingsSync {
             );
             self.announced = Some(listed);
         }
-        let Some(command) = command else {
+        if commands.is_empty() {
             return;
-        };
+        }
         let applier = Arc::clone(applier);
         let log = Arc::clone(log);
         let (done, task) = tokio::sync::oneshot::channel();
         self.task = Some(task);
         tokio::spawn(async move {
-            let committed = match applier.propose(command).await {
-                Ok(Ok(_)) => {
-                    info!("table settings committed: every member applies this server's from now on");
-                    true
-                }
-                Ok(Err(e)) => {
-                    cluster::error_limited!(
-                        log,
-                        "settings refused",
-                        error = %e,
-                        "table settings refused by the table: the pair keeps its own; retried"
-                    );
-                    false
-                }
-                Err(e) => {
-                    cluster::warn_limited!(log, "settings proposal", error = %e, "table settings not committed; retried");
-                    false
-                }
-            };
+            let mut committed = true;
+            for command in commands {
+                committed &= match applier.propose(command).await {
+                    Ok(Ok(_)) => {
+                        info!("table settings committed: every member applies this server's from now on");
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        cluster::error_limited!(
+                            log,
+                            "settings refused",
+                            error = %e,
+                            "table settings refused by the table: the pair keeps its own; retried"
+                        );
+                        false
+                    }
+                    Err(e) => {
+                        cluster::warn_limited!(log, "settings proposal", error = %e, "table settings not committed; retried");
+                        false
+                    }
+                };
+            }
             let _ = done.send(committed);
         });
     }
@@ -219,11 +223,11 @@ mod tests {
         t.apply_command(t.applied_index() + 1, command).unwrap();
     }
 
-    /// The VIP holder proposes its settings, then its issuers, one part at
-    /// a time; once both are the pair's nothing differs. A server trusting
+    /// The VIP holder proposes its settings, then its issuers, in one go;
+    /// once both are the pair's nothing differs. A server trusting
     /// another key under the same name, or another issuer, is told which.
     #[test]
-    fn the_issuers_are_compared_and_proposed_after_the_settings() {
+    fn the_issuers_are_compared_and_proposed_with_the_settings() {
         let mut t = LicenseTable::new(TableConfig::default());
         let table = TableConfig {
             heartbeat_interval_ms: 60_000,
@@ -237,17 +241,16 @@ mod tests {
         assert!(listed.contains("license.heartbeat_interval_ms"), "{listed}");
         assert!(listed.contains("license.issuers: configured acme ("), "{listed}");
         assert!(listed.contains("the pair's none"), "{listed}");
-        let first = ours.proposal(&t, "primary").unwrap();
-        assert!(matches!(first, Command::Settings { .. }), "{first:?}");
-        apply(&mut t, first);
-        let second = ours.proposal(&t, "primary").unwrap();
+        let commands = ours.proposal(&t, "primary");
         assert!(
-            matches!(&second, Command::Issuers { issuers, .. } if issuers.len() == 2),
-            "{second:?}"
+            matches!(commands.as_slice(), [Command::Settings { .. }, Command::Issuers { issuers, .. }] if issuers.len() == 2),
+            "{commands:?}"
         );
-        apply(&mut t, second);
+        for command in commands {
+            apply(&mut t, command);
+        }
         assert!(ours.differences(&t).is_empty());
-        assert!(ours.proposal(&t, "primary").is_none());
+        assert!(ours.proposal(&t, "primary").is_empty());
         // A snapshot carries them.
         let mut restored = LicenseTable::new(TableConfig::default());
         restored.restore(&t.snapshot()).unwrap();

@@ -736,9 +736,19 @@ impl PairRules {
         let et = self.cfg.election_timeout;
         let leads = raft.role == StateRole::Leader;
         let peer_leads = raft.leader == Some(self.cfg.peer);
+        // Leaving without stopping (a handback, or a tracker's fault: its
+        // word says "leaving, not master"): it stays a voter and hands
+        // leadership over. Taking over as sole voter would demote it for
+        // nothing, and leave no one to take over should this node fail
+        // before it is promoted back. If it does not hand over, the
+        // leaderless rule below still applies.
+        let stays = self.peer_word.is_some_and(|w| w.leaving && !w.master);
+        if stays && self.peer_left == Some(PeerGone::Left) && leads {
+            self.peer_left = None;
+        }
         let gone = match self.peer_left {
             // Leaving: it hands leadership over first, then stops.
-            Some(PeerGone::Left) => leads || !peer_leads,
+            Some(PeerGone::Left) => !stays && (leads || !peer_leads),
             // Silent: gone once raft agrees it no longer leads. Being
             // elected normally needs its vote: then it is alive (this
             // node outranked it and preempted).

@@ -961,3 +961,54 @@ fn a_handback_gives_up_waiting_for_the_peer_after_two_election_timeouts() {
     let a = s.run_until_ms(2_001);
     assert!(a.contains(&Action::RejoinAsBackup), "{a:?}");
 }
+
+// The other side of a handback (or of a tracker's fault): the peer says
+// "leaving, not master" and stays up. It keeps its vote: taking over as
+// sole voter would demote it for nothing, and if this node then failed
+// before promoting it back, no one could take over. Leadership comes by
+// transfer, and the node serves once it leads.
+#[test]
+fn a_peer_that_hands_back_and_stays_up_keeps_its_vote() {
+    let mut s = Script::following(false);
+    s.rules.handle_peer_word(
+        s.now,
+        Some(PeerWord {
+            master: false,
+            priority: 50,
+            leaving: true,
+        }),
+    );
+    s.actions();
+    s.vrrp.priority_zero_received += 1;
+    s.become_state(State::Master, Reason::MasterLeft);
+    let a = s.actions();
+    assert!(!takes_over(&a), "{a:?}");
+    // The transfer arrives: it serves, still no takeover.
+    s.raft.role = StateRole::Leader;
+    s.raft.leader = Some(ME);
+    s.feed_raft();
+    let a = s.run_until_ms(5_000);
+    assert!(serves(&a), "{a:?}");
+    assert!(!takes_over(&a), "{a:?}");
+}
+
+// A graceful stop says "leaving" as master: the takeover as sole voter
+// still follows (the peer is about to stop).
+#[test]
+fn a_peer_that_stops_is_still_taken_over_from() {
+    let mut s = Script::following(false);
+    s.rules.handle_peer_word(
+        s.now,
+        Some(PeerWord {
+            master: true,
+            priority: 150,
+            leaving: true,
+        }),
+    );
+    s.actions();
+    s.vrrp.priority_zero_received += 1;
+    s.become_state(State::Master, Reason::MasterLeft);
+    s.raft.leader = None;
+    s.feed_raft();
+    assert!(takes_over(&s.actions()));
+}
