@@ -918,6 +918,12 @@ impl Glue {
     /// the peer and ask to rejoin as a backup once it leads.
     async fn hand_back(&mut self, speaker: &Speaker) {
         info!("the peer is back, caught up, and outranks this node: handing the VIP back");
+        // No new connection from here until the VIP is gone (the client
+        // listener closes: a switch is refused by the kernel and tries
+        // again, reaching the peer once the VIP moved); requests in flight
+        // are answered and client connections close while the VIP is
+        // still here, as on a graceful stop.
+        self.server.pause_client_port(true);
         let drain = Instant::now() + self.config.cluster.request_timeout().min(Duration::from_secs(1));
         while (self.server.in_flight() > 0 || self.server.client_connections() > 0) && Instant::now() < drain
         {
@@ -932,6 +938,8 @@ impl Glue {
             warn!("the peer did not acknowledge the handback over the cluster link: it takes the VIP by VRRP alone");
         }
         speaker.set_fault(true).await;
+        // The VIP is gone: connections to it reach the peer now.
+        self.server.pause_client_port(false);
         self.rules.handback_resigned(Instant::now());
     }
 

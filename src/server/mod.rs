@@ -213,6 +213,11 @@ pub(crate) struct Shared<A> {
     /// Cancelled by [`Server::stop_accepting`]: the listeners close, the
     /// connections go on until `shutdown`.
     pub(crate) stop_accepting: CancellationToken,
+    /// While true the client port's listeners are closed (a node handing
+    /// the VIP back): a switch connecting to the VIP is refused by the
+    /// kernel and tries again, instead of being accepted here as the VIP
+    /// leaves. Reopened when it turns false.
+    pub(crate) client_paused: watch::Sender<bool>,
     pub(crate) status_hook: Option<StatusHook>,
     /// Lines any client can cause are written once a minute per cause.
     pub(crate) log: cluster::ratelog::RateLimiter,
@@ -391,6 +396,7 @@ impl<A: Applier> Server<A> {
             counters: Counters::default(),
             shutdown,
             stop_accepting: CancellationToken::new(),
+            client_paused: watch::channel(false).0,
             status_hook: None,
             log: cluster::ratelog::RateLimiter::default(),
             per_address: Mutex::new(BTreeMap::new()),
@@ -445,6 +451,12 @@ impl<A: Applier> Server<A> {
     /// node when it answers after the move).
     pub fn stop_accepting(&self) {
         self.shared.stop_accepting.cancel();
+    }
+
+    /// Closes (`true`) or reopens (`false`) the client port's listeners,
+    /// the connections going on: see [`Shared::client_paused`].
+    pub fn pause_client_port(&self, paused: bool) {
+        self.shared.client_paused.send_replace(paused);
     }
 
     /// What metrics and the status page show of the license server.
@@ -519,7 +531,35 @@ impl<A: Applier> Server<A> {
     ) -> std::io::Result<()> {
         let shutdown = self.shared.shutdown.clone();
         let closing = self.shared.stop_accepting.clone();
+        let addr = listener.local_addr()?;
+        let mut listener = Some(listener);
+        let mut paused = self.shared.client_paused.subscribe();
         let result = loop {
+            if port == Port::Client && *paused.borrow_and_update() {
+                if listener.take().is_some() {
+                    tracing::debug!(%addr, "client listener closed while the VIP is handed back");
+                }
+                tokio::select! {
+                    _ = paused.changed() => continue,
+                    () = shutdown.cancelled() => break Ok(()),
+                    () = closing.cancelled() => return Ok(()),
+                }
+            }
+            let open = match &listener {
+                Some(open) => open,
+                None => match TcpListener::bind(addr).await {
+                    Ok(open) => {
+                        tracing::debug!(%addr, "client listener open again");
+                        listener.insert(open)
+                    }
+                    Err(e) => {
+                        cluster::warn_limited!(self.shared.log, "rebind", error = %e, %addr,
+                            "cannot reopen the client listener; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
             let permit = tokio::select! {
                 permit = Arc::clone(&limit).acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -529,7 +569,8 @@ impl<A: Applier> Server<A> {
                 () = closing.cancelled() => return Ok(()),
             };
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                accepted = open.accept() => accepted,
+                _ = paused.changed(), if port == Port::Client => continue,
                 () = shutdown.cancelled() => break Ok(()),
                 () = closing.cancelled() => return Ok(()),
             };
