@@ -294,7 +294,14 @@ fn metrics_and_the_status_page_follow_a_failover() {
         pair.backup.log()
     );
     let crash = Scrape::of(&client, b).unwrap();
-    assert_eq!(crash.v("vipool_failovers_total"), 2.0);
+    assert_eq!(
+        crash.v("vipool_failovers_total"),
+        2.0,
+        "the crash is a takeover (adverts received before the crash {}, after {}):\n{}",
+        before.v("vipool_vrrp_adverts_received_total"),
+        crash.v("vipool_vrrp_adverts_received_total"),
+        pair.backup.log()
+    );
     let gap =
         crash.v("vipool_failover_duration_seconds_sum") - before.v("vipool_failover_duration_seconds_sum");
     let down = pair.opts.master_down(100).as_secs_f64();

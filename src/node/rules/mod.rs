@@ -661,6 +661,12 @@ impl PairRules {
             self.timers[Timer::HandBack as usize] = None;
             // The peer hears our word again.
             self.beacon = None;
+            // We handed the VIP to the peer and it leads: it holds the VIP
+            // from now, whether or not its first advert has reached this
+            // node yet (should it fail at once, that is where the gap of
+            // the takeover starts, and it is a master this node followed).
+            self.peer_served_at = Some(now);
+            self.followed_master = true;
         }
         let handing_back = self.handing_back.is_some();
         let serve = master && raft.role == StateRole::Leader && !self.faulted && !handing_back;

@@ -898,6 +898,30 @@ fn a_master_hands_the_vip_back_to_a_caught_up_peer_that_outranks_it() {
             .any(|a| matches!(a, Action::Beacon { master: false, .. })),
         "{a:?}"
     );
+    // The peer fails before its first advert reaches this node: the
+    // takeover that follows is one from the peer, with its gap.
+    s.at_ms(1_400);
+    s.vrrp.state = State::Backup;
+    s.feed_vrrp();
+    // Its word lapses with it.
+    s.rules.handle_peer_word(s.now, None);
+    s.actions();
+    s.become_state(State::Master, Reason::MasterDown);
+    s.raft.role = StateRole::Leader;
+    s.raft.leader = Some(ME);
+    s.feed_raft();
+    let a = s.actions();
+    assert!(
+        a.iter().any(|a| matches!(
+            a,
+            Action::Serve {
+                serve: true,
+                gap: Some(_),
+                ..
+            }
+        )),
+        "{a:?}"
+    );
 }
 
 #[test]
