@@ -482,6 +482,33 @@ impl std::fmt::Display for ClientIdentity {
 pub fn client_identity(der: &[u8]) -> Result<ClientIdentity, String> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    identity_of(&cert)
+}
+
+/// As [`client_identity`], for a certificate that must also be within its
+/// validity at `now`: a resumed TLS session is not verified again by
+/// rustls (the ticket carries the certificate as it was, for hours), so
+/// the server checks this itself. One parse of the certificate.
+///
+/// # Errors
+/// As [`client_identity`], or the certificate is expired or not valid yet.
+pub fn client_identity_at(der: &[u8], now: SystemTime) -> Result<ClientIdentity, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let validity = cert.validity();
+    if now < validity.not_before.timestamp() {
+        return Err("certificate not valid yet (a resumed session)".into());
+    }
+    if now > validity.not_after.timestamp() {
+        return Err("certificate expired (a resumed session): issue a new one with `vipool pki`".into());
+    }
+    identity_of(&cert)
+}
+
+fn identity_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<ClientIdentity, String> {
     let subject = cert.subject();
     let one = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>, what: &str| {
         let values: Vec<String> = it.filter_map(|a| a.as_str().ok().map(str::to_owned)).collect();

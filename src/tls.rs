@@ -5,7 +5,7 @@
 //!
 //! - a switch or an operator presents its certificate, which names a
 //!   client id and serial, or an operator; the server reads who it is
-//!   from it ([`crate::pki::client_identity`]) and lets a connection act
+//!   from it ([`crate::pki::client_identity_at`], which also checks its validity) and lets a connection act
 //!   only for that identity;
 //! - the server presents its member certificate, which names
 //!   [`crate::pki::LICENSE_SERVER_NAME`]; a switch pins the pair's CA and
@@ -22,7 +22,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::pki::{client_identity, ClientIdentity, LICENSE_SERVER_NAME};
+use crate::pki::{client_identity_at, ClientIdentity, LICENSE_SERVER_NAME};
 
 /// Why a client's handshake was refused.
 #[derive(Debug, thiserror::Error)]
@@ -104,25 +104,11 @@ impl ServerTls {
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or_else(|| AcceptError::Identity("none presented".into()))?;
-        // A resumed session is not verified again by rustls: the ticket
-        // carries the certificate as it was. Its validity is checked here,
-        // so that a ticket (valid for hours) does not outlive it.
-        still_valid(cert, std::time::SystemTime::now()).map_err(AcceptError::Identity)?;
-        let who = client_identity(cert).map_err(AcceptError::Identity)?;
+        // Its validity too: a resumed session's certificate is not checked
+        // again by rustls, and a ticket must not outlive it.
+        let who = client_identity_at(cert, std::time::SystemTime::now()).map_err(AcceptError::Identity)?;
         Ok((stream, who))
     }
-}
-
-/// Whether the certificate `der` is within its validity at `now`.
-fn still_valid(der: &[u8], now: std::time::SystemTime) -> Result<(), String> {
-    let info = crate::pki::CertInfo::from_der(der)?;
-    if now < info.not_before {
-        return Err("certificate not valid yet (a resumed session)".into());
-    }
-    if now > info.not_after {
-        return Err("certificate expired (a resumed session): issue a new one with `vipool pki`".into());
-    }
-    Ok(())
 }
 
 /// Verifies a server as webpki does (chain to the pinned CA, validity,
@@ -279,11 +265,11 @@ mod tests {
         let issued = ca.issue_switch("sw-1", "SN-1", 30).unwrap();
         let der = rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
         let now = SystemTime::now();
-        still_valid(&der, now).unwrap();
+        client_identity_at(&der, now).unwrap();
         let day = Duration::from_secs(86_400);
-        let late = still_valid(&der, now + 31 * day).unwrap_err();
+        let late = client_identity_at(&der, now + 31 * day).unwrap_err();
         assert!(late.contains("expired"), "{late}");
-        let early = still_valid(&der, now - day).unwrap_err();
+        let early = client_identity_at(&der, now - day).unwrap_err();
         assert!(early.contains("not valid yet"), "{early}");
     }
 }
