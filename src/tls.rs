@@ -43,6 +43,15 @@ pub enum AcceptError {
 #[derive(Clone)]
 pub struct ServerTls {
     acceptor: tokio_rustls::TlsAcceptor,
+    handshakes: Arc<Handshakes>,
+    pair_tickets: Option<Arc<PairTicketer>>,
+}
+
+/// Completed client handshakes, full and resumed.
+#[derive(Debug, Default)]
+struct Handshakes {
+    full: std::sync::atomic::AtomicU64,
+    resumed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -57,6 +66,27 @@ impl ServerTls {
     /// # Errors
     /// rustls refused the material.
     pub fn new(identity: &Identity) -> Result<ServerTls, TlsError> {
+        // Sealed with a key that only this process holds (rotated every 6
+        // hours): the standalone server and the witness have no peer to
+        // share tickets with.
+        Self::with_ticketer(identity, rustls::crypto::ring::Ticketer::new()?, None)
+    }
+
+    /// The node's identity, with session tickets that every member of the
+    /// pair opens ([`PairTicketer`]): a switch that reconnects after a
+    /// failover resumes its session on the survivor.
+    ///
+    /// # Errors
+    /// rustls refused the material.
+    pub fn with_pair_tickets(identity: &Identity, tickets: Arc<PairTicketer>) -> Result<ServerTls, TlsError> {
+        Self::with_ticketer(identity, Arc::clone(&tickets) as _, Some(tickets))
+    }
+
+    fn with_ticketer(
+        identity: &Identity,
+        ticketer: Arc<dyn rustls::server::ProducesTickets>,
+        pair_tickets: Option<Arc<PairTicketer>>,
+    ) -> Result<ServerTls, TlsError> {
         let verifier =
             WebPkiClientVerifier::builder_with_provider(identity.roots(), cluster::tls::provider())
                 .build()
@@ -65,23 +95,37 @@ impl ServerTls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(identity.chain().to_vec(), identity.key().clone_key())?;
-        // A switch that reconnects (after a blip, or to the same server
-        // after a handback) resumes instead of a full handshake, with a
-        // stateless ticket: sealed with a key that only this process holds
-        // (rotated every 6 hours), carrying the client's certificate, so
-        // the server keeps nothing per switch. A server-side cache kept
-        // every session of every switch, two per handshake: 26 MB of RSS
-        // for 10,000 connected switches (license_bench, 197 -> 171 MB).
-        // The other member cannot open this member's
-        // tickets: after a failover a switch makes one full handshake.
-        cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        // A switch that reconnects (after a blip, a failover or a
+        // handback) resumes instead of a full handshake, with a stateless
+        // ticket carrying the client's certificate, so the server keeps
+        // nothing per switch. A server-side cache kept every session of
+        // every switch, two per handshake: 26 MB of RSS for 10,000
+        // connected switches (license_bench, 197 -> 171 MB).
+        cfg.ticketer = ticketer;
         cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         // One ticket per handshake: each resumption consumes one and the
         // resumed handshake brings the next.
         cfg.send_tls13_tickets = 1;
         Ok(ServerTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            handshakes: Arc::default(),
+            pair_tickets,
         })
+    }
+
+    /// How many of the pair's session-ticket keys this server seals and
+    /// opens with (0: none yet, or not a server of a pair).
+    pub fn pair_ticket_keys(&self) -> usize {
+        self.pair_tickets.as_ref().map_or(0, |t| t.key_ids().len())
+    }
+
+    /// Client handshakes completed since start: (full, resumed).
+    pub fn handshakes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.handshakes.full.load(Relaxed),
+            self.handshakes.resumed.load(Relaxed),
+        )
     }
 
     /// Completes the handshake within `deadline` and reads who the client
@@ -98,6 +142,11 @@ impl ServerTls {
             .await
             .map_err(|_| AcceptError::Timeout(deadline))?
             .map_err(AcceptError::Handshake)?;
+        let counter = match stream.get_ref().1.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => &self.handshakes.resumed,
+            _ => &self.handshakes.full,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cert = stream
             .get_ref()
             .1
@@ -108,6 +157,142 @@ impl ServerTls {
         // again by rustls, and a ticket must not outlive it.
         let who = client_identity_at(cert, std::time::SystemTime::now()).map_err(AcceptError::Identity)?;
         Ok((stream, who))
+    }
+}
+
+/// Session tickets that every member of the pair seals and opens alike,
+/// with the ticket keys the pair's log holds (`table::tickets`): a switch
+/// that reconnects to the survivor of a failover, or to the primary after
+/// a handback, resumes its TLS session instead of a full handshake (no
+/// certificate signed or verified, about a third of a full handshake's
+/// CPU; see README, herd_bench).
+///
+/// The sealing is ChaCha20-Poly1305 from ring, as rustls's own ticketer
+/// does it, with a random nonce per ticket; a ticket is `VPT1`, the key id
+/// (big-endian u32, authenticated with the magic as associated data), the
+/// nonce and the sealed session. Until the log holds a key (a pair that
+/// has not committed one yet) tickets are sealed with a key of this
+/// process only, as a standalone server does.
+pub struct PairTicketer {
+    /// Oldest first: the last one seals.
+    keys: std::sync::RwLock<Vec<(u32, ring::aead::LessSafeKey)>>,
+    local: Arc<dyn rustls::server::ProducesTickets>,
+    rng: ring::rand::SystemRandom,
+}
+
+impl std::fmt::Debug for PairTicketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairTicketer")
+            .field("key_ids", &self.key_ids())
+            .finish()
+    }
+}
+
+const TICKET_MAGIC: &[u8; 4] = b"VPT1";
+const TICKET_HEADER: usize = TICKET_MAGIC.len() + 4;
+const TICKET_NONCE: usize = 12;
+
+/// What a pair ticket's lifetime hint says: TLS 1.3's longest (RFC 8446
+/// §4.6.1), and the rotation period of the pair's keys (`node::tickets`),
+/// so a key opens the tickets it sealed for one to two periods.
+pub const PAIR_TICKET_LIFETIME_S: u32 = 7 * 24 * 3600;
+
+impl PairTicketer {
+    /// A ticketer with no pair key yet.
+    ///
+    /// # Errors
+    /// rustls could not make its local ticketer.
+    pub fn new() -> Result<Arc<PairTicketer>, TlsError> {
+        Ok(Arc::new(PairTicketer {
+            keys: std::sync::RwLock::new(Vec::new()),
+            local: rustls::crypto::ring::Ticketer::new()?,
+            rng: ring::rand::SystemRandom::new(),
+        }))
+    }
+
+    /// Seals and opens with `keys` from now on (the table's, oldest first;
+    /// the last one seals). A no-op when they are the ones in use.
+    pub fn set_keys(&self, keys: &[crate::table::TicketKey]) {
+        if self.key_ids() == keys.iter().map(|k| k.id).collect::<Vec<_>>() {
+            return;
+        }
+        let keys = keys
+            .iter()
+            .filter_map(|k| {
+                let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &k.secret).ok()?;
+                Some((k.id, ring::aead::LessSafeKey::new(key)))
+            })
+            .collect();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// The ids of the pair keys in use, oldest first.
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+impl rustls::server::ProducesTickets for PairTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        if self.keys.read().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            self.local.lifetime()
+        } else {
+            PAIR_TICKET_LIFETIME_S
+        }
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        use ring::rand::SecureRandom;
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let Some((id, key)) = keys.last() else {
+            return self.local.encrypt(plain);
+        };
+        let mut nonce = [0u8; TICKET_NONCE];
+        self.rng.fill(&mut nonce).ok()?;
+        let mut out = Vec::with_capacity(TICKET_HEADER + TICKET_NONCE + plain.len() + 16);
+        out.extend_from_slice(TICKET_MAGIC);
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        let mut sealed = plain.to_vec();
+        key.seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(&out[..TICKET_HEADER]),
+            &mut sealed,
+        )
+        .ok()?;
+        out.extend_from_slice(&sealed);
+        Some(out)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        if !cipher.starts_with(TICKET_MAGIC) {
+            return self.local.decrypt(cipher);
+        }
+        let (header, rest) = cipher.split_at_checked(TICKET_HEADER)?;
+        let (nonce, sealed) = rest.split_at_checked(TICKET_NONCE)?;
+        let id = u32::from_be_bytes(header[TICKET_MAGIC.len()..].try_into().ok()?);
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let (_, key) = keys.iter().find(|(k, _)| *k == id)?;
+        let mut buf = sealed.to_vec();
+        let plain = key
+            .open_in_place(
+                ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
+                ring::aead::Aad::from(header),
+                &mut buf,
+            )
+            .ok()?;
+        let n = plain.len();
+        buf.truncate(n);
+        Some(buf)
     }
 }
 
@@ -271,5 +456,157 @@ mod tests {
         assert!(late.contains("expired"), "{late}");
         let early = client_identity_at(&der, now - day).unwrap_err();
         assert!(early.contains("not valid yet"), "{early}");
+    }
+
+    fn ticket_key(id: u32, created_ms: u64, byte: u8) -> crate::table::TicketKey {
+        crate::table::TicketKey {
+            id,
+            created_ms,
+            secret: [byte; 32],
+        }
+    }
+
+    /// A ticket sealed by one member opens on the other with the same keys,
+    /// and after one rotation; not after two, not with another key, and
+    /// not once any byte of it changed.
+    #[test]
+    fn pair_tickets_open_on_every_member_and_nowhere_else() {
+        use rustls::server::ProducesTickets;
+        let a = PairTicketer::new().unwrap();
+        let b = PairTicketer::new().unwrap();
+        let k1 = ticket_key(1, 10, 0x11);
+        let k2 = ticket_key(2, 20, 0x22);
+        let k3 = ticket_key(3, 30, 0x33);
+        a.set_keys(std::slice::from_ref(&k1));
+        b.set_keys(std::slice::from_ref(&k1));
+        assert_eq!(a.lifetime(), PAIR_TICKET_LIFETIME_S);
+        let session = b"a resumable session".to_vec();
+        let ticket = a.encrypt(&session).unwrap();
+        assert!(ticket.starts_with(TICKET_MAGIC));
+        assert_eq!(b.decrypt(&ticket).as_deref(), Some(&session[..]));
+        // Random nonces: the same session seals differently each time.
+        assert_ne!(a.encrypt(&session).unwrap(), ticket);
+
+        for at in 0..ticket.len() {
+            let mut bad = ticket.clone();
+            bad[at] ^= 0x01;
+            assert_eq!(b.decrypt(&bad), None, "byte {at} changed");
+        }
+        assert_eq!(b.decrypt(&ticket[..ticket.len() - 1]), None);
+        assert_eq!(b.decrypt(&ticket[..TICKET_HEADER]), None);
+        assert_eq!(b.decrypt(b""), None);
+
+        let other = PairTicketer::new().unwrap();
+        other.set_keys(&[ticket_key(1, 10, 0x12)]);
+        assert_eq!(other.decrypt(&ticket), None, "same id, another secret");
+
+        b.set_keys(&[k1.clone(), k2.clone()]);
+        assert_eq!(b.decrypt(&ticket).as_deref(), Some(&session[..]), "one rotation");
+        let newer = b.encrypt(&session).unwrap();
+        assert_eq!(&newer[4..8], &2u32.to_be_bytes(), "the newest key seals");
+        b.set_keys(&[k2, k3]);
+        assert_eq!(b.decrypt(&ticket), None, "two rotations");
+        assert_eq!(b.decrypt(&newer).as_deref(), Some(&session[..]));
+    }
+
+    /// Before the pair has a key, tickets are this process's own: they
+    /// open here only.
+    #[test]
+    fn without_a_pair_key_tickets_are_local() {
+        use rustls::server::ProducesTickets;
+        let a = PairTicketer::new().unwrap();
+        let b = PairTicketer::new().unwrap();
+        let ticket = a.encrypt(b"session").unwrap();
+        assert!(!ticket.starts_with(TICKET_MAGIC));
+        assert_eq!(a.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
+        assert_eq!(b.decrypt(&ticket), None);
+        // A pair key arriving later does not break the local tickets.
+        a.set_keys(&[ticket_key(5, 1, 0x55)]);
+        assert_eq!(a.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
+    }
+
+    /// Through rustls: a switch that made a full handshake with one member
+    /// resumes with the other when both hold the pair's keys, and makes a
+    /// full handshake with a member holding other keys.
+    #[test]
+    fn a_switch_resumes_its_session_on_the_other_member() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::Ca::create(dir.path(), 7, 3650).unwrap();
+        let member = |name: &str| {
+            let issued = ca.issue_member(name, 30).unwrap();
+            Identity::from_pem(
+                ca.cert_pem().as_bytes(),
+                issued.cert_pem.as_bytes(),
+                issued.key_pem.as_bytes(),
+            )
+            .unwrap()
+        };
+        let keys = [ticket_key(1, 10, 0x11)];
+        let server = |name: &str, keys: &[crate::table::TicketKey]| {
+            let tickets = PairTicketer::new().unwrap();
+            tickets.set_keys(keys);
+            ServerTls::with_pair_tickets(&member(name), tickets).unwrap()
+        };
+        let primary = server("primary", &keys);
+        let backup = server("backup", &keys);
+        let stranger = server("other", &[ticket_key(1, 10, 0x99)]);
+        let switch = ca.issue_switch("sw-1", "SN-1", 30).unwrap();
+        let switch = ClientTls::from_pem(
+            ca.cert_pem().as_bytes(),
+            switch.cert_pem.as_bytes(),
+            switch.key_pem.as_bytes(),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let session = |server: ServerTls| {
+                let switch = switch.clone();
+                async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    let addr = listener.local_addr().unwrap();
+                    let accept = tokio::spawn(async move {
+                        let (tcp, _) = listener.accept().await.unwrap();
+                        let (mut stream, who) = server.accept(tcp, Duration::from_secs(5)).await.unwrap();
+                        // Data after the ticket: the client has read the ticket once it reads this.
+                        stream.write_all(b"x").await.unwrap();
+                        stream.flush().await.unwrap();
+                        (who, server)
+                    });
+                    let tcp = TcpStream::connect(addr).await.unwrap();
+                    let mut stream = switch.connect(tcp).await.unwrap();
+                    let mut byte = [0u8; 1];
+                    stream.read_exact(&mut byte).await.unwrap();
+                    let kind = stream.get_ref().1.handshake_kind();
+                    let (who, server) = accept.await.unwrap();
+                    (kind, who, server.handshakes())
+                }
+            };
+            let (kind, who, counts) = session(primary).await;
+            assert_eq!(kind, Some(rustls::HandshakeKind::Full));
+            assert_eq!(counts, (1, 0));
+            let (kind, resumed_who, counts) = session(backup).await;
+            assert_eq!(
+                kind,
+                Some(rustls::HandshakeKind::Resumed),
+                "the backup opened the primary's ticket"
+            );
+            assert_eq!(counts, (0, 1));
+            assert_eq!(
+                resumed_who.to_string(),
+                who.to_string(),
+                "the same switch, from the ticket"
+            );
+            let (kind, _, counts) = session(stranger).await;
+            assert_eq!(
+                kind,
+                Some(rustls::HandshakeKind::Full),
+                "other keys: a full handshake"
+            );
+            assert_eq!(counts, (1, 0));
+        });
     }
 }

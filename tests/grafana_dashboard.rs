@@ -26,6 +26,7 @@ fn exposition() -> String {
         ..Observed::default()
     };
     o.server.status.refused.insert("client_key_refused".into(), 1);
+    o.server.status.tls_handshakes.insert("resumed".into(), 1);
     o.server.bad_frames = vec![("oversize", 0)];
     o.server.pool.insert(
         vipool::table::LicenseType::new("AP"),

@@ -106,6 +106,11 @@ fn command() -> impl Strategy<Value = (u64, Command)> {
                 now_ms: 0, id, serial: "SN".into(), address: "a".into(), version: "v".into(), report,
             }),
         })),
+        // The pair's TLS session-ticket keys: never a change of the pool.
+        1 => (dt.clone(), 0u32..4, 0u8..3).prop_map(|(dt, id, byte)| (dt, Command::TicketKey {
+            key: vipool::table::TicketKey { id, created_ms: u64::from(id), secret: [byte; 32] },
+            by: vipool::table::Actor::Server("primary".into()),
+        })),
         2 => (dt, id(), license_type(), 0u32..12, 0u64..4).prop_map(|(dt, id, license_type, count, issued_s)| {
             (dt, Command::Certified {
                 issued_s,
@@ -138,6 +143,7 @@ fn stamp(commands: Vec<(u64, Command)>) -> Vec<Command> {
                 | Command::ServerSerial { .. }
                 | Command::Settings { .. }
                 | Command::Issuers { .. }
+                | Command::TicketKey { .. }
                 | Command::Certified { .. } => {}
             }
             command
@@ -158,7 +164,8 @@ fn stamped_at(command: &Command) -> Option<u64> {
         | Command::RemoveServerKey { .. }
         | Command::ServerSerial { .. }
         | Command::Settings { .. }
-        | Command::Issuers { .. } => None,
+        | Command::Issuers { .. }
+        | Command::TicketKey { .. } => None,
         Command::Certified { command, .. } => stamped_at(command),
     }
 }

@@ -132,6 +132,16 @@ fn metrics_and_the_status_page_follow_a_failover() {
     let client = pair.host(2);
     let (a, b) = (pair.primary.addr(), pair.backup.addr());
     pair.wait_settled(&client);
+    // The VIP holder makes the pair's first session-ticket key; both
+    // servers seal and open with it before any switch connects.
+    assert!(
+        wait_for(WAIT, || [a, b].iter().all(
+            |n| Scrape::of(&client, *n).is_ok_and(|s| s.v("vipool_tls_ticket_keys") == 1.0)
+        )),
+        "the pair never shared a ticket key: {:?} {:?}",
+        Scrape::of(&client, a),
+        Scrape::of(&client, b)
+    );
     let switches = pair.switches(&client, 3, 2, 1000);
 
     // Before: the primary serves and leads, the backup follows.
@@ -175,6 +185,10 @@ fn metrics_and_the_status_page_follow_a_failover() {
         .0
         .keys()
         .any(|k| k.starts_with("vipool_raft_follower_lag_entries")));
+    // No switch has been to the backup yet.
+    assert_eq!(bk.v("vipool_tls_handshakes_total{kind=\"resumed\"}"), 0.0);
+    assert!(p.v("vipool_tls_handshakes_total{kind=\"full\"}") >= 3.0);
+    let backup_full = bk.v("vipool_tls_handshakes_total{kind=\"full\"}");
     let backup_became_master = bk.v("vipool_vrrp_transitions_total{to=\"master\"}");
     let term_before = p.v("vipool_raft_term");
 
@@ -211,6 +225,14 @@ fn metrics_and_the_status_page_follow_a_failover() {
     );
     assert_eq!(after.v("vipool_failovers_total"), 1.0);
     assert_eq!(after.v("vipool_failover_duration_seconds_count"), 1.0);
+    // The switches resumed, on the backup, the TLS sessions the primary
+    // gave them: no full handshake.
+    assert!(
+        after.v("vipool_tls_handshakes_total{kind=\"resumed\"}") >= 3.0,
+        "{:?}",
+        after
+    );
+    assert_eq!(after.v("vipool_tls_handshakes_total{kind=\"full\"}"), backup_full);
     // A graceful handoff: far shorter than the crash bound (the backup's
     // Master_Down_Interval), and measured, not zero.
     let gap = after.v("vipool_failover_duration_seconds_sum");

@@ -219,7 +219,8 @@ fn command_verdict(e: &CommandError) -> Verdict {
         // Settings are the servers' own business; a switch never sends
         // them, so this answers another request than its own: retry.
         | C::Settings(_)
-        | C::Issuers(_) => Verdict::Transient,
+        | C::Issuers(_)
+        | C::TicketKey(_) => Verdict::Transient,
         C::UnknownType(_) | C::NotPoolable(_) => permanent(
             "the servers do not pool this license type: remove it from the switch's licenses \
              (--builtin, --use), or add it to the servers' [license] types",

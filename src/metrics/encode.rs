@@ -336,6 +336,23 @@ impl Collector for Scrape {
             ),
             o.refusals(),
         )?;
+        counters(
+            &mut e,
+            (
+                "tls_handshakes",
+                "Client TLS handshakes completed, by kind: full, or resumed from a session ticket \
+                 of either server of the pair",
+                "kind",
+            ),
+            s.tls_handshakes.iter().map(|(kind, n)| (kind.as_str(), *n)),
+        )?;
+        gauge(
+            &mut e,
+            "tls_ticket_keys",
+            "The pair's TLS session-ticket keys this node seals and opens with (0: none yet, a \
+             switch then resumes only with the server that gave it its ticket)",
+            s.tls_ticket_keys,
+        )?;
         counter(
             &mut e,
             "requests_paced",

@@ -31,6 +31,9 @@ pub struct SharedTable {
     clock: Arc<Clock>,
     /// Written while this node serves (see `usage`).
     usage: Option<UsageLog>,
+    /// Seals and opens the client port's session tickets with the keys
+    /// the table holds (see `node::tickets`).
+    tickets: Option<Arc<crate::tls::PairTicketer>>,
 }
 
 impl SharedTable {
@@ -42,6 +45,20 @@ impl SharedTable {
             pool,
             clock: Arc::default(),
             usage: None,
+            tickets: None,
+        }
+    }
+
+    /// Keeps `tickets` sealing and opening with the table's ticket keys.
+    pub fn with_tickets(mut self, tickets: Arc<crate::tls::PairTicketer>) -> Self {
+        self.read(|t| tickets.set_keys(&t.state().ticket_keys));
+        self.tickets = Some(tickets);
+        self
+    }
+
+    fn install_ticket_keys(&self, table: &LicenseTable) {
+        if let Some(tickets) = &self.tickets {
+            tickets.set_keys(&table.state().ticket_keys);
         }
     }
 
@@ -104,9 +121,13 @@ impl StateMachine for SharedTable {
                 .as_ref()
                 .filter(|u| u.active())
                 .and_then(|_| Pending::of(&command));
+            let ticket_key = matches!(command, Command::TicketKey { .. });
             let reply = table.apply_command(index, command);
             if let (Some(usage), Some(pending)) = (&self.usage, pending) {
                 usage.record(pending, index, &reply, table.pool());
+            }
+            if ticket_key {
+                self.install_ticket_keys(&table);
             }
             (reply, table.pool().clone())
         };
@@ -130,6 +151,7 @@ impl StateMachine for SharedTable {
         let pool = {
             let mut table = self.lock();
             StateMachine::restore(&mut *table, snapshot)?;
+            self.install_ticket_keys(&table);
             table.pool().clone()
         };
         self.publish(&pool);

@@ -26,6 +26,7 @@ mod rules;
 mod sd_notify;
 mod settings;
 pub mod store;
+mod tickets;
 mod track;
 mod witness;
 pub mod yields;
@@ -386,7 +387,14 @@ pub async fn run(
         ),
         None => None,
     };
-    let table = SharedTable::with_usage(LicenseTable::new(TableConfig::default()), usage);
+    // The client port's session tickets, sealed with the pair's keys as
+    // the log holds them (see `tickets`).
+    let ticketer = crate::tls::PairTicketer::new().map_err(|e| NodeError::Io {
+        what: "client TLS session tickets".into(),
+        source: std::io::Error::other(e),
+    })?;
+    let table = SharedTable::with_usage(LicenseTable::new(TableConfig::default()), usage)
+        .with_tickets(Arc::clone(&ticketer));
     // No initial voters: the store was bootstrapped by `vipool init`, or
     // waits for the leader's snapshot (`--rejoin`, a yield).
     let member = Member::start(mcfg, store, table.clone(), &[], Arc::new(transport.clone()))
@@ -445,10 +453,12 @@ pub async fn run(
     let mut server_config = config.server_config();
     // Switches and operators see the node's member certificate, which names
     // the license server; they show theirs.
-    server_config.tls = Some(crate::tls::ServerTls::new(&identity).map_err(|e| NodeError::Io {
-        what: "client TLS".into(),
-        source: std::io::Error::other(e),
-    })?);
+    server_config.tls = Some(
+        crate::tls::ServerTls::with_pair_tickets(&identity, ticketer).map_err(|e| NodeError::Io {
+            what: "client TLS".into(),
+            source: std::io::Error::other(e),
+        })?,
+    );
     server_config.trusted = trusted;
     let server = Arc::new(
         Server::with_status_hook(
@@ -509,6 +519,7 @@ pub async fn run(
         soon: soon_tx,
         log: Arc::default(),
         settings: settings::SettingsSync::new(configured, config.node.name.clone()),
+        tickets: tickets::TicketRotation::default(),
         own_keys,
         beacons: Arc::clone(&beacons),
         advert,
@@ -664,6 +675,7 @@ struct Glue {
     log: Arc<cluster::ratelog::RateLimiter>,
     /// This server's table settings against the pair's.
     settings: settings::SettingsSync,
+    tickets: tickets::TicketRotation,
     /// This server's key files, verified.
     own_keys: Vec<crate::license::ServerKeyEntry>,
     /// Our VRRP state to the peer, the peer's to our speaker.
@@ -1015,7 +1027,9 @@ impl Glue {
                     self.soon.send_if_modified(|s| std::mem::replace(s, soon) != soon);
                 }
                 Action::Settings { leads, in_sync } => {
-                    self.settings.step(leads, in_sync, &self.applier, &self.log)
+                    self.settings.step(leads, in_sync, &self.applier, &self.log);
+                    self.tickets
+                        .step(leads, in_sync, &self.config.node.name, &self.applier, &self.log);
                 }
                 Action::SyncKeys { serve, rounds } => *keys_task = Some(self.sync_keys(serve, rounds)),
                 Action::Notify {

@@ -267,6 +267,15 @@ pub struct NodeStatus {
     /// than `license.requests_per_s_per_client` (paced, not refused).
     #[serde(default)]
     pub paced: u64,
+    /// Client TLS handshakes completed since start, by kind (`full`,
+    /// `resumed`: a session ticket of either member of the pair).
+    #[serde(default)]
+    pub tls_handshakes: std::collections::BTreeMap<String, u64>,
+    /// The pair's session-ticket keys this node holds (0 before the pair
+    /// committed one: then a switch resumes only with the server that
+    /// gave it its ticket).
+    #[serde(default)]
+    pub tls_ticket_keys: u64,
 }
 
 /// Per-connection heartbeat counters kept by the serving node (not replicated).

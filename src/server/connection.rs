@@ -559,6 +559,8 @@ impl<A: Applier> Conn<'_, A> {
                 // The page shows clients, not which certificates replaced whose.
                 cert_floors: Default::default(),
                 issuers: t.state().issuers.clone(),
+                // Secret: never in a view.
+                ticket_keys: Vec::new(),
             };
             (state, t.pool().clone(), t.config().clone(), next.flatten())
         });

@@ -247,6 +247,20 @@ impl<A: Applier> Shared<A> {
             connections: self.counters.connections.load(Ordering::Relaxed),
             bad_frames: self.counters.bad_frames.load(Ordering::Relaxed),
             paced: self.counters.paced.load(Ordering::Relaxed),
+            tls_handshakes: self
+                .config
+                .tls
+                .as_ref()
+                .map(|tls| {
+                    let (full, resumed) = tls.handshakes();
+                    [("full".to_owned(), full), ("resumed".to_owned(), resumed)].into()
+                })
+                .unwrap_or_default(),
+            tls_ticket_keys: self
+                .config
+                .tls
+                .as_ref()
+                .map_or(0, |tls| tls.pair_ticket_keys() as u64),
             warnings: self.expiring().iter().map(ToString::to_string).collect(),
             refused: [
                 ("client_refused_connections", &self.counters.refused_connections),

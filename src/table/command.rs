@@ -151,6 +151,15 @@ pub enum Command {
         /// Who sets them (the server proposing its configuration).
         by: Actor,
     },
+    /// A new TLS session-ticket key for every member (see `table::tickets`):
+    /// the serving member proposes one when the newest is older than the
+    /// rotation period. The table keeps the newest two.
+    TicketKey {
+        /// The key (secret: `describe` and `Debug` show its id only).
+        key: super::TicketKey,
+        /// Who made it (the serving server).
+        by: Actor,
+    },
 }
 
 impl Command {
@@ -218,6 +227,10 @@ impl Command {
             Command::Issuers { issuers, by } => {
                 format!("{by} sets the trusted issuers: {}", describe_issuers(issuers))
             }
+            Command::TicketKey { key, by } => format!(
+                "{by} rotates the TLS session-ticket key (key {}, made at {}; the secret is not shown)",
+                key.id, key.created_ms
+            ),
         }
     }
 
@@ -258,7 +271,8 @@ impl Command {
             | Command::ServerSerial { .. }
             | Command::RemoveServerKey { .. }
             | Command::Settings { .. }
-            | Command::Issuers { .. } => None,
+            | Command::Issuers { .. }
+            | Command::TicketKey { .. } => None,
         }
     }
 }
@@ -539,6 +553,9 @@ pub enum CommandError {
     /// A [`Command::Certified`] around anything but a switch's command.
     #[error("only a switch's register, heartbeat, update, acquire or release carries a certificate")]
     NotCertifiable,
+    /// A session-ticket key that is not a fresh one.
+    #[error("TLS session-ticket key refused: {0}")]
+    TicketKey(String),
 }
 
 impl CommandError {
@@ -571,6 +588,7 @@ impl CommandError {
             Self::SupersededCertificate { .. } => "table_superseded_certificate",
             Self::NotCertifiable => "table_not_certifiable",
             Self::Issuers(_) => "table_issuers",
+            Self::TicketKey(_) => "table_ticket_key",
         }
     }
 }

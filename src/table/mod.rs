@@ -41,6 +41,7 @@ mod snapshot;
 mod sweep;
 #[cfg(test)]
 mod tests;
+mod tickets;
 mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,6 +56,7 @@ pub use config::{
 };
 pub use derived::source_of;
 pub use snapshot::SNAPSHOT_VERSION;
+pub use tickets::{TicketKey, KEPT_TICKET_KEYS};
 pub use types::{
     pool_demand, Actor, Client, ClientReport, ClientState, HeartbeatStats, Key, LicenseType, Pool, PoolEntry,
     ServerInfo, ServerKey, VerifiedKey,
@@ -86,6 +88,9 @@ pub struct TableState {
     /// base64, as in a trust file). A server whose `license.issuers`
     /// differ says so; empty until the first such entry.
     pub issuers: BTreeMap<String, String>,
+    /// The pair's TLS session-ticket keys ([`Command::TicketKey`]), oldest
+    /// first, at most [`KEPT_TICKET_KEYS`]. Secret: never in a view.
+    pub ticket_keys: Vec<TicketKey>,
 }
 
 /// The license table with its settings and what is derived from it.
@@ -307,6 +312,19 @@ impl LicenseTable {
                 }
                 Ok(())
             }
+            Command::TicketKey { key, by } => {
+                check_actor(by)?;
+                if key.secret == [0; 32] {
+                    return Err(CommandError::TicketKey("an all-zero secret".into()));
+                }
+                if self.state.ticket_keys.iter().any(|k| k.id == key.id) {
+                    return Err(CommandError::TicketKey(format!(
+                        "key id {} is already in use",
+                        key.id
+                    )));
+                }
+                Ok(())
+            }
             Command::Certified { issued_s, command } => {
                 let id = command.switch_id().ok_or(CommandError::NotCertifiable)?;
                 if let Some(floor) = self.cert_floor(id) {
@@ -407,6 +425,16 @@ impl LicenseTable {
             }
             Command::Issuers { issuers, .. } => {
                 self.state.issuers = issuers;
+                Ok(Reply::Settings {
+                    pool: self.derived.pool.clone(),
+                })
+            }
+            Command::TicketKey { key, .. } => {
+                let keys = &mut self.state.ticket_keys;
+                keys.push(key);
+                keys.sort_by_key(|k| (k.created_ms, k.id));
+                let extra = keys.len().saturating_sub(KEPT_TICKET_KEYS);
+                keys.drain(..extra);
                 Ok(Reply::Settings {
                     pool: self.derived.pool.clone(),
                 })

@@ -19,13 +19,14 @@ use cluster::SnapshotError;
 
 use super::{TableConfig, TableState};
 
-/// The snapshot format this build writes. 4: the table remembers the
+/// The snapshot format this build writes. 5: the pair's TLS
+/// session-ticket keys (`ticket_keys`). 4: the table remembers the
 /// newest certificate each client id registered with (`cert_floors`), and
 /// the issuers the pair trusts (`issuers`).
 /// 3: the settings are in it. 2: keys are verified signed keys (key id,
 /// issuer, serial), server keys say who installed them, and the table
 /// records each server's serial.
-pub const SNAPSHOT_VERSION: u16 = 4;
+pub const SNAPSHOT_VERSION: u16 = 5;
 
 /// The table's state as formats 2 and 3 hold it: no certificate floors.
 #[derive(serde::Deserialize)]
@@ -43,6 +44,31 @@ impl From<StateV3> for TableState {
             servers: v.servers,
             cert_floors: Default::default(),
             issuers: Default::default(),
+            ticket_keys: Vec::new(),
+        }
+    }
+}
+
+/// The table's state as format 4 holds it: no ticket keys (the serving
+/// member proposes one once it runs this build).
+#[derive(serde::Deserialize)]
+struct StateV4 {
+    clients: std::collections::BTreeMap<String, super::Client>,
+    server_keys: std::collections::BTreeMap<String, super::ServerKey>,
+    servers: std::collections::BTreeMap<String, super::ServerInfo>,
+    cert_floors: std::collections::BTreeMap<String, u64>,
+    issuers: std::collections::BTreeMap<String, String>,
+}
+
+impl From<StateV4> for TableState {
+    fn from(v: StateV4) -> TableState {
+        TableState {
+            clients: v.clients,
+            server_keys: v.server_keys,
+            servers: v.servers,
+            cert_floors: v.cert_floors,
+            issuers: v.issuers,
+            ticket_keys: Vec::new(),
         }
     }
 }
@@ -81,6 +107,11 @@ pub(super) fn decode(bytes: &[u8]) -> Result<(u64, TableConfig, TableState), Sna
         SNAPSHOT_VERSION => {
             bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?
         }
+        4 => {
+            let ((index, config, state), read): ((u64, TableConfig, StateV4), usize) =
+                bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?;
+            ((index, config, state.into()), read)
+        }
         3 => {
             let ((index, config, state), read): ((u64, TableConfig, StateV3), usize) =
                 bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?;
@@ -118,14 +149,14 @@ mod tests {
         assert!(decode(b"").is_err());
         assert!(decode(b"XXXX\x01\x00").is_err());
         let mut newer = good.clone();
-        newer[4] = 5;
-        assert!(decode(&newer).unwrap_err().0.contains("format 5"));
+        newer[4] = 6;
+        assert!(decode(&newer).unwrap_err().0.contains("format 6"));
         let mut older = good.clone();
         older[4] = 1;
         assert!(decode(&older)
             .unwrap_err()
             .0
-            .contains("format 1, this build reads 2 to 4"));
+            .contains("format 1, this build reads 2 to 5"));
         let mut trailing = good.clone();
         trailing.push(0);
         assert!(decode(&trailing).is_err());
@@ -164,5 +195,35 @@ mod tests {
         v2.extend(bincode::serde::encode_to_vec((9u64, v2_state), bincode_config()).unwrap());
         let (index, settings, back) = decode(&v2).unwrap();
         assert_eq!((index, settings, back), (9, TableConfig::default(), state));
+    }
+
+    /// A format-4 snapshot (before ticket keys) keeps everything it holds
+    /// and has no ticket key; format 5 carries them.
+    #[test]
+    fn format_4_reads_without_ticket_keys_and_5_carries_them() {
+        let mut state = TableState::default();
+        state.cert_floors.insert("sw1".into(), 1_700_000_000);
+        state.issuers.insert("acme".into(), "k".into());
+        let mut v4 = MAGIC.to_vec();
+        v4.extend_from_slice(&4u16.to_le_bytes());
+        let v4_state = (
+            &state.clients,
+            &state.server_keys,
+            &state.servers,
+            &state.cert_floors,
+            &state.issuers,
+        );
+        let config = TableConfig::default();
+        v4.extend(bincode::serde::encode_to_vec((5u64, &config, v4_state), bincode_config()).unwrap());
+        let (index, _, back) = decode(&v4).unwrap();
+        assert_eq!((index, &back), (5, &state));
+
+        state.ticket_keys.push(crate::table::TicketKey {
+            id: 3,
+            created_ms: 10,
+            secret: [9; 32],
+        });
+        let (_, _, back) = decode(&encode(6, &config, &state)).unwrap();
+        assert_eq!(back, state);
     }
 }

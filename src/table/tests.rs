@@ -795,3 +795,73 @@ fn a_format_3_snapshot_restores_without_floors() {
     assert_eq!(restored.state(), t.state());
     assert_eq!(restored.client("sw1").unwrap().used_of(&ap()), 1);
 }
+
+/// Ticket keys: the newest two are kept, oldest first; a reused id or an
+/// all-zero secret is refused; nothing of the pool changes, and a
+/// snapshot carries them.
+#[test]
+fn ticket_keys_rotate_keeping_the_newest_two() {
+    let mut t = table();
+    let pool = t.pool().clone();
+    let by = Actor::Server("primary".into());
+    let key = |id: u32, created_ms: u64| TicketKey {
+        id,
+        created_ms,
+        secret: [id as u8 + 1; 32],
+    };
+    let mut index = t.applied_index();
+    let mut apply = |t: &mut LicenseTable, command: Command| {
+        index += 1;
+        t.apply_command(index, command)
+    };
+    for (id, at) in [(1, 10), (2, 20), (3, 30)] {
+        apply(
+            &mut t,
+            Command::TicketKey {
+                key: key(id, at),
+                by: by.clone(),
+            },
+        )
+        .unwrap();
+    }
+    let ids: Vec<u32> = t.state().ticket_keys.iter().map(|k| k.id).collect();
+    assert_eq!(ids, [2, 3]);
+    let before = t.state().clone();
+    let e = apply(
+        &mut t,
+        Command::TicketKey {
+            key: key(3, 40),
+            by: by.clone(),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, CommandError::TicketKey(ref why) if why.contains("already in use")),
+        "{e}"
+    );
+    let zero = TicketKey {
+        secret: [0; 32],
+        ..key(9, 50)
+    };
+    let e = apply(
+        &mut t,
+        Command::TicketKey {
+            key: zero,
+            by: by.clone(),
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("all-zero"), "{e}");
+    assert_eq!(t.state(), &before);
+    assert_eq!(t.pool(), &pool);
+    // The secret is never in what an operator reads of the entry.
+    let described = Command::TicketKey { key: key(4, 60), by }.describe();
+    assert!(
+        described.contains("key 4") && !described.contains("5, 5"),
+        "{described}"
+    );
+
+    let mut restored = LicenseTable::new(TableConfig::default());
+    restored.restore(&t.snapshot()).unwrap();
+    assert_eq!(restored.state().ticket_keys, t.state().ticket_keys);
+}

@@ -231,6 +231,7 @@ impl Pending {
             Command::Heartbeat { .. }
             | Command::Update { .. }
             | Command::ServerSerial { .. }
+            | Command::TicketKey { .. }
             | Command::Certified { .. } => return None,
         };
         Some(Self {
