@@ -510,6 +510,18 @@ struct Herd {
     rate: f64,
     /// Registrations per 100 ms from the VIP taken (with --verbose).
     histogram: Vec<usize>,
+    /// Client TLS handshakes the new holder made during the herd: full,
+    /// resumed (from a ticket of either server).
+    handshakes: (u64, u64),
+}
+
+/// The client TLS handshakes `node` has completed: full, resumed (none if
+/// it does not answer: a node that is not running has made none).
+fn handshakes(from: &Host, node: Ipv4Addr) -> (u64, u64) {
+    show(from, node).map_or((0, 0), |d| {
+        let n = |kind: &str| d.status.tls_handshakes.get(kind).copied().unwrap_or(0);
+        (n("full"), n("resumed"))
+    })
 }
 
 /// Moves the VIP with `disrupt` (which returns the instant it began) and
@@ -518,6 +530,8 @@ struct Herd {
 fn herd(pair: &mut Pair, holder: usize, disrupt: impl FnOnce(&mut Pair) -> Instant) -> Result<Herd, String> {
     let (vip_added, mut monitor) = watch_vip(&pair.hosts[holder]);
     std::thread::sleep(Duration::from_millis(50)); // the monitor subscribed
+    let holder_addr = pair.hosts[holder].addr;
+    let before = handshakes(&pair.client, holder_addr);
     let t0 = disrupt(pair);
     let taken = vip_added.recv_timeout(WAIT);
     let _ = monitor.kill();
@@ -530,6 +544,7 @@ fn herd(pair: &mut Pair, holder: usize, disrupt: impl FnOnce(&mut Pair) -> Insta
             pair.registered_since(t0)
         ));
     }
+    let counted = handshakes(&pair.client, holder_addr);
     let s = pair.seen.lock().unwrap_or_else(|p| p.into_inner());
     let mut times: Vec<Instant> = s.registered.values().copied().filter(|t| *t > t0).collect();
     times.sort();
@@ -554,6 +569,13 @@ fn herd(pair: &mut Pair, holder: usize, disrupt: impl FnOnce(&mut Pair) -> Insta
         all: at(1.0),
         rate: n as f64 / last.saturating_duration_since(first).as_secs_f64().max(1e-3),
         histogram,
+        // A restarted node starts counting from zero; the read of the
+        // counts is a full handshake of its own (the operator's).
+        handshakes: if counted.0 >= before.0 && counted.1 >= before.1 {
+            ((counted.0 - before.0).saturating_sub(1), counted.1 - before.1)
+        } else {
+            (counted.0.saturating_sub(1), counted.1)
+        },
     })
 }
 
@@ -627,11 +649,16 @@ fn case(n: usize, how: How, opts: &Opts) {
             Ok((f, h)) => {
                 println!(
                     "  run {i}: failover: VIP after {:.0} ms, then all {n} registered after {:.0} ms \
-                     (last noticed {:.0} ms); handback: all after {:.0} ms",
+                     (last noticed {:.0} ms; TLS handshakes there {} full, {} resumed); handback: all \
+                     after {:.0} ms ({} full, {} resumed)",
                     ms(f.vip),
                     ms(f.all),
                     ms(f.noticed),
-                    ms(h.all)
+                    f.handshakes.0,
+                    f.handshakes.1,
+                    ms(h.all),
+                    h.handshakes.0,
+                    h.handshakes.1
                 );
                 if opts.verbose {
                     println!(
