@@ -561,6 +561,8 @@ fn prober(
                             handshake_timeout: HANDSHAKE_TIMEOUT,
                             // The prober keeps its own request deadlines.
                             answer_timeout: None,
+                            // The client library's stagger and ack timeout.
+                            ..ConnectOptions::default()
                         };
                         let began = Instant::now();
                         match Connection::connect_with((VIP, CLIENT_PORT), Some(&tls), &options).await {
@@ -692,6 +694,8 @@ fn fresh_prober(
                 handshake_timeout: vipool::client::DEFAULT_HANDSHAKE_TIMEOUT,
                 // --fresh-deadline-ms is the prober's own request deadline.
                 answer_timeout: None,
+                // The client library's stagger and ack timeout.
+                ..ConnectOptions::default()
             };
             let deadline = Duration::from_millis(FRESH_DEADLINE_MS.load(Ordering::Relaxed));
             let mut next = None;
