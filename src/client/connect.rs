@@ -106,6 +106,9 @@ where
     let mut pending = JoinSet::new();
     // The attempts after the first that are pending, oldest first.
     let mut others: VecDeque<AbortHandle> = VecDeque::new();
+    // Attempts aborted (replaced) that the set has not yielded yet.
+    let mut replaced: Vec<tokio::task::Id> = Vec::new();
+    // Attempts pending and not replaced.
     let mut live = 0usize;
     let mut started = 0usize;
     let mut next_start = began;
@@ -119,6 +122,7 @@ where
             if live >= in_flight {
                 if let Some(oldest) = others.pop_front() {
                     oldest.abort();
+                    replaced.push(oldest.id());
                     live -= 1;
                 }
             }
@@ -134,19 +138,21 @@ where
         }
         tokio::select! {
             Some(done) = pending.join_next_with_id() => {
-                let e = match done {
-                    Ok((_, Ok(conn))) => return Ok(conn),
-                    // One replaced above, already not counted.
-                    Err(join) if join.is_cancelled() => continue,
-                    Ok((id, Err(e))) => {
-                        others.retain(|a| a.id() != id);
-                        e
-                    }
-                    Err(join) => {
-                        others.retain(|a| a.id() != join.id());
-                        io::Error::other(join)
-                    }
+                let (id, result) = match done {
+                    Ok((id, result)) => (id, result),
+                    Err(join) => (join.id(), Err(io::Error::other(join))),
                 };
+                // Even one replaced a moment ago: a connection is a connection.
+                let e = match result {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) => e,
+                };
+                if let Some(at) = replaced.iter().position(|r| *r == id) {
+                    // Replaced above, and not counted since.
+                    replaced.swap_remove(at);
+                    continue;
+                }
+                others.retain(|a| a.id() != id);
                 live -= 1;
                 if live == 0 {
                     // Nothing else pending: a refusal or an unreachable
@@ -158,7 +164,9 @@ where
                 }
                 last = Some(e);
             }
-            () = tokio::time::sleep_until(next_start) => {}
+            // Only when an attempt may start or replace one then: with
+            // every slot held by the first attempt, waking would spin.
+            () = tokio::time::sleep_until(next_start), if live < in_flight || !others.is_empty() => {}
             () = tokio::time::sleep_until(deadline) => {
                 return Err(last
                     .filter(|_| live == 0)
@@ -240,6 +248,23 @@ mod tests {
         // Every attempt was dropped with the call.
         tokio::task::yield_now().await;
         assert_eq!(hole.now.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_in_flight_is_one_attempt_for_the_whole_timeout() {
+        // (Under paused time a loop that spun instead of sleeping would
+        // never let the clock reach the deadline: this test would hang.)
+        let hole = BlackHole::default();
+        let plan = Plan {
+            timeout: Duration::from_millis(300),
+            stagger: Duration::from_millis(50),
+            in_flight: 1,
+        };
+        let began = Instant::now();
+        let e = staggered(&[ADDR], plan, |to| hole.connect(to)).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert_eq!(began.elapsed(), plan.timeout);
+        assert_eq!(hole.started.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
