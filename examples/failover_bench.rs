@@ -14,7 +14,9 @@
 //! or one advert interval only), `--vmac on|off` (the nodes' `vrrp.vmac`,
 //! default on), `--fresh-connect-ms N` (the fresh-connect prober's connect
 //! timeout, default the client library's, 300 ms), `--fresh-deadline-ms N`
-//! (its deadline for a whole attempt, default 2000), `--verbose`
+//! (its deadline for a whole attempt, default 2000), `--fresh-stagger-ms N`
+//! (its connect stagger, default the client library's, 50 ms; 0: one
+//! attempt at a time), `--verbose`
 //! (one line per failover). With `FAILOVER_BENCH_TRACE` set, the worst
 //! prober's attempts across each disruption are printed (what a gap is made
 //! of); with `FAILOVER_BENCH_KEEP_LOGS` set, the nodes' logs are kept after
@@ -104,10 +106,15 @@ static VMAC: AtomicBool = AtomicBool::new(true);
 /// by default the client library's, what a switch uses.
 static FRESH_CONNECT_MS: AtomicU64 =
     AtomicU64::new(vipool::client::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64);
+/// The fresh-connect prober's connect stagger in ms (`--fresh-stagger-ms`,
+/// 0: one attempt at a time); by default the client library's.
+static FRESH_STAGGER_MS: AtomicU64 =
+    AtomicU64::new(vipool::client::DEFAULT_CONNECT_STAGGER.as_millis() as u64);
 /// The fresh-connect prober's deadline for one whole attempt (connect,
 /// handshake, registration) in ms (`--fresh-deadline-ms`). A request that
-/// the dead holder's kernel acknowledged is never retransmitted, so no
-/// reset from the new holder ends it: only this deadline does.
+/// the dead holder's kernel acknowledged before it died is never answered
+/// and nothing resets it (the ack timeout ends only unacknowledged ones):
+/// only this deadline does.
 static FRESH_DEADLINE_MS: AtomicU64 = AtomicU64::new(2000);
 const PRIMARY_PRIORITY: u8 = 200;
 const BACKUP_PRIORITY: u8 = 100;
@@ -156,7 +163,7 @@ struct Opts {
 }
 
 const USAGE: &str = "failover_bench [--runs N] [--failovers N] [--switches N] [--probers N] [--tick-ms N] \
-     [--only gap|lost] [--how graceful|crash] [--advert-ms N] [--vmac on|off] [--fresh-connect-ms N] [--fresh-deadline-ms N] [--verbose]";
+     [--only gap|lost] [--how graceful|crash] [--advert-ms N] [--vmac on|off] [--fresh-connect-ms N] [--fresh-deadline-ms N] [--fresh-stagger-ms N] [--verbose]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut opts = Opts {
@@ -189,6 +196,7 @@ fn parse_args() -> Result<Opts, String> {
             "--tick-ms" => TICK_MS.store(number()?.max(1) as u64, Ordering::Relaxed),
             "--fresh-connect-ms" => FRESH_CONNECT_MS.store(number()?.max(1) as u64, Ordering::Relaxed),
             "--fresh-deadline-ms" => FRESH_DEADLINE_MS.store(number()?.max(1) as u64, Ordering::Relaxed),
+            "--fresh-stagger-ms" => FRESH_STAGGER_MS.store(number()? as u64, Ordering::Relaxed),
             "--vmac" => VMAC.store(
                 match value.as_str() {
                     "on" => true,
@@ -561,6 +569,8 @@ fn prober(
                             handshake_timeout: HANDSHAKE_TIMEOUT,
                             // The prober keeps its own request deadlines.
                             answer_timeout: None,
+                            // The client library's stagger and ack timeout.
+                            ..ConnectOptions::default()
                         };
                         let began = Instant::now();
                         match Connection::connect_with((VIP, CLIENT_PORT), Some(&tls), &options).await {
@@ -692,6 +702,10 @@ fn fresh_prober(
                 handshake_timeout: vipool::client::DEFAULT_HANDSHAKE_TIMEOUT,
                 // --fresh-deadline-ms is the prober's own request deadline.
                 answer_timeout: None,
+                connect_stagger: Some(Duration::from_millis(FRESH_STAGGER_MS.load(Ordering::Relaxed)))
+                    .filter(|d| !d.is_zero()),
+                // The client library's ack timeout.
+                ..ConnectOptions::default()
             };
             let deadline = Duration::from_millis(FRESH_DEADLINE_MS.load(Ordering::Relaxed));
             let mut next = None;
@@ -1519,12 +1533,13 @@ fn main() {
     if opts.gap {
         println!(
             "failover of a vipool pair (priorities {PRIMARY_PRIORITY} -> {BACKUP_PRIORITY}, VRRPv3, vmac {}, {} \
-             switches, {} probers, a fresh-connect prober with a {} ms connect timeout and {} ms per attempt); \
-             times from the failure, median/min/max",
+             switches, {} probers, a fresh-connect prober with a {} ms connect timeout, a {} ms stagger and {} ms \
+             per attempt); times from the failure, median/min/max",
             if VMAC.load(Ordering::Relaxed) { "on" } else { "off" },
             opts.switches,
             opts.probers,
             FRESH_CONNECT_MS.load(Ordering::Relaxed),
+            FRESH_STAGGER_MS.load(Ordering::Relaxed),
             FRESH_DEADLINE_MS.load(Ordering::Relaxed)
         );
         for &advert_ms in &opts.adverts {

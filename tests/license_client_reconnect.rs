@@ -12,6 +12,8 @@
 //!   dead VIP holder), a TLS handshake after the handshake timeout, and a
 //!   server that appears during a failover is reached within one connect
 //!   timeout, not after the kernel's SYN retransmission (1 s, then 3 s);
+//!   a listener that appears while an attempt is pending is reached within
+//!   one connect stagger;
 //! - a request the dead VIP holder never answers (its kernel acknowledged
 //!   it, then the power went) is given up after the answer deadline, and
 //!   the switch registers with the next holder at once; an idle
@@ -476,6 +478,37 @@ async fn a_connect_is_given_up_after_the_connect_timeout_and_is_transient() {
     assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
     assert!(e.to_string().contains("within 200 ms"), "{e}");
     assert_eq!(e.verdict(), Verdict::Transient);
+}
+
+#[tokio::test]
+async fn a_listener_that_appears_is_reached_within_one_stagger() {
+    // As the VIP moves, SYNs sent to it are lost (here the kernel drops
+    // them: the accept queue is full) until the new holder listens (here:
+    // a slot frees). The connect timeout is long, so only a new attempt
+    // can get through soon: the kernel sends a lost SYN again only 1 s
+    // after the first, 800 ms after the listener appears.
+    let (listener, _held) = full_listener();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let options = ConnectOptions {
+        connect_timeout: Duration::from_secs(3),
+        ..ConnectOptions::default()
+    };
+    let stagger = options.connect_stagger.expect("staggered by default");
+    let appear_after = Duration::from_millis(200);
+    let appears = std::thread::spawn(move || {
+        std::thread::sleep(appear_after);
+        let accepted = listener.accept().unwrap();
+        (Instant::now(), listener, accepted)
+    });
+    let conn = Connection::connect_with(addr, None, &options).await.unwrap();
+    let connected = Instant::now();
+    let (appeared, _listener, _accepted) = appears.join().unwrap();
+    let after = connected.saturating_duration_since(appeared);
+    assert!(
+        after < stagger + Duration::from_millis(400),
+        "connected {after:?} after the listener appeared (stagger {stagger:?})"
+    );
+    drop(conn);
 }
 
 #[tokio::test]

@@ -5,10 +5,14 @@
 //! [`Connection::connect_insecure`] speaks the same protocol over plain TCP,
 //! to a standalone `vipool serve --insecure-plaintext` only.
 //! [`Connection::connect_with`] does either within the deadlines of
-//! [`ConnectOptions`], as a switch does across a failover.
+//! [`ConnectOptions`], as a switch does across a failover: staggered TCP
+//! attempts (a SYN lost to the VIP's old holder costs one stagger, not a
+//! connect timeout) and a bound on how long sent bytes may go
+//! unacknowledged (a holder that lost power is left within it).
 //!
 //! Every error says whether trying again can help ([`ClientError::verdict`]).
 
+mod connect;
 mod verdict;
 
 use std::net::SocketAddr;
@@ -114,30 +118,6 @@ impl From<WriteError> for ClientError {
     }
 }
 
-/// A TCP connection to the first address of `addr` that answers, each
-/// given `timeout`.
-async fn connect_tcp(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStream, ClientError> {
-    let mut last = None;
-    for to in tokio::net::lookup_host(addr).await? {
-        match tokio::time::timeout(timeout, TcpStream::connect(to)).await {
-            Ok(Ok(tcp)) => return Ok(tcp),
-            Ok(Err(e)) => last = Some(e),
-            Err(_) => {
-                last = Some(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no TCP connection to {to} within {} ms", timeout.as_millis()),
-                ))
-            }
-        }
-    }
-    Err(ClientError::Io(last.unwrap_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the address resolves to nothing",
-        )
-    })))
-}
-
 /// A connected stream, TLS or plain.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
@@ -213,12 +193,61 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// holder about 1.5 s later, instead of 30 s or more.
 pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// The connect stagger of [`ConnectOptions::default`]: 50 ms.
+///
+/// Why this long. In a graceful failover the VIP moves within a few
+/// milliseconds, and a SYN sent in between goes to a host that no longer
+/// has it: lost. A second attempt 50 ms later, while the first is still
+/// pending, reaches the new holder; the switch is connected about 50 ms
+/// after the move, not at the connect timeout (300 ms) or the kernel's
+/// SYN retransmission (1 s). Half the fast configuration's 100 ms advert
+/// interval: the new holder's first advert and gratuitous ARPs come at
+/// once, so the segment knows where the VIP is well within it. On a live
+/// path the first attempt connects within a round trip (a campus network:
+/// well under 10 ms) and no second one starts.
+pub const DEFAULT_CONNECT_STAGGER: Duration = Duration::from_millis(50);
+
+/// Attempts pending at once in [`ConnectOptions::default`]: 4 (with the
+/// 50 ms stagger, the first 150 ms of a connect timeout; a switch keeps no
+/// more than four half-open sockets, and a struggling server sees no more
+/// than four SYNs from it per connect timeout).
+pub const DEFAULT_CONNECT_IN_FLIGHT: usize = 4;
+
+/// The unacknowledged-bytes timeout ([`ConnectOptions::ack_timeout`]) of
+/// [`ConnectOptions::default`]: 300 ms, the connect timeout.
+///
+/// Why this long. A live server's kernel acknowledges a segment at once
+/// (within its 40 ms delayed-ACK timer at most), also while the server
+/// holds the request; a segment lost on the way is sent again after TCP's
+/// minimum retransmission timeout (200 ms) and acknowledged then. 300 ms
+/// outlasts both. A holder that lost power acknowledges nothing: the
+/// connection ends 300 ms after the bytes were sent, and the switch
+/// connects again while the backup takes the VIP (Master_Down_Interval:
+/// 360 ms with 100 ms adverts), instead of waiting for the answer deadline
+/// (1.5 s). Two losses of one segment in a row on a live path also end
+/// the connection (the switch reconnects and registers again, as after
+/// any failover); raise it for such a path.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// How long [`Connection::connect_with`] waits, and how long the
 /// connection it makes waits for each answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectOptions {
-    /// For the TCP connection to each address the server name resolves to.
+    /// For the TCP connection: the whole attempt when staggered, each
+    /// address in turn when not.
     pub connect_timeout: Duration,
+    /// While a connection attempt is pending, start another this long
+    /// after it, to the resolved addresses in turn; the first to connect
+    /// wins ([`DEFAULT_CONNECT_STAGGER`]: why, there). `None`: one
+    /// attempt at a time.
+    pub connect_stagger: Option<Duration>,
+    /// At most this many attempts pending at once (with a stagger).
+    pub connect_in_flight: usize,
+    /// The longest time bytes sent may go unacknowledged by the server's
+    /// TCP before the kernel ends the connection (`TCP_USER_TIMEOUT`;
+    /// [`DEFAULT_ACK_TIMEOUT`]: why, there). `None`: the kernel's own
+    /// retransmission limit (minutes).
+    pub ack_timeout: Option<Duration>,
     /// For the TLS handshake, once TCP is connected.
     pub handshake_timeout: Duration,
     /// For the answer to each request, from when it is sent
@@ -233,6 +262,9 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         Self {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_stagger: Some(DEFAULT_CONNECT_STAGGER),
+            connect_in_flight: DEFAULT_CONNECT_IN_FLIGHT,
+            ack_timeout: Some(DEFAULT_ACK_TIMEOUT),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             answer_timeout: Some(DEFAULT_ANSWER_TIMEOUT),
         }
@@ -254,8 +286,7 @@ impl Connection {
         tls: Option<&ClientTls>,
         options: &ConnectOptions,
     ) -> Result<Self, ClientError> {
-        let tcp = connect_tcp(addr, options.connect_timeout).await?;
-        tcp.set_nodelay(true)?;
+        let tcp = connect::connect_tcp(addr, options).await?;
         let peer = tcp.peer_addr()?;
         let Some(tls) = tls else {
             return Ok(Self::framed(Box::new(tcp), peer).with_answer_timeout(options.answer_timeout));

@@ -66,6 +66,18 @@ pub struct Args {
     /// a dead VIP holder costs at most this much after the takeover.
     #[arg(long, default_value_t = vipool::client::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64)]
     connect_timeout_ms: u64,
+    /// While a TCP connect is pending, start another after this many
+    /// milliseconds (at most 4 at once; 0: one at a time): a SYN lost to
+    /// the VIP's old holder as the VIP moves costs this, not a connect
+    /// timeout.
+    #[arg(long, default_value_t = vipool::client::DEFAULT_CONNECT_STAGGER.as_millis() as u64)]
+    connect_stagger_ms: u64,
+    /// Take the connection for dead when bytes sent go unacknowledged by
+    /// the server's TCP this many milliseconds (TCP_USER_TIMEOUT; 0: the
+    /// kernel's limit): a VIP holder that lost power acknowledges nothing,
+    /// a live one at once, also while it holds a request.
+    #[arg(long, default_value_t = vipool::client::DEFAULT_ACK_TIMEOUT.as_millis() as u64)]
+    ack_timeout_ms: u64,
     /// Give the TLS handshake up after this many milliseconds.
     #[arg(long, default_value_t = vipool::client::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64)]
     handshake_timeout_ms: u64,
@@ -205,6 +217,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config.missed_limit = args.missed.max(1);
         config.retention = Duration::from_secs(args.retention_s);
         config.connect_timeout = Duration::from_millis(args.connect_timeout_ms.max(1));
+        config.connect_stagger =
+            (args.connect_stagger_ms > 0).then(|| Duration::from_millis(args.connect_stagger_ms));
+        config.ack_timeout = (args.ack_timeout_ms > 0).then(|| Duration::from_millis(args.ack_timeout_ms));
         config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms.max(1));
         config.answer_timeout =
             (args.answer_timeout_ms > 0).then(|| Duration::from_millis(args.answer_timeout_ms));

@@ -88,6 +88,18 @@ pub struct SwitchConfig {
     /// why, there). Past the failover window it doubles with the backoff,
     /// up to `backoff_max`.
     pub connect_timeout: Duration,
+    /// While a TCP connect is pending, start another this long after it
+    /// (default [`crate::client::DEFAULT_CONNECT_STAGGER`], 50 ms: why,
+    /// there); `None`: one at a time.
+    pub connect_stagger: Option<Duration>,
+    /// How long bytes sent may go unacknowledged by the server's TCP
+    /// before the connection is taken for dead (`TCP_USER_TIMEOUT`;
+    /// default [`crate::client::DEFAULT_ACK_TIMEOUT`], 300 ms: why, there;
+    /// `None`: the kernel's limit, minutes). A holder that lost power
+    /// acknowledges nothing, a live one at once: the switch reconnects
+    /// within this, as after any failover, where the answer deadline would
+    /// take 1.5 s.
+    pub ack_timeout: Option<Duration>,
     /// How long the TLS handshake may take once TCP is connected (default
     /// [`crate::client::DEFAULT_HANDSHAKE_TIMEOUT`], 5 s).
     pub handshake_timeout: Duration,
@@ -132,6 +144,8 @@ impl SwitchConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             connect_timeout: crate::client::DEFAULT_CONNECT_TIMEOUT,
+            connect_stagger: Some(crate::client::DEFAULT_CONNECT_STAGGER),
+            ack_timeout: Some(crate::client::DEFAULT_ACK_TIMEOUT),
             handshake_timeout: crate::client::DEFAULT_HANDSHAKE_TIMEOUT,
             answer_timeout: Some(crate::client::DEFAULT_ANSWER_TIMEOUT),
             failover_window: Duration::from_secs(1),
@@ -538,8 +552,11 @@ impl Switch {
             let started = Instant::now();
             let options = ConnectOptions {
                 connect_timeout: policy.connect_timeout(),
+                connect_stagger: self.config.connect_stagger,
+                ack_timeout: self.config.ack_timeout,
                 handshake_timeout: self.config.handshake_timeout,
                 answer_timeout: self.config.answer_timeout,
+                ..ConnectOptions::default()
             };
             let connect = Connection::connect_with(&self.config.server, self.config.tls.as_ref(), &options);
             let connected = tokio::select! {
@@ -744,7 +761,12 @@ impl Switch {
             self.check_server(Instant::now());
             match result {
                 Ok(()) => {}
-                Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                // The switch's own deadline (`call`): the connection may
+                // still work. A timeout the kernel reports (an OS error:
+                // bytes unacknowledged past the ack timeout) has ended it.
+                Err(ClientError::Io(e))
+                    if e.kind() == std::io::ErrorKind::TimedOut && e.raw_os_error().is_none() =>
+                {
                     if !self.view.borrow().server_up {
                         return End::Lost(ClientError::Io(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,

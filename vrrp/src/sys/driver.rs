@@ -226,7 +226,13 @@ impl Speaker {
             (config.interface.clone(), parent, None)
         };
         let multicast = config.vrrp.unicast_peers.is_empty();
-        let socket = VrrpSocket::open(&link_name, link_index, config.vrrp.primary_address, multicast)?;
+        let source = config.vrrp.primary_address;
+        let socket = if config.virtual_mac {
+            // Received and joined on the parent: see `socket`'s docs.
+            VrrpSocket::open_virtual_mac(&config.interface, parent, &link_name, source, multicast)?
+        } else {
+            VrrpSocket::open(&link_name, link_index, source, multicast)?
+        };
         let arp = if config.garp.count > 0 {
             Some(ArpSender::open(&link_name, mac)?)
         } else {

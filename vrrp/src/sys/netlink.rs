@@ -131,12 +131,22 @@ impl Netlink {
         }
     }
 
-    /// Creates (or recreates) a private-mode macvlan `name` on `parent` with
+    /// Creates (or recreates) a bridge-mode macvlan `name` on `parent` with
     /// the MAC address `mac`, left down so that the caller can disable IPv6
     /// on it before [`Netlink::set_up`]: a link that comes up with IPv6
     /// sends MLD reports and neighbour solicitations from the virtual MAC at
     /// once, and the switch then sends the VIP's traffic to a backup.
     /// Returns its index.
+    ///
+    /// Bridge mode, not private: a private (or passthru) macvlan takes every
+    /// multicast frame whose source is its own MAC for a frame of its own
+    /// reflected by the switch, and keeps it from the parent. The peer's
+    /// adverts come from the same virtual MAC, so with a private macvlan
+    /// they could be received only on the macvlan, after joining 224.0.0.18
+    /// there, and a join sends IGMP reports from the virtual MAC (see
+    /// [`super::socket`]). In bridge mode they reach the parent. The one
+    /// difference besides: frames between macvlans of one parent in bridge
+    /// mode stay in the host, and the speaker makes one per VRID.
     ///
     /// # Errors
     /// The netlink error.
@@ -144,7 +154,7 @@ impl Netlink {
         if let Ok(old) = self.link_index(name).await {
             self.delete_link(old).await?;
         }
-        let msg = LinkMacVlan::new(name, parent, MacVlanMode::Private)
+        let msg = LinkMacVlan::new(name, parent, MacVlanMode::Bridge)
             .address(mac.to_vec())
             .build();
         self.handle.link().add(msg).execute().await.map_err(to_io)?;

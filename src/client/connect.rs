@@ -1,0 +1,363 @@
+//! The TCP connection to the VIP, made as a failover needs.
+//!
+//! - Staggered attempts. As the VIP moves, a SYN can reach the old holder
+//!   just after it let the VIP go (or a dead one): it is lost, and the
+//!   kernel sends it again only after 1 s. So while an attempt is pending,
+//!   another starts every [`ConnectOptions::connect_stagger`] (at most
+//!   [`ConnectOptions::connect_in_flight`] at once, to the resolved
+//!   addresses in turn), and the first to connect wins; the others are
+//!   dropped. On a live path the first attempt connects within a round
+//!   trip and no second one starts. A refusal with nothing else pending
+//!   ends the call at once: looping on refusals is the caller's policy.
+//! - Unacknowledged bytes. A request, a registration or a handshake sent to
+//!   a holder that lost power is never acknowledged by its TCP, while a live
+//!   server's kernel acknowledges at once, even when the server holds the
+//!   request (up to 1 s while its leadership arrives). `TCP_USER_TIMEOUT`
+//!   ([`ConnectOptions::ack_timeout`]) makes the kernel end a connection
+//!   whose bytes go unacknowledged that long: the client learns within it
+//!   that its bytes went to a dead host and connects again, without
+//!   shortening the answer deadline for a live server.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+
+use super::{ClientError, ConnectOptions};
+
+/// A TCP connection to `addr` within `options`' connect timeout, with
+/// `TCP_NODELAY` and `TCP_USER_TIMEOUT` set.
+pub(super) async fn connect_tcp(
+    addr: impl ToSocketAddrs,
+    options: &ConnectOptions,
+) -> Result<TcpStream, ClientError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+    let tcp = match options.connect_stagger {
+        Some(stagger) => {
+            let plan = Plan {
+                timeout: options.connect_timeout,
+                stagger,
+                in_flight: options.connect_in_flight,
+            };
+            staggered(&addrs, plan, TcpStream::connect).await?
+        }
+        None => one_at_a_time(&addrs, options.connect_timeout).await?,
+    };
+    tcp.set_nodelay(true)?;
+    if let Some(after) = options.ack_timeout {
+        socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(after))?;
+    }
+    Ok(tcp)
+}
+
+/// Each address in turn, each given `timeout`.
+async fn one_at_a_time(addrs: &[SocketAddr], timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = None;
+    for &to in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(to)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => last = Some(timed_out(to, timeout)),
+        }
+    }
+    Err(last.unwrap_or_else(resolves_to_nothing))
+}
+
+/// How [`staggered`] runs its attempts.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// The whole call gives up this long after it began.
+    timeout: Duration,
+    /// A new attempt starts this long after the previous one while no
+    /// attempt has connected.
+    stagger: Duration,
+    /// At most this many attempts pending at once (at least 1; 1 makes
+    /// one attempt for the whole timeout).
+    in_flight: usize,
+}
+
+/// The first of several staggered attempts `connect(addr)` to complete,
+/// the others dropped (see the module docs).
+///
+/// The first attempt is kept for the whole timeout (on a path slower than
+/// the stagger, it is the one that connects, with the kernel's own SYN
+/// retransmissions); once `in_flight` attempts are pending, each new one
+/// replaces the oldest of the others, so that a new SYN still leaves every
+/// stagger.
+async fn staggered<T, F, Fut>(addrs: &[SocketAddr], plan: Plan, mut connect: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: Future<Output = io::Result<T>> + Send + 'static,
+{
+    let Some(&first) = addrs.first() else {
+        return Err(resolves_to_nothing());
+    };
+    let in_flight = plan.in_flight.max(1);
+    let began = Instant::now();
+    let deadline = began + plan.timeout;
+    // Dropped on return: the attempts still pending are aborted, which
+    // closes their sockets.
+    let mut pending = JoinSet::new();
+    // The attempts after the first that are pending, oldest first.
+    let mut others: VecDeque<AbortHandle> = VecDeque::new();
+    // Attempts aborted (replaced) that the set has not yielded yet.
+    let mut replaced: Vec<tokio::task::Id> = Vec::new();
+    // Attempts pending and not replaced.
+    let mut live = 0usize;
+    let mut started = 0usize;
+    let mut next_start = began;
+    let mut last = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(timed_out(first, plan.timeout));
+        }
+        if now >= next_start {
+            if live >= in_flight {
+                if let Some(oldest) = others.pop_front() {
+                    oldest.abort();
+                    replaced.push(oldest.id());
+                    live -= 1;
+                }
+            }
+            if live < in_flight {
+                let attempt = pending.spawn(connect(addrs[started % addrs.len()]));
+                if started > 0 {
+                    others.push_back(attempt);
+                }
+                live += 1;
+                started += 1;
+                next_start = now + plan.stagger;
+            }
+        }
+        tokio::select! {
+            Some(done) = pending.join_next_with_id() => {
+                let (id, result) = match done {
+                    Ok((id, result)) => (id, result),
+                    Err(join) => (join.id(), Err(io::Error::other(join))),
+                };
+                // Even one replaced a moment ago: a connection is a connection.
+                let e = match result {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) => e,
+                };
+                if let Some(at) = replaced.iter().position(|r| *r == id) {
+                    // Replaced above, and not counted since.
+                    replaced.swap_remove(at);
+                    continue;
+                }
+                others.retain(|a| a.id() != id);
+                live -= 1;
+                if live == 0 {
+                    // Nothing else pending: a refusal or an unreachable
+                    // network is said at once, after every address.
+                    if started >= addrs.len() {
+                        return Err(e);
+                    }
+                    next_start = Instant::now();
+                }
+                last = Some(e);
+            }
+            // Only when an attempt may start or replace one then: with
+            // every slot held by the first attempt, waking would spin.
+            () = tokio::time::sleep_until(next_start), if live < in_flight || !others.is_empty() => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(last
+                    .filter(|_| live == 0)
+                    .unwrap_or_else(|| timed_out(first, plan.timeout)));
+            }
+        }
+    }
+}
+
+fn timed_out(to: SocketAddr, timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no TCP connection to {to} within {} ms", timeout.as_millis()),
+    )
+}
+
+fn resolves_to_nothing() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "the address resolves to nothing")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    const ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
+
+    /// A connector whose attempts never complete (their SYNs are lost),
+    /// counting how many are pending at once and how many started.
+    #[derive(Clone, Default)]
+    struct BlackHole {
+        now: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+        started: Arc<AtomicUsize>,
+    }
+
+    struct Pending(Arc<AtomicUsize>);
+
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl BlackHole {
+        fn connect(&self, _to: SocketAddr) -> impl Future<Output = io::Result<()>> + Send + 'static {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let (now, most) = (self.now.clone(), self.most.clone());
+            // Counted from its first poll (its SYN sent) to its drop (its
+            // socket closed).
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(n, Ordering::SeqCst);
+                let _guard = Pending(now);
+                std::future::pending().await
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_in_flight_stay_bounded_and_the_call_ends_at_the_timeout() {
+        let hole = BlackHole::default();
+        let plan = Plan {
+            timeout: Duration::from_millis(300),
+            stagger: Duration::from_millis(50),
+            in_flight: 4,
+        };
+        let began = Instant::now();
+        let e = staggered(&[ADDR], plan, |to| hole.connect(to)).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert_eq!(began.elapsed(), plan.timeout);
+        // A new SYN every 50 ms (0, 50, ..., 250 ms), never more than four
+        // pending: from 200 ms on, each new one replaced the oldest but
+        // the first.
+        assert_eq!(hole.started.load(Ordering::SeqCst), 6);
+        assert_eq!(hole.most.load(Ordering::SeqCst), 4);
+        // Every attempt was dropped with the call.
+        tokio::task::yield_now().await;
+        assert_eq!(hole.now.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_in_flight_is_one_attempt_for_the_whole_timeout() {
+        // (Under paused time a loop that spun instead of sleeping would
+        // never let the clock reach the deadline: this test would hang.)
+        let hole = BlackHole::default();
+        let plan = Plan {
+            timeout: Duration::from_millis(300),
+            stagger: Duration::from_millis(50),
+            in_flight: 1,
+        };
+        let began = Instant::now();
+        let e = staggered(&[ADDR], plan, |to| hole.connect(to)).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert_eq!(began.elapsed(), plan.timeout);
+        assert_eq!(hole.started.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_attempt_starts_every_stagger_while_the_first_is_pending() {
+        // The first attempt's SYN is lost; the third (at 100 ms) connects.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let plan = Plan {
+            timeout: Duration::from_millis(300),
+            stagger: Duration::from_millis(50),
+            in_flight: 4,
+        };
+        let began = Instant::now();
+        let counted = calls.clone();
+        let won = staggered(&[ADDR], plan, move |_| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    std::future::pending::<()>().await;
+                }
+                Ok(n)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(won, 2);
+        assert_eq!(began.elapsed(), Duration::from_millis(100));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_attempt_is_kept_on_a_path_slower_than_the_stagger() {
+        // A round trip of 250 ms: every attempt would connect after it,
+        // but with two in flight the later ones are replaced every 50 ms.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let plan = Plan {
+            timeout: Duration::from_millis(300),
+            stagger: Duration::from_millis(50),
+            in_flight: 2,
+        };
+        let began = Instant::now();
+        let counted = calls.clone();
+        let won = staggered(&[ADDR], plan, move |_| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                Ok(n)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(won, 0);
+        assert_eq!(began.elapsed(), Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_with_nothing_pending_ends_the_call_at_once() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let plan = Plan {
+            timeout: Duration::from_millis(300),
+            stagger: Duration::from_millis(50),
+            in_flight: 4,
+        };
+        let began = Instant::now();
+        let counted = calls.clone();
+        let e = staggered(&[ADDR], plan, move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(io::Error::from(io::ErrorKind::ConnectionRefused)) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert_eq!(began.elapsed(), Duration::ZERO);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_address_is_tried_in_turn() {
+        let other: SocketAddr = "127.0.0.2:9".parse().unwrap();
+        let plan = Plan {
+            timeout: Duration::from_millis(300),
+            stagger: Duration::from_millis(50),
+            in_flight: 4,
+        };
+        // The first address refuses at once: the second is tried at once.
+        let won = staggered(&[ADDR, other], plan, move |to| async move {
+            if to == ADDR {
+                Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+            } else {
+                Ok(to)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(won, other);
+    }
+}
