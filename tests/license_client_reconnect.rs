@@ -888,3 +888,75 @@ async fn a_request_held_while_leadership_arrives_is_not_cut_short_by_the_default
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// A pair's PKI in memory: a server identity (member certificate) and a
+/// switch's client end.
+fn tls_pair() -> (tempfile::TempDir, vipool::tls::ServerTls, vipool::tls::ClientTls) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = vipool::pki::Ca::create(&dir.path().join("pki"), 1, 1).unwrap();
+    let member = ca.issue_member("primary", 1).unwrap();
+    let identity = cluster::tls::Identity::from_pem(
+        ca.cert_pem().as_bytes(),
+        member.cert_pem.as_bytes(),
+        member.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let server = vipool::tls::ServerTls::new(&identity).unwrap();
+    let switch = ca.issue_switch("sw1", "SIM-sw1", 1).unwrap();
+    let client = vipool::tls::ClientTls::from_pem(
+        ca.cert_pem().as_bytes(),
+        switch.cert_pem.as_bytes(),
+        switch.key_pem.as_bytes(),
+    )
+    .unwrap();
+    (dir, server, client)
+}
+
+/// The holder's kernel took the connection and the ClientHello, and the
+/// holder died (every byte on that connection vanishes from then on): a
+/// second connection and handshake start after the hedge and win, long
+/// before the handshake deadline. Without the hedge the same connect waits
+/// out the whole deadline.
+#[tokio::test]
+async fn a_handshake_a_dead_holder_took_is_made_again_beside_it_after_the_hedge() {
+    let (_dir, server_tls, tls) = tls_pair();
+    let shutdown = CancellationToken::new();
+    let config = ServerConfig {
+        tls: Some(server_tls),
+        ..ServerConfig::default()
+    };
+    let (server, _serving, task) = in_process_server(config, true, &shutdown).await;
+    let hedge = Duration::from_millis(300);
+    let deadline = Duration::from_secs(4);
+    for hedged in [true, false] {
+        // The first connection through the relay is dead from the start.
+        let relay = Relay::start(server, 1).await;
+        let options = ConnectOptions {
+            handshake_timeout: deadline,
+            handshake_hedge: hedged.then_some(hedge),
+            ..ConnectOptions::default()
+        };
+        let start = Instant::now();
+        let result = Connection::connect_with(relay.addr, Some(&tls), &options).await;
+        let took = start.elapsed();
+        if hedged {
+            let mut conn = result.unwrap_or_else(|e| panic!("{e} after {took:?}"));
+            assert!(took >= hedge && took < hedge + Duration::from_secs(1), "{took:?}");
+            assert_eq!(relay.accepted(), 2, "one hedge, no more");
+            // The winner is a working connection to the server: it answers
+            // (a status is for the operator port).
+            let e = conn.request(vipool::proto::Request::Status).await.unwrap_err();
+            assert!(
+                matches!(e, ClientError::Server(vipool::proto::ServerError::WrongPort(_))),
+                "{e:?}"
+            );
+        } else {
+            let e = result.unwrap_err();
+            assert!(took >= deadline, "{took:?}: {e}");
+            assert!(e.to_string().contains("no TLS handshake"), "{e}");
+            assert_eq!(relay.accepted(), 1);
+        }
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -171,6 +171,23 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// them.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The handshake hedge of [`ConnectOptions::default`]: 300 ms.
+///
+/// Why. A holder that hangs or loses power just after its kernel
+/// acknowledged a new connection's SYN and ClientHello never sends its
+/// ServerHello, and nothing else ends the handshake: no byte of ours is
+/// left unacknowledged (so `TCP_USER_TIMEOUT` does not fire), and the
+/// handshake deadline is 5 s (why, at [`DEFAULT_HANDSHAKE_TIMEOUT`]). So
+/// when a handshake has not completed this long after its TCP connection
+/// was made, one more connection and handshake start beside it, and the
+/// first to complete wins; the other is reset (no close handshake, so a
+/// busy server wastes no handshake on it). A live server completes a
+/// handshake within a few milliseconds; 300 ms, the connect timeout, is
+/// outlasted by nothing but a dead or swamped server. A herd of switches
+/// on a swamped survivor makes at most one extra connection each, reset
+/// before the server reaches it.
+pub const DEFAULT_HANDSHAKE_HEDGE: Duration = Duration::from_millis(300);
+
 /// The answer deadline of [`ConnectOptions::default`]: 1.5 s.
 ///
 /// Why this long. When the VIP holder loses power, a request its kernel
@@ -250,6 +267,11 @@ pub struct ConnectOptions {
     pub ack_timeout: Option<Duration>,
     /// For the TLS handshake, once TCP is connected.
     pub handshake_timeout: Duration,
+    /// When the handshake has not completed this long after TCP
+    /// connected, start one more connection and handshake beside it; the
+    /// first to complete wins ([`DEFAULT_HANDSHAKE_HEDGE`]: why, there).
+    /// `None`: one handshake.
+    pub handshake_hedge: Option<Duration>,
     /// For the answer to each request, from when it is sent
     /// ([`DEFAULT_ANSWER_TIMEOUT`]: why, there). Past it the request fails
     /// with [`ClientError::NoAnswer`] and the connection is dead. `None`
@@ -266,6 +288,7 @@ impl Default for ConnectOptions {
             connect_in_flight: DEFAULT_CONNECT_IN_FLIGHT,
             ack_timeout: Some(DEFAULT_ACK_TIMEOUT),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_hedge: Some(DEFAULT_HANDSHAKE_HEDGE),
             answer_timeout: Some(DEFAULT_ANSWER_TIMEOUT),
         }
     }
@@ -286,22 +309,78 @@ impl Connection {
         tls: Option<&ClientTls>,
         options: &ConnectOptions,
     ) -> Result<Self, ClientError> {
-        let tcp = connect::connect_tcp(addr, options).await?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        let tcp = connect::connect_tcp(&addrs[..], options).await?;
         let peer = tcp.peer_addr()?;
         let Some(tls) = tls else {
             return Ok(Self::framed(Box::new(tcp), peer).with_answer_timeout(options.answer_timeout));
         };
         let deadline = options.handshake_timeout;
-        let stream = tokio::time::timeout(deadline, tls.connect(tcp))
+        let stream = tokio::time::timeout(deadline, Self::hedged_handshake(tcp, &addrs, tls, options))
             .await
             .map_err(|_| {
                 ClientError::Tls(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no TLS handshake with {peer} within {} ms", deadline.as_millis()),
                 ))
-            })?
-            .map_err(ClientError::Tls)?;
+            })??;
+        let peer = stream.get_ref().0.peer_addr()?;
         Ok(Self::framed(Box::new(stream), peer).with_answer_timeout(options.answer_timeout))
+    }
+
+    /// The handshake on `tcp`, and past [`ConnectOptions::handshake_hedge`]
+    /// one more on a new connection beside it: the first to complete wins
+    /// and the other is reset. Fails when every handshake started failed.
+    async fn hedged_handshake(
+        tcp: TcpStream,
+        addrs: &[SocketAddr],
+        tls: &ClientTls,
+        options: &ConnectOptions,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+        // A loser is reset when dropped, not closed: a server that has not
+        // reached it yet does no handshake for it. The winner closes normally.
+        let reset_on_drop = |tcp: &TcpStream| {
+            let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+        };
+        let won = |stream: tokio_rustls::client::TlsStream<TcpStream>| {
+            let _ = socket2::SockRef::from(stream.get_ref().0).set_linger(None);
+            stream
+        };
+        let Some(hedge) = options.handshake_hedge else {
+            return tls.connect(tcp).await.map_err(ClientError::Tls);
+        };
+        reset_on_drop(&tcp);
+        let first = tls.connect(tcp);
+        tokio::pin!(first);
+        tokio::select! {
+            done = &mut first => return done.map(won).map_err(ClientError::Tls),
+            () = tokio::time::sleep(hedge) => {}
+        }
+        let second = async {
+            let tcp = connect::connect_tcp(addrs, options).await?;
+            reset_on_drop(&tcp);
+            tls.connect(tcp).await.map_err(ClientError::Tls)
+        };
+        tokio::pin!(second);
+        let (mut first_failed, mut second_failed) = (None, None);
+        loop {
+            tokio::select! {
+                done = &mut first, if first_failed.is_none() => match done {
+                    Ok(stream) => return Ok(won(stream)),
+                    Err(e) => first_failed = Some(ClientError::Tls(e)),
+                },
+                done = &mut second, if second_failed.is_none() => match done {
+                    Ok(stream) => return Ok(won(stream)),
+                    Err(e) => second_failed = Some(e),
+                },
+            }
+            if second_failed.is_some() {
+                if let Some(e) = first_failed.take() {
+                    // What the first server said is the error to show.
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// Connects to the server at `addr` (the VIP and port) over TLS, the
