@@ -570,11 +570,14 @@ async fn a_server_that_appears_during_a_failover_is_reached_within_one_connect_t
     let s = switch::spawn(config, None, shutdown.clone());
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(!s.view.borrow().reached);
-    // The takeover: the dead host's socket goes, the new holder listens.
+    // The takeover: the new holder serves on the same address. The same
+    // listening socket, now accepted from, rather than a new one bound
+    // after it closes: with tests running in parallel, its port (an
+    // ephemeral one) may be taken by another test's connection meanwhile.
     drop(held);
-    drop(dead);
+    dead.set_nonblocking(true).unwrap();
     let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let listener = tokio::net::TcpListener::from_std(std::net::TcpListener::from(dead)).unwrap();
     let up = Instant::now();
     let (_serving_tx, serving) = watch::channel(true);
     let server = Server::new(applier, ServerConfig::default(), serving, shutdown.clone());
