@@ -34,6 +34,22 @@ fn env_seed(name: &str) -> Option<u64> {
     })
 }
 
+/// The seeds of one half: `seeds` split between the two tests, each
+/// running at least one (odd seeds have a witness).
+fn half_of(from: u64, seeds: u64, witness: bool) -> Vec<u64> {
+    let first = if (from % 2 == 1) == witness {
+        from
+    } else {
+        from + 1
+    };
+    let n = if first == from {
+        seeds.div_ceil(2)
+    } else {
+        (seeds / 2).max(1)
+    };
+    (0..n).map(|k| first + 2 * k).collect()
+}
+
 /// Runs `seed`; a panic inside the real code is reported with the seed.
 fn run(seed: u64, trace: bool) -> Outcome {
     match std::panic::catch_unwind(|| run_seed(seed, trace)) {
@@ -56,7 +72,7 @@ fn half(witness: bool) {
     }
     let seeds = env_count("PAIR_SIM_SEEDS", 500);
     let from = env_seed("PAIR_SIM_FROM").unwrap_or(0);
-    let mine: Vec<u64> = (from..from + seeds).filter(|s| (s % 2 == 1) == witness).collect();
+    let mine = half_of(from, seeds, witness);
     let mut total = Outcome::default();
     let mut slowest = 0;
     let mut wrong_time_seeds = Vec::new();
@@ -118,6 +134,15 @@ fn a_seed_count_of_zero_or_garbage_is_refused() {
     assert_eq!(count_from("PAIR_SIM_SEEDS", Some("3"), 500), 3);
     assert!(std::panic::catch_unwind(|| count_from("PAIR_SIM_SEEDS", Some("0"), 500)).is_err());
     assert!(std::panic::catch_unwind(|| count_from("PAIR_SIM_SEEDS", Some("many"), 500)).is_err());
+    // One seed runs one in each half; 500 run 250 in each.
+    assert_eq!(half_of(0, 1, false), [0]);
+    assert_eq!(half_of(0, 1, true), [1]);
+    assert_eq!(half_of(7, 1, true), [7]);
+    assert_eq!(half_of(7, 1, false), [8]);
+    assert_eq!(half_of(0, 500, false).len(), 250);
+    assert_eq!(half_of(0, 500, true).len(), 250);
+    assert_eq!(half_of(3, 5, true), [3, 5, 7]);
+    assert_eq!(half_of(3, 5, false), [4, 6]);
 }
 
 /// Found by the simulation, not fixed here (`server::stamp`): a server
