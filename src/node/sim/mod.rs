@@ -36,27 +36,38 @@
 //! redb's double commit makes it); partitions of the cluster network, with
 //! or without the segment, both ways or one way; loss, duplication and
 //! reordering; wall-clock skew at start and forward and backward jumps
-//! (minutes to 40 days); garbage adverts and beacons; a switch asking for
-//! another switch's id.
+//! (forward by minutes to 40 days, back by up to half a heartbeat
+//! interval); garbage adverts and beacons; a switch asking for another
+//! switch's id.
 //!
 //! # Invariants, after every step
 //!
-//! - S1: with a witness, at most one member serves; without one, two serve
+//! - S1: with a witness, at most one member serves, except a former
+//!   leader cut off from the majority for at most two election timeouts
+//!   (and a tick): check-quorum has not stepped it down yet and it can
+//!   commit nothing (`node`'s module doc); without a witness, two serve
 //!   only while the servers are cut off from each other (or within
 //!   [`HEAL_GRACE_MS`] of the heal).
 //! - S2: on a serving node that has applied its whole log, every switch
 //!   that is not waiting for an answer has at least what was acknowledged
-//!   to it and not since given back, unless the table marked it down after
-//!   it was silent for two heartbeat intervals, or (no witness) it was
-//!   acknowledged while the servers were cut off and not since re-sent.
+//!   to it and not since given back. Without a witness it is not asked of
+//!   acknowledgements made while the servers were cut off (or within
+//!   [`HEAL_GRACE_MS`] of the heal) or while both lead alone in their own
+//!   configuration (their logs diverged: the documented split brain),
+//!   until a whole-state report is acknowledged again. A switch the table
+//!   marked down (or removed) although it was heard within two heartbeat
+//!   intervals is counted as marked down by a wrong time (the known gaps
+//!   of `server::stamp`, see `world::Knobs`); one silent for longer lost
+//!   its licenses as SPEC §4 says.
 //! - S3: `used <= total` for every type on every replica.
 //! - S4: replicas at the same applied index (same term there) hold the
-//!   same table, settings included.
-//! - S5: garbage and forged inputs are dropped and counted; nothing
-//!   panics and the table does not change.
-//! - Liveness: once faults stop (everything healed and restarted), a
+//!   same table, settings included (not while both lead alone).
+//! - S5: garbage datagrams and a stranger's advert are dropped and
+//!   counted, garbage beacons refused, a request for another switch's id
+//!   never answered with success; nothing panics.
+//! - Liveness: once faults stop (everything healed and restarted), one
 //!   server serves within [`LIVENESS_MS`], every switch is registered
-//!   again, and the servers' tables converge.
+//!   again, and the servers' tables are the same.
 //!
 //! # Simplified (departures from the real glue)
 //!
@@ -70,10 +81,15 @@
 //!   modelled. The witness is a bare `Node`.
 //! - Clocks run at the same rate on every host (no drift); the monotonic
 //!   clocks differ by a constant offset. Time has 1 ms resolution.
-//! - A switch's connect is its first request (`Register`); requests to a
-//!   host without the VIP are lost (the switch's answer deadline ends
-//!   them). The switches have no keys of their own: the pool is the two
-//!   servers' 16 AP each.
+//! - A switch's connect is its first request (`Register`), accepted by a
+//!   host that holds the VIP; requests to a host without it are lost. A
+//!   switch's ARP entry follows gratuitous ARP (the driver's plan), and
+//!   after three unanswered attempts the switch asks again (its neighbour
+//!   discovery): the holder answers. The switches have no keys of their
+//!   own: the pool is the two servers' 16 AP each.
+//! - No operator forces a takeover: a disk is lost only while both
+//!   servers are voters and in sync, and by default the other server does
+//!   not fail while one rebuilds from it (`world::Knobs`).
 
 mod host;
 mod switch;
