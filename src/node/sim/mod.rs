@@ -43,9 +43,10 @@
 //! # Invariants, after every step
 //!
 //! - S1: with a witness, at most one member serves, except a former
-//!   leader cut off from the majority for at most two election timeouts
-//!   (and a tick): check-quorum has not stepped it down yet and it can
-//!   commit nothing (`node`'s module doc); without a witness, two serve
+//!   leader that can commit nothing: cut off from the majority for at most
+//!   two election timeouts (and a tick: check-quorum has not stepped it
+//!   down yet, `node`'s module doc), or deposed (the other serving member
+//!   leads in a later term a majority has reached); without a witness, two serve
 //!   only while the servers are cut off from each other (or within
 //!   [`HEAL_GRACE_MS`] of the heal).
 //! - S2: on a serving node that has applied its whole log, every switch

@@ -224,10 +224,24 @@ fn a_member_that_caught_up_late_anchors_the_pairs_time_in_the_past() {
 /// isolated former leader with a witness (309); stamps from clocks skewed
 /// by seconds (855); a request held through a handback applied after its
 /// connection closed (1989); a graceful stop while the peer rebuilds
-/// (256, now not a default fault).
+/// (256, now not a default fault); a deposed leader with a witness that
+/// served for a few milliseconds after its successor was elected (9997).
 #[test]
 fn past_failures_stay_fixed() {
-    for seed in [72, 122, 160, 211, 256, 309, 484, 855, 1989] {
+    for seed in [72, 122, 160, 211, 256, 309, 484, 855, 1989, 9997] {
         run(seed, false);
     }
+}
+
+/// Found by the simulation, not fixed here (`cluster::Node::split_brain`):
+/// without a witness, the leader's snapshot predates its promotion back to
+/// voter (it still says: the peer sole voter, the leader a learner). The
+/// peer, empty after a yield, installs it, takes the leader's next append
+/// for a split brain and yields again, every few tens of milliseconds;
+/// the leader needs the peer's vote to commit: nobody is served (liveness).
+#[test]
+#[ignore = "a known gap of cluster's split-brain detection, reported with this seed"]
+fn a_yield_loop_when_the_leaders_snapshot_predates_its_promotion() {
+    let failure = super::world::run_seed(2584, false).expect_err("the gap is still there");
+    assert!(failure.contains("liveness"), "{failure}");
 }

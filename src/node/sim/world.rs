@@ -298,7 +298,8 @@ impl World {
             .iter()
             .map(|h| match h.node() {
                 Some(n) => format!(
-                    "{}: {:?} term {} leader {:?} commit {} applied {} last {} voters {:?} learners {:?} vrrp {:?}",
+                    "{}: {:?} term {} leader {:?} commit {} applied {} last {} voters {:?} learners {:?} vrrp {:?}; \
+                     snapshot at {} with voters {:?} learners {:?}",
                     h.id,
                     n.role(),
                     n.term(),
@@ -308,7 +309,10 @@ impl World {
                     n.last_index(),
                     n.conf_state().voters,
                     n.conf_state().learners,
-                    h.vrrp_state()
+                    h.vrrp_state(),
+                    n.store().snapshot_ref().get_metadata().index,
+                    n.store().snapshot_ref().get_metadata().get_conf_state().voters,
+                    n.store().snapshot_ref().get_metadata().get_conf_state().learners,
                 ),
                 None => format!("{}: down", h.id),
             })

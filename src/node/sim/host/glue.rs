@@ -148,6 +148,13 @@ impl Host {
         }
         let facts = facts_of(&run.node);
         if srv.published.as_ref() != Some(&facts) {
+            let was = srv.published.as_ref().map(|f| (f.role, f.term, f.leader));
+            if was != Some((facts.role, facts.term, facts.leader)) {
+                out.push(Out::Note(format!(
+                    "{} raft {:?} term {} leader {:?} voters {:?}",
+                    self.id, facts.role, facts.term, facts.leader, facts.voters
+                )));
+            }
             srv.published = Some(facts.clone());
             srv.rules.handle_raft(now, facts);
             changed = true;

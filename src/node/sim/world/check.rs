@@ -35,6 +35,27 @@ impl World {
         self.check_s4()
     }
 
+    /// Whether one of `serving` is a deposed leader: another serving
+    /// member leads in a later term that a majority has reached, so its
+    /// appends are refused and it can commit nothing (it steps down at its
+    /// next message from that term; a leadership transfer it started
+    /// elected the other at once).
+    fn one_is_deposed(&self, serving: &BTreeSet<u64>) -> bool {
+        let term = |id: u64| self.hosts[(id - 1) as usize].node().map_or(0, |n| n.term());
+        let members = self.hosts.len();
+        serving.iter().any(|&x| {
+            serving.iter().any(|&y| {
+                let later = term(y);
+                let reached = self
+                    .hosts
+                    .iter()
+                    .filter(|h| h.node().is_some_and(|n| n.term() >= later))
+                    .count();
+                y != x && later > term(x) && reached > members / 2
+            })
+        })
+    }
+
     /// Whether member `id` can exchange messages with no other member.
     fn in_minority(&self, id: u64) -> bool {
         (1..=self.hosts.len() as u64).filter(|&m| m != id).all(|m| {
@@ -73,7 +94,7 @@ impl World {
                     .get(id)
                     .is_some_and(|&since| self.t <= since + 2 * ELECTION_MS + 2 * TICK_MS)
             });
-            if stale {
+            if stale || self.one_is_deposed(&serving) {
                 return Ok(());
             }
             return Err(self.fail(&format!("S1: with a witness, {serving:?} serve at once")));
