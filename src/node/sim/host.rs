@@ -640,6 +640,14 @@ impl Host {
             .is_some_and(|s| s.vrrp.state() == State::Master)
     }
 
+    /// Whether a graceful stop is under way.
+    pub(super) fn stopping(&self) -> bool {
+        self.run
+            .as_ref()
+            .and_then(|r| r.srv.as_ref())
+            .is_some_and(|s| s.stopping)
+    }
+
     /// Whether this host answers license requests.
     pub(super) fn serving(&self) -> bool {
         self.run

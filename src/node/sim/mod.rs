@@ -89,8 +89,9 @@
 //!   discovery): the holder answers. The switches have no keys of their
 //!   own: the pool is the two servers' 16 AP each.
 //! - No operator forces a takeover: a disk is lost only while both
-//!   servers are voters and in sync, and by default the other server does
-//!   not fail while one rebuilds from it (`world::Knobs`).
+//!   servers are voters and in sync and neither is stopping, and by
+//!   default the other server does not fail while one rebuilds from it,
+//!   up or down (`world::Knobs`).
 
 mod host;
 mod switch;

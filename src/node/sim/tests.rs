@@ -225,10 +225,11 @@ fn a_member_that_caught_up_late_anchors_the_pairs_time_in_the_past() {
 /// by seconds (855); a request held through a handback applied after its
 /// connection closed (1989); a graceful stop while the peer rebuilds
 /// (256, now not a default fault); a deposed leader with a witness that
-/// served for a few milliseconds after its successor was elected (9997).
+/// served for a few milliseconds after its successor was elected (9997);
+/// a server that failed while its peer, down, still had to rebuild (6828).
 #[test]
 fn past_failures_stay_fixed() {
-    for seed in [72, 122, 160, 211, 256, 309, 484, 855, 1989, 9997] {
+    for seed in [72, 122, 160, 211, 256, 309, 484, 855, 1989, 6828, 9997] {
         run(seed, false);
     }
 }

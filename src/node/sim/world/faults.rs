@@ -14,12 +14,12 @@ impl World {
         if id == 3 || self.knobs.fail_while_rebuilding {
             return true;
         }
-        let other = &self.hosts[(2 - id) as usize];
-        let rebuilding = other.rejoin
-            || other.node().is_some_and(|n| {
-                let c = n.conf_state();
-                c.voters.is_empty() && c.learners.is_empty()
-            });
+        // Down or up, a server whose last configuration is empty (its
+        // disk was lost, it has not installed the leader's snapshot yet)
+        // still rebuilds.
+        let other = 3 - id;
+        let rebuilding =
+            self.hosts[(other - 1) as usize].rejoin || self.voters.get(&other).is_none_or(|v| v.is_empty());
         !rebuilding
     }
 
@@ -116,7 +116,8 @@ impl World {
     /// has committed (losing the only copy is two faults at once, which no
     /// pair survives) and nothing is rebuilding already.
     fn lose_disk(&mut self) {
-        if self.hosts.iter().any(|h| !h.up() || h.rejoin) {
+        // A host that is stopping counts as down already.
+        if self.hosts.iter().any(|h| !h.up() || h.rejoin || h.stopping()) {
             return;
         }
         let id = 1 + self.rng.below(2);
