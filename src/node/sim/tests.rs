@@ -239,10 +239,27 @@ fn past_failures_stay_fixed() {
 /// voter (it still says: the peer sole voter, the leader a learner). The
 /// peer, empty after a yield, installs it, takes the leader's next append
 /// for a split brain and yields again, every few tens of milliseconds;
-/// the leader needs the peer's vote to commit: nobody is served (liveness).
+/// the leader needs the peer's vote to commit: nobody is served (liveness;
+/// seeds 2584 and 20068).
 #[test]
-#[ignore = "a known gap of cluster's split-brain detection, reported with this seed"]
+#[ignore = "a known gap of cluster's split-brain detection, reported with these seeds"]
 fn a_yield_loop_when_the_leaders_snapshot_predates_its_promotion() {
-    let failure = super::world::run_seed(2584, false).expect_err("the gap is still there");
+    for seed in [2584, 20068] {
+        let failure = super::world::run_seed(seed, false).expect_err("the gap is still there");
+        assert!(failure.contains("liveness"), "{failure}");
+    }
+}
+
+/// Found by the simulation, not analysed yet: with a witness, the witness
+/// was elected (it held entries the surviving server lacked), then a
+/// server lost its disk; for the 10 s after faults stopped the witness
+/// kept the lead, never handed it to the other server although that one
+/// had its whole log, and the server that lost its disk never got a
+/// snapshot: nobody served (liveness). The pair's trace shows no raft
+/// change after the loss.
+#[test]
+#[ignore = "found by the simulation, reported with this seed, not analysed yet"]
+fn a_witness_that_leads_when_a_server_loses_its_disk_keeps_the_lead() {
+    let failure = super::world::run_seed(27157, false).expect_err("the gap is still there");
     assert!(failure.contains("liveness"), "{failure}");
 }
