@@ -250,15 +250,17 @@ fn a_yield_loop_when_the_leaders_snapshot_predates_its_promotion() {
     }
 }
 
-/// Found by the simulation, not analysed yet: with a witness, the witness
-/// was elected (it held entries the surviving server lacked), then a
-/// server lost its disk; for the 10 s after faults stopped the witness
-/// kept the lead, never handed it to the other server although that one
-/// had its whole log, and the server that lost its disk never got a
-/// snapshot: nobody served (liveness). The pair's trace shows no raft
-/// change after the loss.
+/// Found by the simulation, not fixed here (`cluster::Node`'s witness
+/// handover): the witness was elected (it held entries the surviving
+/// server lacked), then server 1 lost its disk and came back empty. The
+/// witness still counts 1 as matched at its last index (progress from
+/// before the loss), so its handover picks 1, the first voter so matched,
+/// every time; 1, empty, never campaigns, and the witness never tries 2,
+/// which has the whole log. An idle leader sends only heartbeats, which an
+/// empty member does not reject, so 1 never gets the snapshot either:
+/// nobody serves (liveness).
 #[test]
-#[ignore = "found by the simulation, reported with this seed, not analysed yet"]
+#[ignore = "a known gap of cluster's witness handover, reported with this seed"]
 fn a_witness_that_leads_when_a_server_loses_its_disk_keeps_the_lead() {
     let failure = super::world::run_seed(27157, false).expect_err("the gap is still there");
     assert!(failure.contains("liveness"), "{failure}");
