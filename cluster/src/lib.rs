@@ -125,6 +125,6 @@ pub use raft;
 pub use state_machine::{SnapshotError, StateMachine};
 pub use storage::{
     DiscardedEntry, DiscardedLog, DiscardedSnapshot, Disk, FlushSnapshot, FlushTimes, LogStore, StoreError,
-    DISCARDED_FORMAT,
+    WriteFault, DISCARDED_FORMAT,
 };
 pub use transport::{TcpTransport, TransportConfig};

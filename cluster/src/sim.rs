@@ -917,16 +917,53 @@ fn random_run_with(seed: u64, ticks: u64, submits: bool) {
     }
 }
 
+/// `CLUSTER_SIM_SEED` (the first seed, default 0) and `CLUSTER_SIM_SEEDS`
+/// (how many, default `default`). A count of 0 or a value that is not a
+/// number is refused rather than read as "none" or the default: a run of
+/// no seeds would pass having tested nothing. Tests that run a share of
+/// the seeds round it up, so that every test runs at least one.
+fn seeds_from_env(default: u64) -> (u64, u64) {
+    let base = std::env::var("CLUSTER_SIM_SEED").ok();
+    let seeds = std::env::var("CLUSTER_SIM_SEEDS").ok();
+    seeds_from(base.as_deref(), seeds.as_deref(), default)
+}
+
+fn seeds_from(base: Option<&str>, seeds: Option<&str>, default: u64) -> (u64, u64) {
+    let base = base.map_or(0, |v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("CLUSTER_SIM_SEED={v:?} is not a seed: {e}"))
+    });
+    let seeds = match seeds.map(|v| (v, v.trim().parse::<u64>())) {
+        None => default,
+        Some((_, Ok(0))) => panic!("CLUSTER_SIM_SEEDS=0: a run of no seeds tests nothing; give at least 1"),
+        Some((_, Ok(n))) => n,
+        Some((v, Err(e))) => panic!("CLUSTER_SIM_SEEDS={v:?} is not a number: {e}"),
+    };
+    (base, seeds)
+}
+
+/// A test's share (one in `parts`) of the seeds, at least one.
+fn share(seeds: u64, parts: u64) -> u64 {
+    seeds.div_ceil(parts)
+}
+
+#[test]
+fn a_seed_count_of_zero_or_garbage_is_refused_and_shares_round_up() {
+    assert_eq!(seeds_from(None, None, 100), (0, 100));
+    assert_eq!(seeds_from(Some("7"), Some("1"), 100), (7, 1));
+    // One seed still runs one pair seed and one follower-submit seed.
+    assert_eq!(share(1, 2), 1);
+    assert_eq!(share(1, 4), 1);
+    assert_eq!(share(100, 4), 25);
+    assert!(std::panic::catch_unwind(|| seeds_from(None, Some("0"), 100)).is_err());
+    assert!(std::panic::catch_unwind(|| seeds_from(None, Some("lots"), 100)).is_err());
+    assert!(std::panic::catch_unwind(|| seeds_from(Some("x"), None, 100)).is_err());
+}
+
 #[test]
 fn many_seeds_random_faults_keep_safety_and_converge() {
-    let base: u64 = std::env::var("CLUSTER_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let seeds: u64 = std::env::var("CLUSTER_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100);
+    let (base, seeds) = seeds_from_env(100);
     for seed in base..base + seeds {
         random_run(seed, 600);
     }
@@ -934,15 +971,8 @@ fn many_seeds_random_faults_keep_safety_and_converge() {
 
 #[test]
 fn many_seeds_with_follower_submits_keep_safety_and_converge() {
-    let base: u64 = std::env::var("CLUSTER_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let seeds: u64 = std::env::var("CLUSTER_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100);
-    for seed in base..base + seeds.div_ceil(4) {
+    let (base, seeds) = seeds_from_env(100);
+    for seed in base..base + share(seeds, 4) {
         random_run_with(20_000 + seed, 600, true);
     }
 }
@@ -1665,15 +1695,8 @@ fn random_pair_run(seed: u64, ticks: u64) {
 
 #[test]
 fn pair_with_crashes_takeovers_and_rejoins_keeps_every_acknowledged_write() {
-    let base: u64 = std::env::var("CLUSTER_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let seeds: u64 = std::env::var("CLUSTER_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100);
-    for seed in base..base + seeds / 2 {
+    let (base, seeds) = seeds_from_env(100);
+    for seed in base..base + share(seeds, 2) {
         random_pair_run(10_000 + seed, 800);
     }
 }

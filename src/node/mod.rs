@@ -25,6 +25,8 @@ mod notify;
 mod rules;
 mod sd_notify;
 mod settings;
+#[cfg(test)]
+mod sim;
 pub mod store;
 mod tickets;
 mod track;

@@ -42,7 +42,7 @@ pub(super) struct Configured {
 
 impl Configured {
     /// Every difference between this configuration and the pair's.
-    fn differences(&self, t: &LicenseTable) -> Vec<SettingDifference> {
+    pub(super) fn differences(&self, t: &LicenseTable) -> Vec<SettingDifference> {
         let mut out = self.table.differences(t.config());
         if self.issuers != t.state().issuers {
             out.push(SettingDifference {
@@ -55,7 +55,7 @@ impl Configured {
     }
 
     /// The commands that set what differs: the settings, then the issuers.
-    fn proposal(&self, t: &LicenseTable, server: &str) -> Vec<Command> {
+    pub(super) fn proposal(&self, t: &LicenseTable, server: &str) -> Vec<Command> {
         let by = Actor::Server(server.to_owned());
         let mut out = Vec::new();
         if !self.table.differences(t.config()).is_empty() {

@@ -216,8 +216,29 @@ struct Memory {
     image: Image,
     /// Test hook: every write fails (a dying disk).
     broken: bool,
+    /// What the next write does instead of succeeding, once.
+    fault: Option<WriteFault>,
     /// What yields kept, by name.
     kept: Vec<(String, DiscardedLog)>,
+}
+
+/// What the next write to an in-memory disk does instead of succeeding
+/// ([`Disk::inject_write_fault`]), for simulations of a host whose disk
+/// fails or whose power goes while it writes. Either way the writer gets
+/// an error, and a member stops on a storage error: what differs is what
+/// the disk holds when it starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFault {
+    /// The write fails and nothing of the batch is on the disk (an I/O
+    /// error).
+    Fail,
+    /// The power goes inside the write and the batch is lost: redb falls
+    /// back to the commit before (see the module docs; a batch never
+    /// lands in part).
+    TornLost,
+    /// The power goes inside the write after the batch became durable:
+    /// it is on the disk, but the writer never learned it.
+    TornLanded,
 }
 
 /// Where a [`LogStore`](super::LogStore) keeps its durable copy.
@@ -357,6 +378,15 @@ impl Disk {
         }
     }
 
+    /// Makes the next write to this in-memory disk fail as `fault` says
+    /// (a no-op on a redb disk). A simulation's hook: the member writing
+    /// gets a storage error and stops, as on a real disk.
+    pub fn inject_write_fault(&self, fault: WriteFault) {
+        if let DiskKind::Memory(m) = &self.0 {
+            m.lock().expect("disk image lock").fault = Some(fault);
+        }
+    }
+
     /// What yields kept on this in-memory disk, by name (empty for a redb
     /// disk, whose records are files: see [`Disk::keep_discarded`]).
     pub fn kept_discarded(&self) -> Vec<(String, DiscardedLog)> {
@@ -382,10 +412,18 @@ impl Disk {
                         "disk is broken",
                     ))));
                 }
-                for op in ops {
-                    m.image.apply(op);
+                let fault = m.fault.take();
+                if matches!(fault, None | Some(WriteFault::TornLanded)) {
+                    for op in ops {
+                        m.image.apply(op);
+                    }
                 }
-                Ok(())
+                match fault {
+                    None => Ok(()),
+                    Some(f) => Err(StoreError::Db(redb::Error::Io(std::io::Error::other(format!(
+                        "injected write fault: {f:?}"
+                    ))))),
+                }
             }
             DiskKind::Redb { database, .. } => guarded(|| {
                 // Durability::Immediate is redb's default: commit() returns

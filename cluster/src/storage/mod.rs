@@ -26,7 +26,7 @@ use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
 pub(crate) use discarded::hex;
 pub use discarded::{DiscardedEntry, DiscardedLog, DiscardedSnapshot, DISCARDED_FORMAT};
-pub use disk::Disk;
+pub use disk::{Disk, WriteFault};
 pub use flush_times::{FlushSnapshot, FlushTimes, FLUSH_BUCKETS};
 
 /// Why the log store cannot be used. Every one is fatal for the member.

@@ -1,0 +1,267 @@
+//! The seeds `cargo test` runs, the replay of one seed, and the seeds of
+//! bugs the simulation found (kept as regressions).
+//!
+//! - `PAIR_SIM_SEEDS=N`: how many seeds (default 500, half with a
+//!   witness, half without); `PAIR_SIM_FROM=B`: the first seed (default 0).
+//! - `PAIR_SIM_SEED=S`: runs only seed S, printing its trace as it goes.
+
+use super::world::run_seed;
+use super::Outcome;
+
+/// A setting read from the environment: a positive number, or the
+/// default when unset. Zero or garbage is refused: a run of no seeds
+/// would pass without testing anything.
+fn env_count(name: &str, default: u64) -> u64 {
+    count_from(name, std::env::var(name).ok().as_deref(), default)
+}
+
+fn count_from(name: &str, value: Option<&str>, default: u64) -> u64 {
+    match value {
+        None => default,
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(0) => panic!("{name}=0: a run of no seeds tests nothing; give at least 1"),
+            Ok(n) => n,
+            Err(e) => panic!("{name}={v:?} is not a number: {e}"),
+        },
+    }
+}
+
+fn env_seed(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}={v:?} is not a seed: {e}"))
+    })
+}
+
+/// The seeds of one half: `seeds` split between the two tests, each
+/// running at least one (odd seeds have a witness).
+fn half_of(from: u64, seeds: u64, witness: bool) -> Vec<u64> {
+    let first = if (from % 2 == 1) == witness {
+        from
+    } else {
+        from + 1
+    };
+    let n = if first == from {
+        seeds.div_ceil(2)
+    } else {
+        (seeds / 2).max(1)
+    };
+    (0..n).map(|k| first + 2 * k).collect()
+}
+
+/// Runs `seed`; a panic inside the real code is reported with the seed.
+fn run(seed: u64, trace: bool) -> Outcome {
+    match std::panic::catch_unwind(|| run_seed(seed, trace)) {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(failure)) => panic!("{failure}"),
+        Err(_) => panic!(
+            "pair simulation seed {seed} panicked (see above); replay: PAIR_SIM_SEED={seed} cargo test --lib node::sim -- --nocapture"
+        ),
+    }
+}
+
+/// The seeds of one half (`witness`: odd seeds) of the run.
+fn half(witness: bool) {
+    if let Some(seed) = env_seed("PAIR_SIM_SEED") {
+        if (seed % 2 == 1) == witness {
+            let o = run(seed, true);
+            eprintln!("seed {seed}: {o:?}");
+        }
+        return;
+    }
+    let seeds = env_count("PAIR_SIM_SEEDS", 500);
+    let from = env_seed("PAIR_SIM_FROM").unwrap_or(0);
+    let mine = half_of(from, seeds, witness);
+    let mut total = Outcome::default();
+    let mut slowest = 0;
+    let mut wrong_time_seeds = Vec::new();
+    for &seed in &mine {
+        let o = run(seed, false);
+        total.faults += o.faults;
+        total.grants += o.grants;
+        total.refusals += o.refusals;
+        total.uncertain += o.uncertain;
+        total.rearps += o.rearps;
+        total.wrong_time += o.wrong_time;
+        if o.wrong_time > 0 {
+            wrong_time_seeds.push(seed);
+        }
+        total.takeovers_served += o.takeovers_served;
+        total.storage_failures += o.storage_failures;
+        slowest = slowest.max(o.recovered_ms);
+    }
+    eprintln!(
+        "pair simulation, {} seeds {}: {} faults, {} grants, {} refused, {} uncertain, {} starts of serving, \
+         {} storage failures, {} stale ARP entries; slowest recovery {} ms; \
+         switches marked down by a wrong time (server::stamp's known gap): {} in seeds {:?}",
+        mine.len(),
+        if witness { "with a witness" } else { "without a witness" },
+        total.faults,
+        total.grants,
+        total.refusals,
+        total.uncertain,
+        total.takeovers_served,
+        total.storage_failures,
+        total.rearps,
+        slowest,
+        total.wrong_time,
+        &wrong_time_seeds[..wrong_time_seeds.len().min(20)]
+    );
+}
+
+#[test]
+fn seeds_without_a_witness_keep_s1_to_s5_and_recover() {
+    half(false);
+}
+
+#[test]
+fn seeds_with_a_witness_keep_s1_to_s5_and_recover() {
+    half(true);
+}
+
+#[test]
+fn same_seed_same_run() {
+    let a = run_seed(7, false).expect("seed 7");
+    let b = run_seed(7, false).expect("seed 7");
+    assert_eq!(a.trace_hash, b.trace_hash, "seed 7 ran differently twice");
+    assert!(a.faults > 0 && a.grants > 0, "{a:?}");
+}
+
+#[test]
+fn a_seed_count_of_zero_or_garbage_is_refused() {
+    assert_eq!(count_from("PAIR_SIM_SEEDS", None, 500), 500);
+    assert_eq!(count_from("PAIR_SIM_SEEDS", Some("3"), 500), 3);
+    assert!(std::panic::catch_unwind(|| count_from("PAIR_SIM_SEEDS", Some("0"), 500)).is_err());
+    assert!(std::panic::catch_unwind(|| count_from("PAIR_SIM_SEEDS", Some("many"), 500)).is_err());
+    // One seed runs one in each half; 500 run 250 in each.
+    assert_eq!(half_of(0, 1, false), [0]);
+    assert_eq!(half_of(0, 1, true), [1]);
+    assert_eq!(half_of(7, 1, true), [7]);
+    assert_eq!(half_of(7, 1, false), [8]);
+    assert_eq!(half_of(0, 500, false).len(), 250);
+    assert_eq!(half_of(0, 500, true).len(), 250);
+    assert_eq!(half_of(3, 5, true), [3, 5, 7]);
+    assert_eq!(half_of(3, 5, false), [4, 6]);
+}
+
+/// Found by the simulation, not fixed here (`server::stamp`): a server
+/// that restarts with its wall clock minutes or days ahead (seeds 13 and
+/// 119) and serves before it has anchored the pair's time stamps its own
+/// clock; the next sweep marks every client down or removes it (S2). Run
+/// with `cargo test --lib node::sim -- --ignored`.
+#[test]
+#[ignore = "a known gap of server::stamp, reported with these seeds"]
+fn a_restart_with_a_wrong_wall_clock_purges_clients() {
+    let knobs = super::world::Knobs {
+        wrong_clock_at_restart: true,
+        strict_time: true,
+        ..Default::default()
+    };
+    for seed in [13, 119] {
+        let failure = super::world::run_seed_with(seed, false, knobs).expect_err("the gap is still there");
+        assert!(failure.contains("S2 (time)"), "{failure}");
+    }
+}
+
+/// Found by the simulation, not fixed here (`server::stamp` follows a
+/// step back of the serving node's wall clock; the table keeps a client's
+/// last heard time from moving back): after a step back of minutes and a
+/// failover to a server whose clock is right, every client heard during
+/// the step is marked down and what it uses returns to the pool (S2).
+#[test]
+#[ignore = "a known gap of server::stamp, reported with this seed"]
+fn a_step_back_of_the_leaders_clock_then_a_failover_marks_clients_down() {
+    let knobs = super::world::Knobs {
+        large_backward_jumps: true,
+        strict_time: true,
+        ..Default::default()
+    };
+    let failure = super::world::run_seed_with(47, false, knobs).expect_err("the gap is still there");
+    assert!(failure.contains("S2 (time)"), "{failure}");
+}
+
+/// Found by the simulation, not fixed here (`node::rules`): a server
+/// loses its disk, the other stops before it rebuilt; the empty one comes
+/// back first and holds the VIP at the lowest priority, the one with the
+/// log comes back at the same priority and loses the tie, never becomes
+/// master, so never takes over as sole voter, and the empty one has no
+/// vote to give: nobody serves (liveness).
+#[test]
+#[ignore = "a known gap of node::rules, reported with this seed"]
+fn a_server_back_with_its_log_while_the_peer_rebuilds_never_serves() {
+    let knobs = super::world::Knobs {
+        fail_while_rebuilding: true,
+        ..Default::default()
+    };
+    let failure = super::world::run_seed_with(256, false, knobs).expect_err("the gap is still there");
+    assert!(failure.contains("liveness"), "{failure}");
+}
+
+/// Found by the simulation, not fixed here (`server::stamp`): with clocks
+/// in sync, a server that restarts and catches up from its peer anchors
+/// the pair's time on stale stamps (two entries applied late whose stamps
+/// are as far apart as the time between their applies), stamps seconds
+/// in the past while it serves, and the next holder marks the clients it
+/// heard down (S2).
+#[test]
+#[ignore = "a known gap of server::stamp, reported with this seed"]
+fn a_member_that_caught_up_late_anchors_the_pairs_time_in_the_past() {
+    let knobs = super::world::Knobs {
+        strict_time: true,
+        ..Default::default()
+    };
+    let failure = super::world::run_seed_with(436, false, knobs).expect_err("the gap is still there");
+    assert!(failure.contains("S2 (time)"), "{failure}");
+}
+
+/// Seeds that failed while the simulation was built, each for a reason
+/// now handled, kept as regressions: two partitions in a row healed the
+/// servers' link without the heal being noted (72); a split brain whose
+/// logs share a term (122, S4 while both lead alone); a disk lost while
+/// the other server was a learner or not in sync (160, 484); a switch that
+/// gave up on a registration a host had accepted and held (211); an
+/// isolated former leader with a witness (309); stamps from clocks skewed
+/// by seconds (855); a request held through a handback applied after its
+/// connection closed (1989); a graceful stop while the peer rebuilds
+/// (256, now not a default fault); a deposed leader with a witness that
+/// served for a few milliseconds after its successor was elected (9997);
+/// a server that failed while its peer, down, still had to rebuild (6828).
+#[test]
+fn past_failures_stay_fixed() {
+    for seed in [72, 122, 160, 211, 256, 309, 484, 855, 1989, 6828, 9997] {
+        run(seed, false);
+    }
+}
+
+/// Found by the simulation, not fixed here (`cluster::Node::split_brain`):
+/// without a witness, the leader's snapshot predates its promotion back to
+/// voter (it still says: the peer sole voter, the leader a learner). The
+/// peer, empty after a yield, installs it, takes the leader's next append
+/// for a split brain and yields again, every few tens of milliseconds;
+/// the leader needs the peer's vote to commit: nobody is served (liveness;
+/// seeds 2584 and 20068).
+#[test]
+#[ignore = "a known gap of cluster's split-brain detection, reported with these seeds"]
+fn a_yield_loop_when_the_leaders_snapshot_predates_its_promotion() {
+    for seed in [2584, 20068] {
+        let failure = super::world::run_seed(seed, false).expect_err("the gap is still there");
+        assert!(failure.contains("liveness"), "{failure}");
+    }
+}
+
+/// Found by the simulation, not fixed here (`cluster::Node`'s witness
+/// handover): the witness was elected (it held entries the surviving
+/// server lacked), then server 1 lost its disk and came back empty. The
+/// witness still counts 1 as matched at its last index (progress from
+/// before the loss), so its handover picks 1, the first voter so matched,
+/// every time; 1, empty, never campaigns, and the witness never tries 2,
+/// which has the whole log. An idle leader sends only heartbeats, which an
+/// empty member does not reject, so 1 never gets the snapshot either:
+/// nobody serves (liveness).
+#[test]
+#[ignore = "a known gap of cluster's witness handover, reported with this seed"]
+fn a_witness_that_leads_when_a_server_loses_its_disk_keeps_the_lead() {
+    let failure = super::world::run_seed(27157, false).expect_err("the gap is still there");
+    assert!(failure.contains("liveness"), "{failure}");
+}
