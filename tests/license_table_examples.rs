@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cluster::StateMachine;
 use vipool::license::{load_server_keys, IssuerKey, KeyStatement, SignedKey, TrustedIssuers};
 use vipool::table::{
     pool_demand, Actor, ClientReport, ClientState, Command, CommandError, Key, LicenseTable, LicenseType,
@@ -70,7 +69,7 @@ impl Log {
 
     fn apply(&mut self, command: Command) -> Result<Reply, CommandError> {
         self.index += 1;
-        self.table.apply(self.index, command)
+        self.table.apply_command(self.index, command)
     }
 
     fn announce(&mut self, server: &str) {
@@ -298,10 +297,10 @@ fn thirty_days_in_test_time_follows_the_configured_timer() {
         version: "v".into(),
         report: report_of("sw1", &[("AP", 4)], &[]),
     };
-    table.apply(1, register).unwrap();
-    table.apply(2, Command::Sweep { now_ms: 1_500 }).unwrap();
+    table.apply_command(1, register).unwrap();
+    table.apply_command(2, Command::Sweep { now_ms: 1_500 }).unwrap();
     assert_eq!(table.pool()[&t("AP")].total, 4);
-    table.apply(3, Command::Sweep { now_ms: 1_501 }).unwrap();
+    table.apply_command(3, Command::Sweep { now_ms: 1_501 }).unwrap();
     assert_eq!(table.pool()[&t("AP")].total, 0);
 }
 
@@ -343,7 +342,7 @@ fn a_new_type_is_a_configuration_change() {
         server: "primary".into(),
         serial: serial("primary"),
     };
-    table.apply(1, announce).unwrap();
+    table.apply_command(1, announce).unwrap();
     let install = Command::InstallServerKey {
         now_ms: 0,
         server: "primary".into(),
@@ -353,7 +352,7 @@ fn a_new_type_is_a_configuration_change() {
         ),
         by: Actor::Server("primary".into()),
     };
-    table.apply(2, install).unwrap();
+    table.apply_command(2, install).unwrap();
     assert_eq!(table.pool()[&t("VIA")].total, 5);
 }
 

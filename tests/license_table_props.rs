@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cluster::StateMachine;
 use proptest::prelude::*;
 use vipool::table::{
     Actor, ClientReport, Command, CommandError, Key, LicenseTable, LicenseType, Pool, PoolEntry, TableConfig,
@@ -251,7 +250,7 @@ fn run(commands: &[Command]) -> (LicenseTable, Vec<Result<vipool::table::Reply, 
     let replies = commands
         .iter()
         .enumerate()
-        .map(|(i, c)| table.apply(i as u64 + 1, c.clone()))
+        .map(|(i, c)| table.apply_command(i as u64 + 1, c.clone()))
         .collect();
     (table, replies)
 }
@@ -265,7 +264,7 @@ proptest! {
         for (i, command) in stamp(commands).into_iter().enumerate() {
             let shown = format!("{command:?}");
             let before = table.clone();
-            let result = table.apply(i as u64 + 1, command.clone());
+            let result = table.apply_command(i as u64 + 1, command.clone());
             prop_assert_eq!(table.pool(), &recomputed(&table), "after {}", shown);
             prop_assert_eq!(keys_are_sound(&table), Ok(()), "after {}", shown);
             prop_assert_eq!(s3(before.pool(), table.pool()), Ok(()), "after {}", shown);
@@ -310,7 +309,7 @@ proptest! {
         // And the restored copy goes on exactly as the original.
         for (i, command) in commands[split..].iter().enumerate() {
             let index = (split + i) as u64 + 1;
-            prop_assert_eq!(whole.apply(index, command.clone()), restored.apply(index, command.clone()));
+            prop_assert_eq!(whole.apply_command(index, command.clone()), restored.apply_command(index, command.clone()));
         }
         prop_assert_eq!(&restored, &whole);
     }
@@ -332,11 +331,11 @@ proptest! {
         let heartbeat = Command::Heartbeat { now_ms: now, id: client.into(), address: "a".into(), report };
         let mut index = commands.len() as u64;
         index += 1;
-        let first = table.apply(index, heartbeat.clone());
+        let first = table.apply_command(index, heartbeat.clone());
         let after_one = table.clone();
         for _ in 1..repeats {
             index += 1;
-            let again = table.apply(index, heartbeat.clone());
+            let again = table.apply_command(index, heartbeat.clone());
             prop_assert_eq!(&again.is_ok(), &first.is_ok());
         }
         prop_assert_eq!(table.pool(), after_one.pool());

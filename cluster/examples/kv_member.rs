@@ -48,7 +48,7 @@ impl StateMachine for Values {
     }
     fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
         let (v, _) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|e| SnapshotError(e.to_string()))?;
+            .map_err(SnapshotError::new)?;
         *self = v;
         Ok(())
     }

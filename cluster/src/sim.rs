@@ -46,7 +46,7 @@ impl StateMachine for Recorder {
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         let (r, _) = bincode::serde::decode_from_slice(snapshot, bincode::config::standard())
-            .map_err(|e| SnapshotError(e.to_string()))?;
+            .map_err(SnapshotError::new)?;
         *self = r;
         Ok(())
     }

@@ -37,7 +37,14 @@ pub trait StateMachine: Send + 'static {
     }
 }
 
-/// A snapshot that cannot be restored.
+/// A snapshot that cannot be restored: the state machine's own error.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot restore snapshot: {0}")]
-pub struct SnapshotError(pub String);
+pub struct SnapshotError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl SnapshotError {
+    /// Wraps the state machine's error (or a message).
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(e.into())
+    }
+}

@@ -140,7 +140,7 @@ impl StateMachine for SharedTable {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        StateMachine::snapshot(&*self.lock())
+        self.lock().snapshot()
     }
 
     fn describe(command: &Command) -> String {
@@ -150,7 +150,7 @@ impl StateMachine for SharedTable {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         let pool = {
             let mut table = self.lock();
-            StateMachine::restore(&mut *table, snapshot)?;
+            table.restore(snapshot).map_err(SnapshotError::new)?;
             self.install_ticket_keys(&table);
             table.pool().clone()
         };

@@ -205,7 +205,6 @@ pub(super) fn status_warning(configured: &Configured, table: &SharedTable) -> Op
 mod tests {
     use super::*;
     use crate::license::{IssuerKey, TrustedIssuers};
-    use cluster::StateMachine;
 
     fn issuers(names: &[(&str, u8)]) -> BTreeMap<String, String> {
         names

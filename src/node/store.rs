@@ -194,7 +194,7 @@ pub fn init(config: &AnyConfig) -> Result<PathBuf, NodeError> {
     let voters = config.cluster().initial_voters();
     // The table before anything was applied: the same on every member
     // whatever its configuration (a snapshot holds state, not settings).
-    let initial = cluster::StateMachine::snapshot(&crate::table::LicenseTable::new(Default::default()));
+    let initial = crate::table::LicenseTable::new(Default::default()).snapshot();
     create_in_place(&path, |store| store.bootstrap(&voters, initial))?;
     info!(
         store = %path.display(), id = node.id, cluster = node.cluster_id, ?voters,

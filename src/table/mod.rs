@@ -29,8 +29,10 @@
 //! member applies the same log the same way whatever its own
 //! configuration says.
 //!
-//! The table implements [`cluster::StateMachine`], snapshot and restore
-//! included, so the replicated log carries it unchanged.
+//! The table knows nothing of the replicated log: it applies commands,
+//! and snapshots and restores itself ([`LicenseTable::snapshot`],
+//! [`LicenseTable::restore`]). The node wraps it as the log's state machine
+//! (`node::applier::SharedTable`).
 
 mod command;
 mod config;
@@ -55,7 +57,7 @@ pub use config::{
     MAX_TYPES as MAX_SETTINGS_TYPES,
 };
 pub use derived::source_of;
-pub use snapshot::SNAPSHOT_VERSION;
+pub use snapshot::{SnapshotError, SNAPSHOT_VERSION};
 pub use tickets::{TicketKey, KEPT_TICKET_KEYS};
 pub use types::{
     pool_demand, Actor, Client, ClientReport, ClientState, HeartbeatStats, Key, LicenseType, Pool, PoolEntry,
@@ -838,27 +840,19 @@ fn heard(client: &mut Client, now_ms: u64) {
     client.stats.missed_in_a_row = 0;
 }
 
-impl cluster::StateMachine for LicenseTable {
-    type Command = Command;
-    type Response = Result<Reply, CommandError>;
-
-    fn apply(&mut self, index: u64, command: Command) -> Self::Response {
-        self.apply_command(index, command)
-    }
-
-    fn applied_index(&self) -> u64 {
-        self.applied_index
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
+impl LicenseTable {
+    /// The whole table, settings and applied index included, as bytes
+    /// (see `snapshot`: a versioned envelope around bincode).
+    pub fn snapshot(&self) -> Vec<u8> {
         snapshot::encode(self.applied_index, &self.config, &self.state)
     }
 
-    fn describe(command: &Command) -> String {
-        command.describe()
-    }
-
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), cluster::SnapshotError> {
+    /// Replaces the whole table with a snapshot taken by
+    /// [`LicenseTable::snapshot`] (of this format or an older one).
+    ///
+    /// # Errors
+    /// The bytes are not a snapshot this build reads; the table is unchanged.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
         let (applied_index, config, state) = snapshot::decode(bytes)?;
         self.replace(applied_index, config, state);
         Ok(())

@@ -15,7 +15,28 @@
 //! SPEC's default settings: the same on every member, so members that
 //! restore it stay equal, until the VIP holder's first `Settings` entry.
 
-use cluster::SnapshotError;
+/// Why a snapshot could not be restored; the table is left unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bytes do not start with a table snapshot's magic.
+    #[error("not a license table snapshot")]
+    NotASnapshot,
+    /// A format this build does not read (a newer release wrote it).
+    #[error("snapshot format {found}, this build reads {OLDEST_READ} to {SNAPSHOT_VERSION}")]
+    Format {
+        /// The format the snapshot says it is.
+        found: u16,
+    },
+    /// The body does not decode.
+    #[error("corrupt snapshot: {0}")]
+    Corrupt(#[source] bincode::error::DecodeError),
+    /// Bytes follow the decoded table.
+    #[error("trailing bytes after snapshot")]
+    Trailing,
+    /// The settings it carries are not ones a table runs with.
+    #[error("snapshot settings refused: {0}")]
+    Settings(#[source] super::SettingsError),
+}
 
 use super::{TableConfig, TableState};
 
@@ -99,10 +120,10 @@ pub(super) fn encode(applied_index: u64, config: &TableConfig, state: &TableStat
 
 pub(super) fn decode(bytes: &[u8]) -> Result<(u64, TableConfig, TableState), SnapshotError> {
     if bytes.len() < HEADER || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(SnapshotError("not a license table snapshot".into()));
+        return Err(SnapshotError::NotASnapshot);
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    let corrupt = |e: bincode::error::DecodeError| SnapshotError(format!("corrupt snapshot: {e}"));
+    let corrupt = SnapshotError::Corrupt;
     let (decoded, read) = match version {
         SNAPSHOT_VERSION => {
             bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?
@@ -122,19 +143,13 @@ pub(super) fn decode(bytes: &[u8]) -> Result<(u64, TableConfig, TableState), Sna
                 bincode::serde::decode_from_slice(&bytes[HEADER..], bincode_config()).map_err(corrupt)?;
             ((index, TableConfig::default(), state.into()), read)
         }
-        _ => {
-            return Err(SnapshotError(format!(
-                "snapshot format {version}, this build reads {OLDEST_READ} to {SNAPSHOT_VERSION}"
-            )))
-        }
+        _ => return Err(SnapshotError::Format { found: version }),
     };
     if read != bytes.len() - HEADER {
-        return Err(SnapshotError("trailing bytes after snapshot".into()));
+        return Err(SnapshotError::Trailing);
     }
     let (_, config, _): &(u64, TableConfig, TableState) = &decoded;
-    config
-        .check()
-        .map_err(|e| SnapshotError(format!("snapshot settings refused: {e}")))?;
+    config.check().map_err(SnapshotError::Settings)?;
     Ok(decoded)
 }
 
@@ -150,12 +165,12 @@ mod tests {
         assert!(decode(b"XXXX\x01\x00").is_err());
         let mut newer = good.clone();
         newer[4] = 6;
-        assert!(decode(&newer).unwrap_err().0.contains("format 6"));
+        assert!(decode(&newer).unwrap_err().to_string().contains("format 6"));
         let mut older = good.clone();
         older[4] = 1;
         assert!(decode(&older)
             .unwrap_err()
-            .0
+            .to_string()
             .contains("format 1, this build reads 2 to 5"));
         let mut trailing = good.clone();
         trailing.push(0);
@@ -176,7 +191,7 @@ mod tests {
         assert_eq!(back, settings);
         settings.heartbeat_interval_ms = 0;
         let e = decode(&encode(3, &settings, &TableState::default())).unwrap_err();
-        assert!(e.0.contains("heartbeat_interval_ms"), "{e:?}");
+        assert!(e.to_string().contains("heartbeat_interval_ms"), "{e:?}");
     }
 
     /// A format-2 snapshot (written before the settings were replicated)

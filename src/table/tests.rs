@@ -4,7 +4,6 @@
 
 use super::limits::{MAX_COUNT, MAX_KEYS_PER_SERVER};
 use super::*;
-use cluster::StateMachine;
 
 fn ap() -> LicenseType {
     LicenseType::new("AP")

@@ -269,10 +269,9 @@ impl StateMachine for Padded {
     }
     fn restore(&mut self, b: &[u8]) -> Result<(), SnapshotError> {
         let (rec, used): (Recorder, usize) =
-            bincode::serde::decode_from_slice(b, bincode::config::standard())
-                .map_err(|e| SnapshotError(e.to_string()))?;
+            bincode::serde::decode_from_slice(b, bincode::config::standard()).map_err(SnapshotError::new)?;
         if b[used..] != pattern(PAD)[..] {
-            return Err(SnapshotError(format!(
+            return Err(SnapshotError::new(format!(
                 "padding of {} bytes damaged",
                 b.len() - used
             )));

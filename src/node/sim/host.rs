@@ -90,11 +90,11 @@ impl StateMachine for SimTable {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        StateMachine::snapshot(&self.table)
+        self.table.snapshot()
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        StateMachine::restore(&mut self.table, snapshot)
+        self.table.restore(snapshot).map_err(SnapshotError::new)
     }
 }
 

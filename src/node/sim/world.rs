@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use cluster::raft::eraftpb::{Message, MessageType};
-use cluster::StateMachine;
 
 use super::host::{Host, Incoming, Out};
 use super::switch::Switch;
@@ -723,7 +722,7 @@ impl World {
         match (a.node(), b.node()) {
             (Some(x), Some(y)) if x.applied_index() == y.applied_index() => {
                 let (ta, tb) = (a.table().expect("up"), b.table().expect("up"));
-                if StateMachine::snapshot(ta) != StateMachine::snapshot(tb) {
+                if ta.snapshot() != tb.snapshot() {
                     return Some("the servers' tables differ at the same applied index".into());
                 }
             }

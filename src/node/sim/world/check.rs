@@ -2,8 +2,6 @@
 
 use std::collections::BTreeSet;
 
-use cluster::StateMachine;
-
 use super::super::host::{ELECTION_MS, HEARTBEAT_MS, TICK_MS};
 use super::super::HEAL_GRACE_MS;
 use super::World;
@@ -203,8 +201,8 @@ impl World {
                 }
                 let key = (a.id, b.id);
                 let (sa, sb) = (
-                    StateMachine::snapshot(a.table().expect("up")),
-                    StateMachine::snapshot(b.table().expect("up")),
+                    a.table().expect("up").snapshot(),
+                    b.table().expect("up").snapshot(),
                 );
                 let settings_differ = a.table().expect("up").config() != b.table().expect("up").config();
                 if sa != sb {
