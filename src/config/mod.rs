@@ -57,6 +57,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod convert;
 mod notify;
 mod sections;
 #[cfg(test)]
