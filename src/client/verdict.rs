@@ -196,6 +196,10 @@ impl ServerError {
                 "this certificate may not make license requests: use a switch certificate \
                  (`vipool pki switch`)",
             ),
+            ServerError::MemberCertificate { .. } => permanent(
+                "this is a member certificate of the pair (a server's or the witness's): a switch \
+                 presents its own, from `vipool pki switch`",
+            ),
             ServerError::Refused(e) => command_verdict(e),
             ServerError::Denied(e) => request_verdict(e),
         }
