@@ -58,6 +58,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 mod notify;
+pub mod reload;
 mod sections;
 #[cfg(test)]
 mod tests;

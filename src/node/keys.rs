@@ -81,6 +81,36 @@ pub(super) fn key_changes(
     changes
 }
 
+/// What changed between two readings of a server's key files (a SIGHUP),
+/// for the log: key ids added, removed, and changed (the same id, another
+/// key); `None` if nothing did.
+pub(super) fn file_changes(old: &[ServerKeyEntry], new: &[ServerKeyEntry]) -> Option<String> {
+    use std::collections::BTreeMap;
+    let by_id = |entries: &[ServerKeyEntry]| -> BTreeMap<String, VerifiedKey> {
+        entries
+            .iter()
+            .map(|e| (e.key.key_id.clone(), e.key.clone()))
+            .collect()
+    };
+    let (old, new) = (by_id(old), by_id(new));
+    let ids = |f: &dyn Fn(&String, &VerifiedKey) -> bool, of: &BTreeMap<String, VerifiedKey>| {
+        of.iter()
+            .filter(|(id, k)| f(id, k))
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let added = ids(&|id, _| !old.contains_key(id), &new);
+    let removed = ids(&|id, _| !new.contains_key(id), &old);
+    let changed = ids(&|id, k| old.get(id).is_some_and(|o| o != k), &new);
+    let parts: Vec<String> = [("added", added), ("removed", removed), ("changed", changed)]
+        .into_iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(what, ids)| format!("keys {what}: {ids}"))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -142,6 +172,24 @@ mod tests {
             key: k.clone(),
             by: backup(),
         }
+    }
+
+    #[test]
+    fn file_changes_name_the_keys_added_removed_and_changed() {
+        let ap = key("b-ap", "CV2", Key::permanent("AP", 16));
+        let xsec = key("b-xsec", "CV2", Key::permanent("XSEC", 4));
+        let pefng = key("b-pefng", "CV2", Key::permanent("PEFNG", 8));
+        let more_xsec = key("b-xsec", "CV2", Key::permanent("XSEC", 8));
+        let old = [file(ap.clone()), file(xsec)];
+        assert_eq!(file_changes(&old, &old), None);
+        assert_eq!(
+            file_changes(&old, &[file(ap), file(more_xsec), file(pefng)]).as_deref(),
+            Some("keys added: b-pefng; keys changed: b-xsec")
+        );
+        assert_eq!(
+            file_changes(&old, &[]).as_deref(),
+            Some("keys removed: b-ap, b-xsec")
+        );
     }
 
     #[test]

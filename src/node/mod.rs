@@ -22,6 +22,7 @@ pub mod applier;
 mod beacon;
 mod keys;
 mod notify;
+mod reload;
 mod rules;
 mod sd_notify;
 mod settings;
@@ -48,6 +49,7 @@ use vrrp::proto::State;
 use vrrp::sys::Speaker;
 
 pub use applier::{ReplicatedApplier, SharedTable};
+pub use reload::{reload_channel, ReloadError, Reloader, Reloads};
 pub use store::{init, Start, STORE_FILE};
 pub use witness::run_witness;
 
@@ -180,7 +182,7 @@ fn status_hook(
     transport: &TcpTransport,
     data_dir: &std::path::Path,
     start: &Start,
-    settings: Option<(settings::Configured, SharedTable)>,
+    settings: Option<(watch::Receiver<settings::Configured>, SharedTable)>,
 ) -> StatusHook {
     let transport = transport.clone();
     let data_dir = data_dir.to_path_buf();
@@ -195,7 +197,7 @@ fn status_hook(
         if let Some((configured, table)) = &settings {
             status
                 .warnings
-                .extend(settings::status_warning(configured, table));
+                .extend(settings::status_warning(&configured.borrow(), table));
         }
         for (cause, n) in transport_refusals(transport.stats()) {
             if n > 0 {
@@ -317,6 +319,8 @@ fn tls_security(
 }
 
 /// Runs one server node until `stop` resolves, then stops gracefully.
+/// Configurations sent through the [`Reloader`] of `reloads` are taken
+/// while it runs (SIGHUP; see `config::reload`).
 ///
 /// # Errors
 /// The node could not start (ports, data directory, raft log, VRRP), or a
@@ -325,6 +329,7 @@ pub async fn run(
     config: Config,
     start: Start,
     stop: impl std::future::Future<Output = ()>,
+    reloads: Reloads,
 ) -> Result<(), NodeError> {
     let me = config.node.id;
     let peer = config.pair_peer().id;
@@ -442,13 +447,14 @@ pub async fn run(
         Some(vip.to_string()),
     ));
     let (soon_tx, soon) = watch::channel(false);
+    let settings = settings::SettingsSync::new(configured, config.node.name.clone());
     let hook = status_hook(
         member.leadership(),
         Some(speaker.status()),
         &transport,
         &config.node.data_dir,
         &start,
-        Some((configured.clone(), table.clone())),
+        Some((settings.subscribe(), table.clone())),
     );
     let hook = track::status_hook(hook, tracking.subscribe());
     let server_shutdown = CancellationToken::new();
@@ -520,7 +526,7 @@ pub async fn run(
         serving: serving_tx,
         soon: soon_tx,
         log: Arc::default(),
-        settings: settings::SettingsSync::new(configured, config.node.name.clone()),
+        settings,
         tickets: tickets::TicketRotation::default(),
         own_keys,
         beacons: Arc::clone(&beacons),
@@ -529,6 +535,7 @@ pub async fn run(
         notifier: notifier.clone(),
         track: tracking,
         faulted: false,
+        reloads: Some(reloads),
     };
     let mut glue_task = tokio::spawn(glue.run(speaker, glue_stop.clone()));
 
@@ -693,6 +700,8 @@ struct Glue {
     track: track::Tracking,
     /// In fault for a tracker: the speaker gave up the VIP and stays out.
     faulted: bool,
+    /// Configurations reloaded on SIGHUP (see `reload`).
+    reloads: Option<reload::Reloads>,
 }
 
 /// What the metrics and the status page read, at each request: the
@@ -788,6 +797,7 @@ impl Glue {
         let mut refresh = tokio::time::interval(self.advert);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut keys_task: Option<tokio::task::JoinHandle<usize>> = None;
+        let mut reloads = self.reloads.take();
         // One sleep, reset only when the rules' deadline moves.
         let mut deadline = None;
         let sleep = tokio::time::sleep(Duration::ZERO);
@@ -849,6 +859,12 @@ impl Glue {
                     if let Ok(t) = t {
                         info!(from = %t.from, to = %t.to, reason = ?t.reason, "VRRP state change");
                         self.rules.handle_transition(t.to, t.reason);
+                    }
+                }
+                request = async { reloads.as_mut().expect("guarded").next().await }, if reloads.is_some() => {
+                    match request {
+                        Some(request) => self.handle_reload(request),
+                        None => reloads = None,
                     }
                 }
                 sent = async { keys_task.as_mut().expect("guarded").await }, if keys_task.is_some() => {

@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tracing::info;
 
 use std::collections::BTreeMap;
@@ -79,7 +80,8 @@ const RETRY: Duration = Duration::from_secs(2);
 
 /// A server's configured settings, and the proposal of them in flight.
 pub(super) struct SettingsSync {
-    configured: Configured,
+    /// A SIGHUP replaces them; `vipool show status` reads them.
+    configured: watch::Sender<Configured>,
     server: String,
     task: Option<tokio::sync::oneshot::Receiver<bool>>,
     /// When the last proposal that did not commit was sent.
@@ -91,12 +93,30 @@ pub(super) struct SettingsSync {
 impl SettingsSync {
     pub(super) fn new(configured: Configured, server: String) -> Self {
         Self {
-            configured,
+            configured: watch::channel(configured).0,
             server,
             task: None,
             failed_at: None,
             announced: None,
         }
+    }
+
+    /// The settings this server's configuration has now.
+    pub(super) fn configured(&self) -> Configured {
+        self.configured.borrow().clone()
+    }
+
+    /// Follows them as they change (for `vipool show status`).
+    pub(super) fn subscribe(&self) -> watch::Receiver<Configured> {
+        self.configured.subscribe()
+    }
+
+    /// New configured settings (a SIGHUP): compared, and proposed when
+    /// this node leads, from the next round on, as at start.
+    pub(super) fn set_configured(&mut self, configured: Configured) {
+        self.configured.send_replace(configured);
+        self.failed_at = None;
+        self.announced = None;
     }
 
     /// One round: `leads` is VRRP master and raft leader (the node that
@@ -120,10 +140,8 @@ impl SettingsSync {
             }
         }
         let (differences, commands) = applier.read(|t| {
-            (
-                self.configured.differences(t),
-                self.configured.proposal(t, &self.server),
-            )
+            let configured = self.configured.borrow();
+            (configured.differences(t), configured.proposal(t, &self.server))
         });
         if differences.is_empty() {
             // The next difference, even the same one again, is news.

@@ -473,11 +473,12 @@ impl<A: Applier> Conn<'_, A> {
             _ => None,
         };
         let mapped = {
+            let trusted = self.shared.trusted();
             // Not held across an await: the context borrows the table's reader.
             let context = RequestContext {
                 now_ms,
                 peer: self.peer,
-                trusted: &self.shared.config.trusted,
+                trusted: &trusted,
                 limits: &self.shared.config.limits,
                 registrations: &self.shared.registrations,
                 seen: &self.shared.seen,
