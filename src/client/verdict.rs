@@ -246,7 +246,8 @@ fn command_verdict(e: &CommandError) -> Verdict {
         | C::KeyExpired(_)
         | C::KeyExists(_)
         | C::UnknownKey(_)
-        | C::KeyOfClient { .. } => permanent(
+        | C::KeyOfClient { .. }
+        | C::IssuerNotTrusted { .. } => permanent(
             "remove the refused key from the switch (or, for a key counted elsewhere, from the \
              other switch), or issue a key bound to this switch's serial",
         ),

@@ -45,9 +45,12 @@ pub(super) fn key_changes(
             serial: serial.to_owned(),
         });
     }
+    // A key counts only once the pair trusts its issuer (the table
+    // refuses it before): it waits until the VIP holder's issuers, which
+    // it proposes before its keys, are in the log.
     let wanted: Vec<&VerifiedKey> = files
         .iter()
-        .filter(|e| e.counts_at(now_ms))
+        .filter(|e| e.counts_at(now_ms) && state.issuers.contains_key(&e.key.issuer))
         .map(|e| &e.key)
         .collect();
     let ours = state
@@ -79,6 +82,19 @@ pub(super) fn key_changes(
         }
     }
     changes
+}
+
+/// The keys of `files` that count at `now_ms` but wait for the pair to
+/// trust their issuer (see [`key_changes`]).
+pub(super) fn waiting_for_issuer<'a>(
+    state: &TableState,
+    files: &'a [ServerKeyEntry],
+    now_ms: u64,
+) -> Vec<&'a ServerKeyEntry> {
+    files
+        .iter()
+        .filter(|e| e.counts_at(now_ms) && !state.issuers.contains_key(&e.key.issuer))
+        .collect()
 }
 
 /// What changed between two readings of a server's key files (a SIGHUP),
@@ -157,8 +173,14 @@ mod tests {
                     )
                 })
                 .collect(),
+            issuers: acme(),
             ..TableState::default()
         }
+    }
+
+    /// The pair trusts "acme" (the issuer of every key here).
+    fn acme() -> BTreeMap<String, String> {
+        BTreeMap::from([("acme".to_owned(), "its public key".to_owned())])
     }
 
     fn backup() -> Actor {
@@ -172,6 +194,27 @@ mod tests {
             key: k.clone(),
             by: backup(),
         }
+    }
+
+    /// Before the pair records the issuers (a brand-new pair) or while it
+    /// does not trust this key's, the key waits: proposed, the table would
+    /// refuse it. Once recorded, it is installed.
+    #[test]
+    fn a_key_waits_until_the_pair_trusts_its_issuer() {
+        let ap = key("b-ap", "CV2", Key::permanent("AP", 16));
+        let files = [file(ap.clone())];
+        let mut present = state("CV2", &[]);
+        present.issuers.clear();
+        assert_eq!(key_changes(&present, "backup", "CV2", &files, 10), vec![]);
+        assert_eq!(waiting_for_issuer(&present, &files, 10).len(), 1);
+        present.issuers.insert("globex".into(), "another key".into());
+        assert_eq!(key_changes(&present, "backup", "CV2", &files, 10), vec![]);
+        present.issuers = acme();
+        assert_eq!(
+            key_changes(&present, "backup", "CV2", &files, 10),
+            vec![install(&ap)]
+        );
+        assert!(waiting_for_issuer(&present, &files, 10).is_empty());
     }
 
     #[test]
@@ -196,8 +239,12 @@ mod tests {
     fn announces_the_serial_then_installs_what_is_missing_and_nothing_when_equal() {
         let ap = key("b-ap", "CV2", Key::permanent("AP", 16));
         let files = [file(ap.clone())];
+        let fresh = TableState {
+            issuers: acme(),
+            ..TableState::default()
+        };
         assert_eq!(
-            key_changes(&TableState::default(), "backup", "CV2", &files, 10),
+            key_changes(&fresh, "backup", "CV2", &files, 10),
             vec![
                 Command::ServerSerial {
                     server: "backup".into(),

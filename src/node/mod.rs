@@ -1090,6 +1090,8 @@ impl Glue {
         let serial = self.config.serial().to_owned();
         let (applier, member) = (Arc::clone(&self.applier), self.member.clone());
         let log = Arc::clone(&self.log);
+        let mut settings_idle = self.settings.idle();
+        let wait = self.config.cluster.request_timeout();
         if rounds == 5 {
             warn!(
                 "this server's license keys are still not in the table after 5 rounds: \
@@ -1097,8 +1099,35 @@ impl Glue {
             );
         }
         tokio::spawn(async move {
+            // The serving node proposes its issuers before its keys (same
+            // round, the settings first): wait for them to commit.
+            if serve {
+                let _ = tokio::time::timeout(wait, settings_idle.wait_for(|idle| *idle)).await;
+            }
             let now = applier.stamp();
-            let changes = applier.read(|t| keys::key_changes(t.state(), &server, &serial, &files, now));
+            let (changes, waiting) = applier.read(|t| {
+                let waiting = keys::waiting_for_issuer(t.state(), &files, now)
+                    .iter()
+                    .map(|e| format!("{} ({})", e.key.key_id, e.key.issuer))
+                    .collect::<Vec<_>>();
+                let recorded = !t.state().issuers.is_empty();
+                (
+                    keys::key_changes(t.state(), &server, &serial, &files, now),
+                    (!waiting.is_empty()).then_some((waiting.join(", "), recorded)),
+                )
+            });
+            match waiting {
+                // A brand-new pair: the VIP holder's issuers are on their way.
+                Some((keys, false)) => debug!(keys, "server keys wait for the pair's trusted issuers"),
+                Some((keys, true)) => cluster::warn_limited!(
+                    log,
+                    "keys of an untrusted issuer",
+                    keys,
+                    "these keys of this server do not count: the pair does not trust their issuer \
+                     (its trusted issuers are the VIP holder's license.issuers)"
+                ),
+                None => {}
+            }
             let sent = changes.len();
             for command in changes {
                 let what = match &command {

@@ -88,6 +88,10 @@ pub(super) struct SettingsSync {
     failed_at: Option<Instant>,
     /// The differences last logged as proposed: a retry is not logged again.
     announced: Option<String>,
+    /// False while a proposal is in flight: the serving node's key round
+    /// waits for it, so that its keys follow the issuers they need into
+    /// the log (see `node::keys`).
+    idle: Arc<watch::Sender<bool>>,
 }
 
 impl SettingsSync {
@@ -98,7 +102,13 @@ impl SettingsSync {
             task: None,
             failed_at: None,
             announced: None,
+            idle: Arc::new(watch::channel(true).0),
         }
+    }
+
+    /// Turns true once no proposal of the settings is in flight.
+    pub(super) fn idle(&self) -> watch::Receiver<bool> {
+        self.idle.subscribe()
     }
 
     /// The settings this server's configuration has now.
@@ -179,6 +189,8 @@ impl SettingsSync {
         let log = Arc::clone(log);
         let (done, task) = tokio::sync::oneshot::channel();
         self.task = Some(task);
+        self.idle.send_replace(false);
+        let idle = Arc::clone(&self.idle);
         tokio::spawn(async move {
             let mut committed = true;
             for command in commands {
@@ -202,6 +214,7 @@ impl SettingsSync {
                     }
                 };
             }
+            idle.send_replace(true);
             let _ = done.send(committed);
         });
     }
