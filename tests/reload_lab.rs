@@ -152,15 +152,17 @@ fn sighup_reloads_keys_and_settings_and_refuses_a_broken_file() {
     ] {
         assert!(said[0].contains(what), "{what:?} not in {}", said[0]);
     }
-    let restart = pair.primary.log_lines("need a restart");
+    let restart = pair.primary.log_lines("take effect only at the next start");
     assert!(
         restart.len() == 1 && restart[0].contains("vrrp.priority"),
         "{restart:?}"
     );
     assert!(
-        pair.backup.log_lines("need a restart").is_empty(),
+        pair.backup
+            .log_lines("take effect only at the next start")
+            .is_empty(),
         "the backup's changes all reload: {:?}",
-        pair.backup.log_lines("need a restart")
+        pair.backup.log_lines("take effect only at the next start")
     );
     // Once at start (the lab's heartbeat interval is not the SPEC's), once
     // after the reload.
@@ -230,9 +232,12 @@ fn sighup_reloads_keys_and_settings_and_refuses_a_broken_file() {
     served(&op, "sw-reload-3").expect("served after a broken file");
 
     // The files fixed, the PEFNG key removed: it leaves the pool on both
-    // members; the priority change is still reported as waiting.
+    // members; the priority change is still reported as waiting, and so is
+    // the primary's certificate, renewed on disk (a line added here).
     std::fs::write(&config, good_config).unwrap();
     std::fs::write(&primary_keys, original_primary_keys).unwrap();
+    let cert = pair.lab.dir().join("pki").join("primary.crt");
+    edit(&cert, |t| format!("{t}\n"));
     pair.primary.signal(Signal::SIGHUP);
     let removed = wait_for(WAIT, || {
         [Which::Primary, Which::Backup].iter().all(|w| {
@@ -246,11 +251,14 @@ fn sighup_reloads_keys_and_settings_and_refuses_a_broken_file() {
         said.len() == 2 && said[1].contains("keys removed: primary-PEFNG"),
         "{said:?}"
     );
-    let restart = pair.primary.log_lines("need a restart");
+    let restart = pair.primary.log_lines("take effect only at the next start");
     assert!(
-        restart.len() == 2 && restart[1].contains("vrrp.priority"),
+        restart.len() == 2
+            && restart[1].contains("vrrp.priority")
+            && restart[1].contains("primary.crt (changed on disk)"),
         "{restart:?}"
     );
+    assert!(!restart[0].contains("primary.crt"), "{restart:?}");
     for which in [Which::Primary, Which::Backup] {
         assert!(alive(&pair, which, Duration::ZERO), "{which:?} exited");
     }

@@ -37,6 +37,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         path: args.config.clone(),
         config: vipool::config::AnyConfig::Server(config.clone()),
         node: Some(reloader),
+        tls: reload::TlsFiles::read(&vipool::config::AnyConfig::Server(config.clone())),
     };
     reload::apply_log_filter(&running.config);
     tokio::spawn(reload::on_hangup(running));

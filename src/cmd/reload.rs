@@ -20,6 +20,40 @@ pub struct Running {
     /// A server's node, which takes its issuers, keys and table settings
     /// again (none on a witness).
     pub node: Option<vipool::node::Reloader>,
+    /// The member's TLS files as they were at start (see [`TlsFiles`]).
+    pub tls: TlsFiles,
+}
+
+/// The member's TLS files (CA, certificate, key) as read at start. They
+/// are loaded into the cluster link and the client port once: a renewed
+/// certificate on disk takes effect at the next start, and every SIGHUP
+/// until then says so.
+pub struct TlsFiles(Vec<(PathBuf, Option<Vec<u8>>)>);
+
+impl TlsFiles {
+    /// Reads the files `config` names now (one that cannot be read counts
+    /// as such, and as changed once it can).
+    pub fn read(config: &AnyConfig) -> TlsFiles {
+        let (ca, cert, key) = config.tls().files(&config.node().name);
+        TlsFiles(
+            [ca, cert, key]
+                .into_iter()
+                .map(|path| {
+                    let bytes = std::fs::read(&path).ok();
+                    (path, bytes)
+                })
+                .collect(),
+        )
+    }
+
+    /// Each file whose content on disk is no longer what was read.
+    fn changed(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(path, bytes)| std::fs::read(path).ok() != *bytes)
+            .map(|(path, _)| format!("{} (changed on disk)", path.display()))
+            .collect()
+    }
 }
 
 /// Applies `node.log` now (unless `RUST_LOG` is set: it overrides).
@@ -47,8 +81,8 @@ pub async fn on_hangup(mut running: Running) {
             Ok(applied) => running.config = applied,
             Err(why) => error!(
                 file = %running.path.display(),
-                "SIGHUP: configuration refused, the node runs on with the one it has (fix the file and \
-                 send SIGHUP again):\n{why}"
+                "SIGHUP: configuration refused, nothing changed: the node runs on with the one it has \
+                 (fix the file and send SIGHUP again):\n{why}"
             ),
         }
     }
@@ -59,7 +93,8 @@ pub async fn on_hangup(mut running: Running) {
 /// restart, the file's of the rest), or why nothing changed.
 async fn reload(running: &Running) -> Result<AnyConfig, String> {
     let new = AnyConfig::load(&running.path).map_err(|e| e.to_string())?;
-    let changed = changes(&running.config, &new);
+    let mut changed = changes(&running.config, &new);
+    changed.needs_restart.extend(running.tls.changed());
     let (applied, mut reloaded) = match (&running.config, &new) {
         (AnyConfig::Server(old), AnyConfig::Server(new)) => {
             let applied = effective(old, new).map_err(|e| e.to_string())?;
@@ -92,9 +127,38 @@ async fn reload(running: &Running) -> Result<AnyConfig, String> {
     if !changed.needs_restart.is_empty() {
         warn!(
             file = %running.path.display(),
-            "SIGHUP: these changes need a restart to take effect, the node runs on with the old values: {}",
-            changed.needs_restart.join(", ")
+            needs_restart = ?changed.needs_restart,
+            "SIGHUP: these changes take effect only at the next start; the node runs on with the old values"
         );
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate renewed on disk is named as needing a restart, at
+    /// every SIGHUP until then; an untouched one is not.
+    #[test]
+    fn tls_files_changed_on_disk_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/primary.toml"))
+            .unwrap()
+            .replace("/etc/vipool/pki", &dir.path().display().to_string());
+        for f in ["ca.crt", "primary.crt", "primary.key"] {
+            std::fs::write(dir.path().join(f), f).unwrap();
+        }
+        let config: AnyConfig = text.parse().unwrap();
+        let tls = TlsFiles::read(&config);
+        assert!(tls.changed().is_empty());
+        std::fs::write(dir.path().join("primary.crt"), "renewed").unwrap();
+        let changed = tls.changed();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert!(
+            changed[0].ends_with("primary.crt (changed on disk)"),
+            "{changed:?}"
+        );
+        assert_eq!(tls.changed(), changed);
+    }
 }

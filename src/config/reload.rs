@@ -16,7 +16,9 @@
 //! the connection limits and timers, `[metrics]`, `[notify]`, `[track]`,
 //! the usage log) is bound into sockets, the VRRP speaker, the raft
 //! member or threads at start: a change is reported as needing a
-//! restart, and the node runs on with the old value. A witness reloads
+//! restart, and the node runs on with the old value; so is a TLS file
+//! (CA, certificate, key) whose content changed on disk (the daemon
+//! compares them with what it read at start). A witness reloads
 //! `node.log` only.
 
 use super::{AnyConfig, Config, ConfigError};
