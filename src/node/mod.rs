@@ -1099,9 +1099,22 @@ impl Glue {
             );
         }
         tokio::spawn(async move {
-            // The serving node proposes its issuers before its keys (same
-            // round, the settings first): wait for them to commit.
+            let mut sent = 0;
+            let send = |command| send_key_change(command, serve, rounds, &applier, &member, &log);
             if serve {
+                // The serial needs no issuer: announced at once. The keys
+                // wait for the issuers this node proposes first in the same
+                // round (see `settings`), so that they follow them into the
+                // log rather than being refused.
+                let announce = applier.read(|t| {
+                    keys::key_changes(t.state(), &server, &serial, &files, 0)
+                        .into_iter()
+                        .find(|c| matches!(c, crate::table::Command::ServerSerial { .. }))
+                });
+                if let Some(command) = announce {
+                    sent += 1;
+                    send(command).await;
+                }
                 let _ = tokio::time::timeout(wait, settings_idle.wait_for(|idle| *idle)).await;
             }
             let now = applier.stamp();
@@ -1128,40 +1141,51 @@ impl Glue {
                 ),
                 None => {}
             }
-            let sent = changes.len();
+            sent += changes.len();
             for command in changes {
-                let what = match &command {
-                    crate::table::Command::InstallServerKey { key, .. } => format!("install {}", key.key_id),
-                    crate::table::Command::RemoveServerKey { key_id, .. } => format!("remove {key_id}"),
-                    crate::table::Command::ServerSerial { serial, .. } => format!("announce serial {serial}"),
-                    _ => continue,
-                };
-                if serve {
-                    match applier.propose(command).await {
-                        Ok(Ok(_)) => info!(change = what, "server key change committed"),
-                        Ok(Err(e)) => {
-                            error!(change = what, error = %e, "server key change refused by the table")
-                        }
-                        Err(e) => cluster::warn_limited!(
-                            log,
-                            "key change",
-                            change = what,
-                            error = %e,
-                            "server key change not committed; retried"
-                        ),
-                    }
-                } else {
-                    match member.submit(command).await {
-                        Ok(()) if rounds == 0 => info!(change = what, "server key change sent to the leader"),
-                        Ok(()) => debug!(
-                            change = what,
-                            rounds, "server key change sent to the leader again"
-                        ),
-                        Err(e) => debug!(change = what, error = %e, "server key change not sent; retried"),
-                    }
-                }
+                send(command).await;
             }
             sent
         })
+    }
+}
+
+/// Proposes one change of this server's keys (the VIP holder: logged once
+/// committed or refused) or submits it to the leader (another server).
+async fn send_key_change(
+    command: crate::table::Command,
+    serve: bool,
+    rounds: u32,
+    applier: &ReplicatedApplier,
+    member: &Member<SharedTable>,
+    log: &cluster::ratelog::RateLimiter,
+) {
+    let what = match &command {
+        crate::table::Command::InstallServerKey { key, .. } => format!("install {}", key.key_id),
+        crate::table::Command::RemoveServerKey { key_id, .. } => format!("remove {key_id}"),
+        crate::table::Command::ServerSerial { serial, .. } => format!("announce serial {serial}"),
+        _ => return,
+    };
+    if serve {
+        match applier.propose(command).await {
+            Ok(Ok(_)) => info!(change = what, "server key change committed"),
+            Ok(Err(e)) => error!(change = what, error = %e, "server key change refused by the table"),
+            Err(e) => cluster::warn_limited!(
+                log,
+                "key change",
+                change = what,
+                error = %e,
+                "server key change not committed; retried"
+            ),
+        }
+    } else {
+        match member.submit(command).await {
+            Ok(()) if rounds == 0 => info!(change = what, "server key change sent to the leader"),
+            Ok(()) => debug!(
+                change = what,
+                rounds, "server key change sent to the leader again"
+            ),
+            Err(e) => debug!(change = what, error = %e, "server key change not sent; retried"),
+        }
     }
 }

@@ -55,19 +55,20 @@ impl Configured {
         out
     }
 
-    /// The commands that set what differs: the settings, then the issuers.
+    /// The commands that set what differs: the issuers (this server's keys
+    /// wait for them), then the settings.
     pub(super) fn proposal(&self, t: &LicenseTable, server: &str) -> Vec<Command> {
         let by = Actor::Server(server.to_owned());
         let mut out = Vec::new();
-        if !self.table.differences(t.config()).is_empty() {
-            out.push(Command::Settings {
-                settings: self.table.clone(),
-                by: by.clone(),
-            });
-        }
         if self.issuers != t.state().issuers {
             out.push(Command::Issuers {
                 issuers: self.issuers.clone(),
+                by: by.clone(),
+            });
+        }
+        if !self.table.differences(t.config()).is_empty() {
+            out.push(Command::Settings {
+                settings: self.table.clone(),
                 by,
             });
         }
@@ -88,9 +89,9 @@ pub(super) struct SettingsSync {
     failed_at: Option<Instant>,
     /// The differences last logged as proposed: a retry is not logged again.
     announced: Option<String>,
-    /// False while a proposal is in flight: the serving node's key round
-    /// waits for it, so that its keys follow the issuers they need into
-    /// the log (see `node::keys`).
+    /// False while a proposal of the issuers is in flight: the serving
+    /// node's key round waits for it, so that its keys follow the issuers
+    /// they need into the log (see `node::keys`).
     idle: Arc<watch::Sender<bool>>,
 }
 
@@ -106,7 +107,7 @@ impl SettingsSync {
         }
     }
 
-    /// Turns true once no proposal of the settings is in flight.
+    /// Turns true once no proposal of the issuers is in flight.
     pub(super) fn idle(&self) -> watch::Receiver<bool> {
         self.idle.subscribe()
     }
@@ -189,12 +190,21 @@ impl SettingsSync {
         let log = Arc::clone(log);
         let (done, task) = tokio::sync::oneshot::channel();
         self.task = Some(task);
-        self.idle.send_replace(false);
+        if matches!(commands.first(), Some(Command::Issuers { .. })) {
+            self.idle.send_replace(false);
+        }
         let idle = Arc::clone(&self.idle);
         tokio::spawn(async move {
             let mut committed = true;
             for command in commands {
-                committed &= match applier.propose(command).await {
+                let issuers = matches!(command, Command::Issuers { .. });
+                let outcome = applier.propose(command).await;
+                if issuers {
+                    // Committed or not: the keys waiting for them go on
+                    // (a key of an issuer not recorded waits for a later round).
+                    idle.send_replace(true);
+                }
+                committed &= match outcome {
                     Ok(Ok(_)) => {
                         info!("table settings committed: every member applies this server's from now on");
                         true
@@ -214,7 +224,6 @@ impl SettingsSync {
                     }
                 };
             }
-            idle.send_replace(true);
             let _ = done.send(committed);
         });
     }
@@ -254,7 +263,7 @@ mod tests {
         t.apply_command(t.applied_index() + 1, command).unwrap();
     }
 
-    /// The VIP holder proposes its settings, then its issuers, in one go;
+    /// The VIP holder proposes its issuers, then its settings, in one go;
     /// once both are the pair's nothing differs. A server trusting
     /// another key under the same name, or another issuer, is told which.
     #[test]
@@ -274,7 +283,7 @@ mod tests {
         assert!(listed.contains("the pair's none"), "{listed}");
         let commands = ours.proposal(&t, "primary");
         assert!(
-            matches!(commands.as_slice(), [Command::Settings { .. }, Command::Issuers { issuers, .. }] if issuers.len() == 2),
+            matches!(commands.as_slice(), [Command::Issuers { issuers, .. }, Command::Settings { .. }] if issuers.len() == 2),
             "{commands:?}"
         );
         for command in commands {
