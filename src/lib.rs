@@ -23,8 +23,12 @@
 //! let acme = IssuerKey::generate("acme")?;
 //! let trusted = TrustedIssuers::from_iter([acme.trusted()]);
 //! let mut table = LicenseTable::new(TableConfig::default());
+//! // The issuers the pair trusts are replicated state: the VIP holder
+//! // records its own before any key; the table counts no other's keys.
+//! let issuers = trusted.by_name_text();
+//! table.apply_command(1, Command::Issuers { issuers, by: Actor::Server("primary".into()) })?;
 //! let ap = LicenseType::new("AP");
-//! let mut index = 0;
+//! let mut index = 1;
 //! for (server, serial) in [("primary", "CV1"), ("backup", "CV2")] {
 //!     // Each server announces its serial, then installs its keys, bound to it.
 //!     index += 1;

@@ -473,13 +473,39 @@ impl std::fmt::Display for ClientIdentity {
     }
 }
 
+/// Why a certificate of the pair's CA names no switch and no operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// A member certificate of the pair (a server's or the witness's,
+    /// organizational unit [`OU_MEMBER`]): it authenticates the cluster
+    /// link, never a license client or an operator.
+    #[error(
+        "a member certificate (member {member:?} of the pair) is not a switch certificate: \
+         switches present one from `vipool pki switch`, operators one from `vipool pki operator`"
+    )]
+    Member {
+        /// The member its common name names.
+        member: String,
+    },
+    /// Not X.509, outside its validity, another kind, or fields missing or
+    /// out of bounds.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl From<String> for IdentityError {
+    fn from(why: String) -> Self {
+        Self::Unusable(why)
+    }
+}
+
 /// Reads who a verified client certificate names: a switch (organizational
 /// unit [`OU_SWITCH`], common name = client id, serialNumber = serial) or
 /// an operator ([`OU_OPERATOR`], common name = name).
 ///
 /// # Errors
 /// Not X.509, another kind (a member's), or fields missing or out of bounds.
-pub fn client_identity(der: &[u8]) -> Result<ClientIdentity, String> {
+pub fn client_identity(der: &[u8]) -> Result<ClientIdentity, IdentityError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     identity_of(&cert)
@@ -492,7 +518,7 @@ pub fn client_identity(der: &[u8]) -> Result<ClientIdentity, String> {
 ///
 /// # Errors
 /// As [`client_identity`], or the certificate is expired or not valid yet.
-pub fn client_identity_at(der: &[u8], now: SystemTime) -> Result<ClientIdentity, String> {
+pub fn client_identity_at(der: &[u8], now: SystemTime) -> Result<ClientIdentity, IdentityError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let now = now
@@ -500,15 +526,21 @@ pub fn client_identity_at(der: &[u8], now: SystemTime) -> Result<ClientIdentity,
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let validity = cert.validity();
     if now < validity.not_before.timestamp() {
-        return Err("certificate not valid yet (a resumed session)".into());
+        return Err(IdentityError::Unusable(
+            "certificate not valid yet (a resumed session)".into(),
+        ));
     }
     if now > validity.not_after.timestamp() {
-        return Err("certificate expired (a resumed session): issue a new one with `vipool pki`".into());
+        return Err(IdentityError::Unusable(
+            "certificate expired (a resumed session): issue a new one with `vipool pki`".into(),
+        ));
     }
     identity_of(&cert)
 }
 
-fn identity_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<ClientIdentity, String> {
+fn identity_of(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<ClientIdentity, IdentityError> {
     let subject = cert.subject();
     let one = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>, what: &str| {
         let values: Vec<String> = it.filter_map(|a| a.as_str().ok().map(str::to_owned)).collect();
@@ -540,9 +572,17 @@ fn identity_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<C
                 .map_err(|e| e.to_string())?;
             Ok(ClientIdentity::Operator { name: cn })
         }
-        other => Err(format!(
+        // Named as the CA wrote it; bounded and printable like an id, so
+        // that the refusal can quote it to the peer and in the log.
+        OU_MEMBER => Err(
+            match crate::table::limits::check_token("member name", &cn, crate::table::limits::MAX_ID_LEN) {
+                Ok(()) => IdentityError::Member { member: cn },
+                Err(e) => IdentityError::Unusable(format!("a member certificate: {e}")),
+            },
+        ),
+        other => Err(IdentityError::Unusable(format!(
             "a {other:?} certificate, not a switch's or an operator's"
-        )),
+        ))),
     }
 }
 
@@ -707,9 +747,14 @@ mod tests {
         );
         // A member's certificate is neither.
         let member = ca.issue_member("primary", 30).unwrap();
-        assert!(client_identity(&der(&member.cert_pem))
-            .unwrap_err()
-            .contains("vipool member"));
+        let e = client_identity(&der(&member.cert_pem)).unwrap_err();
+        assert_eq!(
+            e,
+            IdentityError::Member {
+                member: "primary".into()
+            }
+        );
+        assert!(e.to_string().contains("is not a switch certificate"), "{e}");
         // A switch's certificate names no member and cannot act as a server.
         let id = Identity::from_pem(
             ca.cert_pem().as_bytes(),

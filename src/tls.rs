@@ -22,7 +22,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::pki::{client_identity_at, ClientIdentity, LICENSE_SERVER_NAME};
+use crate::pki::{client_identity_at, ClientIdentity, IdentityError, LICENSE_SERVER_NAME};
 
 /// Why a client's handshake was refused.
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +34,15 @@ pub enum AcceptError {
     /// The handshake did not complete in time.
     #[error("no TLS handshake within {0:?}")]
     Timeout(Duration),
-    /// A valid certificate of the CA, but neither a switch's nor an operator's.
-    #[error("client certificate: {0}")]
-    Identity(String),
 }
+
+/// A completed handshake, and who its client certificate names: a switch
+/// or an operator, or why it names neither (the server tells the peer
+/// before it closes).
+pub type Accepted = (
+    tokio_rustls::server::TlsStream<TcpStream>,
+    Result<ClientIdentity, IdentityError>,
+);
 
 /// The server end: the node's certificate, client certificates required.
 #[derive(Clone)]
@@ -129,15 +134,13 @@ impl ServerTls {
     }
 
     /// Completes the handshake within `deadline` and reads who the client
-    /// certificate names.
+    /// certificate names (a certificate of the pair's CA that names no
+    /// switch and no operator, a member's say, still completes the
+    /// handshake: the caller says why it refuses it).
     ///
     /// # Errors
     /// See [`AcceptError`].
-    pub async fn accept(
-        &self,
-        tcp: TcpStream,
-        deadline: Duration,
-    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, ClientIdentity), AcceptError> {
+    pub async fn accept(&self, tcp: TcpStream, deadline: Duration) -> Result<Accepted, AcceptError> {
         let stream = tokio::time::timeout(deadline, self.acceptor.accept(tcp))
             .await
             .map_err(|_| AcceptError::Timeout(deadline))?
@@ -147,15 +150,13 @@ impl ServerTls {
             _ => &self.handshakes.full,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let cert = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or_else(|| AcceptError::Identity("none presented".into()))?;
         // Its validity too: a resumed session's certificate is not checked
         // again by rustls, and a ticket must not outlive it.
-        let who = client_identity_at(cert, std::time::SystemTime::now()).map_err(AcceptError::Identity)?;
+        let who = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            Some(cert) => client_identity_at(cert, std::time::SystemTime::now()),
+            // The verifier requires one: not reached.
+            None => Err(IdentityError::Unusable("no client certificate".into())),
+        };
         Ok((stream, who))
     }
 }
@@ -452,9 +453,9 @@ mod tests {
         let now = SystemTime::now();
         client_identity_at(&der, now).unwrap();
         let day = Duration::from_secs(86_400);
-        let late = client_identity_at(&der, now + 31 * day).unwrap_err();
+        let late = client_identity_at(&der, now + 31 * day).unwrap_err().to_string();
         assert!(late.contains("expired"), "{late}");
-        let early = client_identity_at(&der, now - day).unwrap_err();
+        let early = client_identity_at(&der, now - day).unwrap_err().to_string();
         assert!(early.contains("not valid yet"), "{early}");
     }
 
@@ -596,8 +597,8 @@ mod tests {
             );
             assert_eq!(counts, (0, 1));
             assert_eq!(
-                resumed_who.to_string(),
-                who.to_string(),
+                resumed_who.unwrap().to_string(),
+                who.unwrap().to_string(),
                 "the same switch, from the ticket"
             );
             let (kind, _, counts) = session(stranger).await;

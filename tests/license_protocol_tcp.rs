@@ -45,6 +45,12 @@ impl Harness {
     /// and the request limits `limits`.
     async fn start_with(vip: Option<IpAddr>, connection_threads: usize, limits: RequestLimits) -> Self {
         let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
+        // The issuers the pair trusts, recorded before any key counts.
+        let issuers = Command::Issuers {
+            issuers: trusted().by_name_text(),
+            by: Actor::Server("primary".into()),
+        };
+        applier.propose(issuers).await.unwrap().unwrap();
         for server in ["primary", "backup"] {
             let command = Command::ServerSerial {
                 server: server.into(),

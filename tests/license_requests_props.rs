@@ -334,6 +334,10 @@ fn step() -> impl Strategy<Value = Step> {
 fn pair() -> LicenseTable {
     let mut table = LicenseTable::new(config());
     let mut commands = vec![
+        Command::Issuers {
+            issuers: TrustedIssuers::from_iter([acme().trusted()]).by_name_text(),
+            by: Actor::Server("primary".into()),
+        },
         Command::ServerSerial {
             server: "primary".into(),
             serial: "CV1".into(),

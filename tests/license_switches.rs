@@ -51,6 +51,14 @@ async fn start_server(addr: SocketAddr, ap: u32) -> (Node, SocketAddr) {
     let applier = Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default())));
     let trusted = TrustedIssuers::from_iter([acme().trusted()]);
     applier
+        .propose(Command::Issuers {
+            issuers: trusted.by_name_text(),
+            by: Actor::Server("primary".into()),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    applier
         .propose(Command::ServerSerial {
             server: "primary".into(),
             serial: "CV1".into(),

@@ -27,6 +27,14 @@ fn trusted() -> TrustedIssuers {
     TrustedIssuers::from_iter([acme().trusted()])
 }
 
+/// The pair trusts acme, as the VIP holder records it before any key.
+fn trusting_acme() -> Command {
+    Command::Issuers {
+        issuers: trusted().by_name_text(),
+        by: Actor::Server("primary".into()),
+    }
+}
+
 /// A key signed by acme: `count` of `license_type` for `serial`, valid
 /// from the epoch, an evaluation key until `expires_ms` when given.
 fn signed(key_id: &str, serial: &str, license_type: &str, count: u32, expires_ms: Option<u64>) -> SignedKey {
@@ -61,10 +69,13 @@ struct Log {
 
 impl Log {
     fn new() -> Self {
-        Self {
+        let mut log = Self {
             table: LicenseTable::new(TableConfig::default()),
             index: 0,
-        }
+        };
+        // The issuers the pair trusts, recorded before any key counts.
+        log.apply(trusting_acme()).unwrap();
+        log
     }
 
     fn apply(&mut self, command: Command) -> Result<Reply, CommandError> {
@@ -289,6 +300,7 @@ fn thirty_days_in_test_time_follows_the_configured_timer() {
         ..TableConfig::default()
     };
     let mut table = LicenseTable::new(config);
+    table.apply_command(0, trusting_acme()).unwrap();
     let register = Command::Register {
         now_ms: 1_000,
         id: "sw1".into(),
@@ -342,6 +354,7 @@ fn a_new_type_is_a_configuration_change() {
         server: "primary".into(),
         serial: serial("primary"),
     };
+    table.apply_command(0, trusting_acme()).unwrap();
     table.apply_command(1, announce).unwrap();
     let install = Command::InstallServerKey {
         now_ms: 0,

@@ -33,7 +33,8 @@ fn id() -> impl Strategy<Value = String> {
 
 /// A verified key as an entry may carry it: a few key ids (so that the
 /// same id turns up in several places), bound to a client's serial
-/// ("SN"), another one, or a server's.
+/// ("SN"), another one, or a server's; mostly of acme, the issuer the
+/// table starts trusting, sometimes of globex.
 fn key() -> impl Strategy<Value = VerifiedKey> {
     (
         0u8..6,
@@ -41,17 +42,20 @@ fn key() -> impl Strategy<Value = VerifiedKey> {
         license_type(),
         0u32..20,
         prop::option::of(0u64..4_000),
+        prop::sample::select(vec!["acme", "acme", "acme", "globex"]),
     )
-        .prop_map(|(n, serial, license_type, count, expires_at_ms)| VerifiedKey {
-            key_id: format!("k{n}"),
-            issuer: "acme".into(),
-            serial: serial.into(),
-            key: Key {
-                license_type,
-                count,
-                expires_at_ms,
+        .prop_map(
+            |(n, serial, license_type, count, expires_at_ms, issuer)| VerifiedKey {
+                key_id: format!("k{n}"),
+                issuer: issuer.into(),
+                serial: serial.into(),
+                key: Key {
+                    license_type,
+                    count,
+                    expires_at_ms,
+                },
             },
-        })
+        )
 }
 
 fn report() -> impl Strategy<Value = ClientReport> {
@@ -61,6 +65,29 @@ fn report() -> impl Strategy<Value = ClientReport> {
         prop::collection::btree_map(license_type(), 0u32..20, 0..3),
     )
         .prop_map(|(builtin, keys, used)| ClientReport { builtin, keys, used })
+}
+
+/// The issuers the VIP holder records: of `names`, with their keys.
+fn issuers(names: &[&str]) -> Command {
+    Command::Issuers {
+        issuers: names
+            .iter()
+            .map(|name| {
+                vipool::license::IssuerKey::from_secret_bytes(name, &[name.len() as u8; 32])
+                    .unwrap()
+                    .trusted()
+            })
+            .collect::<vipool::license::TrustedIssuers>()
+            .by_name_text(),
+        by: Actor::Server("primary".into()),
+    }
+}
+
+/// A table that trusts acme, as the VIP holder records it before any key.
+fn fresh() -> LicenseTable {
+    let mut table = LicenseTable::new(config());
+    table.apply_command(0, issuers(&["acme"])).unwrap();
+    table
 }
 
 fn server() -> impl Strategy<Value = &'static str> {
@@ -97,6 +124,10 @@ fn command() -> impl Strategy<Value = (u64, Command)> {
             key_id: format!("k{n}"), by: Actor::Operator("op".into()),
         })),
         2 => dt.clone().prop_map(|dt| (dt, Command::Sweep { now_ms: 0 })),
+        // Another VIP holder's issuers: the keys of an issuer no longer
+        // trusted stop counting.
+        1 => prop::sample::select(vec![vec!["acme"], vec!["acme", "globex"], vec!["globex"], vec![]])
+            .prop_map(|names| (0, issuers(&names))),
         // Switches' commands over certificates of a few issue times: the
         // replaced ones' are refused and change nothing.
         2 => (dt.clone(), id(), report(), 0u64..4).prop_map(|(dt, id, report, issued_s)| (dt, Command::Certified {
@@ -200,10 +231,24 @@ fn recomputed(table: &LicenseTable) -> Pool {
 }
 
 /// Every key id is counted once, each key is bound to whoever holds it,
-/// and a server key to its server's serial.
+/// a server key to its server's serial, and every key's issuer is one the
+/// table records as trusted.
 fn keys_are_sound(table: &LicenseTable) -> Result<(), String> {
     let mut seen = BTreeSet::new();
     let state = table.state();
+    let all = state
+        .server_keys
+        .values()
+        .map(|k| &k.key)
+        .chain(state.clients.values().flat_map(|c| &c.keys));
+    for k in all {
+        if !state.issuers.contains_key(&k.issuer) {
+            return Err(format!(
+                "key {} of untrusted issuer {} counted",
+                k.key_id, k.issuer
+            ));
+        }
+    }
     for (id, k) in &state.server_keys {
         if id != &k.key.key_id || !seen.insert(id.clone()) {
             return Err(format!("server key {id} counted twice"));
@@ -246,7 +291,7 @@ fn s3(before: &Pool, after: &Pool) -> Result<(), String> {
 }
 
 fn run(commands: &[Command]) -> (LicenseTable, Vec<Result<vipool::table::Reply, CommandError>>) {
-    let mut table = LicenseTable::new(config());
+    let mut table = fresh();
     let replies = commands
         .iter()
         .enumerate()
@@ -260,7 +305,7 @@ proptest! {
 
     #[test]
     fn pool_always_matches_a_recomputation(commands in prop::collection::vec(command(), 0..60)) {
-        let mut table = LicenseTable::new(config());
+        let mut table = fresh();
         for (i, command) in stamp(commands).into_iter().enumerate() {
             let shown = format!("{command:?}");
             let before = table.clone();

@@ -64,11 +64,15 @@ async fn grants_releases_and_removals_are_logged_one_json_line_each() {
         "primary",
     )
     .unwrap();
-    let applier = Arc::new(LocalApplier::with_usage(
-        LicenseTable::new(TableConfig::default()),
-        usage,
-    ));
     let trusted = TrustedIssuers::from_iter([acme().trusted()]);
+    // The issuers the pair trusts, recorded before the log starts here.
+    let mut table = LicenseTable::new(TableConfig::default());
+    let issuers = Command::Issuers {
+        issuers: trusted.by_name_text(),
+        by: Actor::Server("primary".into()),
+    };
+    table.apply_command(1, issuers).unwrap();
+    let applier = Arc::new(LocalApplier::with_usage(table, usage));
     let serial = Command::ServerSerial {
         server: "primary".into(),
         serial: "CV-primary".into(),
@@ -167,14 +171,15 @@ async fn grants_releases_and_removals_are_logged_one_json_line_each() {
             assert_eq!(v["client"], id);
         }
     }
-    // Indexes are the entries': the serial announcement (1) has no line,
+    // Indexes are the entries': the trusted issuers (1, recorded before
+    // the log was opened) and the serial announcement (2) have no line,
     // nor do the sweeper's empty sweeps and the heartbeat in between; the
     // refused acquire was never an entry.
     let indexes: Vec<Option<u64>> = got.iter().map(|v| v["index"].as_u64()).collect();
     // The key install follows the serial at once; the registration may
     // follow a sweep of the server's sweeper (an entry without a line).
-    assert_eq!(indexes[0], Some(2), "{indexes:?}");
-    assert!(indexes[1].is_some_and(|i| i >= 3), "{indexes:?}");
+    assert_eq!(indexes[0], Some(3), "{indexes:?}");
+    assert!(indexes[1].is_some_and(|i| i >= 4), "{indexes:?}");
     assert_eq!(indexes[3], None);
     let entries: Vec<u64> = indexes.iter().flatten().copied().collect();
     assert!(entries.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");

@@ -196,6 +196,10 @@ impl ServerError {
                 "this certificate may not make license requests: use a switch certificate \
                  (`vipool pki switch`)",
             ),
+            ServerError::MemberCertificate { .. } => permanent(
+                "this is a member certificate of the pair (a server's or the witness's): a switch \
+                 presents its own, from `vipool pki switch`",
+            ),
             ServerError::Refused(e) => command_verdict(e),
             ServerError::Denied(e) => request_verdict(e),
         }
@@ -242,7 +246,8 @@ fn command_verdict(e: &CommandError) -> Verdict {
         | C::KeyExpired(_)
         | C::KeyExists(_)
         | C::UnknownKey(_)
-        | C::KeyOfClient { .. } => permanent(
+        | C::KeyOfClient { .. }
+        | C::IssuerNotTrusted { .. } => permanent(
             "remove the refused key from the switch (or, for a key counted elsewhere, from the \
              other switch), or issue a key bound to this switch's serial",
         ),

@@ -27,13 +27,17 @@ pub struct Args {
 
 /// Runs the node until SIGTERM or SIGINT, then stops gracefully: the VIP
 /// and raft leadership go to the peer before it exits. SIGHUP reloads the
-/// configuration (see `reload`).
+/// log filter, the issuers, the key files and the table settings, and
+/// names what else changed and needs a restart (see `reload`).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config =
         Config::load(&args.config).with_context(|| format!("configuration {}", args.config.display()))?;
+    let (reloader, reloads) = vipool::node::reload_channel();
     let running = reload::Running {
         path: args.config.clone(),
         config: vipool::config::AnyConfig::Server(config.clone()),
+        node: Some(reloader),
+        tls: reload::TlsFiles::read(&vipool::config::AnyConfig::Server(config.clone())),
     };
     reload::apply_log_filter(&running.config);
     tokio::spawn(reload::on_hangup(running));
@@ -49,6 +53,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config_file: args.config,
         rejoin: args.rejoin,
     };
-    vipool::node::run(config, start, stop).await?;
+    vipool::node::run(config, start, stop, reloads).await?;
     Ok(())
 }

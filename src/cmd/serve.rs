@@ -162,6 +162,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         applier.propose(announce).await?.context("announcing --serial")?;
     }
+    // The table counts keys of the issuers it recorded only (as a pair's
+    // VIP holder proposes its own before its keys).
+    let issuers = Command::Issuers {
+        issuers: trusted.by_name_text(),
+        by: Actor::Server(args.node.clone()),
+    };
+    applier
+        .propose(issuers)
+        .await?
+        .context("recording the trusted issuers")?;
     let now = applier.stamp();
     for entry in keys {
         if !entry.counts_at(now) {

@@ -102,6 +102,9 @@ pub fn operator_hint(e: &ClientError) -> Option<&'static str> {
             _ => None,
         };
     }
+    if let ClientError::Server(ServerError::MemberCertificate { .. }) = e {
+        return Some("operators present an operator certificate (`vipool pki operator`), not a member's");
+    }
     if let ClientError::Server(ServerError::Forbidden(_) | ServerError::WrongPort(_)) = e {
         return Some(
             "--server is a client port (4333, on the VIP): operators use a node's operator \

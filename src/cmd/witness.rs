@@ -30,6 +30,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let running = reload::Running {
         path: args.config.clone(),
         config: vipool::config::AnyConfig::Witness(config.clone()),
+        node: None,
+        tls: reload::TlsFiles::read(&vipool::config::AnyConfig::Witness(config.clone())),
     };
     reload::apply_log_filter(&running.config);
     tokio::spawn(reload::on_hangup(running));

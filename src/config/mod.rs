@@ -59,6 +59,7 @@ use serde::{Deserialize, Serialize};
 
 mod convert;
 mod notify;
+pub mod reload;
 mod sections;
 #[cfg(test)]
 mod tests;

@@ -227,6 +227,17 @@ mod tests {
     use super::*;
     use crate::table::{Actor, ClientReport, Key, LicenseType, TableConfig, VerifiedKey};
 
+    /// The pair trusts "acme", the issuer of the keys here.
+    fn trusting_acme() -> Command {
+        let acme = crate::license::IssuerKey::from_secret_bytes("acme", &[7; 32]).unwrap();
+        Command::Issuers {
+            issuers: std::iter::once(acme.trusted())
+                .collect::<crate::license::TrustedIssuers>()
+                .by_name_text(),
+            by: Actor::Server("primary".into()),
+        }
+    }
+
     struct Alone;
     impl Outbox for Alone {
         fn send(&self, _: cluster::raft::eraftpb::Message) {}
@@ -261,6 +272,7 @@ mod tests {
             serial: "CV1".into(),
         };
         applier.propose(serial).await.unwrap().unwrap();
+        applier.propose(trusting_acme()).await.unwrap().unwrap();
         let key = Command::InstallServerKey {
             now_ms: 1,
             server: "primary".into(),
@@ -356,6 +368,7 @@ mod tests {
             },
             by: Actor::Operator("alice".into()),
         };
+        table.apply(0, trusting_acme()).unwrap();
         table.apply(1, serial(1)).unwrap();
         table.apply(2, key("not-serving")).unwrap();
         serving.send_replace(true);

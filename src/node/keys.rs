@@ -45,9 +45,12 @@ pub(super) fn key_changes(
             serial: serial.to_owned(),
         });
     }
+    // A key counts only once the pair trusts its issuer (the table
+    // refuses it before): it waits until the VIP holder's issuers, which
+    // it proposes before its keys, are in the log.
     let wanted: Vec<&VerifiedKey> = files
         .iter()
-        .filter(|e| e.counts_at(now_ms))
+        .filter(|e| e.counts_at(now_ms) && state.issuers.contains_key(&e.key.issuer))
         .map(|e| &e.key)
         .collect();
     let ours = state
@@ -79,6 +82,49 @@ pub(super) fn key_changes(
         }
     }
     changes
+}
+
+/// The keys of `files` that count at `now_ms` but wait for the pair to
+/// trust their issuer (see [`key_changes`]).
+pub(super) fn waiting_for_issuer<'a>(
+    state: &TableState,
+    files: &'a [ServerKeyEntry],
+    now_ms: u64,
+) -> Vec<&'a ServerKeyEntry> {
+    files
+        .iter()
+        .filter(|e| e.counts_at(now_ms) && !state.issuers.contains_key(&e.key.issuer))
+        .collect()
+}
+
+/// What changed between two readings of a server's key files (a SIGHUP),
+/// for the log: key ids added, removed, and changed (the same id, another
+/// key); `None` if nothing did.
+pub(super) fn file_changes(old: &[ServerKeyEntry], new: &[ServerKeyEntry]) -> Option<String> {
+    use std::collections::BTreeMap;
+    let by_id = |entries: &[ServerKeyEntry]| -> BTreeMap<String, VerifiedKey> {
+        entries
+            .iter()
+            .map(|e| (e.key.key_id.clone(), e.key.clone()))
+            .collect()
+    };
+    let (old, new) = (by_id(old), by_id(new));
+    let ids = |f: &dyn Fn(&String, &VerifiedKey) -> bool, of: &BTreeMap<String, VerifiedKey>| {
+        of.iter()
+            .filter(|(id, k)| f(id, k))
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let added = ids(&|id, _| !old.contains_key(id), &new);
+    let removed = ids(&|id, _| !new.contains_key(id), &old);
+    let changed = ids(&|id, k| old.get(id).is_some_and(|o| o != k), &new);
+    let parts: Vec<String> = [("added", added), ("removed", removed), ("changed", changed)]
+        .into_iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(what, ids)| format!("keys {what}: {ids}"))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 #[cfg(test)]
@@ -127,8 +173,14 @@ mod tests {
                     )
                 })
                 .collect(),
+            issuers: acme(),
             ..TableState::default()
         }
+    }
+
+    /// The pair trusts "acme" (the issuer of every key here).
+    fn acme() -> BTreeMap<String, String> {
+        BTreeMap::from([("acme".to_owned(), "its public key".to_owned())])
     }
 
     fn backup() -> Actor {
@@ -144,12 +196,55 @@ mod tests {
         }
     }
 
+    /// Before the pair records the issuers (a brand-new pair) or while it
+    /// does not trust this key's, the key waits: proposed, the table would
+    /// refuse it. Once recorded, it is installed.
+    #[test]
+    fn a_key_waits_until_the_pair_trusts_its_issuer() {
+        let ap = key("b-ap", "CV2", Key::permanent("AP", 16));
+        let files = [file(ap.clone())];
+        let mut present = state("CV2", &[]);
+        present.issuers.clear();
+        assert_eq!(key_changes(&present, "backup", "CV2", &files, 10), vec![]);
+        assert_eq!(waiting_for_issuer(&present, &files, 10).len(), 1);
+        present.issuers.insert("globex".into(), "another key".into());
+        assert_eq!(key_changes(&present, "backup", "CV2", &files, 10), vec![]);
+        present.issuers = acme();
+        assert_eq!(
+            key_changes(&present, "backup", "CV2", &files, 10),
+            vec![install(&ap)]
+        );
+        assert!(waiting_for_issuer(&present, &files, 10).is_empty());
+    }
+
+    #[test]
+    fn file_changes_name_the_keys_added_removed_and_changed() {
+        let ap = key("b-ap", "CV2", Key::permanent("AP", 16));
+        let xsec = key("b-xsec", "CV2", Key::permanent("XSEC", 4));
+        let pefng = key("b-pefng", "CV2", Key::permanent("PEFNG", 8));
+        let more_xsec = key("b-xsec", "CV2", Key::permanent("XSEC", 8));
+        let old = [file(ap.clone()), file(xsec)];
+        assert_eq!(file_changes(&old, &old), None);
+        assert_eq!(
+            file_changes(&old, &[file(ap), file(more_xsec), file(pefng)]).as_deref(),
+            Some("keys added: b-pefng; keys changed: b-xsec")
+        );
+        assert_eq!(
+            file_changes(&old, &[]).as_deref(),
+            Some("keys removed: b-ap, b-xsec")
+        );
+    }
+
     #[test]
     fn announces_the_serial_then_installs_what_is_missing_and_nothing_when_equal() {
         let ap = key("b-ap", "CV2", Key::permanent("AP", 16));
         let files = [file(ap.clone())];
+        let fresh = TableState {
+            issuers: acme(),
+            ..TableState::default()
+        };
         assert_eq!(
-            key_changes(&TableState::default(), "backup", "CV2", &files, 10),
+            key_changes(&fresh, "backup", "CV2", &files, 10),
             vec![
                 Command::ServerSerial {
                     server: "backup".into(),

@@ -22,6 +22,7 @@ pub mod applier;
 mod beacon;
 mod keys;
 mod notify;
+mod reload;
 mod rules;
 mod sd_notify;
 mod settings;
@@ -48,6 +49,7 @@ use vrrp::proto::State;
 use vrrp::sys::Speaker;
 
 pub use applier::{ReplicatedApplier, SharedTable};
+pub use reload::{reload_channel, ReloadError, Reloader, Reloads};
 pub use store::{init, Start, STORE_FILE};
 pub use witness::run_witness;
 
@@ -180,7 +182,7 @@ fn status_hook(
     transport: &TcpTransport,
     data_dir: &std::path::Path,
     start: &Start,
-    settings: Option<(settings::Configured, SharedTable)>,
+    settings: Option<(watch::Receiver<settings::Configured>, SharedTable)>,
 ) -> StatusHook {
     let transport = transport.clone();
     let data_dir = data_dir.to_path_buf();
@@ -195,7 +197,7 @@ fn status_hook(
         if let Some((configured, table)) = &settings {
             status
                 .warnings
-                .extend(settings::status_warning(configured, table));
+                .extend(settings::status_warning(&configured.borrow(), table));
         }
         for (cause, n) in transport_refusals(transport.stats()) {
             if n > 0 {
@@ -317,6 +319,8 @@ fn tls_security(
 }
 
 /// Runs one server node until `stop` resolves, then stops gracefully.
+/// Configurations sent through the [`Reloader`] of `reloads` are taken
+/// while it runs (SIGHUP; see `config::reload`).
 ///
 /// # Errors
 /// The node could not start (ports, data directory, raft log, VRRP), or a
@@ -325,6 +329,7 @@ pub async fn run(
     config: Config,
     start: Start,
     stop: impl std::future::Future<Output = ()>,
+    reloads: Reloads,
 ) -> Result<(), NodeError> {
     let me = config.node.id;
     let peer = config.pair_peer().id;
@@ -442,13 +447,14 @@ pub async fn run(
         Some(vip.to_string()),
     ));
     let (soon_tx, soon) = watch::channel(false);
+    let settings = settings::SettingsSync::new(configured, config.node.name.clone());
     let hook = status_hook(
         member.leadership(),
         Some(speaker.status()),
         &transport,
         &config.node.data_dir,
         &start,
-        Some((configured.clone(), table.clone())),
+        Some((settings.subscribe(), table.clone())),
     );
     let hook = track::status_hook(hook, tracking.subscribe());
     let server_shutdown = CancellationToken::new();
@@ -520,7 +526,7 @@ pub async fn run(
         serving: serving_tx,
         soon: soon_tx,
         log: Arc::default(),
-        settings: settings::SettingsSync::new(configured, config.node.name.clone()),
+        settings,
         tickets: tickets::TicketRotation::default(),
         own_keys,
         beacons: Arc::clone(&beacons),
@@ -529,6 +535,7 @@ pub async fn run(
         notifier: notifier.clone(),
         track: tracking,
         faulted: false,
+        reloads: Some(reloads),
     };
     let mut glue_task = tokio::spawn(glue.run(speaker, glue_stop.clone()));
 
@@ -693,6 +700,8 @@ struct Glue {
     track: track::Tracking,
     /// In fault for a tracker: the speaker gave up the VIP and stays out.
     faulted: bool,
+    /// Configurations reloaded on SIGHUP (see `reload`).
+    reloads: Option<reload::Reloads>,
 }
 
 /// What the metrics and the status page read, at each request: the
@@ -788,6 +797,7 @@ impl Glue {
         let mut refresh = tokio::time::interval(self.advert);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut keys_task: Option<tokio::task::JoinHandle<usize>> = None;
+        let mut reloads = self.reloads.take();
         // One sleep, reset only when the rules' deadline moves.
         let mut deadline = None;
         let sleep = tokio::time::sleep(Duration::ZERO);
@@ -849,6 +859,12 @@ impl Glue {
                     if let Ok(t) = t {
                         info!(from = %t.from, to = %t.to, reason = ?t.reason, "VRRP state change");
                         self.rules.handle_transition(t.to, t.reason);
+                    }
+                }
+                request = async { reloads.as_mut().expect("guarded").next().await }, if reloads.is_some() => {
+                    match request {
+                        Some(request) => self.handle_reload(request),
+                        None => reloads = None,
                     }
                 }
                 sent = async { keys_task.as_mut().expect("guarded").await }, if keys_task.is_some() => {
@@ -1074,6 +1090,8 @@ impl Glue {
         let serial = self.config.serial().to_owned();
         let (applier, member) = (Arc::clone(&self.applier), self.member.clone());
         let log = Arc::clone(&self.log);
+        let mut settings_idle = self.settings.idle();
+        let wait = self.config.cluster.request_timeout();
         if rounds == 5 {
             warn!(
                 "this server's license keys are still not in the table after 5 rounds: \
@@ -1081,42 +1099,93 @@ impl Glue {
             );
         }
         tokio::spawn(async move {
-            let now = applier.stamp();
-            let changes = applier.read(|t| keys::key_changes(t.state(), &server, &serial, &files, now));
-            let sent = changes.len();
-            for command in changes {
-                let what = match &command {
-                    crate::table::Command::InstallServerKey { key, .. } => format!("install {}", key.key_id),
-                    crate::table::Command::RemoveServerKey { key_id, .. } => format!("remove {key_id}"),
-                    crate::table::Command::ServerSerial { serial, .. } => format!("announce serial {serial}"),
-                    _ => continue,
-                };
-                if serve {
-                    match applier.propose(command).await {
-                        Ok(Ok(_)) => info!(change = what, "server key change committed"),
-                        Ok(Err(e)) => {
-                            error!(change = what, error = %e, "server key change refused by the table")
-                        }
-                        Err(e) => cluster::warn_limited!(
-                            log,
-                            "key change",
-                            change = what,
-                            error = %e,
-                            "server key change not committed; retried"
-                        ),
-                    }
-                } else {
-                    match member.submit(command).await {
-                        Ok(()) if rounds == 0 => info!(change = what, "server key change sent to the leader"),
-                        Ok(()) => debug!(
-                            change = what,
-                            rounds, "server key change sent to the leader again"
-                        ),
-                        Err(e) => debug!(change = what, error = %e, "server key change not sent; retried"),
-                    }
+            let mut sent = 0;
+            let send = |command| send_key_change(command, serve, rounds, &applier, &member, &log);
+            if serve {
+                // The serial needs no issuer: announced at once. The keys
+                // wait for the issuers this node proposes first in the same
+                // round (see `settings`), so that they follow them into the
+                // log rather than being refused.
+                let announce = applier.read(|t| {
+                    keys::key_changes(t.state(), &server, &serial, &files, 0)
+                        .into_iter()
+                        .find(|c| matches!(c, crate::table::Command::ServerSerial { .. }))
+                });
+                if let Some(command) = announce {
+                    sent += 1;
+                    send(command).await;
                 }
+                let _ = tokio::time::timeout(wait, settings_idle.wait_for(|idle| *idle)).await;
+            }
+            let now = applier.stamp();
+            let (changes, waiting) = applier.read(|t| {
+                let waiting = keys::waiting_for_issuer(t.state(), &files, now)
+                    .iter()
+                    .map(|e| format!("{} ({})", e.key.key_id, e.key.issuer))
+                    .collect::<Vec<_>>();
+                let recorded = !t.state().issuers.is_empty();
+                (
+                    keys::key_changes(t.state(), &server, &serial, &files, now),
+                    (!waiting.is_empty()).then_some((waiting.join(", "), recorded)),
+                )
+            });
+            match waiting {
+                // A brand-new pair: the VIP holder's issuers are on their way.
+                Some((keys, false)) => debug!(keys, "server keys wait for the pair's trusted issuers"),
+                Some((keys, true)) => cluster::warn_limited!(
+                    log,
+                    "keys of an untrusted issuer",
+                    keys,
+                    "these keys of this server do not count: the pair does not trust their issuer \
+                     (its trusted issuers are the VIP holder's license.issuers)"
+                ),
+                None => {}
+            }
+            sent += changes.len();
+            for command in changes {
+                send(command).await;
             }
             sent
         })
+    }
+}
+
+/// Proposes one change of this server's keys (the VIP holder: logged once
+/// committed or refused) or submits it to the leader (another server).
+async fn send_key_change(
+    command: crate::table::Command,
+    serve: bool,
+    rounds: u32,
+    applier: &ReplicatedApplier,
+    member: &Member<SharedTable>,
+    log: &cluster::ratelog::RateLimiter,
+) {
+    let what = match &command {
+        crate::table::Command::InstallServerKey { key, .. } => format!("install {}", key.key_id),
+        crate::table::Command::RemoveServerKey { key_id, .. } => format!("remove {key_id}"),
+        crate::table::Command::ServerSerial { serial, .. } => format!("announce serial {serial}"),
+        _ => return,
+    };
+    if serve {
+        match applier.propose(command).await {
+            Ok(Ok(_)) => info!(change = what, "server key change committed"),
+            Ok(Err(e)) => error!(change = what, error = %e, "server key change refused by the table"),
+            Err(e) => cluster::warn_limited!(
+                log,
+                "key change",
+                change = what,
+                error = %e,
+                "server key change not committed; retried"
+            ),
+        }
+    } else {
+        match member.submit(command).await {
+            Ok(()) if rounds == 0 => info!(change = what, "server key change sent to the leader"),
+            Ok(()) => debug!(
+                change = what,
+                rounds, "server key change sent to the leader again"
+            ),
+            Err(e) => debug!(change = what, error = %e, "server key change not sent; retried"),
+        }
     }
 }

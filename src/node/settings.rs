@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tracing::info;
 
 use std::collections::BTreeMap;
@@ -54,19 +55,20 @@ impl Configured {
         out
     }
 
-    /// The commands that set what differs: the settings, then the issuers.
+    /// The commands that set what differs: the issuers (this server's keys
+    /// wait for them), then the settings.
     pub(super) fn proposal(&self, t: &LicenseTable, server: &str) -> Vec<Command> {
         let by = Actor::Server(server.to_owned());
         let mut out = Vec::new();
-        if !self.table.differences(t.config()).is_empty() {
-            out.push(Command::Settings {
-                settings: self.table.clone(),
-                by: by.clone(),
-            });
-        }
         if self.issuers != t.state().issuers {
             out.push(Command::Issuers {
                 issuers: self.issuers.clone(),
+                by: by.clone(),
+            });
+        }
+        if !self.table.differences(t.config()).is_empty() {
+            out.push(Command::Settings {
+                settings: self.table.clone(),
                 by,
             });
         }
@@ -79,24 +81,53 @@ const RETRY: Duration = Duration::from_secs(2);
 
 /// A server's configured settings, and the proposal of them in flight.
 pub(super) struct SettingsSync {
-    configured: Configured,
+    /// A SIGHUP replaces them; `vipool show status` reads them.
+    configured: watch::Sender<Configured>,
     server: String,
     task: Option<tokio::sync::oneshot::Receiver<bool>>,
     /// When the last proposal that did not commit was sent.
     failed_at: Option<Instant>,
     /// The differences last logged as proposed: a retry is not logged again.
     announced: Option<String>,
+    /// False while a proposal of the issuers is in flight: the serving
+    /// node's key round waits for it, so that its keys follow the issuers
+    /// they need into the log (see `node::keys`).
+    idle: Arc<watch::Sender<bool>>,
 }
 
 impl SettingsSync {
     pub(super) fn new(configured: Configured, server: String) -> Self {
         Self {
-            configured,
+            configured: watch::channel(configured).0,
             server,
             task: None,
             failed_at: None,
             announced: None,
+            idle: Arc::new(watch::channel(true).0),
         }
+    }
+
+    /// Turns true once no proposal of the issuers is in flight.
+    pub(super) fn idle(&self) -> watch::Receiver<bool> {
+        self.idle.subscribe()
+    }
+
+    /// The settings this server's configuration has now.
+    pub(super) fn configured(&self) -> Configured {
+        self.configured.borrow().clone()
+    }
+
+    /// Follows them as they change (for `vipool show status`).
+    pub(super) fn subscribe(&self) -> watch::Receiver<Configured> {
+        self.configured.subscribe()
+    }
+
+    /// New configured settings (a SIGHUP): compared, and proposed when
+    /// this node leads, from the next round on, as at start.
+    pub(super) fn set_configured(&mut self, configured: Configured) {
+        self.configured.send_replace(configured);
+        self.failed_at = None;
+        self.announced = None;
     }
 
     /// One round: `leads` is VRRP master and raft leader (the node that
@@ -120,10 +151,8 @@ impl SettingsSync {
             }
         }
         let (differences, commands) = applier.read(|t| {
-            (
-                self.configured.differences(t),
-                self.configured.proposal(t, &self.server),
-            )
+            let configured = self.configured.borrow();
+            (configured.differences(t), configured.proposal(t, &self.server))
         });
         if differences.is_empty() {
             // The next difference, even the same one again, is news.
@@ -161,10 +190,21 @@ impl SettingsSync {
         let log = Arc::clone(log);
         let (done, task) = tokio::sync::oneshot::channel();
         self.task = Some(task);
+        if matches!(commands.first(), Some(Command::Issuers { .. })) {
+            self.idle.send_replace(false);
+        }
+        let idle = Arc::clone(&self.idle);
         tokio::spawn(async move {
             let mut committed = true;
             for command in commands {
-                committed &= match applier.propose(command).await {
+                let issuers = matches!(command, Command::Issuers { .. });
+                let outcome = applier.propose(command).await;
+                if issuers {
+                    // Committed or not: the keys waiting for them go on
+                    // (a key of an issuer not recorded waits for a later round).
+                    idle.send_replace(true);
+                }
+                committed &= match outcome {
                     Ok(Ok(_)) => {
                         info!("table settings committed: every member applies this server's from now on");
                         true
@@ -222,7 +262,7 @@ mod tests {
         t.apply_command(t.applied_index() + 1, command).unwrap();
     }
 
-    /// The VIP holder proposes its settings, then its issuers, in one go;
+    /// The VIP holder proposes its issuers, then its settings, in one go;
     /// once both are the pair's nothing differs. A server trusting
     /// another key under the same name, or another issuer, is told which.
     #[test]
@@ -242,7 +282,7 @@ mod tests {
         assert!(listed.contains("the pair's none"), "{listed}");
         let commands = ours.proposal(&t, "primary");
         assert!(
-            matches!(commands.as_slice(), [Command::Settings { .. }, Command::Issuers { issuers, .. }] if issuers.len() == 2),
+            matches!(commands.as_slice(), [Command::Issuers { issuers, .. }, Command::Settings { .. }] if issuers.len() == 2),
             "{commands:?}"
         );
         for command in commands {

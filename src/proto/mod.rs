@@ -215,6 +215,17 @@ pub enum ServerError {
     /// switch's id, or a certificate of the wrong kind for this port).
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The connection presented a member certificate of the pair (a
+    /// server's or the witness's): it authenticates the cluster link, not
+    /// a switch nor an operator. (Appended last: errors travel by index.)
+    #[error(
+        "refused: a member certificate (member {member:?} of the pair) is not a switch certificate: \
+         switches present one from `vipool pki switch`, operators one from `vipool pki operator`"
+    )]
+    MemberCertificate {
+        /// The member the certificate names.
+        member: String,
+    },
 }
 
 impl From<frame::FrameError> for ServerError {

@@ -13,7 +13,7 @@ use tracing::{debug, info};
 
 use super::request::{self, RequestContext, TableReader};
 use super::{Applier, Port, Shared};
-use crate::pki::ClientIdentity;
+use crate::pki::{ClientIdentity, IdentityError};
 use crate::proto::connection::{Framed, WriteError};
 use crate::proto::{
     frame, Request, RequestFrame, Response, ServerError, ServerMessage, TableDump, PAGE_CLIENTS,
@@ -56,32 +56,60 @@ pub(super) async fn accept<A: Applier>(shared: Arc<Shared<A>>, tcp: TcpStream, p
         Ok(accepted) => accepted,
         Err(e) => return refused(&e.to_string()),
     };
-    let fits = matches!(
-        (port, &who),
-        (Port::Client, ClientIdentity::Switch { .. }) | (Port::Operator, ClientIdentity::Operator { .. })
-    );
-    if !fits {
-        refused(&format!("{who} on the {port:?} port"));
-        // Say why before closing: a certificate of the wrong kind is an
-        // operator's mistake, not an attack.
-        let mut framed = Framed::new(stream, shared.config.max_frame);
-        let why = match port {
-            Port::Client => "the client port takes switch certificates only: operators use the operator port",
-            Port::Operator => "the operator port takes operator certificates only (`vipool pki operator`)",
-        };
-        let message = ServerMessage::Reply {
-            seq: 0,
-            response: Err(ServerError::Forbidden(why.into())),
-        };
-        if write_within(&mut framed, &message, shared.config.frame_timeout)
-            .await
-            .is_ok()
-        {
-            let _ = tokio::time::timeout(shared.config.frame_timeout, framed.shutdown()).await;
+    let refusal = match &who {
+        Ok(ClientIdentity::Switch { .. }) if port == Port::Client => None,
+        Ok(ClientIdentity::Operator { .. }) if port == Port::Operator => None,
+        Ok(who) => {
+            refused(&format!("{who} on the {port:?} port"));
+            Some(ServerError::Forbidden(
+                match port {
+                    Port::Client => {
+                        "the client port takes switch certificates only: operators use the operator port"
+                    }
+                    Port::Operator => {
+                        "the operator port takes operator certificates only (`vipool pki operator`)"
+                    }
+                }
+                .into(),
+            ))
         }
-        return;
+        Err(IdentityError::Member { member }) => {
+            // A server's or the witness's own certificate used as a
+            // client's: a mistake in a script or a switch's setup, or the
+            // key of a member in the wrong hands. Counted apart.
+            shared.counters.refuse("client_member_certificate");
+            shared
+                .counters
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            cluster::warn_limited!(shared.log, "member certificate", %peer, ?port, member = %member,
+                "connection refused: a member certificate of the pair is not a switch certificate");
+            Some(ServerError::MemberCertificate {
+                member: member.clone(),
+            })
+        }
+        Err(e @ IdentityError::Unusable(_)) => {
+            refused(&format!("client certificate: {e}"));
+            Some(ServerError::Forbidden(format!("client certificate: {e}")))
+        }
+    };
+    let Some(refusal) = refusal else {
+        let who = who.ok();
+        return serve(shared, Box::new(stream), peer, local, who, port).await;
+    };
+    // Say why before closing: a certificate of the wrong kind is an
+    // operator's mistake more often than an attack.
+    let mut framed = Framed::new(stream, shared.config.max_frame);
+    let message = ServerMessage::Reply {
+        seq: 0,
+        response: Err(refusal),
+    };
+    if write_within(&mut framed, &message, shared.config.frame_timeout)
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(shared.config.frame_timeout, framed.shutdown()).await;
     }
-    serve(shared, Box::new(stream), peer, local, Some(who), port).await;
 }
 
 /// Serves one connection until the peer closes it, sends a bad frame, is
@@ -445,11 +473,12 @@ impl<A: Applier> Conn<'_, A> {
             _ => None,
         };
         let mapped = {
+            let trusted = self.shared.trusted();
             // Not held across an await: the context borrows the table's reader.
             let context = RequestContext {
                 now_ms,
                 peer: self.peer,
-                trusted: &self.shared.config.trusted,
+                trusted: &trusted,
                 limits: &self.shared.config.limits,
                 registrations: &self.shared.registrations,
                 seen: &self.shared.seen,

@@ -230,9 +230,22 @@ pub(crate) struct Shared<A> {
     pub(crate) epoch: tokio::time::Instant,
     /// Key signatures already verified (heartbeats present the same keys).
     pub(crate) seen: crate::license::SeenSignatures,
+    /// The issuers whose keys count: [`ServerConfig::trusted`] at start,
+    /// then what [`Server::set_trusted`] gave (a SIGHUP).
+    pub(crate) trusted: std::sync::RwLock<Arc<TrustedIssuers>>,
 }
 
 impl<A: Applier> Shared<A> {
+    /// The issuers trusted now.
+    pub(crate) fn trusted(&self) -> Arc<TrustedIssuers> {
+        Arc::clone(
+            &self
+                .trusted
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     pub(crate) fn status(&self) -> NodeStatus {
         let applied_index = self.applier.read(|t| t.applied_index());
         let mut status = NodeStatus {
@@ -403,6 +416,7 @@ impl<A: Applier> Server<A> {
             requests: config.limits.requests(),
             epoch: tokio::time::Instant::now(),
             seen: crate::license::SeenSignatures::default(),
+            trusted: std::sync::RwLock::new(Arc::new(config.trusted.clone())),
             config,
             serving,
             // Never soon unless the node says so (`with_serving_soon`).
@@ -465,6 +479,17 @@ impl<A: Applier> Server<A> {
     /// node when it answers after the move).
     pub fn stop_accepting(&self) {
         self.shared.stop_accepting.cancel();
+    }
+
+    /// Replaces the issuers whose keys count when a client presents them
+    /// (a configuration reloaded on SIGHUP): requests read from now on are
+    /// verified with these.
+    pub fn set_trusted(&self, trusted: TrustedIssuers) {
+        *self
+            .shared
+            .trusted
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(trusted);
     }
 
     /// Closes (`true`) or reopens (`false`) the client port's listeners,

@@ -488,6 +488,7 @@ impl Switch {
                     CommandError::KeyCounted { key_id, .. }
                     | CommandError::KeyExpired(key_id)
                     | CommandError::KeyNotBound { key_id, .. }
+                    | CommandError::IssuerNotTrusted { key_id, .. }
                     | CommandError::DuplicateKey(key_id),
                 ) => Some(key_id.clone()),
                 _ => None,

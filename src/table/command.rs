@@ -556,6 +556,19 @@ pub enum CommandError {
     /// A session-ticket key that is not a fresh one.
     #[error("TLS session-ticket key refused: {0}")]
     TicketKey(String),
+    /// A key whose issuer is not in the issuers the pair trusts, as the
+    /// log recorded them ([`Command::Issuers`]): the node that proposed it
+    /// trusts an issuer the pair does not (yet).
+    #[error(
+        "key {key_id:?} is signed by issuer {issuer:?}, which the pair does not trust (its trusted \
+         issuers are the VIP holder's license.issuers, recorded in the log)"
+    )]
+    IssuerNotTrusted {
+        /// The key's id.
+        key_id: String,
+        /// Its issuer's name.
+        issuer: String,
+    },
 }
 
 impl CommandError {
@@ -587,6 +600,7 @@ impl CommandError {
             Self::Settings { .. } => "table_settings",
             Self::SupersededCertificate { .. } => "table_superseded_certificate",
             Self::NotCertifiable => "table_not_certifiable",
+            Self::IssuerNotTrusted { .. } => "table_issuer_not_trusted",
             Self::Issuers(_) => "table_issuers",
             Self::TicketKey(_) => "table_ticket_key",
         }

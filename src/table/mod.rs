@@ -10,10 +10,15 @@
 //!
 //! - every string and count is within the bounds of [`limits`];
 //! - a key counts once: its id is counted by at most one client or server,
-//!   it is bound to the serial of whoever presents it, and it has not
-//!   expired at the entry's `now_ms`. That its signature verifies with a
-//!   trusted issuer is checked where the command is proposed (the trusted
-//!   issuers are each node's own configuration; see `server::request`);
+//!   it is bound to the serial of whoever presents it, it has not expired
+//!   at the entry's `now_ms`, and its issuer is one the pair trusts, as
+//!   the log recorded them ([`TableState::issuers`], set by
+//!   [`Command::Issuers`]: the same on every replica, whatever each
+//!   node's configuration says). That its signature verifies under that
+//!   issuer's key is checked where the command is proposed (the table
+//!   holds no signature; see `server::request`). When the recorded
+//!   issuers change, the keys of an issuer no longer among them stop
+//!   counting at once (clients' and servers' alike);
 //! - S3 for every client command: a grant, and a report that claims to use
 //!   more than the client holds, needs that many available (and the type
 //!   not over-subscribed). A type becomes over-subscribed only when
@@ -427,6 +432,7 @@ impl LicenseTable {
             }
             Command::Issuers { issuers, .. } => {
                 self.state.issuers = issuers;
+                self.drop_untrusted_keys();
                 Ok(Reply::Settings {
                     pool: self.derived.pool.clone(),
                 })
@@ -537,11 +543,18 @@ impl LicenseTable {
     }
 
     /// What the table can check of a verified key from the entry alone: its
-    /// strings, its type, a count of at least one, its binding to the
-    /// presenter's `serial`, and that it has not expired at `now_ms`.
+    /// strings, its issuer among those the pair trusts, its type, a count
+    /// of at least one, its binding to the presenter's `serial`, and that
+    /// it has not expired at `now_ms`.
     fn check_key(&self, now_ms: u64, key: &VerifiedKey, serial: &str) -> Result<(), CommandError> {
         limits::check_key_id(&key.key_id)?;
         limits::check_issuer(&key.issuer)?;
+        if !self.state.issuers.contains_key(&key.issuer) {
+            return Err(CommandError::IssuerNotTrusted {
+                key_id: key.key_id.clone(),
+                issuer: key.issuer.clone(),
+            });
+        }
         limits::check_serial(&key.serial)?;
         self.kind(&key.key.license_type)?;
         if key.key.count == 0 {
@@ -798,6 +811,35 @@ impl LicenseTable {
         }
         self.state.servers.insert(server, ServerInfo { serial });
         self.server_key_reply()
+    }
+
+    /// Keys whose issuer is no longer among those the pair trusts stop
+    /// counting: a server's leave the table, a client's leave the client
+    /// (its next report presents them again, and the node that proposes it
+    /// refuses them). A type can become over-subscribed by it, as when any
+    /// contribution shrinks.
+    fn drop_untrusted_keys(&mut self) {
+        let issuers = &self.state.issuers;
+        let untrusted: Vec<String> = self
+            .state
+            .server_keys
+            .iter()
+            .filter(|(_, k)| !issuers.contains_key(&k.key.issuer))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for key_id in untrusted {
+            if let Some(server_key) = self.state.server_keys.remove(&key_id) {
+                self.derived.detach_server_key(&server_key);
+            }
+        }
+        for client in self.state.clients.values_mut() {
+            if client.keys.iter().all(|k| issuers.contains_key(&k.issuer)) {
+                continue;
+            }
+            self.derived.detach_client(&self.config, client);
+            client.keys.retain(|k| issuers.contains_key(&k.issuer));
+            self.derived.attach_client(&self.config, client);
+        }
     }
 
     /// Replaces settings, state and applied index, rebuilding what is derived.

@@ -45,9 +45,23 @@ fn register(id: &str, serial: &str, report: ClientReport) -> Command {
     }
 }
 
-/// A table with the primary's serial announced and 16 AP installed on it.
+/// The pair trusts "acme", the issuer of every key here, as the VIP
+/// holder records it before any key.
+fn trusting_acme() -> Command {
+    let acme = crate::license::IssuerKey::from_secret_bytes("acme", &[7; 32]).unwrap();
+    Command::Issuers {
+        issuers: std::iter::once(acme.trusted())
+            .collect::<crate::license::TrustedIssuers>()
+            .by_name_text(),
+        by: Actor::Server("primary".into()),
+    }
+}
+
+/// A table trusting "acme", with the primary's serial announced and 16 AP
+/// installed on it.
 fn table() -> LicenseTable {
     let mut t = LicenseTable::new(TableConfig::default());
+    t.apply_command(0, trusting_acme()).unwrap();
     t.apply_command(
         1,
         Command::ServerSerial {
@@ -158,6 +172,107 @@ fn a_key_id_counts_once_in_the_whole_table() {
         register("sw2", "S2", report(vec![vkey("k", "S2", 8, None)], 0)),
     )
     .unwrap();
+}
+
+/// Issue 10: a key counts only if its issuer is one the pair trusts, as
+/// the log recorded them (`Command::Issuers`), decided from the entry and
+/// the replicated state alone: every replica refuses alike, whatever its
+/// own configuration trusts. Before any issuer is recorded no key counts.
+#[test]
+fn a_key_counts_only_if_the_pair_trusts_its_issuer() {
+    let globex = |id: &str, serial: &str| VerifiedKey {
+        issuer: "globex".into(),
+        ..vkey(id, serial, 8, None)
+    };
+    let untrusted = |key_id: &str| CommandError::IssuerNotTrusted {
+        key_id: key_id.into(),
+        issuer: "globex".into(),
+    };
+    // A brand-new table: nothing recorded, nothing counts.
+    let mut fresh = LicenseTable::new(TableConfig::default());
+    fresh
+        .apply_command(
+            1,
+            Command::ServerSerial {
+                server: "primary".into(),
+                serial: "CV1".into(),
+            },
+        )
+        .unwrap();
+    let err = refused(
+        &mut fresh,
+        Command::InstallServerKey {
+            now_ms: 0,
+            server: "primary".into(),
+            key: vkey("p-ap", "CV1", 16, None),
+            by: Actor::Server("primary".into()),
+        },
+    );
+    assert_eq!(
+        err,
+        CommandError::IssuerNotTrusted {
+            key_id: "p-ap".into(),
+            issuer: "acme".into()
+        }
+    );
+    assert_eq!(err.cause(), "table_issuer_not_trusted");
+
+    // acme recorded: globex's keys are refused in every report and install.
+    let mut t = table();
+    let err = refused(&mut t, register("sw1", "S1", report(vec![globex("g1", "S1")], 0)));
+    assert_eq!(err, untrusted("g1"));
+    t.apply_command(
+        3,
+        register("sw1", "S1", report(vec![vkey("a1", "S1", 8, None)], 0)),
+    )
+    .unwrap();
+    for command in [
+        Command::Heartbeat {
+            now_ms: 200,
+            id: "sw1".into(),
+            address: "192.0.2.50:4000".into(),
+            report: report(vec![vkey("a1", "S1", 8, None), globex("g1", "S1")], 0),
+        },
+        Command::Update {
+            now_ms: 200,
+            id: "sw1".into(),
+            report: report(vec![globex("g1", "S1")], 0),
+        },
+        Command::InstallServerKey {
+            now_ms: 0,
+            server: "primary".into(),
+            key: globex("g1", "CV1"),
+            by: Actor::Operator("alice".into()),
+        },
+    ] {
+        assert_eq!(refused(&mut t, command), untrusted("g1"));
+    }
+    assert_eq!(t.pool()[&ap()].total, 24);
+
+    // The VIP holder records globex only: acme's keys stop counting at
+    // once, the server's and the client's, on every replica alike.
+    let mut other = t.clone();
+    let globex_only = Command::Issuers {
+        issuers: [crate::license::IssuerKey::from_secret_bytes("globex", &[9; 32])
+            .unwrap()
+            .trusted()]
+        .into_iter()
+        .collect::<crate::license::TrustedIssuers>()
+        .by_name_text(),
+        by: Actor::Server("backup".into()),
+    };
+    let reply = t.apply_command(4, globex_only.clone()).unwrap();
+    assert_eq!(other.apply_command(4, globex_only).unwrap(), reply);
+    assert_eq!(t, other);
+    assert!(t.state().server_keys.is_empty());
+    assert!(t.client("sw1").unwrap().keys.is_empty());
+    assert_eq!(t.pool().get(&ap()).map_or(0, |e| e.total), 0);
+    assert_eq!(t.key_owner("a1"), None);
+    assert!(derived_matches(&t));
+    // And globex's count from now on.
+    t.apply_command(5, register("sw1", "S1", report(vec![globex("g1", "S1")], 0)))
+        .unwrap();
+    assert_eq!(t.pool()[&ap()].total, 8);
 }
 
 #[test]
@@ -539,6 +654,7 @@ fn settings_are_replicated_state_and_travel_in_snapshots() {
             settings: TableConfig::default(),
             by: Actor::Server("primary".into()),
         },
+        trusting_acme(),
         Command::ServerSerial {
             server: "primary".into(),
             serial: "CV1".into(),
@@ -574,15 +690,15 @@ fn settings_are_replicated_state_and_travel_in_snapshots() {
         settings: switch_specific.clone(),
         by: Actor::Server("backup".into()),
     };
-    let reply = primary.apply_command(6, set.clone()).unwrap();
-    assert_eq!(backup.apply_command(6, set).unwrap(), reply);
+    let reply = primary.apply_command(7, set.clone()).unwrap();
+    assert_eq!(backup.apply_command(7, set).unwrap(), reply);
     assert_eq!(primary, backup);
     assert_eq!(primary.config(), &switch_specific);
     assert!(!primary.pool().contains_key(&xsec()));
     assert_eq!(primary.client("sw1").unwrap().used_of(&xsec()), 10);
     assert_eq!(
         primary.apply_command(
-            7,
+            8,
             Command::Acquire {
                 now_ms: 300,
                 id: "sw1".into(),
@@ -791,7 +907,12 @@ fn a_format_3_snapshot_restores_without_floors() {
     bytes.extend_from_slice(&body);
     let mut restored = LicenseTable::new(TableConfig::default());
     restored.restore(&bytes).unwrap();
-    assert_eq!(restored.state(), t.state());
+    // Format 3 recorded no issuers either: the keys it holds still count,
+    // new ones wait for the VIP holder's `Issuers` entry.
+    let mut expected = t.state().clone();
+    expected.issuers.clear();
+    assert_eq!(restored.state(), &expected);
+    assert_eq!(restored.pool(), t.pool());
     assert_eq!(restored.client("sw1").unwrap().used_of(&ap()), 1);
 }
 

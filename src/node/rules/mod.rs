@@ -847,15 +847,21 @@ impl PairRules {
     }
 
     /// A key round at once when this node starts serving, then every
-    /// [`KEY_CHECK`] while it serves or follows a leader, one at a time.
+    /// [`KEY_CHECK`] while it serves or follows a leader, one at a time. A
+    /// round in flight when serving starts (one of a follower, which may
+    /// have left keys waiting for the pair's issuers) is followed at once
+    /// by a serving round when it ends.
     fn keys_check(&mut self, now: Instant, serve: bool, follows: bool) {
         let k = &mut self.keys;
         let started_serving = serve && !k.serving;
-        k.serving = serve;
+        if !serve {
+            k.serving = false;
+        }
         self.timers[Timer::Keys as usize] = None;
         if !(serve || follows) || k.in_flight {
             return;
         }
+        k.serving = serve;
         if let Some(at) = k.checked.filter(|_| !started_serving) {
             if now.saturating_duration_since(at) < KEY_CHECK {
                 self.timers[Timer::Keys as usize] = Some(at + KEY_CHECK);

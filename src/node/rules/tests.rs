@@ -649,6 +649,27 @@ fn keys_are_synced_at_once_when_serving_then_every_key_check() {
         }),
         "{a:?}"
     );
+    // Serving while a follower's round is still in flight: a serving
+    // round as soon as it ends (that one may have left keys waiting for
+    // the pair's issuers, which only the VIP holder records).
+    let mut s = Script::following(false);
+    s.at_ms(100);
+    s.raft.role = StateRole::Leader;
+    s.raft.leader = Some(ME);
+    s.feed_raft();
+    s.become_state(State::Master, Reason::Preempt);
+    let a = s.actions();
+    assert!(serves(&a));
+    assert!(!a.iter().any(|x| matches!(x, Action::SyncKeys { .. })), "{a:?}");
+    s.rules.keys_done(s.now, Some(1));
+    let a = s.actions();
+    assert!(
+        a.contains(&Action::SyncKeys {
+            serve: true,
+            rounds: 1
+        }),
+        "at once, not at the next check: {a:?}"
+    );
     // Neither serving nor following: no rounds.
     let mut s = Script::new(false);
     s.feed_raft();

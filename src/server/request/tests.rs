@@ -114,6 +114,12 @@ impl Node {
             now_ms: NOW_MS,
             index: 0,
         };
+        // The pair trusts what this node does (the VIP holder recorded it).
+        node.apply(Command::Issuers {
+            issuers: node.trusted.by_name_text(),
+            by: Actor::Server("primary".into()),
+        })
+        .unwrap();
         for (server, serial) in [("primary", "CV1"), ("backup", "CV2")] {
             node.apply(Command::ServerSerial {
                 server: server.into(),
@@ -275,6 +281,51 @@ fn a_key_of_an_untrusted_issuer_is_refused_by_name() {
         "{k}"
     );
     assert!(k.to_string().contains("not trusted here"), "{k}");
+}
+
+/// A key this node's configuration trusts, but the pair's recorded
+/// issuers do not (this node serves and has not recorded its own yet, or
+/// another server's issuers are the pair's): refused before proposing,
+/// with the table's typed refusal, and the switch drops it.
+#[test]
+fn a_key_of_an_issuer_the_pair_does_not_record_is_refused_by_the_table() {
+    let mut node = Node::new();
+    let globex = IssuerKey::from_secret_bytes("globex", &[8; 32]).unwrap();
+    node.trusted = TrustedIssuers::from_iter([acme().trusted(), globex.trusted()]);
+    let result = node.send(
+        register(
+            "sw1",
+            "S1",
+            report(vec![key_of(&globex, "g1", "S1", "AP", 8, None)], &[]),
+        ),
+        &switch("sw1", "S1"),
+    );
+    let e = refused(result);
+    assert_eq!(
+        e,
+        CommandError::IssuerNotTrusted {
+            key_id: "g1".into(),
+            issuer: "globex".into()
+        }
+    );
+    assert!(e.to_string().contains("which the pair does not trust"), "{e}");
+    assert_eq!(node.total(), 16);
+    // Recorded, it counts.
+    node.apply(Command::Issuers {
+        issuers: node.trusted.by_name_text(),
+        by: Actor::Server("primary".into()),
+    })
+    .unwrap();
+    node.send(
+        register(
+            "sw1",
+            "S1",
+            report(vec![key_of(&globex, "g1", "S1", "AP", 8, None)], &[]),
+        ),
+        &switch("sw1", "S1"),
+    )
+    .unwrap();
+    assert_eq!(node.total(), 24);
 }
 
 #[test]
