@@ -171,9 +171,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// them.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The handshake hedge of [`ConnectOptions::default`]: 300 ms.
+/// A handshake hedge for [`ConnectOptions::handshake_hedge`]: 300 ms.
+/// Off in [`ConnectOptions::default`] (see below).
 ///
-/// Why. A holder that hangs or loses power just after its kernel
+/// Why a hedge. A holder that hangs or loses power just after its kernel
 /// acknowledged a new connection's SYN and ClientHello never sends its
 /// ServerHello, and nothing else ends the handshake: no byte of ours is
 /// left unacknowledged (so `TCP_USER_TIMEOUT` does not fire), and the
@@ -183,9 +184,17 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// first to complete wins; the other is reset (no close handshake, so a
 /// busy server wastes no handshake on it). A live server completes a
 /// handshake within a few milliseconds; 300 ms, the connect timeout, is
-/// outlasted by nothing but a dead or swamped server. A herd of switches
-/// on a swamped survivor makes at most one extra connection each, reset
-/// before the server reaches it.
+/// outlasted by nothing but a dead or swamped server.
+///
+/// Why off by default. A swamped server is the herd's case: after a
+/// failover of 10,000 switches every handshake waits behind the others for
+/// longer than 300 ms, every switch hedges, and the extra handshakes feed
+/// the queue. herd_bench, 10,000 switches, graceful stop, on this
+/// project's two-core lab machine: all registered again 47.7 s after the
+/// VIP moved with a 300 ms hedge (6,849 full and 49,415 resumed handshakes
+/// on the survivor), 5.3 s without (22 full, 10,785 resumed). Turn it on
+/// for a pair serving a few hundred switches, where a fresh switch that
+/// met a dying holder otherwise waits out the handshake deadline.
 pub const DEFAULT_HANDSHAKE_HEDGE: Duration = Duration::from_millis(300);
 
 /// The answer deadline of [`ConnectOptions::default`]: 1.5 s.
@@ -288,7 +297,8 @@ impl Default for ConnectOptions {
             connect_in_flight: DEFAULT_CONNECT_IN_FLIGHT,
             ack_timeout: Some(DEFAULT_ACK_TIMEOUT),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            handshake_hedge: Some(DEFAULT_HANDSHAKE_HEDGE),
+            // Off: see DEFAULT_HANDSHAKE_HEDGE.
+            handshake_hedge: None,
             answer_timeout: Some(DEFAULT_ANSWER_TIMEOUT),
         }
     }
