@@ -5,7 +5,7 @@
 #
 # 1. The package: every file of deploy/deb/contents.txt is in it, its
 #    files under /etc are conffiles, postinst and postrm are there.
-# 2. A clean root: `debootstrap --variant=minbase --include=systemd` of
+# 2. A clean root: `debootstrap --variant=minbase --include=systemd,procps` of
 #    this host's Debian release from the mirror this host's apt uses
 #    (VIPOOL_DEB_MIRROR=URL to choose another) into a temporary directory,
 #    the package installed there with dpkg in a chroot. In the chroot:
@@ -95,9 +95,9 @@ cleanup() {
 trap cleanup EXIT
 R="$ROOTDIR/root"
 
-echo "== debootstrap --variant=minbase --include=systemd $SUITE $R $MIRROR"
+echo "== debootstrap --variant=minbase --include=systemd,procps $SUITE $R $MIRROR"
 started=$SECONDS
-if ! debootstrap --variant=minbase --include=systemd "$SUITE" "$R" "$MIRROR" >"$ROOTDIR/debootstrap.log" 2>&1; then
+if ! debootstrap --variant=minbase --include=systemd,procps "$SUITE" "$R" "$MIRROR" >"$ROOTDIR/debootstrap.log" 2>&1; then
     tail -n 30 "$ROOTDIR/debootstrap.log"
     echo "test.sh: debootstrap failed" >&2
     exit 1
