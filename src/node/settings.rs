@@ -79,14 +79,60 @@ impl Configured {
 /// How long after a proposal that did not commit the next one goes out.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// One proposal in flight at a time, and a pause of [`RETRY`] after one
+/// that did not commit (the settings' and the ticket keys' rounds).
+#[derive(Default)]
+pub(super) struct InFlight {
+    task: Option<tokio::sync::oneshot::Receiver<bool>>,
+    /// When the last proposal that did not commit ended.
+    failed_at: Option<Instant>,
+}
+
+impl InFlight {
+    /// Whether a proposal is still in flight (taking the result of one
+    /// that ended).
+    pub(super) fn pending(&mut self) -> bool {
+        let Some(task) = &mut self.task else {
+            return false;
+        };
+        match task.try_recv() {
+            Ok(committed) => {
+                self.task = None;
+                self.failed_at = (!committed).then(Instant::now);
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                self.task = None;
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+        }
+    }
+
+    /// Whether the last proposal failed less than [`RETRY`] ago.
+    pub(super) fn backing_off(&self) -> bool {
+        self.failed_at.is_some_and(|at| at.elapsed() < RETRY)
+    }
+
+    /// Forgets a failure: the next round may propose at once.
+    fn clear_failure(&mut self) {
+        self.failed_at = None;
+    }
+
+    /// A proposal starts: send whether it committed on the returned sender.
+    pub(super) fn start(&mut self) -> tokio::sync::oneshot::Sender<bool> {
+        let (done, task) = tokio::sync::oneshot::channel();
+        self.task = Some(task);
+        done
+    }
+}
+
 /// A server's configured settings, and the proposal of them in flight.
 pub(super) struct SettingsSync {
     /// A SIGHUP replaces them; `vipool show status` reads them.
     configured: watch::Sender<Configured>,
     server: String,
-    task: Option<tokio::sync::oneshot::Receiver<bool>>,
-    /// When the last proposal that did not commit was sent.
-    failed_at: Option<Instant>,
+    proposal: InFlight,
     /// The differences last logged as proposed: a retry is not logged again.
     announced: Option<String>,
     /// False while a proposal of the issuers is in flight: the serving
@@ -100,8 +146,7 @@ impl SettingsSync {
         Self {
             configured: watch::channel(configured).0,
             server,
-            task: None,
-            failed_at: None,
+            proposal: InFlight::default(),
             announced: None,
             idle: Arc::new(watch::channel(true).0),
         }
@@ -126,7 +171,7 @@ impl SettingsSync {
     /// this node leads, from the next round on, as at start.
     pub(super) fn set_configured(&mut self, configured: Configured) {
         self.configured.send_replace(configured);
-        self.failed_at = None;
+        self.proposal.clear_failure();
         self.announced = None;
     }
 
@@ -140,15 +185,8 @@ impl SettingsSync {
         applier: &Arc<ReplicatedApplier>,
         log: &Arc<cluster::ratelog::RateLimiter>,
     ) {
-        if let Some(task) = &mut self.task {
-            match task.try_recv() {
-                Ok(committed) => {
-                    self.task = None;
-                    self.failed_at = (!committed).then(Instant::now);
-                }
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => self.task = None,
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
-            }
+        if self.proposal.pending() {
+            return;
         }
         let (differences, commands) = applier.read(|t| {
             let configured = self.configured.borrow();
@@ -172,7 +210,7 @@ impl SettingsSync {
             }
             return;
         }
-        if self.failed_at.is_some_and(|at| at.elapsed() < RETRY) {
+        if self.proposal.backing_off() {
             return;
         }
         if self.announced.as_deref() != Some(listed.as_str()) {
@@ -188,8 +226,7 @@ impl SettingsSync {
         }
         let applier = Arc::clone(applier);
         let log = Arc::clone(log);
-        let (done, task) = tokio::sync::oneshot::channel();
-        self.task = Some(task);
+        let done = self.proposal.start();
         if matches!(commands.first(), Some(Command::Issuers { .. })) {
             self.idle.send_replace(false);
         }

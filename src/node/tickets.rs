@@ -14,21 +14,18 @@
 //! one full handshake at its next reconnection.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use ring::rand::SecureRandom;
 use tracing::info;
 
 use super::applier::ReplicatedApplier;
+use super::settings::InFlight;
 use crate::server::Applier;
 use crate::table::{Actor, Command, TicketKey};
 
 /// How old the newest ticket key may get before the VIP holder makes the
 /// next one: the lifetime a ticket announces (`tls::PAIR_TICKET_LIFETIME_S`).
 pub(super) const ROTATE_MS: u64 = crate::tls::PAIR_TICKET_LIFETIME_S as u64 * 1000;
-
-/// How long after a proposal that did not commit the next one goes out.
-const RETRY: Duration = Duration::from_secs(2);
 
 /// Whether the table's keys call for a new one at `now_ms`.
 pub(super) fn due(keys: &[TicketKey], now_ms: u64) -> bool {
@@ -58,8 +55,7 @@ fn fresh(keys: &[TicketKey], now_ms: u64) -> Option<TicketKey> {
 /// The VIP holder's side: the proposal of a new key in flight.
 #[derive(Default)]
 pub(super) struct TicketRotation {
-    task: Option<tokio::sync::oneshot::Receiver<bool>>,
-    failed_at: Option<Instant>,
+    proposal: InFlight,
 }
 
 impl TicketRotation {
@@ -73,17 +69,7 @@ impl TicketRotation {
         applier: &Arc<ReplicatedApplier>,
         log: &Arc<cluster::ratelog::RateLimiter>,
     ) {
-        if let Some(task) = &mut self.task {
-            match task.try_recv() {
-                Ok(committed) => {
-                    self.task = None;
-                    self.failed_at = (!committed).then(Instant::now);
-                }
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => self.task = None,
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
-            }
-        }
-        if !(leads && in_sync) || self.failed_at.is_some_and(|at| at.elapsed() < RETRY) {
+        if self.proposal.pending() || !(leads && in_sync) || self.proposal.backing_off() {
             return;
         }
         let now_ms = applier.stamp();
@@ -100,8 +86,7 @@ impl TicketRotation {
         };
         let applier = Arc::clone(applier);
         let log = Arc::clone(log);
-        let (done, task) = tokio::sync::oneshot::channel();
-        self.task = Some(task);
+        let done = self.proposal.start();
         tokio::spawn(async move {
             let committed = match applier.propose(command).await {
                 Ok(Ok(_)) => {
