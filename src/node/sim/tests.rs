@@ -4,6 +4,8 @@
 //! - `PAIR_SIM_SEEDS=N`: how many seeds (default 500, half with a
 //!   witness, half without); `PAIR_SIM_FROM=B`: the first seed (default 0).
 //! - `PAIR_SIM_SEED=S`: runs only seed S, printing its trace as it goes.
+//! - `PAIR_SIM_KEEP_GOING=1`: a survey; every seed runs, and the failures
+//!   are listed at the end (the run still fails if any seed did).
 
 use super::world::run_seed;
 use super::Outcome;
@@ -52,12 +54,18 @@ fn half_of(from: u64, seeds: u64, witness: bool) -> Vec<u64> {
 
 /// Runs `seed`; a panic inside the real code is reported with the seed.
 fn run(seed: u64, trace: bool) -> Outcome {
+    try_run(seed, trace).unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// Runs `seed`: its outcome, or why it failed (an invariant broken, or a
+/// panic inside the real code), with the command that replays it.
+fn try_run(seed: u64, trace: bool) -> Result<Outcome, String> {
     match std::panic::catch_unwind(|| run_seed(seed, trace)) {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(failure)) => panic!("{failure}"),
-        Err(_) => panic!(
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(failure)) => Err(failure),
+        Err(_) => Err(format!(
             "pair simulation seed {seed} panicked (see above); replay: PAIR_SIM_SEED={seed} cargo test --lib node::sim -- --nocapture"
-        ),
+        )),
     }
 }
 
@@ -76,8 +84,21 @@ fn half(witness: bool) {
     let mut total = Outcome::default();
     let mut slowest = 0;
     let mut wrong_time_seeds = Vec::new();
+    // A survey (`PAIR_SIM_KEEP_GOING=1`) runs every seed and lists the
+    // failures at the end; otherwise the first failure stops the run.
+    let keep_going = std::env::var_os("PAIR_SIM_KEEP_GOING").is_some();
+    let mut failures: Vec<(u64, String)> = Vec::new();
     for &seed in &mine {
-        let o = run(seed, false);
+        let o = match try_run(seed, false) {
+            Ok(o) => o,
+            Err(failure) if keep_going => {
+                let first = failure.lines().next().unwrap_or_default().to_owned();
+                eprintln!("seed {seed} FAILED: {first}");
+                failures.push((seed, first));
+                continue;
+            }
+            Err(failure) => panic!("{failure}"),
+        };
         total.faults += o.faults;
         total.grants += o.grants;
         total.refusals += o.refusals;
@@ -107,6 +128,17 @@ fn half(witness: bool) {
         slowest,
         total.wrong_time,
         &wrong_time_seeds[..wrong_time_seeds.len().min(20)]
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed:\n{}",
+        failures.len(),
+        mine.len(),
+        failures
+            .iter()
+            .map(|(seed, why)| format!("  seed {seed}: {why}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
