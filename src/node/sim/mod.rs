@@ -49,7 +49,10 @@
 //!   leads in a later term a majority has reached); without a witness, two serve
 //!   only while the servers are cut off from each other (or within
 //!   [`HEAL_GRACE_MS`] of the heal).
-//! - S2: on a serving node that has applied its whole log, every switch
+//! - S2: on a serving node that has applied its whole log (and, with a
+//!   witness, is not a former leader S1 lets serve beside its successor:
+//!   it can commit nothing, so what the successor acknowledged is not in
+//!   its table), every switch
 //!   that is not waiting for an answer has at least what was acknowledged
 //!   to it and not since given back. Without a witness it is not asked of
 //!   acknowledgements made while the servers were cut off (or within
