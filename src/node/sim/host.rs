@@ -352,9 +352,25 @@ impl Host {
     }
 
     /// Starts the host (a first start, a restart, or a `--rejoin`).
+    ///
+    /// A start can fail as a real one does: a write fault armed while the
+    /// host was up (it crashed before writing again) strikes the first
+    /// write of the next start. The process exits (counted as a storage
+    /// failure) and the host stays down; the world starts it again later,
+    /// as systemd's `Restart=on-failure` does.
     pub(super) fn start(&mut self, t: u64, out: &mut Vec<Out>) {
         self.incarnation += 1;
-        let mut store = LogStore::open(self.disk.clone()).expect("a memory disk opens");
+        let mut store = match LogStore::open(self.disk.clone()) {
+            Ok(store) => store,
+            Err(e) => {
+                self.storage_failures += 1;
+                out.push(Out::Note(format!(
+                    "start {} failed: the log does not open: {e}",
+                    self.id
+                )));
+                return;
+            }
+        };
         let voters = if self.rejoin {
             store.mark_rebuilding("sim: the disk was lost (--rejoin)".into());
             Vec::new()
@@ -371,8 +387,14 @@ impl Host {
         cfg.max_size_per_msg = 16 * 1024;
         cfg.max_inflight_msgs = 32;
         let stamps = Arc::new(Mutex::new(Vec::new()));
-        let node =
-            Node::new(cfg, store, SimTable::new(Arc::clone(&stamps)), &voters).expect("the member starts");
+        let node = match Node::new(cfg, store, SimTable::new(Arc::clone(&stamps)), &voters) {
+            Ok(node) => node,
+            Err(e) => {
+                self.storage_failures += 1;
+                out.push(Out::Note(format!("start {} failed: {e}", self.id)));
+                return;
+            }
+        };
         let now = self.mono(t);
         let srv = (!self.witness).then(|| {
             let mut vc = VrrpConfig::v3(1, self.priority, self.addr, vec![VIP]);

@@ -19,6 +19,9 @@ mod faults;
 const FAULT_MS: u64 = 9_000;
 /// Switches per run.
 const SWITCHES: usize = 4;
+/// How long after a failed start a host starts again: the units'
+/// `RestartSec` (deploy/systemd).
+const START_RETRY_MS: u64 = 2_000;
 /// The switch index whose requests come from an intruder (S5).
 const INTRUDER: usize = 99;
 
@@ -671,6 +674,10 @@ impl World {
             h.wall_off = h.boot_wall_off;
         }
         self.with_host(id, |h, t, o| h.start(t, o));
+        if !self.hosts[(id - 1) as usize].up() {
+            // The start failed (its storage): systemd starts it again.
+            self.restart_at.insert(id, self.t + START_RETRY_MS);
+        }
     }
 
     fn restarts(&mut self) {
