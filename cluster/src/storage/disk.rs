@@ -387,6 +387,15 @@ impl Disk {
         }
     }
 
+    /// The write fault armed on this in-memory disk that no write has
+    /// struck yet (always `None` on a redb disk).
+    pub fn armed_write_fault(&self) -> Option<WriteFault> {
+        match &self.0 {
+            DiskKind::Memory(m) => m.lock().expect("disk image lock").fault,
+            DiskKind::Redb { .. } => None,
+        }
+    }
+
     /// What yields kept on this in-memory disk, by name (empty for a redb
     /// disk, whose records are files: see [`Disk::keep_discarded`]).
     pub fn kept_discarded(&self) -> Vec<(String, DiscardedLog)> {

@@ -819,6 +819,12 @@ impl Host {
         self.disk.inject_write_fault(fault);
     }
 
+    /// Whether a write fault injected into this host's disk has not struck
+    /// yet (the host fails at its next write, maybe its next start).
+    pub(super) fn fault_armed(&self) -> bool {
+        self.disk.armed_write_fault().is_some()
+    }
+
     /// The VRRP state, if a server is up.
     pub(super) fn vrrp_state(&self) -> Option<State> {
         self.run

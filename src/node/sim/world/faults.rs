@@ -137,7 +137,10 @@ impl World {
             h.node()
                 .is_some_and(|n| n.conf_state().voters.len() >= 2 && n.in_sync())
         });
-        if !others_have || !whole {
+        // Nor while the other server has a write fault still to strike:
+        // it would fail while this one rebuilds (see `may_fail`).
+        let other_armed = self.hosts[..2].iter().any(|h| h.id != id && h.fault_armed());
+        if !others_have || !whole || other_armed {
             return;
         }
         self.with_host(id, |h, _, o| h.lose_disk(o));
