@@ -494,6 +494,8 @@ impl Connection {
         loop {
             match self.read_message().await? {
                 ServerMessage::Push { pool } => self.last_push = Some(pool),
+                // Read and held: the answer follows.
+                ServerMessage::Held { .. } => {}
                 ServerMessage::Reply { seq: got, response } if got == seq => return Ok(response?),
                 // The late answer to a request the caller gave up waiting for.
                 ServerMessage::Reply { seq: got, .. } if got != 0 && got < seq => {}
@@ -524,6 +526,8 @@ impl Connection {
                     self.last_push = Some(pool.clone());
                     return Ok(pool);
                 }
+                // For a request the caller gave up waiting for.
+                ServerMessage::Held { .. } => {}
                 ServerMessage::Reply {
                     seq: 0,
                     response: Err(e),
