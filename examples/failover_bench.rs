@@ -16,7 +16,8 @@
 //! timeout, default the client library's, 300 ms), `--fresh-deadline-ms N`
 //! (its deadline for a whole attempt, default 2000), `--fresh-stagger-ms N`
 //! (its connect stagger, default the client library's, 50 ms; 0: one
-//! attempt at a time), `--verbose`
+//! attempt at a time), `--fresh-probe-ms N` (its probe interval, default
+//! the client library's, 100 ms; 0: no probes), `--verbose`
 //! (one line per failover). With `FAILOVER_BENCH_TRACE` set, the worst
 //! prober's attempts across each disruption are printed (what a gap is made
 //! of); with `FAILOVER_BENCH_KEEP_LOGS` set, the nodes' logs are kept after
@@ -111,11 +112,16 @@ static FRESH_CONNECT_MS: AtomicU64 =
 static FRESH_STAGGER_MS: AtomicU64 =
     AtomicU64::new(vipool::client::DEFAULT_CONNECT_STAGGER.as_millis() as u64);
 /// The fresh-connect prober's deadline for one whole attempt (connect,
-/// handshake, registration) in ms (`--fresh-deadline-ms`). A request that
-/// the dead holder's kernel acknowledged before it died is never answered
-/// and nothing resets it (the ack timeout ends only unacknowledged ones):
-/// only this deadline does.
+/// handshake, registration) in ms (`--fresh-deadline-ms`). A ClientHello
+/// or a request that the dead holder's kernel acknowledged before it died
+/// is never answered: the client library's probes end it (see
+/// `FRESH_PROBE_MS`), else only this deadline does.
 static FRESH_DEADLINE_MS: AtomicU64 = AtomicU64::new(2000);
+/// The fresh-connect prober's probe interval in ms (`--fresh-probe-ms`, 0:
+/// no probes); by default the client library's: after this much silence
+/// of the server it probes the connection, and the ack timeout ends it if
+/// the holder died.
+static FRESH_PROBE_MS: AtomicU64 = AtomicU64::new(vipool::client::DEFAULT_PROBE_AFTER.as_millis() as u64);
 const PRIMARY_PRIORITY: u8 = 200;
 const BACKUP_PRIORITY: u8 = 100;
 /// Generous: the lab shares two cores with compilers.
@@ -163,7 +169,7 @@ struct Opts {
 }
 
 const USAGE: &str = "failover_bench [--runs N] [--failovers N] [--switches N] [--probers N] [--tick-ms N] \
-     [--only gap|lost] [--how graceful|crash] [--advert-ms N] [--vmac on|off] [--fresh-connect-ms N] [--fresh-deadline-ms N] [--fresh-stagger-ms N] [--verbose]";
+     [--only gap|lost] [--how graceful|crash] [--advert-ms N] [--vmac on|off] [--fresh-connect-ms N] [--fresh-deadline-ms N] [--fresh-stagger-ms N] [--fresh-probe-ms N] [--verbose]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut opts = Opts {
@@ -197,6 +203,7 @@ fn parse_args() -> Result<Opts, String> {
             "--fresh-connect-ms" => FRESH_CONNECT_MS.store(number()?.max(1) as u64, Ordering::Relaxed),
             "--fresh-deadline-ms" => FRESH_DEADLINE_MS.store(number()?.max(1) as u64, Ordering::Relaxed),
             "--fresh-stagger-ms" => FRESH_STAGGER_MS.store(number()? as u64, Ordering::Relaxed),
+            "--fresh-probe-ms" => FRESH_PROBE_MS.store(number()? as u64, Ordering::Relaxed),
             "--vmac" => VMAC.store(
                 match value.as_str() {
                     "on" => true,
@@ -703,6 +710,8 @@ fn fresh_prober(
                 // --fresh-deadline-ms is the prober's own request deadline.
                 answer_timeout: None,
                 connect_stagger: Some(Duration::from_millis(FRESH_STAGGER_MS.load(Ordering::Relaxed)))
+                    .filter(|d| !d.is_zero()),
+                probe_after: Some(Duration::from_millis(FRESH_PROBE_MS.load(Ordering::Relaxed)))
                     .filter(|d| !d.is_zero()),
                 // The client library's ack timeout.
                 ..ConnectOptions::default()

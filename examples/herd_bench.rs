@@ -15,7 +15,9 @@
 //! `--client-processes N` (the `vipool client` processes the switches are
 //! spread over, default 4), `--connection-threads N` (the nodes'
 //! `license.connection_threads`, default theirs; 0 for the node's thread),
-//! `--verbose` (the switches' registrations per 100 ms). With
+//! `--probe-after-ms N` (the switches' probe interval, default the client
+//! library's; 0: no probes), `--verbose` (the switches' registrations per
+//! 100 ms). Each run also prints why the switches' sessions ended so far. With
 //! `HERD_BENCH_KEEP_LOGS` set, the nodes' and switches' logs are kept
 //! (`VIPOOL_LAB_LOG` sets the nodes' filter). Needs root and `ip`.
 //!
@@ -82,6 +84,9 @@ struct Opts {
     advert_ms: u32,
     tick_ms: u64,
     heartbeat_ms: u64,
+    /// `vipool client --probe-after-ms` (`--probe-after-ms`; default the
+    /// client library's).
+    probe_after_ms: Option<u64>,
     /// `vipool client` processes the switches are spread over.
     processes: usize,
     /// The nodes' `license.connection_threads` (`None`: their default).
@@ -90,7 +95,7 @@ struct Opts {
 }
 
 const USAGE: &str = "herd_bench [--switches N[,N...]] [--runs N] [--how graceful|crash] [--vmac on|off] \
-                     [--advert-ms N] [--tick-ms N] [--heartbeat-ms N] [--client-processes N] [--connection-threads N] [--verbose]";
+                     [--advert-ms N] [--tick-ms N] [--heartbeat-ms N] [--client-processes N] [--connection-threads N] [--probe-after-ms N] [--verbose]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut opts = Opts {
@@ -103,6 +108,7 @@ fn parse_args() -> Result<Opts, String> {
         heartbeat_ms: 5000,
         processes: 4,
         connection_threads: None,
+        probe_after_ms: None,
         verbose: false,
     };
     let mut args = std::env::args().skip(1);
@@ -132,6 +138,7 @@ fn parse_args() -> Result<Opts, String> {
             "--heartbeat-ms" => opts.heartbeat_ms = number(&value)?.max(100),
             "--client-processes" => opts.processes = number(&value)?.max(1) as usize,
             "--connection-threads" => opts.connection_threads = Some(number(&value)? as usize),
+            "--probe-after-ms" => opts.probe_after_ms = Some(number(&value)?),
             "--how" => {
                 opts.kinds = match value.as_str() {
                     "graceful" => vec![How::Graceful],
@@ -257,6 +264,8 @@ struct Seen {
     registrations: Vec<Instant>,
     /// Switches that stopped for good (a setup problem).
     stopped: Vec<String>,
+    /// Why sessions ended, digits left out, with how many.
+    reasons: std::collections::BTreeMap<String, u64>,
 }
 
 /// Reads the switches' JSON lines; keeps only what the figures need (the
@@ -280,6 +289,13 @@ fn read_events(child: &mut Child, seen: &Arc<Mutex<Seen>>) {
                 }
                 Some("disconnected") => {
                     s.disconnected.insert(id, at);
+                    let reason: String = v["reason"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .chars()
+                        .filter(|c| !c.is_ascii_digit())
+                        .collect();
+                    *s.reasons.entry(reason).or_default() += 1;
                 }
                 Some("stopped") => s.stopped.push(line),
                 _ => {}
@@ -354,20 +370,23 @@ impl Pair {
         for p in 0..processes {
             let count = (n / processes + usize::from(p < n % processes)).to_string();
             let id = format!("herd{p}");
-            let args = [
-                "client",
-                "--pki",
-                &pki,
-                "--server",
-                &server,
-                "--id",
-                &id,
-                "--count",
-                &count,
-                "--heartbeat-interval-ms",
-                &heartbeat,
-                "--json",
+            let mut args = vec![
+                "client".to_string(),
+                "--pki".into(),
+                pki.clone(),
+                "--server".into(),
+                server.clone(),
+                "--id".into(),
+                id,
+                "--count".into(),
+                count,
+                "--heartbeat-interval-ms".into(),
+                heartbeat.clone(),
+                "--json".into(),
             ];
+            if let Some(probe) = opts.probe_after_ms {
+                args.extend(["--probe-after-ms".into(), probe.to_string()]);
+            }
             let file = std::fs::File::create(log(&format!("switches-{p}"))).map_err(|e| e.to_string())?;
             let mut child = client
                 .command(&common::vipool_bin())
@@ -660,6 +679,10 @@ fn case(n: usize, how: How, opts: &Opts) {
                     h.handshakes.0,
                     h.handshakes.1
                 );
+                {
+                    let seen = p.seen.lock().unwrap_or_else(|e| e.into_inner());
+                    println!("    sessions ended so far, by reason: {:?}", seen.reasons);
+                }
                 if opts.verbose {
                     println!(
                         "    failover registrations per 100 ms from the VIP taken: {:?}",

@@ -425,10 +425,10 @@ impl ClientTls {
     ///
     /// # Errors
     /// The handshake failed: the server is not the pair's, or refused us.
-    pub async fn connect(
-        &self,
-        tcp: TcpStream,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    pub async fn connect<IO>(&self, tcp: IO) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let name = ServerName::try_from(LICENSE_SERVER_NAME).expect("a DNS name");
         tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
             .connect(name, tcp)

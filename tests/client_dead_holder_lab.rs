@@ -8,10 +8,19 @@
 //!
 //! Lab: a server host and a switch host on the namespaced bridge; the
 //! power loss cuts the server's bridge port with the connection up.
+//!
+//! A holder that froze after its kernel acknowledged everything the switch
+//! sent (a registration, a ClientHello) leaves nothing unacknowledged for
+//! the ack timeout to catch: the switch probes a server that stays silent
+//! (`ConnectOptions::probe_after`), and the ack timeout ends the
+//! connection when the probe goes unacknowledged. Those labs run the
+//! servers as `vipool serve` processes (a frozen process, not a test
+//! thread) and move the VIP to a second host, as a takeover would.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +28,9 @@ use std::time::{Duration, Instant};
 use common::{in_netns, lab_available, runtime, Host, Lab};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use vipool::client::{ClientError, ConnectOptions, Connection, DEFAULT_ACK_TIMEOUT};
+use vipool::client::{
+    ClientError, ConnectOptions, Connection, DEFAULT_ACK_TIMEOUT, DEFAULT_ANSWER_TIMEOUT, DEFAULT_PROBE_AFTER,
+};
 use vipool::proto::{ServerError, SwitchReport};
 use vipool::server::{LocalApplier, Server, ServerConfig, HOLD_FOR_SERVING};
 use vipool::switch::{self, Event, SwitchConfig};
@@ -256,4 +267,175 @@ fn connect_when_up(
         "the server never listened on {to}"
     );
     client(host, to, options, register_first, ready, go)
+}
+
+/// The VIP of the freeze labs: beside the holder's own address, then the
+/// address of the host that takes over.
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+
+/// A Master_Down_Interval with 100 ms adverts: when the takeover comes.
+const TAKEOVER: Duration = Duration::from_millis(360);
+
+/// `vipool serve` on `host`, listening on the VIP (over TLS with member
+/// `name`'s certificate of the lab's CA, or plain TCP), adopted by the lab.
+fn serve_process(lab: &mut Lab, host: &Host, name: &str, tls: bool) -> i32 {
+    let listen = format!("{VIP}:{PORT}");
+    let mut cmd = host.command(&common::vipool_bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        &listen,
+        "--operator-listen",
+        "127.0.0.1:4334",
+        "--node",
+        name,
+    ]);
+    if tls {
+        lab.tls_section(name);
+        let pki = lab.dir().join("pki");
+        cmd.arg("--ca").arg(pki.join(vipool::pki::CA_CERT));
+        cmd.arg("--cert").arg(pki.join(format!("{name}.crt")));
+    } else {
+        cmd.arg("--insecure-plaintext");
+    }
+    let child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vipool serve");
+    let pid = child.id() as i32;
+    lab.adopt(child);
+    // Checked from inside its own namespace: its port may be cut.
+    let to = SocketAddr::from((VIP, PORT));
+    let probe = host.clone();
+    assert!(
+        common::wait_for(START, || {
+            in_netns(&probe, move || {
+                std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok()
+            })
+            .join()
+            .unwrap()
+        }),
+        "vipool serve never listened on {to}"
+    );
+    pid
+}
+
+/// Bytes the kernel of `host` acknowledged on connections to the VIP's
+/// client port that no process has read (the receive queues).
+fn unread_bytes(host: &Host) -> u64 {
+    let sport = format!("( sport = :{PORT} )");
+    host.run(&["ss", "-Htn", "state", "established", &sport])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A switch starts while the VIP holder is frozen (its process stopped,
+/// its kernel still up): the kernel accepts the connection and
+/// acknowledges what the switch sends first (over TLS its ClientHello,
+/// over plain TCP its registration), which nobody will answer. Then the
+/// holder's link goes (the power loss), and a Master_Down_Interval later
+/// another host takes the VIP. The switch must register there well before
+/// the answer deadline (1.5 s) and the handshake deadline (5 s): within a
+/// probe interval, the ack timeout and the takeover.
+fn a_fresh_switch_leaves_a_frozen_holder(test: &str, tls: bool) {
+    if !lab_available(test) {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    let (holder, switch_host) = (lab.hosts[0].clone(), lab.hosts[1].clone());
+    holder.run(&["ip", "addr", "add", &format!("{VIP}/24"), "dev", "eth0"]);
+    let frozen = serve_process(&mut lab, &holder, "primary", tls);
+    // The next holder, off the link until it takes the VIP.
+    let next = lab.add_host(VIP);
+    lab.set_port(&next, false);
+    serve_process(&mut lab, &next, "backup", tls);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(frozen), nix::sys::signal::SIGSTOP).expect("SIGSTOP");
+
+    let (events_tx, events) = mpsc::channel();
+    let done = CancellationToken::new();
+    let switch_done = done.clone();
+    let tls_config = tls.then(|| common::switch_tls(&switch_host, "sw1", "SIM-sw1"));
+    let switch = in_netns(&switch_host, move || {
+        runtime().block_on(async move {
+            let mut config = SwitchConfig::new(format!("{VIP}:{PORT}"), "sw1");
+            config.tls = tls_config;
+            assert_eq!(config.probe_after, Some(DEFAULT_PROBE_AFTER));
+            assert_eq!(config.answer_timeout, Some(DEFAULT_ANSWER_TIMEOUT));
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let s = switch::spawn(config, Some(tx), switch_done.clone());
+            while let Some(event) = tokio::select! {
+                e = rx.recv() => e,
+                () = switch_done.cancelled() => None,
+            } {
+                let _ = events_tx.send((Instant::now(), event));
+            }
+            s.task.await.unwrap();
+        })
+    });
+    assert!(
+        common::wait_for(START, || unread_bytes(&holder) > 0),
+        "the frozen holder's kernel never acknowledged the switch's first bytes"
+    );
+    let cut = Instant::now();
+    lab.set_port(&holder, false);
+    std::thread::sleep(TAKEOVER.saturating_sub(cut.elapsed()));
+    // The takeover: the next holder's link, and its gratuitous ARP.
+    lab.set_port(&next, true);
+    gratuitous_arp(&switch_host, &next);
+    let bound = TAKEOVER.max(DEFAULT_PROBE_AFTER + DEFAULT_ACK_TIMEOUT) + MARGIN;
+    assert!(bound < DEFAULT_ANSWER_TIMEOUT);
+    let registered = loop {
+        let (at, event) = events
+            .recv_timeout(START)
+            .expect("the switch never registered with the next holder");
+        if matches!(event, Event::Registered { .. }) {
+            break at;
+        }
+    };
+    let took = registered - cut;
+    eprintln!("registered with the next holder {took:?} after the power loss");
+    assert!(
+        took < bound,
+        "registered with the next holder {took:?} after the power loss (probe {DEFAULT_PROBE_AFTER:?}, \
+         ack timeout {DEFAULT_ACK_TIMEOUT:?}, takeover after {TAKEOVER:?})"
+    );
+    done.cancel();
+    switch.join().unwrap();
+}
+
+/// What the next holder's gratuitous ARP does on the switch's host: its
+/// neighbour entry for the VIP names the next holder's MAC.
+fn gratuitous_arp(switch_host: &Host, next: &Host) {
+    let mac = next.mac();
+    switch_host.run(&[
+        "ip",
+        "neigh",
+        "replace",
+        &VIP.to_string(),
+        "lladdr",
+        &mac,
+        "dev",
+        "eth0",
+        "nud",
+        "reachable",
+    ]);
+}
+
+#[test]
+fn a_fresh_switch_whose_registration_a_frozen_holder_acknowledged_registers_with_the_next() {
+    a_fresh_switch_leaves_a_frozen_holder(
+        "a_fresh_switch_whose_registration_a_frozen_holder_acknowledged_registers_with_the_next",
+        false,
+    );
+}
+
+#[test]
+fn a_fresh_switch_whose_client_hello_a_frozen_holder_acknowledged_registers_with_the_next() {
+    a_fresh_switch_leaves_a_frozen_holder(
+        "a_fresh_switch_whose_client_hello_a_frozen_holder_acknowledged_registers_with_the_next",
+        true,
+    );
 }

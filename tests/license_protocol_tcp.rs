@@ -930,3 +930,113 @@ async fn a_client_faster_than_its_rate_is_paced_not_refused() {
     assert!(status.refused.is_empty(), "{:?}", status.refused);
     h.stop().await;
 }
+
+/// The frames a raw connection receives within `within`, with their
+/// protocol versions (probes would show as `None`).
+async fn frames_within(stream: &mut TcpStream, within: Duration) -> Vec<(Option<ServerMessage>, u16)> {
+    let mut received = Vec::new();
+    let until = tokio::time::Instant::now() + within;
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(until, stream.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Some((decoded, used)) = frame::decode_frame::<ServerMessage>(&received[at..], u32::MAX).unwrap()
+    {
+        let version = u16::from_be_bytes([received[at + 4], received[at + 5]]);
+        frames.push(match decoded {
+            frame::Decoded::Message { message, .. } => (Some(message), version),
+            frame::Decoded::Probe => (None, version),
+        });
+        at += used;
+    }
+    assert_eq!(at, received.len(), "whole frames only");
+    frames
+}
+
+fn register_frame(seq: u64, id: &str, version: u16) -> Vec<u8> {
+    let request = Request::Register {
+        id: id.into(),
+        serial: format!("SN-{id}"),
+        version: "v".into(),
+        report: SwitchReport::default(),
+    };
+    frame::encode_as(&RequestFrame { seq, request }, version, DEFAULT_MAX_REQUEST).unwrap()
+}
+
+/// Protocol version 3: a request the server holds (here: a new VIP holder
+/// whose leadership is on its way) is said to be held at once, and its
+/// reply follows; a probe is dropped without an answer. A client of
+/// version 2 (the previous release) is served as before: answered in
+/// version 2, and never sent a Held, which it could not read.
+#[tokio::test]
+async fn a_held_request_is_said_to_be_held_and_an_older_client_is_still_served() {
+    let h = Harness::start(Some(LOOPBACK)).await;
+    h.serving.send(false).unwrap();
+    h.soon.send(true).unwrap();
+    let mut new = TcpStream::connect(h.addr).await.unwrap();
+    let mut old = TcpStream::connect(h.addr).await.unwrap();
+    new.write_all(&register_frame(1, "sw-new", PROTOCOL_VERSION))
+        .await
+        .unwrap();
+    old.write_all(&register_frame(1, "sw-old", 2)).await.unwrap();
+    // Well within the hold (1 s), well past HELD_AFTER (10 ms).
+    let held = frames_within(&mut new, Duration::from_millis(300)).await;
+    assert_eq!(held, [(Some(ServerMessage::Held { seq: 1 }), PROTOCOL_VERSION)]);
+    assert_eq!(frames_within(&mut old, Duration::from_millis(50)).await, []);
+    h.serving.send(true).unwrap();
+    for (stream, version) in [(&mut new, PROTOCOL_VERSION), (&mut old, 2)] {
+        let answered = frames_within(stream, Duration::from_millis(500)).await;
+        assert!(
+            matches!(
+                &answered[..],
+                [(Some(ServerMessage::Reply { seq: 1, response: Ok(_) }), v)] if *v == version
+            ),
+            "{answered:?}"
+        );
+    }
+    // Served at once now: no Held. A probe on either connection gets no
+    // answer and changes nothing; a version-2 frame on the newer client's
+    // connection is answered in version 2.
+    let mut bytes = frame::PROBE.to_vec();
+    bytes.extend(register_frame(2, "sw-new", 2));
+    new.write_all(&bytes).await.unwrap();
+    let answered = frames_within(&mut new, Duration::from_millis(300)).await;
+    assert!(
+        matches!(
+            &answered[..],
+            [(
+                Some(ServerMessage::Reply {
+                    seq: 2,
+                    response: Ok(_)
+                }),
+                2
+            )]
+        ),
+        "{answered:?}"
+    );
+    assert_eq!(h.state().clients.len(), 2);
+    // A body-less frame of version 2 is malformed, as it always was.
+    let mut v2_probe = frame::PROBE;
+    v2_probe[4..6].copy_from_slice(&2u16.to_be_bytes());
+    old.write_all(&v2_probe).await.unwrap();
+    let refused = frames_within(&mut old, Duration::from_millis(300)).await;
+    assert!(
+        matches!(
+            &refused[..],
+            [(
+                Some(ServerMessage::Reply {
+                    seq: 0,
+                    response: Err(ServerError::MalformedFrame(_))
+                }),
+                2
+            )]
+        ),
+        "{refused:?}"
+    );
+    h.stop().await;
+}

@@ -1205,13 +1205,23 @@ fn attempt(from: &Host, to: SocketAddr, cfg: Option<Arc<rustls::ClientConfig>>, 
             }
         })
         .await;
-        let answer = frame::decode::<ServerMessage>(&got, u32::MAX).ok().flatten();
+        // The first message that answers (a Held only says a request waits).
+        let mut answer = None;
+        let mut at = 0;
+        while let Ok(Some((message, used))) = frame::decode::<ServerMessage>(&got[at..], u32::MAX) {
+            at += used;
+            if !matches!(message, ServerMessage::Held { .. }) {
+                answer = Some((message, used));
+                break;
+            }
+        }
         match (answer, read) {
             (Some((ServerMessage::Reply { response: Ok(r), .. }, _)), _) => {
                 Outcome::Answered(format!("{r:?}").chars().take(200).collect())
             }
             (Some((ServerMessage::Reply { response: Err(e), .. }, _)), _) => Outcome::Denied(e.to_string()),
             (Some((ServerMessage::Push { .. }, _)), _) => Outcome::Answered("a push".into()),
+            (Some((ServerMessage::Held { .. }, _)), _) => unreachable!("skipped above"),
             (None, Ok(())) => Outcome::Closed,
             (None, Err(_)) => Outcome::Open,
         }

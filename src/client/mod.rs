@@ -7,12 +7,16 @@
 //! [`Connection::connect_with`] does either within the deadlines of
 //! [`ConnectOptions`], as a switch does across a failover: staggered TCP
 //! attempts (a SYN lost to the VIP's old holder costs one stagger, not a
-//! connect timeout) and a bound on how long sent bytes may go
-//! unacknowledged (a holder that lost power is left within it).
+//! connect timeout), a bound on how long sent bytes may go
+//! unacknowledged (a holder that lost power is left within it), and probes
+//! while it waits for a silent server (a holder that lost power after its
+//! kernel acknowledged what the client sent is left within a probe
+//! interval and the ack timeout: see `probe.rs`).
 //!
 //! Every error says whether trying again can help ([`ClientError::verdict`]).
 
 mod connect;
+mod probe;
 mod verdict;
 
 use std::net::SocketAddr;
@@ -29,6 +33,7 @@ use crate::proto::frame::{self, FrameError};
 use crate::proto::{Request, RequestFrame, Response, ServerError, ServerMessage, SwitchReport, TableDump};
 use crate::table::{Client, LicenseType, Pool};
 use crate::tls::ClientTls;
+use probe::{HandshakeProbe, Probes};
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +138,9 @@ pub struct Connection {
     last_push: Option<Pool>,
     /// How long a request may wait for its answer (`None`: for ever).
     answer_timeout: Option<Duration>,
+    /// How long the server may stay silent while a request waits before
+    /// the connection is probed (`None`: never).
+    probe_after: Option<Duration>,
     /// Set when a request's deadline passed: the connection is dead.
     gave_up: Option<Duration>,
 }
@@ -168,7 +176,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// within its own timer, so it needs no failover-sized deadline; a short
 /// one would only make a herd of switches, reconnecting at once after a
 /// failover, start their handshakes again while the server works through
-/// them.
+/// them. A holder that lost power after its kernel took the ClientHello
+/// is left sooner, by a probe ([`DEFAULT_PROBE_AFTER`]), not by this.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A handshake hedge for [`ConnectOptions::handshake_hedge`]: 300 ms.
@@ -176,9 +185,13 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// Why a hedge. A holder that hangs or loses power just after its kernel
 /// acknowledged a new connection's SYN and ClientHello never sends its
-/// ServerHello, and nothing else ends the handshake: no byte of ours is
-/// left unacknowledged (so `TCP_USER_TIMEOUT` does not fire), and the
-/// handshake deadline is 5 s (why, at [`DEFAULT_HANDSHAKE_TIMEOUT`]). So
+/// ServerHello: no byte of ours is left unacknowledged (so
+/// `TCP_USER_TIMEOUT` does not fire), and the handshake deadline is 5 s
+/// (why, at [`DEFAULT_HANDSHAKE_TIMEOUT`]). A holder that lost power is
+/// left by the handshake's probe ([`DEFAULT_PROBE_AFTER`]) within 400 ms,
+/// with no second handshake; a holder whose kernel is up and whose
+/// process hung acknowledges the probe, and only the hedge (or the
+/// deadline) ends that handshake. So
 /// when a handshake has not completed this long after its TCP connection
 /// was made, one more connection and handshake start beside it, and the
 /// first to complete wins; the other is reset (no close handshake, so a
@@ -217,7 +230,45 @@ pub const DEFAULT_HANDSHAKE_HEDGE: Duration = Duration::from_millis(300);
 /// and make the switch register again with the very node that held it.
 /// A request sent just before a power loss is then retried on the new
 /// holder about 1.5 s later, instead of 30 s or more.
+///
+/// Probes ([`DEFAULT_PROBE_AFTER`]) end that wait sooner, about 400 ms
+/// after the holder fell silent, when its host lost power (nothing
+/// acknowledges the probe). This deadline stays for what a probe cannot
+/// see: a host that is up (its kernel acknowledges) whose server does not
+/// answer, and connections without probes or without an ack timeout.
 pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The probe interval of [`ConnectOptions::default`]: 100 ms.
+///
+/// What it is for. A VIP holder that hangs or loses power just after its
+/// kernel acknowledged the client's ClientHello or request never answers,
+/// and nothing of the client's is left unacknowledged for the ack timeout
+/// ([`DEFAULT_ACK_TIMEOUT`]) to catch: the handshake deadline (5 s) or the
+/// answer deadline (1.5 s) would end the wait. So when the server has
+/// sent nothing for this long while the client waits for it, the client
+/// sends a probe (a few bytes the server drops: see `client/probe.rs`).
+/// A live host's TCP acknowledges it at once, however busy its server
+/// is; a dead one acknowledges nothing and the ack timeout ends the
+/// connection. While the server stays silent the next probes come after
+/// 200, 400, 800 ms ... (up to the answer deadline); anything it sends,
+/// such as a [`crate::proto::ServerMessage::Held`], starts them over.
+///
+/// Why not a deadline on the server's first answer instead: it cannot tell
+/// a dead holder from a live one that is busy, and after a failover the
+/// new holder is busy: 10,000 switches register again at once and each
+/// waits for seconds behind the others. A switch that gave up would add a
+/// handshake and a registration to the queue it waited in (the handshake
+/// hedge did that: a 10,000 herd took 47.7 s instead of 5.3 s). A probe
+/// costs a busy server a few bytes it reads and drops, and gives up on no
+/// live server.
+///
+/// Why this long. A switch whose holder died learns it about this plus
+/// the ack timeout later: 400 ms, about the Master_Down_Interval with
+/// 100 ms adverts (360 ms), so it connects again as the backup takes the
+/// VIP. A live server that answers within it (a commit on a quiet pair
+/// takes milliseconds) is never probed; one that holds a request (up to
+/// 1 s while its leadership arrives) is probed three or four times.
+pub const DEFAULT_PROBE_AFTER: Duration = Duration::from_millis(100);
 
 /// The connect stagger of [`ConnectOptions::default`]: 50 ms.
 ///
@@ -287,6 +338,12 @@ pub struct ConnectOptions {
     /// waits for ever. An idle connection (no request outstanding) has no
     /// deadline: pushes may be minutes apart.
     pub answer_timeout: Option<Duration>,
+    /// While the client waits for the server (its first handshake bytes,
+    /// a request's answer) and the server has sent nothing for this long,
+    /// probe the connection: the server's TCP must acknowledge the probe
+    /// within [`ConnectOptions::ack_timeout`], or the connection ends
+    /// ([`DEFAULT_PROBE_AFTER`]: why, there). `None`: no probes.
+    pub probe_after: Option<Duration>,
 }
 
 impl Default for ConnectOptions {
@@ -300,6 +357,7 @@ impl Default for ConnectOptions {
             // Off: see DEFAULT_HANDSHAKE_HEDGE.
             handshake_hedge: None,
             answer_timeout: Some(DEFAULT_ANSWER_TIMEOUT),
+            probe_after: Some(DEFAULT_PROBE_AFTER),
         }
     }
 }
@@ -323,7 +381,9 @@ impl Connection {
         let tcp = connect::connect_tcp(&addrs[..], options).await?;
         let peer = tcp.peer_addr()?;
         let Some(tls) = tls else {
-            return Ok(Self::framed(Box::new(tcp), peer).with_answer_timeout(options.answer_timeout));
+            return Ok(Self::framed(Box::new(tcp), peer)
+                .with_answer_timeout(options.answer_timeout)
+                .with_probe_after(options.probe_after));
         };
         let deadline = options.handshake_timeout;
         let stream = tokio::time::timeout(deadline, Self::hedged_handshake(tcp, &addrs, tls, options))
@@ -334,33 +394,37 @@ impl Connection {
                     format!("no TLS handshake with {peer} within {} ms", deadline.as_millis()),
                 ))
             })??;
-        let peer = stream.get_ref().0.peer_addr()?;
-        Ok(Self::framed(Box::new(stream), peer).with_answer_timeout(options.answer_timeout))
+        let peer = stream.get_ref().0.get_ref().peer_addr()?;
+        Ok(Self::framed(Box::new(stream), peer)
+            .with_answer_timeout(options.answer_timeout)
+            .with_probe_after(options.probe_after))
     }
 
-    /// The handshake on `tcp`, and past [`ConnectOptions::handshake_hedge`]
-    /// one more on a new connection beside it: the first to complete wins
-    /// and the other is reset. Fails when every handshake started failed.
+    /// The handshake on `tcp` (probed past [`ConnectOptions::probe_after`]
+    /// of silence), and past [`ConnectOptions::handshake_hedge`] one more
+    /// on a new connection beside it: the first to complete wins and the
+    /// other is reset. Fails when every handshake started failed.
     async fn hedged_handshake(
         tcp: TcpStream,
         addrs: &[SocketAddr],
         tls: &ClientTls,
         options: &ConnectOptions,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+    ) -> Result<tokio_rustls::client::TlsStream<HandshakeProbe>, ClientError> {
         // A loser is reset when dropped, not closed: a server that has not
         // reached it yet does no handshake for it. The winner closes normally.
         let reset_on_drop = |tcp: &TcpStream| {
             let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
         };
-        let won = |stream: tokio_rustls::client::TlsStream<TcpStream>| {
-            let _ = socket2::SockRef::from(stream.get_ref().0).set_linger(None);
+        let won = |stream: tokio_rustls::client::TlsStream<HandshakeProbe>| {
+            let _ = socket2::SockRef::from(stream.get_ref().0.get_ref()).set_linger(None);
             stream
         };
+        let probed = |tcp: TcpStream| HandshakeProbe::new(tcp, options.probe_after);
         let Some(hedge) = options.handshake_hedge else {
-            return tls.connect(tcp).await.map_err(ClientError::Tls);
+            return tls.connect(probed(tcp)).await.map_err(ClientError::Tls);
         };
         reset_on_drop(&tcp);
-        let first = tls.connect(tcp);
+        let first = tls.connect(probed(tcp));
         tokio::pin!(first);
         tokio::select! {
             done = &mut first => return done.map(won).map_err(ClientError::Tls),
@@ -369,7 +433,7 @@ impl Connection {
         let second = async {
             let tcp = connect::connect_tcp(addrs, options).await?;
             reset_on_drop(&tcp);
-            tls.connect(tcp).await.map_err(ClientError::Tls)
+            tls.connect(probed(tcp)).await.map_err(ClientError::Tls)
         };
         tokio::pin!(second);
         let (mut first_failed, mut second_failed) = (None, None);
@@ -426,8 +490,19 @@ impl Connection {
             heard: false,
             last_push: None,
             answer_timeout: None,
+            probe_after: None,
             gave_up: None,
         }
+    }
+
+    /// Sets how long the server may stay silent while a request waits
+    /// before the connection is probed (`None`: never); see
+    /// [`ConnectOptions::probe_after`]. [`Connection::connect`] and
+    /// [`Connection::connect_insecure`] do not probe.
+    #[must_use]
+    pub fn with_probe_after(mut self, probe_after: Option<Duration>) -> Self {
+        self.probe_after = probe_after;
+        self
     }
 
     /// Sets how long each request waits for its answer (`None`: for ever);
@@ -484,16 +559,36 @@ impl Connection {
         }
     }
 
-    /// Sends `request` and reads until its answer.
+    /// Sends `request` and reads until its answer, probing the connection
+    /// while the server stays silent ([`ConnectOptions::probe_after`]).
     async fn exchange(&mut self, request: Request) -> Result<Response, ClientError> {
         self.seq += 1;
         let seq = self.seq;
         self.framed
             .write(&RequestFrame { seq, request }, u32::MAX)
             .await?;
+        let cap = self.answer_timeout.unwrap_or(DEFAULT_ANSWER_TIMEOUT);
+        let mut silence = self.probe_after.map(|first| Probes::new(first, cap));
         loop {
-            match self.read_message().await? {
+            let message = match &mut silence {
+                None => self.read_message().await?,
+                // Reading is cancel-safe: what arrived stays buffered.
+                Some(probes) => match tokio::time::timeout(probes.interval(), self.read_message()).await {
+                    Ok(message) => {
+                        probes.heard();
+                        message?
+                    }
+                    Err(_) => {
+                        self.framed.write_probe().await?;
+                        probes.probed();
+                        continue;
+                    }
+                },
+            };
+            match message {
                 ServerMessage::Push { pool } => self.last_push = Some(pool),
+                // Read and held: the answer follows.
+                ServerMessage::Held { .. } => {}
                 ServerMessage::Reply { seq: got, response } if got == seq => return Ok(response?),
                 // The late answer to a request the caller gave up waiting for.
                 ServerMessage::Reply { seq: got, .. } if got != 0 && got < seq => {}
@@ -524,6 +619,8 @@ impl Connection {
                     self.last_push = Some(pool.clone());
                     return Ok(pool);
                 }
+                // For a request the caller gave up waiting for.
+                ServerMessage::Held { .. } => {}
                 ServerMessage::Reply {
                     seq: 0,
                     response: Err(e),
@@ -820,6 +917,80 @@ mod tests {
         assert!(start.elapsed() < deadline, "a dead connection fails at once");
         drop(conn);
         silent.await.unwrap();
+    }
+
+    /// A live server that is slow to answer (a herd, a hold while its
+    /// leadership arrives) is probed while it stays silent, probes
+    /// spacing out, and waited for: its TCP acknowledges the probes, so
+    /// nothing ends the connection before the answer comes. A Held starts
+    /// the probes over.
+    #[tokio::test]
+    async fn a_silent_live_server_is_probed_and_waited_for() {
+        use crate::proto::frame::{decode_frame, Decoded};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // What the server read within `quiet` of the request, as frames.
+        async fn frames_within(tcp: &mut TcpStream, quiet: Duration) -> Vec<Decoded<RequestFrame>> {
+            let mut buf = Vec::new();
+            let until = tokio::time::Instant::now() + quiet;
+            let mut chunk = [0u8; 1024];
+            while let Ok(Ok(n)) = tokio::time::timeout_at(until, tcp.read(&mut chunk)).await {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let mut frames = Vec::new();
+            let mut at = 0;
+            while let Some((decoded, used)) = decode_frame::<RequestFrame>(&buf[at..], u32::MAX).unwrap() {
+                frames.push(decoded);
+                at += used;
+            }
+            frames
+        }
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let reply = |seq| {
+                frame::encode(
+                    &ServerMessage::Reply {
+                        seq,
+                        response: Ok(Response::Status(Box::default())),
+                    },
+                    u32::MAX,
+                )
+                .unwrap()
+            };
+            // Silent for 650 ms: probes at 100 and 300 ms (then 700).
+            let first = frames_within(&mut tcp, Duration::from_millis(650)).await;
+            tcp.write_all(&reply(1)).await.unwrap();
+            // Probed at 100 ms; a Held at 250 ms starts the probes over:
+            // 350 and 550 ms (without it, one at 450 ms); answered at 650.
+            let held = frame::encode(&ServerMessage::Held { seq: 2 }, u32::MAX).unwrap();
+            let before = frames_within(&mut tcp, Duration::from_millis(250)).await;
+            tcp.write_all(&held).await.unwrap();
+            let after = frames_within(&mut tcp, Duration::from_millis(400)).await;
+            tcp.write_all(&reply(2)).await.unwrap();
+            (first, before, after)
+        });
+        let mut conn = Connection::connect_insecure(addr)
+            .await
+            .unwrap()
+            .with_answer_timeout(Some(Duration::from_secs(5)))
+            .with_probe_after(Some(Duration::from_millis(100)));
+        conn.status().await.expect("answered after 650 ms");
+        conn.status().await.expect("answered after 650 ms");
+        let (first, before, after) = server.await.unwrap();
+        let is_probe = |f: &Decoded<RequestFrame>| matches!(f, Decoded::Probe);
+        assert!(matches!(first[0], Decoded::Message { .. }), "the request first");
+        assert!(first[1..].iter().all(is_probe), "{first:?}");
+        // Spaced out: not one every 100 ms. (A busy machine may delay a
+        // probe past the answer, never add one.)
+        let n = first.len() - 1;
+        assert!((1..=2).contains(&n), "{n} probes in 650 ms");
+        assert!(matches!(before[0], Decoded::Message { .. }), "the request first");
+        assert_eq!(before[1..].iter().filter(|f| is_probe(f)).count(), 1);
+        assert!(after.iter().all(is_probe), "{after:?}");
+        assert_eq!(after.len(), 2, "the Held started the probes over");
     }
 
     /// The default deadline lets a new VIP holder hold a request while its

@@ -176,6 +176,9 @@ impl ServerError {
             // serving yet (no raft leader, table catching up), or has just
             // lost it: the holder answers soon.
             ServerError::NotLicenseServer { .. } | ServerError::NotCommitted(_) => Verdict::Transient,
+            // The change committed, its answer was lost to a fault of the
+            // server: a report sent again is answered (it is idempotent).
+            ServerError::UnexpectedReply { .. } => Verdict::Transient,
             ServerError::VersionNotSupported { .. } => permanent(
                 "the server speaks another protocol version: run the same vipool release on the \
                  switches and the servers",
@@ -316,6 +319,10 @@ mod tests {
         for e in [
             ServerError::NotLicenseServer { vip: None },
             ServerError::NotCommitted("leader changed".into()),
+            ServerError::UnexpectedReply {
+                command: "register sw".into(),
+                reply: "swept".into(),
+            },
             ServerError::Refused(CommandError::UnknownClient("sw".into())),
             ServerError::Refused(CommandError::NotEnoughLicenses {
                 license_type: LicenseType::new("AP"),

@@ -88,6 +88,14 @@ pub struct Args {
     /// tools", says more).
     #[arg(long, default_value_t = vipool::client::DEFAULT_ANSWER_TIMEOUT.as_millis() as u64)]
     answer_timeout_ms: u64,
+    /// While waiting for the server (a handshake, an answer), probe the
+    /// connection after this many milliseconds of silence, then after
+    /// twice as long each time (0: never): the server's TCP must
+    /// acknowledge a probe within --ack-timeout-ms, so a VIP holder that
+    /// lost power after acknowledging a request is left within this plus
+    /// the ack timeout, while a busy live server is waited for.
+    #[arg(long, default_value_t = vipool::client::DEFAULT_PROBE_AFTER.as_millis() as u64)]
+    probe_after_ms: u64,
     /// Failures shorter than this many milliseconds are a failover: a
     /// timed-out connect is retried at once, and only longer failures back
     /// off (doubling) and make the server "unreachable". Set it to the
@@ -223,6 +231,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms.max(1));
         config.answer_timeout =
             (args.answer_timeout_ms > 0).then(|| Duration::from_millis(args.answer_timeout_ms));
+        config.probe_after = (args.probe_after_ms > 0).then(|| Duration::from_millis(args.probe_after_ms));
         config.failover_window = Duration::from_millis(args.failover_window_ms);
         config.tls = tls.for_switch(&config.id, &config.serial)?;
         // Nothing changes on a simulated switch once it runs: its changes

@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::frame::{self, FrameError};
+use super::frame::{self, Decoded, FrameError};
+use super::{OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Why no message could be read.
 #[derive(Debug, thiserror::Error)]
@@ -25,11 +26,19 @@ pub enum ReadError {
 }
 
 /// A stream with a frame buffer: whole messages in and out.
+///
+/// It reads frames of every protocol version this build reads, and drops
+/// probes ([`frame::PROBE`]). It writes [`PROTOCOL_VERSION`], or, made
+/// with [`Framed::answering`], the version of the last message it read.
 #[derive(Debug)]
 pub struct Framed<S> {
     stream: S,
     buf: Vec<u8>,
     max_in: u32,
+    /// The version written.
+    version: u16,
+    /// Whether the version written follows the last message read.
+    answering: bool,
 }
 
 /// Room made for a read when no frame has begun: a heartbeat's size.
@@ -45,7 +54,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             stream,
             buf: Vec::new(),
             max_in,
+            version: PROTOCOL_VERSION,
+            answering: false,
         }
+    }
+
+    /// Frames `stream` for the side that answers (a server): it writes in
+    /// the version of the last message it read, and before any in
+    /// [`OLDEST_PROTOCOL_VERSION`], which every client it serves reads.
+    pub fn answering(stream: S, max_in: u32) -> Self {
+        Framed {
+            version: OLDEST_PROTOCOL_VERSION,
+            answering: true,
+            ..Framed::new(stream, max_in)
+        }
+    }
+
+    /// The protocol version this side writes now.
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// The stream.
@@ -58,20 +85,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         !self.buf.is_empty()
     }
 
-    /// Decodes a whole frame already buffered, if there is one.
+    /// Decodes a whole frame already buffered, if there is one. Probes
+    /// are dropped on the way.
     ///
     /// # Errors
     /// The buffered bytes are not a frame this side reads.
     pub fn try_buffered<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        match frame::decode::<T>(&self.buf, self.max_in)? {
-            Some((message, used)) => {
-                self.buf.drain(..used);
-                if self.buf.is_empty() && self.buf.capacity() > KEEP {
-                    self.buf = Vec::new();
-                }
-                Ok(Some(message))
+        loop {
+            let Some((decoded, used)) = frame::decode_frame::<T>(&self.buf, self.max_in)? else {
+                return Ok(None);
+            };
+            self.buf.drain(..used);
+            if self.buf.is_empty() && self.buf.capacity() > KEEP {
+                self.buf = Vec::new();
             }
-            None => Ok(None),
+            match decoded {
+                Decoded::Message { message, version } => {
+                    if self.answering {
+                        self.version = version;
+                    }
+                    return Ok(Some(message));
+                }
+                Decoded::Probe => {}
+            }
         }
     }
 
@@ -138,8 +174,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// # Errors
     /// The message does not fit in `max_out`, or the stream failed.
     pub async fn write<T: Serialize>(&mut self, message: &T, max_out: u32) -> Result<(), WriteError> {
-        let bytes = frame::encode(message, max_out)?;
+        let bytes = frame::encode_as(message, self.version, max_out)?;
         self.stream.write_all(&bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Writes a probe ([`frame::PROBE`]) and flushes.
+    ///
+    /// # Errors
+    /// The stream failed.
+    pub async fn write_probe(&mut self) -> Result<(), WriteError> {
+        self.stream.write_all(&frame::PROBE).await?;
         self.stream.flush().await?;
         Ok(())
     }
@@ -204,5 +250,42 @@ mod tests {
             b.read::<(String, u32)>().await,
             Err(ReadError::Truncated)
         ));
+    }
+
+    /// An answering side drops probes, reads an older client's frames and
+    /// answers each in the version it was asked in; before anything was
+    /// read it writes the oldest version.
+    #[tokio::test]
+    async fn an_answering_side_answers_in_the_version_asked_and_drops_probes() {
+        let (a, b) = tokio::io::duplex(256);
+        let (mut client, mut server) = (a, Framed::answering(b, 1024));
+        assert_eq!(server.version(), OLDEST_PROTOCOL_VERSION);
+        let mut bytes = frame::PROBE.to_vec();
+        bytes.extend(frame::encode_as(&1u32, 2, 1024).unwrap());
+        bytes.extend(frame::PROBE);
+        bytes.extend(frame::encode(&2u32, 1024).unwrap());
+        client.write_all(&bytes).await.unwrap();
+        assert_eq!(server.read::<u32>().await.unwrap(), Some(1));
+        assert_eq!(server.version(), 2);
+        server.write(&10u32, 1024).await.unwrap();
+        assert_eq!(server.read::<u32>().await.unwrap(), Some(2));
+        assert_eq!(server.version(), PROTOCOL_VERSION);
+        server.write(&20u32, 1024).await.unwrap();
+        let mut got = vec![0u8; 2 * (frame::LENGTH_BYTES + frame::VERSION_BYTES + 1)];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got[..7], frame::encode_as(&10u32, 2, 1024).unwrap()[..]);
+        assert_eq!(got[7..], frame::encode(&20u32, 1024).unwrap()[..]);
+        // A client side writes its own version whatever it reads.
+        let (a, b) = tokio::io::duplex(256);
+        let (mut raw, mut client) = (a, Framed::new(b, 1024));
+        raw.write_all(&frame::encode_as(&3u32, 2, 1024).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(client.read::<u32>().await.unwrap(), Some(3));
+        assert_eq!(client.version(), PROTOCOL_VERSION);
+        client.write_probe().await.unwrap();
+        let mut probe = [0u8; 6];
+        raw.read_exact(&mut probe).await.unwrap();
+        assert_eq!(probe, frame::PROBE);
     }
 }

@@ -4,7 +4,18 @@
 //! TCP, one [`frame`] per message. A client sends [`RequestFrame`]s and
 //! reads [`ServerMessage`]s: a [`ServerMessage::Reply`] for each request, in
 //! order and tagged with the request's `seq`, and, between them, unsolicited
-//! [`ServerMessage::Push`]es of revised pool totals to registered clients.
+//! [`ServerMessage::Push`]es of revised pool totals to registered clients,
+//! and (version 3) a [`ServerMessage::Held`] for a request the server read
+//! and holds (waiting for serving, or for its commit).
+//!
+//! Versions. Every frame carries its protocol version. A server reads
+//! every version from [`OLDEST_PROTOCOL_VERSION`] to [`PROTOCOL_VERSION`]
+//! and answers each frame in the version it came in, sending a client of
+//! an older version only what that version knows
+//! ([`ServerMessage::for_version`]): switches of the previous release
+//! keep working with upgraded servers. Upgrade the servers first: a
+//! server of an older release refuses a newer client's frames
+//! ([`ServerError::VersionNotSupported`]).
 
 pub mod connection;
 mod denied;
@@ -20,8 +31,13 @@ use crate::license::SignedKey;
 use crate::table::{Client, CommandError, LicenseType, Pool, TableConfig, TableState, TypeKind};
 
 /// The protocol version this build speaks. 2: a switch's keys are signed
-/// key lines, and operators have write requests.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// key lines, and operators have write requests. 3: a server says
+/// [`ServerMessage::Held`] for a request it holds, a frame without a body
+/// is a probe ([`frame::PROBE`]), and [`ServerError::UnexpectedReply`].
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// The oldest protocol version a server still answers (in that version).
+pub const OLDEST_PROTOCOL_VERSION: u16 = 2;
 
 /// What a switch reports about itself (SPEC §3): its whole license state,
 /// so that a report is idempotent and a new leader can rebuild anything it
@@ -144,6 +160,45 @@ pub enum ServerMessage {
         /// The pool now.
         pool: Pool,
     },
+    /// (Version 3.) The request of sequence number `seq` was read and is
+    /// held: the node waits to serve (its leadership is on its way) or
+    /// for the change's commit; its [`ServerMessage::Reply`] follows. Sent
+    /// only for a request not answered within [`HELD_AFTER`]. A sign of
+    /// life of the server itself, not only of its host's TCP.
+    Held {
+        /// The request's `seq`.
+        seq: u64,
+    },
+}
+
+/// A request whose answer is not ready this long after it was read gets
+/// a [`ServerMessage::Held`] first: 10 ms. A request answered sooner (a
+/// refusal, a commit on a quiet pair) costs no second frame.
+pub const HELD_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl ServerMessage {
+    /// This message as a client of protocol version `version` can read
+    /// it, or `None` when that version has nothing like it (a
+    /// [`ServerMessage::Held`] to a version-2 client). Borrowed unless it
+    /// had to change.
+    pub fn for_version(&self, version: u16) -> Option<std::borrow::Cow<'_, ServerMessage>> {
+        use std::borrow::Cow;
+        if version >= 3 {
+            return Some(Cow::Borrowed(self));
+        }
+        match self {
+            ServerMessage::Held { .. } => None,
+            ServerMessage::Reply {
+                seq,
+                response: Err(e @ ServerError::UnexpectedReply { .. }),
+            } => Some(Cow::Owned(ServerMessage::Reply {
+                seq: *seq,
+                // Version 2's nearest: transient, and the text says it all.
+                response: Err(ServerError::NotCommitted(e.to_string())),
+            })),
+            other => Some(Cow::Borrowed(other)),
+        }
+    }
 }
 
 /// A successful answer.
@@ -225,6 +280,21 @@ pub enum ServerError {
     MemberCertificate {
         /// The member the certificate names.
         member: String,
+    },
+    /// (Version 3.) The table applied the request's command and answered
+    /// it with a reply of another kind: a fault of this server, not of the
+    /// request. The change is committed; its answer is lost. (A version-2
+    /// client gets this as [`ServerError::NotCommitted`], with this text.)
+    #[error(
+        "server fault: the table applied {command} and answered with a {reply} reply; the change is \
+         committed but its answer is lost: send the request again (a switch's reports carry its \
+         whole state) and report this as a vipool bug"
+    )]
+    UnexpectedReply {
+        /// The command, as the log describes it.
+        command: String,
+        /// The kind of reply the table gave.
+        reply: String,
     },
 }
 
@@ -328,5 +398,47 @@ impl TableDump {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             ..TableConfig::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-2 client is sent nothing it cannot read: no Held, and
+    /// the error variant version 3 added as version 2's nearest, with the
+    /// same words; everything else unchanged (and not copied).
+    #[test]
+    fn a_message_for_an_older_client_is_what_it_can_read() {
+        use std::borrow::Cow;
+        let held = ServerMessage::Held { seq: 4 };
+        assert!(held.for_version(2).is_none());
+        assert!(matches!(held.for_version(3), Some(Cow::Borrowed(_))));
+        let fault = ServerError::UnexpectedReply {
+            command: "the register request".into(),
+            reply: "swept".into(),
+        };
+        let said = fault.to_string();
+        let reply = ServerMessage::Reply {
+            seq: 9,
+            response: Err(fault),
+        };
+        assert_eq!(
+            reply.for_version(2).as_deref(),
+            Some(&ServerMessage::Reply {
+                seq: 9,
+                response: Err(ServerError::NotCommitted(said)),
+            })
+        );
+        assert!(matches!(reply.for_version(3), Some(Cow::Borrowed(m)) if *m == reply));
+        let push = ServerMessage::Push { pool: Pool::new() };
+        assert!(matches!(push.for_version(2), Some(Cow::Borrowed(_))));
+        // The versions' shared messages are encoded alike: a version-2
+        // client reads them as it always did.
+        let bytes = frame::encode_as(&push, 2, 1024).unwrap();
+        assert_eq!(
+            frame::decode::<ServerMessage>(&bytes, 1024).unwrap().unwrap().0,
+            push
+        );
     }
 }

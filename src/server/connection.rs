@@ -98,8 +98,9 @@ pub(super) async fn accept<A: Applier>(shared: Arc<Shared<A>>, tcp: TcpStream, p
         return serve(shared, Box::new(stream), peer, local, who, port).await;
     };
     // Say why before closing: a certificate of the wrong kind is an
-    // operator's mistake more often than an attack.
-    let mut framed = Framed::new(stream, shared.config.max_frame);
+    // operator's mistake more often than an attack. (No frame read yet:
+    // in the oldest version served, which every client reads.)
+    let mut framed = Framed::answering(stream, shared.config.max_frame);
     let message = ServerMessage::Reply {
         seq: 0,
         response: Err(refusal),
@@ -135,7 +136,7 @@ async fn serve<A: Applier>(
         last_pool: None,
         client_id: None,
     };
-    let mut framed = Framed::new(stream, shared.config.max_frame);
+    let mut framed = Framed::answering(stream, shared.config.max_frame);
     let reason = conn.run(&mut framed).await;
     if matches!(reason, "idle" | "frame too slow" | "answer not taken") {
         shared.counters.timed_out.fetch_add(1, Ordering::Relaxed);
@@ -182,13 +183,32 @@ impl<A: Applier> Conn<'_, A> {
                         last_frame = Instant::now();
                         frame_began = framed.in_frame().then_some(last_frame);
                         self.shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-                        let (message, heartbeat_of) = Box::pin(self.answer(request)).await;
+                        // A request not answered at once is said to be
+                        // held (version 3): the client then knows that
+                        // this server, not only its host's TCP, has it.
+                        let (seq, held) = (request.seq, framed.version() >= 3);
+                        let shared = self.shared;
+                        let (message, heartbeat_of) = {
+                            let mut answer = Box::pin(self.answer(request));
+                            tokio::select! {
+                                biased;
+                                done = &mut answer => done,
+                                () = tokio::time::sleep(crate::proto::HELD_AFTER), if held => {
+                                    let held = ServerMessage::Held { seq };
+                                    if let Err(e) = write_within(framed, &held, config.frame_timeout).await {
+                                        shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                                        return write_failed(&e);
+                                    }
+                                    answer.await
+                                }
+                            }
+                        };
                         let written = write_within(framed, &message, config.frame_timeout).await;
                         let written = match written {
                             Err(WriteError::Frame(e)) => {
                                 // Too large to send: say so instead.
                                 let seq = match message {
-                                    ServerMessage::Reply { seq, .. } => seq,
+                                    ServerMessage::Reply { seq, .. } | ServerMessage::Held { seq } => seq,
                                     ServerMessage::Push { .. } => 0,
                                 };
                                 let fallback = ServerMessage::Reply {
@@ -461,6 +481,7 @@ impl<A: Applier> Conn<'_, A> {
             Some(who) => who.clone(),
             None => self.claimed_identity(&request),
         };
+        let what = request_kind(&request);
         // An acquire refused here is usage too (see `usage`).
         let acquire = match &request {
             Request::Acquire {
@@ -529,7 +550,17 @@ impl<A: Applier> Conn<'_, A> {
                 }
                 Ok(Response::Changed { pool })
             }
-            other => Err(ServerError::NotCommitted(format!("unexpected reply {other:?}"))),
+            other => {
+                let e = ServerError::UnexpectedReply {
+                    command: format!("the {what} request"),
+                    reply: reply_kind(&other).to_owned(),
+                };
+                // A fault of this server: said at error level (rate-limited).
+                if let Some(suppressed) = self.shared.log.allow("unexpected reply") {
+                    tracing::error!(suppressed, peer = %self.peer, "{}", e.to_string().escape_debug());
+                }
+                Err(e)
+            }
         }
     }
 
@@ -620,12 +651,18 @@ impl<A: Applier> Conn<'_, A> {
 /// read deadlines, and such a peer would hold its connection (and its
 /// place under the per-address cap) for good. With one, it holds it no
 /// longer than a peer that begins a frame and never ends it.
+///
+/// The message goes as the client's protocol version reads it, or not at
+/// all when that version has nothing like it.
 async fn write_within<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S>,
     message: &ServerMessage,
     within: Duration,
 ) -> Result<(), WriteError> {
-    tokio::time::timeout(within, framed.write(message, frame::DEFAULT_MAX_RESPONSE))
+    let Some(message) = message.for_version(framed.version()) else {
+        return Ok(());
+    };
+    tokio::time::timeout(within, framed.write(&*message, frame::DEFAULT_MAX_RESPONSE))
         .await
         .unwrap_or_else(|_| {
             Err(WriteError::Io(std::io::Error::new(
@@ -640,6 +677,33 @@ fn write_failed(e: &WriteError) -> &'static str {
     match e {
         WriteError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => "answer not taken",
         _ => "write failed",
+    }
+}
+
+/// What a request is, for a message.
+fn request_kind(request: &Request) -> &'static str {
+    match request {
+        Request::Register { .. } => "register",
+        Request::Heartbeat { .. } => "heartbeat",
+        Request::Update { .. } => "update",
+        Request::Acquire { .. } => "acquire",
+        Request::Release { .. } => "release",
+        Request::Status => "status",
+        Request::Show { .. } => "show",
+        Request::RemoveClient { .. } => "remove-client",
+        Request::InstallKey { .. } => "install-key",
+        Request::RemoveKey { .. } => "remove-key",
+    }
+}
+
+/// What kind of reply the table gave, for a message.
+fn reply_kind(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Client { .. } => "client",
+        Reply::ClientRemoved { .. } => "client-removed",
+        Reply::ServerKey { .. } => "server-key",
+        Reply::Swept(_) => "swept",
+        Reply::Settings { .. } => "settings",
     }
 }
 

@@ -19,10 +19,12 @@
 //! within the answer deadline ([`SwitchConfig::answer_timeout`]: a holder
 //! that lost power after its kernel acknowledged the request) ends the
 //! session as a reset would: the switch reconnects at once and registers
-//! its whole state with the next holder. A refusal that no retry
-//! can change ([`crate::client::Verdict::Permanent`]: an unknown license
-//! type, its certificate refused by the server, an id its certificate does
-//! not name, ...) stops the switch: it logs what happened and what to do at
+//! its whole state with the next holder. Before that, while it waits, a
+//! silent server is probed ([`SwitchConfig::probe_after`]): a holder that
+//! lost power is left within the probe interval and the ack timeout. A
+//! refusal that no retry can change ([`crate::client::Verdict::Permanent`]:
+//! an unknown license type, its certificate refused by the server, an id
+//! its certificate does not name, ...) stops the switch: it logs what happened and what to do at
 //! error level, emits [`Event::Stopped`], and its task ends. Only the
 //! pair's word stops it: a handshake that fails before the other end
 //! proved to be the pair (a server certificate not of the pinned CA) is
@@ -112,6 +114,16 @@ pub struct SwitchConfig {
     /// repairs an acquire or release whose outcome is unknown
     /// ([`Event::Uncertain`]). An idle connection has no deadline.
     pub answer_timeout: Option<Duration>,
+    /// While the switch waits for the server (its first handshake bytes,
+    /// an answer) and the server has sent nothing for this long, probe the
+    /// connection (default [`crate::client::DEFAULT_PROBE_AFTER`], 100 ms:
+    /// why, there; `None`: never). A probe the server's TCP does not
+    /// acknowledge within `ack_timeout` ends the connection: a holder that
+    /// lost power just after acknowledging a registration or a handshake
+    /// is left within this plus the ack timeout (400 ms), where the answer
+    /// deadline would take 1.5 s and the handshake deadline 5 s; a live
+    /// server, however busy, acknowledges at once and is waited for.
+    pub probe_after: Option<Duration>,
     /// How long failures may last and still be a failover (default 1 s).
     /// Within it a connect that timed out is retried at once, and one
     /// refused at once after `backoff_min`; the delay doubles only for
@@ -148,6 +160,7 @@ impl SwitchConfig {
             ack_timeout: Some(crate::client::DEFAULT_ACK_TIMEOUT),
             handshake_timeout: crate::client::DEFAULT_HANDSHAKE_TIMEOUT,
             answer_timeout: Some(crate::client::DEFAULT_ANSWER_TIMEOUT),
+            probe_after: Some(crate::client::DEFAULT_PROBE_AFTER),
             failover_window: Duration::from_secs(1),
             tls: None,
         }
@@ -557,6 +570,7 @@ impl Switch {
                 ack_timeout: self.config.ack_timeout,
                 handshake_timeout: self.config.handshake_timeout,
                 answer_timeout: self.config.answer_timeout,
+                probe_after: self.config.probe_after,
                 ..ConnectOptions::default()
             };
             let connect = Connection::connect_with(&self.config.server, self.config.tls.as_ref(), &options);
