@@ -147,7 +147,7 @@ impl Clock {
 
     /// The time to stamp into a command proposed now (see the rule).
     pub fn stamp(&self, limit_ms: u64) -> u64 {
-        let stamp = self.lock().stamp(super::now_ms(), Instant::now(), limit_ms);
+        let stamp = self.lock().stamp(crate::clock::now_ms(), Instant::now(), limit_ms);
         if let Some(ahead_ms) = stamp.ahead_ms {
             cluster::warn_limited!(
                 self.log,
