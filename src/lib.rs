@@ -1,5 +1,6 @@
 //! vipool: a high-availability license server pair for network switches.
 //!
+//! - [`clock`]: the wall and monotonic clocks, read in one place;
 //! - [`table`]: the shared license table, a pure deterministic state machine
 //!   that the `cluster` crate replicates;
 //! - [`proto`]: the client protocol (length-prefixed, versioned bincode frames);
@@ -55,6 +56,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod license;
 pub mod metrics;

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vipool::client::{ClientError, Connection};
+use vipool::clock::now_ms;
 use vipool::license::{IssuerKey, KeyStatement, SignedKey, TrustedIssuers};
 use vipool::proto::frame::{self, DEFAULT_MAX_REQUEST};
 use vipool::proto::{
@@ -18,7 +19,7 @@ use vipool::proto::{
     PROTOCOL_VERSION,
 };
 use vipool::server::request::RequestLimits;
-use vipool::server::{now_ms, Applier, LocalApplier, Port, Server, ServerConfig};
+use vipool::server::{Applier, LocalApplier, Port, Server, ServerConfig};
 use vipool::table::{Actor, Command, CommandError, LicenseTable, LicenseType, TableConfig, TableState};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -689,7 +690,7 @@ async fn pool_changes_are_pushed_to_registered_clients() {
 #[tokio::test]
 async fn status_warns_about_evaluation_keys_about_to_expire() {
     let h = Harness::start(None).await;
-    let now = vipool::server::now_ms();
+    let now = now_ms();
     let hour = 3_600_000;
     for (key_id, hours) in [("eval-soon", 2), ("eval-later", 24 * 30)] {
         let expires = (now + hours * hour) / 1000;

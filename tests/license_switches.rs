@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use vipool::clock::now_ms;
 use vipool::license::{IssuerKey, KeyStatement, SignedKey, TrustedIssuers};
-use vipool::server::{now_ms, Applier, LocalApplier, Server, ServerConfig};
+use vipool::server::{Applier, LocalApplier, Server, ServerConfig};
 use vipool::switch::{self, Change, Event, SwitchConfig, SwitchHandle};
 use vipool::table::{Actor, Command, LicenseTable, LicenseType, Pool, TableConfig};
 

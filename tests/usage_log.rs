@@ -9,9 +9,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vipool::client::Connection;
+use vipool::clock::now_ms;
 use vipool::license::{IssuerKey, KeyStatement, SignedKey, TrustedIssuers};
 use vipool::proto::SwitchReport;
-use vipool::server::{now_ms, Applier, LocalApplier, Port, Server, ServerConfig};
+use vipool::server::{Applier, LocalApplier, Port, Server, ServerConfig};
 use vipool::table::{Actor, Command, LicenseTable, LicenseType, TableConfig};
 use vipool::usage::{UsageConfig, UsageLog};
 

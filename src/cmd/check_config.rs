@@ -115,7 +115,7 @@ fn license_keys(config: &Config) -> Result<Vec<String>, Vec<String>> {
     let (_, keys) = config
         .load_server_keys()
         .map_err(|e| e.problems().iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    let now_ms = vipool::server::now_ms();
+    let now_ms = vipool::clock::now_ms();
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     for entry in &keys {

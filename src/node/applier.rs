@@ -16,7 +16,7 @@ use cluster::{Member, ProposeError, SnapshotError, StateMachine};
 use tokio::sync::watch;
 
 use crate::proto::ServerError;
-use crate::server::stamp::Clock;
+use crate::server::stamp::PairClock;
 use crate::server::Applier;
 use crate::table::{Command, CommandError, LicenseTable, Pool, Reply};
 use crate::usage::{Pending, UsageLog};
@@ -28,7 +28,7 @@ pub struct SharedTable {
     table: Arc<Mutex<LicenseTable>>,
     pool: Arc<watch::Sender<Pool>>,
     /// The pair's time: follows the stamps this member sees commit.
-    clock: Arc<Clock>,
+    clock: Arc<PairClock>,
     /// Written while this node serves (see `usage`).
     usage: Option<UsageLog>,
     /// Seals and opens the client port's session tickets with the keys
@@ -71,8 +71,8 @@ impl SharedTable {
         }
     }
 
-    /// The time to stamp into a command this member proposes now (see
-    /// `server::stamp`: bounded against forward jumps of the wall clock).
+    /// The time to stamp into a command this member proposes now: the
+    /// pair's time (see `server::stamp`).
     pub fn stamp(&self) -> u64 {
         let limit = self.read(|t| t.config().heartbeat_interval_ms);
         self.clock.stamp(limit)
@@ -113,7 +113,7 @@ impl StateMachine for SharedTable {
     fn apply(&mut self, index: u64, command: Command) -> Self::Response {
         let (reply, pool) = {
             let mut table = self.lock();
-            if let Some(stamped) = command.now_ms() {
+            if let Some(stamped) = command.pair_time_ms() {
                 self.clock.observe(stamped, table.config().heartbeat_interval_ms);
             }
             let pending = self
@@ -151,6 +151,10 @@ impl StateMachine for SharedTable {
         let pool = {
             let mut table = self.lock();
             table.restore(snapshot).map_err(SnapshotError::new)?;
+            // The pair's time goes on from the restored table's newest.
+            if let Some(newest) = table.latest_stamp_ms() {
+                self.clock.observe(newest, table.config().heartbeat_interval_ms);
+            }
             self.install_ticket_keys(&table);
             table.pool().clone()
         };

@@ -53,9 +53,10 @@ pub use reload::{reload_channel, ReloadError, Reloader, Reloads};
 pub use store::{init, Start, STORE_FILE};
 pub use witness::run_witness;
 
+use crate::clock::now_ms;
 use crate::config::{ClusterSection, Config, NodeSection, Role, TlsSection};
 use crate::proto::NodeStatus;
-use crate::server::{now_ms, Applier, Port, Server, StatusHook};
+use crate::server::{Applier, Port, Server, StatusHook};
 use crate::table::{LicenseTable, TableConfig};
 use crate::usage::UsageLog;
 

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::{keys, settings, Glue};
+use crate::clock::now_ms;
 use crate::config::{Config, ConfigError};
-use crate::server::now_ms;
 use crate::table::describe_issuers;
 
 /// Why a reloaded configuration was not taken.

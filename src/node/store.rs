@@ -21,8 +21,8 @@ use cluster::{Disk, LogStore, StoreError};
 use tracing::{error, info, warn};
 
 use super::NodeError;
+use crate::clock::now_ms;
 use crate::config::{AnyConfig, NodeSection, Role};
-use crate::server::now_ms;
 
 /// The raft log's file name in the data dir.
 pub const STORE_FILE: &str = "raft.redb";

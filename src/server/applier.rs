@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use super::stamp::Clock;
+use super::stamp::PairClock;
 use crate::proto::ServerError;
 use crate::table::{Command, CommandError, LicenseTable, Pool, Reply};
 use crate::usage::{Pending, UsageLog};
@@ -29,8 +29,8 @@ pub trait Applier: Send + Sync + 'static {
     /// Follows the pool: changes whenever an applied command changes it.
     fn pool_changes(&self) -> watch::Receiver<Pool>;
 
-    /// The time to stamp into a command proposed now: the wall clock,
-    /// bounded against forward jumps (see [`stamp`](super::stamp)).
+    /// The time to stamp into a command proposed now: the pair's time
+    /// (see [`stamp`](super::stamp)).
     fn stamp(&self) -> u64;
 
     /// The usage log, if one is written: the server logs there what it
@@ -46,7 +46,7 @@ pub trait Applier: Send + Sync + 'static {
 pub struct LocalApplier {
     table: Mutex<LicenseTable>,
     pool: watch::Sender<Pool>,
-    clock: Clock,
+    clock: PairClock,
     usage: Option<UsageLog>,
 }
 
@@ -57,7 +57,7 @@ impl LocalApplier {
         Self {
             table: Mutex::new(table),
             pool,
-            clock: Clock::new(),
+            clock: PairClock::new(),
             usage: None,
         }
     }

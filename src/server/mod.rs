@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -327,7 +327,7 @@ impl<A: Applier> Shared<A> {
 
     fn expiring(&self) -> Vec<ExpiryWarning> {
         let within = u64::try_from(self.config.expiry_warning.as_millis()).unwrap_or(u64::MAX);
-        self.applier.read(|t| t.expiring(now_ms(), within))
+        self.applier.read(|t| t.expiring(crate::clock::now_ms(), within))
     }
 }
 
@@ -743,15 +743,6 @@ fn is_transient(e: &std::io::Error) -> bool {
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
         || e.raw_os_error() == Some(24) // EMFILE: descriptors free up as connections close
         || e.raw_os_error() == Some(23) // ENFILE
-}
-
-/// The wall clock, in milliseconds since the Unix epoch. Proposals are
-/// stamped with [`Applier::stamp`], which bounds it against jumps (see
-/// [`stamp`]).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Proposes a sweep every `sweep_interval` while this node serves.

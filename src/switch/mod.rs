@@ -49,9 +49,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, ConnectOptions, Connection, Verdict};
+use crate::clock::now_ms;
 use crate::license::SignedKey;
 use crate::proto::{RequestError, ServerError, SwitchReport};
-use crate::server::now_ms;
 use crate::table::{pool_demand, Client, CommandError, LicenseType, Pool};
 
 /// How a simulated switch is set up.

@@ -256,7 +256,18 @@ impl Command {
         }
     }
 
-    /// The leader's clock stamped into the command, if it carries one.
+    /// The pair's time stamped into the command by the serving node, if
+    /// it carries it: every stamp but a server key's, which the server
+    /// that owns the key may stamp with its own clock when it submits it
+    /// from the backup (see `server::stamp`).
+    pub fn pair_time_ms(&self) -> Option<u64> {
+        match self.inner() {
+            Command::InstallServerKey { .. } => None,
+            other => other.now_ms(),
+        }
+    }
+
+    /// The time stamped into the command, if it carries one.
     pub fn now_ms(&self) -> Option<u64> {
         match self {
             Command::Register { now_ms, .. }

@@ -161,6 +161,16 @@ impl LicenseTable {
         self.state.servers.get(server).map(|s| s.serial.as_str())
     }
 
+    /// The newest of the pair's times the table holds, if any: when a
+    /// client was last heard, when the newest session-ticket key was made.
+    /// A member that restores the table continues the pair's time from
+    /// here (`server::stamp`), not from its own wall clock.
+    pub fn latest_stamp_ms(&self) -> Option<u64> {
+        let heard = self.state.clients.values().map(|c| c.last_heard_ms);
+        let tickets = self.state.ticket_keys.iter().map(|k| k.created_ms);
+        heard.chain(tickets).max()
+    }
+
     /// Evaluation keys (on servers and clients) that stop counting within
     /// `within_ms` of `now_ms`, soonest first: what both sides warn about
     /// before limits shrink (SPEC section 4). Already expired keys are not

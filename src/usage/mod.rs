@@ -457,7 +457,7 @@ impl UsageLog {
 
     /// Logs what applying `pending` at `index` did. Never blocks.
     pub fn record(&self, pending: Pending, index: u64, reply: &Result<Reply, CommandError>, pool: &Pool) {
-        for event in pending.events(&self.node, index, reply, pool, crate::server::now_ms()) {
+        for event in pending.events(&self.node, index, reply, pool, crate::clock::now_ms()) {
             self.send(&event);
         }
     }

@@ -57,8 +57,8 @@ const SETTINGS_RETRY_MS: u64 = 2000;
 const EPOCH_MS: i64 = 1_767_225_600_000;
 
 /// The license table as the simulated members apply it: the real table,
-/// and the stamps it applied (the applier's clock observes them, as
-/// `SharedTable::apply` does).
+/// and the pair's times it applied or restored (the applier's clock
+/// observes them, as `SharedTable::apply` and `restore` do).
 #[derive(Debug)]
 pub(super) struct SimTable {
     pub(super) table: LicenseTable,
@@ -79,7 +79,7 @@ impl StateMachine for SimTable {
     type Response = Result<Reply, CommandError>;
 
     fn apply(&mut self, index: u64, command: Command) -> Self::Response {
-        if let Some(stamped) = command.now_ms() {
+        if let Some(stamped) = command.pair_time_ms() {
             self.stamps.lock().expect("stamps lock").push(stamped);
         }
         self.table.apply_command(index, command)
@@ -94,7 +94,11 @@ impl StateMachine for SimTable {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        self.table.restore(snapshot).map_err(SnapshotError::new)
+        self.table.restore(snapshot).map_err(SnapshotError::new)?;
+        if let Some(newest) = self.table.latest_stamp_ms() {
+            self.stamps.lock().expect("stamps lock").push(newest);
+        }
+        Ok(())
     }
 }
 

@@ -14,7 +14,9 @@
 //! the real `server::request::command`, proposed, and answered once
 //! applied. Time is an `Instant` base plus a per-host offset for the
 //! monotonic clock, and a per-host offset for the wall clock (skew and
-//! jumps); the stamps follow `server::stamp::Stamper` as the applier does.
+//! jumps); the stamps follow `server::stamp::Stamper` as the applier does
+//! (it observes the pair's time in every applied entry and restored
+//! snapshot).
 //!
 //! # Networks
 //!
@@ -60,9 +62,9 @@
 //!   configuration (their logs diverged: the documented split brain),
 //!   until a whole-state report is acknowledged again. A switch the table
 //!   marked down (or removed) although it was heard within two heartbeat
-//!   intervals is counted as marked down by a wrong time (the known gaps
-//!   of `server::stamp`, see `world::Knobs`); one silent for longer lost
-//!   its licenses as SPEC §4 says.
+//!   intervals fails the run: the table's time went wrong
+//!   (`server::stamp`; counted instead with `world::Knobs::strict_time`
+//!   off). One silent for longer lost its licenses as SPEC §4 says.
 //! - S3: `used <= total` for every type on every replica.
 //! - S4: replicas at the same applied index (same term there) hold the
 //!   same table, settings included (not while both lead alone).

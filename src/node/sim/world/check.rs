@@ -122,9 +122,9 @@ impl World {
     /// S2. A client the serving table holds as up has at least what was
     /// acknowledged to it. A client marked down (or removed) although it
     /// was heard within two heartbeat intervals is the table's time gone
-    /// wrong (`server::stamp`, a known gap: counted, and a failure with
-    /// [`Knobs::strict_time`]); one silent for longer lost its licenses
-    /// as SPEC §4 says.
+    /// wrong (`server::stamp`: a failure, or only counted with
+    /// [`Knobs::strict_time`] off); one silent for longer lost its
+    /// licenses as SPEC §4 says.
     fn check_s2(&mut self) -> Result<(), String> {
         let mut wrong_time = Vec::new();
         let serving: BTreeSet<u64> = self.hosts.iter().filter(|h| h.serving()).map(|h| h.id).collect();
