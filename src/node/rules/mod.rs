@@ -22,7 +22,13 @@
 //!   no longer sees the peer lead), its adverts stopped after this node had
 //!   followed it (once raft sees no leader either, for half an election
 //!   timeout), or no raft leader has been seen for two election timeouts
-//!   (the peer stopped or lost its raft link). A refused takeover (this
+//!   (the peer stopped or lost its raft link). The last two need the
+//!   peer's word (its beacon over the cluster link) to have lapsed: a peer
+//!   whose word is fresh runs and reaches this node over the cluster link,
+//!   so VRRP's silence is the segment's and raft elects over the link;
+//!   both taking over then would make two sole voters that can both
+//!   commit (S1, S2). A new word from a peer that is not leaving, after
+//!   it left or fell silent, makes that evidence stale. A refused takeover (this
 //!   node's log cannot be shown complete) is logged at error level (at once
 //!   for a new reason, then once a minute with the count of retries) and
 //!   retried when the facts change, never forced. With a witness there is
@@ -503,6 +509,13 @@ impl PairRules {
     /// The peer's word over the cluster link changed (or lapsed: `None`).
     pub(crate) fn handle_peer_word(&mut self, now: Instant, word: Option<PeerWord>) {
         if word != self.peer_word {
+            // A new word from a peer that is not leaving, after VRRP said it
+            // left or fell silent: it is back (restarted, or the segment
+            // healed), and that evidence is stale. (The word it sent before
+            // it went does not change; it only lapses.)
+            if word.is_some_and(|w| !w.leaving) && self.peer_left.is_some() {
+                self.peer_left = None;
+            }
             self.peer_word = word;
             self.round(now);
         }
@@ -752,6 +765,11 @@ impl PairRules {
         if stays && self.peer_left == Some(PeerGone::Left) && leads {
             self.peer_left = None;
         }
+        // The peer's word is fresh (it is sent every advert interval and
+        // holds for three): the peer runs and the cluster link carries
+        // it. Silent adverts are then the segment's doing, and raft can
+        // elect over the link; a takeover would leave two sole voters.
+        let peer_heard = self.peer_word.is_some_and(|w| !w.leaving);
         let gone = match self.peer_left {
             // Leaving: it hands leadership over first, then stops.
             Some(PeerGone::Left) => !stays && (leads || !peer_leads),
@@ -760,7 +778,7 @@ impl PairRules {
             // node outranked it and preempted).
             // A transfer to this node also passes through a moment
             // without a leader: wait half an election timeout.
-            Some(PeerGone::Silent) => !leads && !peer_leads && leaderless_for >= et / 2,
+            Some(PeerGone::Silent) => !peer_heard && !leads && !peer_leads && leaderless_for >= et / 2,
             None => false,
         };
         if leads && self.peer_left == Some(PeerGone::Silent) {
@@ -773,7 +791,8 @@ impl PairRules {
             }
             self.timers[Timer::TwoElections as usize] = arm(since + 2 * et);
         }
-        if !(gone || leaderless_for >= 2 * et) || self.takeover_pending {
+        let leaderless = !peer_heard && leaderless_for >= 2 * et;
+        if !(gone || leaderless) || self.takeover_pending {
             return;
         }
         // A refusal is retried when the facts change, not in a loop.

@@ -377,6 +377,114 @@ fn a_silent_peer_that_was_followed_is_taken_over_from() {
     assert_eq!(why, Some("the peer fell silent (Master_Down_Interval)"), "{a:?}");
 }
 
+// Module doc: "The last two need the peer's word (its beacon over the
+// cluster link) to have lapsed: a peer whose word is fresh runs and
+// reaches this node over the cluster link, so VRRP's silence is the
+// segment's and raft elects over the link; both taking over then would
+// make two sole voters that can both commit (S1, S2)." SPEC S1: "at most
+// one node answers clients at any time, except during a partition between
+// the two servers of a pair that has no witness". Found by the pair
+// simulation (seed 1512: the segment cut one way, both servers master,
+// both took over as sole voter 9 ms apart over a working cluster link).
+#[test]
+fn a_peer_whose_word_is_fresh_is_not_taken_over_from_until_it_lapses() {
+    let word = PeerWord {
+        master: true,
+        priority: PRIORITY,
+        leaving: false,
+    };
+    // Its adverts stopped reaching this node, its beacons did not.
+    let mut s = Script::following(false);
+    s.rules.handle_peer_word(s.now, Some(word));
+    s.at_ms(3000);
+    s.become_state(State::Master, Reason::MasterDown);
+    s.at_ms(3200);
+    s.raft.leader = None;
+    s.feed_raft();
+    let a = s.run_until_ms(6000);
+    assert!(
+        !takes_over(&a),
+        "silent adverts, fresh word, for far past both rules: {a:?}"
+    );
+    // The word lapses (three advert intervals without a beacon): the peer
+    // or the link is gone, and the rules that waited apply at once.
+    s.rules.handle_peer_word(s.now, None);
+    let a = s.actions();
+    assert!(takes_over(&a), "{a:?}");
+
+    // No leader for two election timeouts, with the word fresh, then not.
+    let mut s = Script::serving();
+    s.rules.handle_peer_word(s.now, Some(word));
+    s.at_ms(500);
+    s.raft.role = StateRole::Follower;
+    s.raft.leader = None;
+    s.raft.term += 1;
+    s.feed_raft();
+    let a = s.run_until_ms(5000);
+    assert!(!takes_over(&a), "{a:?}");
+    s.rules.handle_peer_word(s.now, None);
+    assert!(takes_over(&s.actions()));
+
+    // A peer whose word says it is leaving is handled as leaving, not
+    // as heard.
+    let mut s = Script::following(false);
+    s.rules.handle_peer_word(
+        s.now,
+        Some(PeerWord {
+            leaving: true,
+            ..word
+        }),
+    );
+    s.at_ms(3000);
+    s.become_state(State::Master, Reason::MasterDown);
+    s.at_ms(3200);
+    s.raft.leader = None;
+    s.feed_raft();
+    let a = s.run_until_ms(3700);
+    assert!(takes_over(&a), "{a:?}");
+}
+
+// Module doc: "A new word from a peer that is not leaving, after it left
+// or fell silent, makes that evidence stale." Found by the pair simulation
+// (seed 32338): the peer stopped on a storage failure (priority 0), came
+// back as sole voter and led; this node, once in sync, took over on the
+// old "it left" and both served.
+#[test]
+fn a_peer_that_speaks_again_after_it_left_is_not_taken_over_from() {
+    let mut s = Script::following(false);
+    s.vrrp.priority_zero_received = 1;
+    s.at_ms(3000);
+    s.raft.in_sync = false;
+    s.raft.leader = None;
+    s.feed_raft();
+    s.become_state(State::Master, Reason::MasterLeft);
+    // Refused: not in sync.
+    let a = s.actions();
+    assert!(takes_over(&a), "{a:?}");
+    let a = s.takeover_answer(Err("not in sync".into()));
+    assert!(!serves(&a), "{a:?}");
+    // The peer is back: its word, not leaving.
+    s.at_ms(3400);
+    s.rules.handle_peer_word(
+        s.now,
+        Some(PeerWord {
+            master: false,
+            priority: 1,
+            leaving: false,
+        }),
+    );
+    // Now in sync, without a leader for a moment: the old "it left" no
+    // longer counts, and the word is fresh.
+    s.raft.in_sync = true;
+    s.raft.leader = None;
+    s.feed_raft();
+    let a = s.run_until_ms(6000);
+    assert!(!takes_over(&a), "{a:?}");
+    // The word lapses: two election timeouts without a leader do.
+    s.rules.handle_peer_word(s.now, None);
+    assert!(takes_over(&s.actions()));
+}
+
 // Module doc: "Silence at start-up, before any master was seen, says
 // nothing about the peer": only the two-election-timeout rule applies.
 #[test]
