@@ -114,6 +114,7 @@ impl<S: StateMachine> Node<S> {
                 let meta = msg.get_snapshot().get_metadata();
                 ReportKind::Snapshot {
                     restores: meta.index > log.committed && !log.match_term(meta.index, meta.term),
+                    index: meta.index,
                 }
             }
             _ => return None,
@@ -148,8 +149,8 @@ impl<S: StateMachine> Node<S> {
             // We lacked entries the leader had compacted away. The snapshot
             // may be far behind the leader's commit, which it does not
             // carry: the next append or a probe tells when we are back.
-            ReportKind::Snapshot { restores: true } => self.fall_behind(None, last),
-            ReportKind::Snapshot { restores: false } => {}
+            ReportKind::Snapshot { restores: true, .. } => self.fall_behind(None, last),
+            ReportKind::Snapshot { restores: false, .. } => {}
         }
     }
 
@@ -215,13 +216,32 @@ impl<S: StateMachine> Node<S> {
         if !matches!(msg.get_msg_type(), MsgAppend | MsgHeartbeat | MsgSnapshot) {
             return false;
         }
-        let cs = self.raw.store().conf().0;
+        let (cs, conf_index) = self.raw.store().conf();
         // Only a takeover makes a member the sole voter with its peer as a
         // learner. Any other configuration that lists the sender as a
         // learner is merely stale (say, restored from an old snapshot after
         // a lost disk): raft brings it up to date if we listen.
         let sole = cs.voters == [self.cfg.id] && cs.voters_outgoing.is_empty();
-        sole && cs.learners.contains(&msg.from)
+        sole && cs.learners.contains(&msg.from) && !self.conf_is_senders_snapshot(msg, conf_index)
+    }
+
+    /// Whether our configuration is the one in the snapshot `msg`'s sender
+    /// handed us in this term, unchanged since: its own history (it was a
+    /// learner then, and promoted since, in the entries that follow), not
+    /// a takeover of ours. Yielding to it would discard what it just sent
+    /// and ask for it again, for ever (a leader that had not taken a fresh
+    /// snapshot since its promotion; see `LogStore::snapshot_is_current`).
+    fn conf_is_senders_snapshot(&self, msg: &Message, conf_index: u64) -> bool {
+        let Some((from, term, index)) = self.snapshot_from else {
+            return false;
+        };
+        let snap = self.raw.store().snapshot_ref().get_metadata();
+        from == msg.from
+            && term == msg.term
+            && term == self.raw.raft.term
+            && conf_index == index
+            && snap.index == index
+            && snap.get_conf_state() == self.raw.store().conf().0
     }
 
     /// Discards this member's log (it lost a split brain) and waits for the
@@ -277,6 +297,7 @@ impl<S: StateMachine> Node<S> {
         self.lead_term = 0;
         self.in_sync = false;
         self.sync_target = None;
+        self.snapshot_from = None;
         self.out.push(Output::Yielded {
             winner,
             discarded_committed: commit,

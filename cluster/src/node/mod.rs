@@ -216,6 +216,10 @@ pub struct Node<S: StateMachine> {
     /// (learned from a ReadIndex probe or from an append that showed it
     /// behind); in sync once our commit reaches it.
     sync_target: Option<u64>,
+    /// The leader's snapshot this member was last handed to restore
+    /// (sender, term, index): the configuration it carries is the leader's
+    /// own history, never a split brain (see [`Node::split_brain`]).
+    snapshot_from: Option<(u64, u64, u64)>,
     ticks: u64,
     last_term: u64,
     /// (term, role, leader) when the election timeout was last re-drawn.
@@ -280,6 +284,7 @@ impl<S: StateMachine> Node<S> {
             demotion: None,
             lead_term: 0,
             sync_target: None,
+            snapshot_from: None,
             ticks: 0,
             last_term,
             timeout_key: (u64::MAX, StateRole::Follower, 0),
@@ -748,6 +753,18 @@ impl<S: StateMachine> Node<S> {
             return Ok(());
         }
         let report = self.leader_report(&msg);
+        if let Some(LeaderReport {
+            from,
+            term,
+            kind: ReportKind::Snapshot {
+                restores: true,
+                index,
+            },
+            ..
+        }) = report
+        {
+            self.snapshot_from = Some((from, term, index));
+        }
         let repair = self.witness_must_repair(&msg);
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(member = self.cfg.id, "raft ignored a message: {e}");
@@ -849,8 +866,8 @@ struct LeaderReport {
 enum ReportKind {
     /// Whether our log held the entry the appended ones follow.
     Append { accepted: bool },
-    /// Whether raft replaces our log with the snapshot.
-    Snapshot { restores: bool },
+    /// Whether raft replaces our log with the snapshot, at `index`.
+    Snapshot { restores: bool, index: u64 },
 }
 
 /// An entry as an operator reads it: the state machine's description of
