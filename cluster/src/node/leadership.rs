@@ -6,22 +6,88 @@ use super::*;
 impl<S: StateMachine> Node<S> {
     /// A witness leads only to repair a server's log: as soon as a voter
     /// holds everything it has, leadership goes there.
+    ///
+    /// Only to a voter heard from lately (raft's `recent_active`) whose
+    /// match was proven in this term (raft resets it when a member starts
+    /// to lead, and [`Node::forget_lost_progress`] when the member shows it
+    /// lost its log). A transfer that raft gave up on (the voter never
+    /// campaigned within an election timeout) is tried next with another
+    /// voter so matched, if there is one: never the same one every time.
     pub(super) fn witness_hand_over(&mut self) {
         if self.raw.raft.lead_transferee.is_some() {
             return;
         }
         let last = self.raw.raft.raft_log.last_index();
         let me = self.cfg.id;
-        let target = self
+        let ready: Vec<u64> = self
             .conf_state()
             .voters
             .iter()
             .copied()
-            .find(|&id| id != me && self.raw.raft.prs().get(id).is_some_and(|p| p.matched == last));
+            .filter(|&id| {
+                id != me
+                    && self
+                        .raw
+                        .raft
+                        .prs()
+                        .get(id)
+                        .is_some_and(|p| p.matched == last && p.recent_active)
+            })
+            .collect();
+        // Rotate: the first ready voter after the one tried last.
+        let target = match self.handed_to {
+            Some(tried) => ready
+                .iter()
+                .copied()
+                .find(|&id| id > tried)
+                .or(ready.first().copied()),
+            None => ready.first().copied(),
+        };
         if let Some(to) = target {
             tracing::info!(member = me, to, "witness hands leadership to a caught-up server");
+            self.handed_to = Some(to);
             self.raw.transfer_leader(to);
         }
+    }
+
+    /// As leader: a member that answers a heartbeat with commit index 0
+    /// holds no log (it lost its disk, or yielded, since it acknowledged
+    /// entries). Its progress still says matched where it was, so raft
+    /// would send it only heartbeats (an empty member does not reject
+    /// those) and a witness would hand leadership to it. Probe it again from
+    /// there: it rejects, and raft sends it a snapshot. Every member that
+    /// holds a log has a commit index of at least 1 (its founding
+    /// snapshot), so an old answer delivered late cannot look like this.
+    pub(super) fn forget_lost_progress(&mut self, msg: &Message) {
+        if msg.get_msg_type() != MessageType::MsgHeartbeatResponse
+            || self.raw.raft.state != StateRole::Leader
+            || msg.commit != 0
+            || msg.term != self.raw.raft.term
+        {
+            return;
+        }
+        let Some(pr) = self.raw.raft.mut_prs().get_mut(msg.from) else {
+            return;
+        };
+        if pr.matched == 0 {
+            return;
+        }
+        let was = pr.matched;
+        pr.matched = 0;
+        pr.become_probe();
+        // Probe where it was: it rejects, and its hint (its last index, 0)
+        // takes raft down to the snapshot.
+        pr.next_idx = was + 1;
+        crate::warn_limited!(
+            self.log,
+            "lost progress",
+            member = self.cfg.id,
+            from = msg.from,
+            matched = was,
+            "member {} answers with no log although it had acknowledged entries up to {was}: \
+             it lost its store; probing it again (it gets a snapshot)",
+            msg.from
+        );
     }
 
     pub(super) fn maybe_promote(&mut self) {

@@ -220,6 +220,9 @@ pub struct Node<S: StateMachine> {
     /// (sender, term, index): the configuration it carries is the leader's
     /// own history, never a split brain (see [`Node::split_brain`]).
     snapshot_from: Option<(u64, u64, u64)>,
+    /// A witness leading to repair: the voter it last handed leadership
+    /// to (the next hand-over tries another first).
+    handed_to: Option<u64>,
     ticks: u64,
     last_term: u64,
     /// (term, role, leader) when the election timeout was last re-drawn.
@@ -285,6 +288,7 @@ impl<S: StateMachine> Node<S> {
             lead_term: 0,
             sync_target: None,
             snapshot_from: None,
+            handed_to: None,
             ticks: 0,
             last_term,
             timeout_key: (u64::MAX, StateRole::Follower, 0),
@@ -752,6 +756,7 @@ impl<S: StateMachine> Node<S> {
             // We win; the loser yields when it hears from us.
             return Ok(());
         }
+        self.forget_lost_progress(&msg);
         let report = self.leader_report(&msg);
         if let Some(LeaderReport {
             from,

@@ -75,3 +75,72 @@ fn a_peer_rebuilding_from_a_snapshot_older_than_the_leaders_promotion_does_not_y
         assert!(sim.yields.is_empty(), "seed {seed}: {:?}", sim.yields);
     }
 }
+
+/// Found by the whole-pair simulation (seed 27157, issue 11): a witness
+/// leads (to repair a server's log), server 1 has acknowledged its whole
+/// log and loses its disk before the witness hands leadership over. The
+/// witness still counted 1 as matched at its last index, picked 1, the
+/// first voter so matched, every time; 1, empty, has no configuration and
+/// never campaigns; 2, which has the whole log, was never tried; an idle
+/// leader sends only heartbeats, which an empty member does not reject, so
+/// 1 never got a snapshot either.
+#[test]
+fn a_witness_hands_over_to_the_server_with_the_log_when_the_other_lost_its_disk() {
+    let mut failures = Vec::new();
+    let mut reached = 0;
+    for seed in 0..20 {
+        let mut sim = Sim::new(700 + seed, &pair_and_witness());
+        lead_on(&mut sim, 1);
+        write_some(&mut sim, 5);
+        // 2 misses writes that 1 and the witness commit; 1 then crashes.
+        sim.partition(&[2]);
+        write_some(&mut sim, 3);
+        sim.crash(1);
+        sim.heal();
+        sim.start(1);
+        // The witness campaigns to repair 2 (its log is behind) and leads;
+        // 1 comes back with its disk and acknowledges the witness's log.
+        let mut lost = false;
+        for _ in 0..2000 {
+            sim.step();
+            if sim.leader() != Some(3) {
+                continue;
+            }
+            let last = sim.nodes[&3].last_index();
+            if sim.nodes[&3]
+                .progress()
+                .iter()
+                .any(|&(id, m)| id == 1 && m == last)
+            {
+                sim.crash_and_lose_disk(1);
+                sim.start(1);
+                lost = true;
+                break;
+            }
+        }
+        if !lost {
+            // The schedule went otherwise (a server was elected first).
+            continue;
+        }
+        reached += 1;
+        let mut served = false;
+        for _ in 0..600 {
+            sim.step();
+            if matches!(sim.leader(), Some(1 | 2)) && sim.nodes[&1].commit_index() > 0 {
+                served = true;
+                break;
+            }
+        }
+        if !served {
+            failures.push(seed);
+        }
+    }
+    assert!(
+        reached >= 5,
+        "only {reached} of 20 schedules reached the lost disk"
+    );
+    assert!(
+        failures.is_empty(),
+        "the witness kept the lead, or 1 never rebuilt, in seeds {failures:?}"
+    );
+}
