@@ -220,6 +220,46 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// A refusal of our (pre-)vote request from a member that holds no log
+    /// (`no_log_answer`). When that member is the only other voter (a pair
+    /// without a witness) and we hold a log, nothing committed that we
+    /// lack survives anywhere: whatever the peer committed alone, if it
+    /// ever did, went with its log. Our log is then as complete as any
+    /// there is: in sync. Without this a server back with the log after
+    /// its peer lost its disk, and not in sync since its own restart,
+    /// could neither take over (refused: not in sync) nor be elected (the
+    /// empty peer has no vote to give), and advertised the lowest VRRP
+    /// priority, as the empty peer does: nobody served.
+    pub(super) fn peer_holds_no_log(&mut self, msg: &Message) -> bool {
+        if !matches!(
+            msg.get_msg_type(),
+            MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+        ) || !msg.reject
+            || msg.commit != 0
+            || msg.context.as_ref() != NO_LOG
+        {
+            return false;
+        }
+        let me = self.cfg.id;
+        let cs = self.conf_state();
+        let mut voters = cs.voters.clone();
+        voters.sort_unstable();
+        let mut pair = vec![me, msg.from];
+        pair.sort_unstable();
+        let alone_with_it = voters == pair && cs.voters_outgoing.is_empty() && msg.from != me;
+        if alone_with_it && !self.in_sync && self.commit_index() > 0 {
+            tracing::warn!(
+                member = me,
+                peer = msg.from,
+                commit = self.commit_index(),
+                "the only other voter holds no log (lost its disk, or yielded): this member's log \
+                 is the most complete there is; in sync"
+            );
+            self.set_in_sync();
+        }
+        true
+    }
+
     pub(super) fn set_in_sync(&mut self) {
         if !self.in_sync {
             tracing::info!(

@@ -144,3 +144,96 @@ fn a_witness_hands_over_to_the_server_with_the_log_when_the_other_lost_its_disk(
         "the witness kept the lead, or 1 never rebuilt, in seeds {failures:?}"
     );
 }
+
+/// Found by the whole-pair simulation (seed 256 with `fail_while_rebuilding`,
+/// issue 11): server 1 lost its disk; 2, with the whole log, stopped
+/// before 1 had rebuilt from it. Both came back: 1 empty, 2 not in sync
+/// (since its restart). 2 could not take over (refused: not in sync), nor
+/// be elected (1 has no configuration, so no vote to give), and
+/// advertised the lowest VRRP priority, as 1 did: nobody served. 1 now
+/// answers 2's vote requests saying it holds no log, and 2, whose log is
+/// then the most complete there is, is in sync: it takes over, and 1
+/// rebuilds from it.
+#[test]
+fn a_server_back_with_the_log_is_in_sync_when_its_peer_holds_none() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(800 + seed, &pair());
+        lead_on(&mut sim, 2);
+        write_some(&mut sim, 5);
+        sim.crash_and_lose_disk(1);
+        sim.crash(2);
+        sim.start(1);
+        sim.start(2);
+        assert!(!sim.nodes[&2].in_sync(), "seed {seed}: not in sync at start");
+        step_until(&mut sim, 300, "2 learns that 1 holds no log", |s| {
+            s.nodes[&2].in_sync()
+        });
+        assert_eq!(sim.nodes[&1].commit_index(), 0, "seed {seed}: 1 is still empty");
+        sim.take_over(2);
+        step_until(&mut sim, 600, "1 rebuilds from 2 and is promoted", |s| {
+            s.nodes[&1].commit_index() >= s.nodes[&2].commit_index()
+                && s.nodes[&2].conf_state().voters.len() == 2
+        });
+        let cmds = write_some(&mut sim, 5);
+        assert!(cmds.iter().any(|c| sim.acked.contains_key(c)), "seed {seed}");
+    }
+}
+
+/// A member with a log never takes a refusal for "holds no log": the
+/// witness of a pair (three voters) may hold entries, so an empty server
+/// does not make the other one in sync there.
+#[test]
+fn an_empty_peer_does_not_make_a_member_in_sync_when_a_witness_votes() {
+    let mut sim = Sim::new(900, &pair_and_witness());
+    lead_on(&mut sim, 2);
+    write_some(&mut sim, 5);
+    sim.crash(3);
+    sim.crash_and_lose_disk(1);
+    sim.crash(2);
+    sim.start(1);
+    sim.start(2);
+    sim.run(300);
+    assert!(!sim.nodes[&2].in_sync(), "a witness may hold what 2 lacks");
+}
+
+/// raft-rs refuses a pre-vote from a lower term with commit index 0,
+/// whatever its log: that is no "holds no log" answer (found by the
+/// whole-pair simulation, seed 20760, while this was built: the server
+/// back with an old log took it for one, was in sync, took over, and lost
+/// what its peer had committed alone).
+#[test]
+fn a_refused_pre_vote_from_a_peer_with_a_log_is_not_an_empty_peer() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(950 + seed, &pair());
+        lead_on(&mut sim, 1);
+        write_some(&mut sim, 5);
+        let t2 = sim.nodes[&2].term();
+        sim.crash(2);
+        sim.run(30);
+        sim.take_over(1);
+        write_some(&mut sim, 5);
+        // 1 leads alone, in later terms than 2 has seen.
+        for _ in 0..3 {
+            sim.crash(1);
+            sim.start(1);
+            step_until(&mut sim, 200, "1 leads alone again", |s| s.leader() == Some(1));
+            // Its messages to 2, down, are lost.
+            sim.run(5);
+        }
+        assert!(sim.nodes[&1].term() > t2 + 1, "seed {seed}");
+        let alone = sim.nodes[&1].commit_index();
+        sim.crash(1);
+        sim.start(2);
+        sim.run(50);
+        sim.start(1);
+        for _ in 0..300 {
+            sim.step();
+            let n = &sim.nodes[&2];
+            assert!(
+                !n.in_sync() || n.commit_index() >= alone,
+                "seed {seed}: 2 in sync at commit {} although 1 committed {alone}",
+                n.commit_index()
+            );
+        }
+    }
+}
