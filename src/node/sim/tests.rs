@@ -324,11 +324,13 @@ fn a_takeover_while_the_peer_is_alive_on_a_slow_link() {
 /// And one of the model (survey of issue 11): a server that restarted
 /// after a yield, before the winner's snapshot arrived, was founded again
 /// with the founding voters, which `node::run` never does, and a write
-/// fault armed on its disk failed `Node::new` (9128, a panic).
+/// fault armed on its disk failed `Node::new` (9128, a panic). And of the
+/// checker: S2 asked a former leader that S1 lets serve beside the new
+/// one, with a witness, for what the new one acknowledged (8327).
 #[test]
 fn past_failures_stay_fixed() {
     for seed in [
-        72, 122, 160, 211, 256, 309, 484, 855, 1989, 2584, 6828, 9128, 9997, 20068, 20760, 27157,
+        72, 122, 160, 211, 256, 309, 484, 855, 1989, 2584, 6828, 8327, 9128, 9997, 20068, 20760, 27157,
     ] {
         run(seed, false);
     }
