@@ -13,6 +13,8 @@ use crate::node::{Applied, Node, NodeConfig, Output, ProposeError, Token};
 use crate::storage::{Disk, LogStore};
 use crate::{SnapshotError, StateMachine};
 
+mod rebuild;
+
 /// Records what was applied where; commands are unique ids.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Recorder {

@@ -71,9 +71,21 @@ pub enum NodeError {
         /// The error.
         source: std::io::Error,
     },
-    /// The raft log cannot be opened or trusted.
-    #[error("raft log: {0}")]
-    Log(String),
+    /// `cluster.peers` has no raft address for this member (`node.id`),
+    /// so it has nothing to listen on.
+    #[error(
+        "member {id} has no address in cluster.peers: add this member's raft address there \
+         (the same list on every member), or correct node.id"
+    )]
+    NoRaftAddress {
+        /// This member's id (`node.id`).
+        id: u64,
+    },
+    /// The cluster member did not start: its raft log cannot be trusted,
+    /// the state machine refused the stored snapshot, or raft refused the
+    /// stored state.
+    #[error("the cluster member cannot start on its raft log: {0}")]
+    MemberStart(#[source] cluster::NodeError),
     /// The member's TLS files cannot be used.
     #[error("cluster link credentials: {0}")]
     Tls(crate::pki::MemberTlsError),
@@ -242,7 +254,7 @@ async fn raft_parts(
     let (security, identity) = tls_security(node, cluster, tls)?;
     let listen = cluster
         .listen_address(me)
-        .ok_or_else(|| NodeError::Log(format!("member {me} has no address in cluster.peers")))?;
+        .ok_or(NodeError::NoRaftAddress { id: me })?;
     let mut tcfg = TransportConfig::new(node.cluster_id, me, listen, security);
     tcfg.peers = cluster.peers_except(me);
     // Peers accept our connections only from the address they know us by.
@@ -406,7 +418,7 @@ pub async fn run(
     // No initial voters: the store was bootstrapped by `vipool init`, or
     // waits for the leader's snapshot (`--rejoin`, a yield).
     let member = Member::start(mcfg, store, table.clone(), &[], Arc::new(transport.clone()))
-        .map_err(|e| NodeError::Log(e.to_string()))?;
+        .map_err(NodeError::MemberStart)?;
     transport.attach(raft_listener, Arc::new(member.clone()));
 
     let client_addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), config.license.client_port);
@@ -1188,5 +1200,27 @@ async fn send_key_change(
             ),
             Err(e) => debug!(change = what, error = %e, "server key change not sent; retried"),
         }
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::NodeError;
+
+    #[test]
+    fn start_errors_are_typed_and_keep_their_cause() {
+        let e = NodeError::MemberStart(cluster::NodeError::Raft("stored state refused".into()));
+        let source = std::error::Error::source(&e).expect("the member's error is the source");
+        assert!(
+            source.downcast_ref::<cluster::NodeError>().is_some(),
+            "{source:?}"
+        );
+        assert!(e.to_string().contains("stored state refused"), "{e}");
+        let e = NodeError::NoRaftAddress { id: 3 };
+        let text = e.to_string();
+        assert!(
+            text.contains("member 3") && text.contains("cluster.peers") && text.contains("node.id"),
+            "{text}"
+        );
     }
 }

@@ -45,7 +45,7 @@ pub async fn run_witness(
     let table = SharedTable::new(LicenseTable::new(TableConfig::default()));
     // No initial voters: see `run`.
     let member = Member::start(mcfg, store, table.clone(), &[], Arc::new(transport.clone()))
-        .map_err(|e| NodeError::Log(e.to_string()))?;
+        .map_err(NodeError::MemberStart)?;
     transport.attach(listener, Arc::new(member.clone()));
 
     // The operator endpoint: a license server that never serves (no VIP,

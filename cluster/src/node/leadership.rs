@@ -6,22 +6,88 @@ use super::*;
 impl<S: StateMachine> Node<S> {
     /// A witness leads only to repair a server's log: as soon as a voter
     /// holds everything it has, leadership goes there.
+    ///
+    /// Only to a voter heard from lately (raft's `recent_active`) whose
+    /// match was proven in this term (raft resets it when a member starts
+    /// to lead, and [`Node::forget_lost_progress`] when the member shows it
+    /// lost its log). A transfer that raft gave up on (the voter never
+    /// campaigned within an election timeout) is tried next with another
+    /// voter so matched, if there is one: never the same one every time.
     pub(super) fn witness_hand_over(&mut self) {
         if self.raw.raft.lead_transferee.is_some() {
             return;
         }
         let last = self.raw.raft.raft_log.last_index();
         let me = self.cfg.id;
-        let target = self
+        let ready: Vec<u64> = self
             .conf_state()
             .voters
             .iter()
             .copied()
-            .find(|&id| id != me && self.raw.raft.prs().get(id).is_some_and(|p| p.matched == last));
+            .filter(|&id| {
+                id != me
+                    && self
+                        .raw
+                        .raft
+                        .prs()
+                        .get(id)
+                        .is_some_and(|p| p.matched == last && p.recent_active)
+            })
+            .collect();
+        // Rotate: the first ready voter after the one tried last.
+        let target = match self.handed_to {
+            Some(tried) => ready
+                .iter()
+                .copied()
+                .find(|&id| id > tried)
+                .or(ready.first().copied()),
+            None => ready.first().copied(),
+        };
         if let Some(to) = target {
             tracing::info!(member = me, to, "witness hands leadership to a caught-up server");
+            self.handed_to = Some(to);
             self.raw.transfer_leader(to);
         }
+    }
+
+    /// As leader: a member that answers a heartbeat with commit index 0
+    /// holds no log (it lost its disk, or yielded, since it acknowledged
+    /// entries). Its progress still says matched where it was, so raft
+    /// would send it only heartbeats (an empty member does not reject
+    /// those) and a witness would hand leadership to it. Probe it again from
+    /// there: it rejects, and raft sends it a snapshot. Every member that
+    /// holds a log has a commit index of at least 1 (its founding
+    /// snapshot), so an old answer delivered late cannot look like this.
+    pub(super) fn forget_lost_progress(&mut self, msg: &Message) {
+        if msg.get_msg_type() != MessageType::MsgHeartbeatResponse
+            || self.raw.raft.state != StateRole::Leader
+            || msg.commit != 0
+            || msg.term != self.raw.raft.term
+        {
+            return;
+        }
+        let Some(pr) = self.raw.raft.mut_prs().get_mut(msg.from) else {
+            return;
+        };
+        if pr.matched == 0 {
+            return;
+        }
+        let was = pr.matched;
+        pr.matched = 0;
+        pr.become_probe();
+        // Probe where it was: it rejects, and its hint (its last index, 0)
+        // takes raft down to the snapshot.
+        pr.next_idx = was + 1;
+        crate::warn_limited!(
+            self.log,
+            "lost progress",
+            member = self.cfg.id,
+            from = msg.from,
+            matched = was,
+            "member {} answers with no log although it had acknowledged entries up to {was}: \
+             it lost its store; probing it again (it gets a snapshot)",
+            msg.from
+        );
     }
 
     pub(super) fn maybe_promote(&mut self) {
@@ -114,6 +180,7 @@ impl<S: StateMachine> Node<S> {
                 let meta = msg.get_snapshot().get_metadata();
                 ReportKind::Snapshot {
                     restores: meta.index > log.committed && !log.match_term(meta.index, meta.term),
+                    index: meta.index,
                 }
             }
             _ => return None,
@@ -148,9 +215,49 @@ impl<S: StateMachine> Node<S> {
             // We lacked entries the leader had compacted away. The snapshot
             // may be far behind the leader's commit, which it does not
             // carry: the next append or a probe tells when we are back.
-            ReportKind::Snapshot { restores: true } => self.fall_behind(None, last),
-            ReportKind::Snapshot { restores: false } => {}
+            ReportKind::Snapshot { restores: true, .. } => self.fall_behind(None, last),
+            ReportKind::Snapshot { restores: false, .. } => {}
         }
+    }
+
+    /// A refusal of our (pre-)vote request from a member that holds no log
+    /// (`no_log_answer`). When that member is the only other voter (a pair
+    /// without a witness) and we hold a log, nothing committed that we
+    /// lack survives anywhere: whatever the peer committed alone, if it
+    /// ever did, went with its log. Our log is then as complete as any
+    /// there is: in sync. Without this a server back with the log after
+    /// its peer lost its disk, and not in sync since its own restart,
+    /// could neither take over (refused: not in sync) nor be elected (the
+    /// empty peer has no vote to give), and advertised the lowest VRRP
+    /// priority, as the empty peer does: nobody served.
+    pub(super) fn peer_holds_no_log(&mut self, msg: &Message) -> bool {
+        if !matches!(
+            msg.get_msg_type(),
+            MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+        ) || !msg.reject
+            || msg.commit != 0
+            || msg.context.as_ref() != NO_LOG
+        {
+            return false;
+        }
+        let me = self.cfg.id;
+        let cs = self.conf_state();
+        let mut voters = cs.voters.clone();
+        voters.sort_unstable();
+        let mut pair = vec![me, msg.from];
+        pair.sort_unstable();
+        let alone_with_it = voters == pair && cs.voters_outgoing.is_empty() && msg.from != me;
+        if alone_with_it && !self.in_sync && self.commit_index() > 0 {
+            tracing::warn!(
+                member = me,
+                peer = msg.from,
+                commit = self.commit_index(),
+                "the only other voter holds no log (lost its disk, or yielded): this member's log \
+                 is the most complete there is; in sync"
+            );
+            self.set_in_sync();
+        }
+        true
     }
 
     pub(super) fn set_in_sync(&mut self) {
@@ -215,13 +322,32 @@ impl<S: StateMachine> Node<S> {
         if !matches!(msg.get_msg_type(), MsgAppend | MsgHeartbeat | MsgSnapshot) {
             return false;
         }
-        let cs = self.raw.store().conf().0;
+        let (cs, conf_index) = self.raw.store().conf();
         // Only a takeover makes a member the sole voter with its peer as a
         // learner. Any other configuration that lists the sender as a
         // learner is merely stale (say, restored from an old snapshot after
         // a lost disk): raft brings it up to date if we listen.
         let sole = cs.voters == [self.cfg.id] && cs.voters_outgoing.is_empty();
-        sole && cs.learners.contains(&msg.from)
+        sole && cs.learners.contains(&msg.from) && !self.conf_is_senders_snapshot(msg, conf_index)
+    }
+
+    /// Whether our configuration is the one in the snapshot `msg`'s sender
+    /// handed us in this term, unchanged since: its own history (it was a
+    /// learner then, and promoted since, in the entries that follow), not
+    /// a takeover of ours. Yielding to it would discard what it just sent
+    /// and ask for it again, for ever (a leader that had not taken a fresh
+    /// snapshot since its promotion; see `LogStore::snapshot_is_current`).
+    fn conf_is_senders_snapshot(&self, msg: &Message, conf_index: u64) -> bool {
+        let Some((from, term, index)) = self.snapshot_from else {
+            return false;
+        };
+        let snap = self.raw.store().snapshot_ref().get_metadata();
+        from == msg.from
+            && term == msg.term
+            && term == self.raw.raft.term
+            && conf_index == index
+            && snap.index == index
+            && snap.get_conf_state() == self.raw.store().conf().0
     }
 
     /// Discards this member's log (it lost a split brain) and waits for the
@@ -277,6 +403,7 @@ impl<S: StateMachine> Node<S> {
         self.lead_term = 0;
         self.in_sync = false;
         self.sync_target = None;
+        self.snapshot_from = None;
         self.out.push(Output::Yielded {
             winner,
             discarded_committed: commit,

@@ -216,6 +216,13 @@ pub struct Node<S: StateMachine> {
     /// (learned from a ReadIndex probe or from an append that showed it
     /// behind); in sync once our commit reaches it.
     sync_target: Option<u64>,
+    /// The leader's snapshot this member was last handed to restore
+    /// (sender, term, index): the configuration it carries is the leader's
+    /// own history, never a split brain (see [`Node::split_brain`]).
+    snapshot_from: Option<(u64, u64, u64)>,
+    /// A witness leading to repair: the voter it last handed leadership
+    /// to (the next hand-over tries another first).
+    handed_to: Option<u64>,
     ticks: u64,
     last_term: u64,
     /// (term, role, leader) when the election timeout was last re-drawn.
@@ -280,6 +287,8 @@ impl<S: StateMachine> Node<S> {
             demotion: None,
             lead_term: 0,
             sync_target: None,
+            snapshot_from: None,
+            handed_to: None,
             ticks: 0,
             last_term,
             timeout_key: (u64::MAX, StateRole::Follower, 0),
@@ -408,7 +417,10 @@ impl<S: StateMachine> Node<S> {
     /// False at start. It becomes true when this member leads, when an
     /// append from its leader brings its commit index to the leader's, or
     /// when its commit reaches the leader's commit index learned by a
-    /// ReadIndex probe (sent while not in sync and idle).
+    /// ReadIndex probe (sent while not in sync and idle), or when the only
+    /// other voter of a pair answers a vote request saying it holds no log
+    /// (it lost its disk or yielded): nothing committed that this member
+    /// lacks survives anywhere.
     ///
     /// It goes back to false when the leader shows this member that it
     /// lacks entries the leader has committed, which happens only when the
@@ -718,7 +730,14 @@ impl<S: StateMachine> Node<S> {
         {
             // A member with no configuration (new, or rebuilding after a
             // yield or a lost disk) has no vote to give: it may have voted
-            // in this term before it lost its state.
+            // in this term before it lost its state. It says so, and that
+            // it holds no log (commit 0): a peer that has the log learns
+            // that nothing it lacks survives here (see `peer_holds_no_log`).
+            self.out.push(Output::Send(no_log_answer(&msg, self.cfg.id)));
+            return Ok(());
+        }
+        if self.peer_holds_no_log(&msg) {
+            // Our own answer (above) from the peer: not a vote raft counts.
             return Ok(());
         }
         let mut msg = msg;
@@ -747,7 +766,20 @@ impl<S: StateMachine> Node<S> {
             // We win; the loser yields when it hears from us.
             return Ok(());
         }
+        self.forget_lost_progress(&msg);
         let report = self.leader_report(&msg);
+        if let Some(LeaderReport {
+            from,
+            term,
+            kind: ReportKind::Snapshot {
+                restores: true,
+                index,
+            },
+            ..
+        }) = report
+        {
+            self.snapshot_from = Some((from, term, index));
+        }
         let repair = self.witness_must_repair(&msg);
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(member = self.cfg.id, "raft ignored a message: {e}");
@@ -849,8 +881,32 @@ struct LeaderReport {
 enum ReportKind {
     /// Whether our log held the entry the appended ones follow.
     Append { accepted: bool },
-    /// Whether raft replaces our log with the snapshot.
-    Snapshot { restores: bool },
+    /// Whether raft replaces our log with the snapshot, at `index`.
+    Snapshot { restores: bool, index: u64 },
+}
+
+/// Context of [`no_log_answer`]: raft-rs sets none on a vote response.
+/// (Its commit index alone says nothing: raft-rs refuses a pre-vote from
+/// a lower term with commit 0 whatever its log.)
+const NO_LOG: &[u8] = b"vipool-no-log";
+
+/// The answer of a member that holds no log to a (pre-)vote request: a
+/// refusal, commit index 0, marked [`NO_LOG`]. Never handed to raft on the
+/// other side (see `Node::peer_holds_no_log`).
+fn no_log_answer(request: &Message, me: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(match request.get_msg_type() {
+        MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
+        _ => MessageType::MsgRequestPreVoteResponse,
+    });
+    m.to = request.from;
+    m.from = me;
+    m.term = request.term;
+    m.reject = true;
+    m.commit = 0;
+    m.commit_term = 0;
+    m.context = NO_LOG.to_vec().into();
+    m
 }
 
 /// An entry as an operator reads it: the state machine's description of

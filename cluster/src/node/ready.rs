@@ -258,8 +258,22 @@ impl<S: StateMachine> Node<S> {
     pub(super) fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
         let applied = self.applied_index();
         let snap_index = self.raw.store().snapshot_ref().get_metadata().index;
+        let (_, conf_index) = self.raw.store().conf();
+        if conf_index > applied {
+            // After a restart the stored configuration can be ahead of what
+            // is re-applied so far: a snapshot at `applied` must carry the
+            // configuration as of `applied`. Wait until apply passes it.
+            return Ok(());
+        }
+        // Raft asked for a snapshot the stored one cannot serve: older than
+        // it needs, or from before the last membership change (then one at
+        // the same index is remade with the configuration now applied).
         let wanted = self.raw.store().take_snapshot_wanted();
-        if applied <= snap_index || (!wanted && applied < snap_index + self.cfg.snapshot_interval) {
+        let stale_conf = wanted && !self.raw.store().snapshot_is_current();
+        if applied < snap_index
+            || (applied == snap_index && !stale_conf)
+            || (!wanted && applied < snap_index + self.cfg.snapshot_interval)
+        {
             return Ok(());
         }
         let data = self.sm.snapshot();

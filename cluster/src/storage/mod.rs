@@ -329,6 +329,12 @@ impl LogStore {
         &self.snapshot
     }
 
+    /// Whether the stored snapshot carries the current configuration: no
+    /// membership change was applied (nor a takeover made) after it.
+    pub fn snapshot_is_current(&self) -> bool {
+        self.snapshot.get_metadata().get_conf_state() == &self.conf_state
+    }
+
     /// The current hard state.
     pub fn hard_state(&self) -> &HardState {
         &self.hard_state
@@ -451,13 +457,19 @@ impl LogStore {
 
     /// Records a snapshot of the applied state at `index` and drops the
     /// entries it covers.
+    ///
+    /// A snapshot at the index of the stored one replaces it when the
+    /// configuration differs: a takeover changes the configuration without
+    /// an entry, and the snapshot a rebuilding peer receives must say who
+    /// votes as of its index (see [`LogStore::snapshot_is_current`]).
     pub(crate) fn compact(
         &mut self,
         index: u64,
         conf_state: ConfState,
         data: Vec<u8>,
     ) -> Result<(), StoreError> {
-        if index <= self.snapshot.get_metadata().index {
+        let stored = self.snapshot.get_metadata();
+        if index < stored.index || (index == stored.index && stored.get_conf_state() == &conf_state) {
             return Ok(());
         }
         let term = raft::Storage::term(self, index)
@@ -562,9 +574,13 @@ impl raft::Storage for LogStore {
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let cs = self.snapshot.get_metadata().get_conf_state();
         let knows_to = cs.voters.contains(&to) || cs.learners.contains(&to);
-        if self.snapshot.get_metadata().index < request_index || !knows_to {
+        if self.snapshot.get_metadata().index < request_index || !knows_to || !self.snapshot_is_current() {
             // raft-rs refuses a snapshot whose configuration lacks the
-            // recipient; ask the member for a fresh one and let raft retry.
+            // recipient; a snapshot from before the last membership change
+            // makes the recipient believe an old configuration until the
+            // entries after it arrive (one that says it took over as sole
+            // voter takes our next append for a split brain). Ask the
+            // member for a fresh one and let raft retry.
             self.snapshot_wanted.set(true);
             return Err(raft::Error::Store(
                 RaftStorageError::SnapshotTemporarilyUnavailable,
@@ -706,6 +722,54 @@ mod tests {
             (&s.snapshot_ref().get_metadata().get_conf_state().clone(), 20)
         );
         assert_eq!(s.rebuilding(), None, "the snapshot ends the rebuild");
+    }
+
+    /// A snapshot from before the last membership change is not sent: a
+    /// peer rebuilding from it would believe the old configuration (see
+    /// `sim::rebuild`). Raft is told to retry; a snapshot at the same
+    /// index with the configuration now applied replaces it.
+    #[test]
+    fn a_snapshot_from_before_a_membership_change_is_remade_before_it_is_sent() {
+        let disk = Disk::memory();
+        let mut s = LogStore::open(disk.clone()).unwrap();
+        s.append(&(1..=4).map(|i| entry(i, 1)).collect::<Vec<_>>())
+            .unwrap();
+        s.set_commit(4);
+        let old = ConfState {
+            voters: vec![2],
+            learners: vec![1],
+            ..Default::default()
+        };
+        s.set_conf(old.clone(), 2);
+        s.compact(3, old, b"state@3".to_vec()).unwrap();
+        assert!(s.snapshot_is_current());
+        assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 3);
+        // 1 is promoted back to voter (applied at 4, no snapshot since).
+        let now = ConfState {
+            voters: vec![1, 2],
+            ..Default::default()
+        };
+        s.set_conf(now.clone(), 4);
+        assert!(!s.snapshot_is_current());
+        assert!(matches!(
+            s.snapshot(0, 2),
+            Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(s.take_snapshot_wanted(), "the member is asked for a fresh one");
+        // A takeover changes the configuration without an entry: a snapshot
+        // at the stored one's index is remade when it differs, not kept.
+        s.compact(3, now.clone(), b"state@3".to_vec()).unwrap();
+        assert_eq!(s.snapshot_ref().get_metadata().get_conf_state(), &now);
+        assert!(s.snapshot_is_current());
+        let sent = s.snapshot(0, 2).unwrap();
+        assert_eq!(
+            (sent.get_metadata().index, sent.get_metadata().get_conf_state()),
+            (3, &now)
+        );
+        s.flush().unwrap();
+        assert_eq!(reopen(&disk).snapshot_ref().get_metadata().get_conf_state(), &now);
     }
 
     #[test]

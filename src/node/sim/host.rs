@@ -378,6 +378,14 @@ impl Host {
         let voters = if self.rejoin {
             store.mark_rebuilding("sim: the disk was lost (--rejoin)".into());
             Vec::new()
+        } else if store.rebuilding().is_some() {
+            // Emptied by a yield (or a rejoin) and waiting for the leader's
+            // snapshot: `node::run` starts it with no founding voters, as
+            // always; founding it again (`vipool init`) would make it a
+            // voter of the founding configuration with an empty log, and
+            // write to the disk before the member runs (seed 9128: a write
+            // fault armed there failed `Node::new`).
+            Vec::new()
         } else {
             self.voters.clone()
         };

@@ -221,6 +221,10 @@ fn a_seed_count_of_zero_or_garbage_is_refused() {
     assert_eq!(half_of(0, 500, true).len(), 250);
     assert_eq!(half_of(3, 5, true), [3, 5, 7]);
     assert_eq!(half_of(3, 5, false), [4, 6]);
+    assert!(!knobs_from(None).fail_while_rebuilding);
+    let k = knobs_from(Some("fail_while_rebuilding, lenient_time"));
+    assert!(k.fail_while_rebuilding && !k.strict_time && !k.large_backward_jumps);
+    assert!(std::panic::catch_unwind(|| knobs_from(Some("fail_while_rebulding"))).is_err());
 }
 
 #[test]
@@ -270,21 +274,28 @@ fn a_step_back_of_the_leaders_clock_then_a_failover_marks_nobody_down() {
     }
 }
 
-/// Found by the simulation, not fixed here (`node::rules`): a server
-/// loses its disk, the other stops before it rebuilt; the empty one comes
-/// back first and holds the VIP at the lowest priority, the one with the
-/// log comes back at the same priority and loses the tie, never becomes
-/// master, so never takes over as sole voter, and the empty one has no
-/// vote to give: nobody serves (liveness).
+/// Found by the simulation (seed 256 with `fail_while_rebuilding`): a
+/// server loses its disk, the other stops before it rebuilt; the empty one
+/// came back first and held the VIP at the lowest priority, the one with
+/// the log came back at the same priority (not in sync since its restart)
+/// and lost the tie, never became master, and could not have taken over
+/// anyway (not in sync), and the empty one had no vote to give: nobody
+/// served (liveness). Fixed in `cluster` (commit "a server back with the
+/// log is in sync when the only other voter holds none"): the empty member
+/// answers a vote request saying it holds no log, and a server whose only
+/// other voter says so is in sync; the pair's rules then give it its own
+/// priority, it preempts and takes over, and the empty one rebuilds from
+/// it. Scripted in `cluster/src/sim/rebuild.rs`. Since the merge of
+/// 'reload' changed the runs, seed 256 no longer reaches that schedule
+/// without the fix either: the scripted test is the one that fails
+/// without it.
 #[test]
-#[ignore = "a known gap of node::rules, reported with this seed"]
-fn a_server_back_with_its_log_while_the_peer_rebuilds_never_serves() {
-    let knobs = super::world::Knobs {
+fn a_server_back_with_its_log_while_the_peer_rebuilds_serves() {
+    let knobs = Knobs {
         fail_while_rebuilding: true,
         ..Default::default()
     };
-    let failure = super::world::run_seed_with(256, false, knobs).expect_err("the gap is still there");
-    assert!(failure.contains("liveness"), "{failure}");
+    run(256, false, knobs);
 }
 
 /// Found by the simulation (seed 436, on the tree of the time): with
@@ -316,6 +327,34 @@ const RESTART_SEEDS: [u64; 5] = [88, 163, 186, 191, 226];
 const STEP_BACK_SEEDS: [u64; 2] = [222, 1313];
 const LATE_SEEDS: [u64; 2] = [551, 1079];
 
+/// Found by the survey of seeds 0 to 20,000 (issue 11) and by the first
+/// 100,000-seed survey (12 seeds on S1, 4 on S2), fixed in `node::rules`. Without a witness, the cluster link up but lossy and
+/// slow (up to 30 ms), raft stayed leaderless for two election timeouts
+/// while both servers campaigned, and a VRRP master in sync took over as
+/// sole voter although its peer was alive on that link. Seed 1512 (the
+/// segment cut one way, both masters): both took over 9 ms apart and
+/// served at once (S1). Seed 2610: one
+/// took over, acknowledged writes and crashed before they reached the
+/// peer, which, still in sync (it had not been shown behind), took over
+/// in turn without them (S2). The takeover on "no leader for two election
+/// timeouts" does not ask whether the peer is alive on the cluster link.
+/// Both fail the same way on `main` (490f476): not brought by issue 11's
+/// fixes. Found next, not replayed on `main`: seed 4538, 1 preempts the
+/// VIP while a leadership change is slow; both masters for a moment, both
+/// leaderless for two election timeouts, both take over 2 ms apart (S1);
+/// seed 11746, as 2610 with a partition after the first takeover (S2).
+/// Fixed: the "silent" and "leaderless" takeovers wait for the peer's
+/// word over the cluster link to lapse, and a new word from a peer that
+/// is not leaving makes "it left" stale (32338: the peer back after a
+/// storage failure led alone, and this node took over on the old "it
+/// left"). Scripted in `node::rules`'s tests.
+#[test]
+fn no_takeover_while_the_peer_is_alive_on_a_slow_link() {
+    for seed in [1512, 2610, 4538, 11746, 32338] {
+        run(seed, false, Knobs::default());
+    }
+}
+
 /// Seeds that failed while the simulation was built, each for a reason
 /// now handled, kept as regressions: two partitions in a row healed the
 /// servers' link without the heal being noted (72); a split brain whose
@@ -339,43 +378,38 @@ const LATE_SEEDS: [u64; 2] = [551, 1079];
 /// failed it while the first rebuilt (2904, 15174: a double fault the
 /// model excludes, as it excludes any failure of a server while its peer
 /// rebuilds).
+///
+/// And three liveness gaps of `cluster`, fixed there, each scripted in
+/// `cluster/src/sim/rebuild.rs` (those fail without the fix; since the
+/// merge of 'reload' changed the runs, these seeds no longer reach their
+/// schedules without it either):
+/// - 2584, 20068: without a witness, the leader's snapshot predated its
+///   promotion back to voter (the peer sole voter, the leader a learner);
+///   the peer, empty after a yield, installed it, took the next append for
+///   a split brain and yielded again, for ever. Fixed: a snapshot from
+///   before the last membership change is remade before it is sent, and a
+///   configuration from the sender's own snapshot is never a split brain.
+/// - 27157: a witness leading to repair kept handing leadership to a
+///   server that had lost its disk after acknowledging its log (stale
+///   progress), never to the one with the log. Fixed: a heartbeat answer
+///   with commit 0 resets that progress (it gets a snapshot), and the
+///   witness hands over to a voter heard from lately, rotating after a
+///   transfer raft gave up on.
+/// - 20760 (found by the survey while the fix of seed 256 was built): raft
+///   refuses a pre-vote from a lower term with commit 0, which the first
+///   version took for an empty peer: the server back with an old log took
+///   over and lost what its peer had committed alone (S2).
+///
+/// And one more of the model (survey of issue 11): a server that
+/// restarted after a yield, before the winner's snapshot arrived, was
+/// founded again with the founding voters, which `node::run` never does
+/// (9128 too).
 #[test]
 fn past_failures_stay_fixed() {
     for seed in [
-        72, 122, 160, 211, 256, 309, 484, 855, 1989, 2904, 6828, 8327, 9128, 9997, 15174, 19707, 48494,
+        72, 122, 160, 211, 256, 309, 484, 855, 1989, 2584, 2904, 6828, 8327, 9128, 9997, 15174, 19707, 20068,
+        20760, 27157, 48494,
     ] {
         run(seed, false, Knobs::default());
     }
-}
-
-/// Found by the simulation, not fixed here (`cluster::Node::split_brain`):
-/// without a witness, the leader's snapshot predates its promotion back to
-/// voter (it still says: the peer sole voter, the leader a learner). The
-/// peer, empty after a yield, installs it, takes the leader's next append
-/// for a split brain and yields again, every few tens of milliseconds;
-/// the leader needs the peer's vote to commit: nobody is served (liveness;
-/// seeds 2584 and 20068).
-#[test]
-#[ignore = "a known gap of cluster's split-brain detection, reported with these seeds"]
-fn a_yield_loop_when_the_leaders_snapshot_predates_its_promotion() {
-    for seed in [2584, 20068] {
-        let failure = super::world::run_seed(seed, false).expect_err("the gap is still there");
-        assert!(failure.contains("liveness"), "{failure}");
-    }
-}
-
-/// Found by the simulation, not fixed here (`cluster::Node`'s witness
-/// handover): the witness was elected (it held entries the surviving
-/// server lacked), then server 1 lost its disk and came back empty. The
-/// witness still counts 1 as matched at its last index (progress from
-/// before the loss), so its handover picks 1, the first voter so matched,
-/// every time; 1, empty, never campaigns, and the witness never tries 2,
-/// which has the whole log. An idle leader sends only heartbeats, which an
-/// empty member does not reject, so 1 never gets the snapshot either:
-/// nobody serves (liveness).
-#[test]
-#[ignore = "a known gap of cluster's witness handover, reported with this seed"]
-fn a_witness_that_leads_when_a_server_loses_its_disk_keeps_the_lead() {
-    let failure = super::world::run_seed(27157, false).expect_err("the gap is still there");
-    assert!(failure.contains("liveness"), "{failure}");
 }
