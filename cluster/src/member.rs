@@ -113,7 +113,7 @@ pub struct Member<S: StateMachine> {
     id: u64,
     tx: mpsc::Sender<Request<S>>,
     timeout: Duration,
-    stopped: Arc<Mutex<Option<String>>>,
+    stopped: Arc<Mutex<Option<Arc<NodeError>>>>,
     role: watch::Receiver<Leadership>,
 }
 
@@ -245,7 +245,7 @@ impl<S: StateMachine> Member<S> {
     }
 
     /// Why the member stopped on its own (a storage failure), if it did.
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<Arc<NodeError>> {
         self.stopped.lock().expect("stopped lock").clone()
     }
 
@@ -439,7 +439,7 @@ struct Task<S: StateMachine> {
     last_yield: Option<(u64, u64)>,
     /// A failure while handling a request; the member stops on it.
     fatal: Option<NodeError>,
-    stopped: Arc<Mutex<Option<String>>>,
+    stopped: Arc<Mutex<Option<Arc<NodeError>>>>,
     role: watch::Sender<Leadership>,
 }
 
@@ -492,7 +492,7 @@ impl<S: StateMachine> Task<S> {
             self.publish();
             if let Err(e) = failed {
                 tracing::error!(member = self.node.id(), "member stops: {e}");
-                *self.stopped.lock().expect("stopped lock") = Some(e.to_string());
+                *self.stopped.lock().expect("stopped lock") = Some(Arc::new(e));
                 self.node.shutdown();
                 self.route();
                 return None;
@@ -990,7 +990,10 @@ pub(crate) mod tests {
         m.propose(1).await.unwrap();
         disk.break_writes();
         assert_eq!(m.propose(2).await, Err(ProposeError::ShuttingDown));
-        let why = m.failure().expect("the member recorded why it stopped");
+        let why = m
+            .failure()
+            .expect("the member recorded why it stopped")
+            .to_string();
         assert!(why.contains("disk is broken"), "{why}");
         assert_eq!(m.propose(3).await, Err(ProposeError::ShuttingDown));
         assert!(cap.text().contains("member stops"), "{}", cap.text());

@@ -123,7 +123,10 @@ pub enum NodeError {
     },
     /// The cluster member stopped on its own (a storage failure).
     #[error("cluster member stopped: {0}")]
-    MemberStopped(String),
+    MemberStopped(#[source] std::sync::Arc<cluster::NodeError>),
+    /// The cluster member's task ended without recording why.
+    #[error("cluster member stopped without saying why (its task ended)")]
+    MemberGone,
     /// The trusted issuers or this server's key files cannot be used.
     #[error("license keys: {0}")]
     Keys(crate::config::ConfigError),
@@ -857,8 +860,7 @@ impl Glue {
                         // The member stopped on its own (its task is gone).
                         self.rules.failed(Instant::now(), "the cluster member stopped");
                         self.act(&speaker, &mut keys_task, &mut facts).await;
-                        let why = self.member.failure().unwrap_or_else(|| "member stopped".into());
-                        return Err(NodeError::MemberStopped(why));
+                        return Err(self.member.failure().map_or(NodeError::MemberGone, NodeError::MemberStopped));
                     }
                     let raft = rules::RaftFacts::from(&*facts.borrow_and_update());
                     if raft.role != role {

@@ -113,7 +113,7 @@ pub async fn run_witness(
     member.shutdown().await;
     match failure {
         Some(why) => {
-            warn!(reason = why, "witness member stopped");
+            warn!(reason = %why, "witness member stopped");
             Err(NodeError::MemberStopped(why))
         }
         None => {
