@@ -23,12 +23,14 @@
 //!   followed it (once raft sees no leader either, for half an election
 //!   timeout), or no raft leader has been seen for two election timeouts
 //!   (the peer stopped or lost its raft link). The last two need the
-//!   peer's word (its beacon over the cluster link) to have lapsed: a peer
-//!   whose word is fresh runs and reaches this node over the cluster link,
-//!   so VRRP's silence is the segment's and raft elects over the link;
-//!   both taking over then would make two sole voters that can both
-//!   commit (S1, S2). A new word from a peer that is not leaving, after
-//!   it left or fell silent, makes that evidence stale. A refused takeover (this
+//!   peer's word (its beacon over the cluster link) to have lapsed, or to
+//!   say it is behind (the lowest priority: not in sync, rebuilding or a
+//!   learner, so refused a takeover): a peer in sync whose word is fresh
+//!   runs and reaches this node over the cluster link, so VRRP's silence
+//!   is the segment's and raft elects over the link; both taking over then
+//!   would make two sole voters that can both commit (S1, S2). A new word
+//!   from such a peer, after it left or fell silent, makes that evidence
+//!   stale. A refused takeover (this
 //!   node's log cannot be shown complete) is logged at error level (at once
 //!   for a new reason, then once a minute with the count of retries) and
 //!   retried when the facts change, never forced. With a witness there is
@@ -113,6 +115,17 @@ pub(crate) struct PeerWord {
     pub(crate) priority: u8,
     /// It is leaving (stopping, or in fault).
     pub(crate) leaving: bool,
+}
+
+impl PeerWord {
+    /// The peer is staying and advertises more than [`BEHIND_PRIORITY`]:
+    /// a voter in sync, which could take over as sole voter itself. A
+    /// peer that is behind, rebuilding or a learner advertises the lowest
+    /// priority and is refused a takeover (not in sync): this node taking
+    /// over leaves no second sole voter.
+    fn could_take_over(self) -> bool {
+        !self.leaving && self.priority > BEHIND_PRIORITY
+    }
 }
 
 /// What the rules read of the VRRP speaker's status.
@@ -513,7 +526,7 @@ impl PairRules {
             // left or fell silent: it is back (restarted, or the segment
             // healed), and that evidence is stale. (The word it sent before
             // it went does not change; it only lapses.)
-            if word.is_some_and(|w| !w.leaving) && self.peer_left.is_some() {
+            if word.is_some_and(PeerWord::could_take_over) && self.peer_left.is_some() {
                 self.peer_left = None;
             }
             self.peer_word = word;
@@ -769,7 +782,7 @@ impl PairRules {
         // holds for three): the peer runs and the cluster link carries
         // it. Silent adverts are then the segment's doing, and raft can
         // elect over the link; a takeover would leave two sole voters.
-        let peer_heard = self.peer_word.is_some_and(|w| !w.leaving);
+        let peer_heard = self.peer_word.is_some_and(PeerWord::could_take_over);
         let gone = match self.peer_left {
             // Leaving: it hands leadership over first, then stops.
             Some(PeerGone::Left) => !stays && (leads || !peer_leads),

@@ -425,6 +425,29 @@ fn a_peer_whose_word_is_fresh_is_not_taken_over_from_until_it_lapses() {
     s.rules.handle_peer_word(s.now, None);
     assert!(takes_over(&s.actions()));
 
+    // A peer whose word says it is behind (the lowest priority: not in
+    // sync, rebuilding, a learner) is refused a takeover itself: no
+    // second sole voter, so its word does not hold this node back (seed
+    // 700: the peer back empty after a lost disk, this node with the log).
+    let mut s = Script::serving();
+    s.rules.handle_peer_word(
+        s.now,
+        Some(PeerWord {
+            master: false,
+            priority: BEHIND_PRIORITY,
+            leaving: false,
+        }),
+    );
+    s.at_ms(500);
+    s.raft.role = StateRole::Follower;
+    s.raft.leader = None;
+    s.raft.term += 1;
+    s.feed_raft();
+    let a = s.run_until_ms(2499);
+    assert!(!takes_over(&a), "{a:?}");
+    let a = s.run_until_ms(2500);
+    assert!(takes_over(&a), "{a:?}");
+
     // A peer whose word says it is leaving is handled as leaving, not
     // as heard.
     let mut s = Script::following(false);
@@ -463,13 +486,14 @@ fn a_peer_that_speaks_again_after_it_left_is_not_taken_over_from() {
     assert!(takes_over(&a), "{a:?}");
     let a = s.takeover_answer(Err("not in sync".into()));
     assert!(!serves(&a), "{a:?}");
-    // The peer is back: its word, not leaving.
+    // The peer is back, and in sync (it led alone): its word, not
+    // leaving, at its priority.
     s.at_ms(3400);
     s.rules.handle_peer_word(
         s.now,
         Some(PeerWord {
             master: false,
-            priority: 1,
+            priority: PRIORITY,
             leaving: false,
         }),
     );
