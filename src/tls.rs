@@ -24,6 +24,9 @@ use tokio::net::TcpStream;
 
 use crate::pki::{client_identity_at, ClientIdentity, IdentityError, LICENSE_SERVER_NAME};
 
+mod stream;
+pub use stream::ServerStream;
+
 /// Why a client's handshake was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
@@ -39,15 +42,12 @@ pub enum AcceptError {
 /// A completed handshake, and who its client certificate names: a switch
 /// or an operator, or why it names neither (the server tells the peer
 /// before it closes).
-pub type Accepted = (
-    tokio_rustls::server::TlsStream<TcpStream>,
-    Result<ClientIdentity, IdentityError>,
-);
+pub type Accepted = (ServerStream, Result<ClientIdentity, IdentityError>);
 
 /// The server end: the node's certificate, client certificates required.
 #[derive(Clone)]
 pub struct ServerTls {
-    acceptor: tokio_rustls::TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
     handshakes: Arc<Handshakes>,
     pair_tickets: Option<Arc<PairTicketer>>,
 }
@@ -112,7 +112,7 @@ impl ServerTls {
         // resumed handshake brings the next.
         cfg.send_tls13_tickets = 1;
         Ok(ServerTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            config: Arc::new(cfg),
             handshakes: Arc::default(),
             pair_tickets,
         })
@@ -141,18 +141,18 @@ impl ServerTls {
     /// # Errors
     /// See [`AcceptError`].
     pub async fn accept(&self, tcp: TcpStream, deadline: Duration) -> Result<Accepted, AcceptError> {
-        let stream = tokio::time::timeout(deadline, self.acceptor.accept(tcp))
+        let stream = tokio::time::timeout(deadline, ServerStream::handshake(tcp, Arc::clone(&self.config)))
             .await
             .map_err(|_| AcceptError::Timeout(deadline))?
             .map_err(AcceptError::Handshake)?;
-        let counter = match stream.get_ref().1.handshake_kind() {
+        let counter = match stream.connection().handshake_kind() {
             Some(rustls::HandshakeKind::Resumed) => &self.handshakes.resumed,
             _ => &self.handshakes.full,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Its validity too: a resumed session's certificate is not checked
         // again by rustls, and a ticket must not outlive it.
-        let who = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        let who = match stream.connection().peer_certificates().and_then(|c| c.first()) {
             Some(cert) => client_identity_at(cert, std::time::SystemTime::now()),
             // The verifier requires one: not reached.
             None => Err(IdentityError::Unusable("no client certificate".into())),
