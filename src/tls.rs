@@ -436,6 +436,49 @@ impl ClientTls {
     }
 }
 
+/// What TLS tests need again and again: a member's identity and a
+/// switch's client TLS issued by a test CA, and a runtime to drive them.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{ClientTls, Identity};
+
+    /// A member certificate for `name`, issued by `ca`.
+    pub(crate) fn member(ca: &crate::pki::Ca, name: &str) -> Identity {
+        let issued = ca.issue_member(name, 30).unwrap();
+        Identity::from_pem(
+            ca.cert_pem().as_bytes(),
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// A switch `id` of serial `serial`, its certificate issued by
+    /// `issuer`, pinning `pinned`'s CA.
+    pub(crate) fn switch(
+        pinned: &crate::pki::Ca,
+        issuer: &crate::pki::Ca,
+        id: &str,
+        serial: &str,
+    ) -> ClientTls {
+        let issued = issuer.issue_switch(id, serial, 30).unwrap();
+        ClientTls::from_pem(
+            pinned.cert_pem().as_bytes(),
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// A current-thread runtime with its timers and I/O.
+    pub(crate) fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,15 +577,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = tempfile::tempdir().unwrap();
         let ca = crate::pki::Ca::create(dir.path(), 7, 3650).unwrap();
-        let member = |name: &str| {
-            let issued = ca.issue_member(name, 30).unwrap();
-            Identity::from_pem(
-                ca.cert_pem().as_bytes(),
-                issued.cert_pem.as_bytes(),
-                issued.key_pem.as_bytes(),
-            )
-            .unwrap()
-        };
+        let member = |name: &str| fixtures::member(&ca, name);
         let keys = [ticket_key(1, 10, 0x11)];
         let server = |name: &str, keys: &[crate::table::TicketKey]| {
             let tickets = PairTicketer::new().unwrap();
@@ -552,17 +587,8 @@ mod tests {
         let primary = server("primary", &keys);
         let backup = server("backup", &keys);
         let stranger = server("other", &[ticket_key(1, 10, 0x99)]);
-        let switch = ca.issue_switch("sw-1", "SN-1", 30).unwrap();
-        let switch = ClientTls::from_pem(
-            ca.cert_pem().as_bytes(),
-            switch.cert_pem.as_bytes(),
-            switch.key_pem.as_bytes(),
-        )
-        .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let switch = fixtures::switch(&ca, &ca, "sw-1", "SN-1");
+        let rt = fixtures::runtime();
         rt.block_on(async {
             let session = |server: ServerTls| {
                 let switch = switch.clone();

@@ -226,30 +226,12 @@ mod tests {
     fn a_handshake_probe_is_dropped_by_the_server_and_only_sent_to_a_silent_one() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        use cluster::tls::Identity;
-
-        use crate::tls::{ClientTls, ServerTls};
+        use crate::tls::{fixtures, ServerTls};
         let dir = tempfile::tempdir().unwrap();
         let ca = crate::pki::Ca::create(dir.path(), 7, 3650).unwrap();
-        let issued = ca.issue_member("primary", 30).unwrap();
-        let member = Identity::from_pem(
-            ca.cert_pem().as_bytes(),
-            issued.cert_pem.as_bytes(),
-            issued.key_pem.as_bytes(),
-        )
-        .unwrap();
-        let server = ServerTls::new(&member).unwrap();
-        let switch = ca.issue_switch("sw-1", "SN-1", 30).unwrap();
-        let switch = ClientTls::from_pem(
-            ca.cert_pem().as_bytes(),
-            switch.cert_pem.as_bytes(),
-            switch.key_pem.as_bytes(),
-        )
-        .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let server = ServerTls::new(&fixtures::member(&ca, "primary")).unwrap();
+        let switch = fixtures::switch(&ca, &ca, "sw-1", "SN-1");
+        let rt = fixtures::runtime();
         rt.block_on(async {
             for late in [Some(Duration::from_millis(400)), None] {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use cluster::tls::Identity;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::ServerStream;
-use crate::tls::{AcceptError, ClientTls, ServerTls};
+use crate::tls::{fixtures, AcceptError, ClientTls, ServerTls};
 
 struct Pair {
     _dir: tempfile::TempDir,
@@ -23,20 +22,8 @@ struct Pair {
 fn pair() -> Pair {
     let dir = tempfile::tempdir().unwrap();
     let ca = crate::pki::Ca::create(dir.path(), 7, 3650).unwrap();
-    let member = ca.issue_member("primary", 30).unwrap();
-    let identity = Identity::from_pem(
-        ca.cert_pem().as_bytes(),
-        member.cert_pem.as_bytes(),
-        member.key_pem.as_bytes(),
-    )
-    .unwrap();
-    let switch = ca.issue_switch("sw-1", "SN-1", 30).unwrap();
-    let client = ClientTls::from_pem(
-        ca.cert_pem().as_bytes(),
-        switch.cert_pem.as_bytes(),
-        switch.key_pem.as_bytes(),
-    )
-    .unwrap();
+    let identity = fixtures::member(&ca, "primary");
+    let client = fixtures::switch(&ca, &ca, "sw-1", "SN-1");
     Pair {
         _dir: dir,
         server: ServerTls::new(&identity).unwrap(),
@@ -45,12 +32,7 @@ fn pair() -> Pair {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::tls::fixtures::runtime;
 
 /// A byte stream that reads and writes at most `max` bytes per call: TLS
 /// records arrive (and leave) in pieces.
@@ -304,15 +286,9 @@ fn a_certificate_of_another_ca_is_refused() {
     let pair = pair();
     let dir = tempfile::tempdir().unwrap();
     let other = crate::pki::Ca::create(dir.path(), 8, 3650).unwrap();
-    let switch = other.issue_switch("sw-1", "SN-1", 30).unwrap();
     // The server's CA pinned (the client accepts the server); its own
     // certificate from the other CA.
-    let stranger = ClientTls::from_pem(
-        pair.ca.cert_pem().as_bytes(),
-        switch.cert_pem.as_bytes(),
-        switch.key_pem.as_bytes(),
-    )
-    .unwrap();
+    let stranger = fixtures::switch(&pair.ca, &other, "sw-1", "SN-1");
     runtime().block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
