@@ -269,20 +269,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerStream<S> {
     /// After rustls failed, queues the alert it has for the peer. `input`
     /// is what rustls has not discarded yet: it must see the same bytes
     /// again (a handshake message split in records points into them).
+    ///
+    /// One call only: rustls hands out what it queued (the alert, one
+    /// record) before it reads anything, and a second call would read the
+    /// peer's next record (the Finished after an empty Certificate, say)
+    /// with the handshake already failed, and fail again by sending a
+    /// second fatal alert (a debug assertion inside rustls: found by
+    /// `trust2_attacks b3`, a switch with no certificate).
     fn queue_alerts(&mut self, input: &mut [u8]) {
-        let mut at = 0;
-        for _ in 0..4 {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut input[at..]);
-            at += discard;
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    if encode(&mut self.outgoing, |out| data.encode(out)).is_err() {
-                        break;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
-                _ => break,
-            }
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(input);
+        if let Ok(ConnectionState::EncodeTlsData(mut data)) = state {
+            let _ = encode(&mut self.outgoing, |out| data.encode(out));
         }
     }
 
