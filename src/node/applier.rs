@@ -231,16 +231,7 @@ mod tests {
     use super::*;
     use crate::table::{Actor, ClientReport, Key, LicenseType, TableConfig, VerifiedKey};
 
-    /// The pair trusts "acme", the issuer of the keys here.
-    fn trusting_acme() -> Command {
-        let acme = crate::license::IssuerKey::from_secret_bytes("acme", &[7; 32]).unwrap();
-        Command::Issuers {
-            issuers: std::iter::once(acme.trusted())
-                .collect::<crate::license::TrustedIssuers>()
-                .by_name_text(),
-            by: Actor::Server("primary".into()),
-        }
-    }
+    use crate::table::tests::trusting_acme;
 
     struct Alone;
     impl Outbox for Alone {

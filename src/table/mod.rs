@@ -47,7 +47,7 @@ pub mod pool;
 mod snapshot;
 mod sweep;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod tickets;
 mod types;
 

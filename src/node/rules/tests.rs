@@ -85,6 +85,15 @@ impl Script {
         self.rules.handle_vrrp(self.now, self.vrrp.clone());
     }
 
+    /// This leader lost its quorum: a follower in the next term, with no
+    /// leader seen.
+    fn lose_leadership(&mut self) {
+        self.raft.role = StateRole::Follower;
+        self.raft.leader = None;
+        self.raft.term += 1;
+        self.feed_raft();
+    }
+
     fn feed_raft(&mut self) {
         self.rules.handle_raft(self.now, self.raft.clone());
     }
@@ -240,10 +249,7 @@ fn losing_the_vip_stops_serving() {
 #[test]
 fn losing_leadership_stops_serving() {
     let mut s = Script::serving();
-    s.raft.role = StateRole::Follower;
-    s.raft.leader = None;
-    s.raft.term += 1;
-    s.feed_raft();
+    s.lose_leadership();
     let a = s.actions();
     assert_eq!(stops(&a), Some("not the raft leader"), "{a:?}");
 }
@@ -416,10 +422,7 @@ fn a_peer_whose_word_is_fresh_is_not_taken_over_from_until_it_lapses() {
     let mut s = Script::serving();
     s.rules.handle_peer_word(s.now, Some(word));
     s.at_ms(500);
-    s.raft.role = StateRole::Follower;
-    s.raft.leader = None;
-    s.raft.term += 1;
-    s.feed_raft();
+    s.lose_leadership();
     let a = s.run_until_ms(5000);
     assert!(!takes_over(&a), "{a:?}");
     s.rules.handle_peer_word(s.now, None);
@@ -439,10 +442,7 @@ fn a_peer_whose_word_is_fresh_is_not_taken_over_from_until_it_lapses() {
         }),
     );
     s.at_ms(500);
-    s.raft.role = StateRole::Follower;
-    s.raft.leader = None;
-    s.raft.term += 1;
-    s.feed_raft();
+    s.lose_leadership();
     let a = s.run_until_ms(2499);
     assert!(!takes_over(&a), "{a:?}");
     let a = s.run_until_ms(2500);
@@ -541,10 +541,7 @@ fn leaderless_for_two_election_timeouts_takes_over() {
     let mut s = Script::serving();
     // The leader lost its quorum (the peer's raft link broke).
     s.at_ms(500);
-    s.raft.role = StateRole::Follower;
-    s.raft.leader = None;
-    s.raft.term += 1;
-    s.feed_raft();
+    s.lose_leadership();
     let a = s.actions();
     assert!(stops(&a).is_some() && !takes_over(&a), "{a:?}");
     let a = s.run_until_ms(2499);
