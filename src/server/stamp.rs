@@ -22,9 +22,21 @@
 //!    the pair's time, never from its own wall clock. A new serving node
 //!    so goes on from where the last one stopped, whatever its wall clock
 //!    says: after a restart, after catching up late, after the other's
-//!    clock stepped.
-//! 2. **Never backwards.** No stamp is below a stamp this member made or
-//!    saw commit.
+//!    clock stepped. Its own stamps that commit after a later stamp of
+//!    another (a new leader stamps before it has applied its
+//!    predecessor's last entries) are followed as another's.
+//! 2. **Forward on its own, back only to follow the table.** `P` runs
+//!    forward from its anchor (rule 3 never steps it back); it goes back
+//!    only to follow a stamp that committed behind it, never held up by
+//!    what this member stamped before. Two members' views can differ: one
+//!    ran its view on while the pair committed nothing, the other,
+//!    restarted, went on from the last commit (the outage is not
+//!    silence). A member held up by its own older stamps would take the
+//!    clients the other heard since that far ahead at its next takeover
+//!    and mark them down (seeds 24551 and 56380 of the pair simulation).
+//!    Going back is harmless: the table keeps a client's last heard time
+//!    from moving back, so a time behind the table's only makes clients
+//!    look heard more lately, until `P` passes it.
 //! 3. **Pulled by the wall clock, a bounded step at a time.** A stamp is
 //!    the wall clock when that is within reach: `P` may be pulled ahead
 //!    of the monotonic clock by at most half a heartbeat interval at once
@@ -36,9 +48,10 @@
 //!    the wall clock is taken as it is until the first stamp commits,
 //!    which anchors every member.
 //!
-//! So between any two stamps the pair's time advances by at most
-//! `elapsed × 9/8 + interval / 2` of the monotonic time between them: a
-//! client that heartbeats every interval is seen silent for at most about
+//! So a stamp is ahead of the stamp it goes on from (the last this member
+//! made or saw commit) by at most `elapsed × 9/8 + interval / 2` of the
+//! monotonic time between them: a client that heartbeats every interval
+//! is seen silent for at most about
 //! 1.6 intervals, short of the three (by default) that mark it down,
 //! whatever one member's wall clock does, and through any failover. A
 //! wall clock that is wrong and stays wrong drags the pair's time at 1/8
@@ -99,8 +112,6 @@ pub struct Stamper {
     /// monotonic clock, and when that was last refilled.
     budget_us: u64,
     refilled: Option<Instant>,
-    /// The newest stamp this member made or saw commit (ms).
-    floor: u64,
     /// This member's own stamps not yet seen committing, oldest first.
     own: VecDeque<u64>,
 }
@@ -117,7 +128,7 @@ impl Stamper {
 
     /// The pair's time at `now` (ms), as far as this member knows it.
     pub fn projected(&self, now: Instant) -> Option<u64> {
-        self.projected_us(now).map(|p| (p / 1000).max(self.floor))
+        self.projected_us(now).map(|p| p / 1000)
     }
 
     fn projected_us(&self, now: Instant) -> Option<u64> {
@@ -160,10 +171,8 @@ impl Stamper {
             // Behind: slow down towards the wall clock, never back.
             wall_us.max(at_us.saturating_add(elapsed - elapsed / SLEW))
         };
-        let pair_us = pair_us.max(self.floor.saturating_mul(1000));
         self.anchor = Some((pair_us, now));
         let ms = pair_us / 1000;
-        self.floor = ms;
         if self.own.len() >= OWN_KEPT {
             self.own.pop_front();
         }
@@ -175,21 +184,21 @@ impl Stamper {
     /// applied at `now`; or a restored table's newest time.
     pub fn observe(&mut self, stamped_ms: u64, now: Instant, limit_ms: u64) {
         self.refill(now, limit_ms);
-        // Own stamps commit in the order they were made; those older than
-        // this one were dropped or are already seen.
-        while self.own.front().is_some_and(|&own| own < stamped_ms) {
-            self.own.pop_front();
-        }
-        if self.own.front() == Some(&stamped_ms) {
-            self.own.pop_front();
+        // Own stamps commit in the order they were made (not always in
+        // the order of their values: `P` may have gone back between
+        // them); those made before this one were dropped or are seen.
+        if let Some(i) = self.own.iter().position(|&own| own == stamped_ms) {
+            self.own.drain(..=i);
             return;
         }
+        // Another's. Own stamps behind it that commit after it are
+        // followed as another's (rule 1): the table went past them.
+        self.own.retain(|&own| own >= stamped_ms);
         let stamped_us = stamped_ms.saturating_mul(1000);
         if let Some(p) = self.projected_us(now) {
             // A pull ahead of our clock spends our budget as our own would.
             self.budget_us = self.budget_us.saturating_sub(stamped_us.saturating_sub(p));
         }
-        self.floor = self.floor.max(stamped_ms);
         self.anchor = Some((stamped_us, now));
     }
 }

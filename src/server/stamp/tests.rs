@@ -427,7 +427,8 @@ fn a_member_that_caught_up_late_goes_on_from_the_pairs_time() {
 
 /// Only stamps the member did not make move its view: its own commit
 /// late (their latency must not hold its time back), another's ahead or
-/// behind are followed, never below what it has seen.
+/// behind are followed, behind ones too: what the table holds is the
+/// pair's time, not what this member made.
 #[test]
 fn own_stamps_are_recognised_and_anothers_followed() {
     let start = Instant::now();
@@ -441,9 +442,15 @@ fn own_stamps_are_recognised_and_anothers_followed() {
     s.observe(b, at(60), HB);
     assert_eq!(s.projected(at(60)), Some(T0 + 60));
     // Another member's stamp 2 s behind (it serves now, lagging): followed,
-    // but no stamp goes below what this member made.
+    // even below what this member made (seed 56380 of the pair simulation:
+    // a member whose own stamps held its time up took the clients the
+    // lagging one heard 3 s of silence ahead at its next takeover).
     s.observe(T0 - 2_000 + 100, at(100), HB);
-    assert_eq!(s.projected(at(1_000)), Some(T0 + 10), "not below its own stamps");
+    assert_eq!(
+        s.projected(at(1_000)),
+        Some(T0 - 1_000),
+        "the other's time, not its own"
+    );
     assert_eq!(
         s.projected(at(2_100)),
         Some(T0 + 100),
@@ -452,6 +459,102 @@ fn own_stamps_are_recognised_and_anothers_followed() {
     // And ahead.
     s.observe(T0 + 5_000, at(3_000), HB);
     assert_eq!(s.projected(at(3_500)), Some(T0 + 5_500));
+}
+
+/// Seed 24551 of the pair simulation (and 24861, 31341, 38848, 63809,
+/// 82853, 89089): while the pair committed nothing, member 1 ran its view
+/// of the time on and stamped a key it never saw commit; member 0,
+/// restarted, went on from the last commit (the outage is not silence)
+/// and served minutes behind. Member 1 follows 0's stamps and takes over
+/// from them: its sweep is within the bound of the last heartbeat 0
+/// stamped, not at its own old stamp minutes ahead.
+#[test]
+fn a_stamp_that_never_committed_does_not_hold_a_takeover_ahead() {
+    let start = Instant::now();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let mut one = Stamper::new();
+    // Member 1 serves; its sweep at 0 commits.
+    let sweep = one.stamp(T0, at(0), HB).ms;
+    one.observe(sweep, at(0), HB);
+    // Nothing commits for five minutes; 1's wall clock is 40 days ahead
+    // by then, and it stamps a key it submits (never the pair's time).
+    let key = one
+        .stamp(T0 + 5 * MIN as u64 + 40 * DAY as u64, at(5 * MIN as u64), HB)
+        .ms;
+    assert!(key >= T0 + 5 * MIN as u64, "{key}");
+    // Member 0 restarts and replays the log: the last commit is its time.
+    let mut zero = Stamper::new();
+    zero.observe(sweep, at(5 * MIN as u64), HB);
+    // 0 serves and hears a client; 1 applies that.
+    let heard = zero.stamp(T0 + 5 * MIN as u64, at(5 * MIN as u64 + 1_000), HB).ms;
+    zero.observe(heard, at(5 * MIN as u64 + 1_002), HB);
+    one.observe(heard, at(5 * MIN as u64 + 1_002), HB);
+    // 0 fails; 1 takes over and sweeps a second later.
+    let elapsed = 1_000;
+    let swept = one
+        .stamp(
+            T0 + 5 * MIN as u64 + 40 * DAY as u64 + 1_000 + elapsed,
+            at(5 * MIN as u64 + 1_000 + elapsed),
+            HB,
+        )
+        .ms;
+    assert!(
+        swept - heard <= elapsed + elapsed / SLEW + BURST + 1,
+        "the sweep is {} ms after the last heartbeat, {elapsed} ms later",
+        swept - heard
+    );
+}
+
+/// Seed 73759 of the pair simulation: a member that replayed an old log
+/// leads at once and stamps requests before it has applied its
+/// predecessor's last entries, stamped minutes ahead. Its own stamps
+/// commit after those, behind them: it follows them back (they are the
+/// last the table holds), so its next sweep is within the bound of the
+/// clients it heard.
+#[test]
+fn own_stamps_behind_anothers_are_followed_back() {
+    let start = Instant::now();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let mut s = Stamper::new();
+    s.observe(T0, at(5 * MIN as u64), HB);
+    let heard = s.stamp(T0 + 5 * MIN as u64, at(5 * MIN as u64 + 10), HB).ms;
+    // The predecessor's sweep, five minutes ahead, applied first.
+    s.observe(T0 + 5 * MIN as u64, at(5 * MIN as u64 + 12), HB);
+    // Then the heartbeat it stamped itself.
+    s.observe(heard, at(5 * MIN as u64 + 15), HB);
+    let elapsed = 1_000;
+    let swept = s
+        .stamp(T0 + 5 * MIN as u64, at(5 * MIN as u64 + 10 + elapsed), HB)
+        .ms;
+    assert!(
+        swept - heard <= elapsed + elapsed / SLEW + BURST + 1,
+        "the sweep is {} ms after the heartbeat, {elapsed} ms later",
+        swept - heard
+    );
+}
+
+/// A member that follows another's stamp back while one of its own, ahead
+/// of it, never commits (a proposal lost with a leadership change): the
+/// ones it makes next, behind that one, are still recognised as its own
+/// when they commit, so their latency does not hold its time back.
+#[test]
+fn own_stamps_are_recognised_after_going_back() {
+    let start = Instant::now();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let mut s = Stamper::new();
+    s.observe(T0 + 10_000, at(0), HB);
+    let lost = s.stamp(T0 + 10_000, at(0), HB).ms;
+    assert_eq!(lost, T0 + 10_000);
+    // Another's stamp 10 s behind commits: followed back.
+    s.observe(T0, at(5), HB);
+    let behind = s.stamp(T0 + 5, at(10), HB).ms;
+    assert_eq!(behind, T0 + 5);
+    // It commits 20 ms later; the lost one never does.
+    s.observe(behind, at(30), HB);
+    assert_eq!(s.projected(at(30)), Some(T0 + 25), "its own stamp, not followed");
+    let next = s.stamp(T0 + 35, at(40), HB).ms;
+    s.observe(next, at(60), HB);
+    assert_eq!(s.projected(at(60)), Some(T0 + 55));
 }
 
 /// A brand-new member (no anchor) takes its wall clock as it is and keeps
