@@ -36,7 +36,7 @@
 //!    and mark them down (seeds 24551 and 56380 of the pair simulation).
 //!    Going back is harmless: the table keeps a client's last heard time
 //!    from moving back, so a time behind the table's only makes clients
-//!    look heard more lately, until `P` passes it.
+//!    look heard more recently, until `P` passes it.
 //! 3. **Pulled by the wall clock, a bounded step at a time.** A stamp is
 //!    the wall clock when that is within reach: `P` may be pulled ahead
 //!    of the monotonic clock by at most half a heartbeat interval at once
