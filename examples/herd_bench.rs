@@ -19,6 +19,9 @@
 //! library's; 0: no probes), `--somaxconn N` (the servers' kernel cap on a
 //! listener's accept queue, `net.core.somaxconn`, default 30000, as
 //! README advises for as many switches; 0 leaves the kernel's, 4096),
+//! `--client-nice N` (the switches' processes run at this nice value,
+//! default 0: on the lab machine they share the pair's cores, where real
+//! switches are machines of their own; 10 lets the pair go first),
 //! `--verbose` (the switches' registrations per
 //! 100 ms). Each run also prints why the switches' sessions ended so far. With
 //! `HERD_BENCH_KEEP_LOGS` set, the nodes' and switches' logs are kept
@@ -96,11 +99,13 @@ struct Opts {
     connection_threads: Option<usize>,
     /// `net.core.somaxconn` on the servers' hosts (0: the kernel's).
     somaxconn: u64,
+    /// The nice value of the switches' processes.
+    client_nice: u64,
     verbose: bool,
 }
 
 const USAGE: &str = "herd_bench [--switches N[,N...]] [--runs N] [--how graceful|crash] [--vmac on|off] \
-                     [--advert-ms N] [--tick-ms N] [--heartbeat-ms N] [--client-processes N] [--connection-threads N] [--probe-after-ms N] [--somaxconn N] [--verbose]";
+                     [--advert-ms N] [--tick-ms N] [--heartbeat-ms N] [--client-processes N] [--connection-threads N] [--probe-after-ms N] [--somaxconn N] [--client-nice N] [--verbose]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut opts = Opts {
@@ -115,6 +120,7 @@ fn parse_args() -> Result<Opts, String> {
         connection_threads: None,
         probe_after_ms: None,
         somaxconn: 30_000,
+        client_nice: 0,
         verbose: false,
     };
     let mut args = std::env::args().skip(1);
@@ -146,6 +152,7 @@ fn parse_args() -> Result<Opts, String> {
             "--connection-threads" => opts.connection_threads = Some(number(&value)? as usize),
             "--probe-after-ms" => opts.probe_after_ms = Some(number(&value)?),
             "--somaxconn" => opts.somaxconn = number(&value)?,
+            "--client-nice" => opts.client_nice = number(&value)?.min(19),
             "--how" => {
                 opts.kinds = match value.as_str() {
                     "graceful" => vec![How::Graceful],
@@ -405,7 +412,12 @@ impl Pair {
             }
             let file = std::fs::File::create(log(&format!("switches-{p}"))).map_err(|e| e.to_string())?;
             let mut child = client
-                .command(&common::vipool_bin())
+                .command("nice")
+                .args([
+                    "-n".to_string(),
+                    opts.client_nice.to_string(),
+                    common::vipool_bin(),
+                ])
                 .args(args)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())
@@ -426,7 +438,10 @@ impl Pair {
             starts: 1,
         };
         let began = Instant::now();
-        if !wait_for(WAIT, || pair.registered_since(began) == n) {
+        // The first registrations are full handshakes (several times the
+        // CPU of a resumed one): 10,000 of them took over 120 s on the
+        // shared two-core lab machine.
+        if !wait_for(WAIT * 3, || pair.registered_since(began) == n) {
             return Err(format!(
                 "only {} of {n} switches registered; stopped: {:?}",
                 pair.registered_since(began),
@@ -694,8 +709,9 @@ fn report(name: &str, herds: &[Herd]) {
 
 fn case(n: usize, how: How, opts: &Opts) {
     println!(
-        "\n{n} switches in {} processes, {}, {} runs (advert {} ms, vmac {}, switch heartbeat {} ms)",
+        "\n{n} switches in {} processes (nice {}), {}, {} runs (advert {} ms, vmac {}, switch heartbeat {} ms)",
         opts.processes.min(n),
+        opts.client_nice,
         match how {
             How::Graceful => "graceful stop (SIGTERM)",
             How::Crash => "power loss (SIGSTOP, port cut, SIGKILL)",
