@@ -16,7 +16,13 @@
 //! spread over, default 4), `--connection-threads N` (the nodes'
 //! `license.connection_threads`, default theirs; 0 for the node's thread),
 //! `--probe-after-ms N` (the switches' probe interval, default the client
-//! library's; 0: no probes), `--verbose` (the switches' registrations per
+//! library's; 0: no probes), `--somaxconn N` (the servers' kernel cap on a
+//! listener's accept queue, `net.core.somaxconn`, default 30000, as
+//! README advises for as many switches; 0 leaves the kernel's, 4096),
+//! `--client-nice N` (the switches' processes run at this nice value,
+//! default 0: on the lab machine they share the pair's cores, where real
+//! switches are machines of their own; 10 lets the pair go first),
+//! `--verbose` (the switches' registrations per
 //! 100 ms). Each run also prints why the switches' sessions ended so far. With
 //! `HERD_BENCH_KEEP_LOGS` set, the nodes' and switches' logs are kept
 //! (`VIPOOL_LAB_LOG` sets the nodes' filter). Needs root and `ip`.
@@ -91,11 +97,15 @@ struct Opts {
     processes: usize,
     /// The nodes' `license.connection_threads` (`None`: their default).
     connection_threads: Option<usize>,
+    /// `net.core.somaxconn` on the servers' hosts (0: the kernel's).
+    somaxconn: u64,
+    /// The nice value of the switches' processes.
+    client_nice: u64,
     verbose: bool,
 }
 
 const USAGE: &str = "herd_bench [--switches N[,N...]] [--runs N] [--how graceful|crash] [--vmac on|off] \
-                     [--advert-ms N] [--tick-ms N] [--heartbeat-ms N] [--client-processes N] [--connection-threads N] [--probe-after-ms N] [--verbose]";
+                     [--advert-ms N] [--tick-ms N] [--heartbeat-ms N] [--client-processes N] [--connection-threads N] [--probe-after-ms N] [--somaxconn N] [--client-nice N] [--verbose]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut opts = Opts {
@@ -109,6 +119,8 @@ fn parse_args() -> Result<Opts, String> {
         processes: 4,
         connection_threads: None,
         probe_after_ms: None,
+        somaxconn: 30_000,
+        client_nice: 0,
         verbose: false,
     };
     let mut args = std::env::args().skip(1);
@@ -139,6 +151,8 @@ fn parse_args() -> Result<Opts, String> {
             "--client-processes" => opts.processes = number(&value)?.max(1) as usize,
             "--connection-threads" => opts.connection_threads = Some(number(&value)? as usize),
             "--probe-after-ms" => opts.probe_after_ms = Some(number(&value)?),
+            "--somaxconn" => opts.somaxconn = number(&value)?,
+            "--client-nice" => opts.client_nice = number(&value)?.min(19),
             "--how" => {
                 opts.kinds = match value.as_str() {
                     "graceful" => vec![How::Graceful],
@@ -345,6 +359,15 @@ impl Pair {
         // more than the default 28,000 ephemeral ports at 10,000 switches.
         client.run(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
         client.run(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+        // A listener's accept queue is capped by the kernel (4096): a herd
+        // larger than that overflows it and its connects wait for TCP's
+        // retransmissions. Raised before the nodes listen, as README tells
+        // an operator to.
+        if opts.somaxconn > 0 {
+            for host in &hosts {
+                host.run(&["sysctl", "-qw", &format!("net.core.somaxconn={}", opts.somaxconn)]);
+            }
+        }
         let configs = [
             node_config(&lab, &hosts[0], 1, "primary", 200, opts),
             node_config(&lab, &hosts[1], 2, "backup", 100, opts),
@@ -389,7 +412,12 @@ impl Pair {
             }
             let file = std::fs::File::create(log(&format!("switches-{p}"))).map_err(|e| e.to_string())?;
             let mut child = client
-                .command(&common::vipool_bin())
+                .command("nice")
+                .args([
+                    "-n".to_string(),
+                    opts.client_nice.to_string(),
+                    common::vipool_bin(),
+                ])
                 .args(args)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())
@@ -410,7 +438,10 @@ impl Pair {
             starts: 1,
         };
         let began = Instant::now();
-        if !wait_for(WAIT, || pair.registered_since(began) == n) {
+        // The first registrations are full handshakes (several times the
+        // CPU of a resumed one): 10,000 of them took over 120 s on the
+        // shared two-core lab machine.
+        if !wait_for(WAIT * 3, || pair.registered_since(began) == n) {
             return Err(format!(
                 "only {} of {n} switches registered; stopped: {:?}",
                 pair.registered_since(began),
@@ -532,14 +563,45 @@ struct Herd {
     /// Client TLS handshakes the new holder made during the herd: full,
     /// resumed (from a ticket of either server).
     handshakes: (u64, u64),
+    /// TCP connections the new holder's host accepted during the herd, and
+    /// connects it dropped for a full accept queue.
+    tcp: (u64, u64),
+    /// Raft entries the new holder committed during the herd (unknown for
+    /// a restarted primary, which did not answer before).
+    entries: Option<u64>,
+}
+
+/// What a host's TCP did so far: connections it accepted (each a TCP
+/// handshake), and connects its listeners dropped for a full accept queue
+/// (`ListenOverflows`: each waits for a retransmission, 1 s or more).
+fn tcp_counters(host: &Host) -> (u64, u64) {
+    // Rows of names, then rows of values, per protocol.
+    let counter = |file: &str, proto: &str, name: &str| {
+        let text = host.run(&["cat", file]);
+        let mut rows = text.lines().filter(|l| l.starts_with(proto));
+        let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+            return 0;
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        counter("/proc/net/snmp", "Tcp:", "PassiveOpens"),
+        counter("/proc/net/netstat", "TcpExt:", "ListenOverflows"),
+    )
 }
 
 /// The client TLS handshakes `node` has completed: full, resumed (none if
-/// it does not answer: a node that is not running has made none).
-fn handshakes(from: &Host, node: Ipv4Addr) -> (u64, u64) {
-    show(from, node).map_or((0, 0), |d| {
+/// it does not answer: a node that is not running has made none); and its
+/// raft commit index.
+fn handshakes(from: &Host, node: Ipv4Addr) -> (u64, u64, u64) {
+    show(from, node).map_or((0, 0, 0), |d| {
         let n = |kind: &str| d.status.tls_handshakes.get(kind).copied().unwrap_or(0);
-        (n("full"), n("resumed"))
+        (n("full"), n("resumed"), d.status.commit_index)
     })
 }
 
@@ -551,6 +613,7 @@ fn herd(pair: &mut Pair, holder: usize, disrupt: impl FnOnce(&mut Pair) -> Insta
     std::thread::sleep(Duration::from_millis(50)); // the monitor subscribed
     let holder_addr = pair.hosts[holder].addr;
     let before = handshakes(&pair.client, holder_addr);
+    let tcp_before = tcp_counters(&pair.hosts[holder]);
     let t0 = disrupt(pair);
     let taken = vip_added.recv_timeout(WAIT);
     let _ = monitor.kill();
@@ -564,6 +627,7 @@ fn herd(pair: &mut Pair, holder: usize, disrupt: impl FnOnce(&mut Pair) -> Insta
         ));
     }
     let counted = handshakes(&pair.client, holder_addr);
+    let tcp_after = tcp_counters(&pair.hosts[holder]);
     let s = pair.seen.lock().unwrap_or_else(|p| p.into_inner());
     let mut times: Vec<Instant> = s.registered.values().copied().filter(|t| *t > t0).collect();
     times.sort();
@@ -590,6 +654,11 @@ fn herd(pair: &mut Pair, holder: usize, disrupt: impl FnOnce(&mut Pair) -> Insta
         histogram,
         // A restarted node starts counting from zero; the read of the
         // counts is a full handshake of its own (the operator's).
+        entries: (before.2 > 0).then(|| counted.2.saturating_sub(before.2)),
+        tcp: (
+            tcp_after.0.saturating_sub(tcp_before.0),
+            tcp_after.1.saturating_sub(tcp_before.1),
+        ),
         handshakes: if counted.0 >= before.0 && counted.1 >= before.1 {
             ((counted.0 - before.0).saturating_sub(1), counted.1 - before.1)
         } else {
@@ -640,8 +709,9 @@ fn report(name: &str, herds: &[Herd]) {
 
 fn case(n: usize, how: How, opts: &Opts) {
     println!(
-        "\n{n} switches in {} processes, {}, {} runs (advert {} ms, vmac {}, switch heartbeat {} ms)",
+        "\n{n} switches in {} processes (nice {}), {}, {} runs (advert {} ms, vmac {}, switch heartbeat {} ms)",
         opts.processes.min(n),
+        opts.client_nice,
         match how {
             How::Graceful => "graceful stop (SIGTERM)",
             How::Crash => "power loss (SIGSTOP, port cut, SIGKILL)",
@@ -668,16 +738,23 @@ fn case(n: usize, how: How, opts: &Opts) {
             Ok((f, h)) => {
                 println!(
                     "  run {i}: failover: VIP after {:.0} ms, then all {n} registered after {:.0} ms \
-                     (last noticed {:.0} ms; TLS handshakes there {} full, {} resumed); handback: all \
-                     after {:.0} ms ({} full, {} resumed)",
+                     (last noticed {:.0} ms; TLS handshakes there {} full, {} resumed; TCP {} accepted, \
+                     {} dropped for a full accept queue; {} raft entries committed); handback: all after {:.0} \
+                     ms ({} full, {} resumed; TCP {} accepted, {} dropped; {} entries)",
                     ms(f.vip),
                     ms(f.all),
                     ms(f.noticed),
                     f.handshakes.0,
                     f.handshakes.1,
+                    f.tcp.0,
+                    f.tcp.1,
+                    f.entries.map_or("-".into(), |e| e.to_string()),
                     ms(h.all),
                     h.handshakes.0,
-                    h.handshakes.1
+                    h.handshakes.1,
+                    h.tcp.0,
+                    h.tcp.1,
+                    h.entries.map_or("-".into(), |e| e.to_string())
                 );
                 {
                     let seen = p.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -752,8 +829,13 @@ fn main() {
     }
     println!(
         "the herd: every switch registers again after a failover of a vipool pair (priorities 200 -> 100, \
-         VRRPv3, advert {} ms); times in ms, median/min/max over the runs",
-        opts.advert_ms
+         VRRPv3, advert {} ms, servers' net.core.somaxconn {}); times in ms, median/min/max over the runs",
+        opts.advert_ms,
+        if opts.somaxconn > 0 {
+            opts.somaxconn.to_string()
+        } else {
+            "the kernel's".into()
+        }
     );
     for &n in &opts.sizes {
         for &how in &opts.kinds {

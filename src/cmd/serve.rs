@@ -208,8 +208,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })?;
         Some(vipool::tls::ServerTls::new(&identity)?)
     };
-    let listener = TcpListener::bind(args.listen)
-        .await
+    // The accept queue of the server's connection limit (see `server::listen`).
+    let listener = vipool::server::listen(args.listen, ServerConfig::default().max_connections)
         .with_context(|| format!("listening on {}", args.listen))?;
     let operator = TcpListener::bind(args.operator_listen)
         .await
