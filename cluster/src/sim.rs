@@ -14,6 +14,7 @@ use crate::storage::{Disk, LogStore};
 use crate::{SnapshotError, StateMachine};
 
 mod rebuild;
+mod unpersisted;
 
 /// Records what was applied where; commands are unique ids.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -147,6 +147,14 @@ impl<S: StateMachine> Node<S> {
         if self.cfg.witness {
             return Err(TakeoverError::Witness);
         }
+        // A sole voter's campaign makes it leader at once, which raft allows
+        // only with its whole log persisted (it asserts so, and the member
+        // would die). The driver handles a batch of requests before it
+        // writes: an append stepped in the same batch as this takeover
+        // (a herd keeping the node busy) is still unwritten. Write it first.
+        if self.raw.raft.raft_log.persisted < self.raw.raft.raft_log.last_index() {
+            self.process_ready().map_err(TakeoverError::Node)?;
+        }
         let cs = self.conf_state();
         if !cs.voters_outgoing.is_empty() {
             return Err(TakeoverError::Joint);
