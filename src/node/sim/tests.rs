@@ -433,13 +433,13 @@ fn past_failures_stay_fixed() {
 /// pair's time forward a bounded step at a time; the gap between the
 /// client's last heard stamp and the new holder's sweep outgrew the
 /// heartbeat window. `server::stamp`'s bounds need another look. Run with
-/// `cargo test --lib node::sim -- --ignored`.
+/// `cargo test --lib node::sim -- --ignored`. (38848 and 63809 no longer
+/// reach it since the in-sync fix of seeds 21034 and 25998 changed their
+/// runs.)
 #[test]
 #[ignore = "a known gap of server::stamp, reported with these seeds"]
 fn survey_a_wrong_time_still_marks_a_switch_down() {
-    for seed in [
-        24551, 24861, 31341, 38848, 56380, 63809, 65654, 71362, 73759, 82853, 89089,
-    ] {
+    for seed in [24551, 24861, 31341, 56380, 65654, 71362, 73759, 82853, 89089] {
         let failure = run_seed(seed, false).expect_err("the gap is still there");
         assert!(failure.contains("S2 (time)"), "{failure}");
     }
