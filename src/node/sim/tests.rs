@@ -465,3 +465,19 @@ fn no_member_is_in_sync_from_a_commit_the_sole_voter_left_behind() {
         run(seed, false, Knobs::default());
     }
 }
+
+/// Found by the 100,000-seed survey after the in-sync fix (which changed
+/// its run), not fixed (without a witness): seed 59006. The segment cut
+/// one way (1 -> 2), both VRRP masters; raft leaderless for two election
+/// timeouts; 2 votes for 1 at 6377 ms, 1 is elected at 6396 ms and
+/// serves, and 2, in sync since it led, takes over as sole voter at
+/// 6412 ms (S1: both serve while the cluster link is up), 16 ms after
+/// its vote: the shape of 1512 and 4538, past the wait for the peer's word
+/// in `node::rules` (not traced further). Run with
+/// `cargo test --lib node::sim -- --ignored`.
+#[test]
+#[ignore = "a known gap of node::rules's leaderless takeover, reported with this seed"]
+fn survey_a_takeover_right_after_voting_for_the_peer() {
+    let failure = run_seed(59006, false).expect_err("the gap is still there");
+    assert!(failure.contains("S1:"), "{failure}");
+}
