@@ -29,7 +29,8 @@
 //! one that is not in sync ([`Status::in_sync`]: since it started it neither
 //! led nor reached its leader's commit index, learned from appends or a
 //! ReadIndex probe, or a leader has since shown it behind by repairing its
-//! log), and one whose log shows it was demoted to learner (its peer led
+//! log; and in sync only with the leader, in the term, that said so), and
+//! one whose log shows it was demoted to learner (its peer led
 //! alone and may hold writes it lacks).
 //! [`Member::force_take_over_as_sole_voter`] skips the first check, for an
 //! operator who knows the peer is gone for good.

@@ -14,6 +14,7 @@ use crate::storage::{Disk, LogStore};
 use crate::{SnapshotError, StateMachine};
 
 mod rebuild;
+mod stale_commit;
 mod unpersisted;
 
 /// Records what was applied where; commands are unique ids.
@@ -443,6 +444,41 @@ impl Sim {
         }
     }
 
+    /// The in-sync rule against the leader itself: a member of a pair that
+    /// follows a leader, reports in sync and may take over (its own log
+    /// says it is a voter) holds every entry that leader has committed.
+    /// A leader that needs its acknowledgement to commit cannot commit
+    /// past its log; a sole voter can, so its peer must not be in sync
+    /// unless it holds the demotion. (A member cut off from its leader, or
+    /// following none, is not checked: it cannot see what it was not told.)
+    fn check_in_sync_with_leader(&self, id: u64) {
+        let n = &self.nodes[&id];
+        let Some(l) = n.leader().filter(|&l| l != id) else {
+            return;
+        };
+        let Some(leader) = self.nodes.get(&l) else { return };
+        let lcs = leader.conf_state();
+        let pair = lcs.voters.iter().all(|&v| v == l || v == id) && lcs.voters_outgoing.is_empty();
+        if !n.in_sync()
+            || leader.role() != StateRole::Leader
+            || leader.term() != n.term()
+            || !pair
+            || !n.conf_state().voters.contains(&id)
+            || n.demoted_in_log()
+        {
+            return;
+        }
+        if n.store().last() < leader.commit_index() {
+            self.fail(&format!(
+                "member {id} reports in sync with leader {l} (voters {:?}), but its log ends at {} \
+                 and {l} committed {}",
+                lcs.voters,
+                n.store().last(),
+                leader.commit_index()
+            ));
+        }
+    }
+
     /// Submits a fresh command on `id` (fire and forget); returns it if the
     /// member took it. Its fate is only seen in the state machines.
     pub(crate) fn submit_on(&mut self, id: u64) -> Result<u64, ProposeError> {
@@ -532,6 +568,7 @@ impl Sim {
             if self.nodes[&id].role() == StateRole::Leader && !self.nodes[&id].in_sync() {
                 self.fail(&format!("leader {id} reports not in sync"));
             }
+            self.check_in_sync_with_leader(id);
             let sm = self.nodes[&id].state_machine();
             if let Some(c) = sm.duplicate {
                 self.fail(&format!("command {c} applied twice on member {id}"));

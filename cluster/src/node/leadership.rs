@@ -196,6 +196,7 @@ impl<S: StateMachine> Node<S> {
     /// Applies the in-sync rule (see [`Node::in_sync`]) to a message raft
     /// has just handled.
     pub(super) fn judge_sync(&mut self, r: LeaderReport) {
+        self.judged_by_current_leader();
         let raft = &self.raw.raft;
         if raft.state == StateRole::Leader || raft.leader_id != r.from || raft.term != r.term {
             // Not from the leader we follow (stale term, or ignored).
@@ -260,7 +261,34 @@ impl<S: StateMachine> Node<S> {
         true
     }
 
+    /// Makes `in_sync` and `sync_target` about the leader this member now
+    /// follows. A follower that was in sync with one leader (or with
+    /// itself, leading) and now follows another, or the same in a later
+    /// term, knows nothing yet of what that one committed: that leader may
+    /// have taken over as sole voter and committed alone. Not in sync until
+    /// its append or its answer to a probe says so. (A member that follows
+    /// nobody keeps what it knew: it cannot see what it has not been told.)
+    pub(super) fn judged_by_current_leader(&mut self) {
+        let r = &self.raw.raft;
+        let now = (r.term, r.leader_id);
+        if r.state != StateRole::Follower || r.leader_id == raft::INVALID_ID || now == self.judged_by {
+            return;
+        }
+        if self.in_sync {
+            tracing::info!(
+                member = self.cfg.id,
+                leader = r.leader_id,
+                term = r.term,
+                "following a new leader: not in sync until it shows this member holds what it committed"
+            );
+        }
+        self.judged_by = now;
+        self.in_sync = false;
+        self.sync_target = None;
+    }
+
     pub(super) fn set_in_sync(&mut self) {
+        self.judged_by = (self.raw.raft.term, self.raw.raft.leader_id);
         if !self.in_sync {
             tracing::info!(
                 member = self.cfg.id,
@@ -401,6 +429,7 @@ impl<S: StateMachine> Node<S> {
         self.promote.clear();
         self.demotion = None;
         self.lead_term = 0;
+        self.demotion_at = None;
         self.in_sync = false;
         self.sync_target = None;
         self.snapshot_from = None;

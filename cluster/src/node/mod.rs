@@ -216,6 +216,15 @@ pub struct Node<S: StateMachine> {
     /// (learned from a ReadIndex probe or from an append that showed it
     /// behind); in sync once our commit reaches it.
     sync_target: Option<u64>,
+    /// The (term, leader) that `in_sync` and `sync_target` are about: a
+    /// follower judged by one leader is not in sync with the next until
+    /// that one's append or probe answer says so (see
+    /// [`Node::judged_by_current_leader`]).
+    judged_by: (u64, u64),
+    /// The demotion this member last put in the log while leading as sole
+    /// voter: (learner, index). Until it is committed, the learner is sent
+    /// no commit index (see [`Node::holds_back`]).
+    demotion_at: Option<(u64, u64)>,
     /// The leader's snapshot this member was last handed to restore
     /// (sender, term, index): the configuration it carries is the leader's
     /// own history, never a split brain (see [`Node::split_brain`]).
@@ -287,6 +296,8 @@ impl<S: StateMachine> Node<S> {
             demotion: None,
             lead_term: 0,
             sync_target: None,
+            judged_by: (0, 0),
+            demotion_at: None,
             snapshot_from: None,
             handed_to: None,
             ticks: 0,
@@ -446,6 +457,15 @@ impl<S: StateMachine> Node<S> {
     /// behind, and it is. A rejected append whose commit our log
     /// reaches (entries lost in flight, in a pair where commit needs our ack)
     /// changes nothing. After a split-brain yield it is false.
+    ///
+    /// In sync is about the leader this member follows: following a new
+    /// leader, or the same one in a new term, it is not in sync until that
+    /// leader's append (or answer to a probe) says so. A leader's commit
+    /// index in a message is a floor of what it has committed, enough from
+    /// a leader that needs our acknowledgement to commit; a sole voter goes
+    /// on committing alone, so it sends its learner no commit index until
+    /// the learner's demotion is committed (a leader that takes over starts
+    /// a new term for this).
     ///
     /// It cannot see what it has not been told: a member cut off from its
     /// leader stays in sync until the first append after the partition heals.

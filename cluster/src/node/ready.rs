@@ -18,7 +18,7 @@ impl<S: StateMachine> Node<S> {
         let mut rd = self.raw.ready();
         // 1. Messages that do not depend on what we are about to persist.
         for m in rd.take_messages() {
-            self.out.push(Output::Send(m));
+            self.send(m);
         }
         // 2. A snapshot from the leader replaces the state machine.
         let installed_snapshot = !rd.snapshot().is_empty();
@@ -45,7 +45,7 @@ impl<S: StateMachine> Node<S> {
         }
         // 6. Messages that promise what we just persisted (votes, append acks).
         for m in rd.take_persisted_messages() {
-            self.out.push(Output::Send(m));
+            self.send(m);
         }
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
@@ -54,7 +54,7 @@ impl<S: StateMachine> Node<S> {
             self.raw.mut_store().set_commit(commit);
         }
         for m in light.take_messages() {
-            self.out.push(Output::Send(m));
+            self.send(m);
         }
         self.apply_entries(light.take_committed_entries())?;
         self.raw.advance_apply();
@@ -63,7 +63,40 @@ impl<S: StateMachine> Node<S> {
         Ok(())
     }
 
+    /// Hands a message raft wants sent to the driver; to a learner that
+    /// may not know it is one ([`Node::holds_back`]), no commit index: an
+    /// append goes as a heartbeat with commit 0, which tells it the term
+    /// (a former leader steps down at once) and whose answer makes raft
+    /// send the append again, by then with a commit index the learner
+    /// reaches only by holding its demotion; an answer to its probe is
+    /// dropped (it asks again).
+    fn send(&mut self, m: Message) {
+        if !self.holds_back(&m) {
+            self.out.push(Output::Send(m));
+            return;
+        }
+        tracing::debug!(
+            member = self.cfg.id,
+            to = m.to,
+            kind = ?m.get_msg_type(),
+            "the learner's demotion is not committed yet: sent without a commit index"
+        );
+        match m.get_msg_type() {
+            MessageType::MsgAppend => {
+                let mut hb = Message::default();
+                hb.set_msg_type(MessageType::MsgHeartbeat);
+                hb.from = m.from;
+                hb.to = m.to;
+                hb.term = m.term;
+                self.out.push(Output::Send(hb));
+            }
+            MessageType::MsgReadIndexResp => {}
+            _ => self.out.push(Output::Send(m)),
+        }
+    }
+
     pub(super) fn after_ready(&mut self) {
+        self.judged_by_current_leader();
         if self.raw.raft.state == StateRole::Leader
             || self.sync_target.is_some_and(|t| self.commit_index() >= t)
         {
@@ -118,6 +151,7 @@ impl<S: StateMachine> Node<S> {
 
     pub(super) fn read_state(&mut self, index: u64, ctx: &[u8]) {
         if ctx == SYNC_PROBE {
+            self.judged_by_current_leader();
             self.sync_target = Some(self.sync_target.map_or(index, |t| t.max(index)));
             return;
         }

@@ -79,6 +79,7 @@ impl<S: StateMachine> Node<S> {
                 "demotion of {learner} to learner appended to the log"
             );
             self.demotion = None;
+            self.demotion_at = Some((learner, self.raw.raft.pending_conf_index));
         } else {
             tracing::debug!(
                 member = self.cfg.id,
@@ -86,6 +87,41 @@ impl<S: StateMachine> Node<S> {
                 "demotion not appended yet ({proposed:?}); retried"
             );
         }
+    }
+
+    /// Whether a message raft wants sent to `m.to` must go without the
+    /// commit index that could make `m.to` count itself in sync (see
+    /// [`Node::send`]): while this member leads as sole voter and `m.to`,
+    /// its learner, may not know it is one, from the takeover (or the
+    /// start of a term led that way) until the demotion is committed.
+    ///
+    /// Every append a leader sends carries its commit index of that
+    /// moment. A peer that believes it is still a voter, and whose log
+    /// reaches that index, counts itself in sync ([`Node::in_sync`]): right
+    /// for a leader that needs its acknowledgement to commit, wrong for a
+    /// sole voter, which goes on committing alone. The appends of the
+    /// takeover itself carry the commit of before it; a peer that got one
+    /// and was cut off took over in turn without what this member had
+    /// acknowledged alone since (whole-pair simulation, seeds 21034 and
+    /// 25998). Once the demotion is committed, every append carries a
+    /// commit index the peer reaches only by holding the demotion, which
+    /// makes it refuse to take over ([`TakeoverError::Learner`]).
+    pub(super) fn holds_back(&self, m: &Message) -> bool {
+        let r = &self.raw.raft;
+        if self.cfg.witness || r.state != StateRole::Leader || m.to == self.cfg.id {
+            return false;
+        }
+        if self.demotion == Some(m.to)
+            || self
+                .demotion_at
+                .is_some_and(|(learner, index)| learner == m.to && self.commit_index() < index)
+        {
+            return true;
+        }
+        // A term just started as sole voter, before `demote_if_needed`
+        // has looked (it will put the demotion in the log).
+        let cs = self.conf_state();
+        r.term != self.lead_term && cs.voters == [self.cfg.id] && cs.learners == [m.to]
     }
 
     /// Whether the log holds a conf change past `index` (conservatively yes
@@ -208,6 +244,16 @@ impl<S: StateMachine> Node<S> {
             .map_err(NodeError::from)?;
         store.flush().map_err(NodeError::from)?;
         self.promote.insert(peer);
+        if self.raw.raft.state == StateRole::Leader {
+            // A leader taking over starts a new term all the same: its
+            // peer, in sync with this leader in this term, must learn that
+            // the configuration changed outside the log, and a new term is
+            // what makes it judge its sync again (see
+            // [`Node::judged_by_current_leader`]). raft ignores a campaign
+            // while leading.
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
         self.raw
             .campaign()
             .map_err(|e| TakeoverError::Node(NodeError::Raft(e.to_string())))?;
@@ -223,7 +269,7 @@ impl<S: StateMachine> Node<S> {
     /// Whether the log holds, beyond the applied configuration, a change
     /// that makes this member a learner: its peer took over and led alone,
     /// and may have committed entries this member has not received.
-    pub(super) fn demoted_in_log(&self) -> bool {
+    pub(crate) fn demoted_in_log(&self) -> bool {
         let (_, conf_index) = self.raw.store().conf();
         let mut demoted = false;
         for e in self
