@@ -62,7 +62,9 @@
 //!   before (issued by the bench) and registers it, as a switch that boots
 //!   during the failover would; the longest time between two successive
 //!   registrations across the disruption. One line per run, then median,
-//!   min and max (the worst run);
+//!   min and max (the worst run); for the handback also the gap across the
+//!   instant the VIP is added on the primary's host (the handback itself,
+//!   without what the restart and catch-up before it cost);
 //! - for crashes, Master_Down_Interval = 3 * advert + (256 - 100) * advert / 256
 //!   (RFC 9568, backup priority 100) and the client gap relative to it.
 //!
@@ -657,6 +659,9 @@ struct Fresh {
     failed: u64,
     /// The first few reasons of failed attempts.
     why: Vec<String>,
+    /// With `FAILOVER_BENCH_TRACE` set: each step of each attempt (TCP and
+    /// TLS, registration, failure), when it began and what it ended in.
+    trace: Vec<(Instant, String)>,
 }
 
 /// Switch certificates for new ids, issued ahead by a thread of their own
@@ -728,11 +733,46 @@ fn fresh_prober(
                         Err(_) => break,
                     },
                 };
-                let attempt = async {
-                    let mut c = Connection::connect_with((VIP, CLIENT_PORT), Some(&tls), &options).await?;
-                    c.register(&id, &serial, "1", SwitchReport::default()).await
+                let trace = tracing_on();
+                let steps = std::cell::RefCell::new(Vec::new());
+                let step = |began: Instant, what: String| {
+                    if trace {
+                        steps
+                            .borrow_mut()
+                            .push((began, format!("{what} ({:.1} ms)", ms(began.elapsed()))));
+                    }
                 };
-                match tokio::time::timeout(deadline, attempt).await {
+                let attempt = async {
+                    let began = Instant::now();
+                    let connected = Connection::connect_with((VIP, CLIENT_PORT), Some(&tls), &options).await;
+                    let mut c = match connected {
+                        Ok(c) => {
+                            step(began, "fresh: connected (TCP, TLS)".into());
+                            c
+                        }
+                        Err(e) => {
+                            step(began, format!("fresh: connect: {e}"));
+                            return Err(e);
+                        }
+                    };
+                    let began = Instant::now();
+                    let registered = c.register(&id, &serial, "1", SwitchReport::default()).await;
+                    match &registered {
+                        Ok(_) => step(began, "fresh: registered".into()),
+                        Err(e) => step(began, format!("fresh: register: {e}")),
+                    }
+                    registered
+                };
+                let outcome = tokio::time::timeout(
+                    deadline,
+                    tracing::Instrument::instrument(
+                        attempt,
+                        tracing::debug_span!(target: "fresh", "fresh", %id),
+                    ),
+                )
+                .await;
+                fresh.trace.append(&mut steps.borrow_mut());
+                match outcome {
                     Ok(Ok(_)) => {
                         fresh.acks.push(Instant::now());
                         registered.fetch_add(1, Ordering::SeqCst);
@@ -763,6 +803,13 @@ fn longest_gap(acks: &[Instant], t0: Instant) -> Option<(Duration, Duration)> {
         .max_by_key(|(gap, _)| *gap)
 }
 
+/// The time between the last of `acks` before `at` and the first after.
+fn gap_across(acks: &[Instant], at: Instant) -> Option<Duration> {
+    let before = acks.iter().filter(|a| **a <= at).max()?;
+    let after = acks.iter().filter(|a| **a > at).min()?;
+    Some(*after - *before)
+}
+
 /// One disruption seen by the probers.
 #[derive(Debug, Default)]
 struct Measured {
@@ -790,6 +837,8 @@ struct Measured {
     /// registrations across the disruption, and when (from it) that gap
     /// ended; `None` if it registered nothing on both sides of it.
     fresh: Option<(Duration, Duration)>,
+    /// When it registered (to measure the gap across an instant).
+    fresh_acks: Vec<Instant>,
     /// Its registrations and failed attempts.
     fresh_registered: u64,
     fresh_failed: u64,
@@ -862,6 +911,7 @@ fn probed(
     let dump = show(&pair.client, node).map_err(|e| format!("the survivor does not answer: {e}"))?;
     let mut m = Measured {
         fresh: longest_gap(&fresh.acks, t0),
+        fresh_acks: fresh.acks.clone(),
         fresh_registered: fresh.acks.len() as u64,
         fresh_failed: fresh.failed,
         ..Measured::default()
@@ -936,37 +986,29 @@ fn probed(
                 p.id,
                 ms(gap_of(p))
             );
-            let end = t0 + m.served_again;
-            let rel = |at: Instant| if at >= t0 { ms(at - t0) } else { -ms(t0 - at) };
-            // Runs of the same failure are one line: "x N until".
-            let mut run: Option<(Instant, Instant, &str, usize)> = None;
-            let same = |a: &str, b: &str| a.split(" (").next() == b.split(" (").next();
-            let flush = |run: &Option<(Instant, Instant, &str, usize)>| {
-                if let Some((first, last, what, n)) = run {
-                    if *n == 1 {
-                        println!("      {:8.1} {what}", rel(*first));
-                    } else {
-                        println!("      {:8.1} {what} x{n} until {:.1}", rel(*first), rel(*last));
-                    }
-                }
-            };
-            for (at, what) in p
-                .trace
-                .iter()
-                .filter(|(at, _)| *at + Duration::from_millis(300) > t0 && *at <= end)
-            {
-                match &mut run {
-                    Some((_, last, w, n)) if same(w, what) => {
-                        *last = *at;
-                        *n += 1;
-                    }
-                    _ => {
-                        flush(&run);
-                        run = Some((*at, *at, what, 1));
-                    }
-                }
-            }
-            flush(&run);
+            print_trace(
+                &p.trace,
+                t0,
+                t0.checked_sub(Duration::from_millis(300)).unwrap_or(t0),
+                t0 + m.served_again,
+            );
+        }
+    }
+    if tracing_on() {
+        if let Some((gap, ended)) = m.fresh {
+            println!(
+                "    trace of the fresh-connect prober (gap {:.1} ms ended at {:.1}; disruption at {} UTC, \
+                 gap from {} UTC):",
+                ms(gap),
+                ms(ended),
+                wall_clock(t0),
+                wall_clock(t0 + ended - gap)
+            );
+            // From a little before the gap began: a registration every few ms.
+            let from = (t0 + ended)
+                .checked_sub(gap + Duration::from_millis(20))
+                .unwrap_or(t0);
+            print_trace(&fresh.trace, t0, from, t0 + ended);
         }
     }
     let pool = &dump.pool[&ap()];
@@ -975,6 +1017,52 @@ fn probed(
             .push(format!("S3: used {} > total {}", pool.used, pool.total));
     }
     Ok(m)
+}
+
+/// `at` as the wall clock's time of day (UTC, to the microsecond), to
+/// find it in the nodes' logs.
+fn wall_clock(at: Instant) -> String {
+    let now = (Instant::now(), std::time::SystemTime::now());
+    let wall = now.1 - now.0.saturating_duration_since(at);
+    let since = wall.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let day = since.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        day / 3600,
+        day / 60 % 60,
+        day % 60,
+        since.subsec_micros()
+    )
+}
+
+/// Prints the attempts of a trace that began from `from` to `end`, in ms
+/// from `t0`; runs of the same failure are one line ("x N until").
+fn print_trace(trace: &[(Instant, String)], t0: Instant, from: Instant, end: Instant) {
+    let rel = |at: Instant| if at >= t0 { ms(at - t0) } else { -ms(t0 - at) };
+    let mut run: Option<(Instant, Instant, &str, usize)> = None;
+    let same = |a: &str, b: &str| a.split(" (").next() == b.split(" (").next();
+    let flush = |run: &Option<(Instant, Instant, &str, usize)>| {
+        if let Some((first, last, what, n)) = run {
+            if *n == 1 {
+                println!("      {:8.1} {what}", rel(*first));
+            } else {
+                println!("      {:8.1} {what} x{n} until {:.1}", rel(*first), rel(*last));
+            }
+        }
+    };
+    for (at, what) in trace.iter().filter(|(at, _)| *at >= from && *at <= end) {
+        match &mut run {
+            Some((_, last, w, n)) if same(w, what) => {
+                *last = *at;
+                *n += 1;
+            }
+            _ => {
+                flush(&run);
+                run = Some((*at, *at, what, 1));
+            }
+        }
+    }
+    flush(&run);
 }
 
 /// Watches `host` for the VIP being added; the receiver gets the instant.
@@ -1006,6 +1094,10 @@ struct Round {
     failover: Measured,
     vip_added: Option<Duration>,
     handback: Measured,
+    /// The fresh-connect prober's gap across the handback's VIP move (the
+    /// VIP added on the primary's host): the handback itself, without
+    /// what the restart and catch-up before it cost.
+    fresh_at_move: Option<Duration>,
     /// Acknowledged switch grants missing from the survivor's table.
     switch_lost: u64,
     notes: Vec<String>,
@@ -1120,6 +1212,8 @@ fn round(
         }
     }
     // The old primary comes back and, once caught up, preempts.
+    let (vip_back, mut monitor) = watch_vip(&pair.hosts[0]);
+    std::thread::sleep(Duration::from_millis(50)); // the monitor subscribed
     out.handback = probed(pair, &format!("{tag}h"), probers, |pair| {
         let t0 = Instant::now();
         pair.restart(how);
@@ -1137,6 +1231,10 @@ fn round(
         }
         Ok((t0, 0))
     })?;
+    let moved = vip_back.recv_timeout(Duration::from_secs(1)).ok();
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    out.fresh_at_move = moved.and_then(|at| gap_across(&out.handback.fresh_acks, at));
     out.notes.extend(out.failover.notes.iter().cloned());
     out.notes.extend(out.handback.notes.iter().cloned());
     Ok(out)
@@ -1271,7 +1369,7 @@ fn gap_case(advert_ms: u32, how: How, runs: usize, opts: &Opts, keepalived: bool
     );
     let (mut gaps, mut served, mut vip, mut handback) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut steady = Vec::new();
-    let (mut fresh, mut fresh_handback) = (Vec::new(), Vec::new());
+    let (mut fresh, mut fresh_handback, mut fresh_move) = (Vec::new(), Vec::new(), Vec::new());
     let mut lost = 0;
     let mut notes = Vec::new();
     let mut pair = None;
@@ -1296,13 +1394,16 @@ fn gap_case(advert_ms: u32, how: How, runs: usize, opts: &Opts, keepalived: bool
                     println!("  run {i}: {}", r.describe());
                 } else {
                     println!(
-                        "  run {i}: fresh-connect gap {}; handback {}",
+                        "  run {i}: fresh-connect gap {}; handback {} ({} across the VIP move)",
                         fresh_text(&r.failover),
-                        fresh_text(&r.handback)
+                        fresh_text(&r.handback),
+                        r.fresh_at_move
+                            .map_or("nothing".to_string(), |g| format!("{:.1} ms", ms(g)))
                     );
                 }
                 fresh.extend(r.failover.fresh.map(|(gap, _)| gap));
                 fresh_handback.extend(r.handback.fresh.map(|(gap, _)| gap));
+                fresh_move.extend(r.fresh_at_move);
                 gaps.push(r.failover.gap);
                 served.push(r.failover.served_again);
                 steady.push(r.failover.steady);
@@ -1346,6 +1447,7 @@ fn gap_case(advert_ms: u32, how: How, runs: usize, opts: &Opts, keepalived: bool
     row("handback gap (restarted primary)", &handback);
     row("fresh-connect gap", &fresh);
     row("fresh-connect handback gap", &fresh_handback);
+    row("  of it across the VIP move", &fresh_move);
     let fresh_goal = match how {
         How::Crash => bound + Duration::from_millis(100),
         How::Graceful => Duration::from_millis(50),
@@ -1534,6 +1636,17 @@ fn main() {
             std::process::exit(if e.is_empty() { 0 } else { 64 });
         }
     };
+    // `FAILOVER_BENCH_CLIENT_LOG=path`: the client library's debug lines
+    // (each TCP attempt, each TLS handshake) of the fresh-connect prober,
+    // timestamped, to set against the nodes' logs.
+    if let Some(path) = std::env::var_os("FAILOVER_BENCH_CLIENT_LOG") {
+        let file = std::fs::File::create(path).expect("FAILOVER_BENCH_CLIENT_LOG");
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("off,[fresh]=debug"))
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .init();
+    }
     if !lab_available("failover_bench") {
         return;
     }

@@ -722,6 +722,101 @@ fn driver_judges_each_datagram_by_the_latest_claim() {
     assert_eq!(counters.held_released, 1);
 }
 
+/// Issue 12, item 3: a handback (the master enters fault so that the
+/// returning primary takes the VIP) costs switches no more than a graceful
+/// stop. After its priority-0 advert the old master keeps the VIP until
+/// the new master's first advert is heard (the new master announces itself
+/// before it advertises): until hosts hear the new master they still send
+/// to the old one, whose kernel then answers (a closed port resets the
+/// connection at once) instead of losing their SYNs. With no new master,
+/// the VIP goes after one advertisement interval.
+#[test]
+fn a_master_in_fault_keeps_the_vip_until_the_new_master_is_heard() {
+    if !lab_available("a_master_in_fault_keeps_the_vip_until_the_new_master_is_heard") {
+        return;
+    }
+    use vrrp::proto::Config;
+    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig, Status};
+
+    let lab = Lab::new(3);
+    // h1 is the peer whose advert is injected; it runs nothing.
+    let (h0, peer, h2) = (lab.hosts[0].clone(), lab.hosts[1].addr, lab.hosts[2].clone());
+    let run = common::in_netns(&h0, move || {
+        common::runtime().block_on(async move {
+            // Adverts every 1 s: the hold's bound is well apart from the
+            // advert that ends it early.
+            let vrrp = Config::v3(22, 100, Ipv4Addr::UNSPECIFIED, vec![VIP]);
+            let speaker = Speaker::start(SpeakerConfig {
+                interface: "eth0".into(),
+                vrrp,
+                prefix_len: 24,
+                garp: GarpConfig {
+                    count: 0,
+                    ..GarpConfig::default()
+                },
+                virtual_mac: false,
+            })
+            .await
+            .expect("speaker");
+            let mut status = speaker.status();
+            async fn until(
+                status: &mut tokio::sync::watch::Receiver<Status>,
+                what: &str,
+                f: impl FnMut(&Status) -> bool,
+            ) {
+                let ok = tokio::time::timeout(START, status.wait_for(f))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                assert!(ok, "{what}: {:?}", *status.borrow());
+            }
+            let master = |s: &Status| s.state.to_string() == "Master" && s.vip_installed;
+            until(&mut status, "master", master).await;
+
+            // Fault: priority 0 goes out, the VIP stays while no master is heard.
+            speaker.set_fault(true).await;
+            until(&mut status, "initialize", |s| s.state.to_string() == "Initialize").await;
+            assert_eq!(status.borrow().counters.priority_zero_sent, 1);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                status.borrow().vip_installed,
+                "the VIP went before a new master was heard"
+            );
+            // The new master's advert: the VIP goes at once.
+            let repr = Repr::advertisement(Version::V3, 22, 200, 100, vec![VIP]);
+            let heard = Instant::now();
+            inject(
+                &h2,
+                wire::MULTICAST_GROUP,
+                vec![datagram(peer, &repr, 255, |_| {})],
+            );
+            until(&mut status, "VIP removed", |s| !s.vip_installed).await;
+            assert!(
+                heard.elapsed() < Duration::from_millis(500),
+                "the VIP stayed {:?} after the new master was heard",
+                heard.elapsed()
+            );
+
+            // Back as master, then fault again with no one to take over:
+            // the VIP goes after one advertisement interval.
+            speaker.set_fault(false).await;
+            until(&mut status, "master again", master).await;
+            let left = Instant::now();
+            speaker.set_fault(true).await;
+            until(&mut status, "VIP removed without a new master", |s| {
+                !s.vip_installed
+            })
+            .await;
+            assert!(
+                left.elapsed() >= Duration::from_millis(900),
+                "the VIP went after {:?}, before an advertisement interval",
+                left.elapsed()
+            );
+            speaker.shutdown().await.expect("shutdown")
+        })
+    });
+    run.join().expect("speaker thread");
+}
+
 /// Issue 12, item 2: a new master makes every host on the segment send to
 /// it at once. Its gratuitous ARP goes as a request and as a reply (some
 /// hosts heed only one form), in a burst at the takeover and again after

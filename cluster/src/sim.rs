@@ -1549,6 +1549,30 @@ fn preferred_leader_gets_leadership_when_caught_up() {
     assert_eq!(sim.leader(), Some(want));
 }
 
+// lib.rs: "`Member::set_preferred_leader` moves leadership to the VIP
+// holder once it is caught up". A new VIP holder holds its clients'
+// requests until it leads (issue 12: a handback costs switches no more
+// than a graceful stop, 50 ms): a caught-up member named is asked to
+// campaign the moment it is named, not at the leader's next tick.
+#[test]
+fn a_caught_up_preferred_member_is_handed_leadership_at_once() {
+    let mut sim = Sim::new(7, &three());
+    let l = elected(&mut sim);
+    write_some(&mut sim, 3);
+    let want = if l == 1 { 2 } else { 1 };
+    let timeout_now = |sim: &Sim| {
+        sim.net
+            .iter()
+            .any(|f| f.msg.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow && f.msg.to == want)
+    };
+    assert!(!timeout_now(&sim));
+    sim.nodes.get_mut(&l).unwrap().set_preferred_leader(Some(want));
+    sim.pump(l);
+    assert!(timeout_now(&sim), "no MsgTimeoutNow to {want} before any tick");
+    sim.run(10);
+    assert_eq!(sim.leader(), Some(want));
+}
+
 #[test]
 fn membership_add_learner_promote_demote_remove_and_joint() {
     let mut specs = three();

@@ -127,6 +127,11 @@ where
                 }
             }
             if live < in_flight {
+                tracing::debug!(
+                    attempt = started,
+                    after_ms = began.elapsed().as_secs_f64() * 1000.0,
+                    "TCP connect attempt"
+                );
                 let attempt = pending.spawn(connect(addrs[started % addrs.len()]));
                 if started > 0 {
                     others.push_back(attempt);
@@ -143,10 +148,15 @@ where
                     Err(join) => (join.id(), Err(io::Error::other(join))),
                 };
                 // Even one replaced a moment ago: a connection is a connection.
+                let after_ms = began.elapsed().as_secs_f64() * 1000.0;
                 let e = match result {
-                    Ok(conn) => return Ok(conn),
+                    Ok(conn) => {
+                        tracing::debug!(after_ms, started, "TCP connected");
+                        return Ok(conn);
+                    }
                     Err(e) => e,
                 };
+                tracing::debug!(after_ms, error = %e, "TCP connect attempt failed");
                 if let Some(at) = replaced.iter().position(|r| *r == id) {
                     // Replaced above, and not counted since.
                     replaced.swap_remove(at);

@@ -386,14 +386,22 @@ impl Connection {
                 .with_probe_after(options.probe_after));
         };
         let deadline = options.handshake_timeout;
-        let stream = tokio::time::timeout(deadline, Self::hedged_handshake(tcp, &addrs, tls, options))
+        let began = tokio::time::Instant::now();
+        let handshake = tokio::time::timeout(deadline, Self::hedged_handshake(tcp, &addrs, tls, options))
             .await
             .map_err(|_| {
                 ClientError::Tls(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no TLS handshake with {peer} within {} ms", deadline.as_millis()),
                 ))
-            })??;
+            })
+            .and_then(|done| done);
+        tracing::debug!(
+            ms = began.elapsed().as_secs_f64() * 1000.0,
+            ok = handshake.is_ok(),
+            "TLS handshake"
+        );
+        let stream = handshake?;
         let peer = stream.get_ref().0.get_ref().peer_addr()?;
         Ok(Self::framed(Box::new(stream), peer)
             .with_answer_timeout(options.answer_timeout)

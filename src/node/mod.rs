@@ -616,7 +616,6 @@ pub async fn run(
     while (server.in_flight() > 0 || server.client_connections() > 0) && Instant::now() < drain {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    member.set_preferred_leader(Some(peer)).await;
     // Leadership goes as soon as the priority-0 advert is out (the peer,
     // with pair_handoff, is master from then on and prefers itself), not
     // after the VIP removal and the rest of the speaker's stop: those take
@@ -635,6 +634,8 @@ pub async fn run(
         let advert_out = vrrp.wait_for(|s| s.state == State::Initialize);
         // The advert went out, or the speaker stopped without one: hand over anyway.
         let _ = tokio::time::timeout(Duration::from_millis(500), advert_out).await;
+        // Named only now: the leader hands over as soon as it is named.
+        member.set_preferred_leader(Some(peer)).await;
         hand_over(&member, me, peer, config.cluster.request_timeout()).await;
     };
     // The speaker deletes its virtual-MAC interface only once leadership
@@ -987,9 +988,26 @@ impl Glue {
             warn!("the peer did not acknowledge the handback over the cluster link: it takes the VIP by VRRP alone");
         }
         speaker.set_fault(true).await;
-        // The VIP is gone: connections to it reach the peer now.
-        self.server.pause_client_port(false);
+        // Leadership goes to the peer at once: it is master from our
+        // priority-0 advert on, and holds its clients' requests until it
+        // leads.
         self.rules.handback_resigned(Instant::now());
+        // The listener reopens once the VIP is gone (the speaker carries
+        // out the fault after this call): a switch accepted here in the
+        // meantime would lose its next packets with the address. Waited
+        // for aside, so that the rules' next actions are not delayed.
+        // The speaker keeps the VIP until the peer's first advert as master
+        // is heard, one advert interval at most (see `vrrp::sys`).
+        let mut vrrp = speaker.status();
+        let server = Arc::clone(&self.server);
+        let wait = self.advert + Duration::from_millis(500);
+        tokio::spawn(async move {
+            let gone = vrrp.wait_for(|s| !s.vip_installed);
+            if tokio::time::timeout(wait, gone).await.is_err() {
+                warn!("the VIP was not removed in time after the handback; reopening the client port anyway");
+            }
+            server.pause_client_port(false);
+        });
     }
 
     /// Carries out the rules' actions, in order.

@@ -660,9 +660,17 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Names the member that should lead; the leader hands over once it is
-    /// caught up. `None` lets raft elect freely.
+    /// caught up: at once if it is, else at a tick once it is. `None` lets
+    /// raft elect freely.
     pub fn set_preferred_leader(&mut self, id: Option<u64>) {
+        let changed = self.preferred_leader != id;
         self.preferred_leader = id;
+        // Not at the next tick (up to a tick later): the member named
+        // holds the VIP, or is about to, and holds its clients' requests
+        // until it leads.
+        if changed && self.raw.raft.state == StateRole::Leader && !self.cfg.witness {
+            self.maybe_hand_over();
+        }
     }
 
     /// Advances logical time by one tick.

@@ -1074,6 +1074,47 @@ fn a_master_hands_the_vip_back_to_a_caught_up_peer_that_outranks_it() {
     );
 }
 
+// Module doc: "Leadership follows the VIP: each member names the VRRP
+// master as its preferred raft leader". Issue 12, item 3: a handback
+// costs switches no more than a graceful stop. The peer is master from
+// our priority-0 advert on and holds its clients' requests until it
+// leads: once the VIP is given up, leadership goes to it in the same
+// round, before the speaker's status says this node left.
+#[test]
+fn a_handback_hands_leadership_over_as_the_vip_is_given_up() {
+    let mut s = Script::serving();
+    s.rules.handle_peer_word(
+        s.now,
+        Some(PeerWord {
+            master: false,
+            priority: 150,
+            leaving: false,
+        }),
+    );
+    let a = s.actions();
+    assert!(a.contains(&Action::HandBack), "{a:?}");
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::PreferLeader(_))),
+        "still ours while draining: {a:?}"
+    );
+    s.rules.handback_resigned(s.now);
+    let a = s.actions();
+    assert!(a.contains(&Action::PreferLeader(Some(PEER))), "{a:?}");
+    // The speaker's status follows: nothing flips back.
+    s.vrrp.state = State::Initialize;
+    s.vrrp.master = None;
+    s.feed_vrrp();
+    let a = s.actions();
+    assert!(!a.iter().any(|a| matches!(a, Action::PreferLeader(_))), "{a:?}");
+    // The peer's first advert as master: still the peer.
+    s.vrrp.state = State::Backup;
+    s.vrrp.master = Some(PEER_ADDR);
+    s.vrrp.adverts_received += 1;
+    s.feed_vrrp();
+    let a = s.actions();
+    assert!(!a.iter().any(|a| matches!(a, Action::PreferLeader(_))), "{a:?}");
+}
+
 #[test]
 fn no_handback_without_preempt_or_when_the_peer_does_not_outrank() {
     let mut s = Script::serving();

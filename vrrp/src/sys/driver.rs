@@ -266,6 +266,8 @@ impl Speaker {
             garp: config.garp.clone(),
             garp_plan: std::collections::VecDeque::new(),
             vip_installed: false,
+            keep_vips_until: None,
+            masters_heard: 0,
             status: status_tx,
             transitions: transitions.clone(),
             warned: WarnLimit::default(),
@@ -369,6 +371,13 @@ struct Driver {
     /// The announcements still to send, soonest first.
     garp_plan: std::collections::VecDeque<Instant>,
     vip_installed: bool,
+    /// A master that entered fault sent priority 0 and keeps its virtual
+    /// addresses until a new master is heard, or until then at the latest
+    /// (see [`Driver::leave_in_fault`]).
+    keep_vips_until: Option<Instant>,
+    /// Adverts of a priority other than 0 accepted, as counted when the
+    /// addresses began to be kept: one more is the new master.
+    masters_heard: u64,
     status: watch::Sender<Status>,
     transitions: broadcast::Sender<Transition>,
     /// When a dropped forgery was last logged at warn level.
@@ -382,6 +391,11 @@ const TRUST_DROPS: [DropReason; 3] = [
     DropReason::OwnAddress,
     DropReason::Contradicted,
 ];
+
+/// Adverts of a priority other than 0 accepted: masters heard.
+fn masters_heard(c: &Counters) -> u64 {
+    c.adverts_received.saturating_sub(c.priority_zero_received)
+}
 
 /// At most one warning per this period about such drops; the rest go to debug.
 /// One warning line per cause per minute (the daemon's rule: a host
@@ -428,7 +442,10 @@ impl Driver {
         // Whatever stopped us, leave as a good neighbour: priority 0 if we
         // were master, VIPs removed, the link and sysctls as we found them.
         self.instance.shutdown(Instant::now());
-        let left = self.drain().await;
+        let mut left = self.drain().await;
+        if self.keep_vips_until.is_some() {
+            left = left.and(self.remove_vips().await);
+        }
         if result.is_ok() {
             // Stopped by `shutdown`: the owner may want the thread first
             // (see `Speaker::shutdown_after`). After a failure nobody waits.
@@ -463,10 +480,14 @@ impl Driver {
         self.drain().await?;
         let mut buf = vec![0u8; 4096];
         loop {
-            let deadline = [self.instance.poll_timeout(), self.garp_plan.front().copied()]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.instance.poll_timeout(),
+                self.garp_plan.front().copied(),
+                self.keep_vips_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -487,6 +508,10 @@ impl Driver {
                     let before = self.instance.counters().clone();
                     self.instance.handle_datagram(now, &buf[..len]);
                     self.log_trust(&before, &buf[..len], now);
+                    if self.keep_vips_until.is_some() && masters_heard(self.instance.counters()) > self.masters_heard {
+                        debug!("the new master is heard: giving up the virtual addresses");
+                        self.remove_vips().await?;
+                    }
                 }
                 // Without a datagram, a new claim still applies at once: it
                 // may release or discard a held advert. (`changed` has
@@ -509,6 +534,10 @@ impl Driver {
                 },
                 () = sleep => {
                     let now = Instant::now();
+                    if self.keep_vips_until.is_some_and(|at| at <= now) {
+                        debug!("no new master heard within an advertisement interval: giving up the virtual addresses");
+                        self.remove_vips().await?;
+                    }
                     self.instance.handle_timeout(now);
                     if self.garp_plan.front().is_some_and(|&at| at <= now) {
                         self.send_garp(now);
@@ -568,7 +597,30 @@ impl Driver {
 
     /// Carries out every pending event, then publishes the status.
     async fn drain(&mut self) -> io::Result<()> {
-        while let Some(event) = self.instance.poll_event() {
+        loop {
+            let mut events: Vec<Event> = std::iter::from_fn(|| self.instance.poll_event()).collect();
+            if events.is_empty() {
+                break;
+            }
+            // A new master installs its addresses and announces them
+            // (gratuitous ARP) before its first advert goes out: a master
+            // that left in fault keeps the addresses until it hears that
+            // advert (see `leave_in_fault`), so that hosts on the segment
+            // always reach one of the two.
+            if let Some(at) = events.iter().position(|e| matches!(e, Event::BecomeMaster(_))) {
+                let become_master = events.remove(at);
+                events.insert(0, become_master);
+            }
+            for event in events {
+                self.handle_event(event).await?;
+            }
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    async fn handle_event(&mut self, event: Event) -> io::Result<()> {
+        {
             match event {
                 Event::Transmit(repr) => {
                     let checksum = match (repr.version, self.instance.config().v3_checksum) {
@@ -618,10 +670,18 @@ impl Driver {
                     };
                     self.transition(State::Initialize, Some(reason));
                     self.garp_plan.clear();
-                    self.remove_vips().await?;
+                    if reason == Reason::Fault && self.vip_installed {
+                        self.leave_in_fault();
+                    } else {
+                        self.remove_vips().await?;
+                    }
                 }
             }
         }
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
         let status = Status {
             state: self.instance.state(),
             priority: self.instance.config().priority,
@@ -636,7 +696,6 @@ impl Driver {
             *old = status;
             changed
         });
-        Ok(())
     }
 
     fn transition(&mut self, to: State, reason: Option<Reason>) {
@@ -659,7 +718,27 @@ impl Driver {
         Ok(())
     }
 
+    /// A master entering fault (its owner hands the VIP back, or a tracker
+    /// is down) has sent priority 0; the peer becomes master at once (with
+    /// pair handoff) and announces itself. Until hosts on the segment hear
+    /// that announcement they still send to this node: with the addresses
+    /// gone their packets would be lost (a switch's SYN, costing it a
+    /// retransmission: tens or hundreds of milliseconds), while with them
+    /// this node's kernel answers (a closed port resets the connection and
+    /// the switch tries again at once, reaching the new master once it is
+    /// announced). So the addresses stay until the new master's first
+    /// advert is heard here (sent with its gratuitous ARPs), or one
+    /// advertisement interval at most. The instance is in Initialize
+    /// meanwhile: it sends nothing and contends for nothing.
+    fn leave_in_fault(&mut self) {
+        let now = Instant::now();
+        self.keep_vips_until = Some(now + self.instance.master_adver_interval());
+        self.masters_heard = masters_heard(self.instance.counters());
+        debug!("in fault: keeping the virtual addresses until the new master is heard");
+    }
+
     async fn remove_vips(&mut self) -> io::Result<()> {
+        self.keep_vips_until = None;
         for addr in self.instance.config().addresses.clone() {
             // The owner's own address is its real address: never remove it.
             if addr == self.instance.config().primary_address {
