@@ -16,6 +16,7 @@ use crate::{SnapshotError, StateMachine};
 mod rebuild;
 mod stale_commit;
 mod unpersisted;
+mod vote;
 
 /// Records what was applied where; commands are unique ids.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

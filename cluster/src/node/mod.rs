@@ -887,6 +887,11 @@ pub enum TakeoverError {
         "not in sync with the peer (since start, or behind since): its log may lack acknowledged writes"
     )]
     NotInSync,
+    /// This member has just voted for its peer (in the current term, within
+    /// an election timeout, no leader heard since): the peer may lead
+    /// already. Asked again once raft hears the leader or the vote expires.
+    #[error("voted for member {0} moments ago: it may be leading; not taking over")]
+    VotedForPeer(u64),
     /// Takeover is for a pair: this configuration is not two voters including us.
     #[error("takeover needs exactly two voters including this member, have {0:?}")]
     NotTwoVoters(Vec<u64>),

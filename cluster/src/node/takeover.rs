@@ -165,7 +165,29 @@ impl<S: StateMachine> Node<S> {
         if !self.cfg.witness && !self.in_sync && self.conf_state().voters != [self.cfg.id] {
             return Err(TakeoverError::NotInSync);
         }
+        if let Some(peer) = self.voted_for_a_peer_lately() {
+            return Err(TakeoverError::VotedForPeer(peer));
+        }
         self.take_over(false)
+    }
+
+    /// The peer this member gave its vote in the current term, less than an
+    /// election timeout ago, with no leader heard since. That peer needs
+    /// only this vote to lead, and may already lead and serve: a takeover
+    /// now would make two (whole-pair simulation, seed 59006: a takeover
+    /// decided on raft being leaderless, 16 ms after the vote that ended
+    /// it). raft restarts the election timer on a vote; once it runs out
+    /// with no word of the peer leading, this member campaigns and the
+    /// vote is no longer the current one.
+    fn voted_for_a_peer_lately(&self) -> Option<u64> {
+        let r = &self.raw.raft;
+        (!self.cfg.witness
+            && r.state == StateRole::Follower
+            && r.leader_id == raft::INVALID_ID
+            && r.vote != raft::INVALID_ID
+            && r.vote != self.cfg.id
+            && r.election_elapsed < r.election_timeout())
+        .then_some(r.vote)
     }
 
     /// [`Node::take_over_as_sole_voter`] without the in-sync check, for an

@@ -482,17 +482,19 @@ fn no_member_is_in_sync_from_a_commit_the_sole_voter_left_behind() {
 }
 
 /// Found by the 100,000-seed survey after the in-sync fix (which changed
-/// its run), not fixed (without a witness): seed 59006. The segment cut
-/// one way (1 -> 2), both VRRP masters; raft leaderless for two election
+/// its run; without a witness): seed 59006. The segment cut one way
+/// (1 -> 2), both VRRP masters; raft leaderless for two election
 /// timeouts; 2 votes for 1 at 6377 ms, 1 is elected at 6396 ms and
 /// serves, and 2, in sync since it led, takes over as sole voter at
 /// 6412 ms (S1: both serve while the cluster link is up), 16 ms after
-/// its vote: the shape of 1512 and 4538, past the wait for the peer's word
-/// in `node::rules` (not traced further). Run with
-/// `cargo test --lib node::sim -- --ignored`.
+/// its vote: the rules decided on raft being leaderless, and the vote
+/// that ended it came first. A member that has just voted for its peer
+/// now refuses to take over until it hears the leader or the vote's
+/// election timeout runs out (`cluster`: `TakeoverError::VotedForPeer`,
+/// scripted in `cluster/src/sim/vote.rs`, which fails without it). The
+/// seed's run had already changed again with the time fix and passed
+/// before this one; it is kept all the same.
 #[test]
-#[ignore = "a known gap of node::rules's leaderless takeover, reported with this seed"]
-fn survey_a_takeover_right_after_voting_for_the_peer() {
-    let failure = run_seed(59006, false).expect_err("the gap is still there");
-    assert!(failure.contains("S1:"), "{failure}");
+fn a_member_that_just_voted_for_its_peer_does_not_take_over() {
+    run(59006, false, Knobs::default());
 }
