@@ -120,8 +120,12 @@ impl<S: StateMachine> Node<S> {
         }
         // A term just started as sole voter, before `demote_if_needed`
         // has looked (it will put the demotion in the log).
-        let cs = self.conf_state();
-        r.term != self.lead_term && cs.voters == [self.cfg.id] && cs.learners == [m.to]
+        // The term first: every message a leader sends comes here, and the
+        // configuration is read (cloned) only in a term not yet looked at.
+        r.term != self.lead_term && {
+            let cs = self.conf_state();
+            cs.voters == [self.cfg.id] && cs.learners == [m.to]
+        }
     }
 
     /// Whether the log holds a conf change past `index` (conservatively yes
