@@ -18,14 +18,14 @@
 //!   that its bytes went to a dead host and connects again, without
 //!   shortening the answer deadline for a live server.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::{TcpStream, ToSocketAddrs};
-use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::{ClientError, ConnectOptions};
@@ -89,101 +89,97 @@ struct Plan {
 /// retransmissions); once `in_flight` attempts are pending, each new one
 /// replaces the oldest of the others, so that a new SYN still leaves every
 /// stagger.
+///
+/// The attempts are polled here, not spawned, and before anything else:
+/// a client on a starved CPU may not be polled for longer than the
+/// stagger or the whole timeout, and an attempt that connected meanwhile
+/// must win. Starting another attempt (a new SYN, a new connection for the
+/// server to accept) or giving up first would make a herd of starved
+/// switches several connections each.
 async fn staggered<T, F, Fut>(addrs: &[SocketAddr], plan: Plan, mut connect: F) -> io::Result<T>
 where
-    T: Send + 'static,
     F: FnMut(SocketAddr) -> Fut,
-    Fut: Future<Output = io::Result<T>> + Send + 'static,
+    Fut: Future<Output = io::Result<T>>,
 {
     let Some(&first) = addrs.first() else {
         return Err(resolves_to_nothing());
     };
     let in_flight = plan.in_flight.max(1);
     let began = Instant::now();
-    let deadline = began + plan.timeout;
-    // Dropped on return: the attempts still pending are aborted, which
-    // closes their sockets.
-    let mut pending = JoinSet::new();
-    // The attempts after the first that are pending, oldest first.
-    let mut others: VecDeque<AbortHandle> = VecDeque::new();
-    // Attempts aborted (replaced) that the set has not yielded yet.
-    let mut replaced: Vec<tokio::task::Id> = Vec::new();
-    // Attempts pending and not replaced.
-    let mut live = 0usize;
+    // The pending attempts, by their number, in the order they started.
+    // Dropped on return, which closes their sockets.
+    let mut pending: Vec<(usize, Pin<Box<Fut>>)> = Vec::new();
     let mut started = 0usize;
-    let mut next_start = began;
     let mut last = None;
+    // Fires when the next attempt may start (at once for the first).
+    let next = tokio::time::sleep_until(began);
+    let deadline = tokio::time::sleep_until(began + plan.timeout);
+    tokio::pin!(next, deadline);
     loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(timed_out(first, plan.timeout));
-        }
-        if now >= next_start {
-            if live >= in_flight {
-                if let Some(oldest) = others.pop_front() {
-                    oldest.abort();
-                    replaced.push(oldest.id());
-                    live -= 1;
+        // Only when an attempt may start or replace one then: with every
+        // slot held by the first attempt, waking would spin.
+        let may_start = pending.len() < in_flight || pending.iter().any(|(n, _)| *n > 0);
+        let event = std::future::poll_fn(|cx| {
+            for i in 0..pending.len() {
+                if let Poll::Ready(result) = pending[i].1.as_mut().poll(cx) {
+                    pending.remove(i);
+                    return Poll::Ready(Event::Done(result));
                 }
             }
-            if live < in_flight {
-                tracing::debug!(
-                    attempt = started,
-                    after_ms = began.elapsed().as_secs_f64() * 1000.0,
-                    "TCP connect attempt"
-                );
-                let attempt = pending.spawn(connect(addrs[started % addrs.len()]));
-                if started > 0 {
-                    others.push_back(attempt);
-                }
-                live += 1;
-                started += 1;
-                next_start = now + plan.stagger;
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Deadline);
             }
-        }
-        tokio::select! {
-            Some(done) = pending.join_next_with_id() => {
-                let (id, result) = match done {
-                    Ok((id, result)) => (id, result),
-                    Err(join) => (join.id(), Err(io::Error::other(join))),
-                };
-                // Even one replaced a moment ago: a connection is a connection.
-                let after_ms = began.elapsed().as_secs_f64() * 1000.0;
-                let e = match result {
-                    Ok(conn) => {
-                        tracing::debug!(after_ms, started, "TCP connected");
-                        return Ok(conn);
-                    }
-                    Err(e) => e,
-                };
+            if may_start && next.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Start);
+            }
+            Poll::Pending
+        })
+        .await;
+        let after_ms = began.elapsed().as_secs_f64() * 1000.0;
+        match event {
+            Event::Done(Ok(conn)) => {
+                tracing::debug!(after_ms, started, "TCP connected");
+                return Ok(conn);
+            }
+            Event::Done(Err(e)) => {
                 tracing::debug!(after_ms, error = %e, "TCP connect attempt failed");
-                if let Some(at) = replaced.iter().position(|r| *r == id) {
-                    // Replaced above, and not counted since.
-                    replaced.swap_remove(at);
-                    continue;
-                }
-                others.retain(|a| a.id() != id);
-                live -= 1;
-                if live == 0 {
+                if pending.is_empty() {
                     // Nothing else pending: a refusal or an unreachable
                     // network is said at once, after every address.
                     if started >= addrs.len() {
                         return Err(e);
                     }
-                    next_start = Instant::now();
+                    next.as_mut().reset(Instant::now());
                 }
                 last = Some(e);
             }
-            // Only when an attempt may start or replace one then: with
-            // every slot held by the first attempt, waking would spin.
-            () = tokio::time::sleep_until(next_start), if live < in_flight || !others.is_empty() => {}
-            () = tokio::time::sleep_until(deadline) => {
+            Event::Deadline => {
                 return Err(last
-                    .filter(|_| live == 0)
+                    .filter(|_| pending.is_empty())
                     .unwrap_or_else(|| timed_out(first, plan.timeout)));
+            }
+            Event::Start => {
+                if pending.len() >= in_flight {
+                    // The oldest but the first attempt.
+                    if let Some(oldest) = pending.iter().position(|(n, _)| *n > 0) {
+                        pending.remove(oldest);
+                    }
+                }
+                tracing::debug!(attempt = started, after_ms, "TCP connect attempt");
+                pending.push((started, Box::pin(connect(addrs[started % addrs.len()]))));
+                started += 1;
+                next.as_mut().reset(Instant::now() + plan.stagger);
             }
         }
     }
+}
+
+/// What woke [`staggered`], in the order it looks: an attempt ended, the
+/// timeout, the stagger.
+enum Event<T> {
+    Done(io::Result<T>),
+    Deadline,
+    Start,
 }
 
 fn timed_out(to: SocketAddr, timeout: Duration) -> io::Error {
@@ -347,6 +343,78 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
         assert_eq!(began.elapsed(), Duration::ZERO);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// An attempt of [`first_connects_later`]: it yields its number.
+    type Attempt = Pin<Box<dyn Future<Output = io::Result<usize>> + Send>>;
+
+    /// A connector whose first attempt connects once `connected` is sent
+    /// (while its caller is not polled); the others never complete.
+    fn first_connects_later(
+        calls: &Arc<AtomicUsize>,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        impl FnMut(SocketAddr) -> Attempt,
+    ) {
+        let (connected, wait) = tokio::sync::oneshot::channel::<()>();
+        let mut wait = Some(wait);
+        let counted = calls.clone();
+        let connect = move |_| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            let wait = wait.take();
+            Box::pin(async move {
+                match wait {
+                    Some(wait) => {
+                        let _ = wait.await;
+                        Ok(n)
+                    }
+                    None => std::future::pending().await,
+                }
+            }) as Attempt
+        };
+        (connected, connect)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_made_while_the_caller_was_starved_wins_over_a_new_attempt() {
+        // The first attempt connects at once, but the caller is next
+        // polled 200 ms later (a starved CPU), four staggers on: that
+        // connection wins, and no other SYN is sent.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let plan = Plan {
+            timeout: Duration::from_millis(300),
+            stagger: Duration::from_millis(50),
+            in_flight: 4,
+        };
+        let (connected, connect) = first_connects_later(&calls);
+        let call = staggered(&[ADDR], plan, connect);
+        tokio::pin!(call);
+        assert!(std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx).is_pending())).await);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        connected.send(()).unwrap();
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(call.await.unwrap(), 0);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_made_while_the_caller_was_starved_wins_over_the_timeout() {
+        // As above, but the caller is polled again only after the whole
+        // timeout: the connection it has is not thrown away for an error.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let plan = Plan {
+            timeout: Duration::from_millis(300),
+            stagger: Duration::from_millis(50),
+            in_flight: 4,
+        };
+        let (connected, connect) = first_connects_later(&calls);
+        let call = staggered(&[ADDR], plan, connect);
+        tokio::pin!(call);
+        assert!(std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx).is_pending())).await);
+        connected.send(()).unwrap();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(call.await.unwrap(), 0);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
