@@ -608,6 +608,10 @@ mod tests {
                     let mut byte = [0u8; 1];
                     stream.read_exact(&mut byte).await.unwrap();
                     let kind = stream.get_ref().1.handshake_kind();
+                    let suite = stream.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+                    // The cheaper key schedule (cluster::tls::provider),
+                    // full or resumed.
+                    assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
                     let (who, server) = accept.await.unwrap();
                     (kind, who, server.handshakes())
                 }
