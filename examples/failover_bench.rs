@@ -62,9 +62,11 @@
 //!   before (issued by the bench) and registers it, as a switch that boots
 //!   during the failover would; the longest time between two successive
 //!   registrations across the disruption. One line per run, then median,
-//!   min and max (the worst run); for the handback also the gap across the
-//!   instant the VIP is added on the primary's host (the handback itself,
-//!   without what the restart and catch-up before it cost);
+//!   min and max (the worst run); also the gap across the instant the VIP
+//!   is added on the new holder's host: for the failover, the VIP move
+//!   itself without what slow registrations on a new holder busy with
+//!   the herd cost after it; for the handback, without what the restart
+//!   and catch-up before it cost;
 //! - for crashes, Master_Down_Interval = 3 * advert + (256 - 100) * advert / 256
 //!   (RFC 9568, backup priority 100) and the client gap relative to it.
 //!
@@ -1093,6 +1095,10 @@ fn watch_vip(host: &Host) -> (mpsc::Receiver<Instant>, Child) {
 struct Round {
     failover: Measured,
     vip_added: Option<Duration>,
+    /// The fresh-connect prober's gap across the failover's VIP move (the
+    /// VIP added on the backup's host): the move itself, without what
+    /// slow registrations on the new holder after it cost.
+    fresh_at_takeover: Option<Duration>,
     handback: Measured,
     /// The fresh-connect prober's gap across the handback's VIP move (the
     /// VIP added on the primary's host): the handback itself, without
@@ -1187,6 +1193,7 @@ fn round(
     };
     let exit = pair.nodes[0].wait_exit(WAIT);
     out.failover = failover.map_err(|e| format!("{e}\nbackup log:\n{}", pair.log_tail("backup-0.log")))?;
+    out.fresh_at_takeover = added.and_then(|at| gap_across(&out.failover.fresh_acks, at));
     if how == How::Graceful && exit != Some(0) {
         out.notes
             .push(format!("the primary's graceful stop exited {exit:?}"));
@@ -1370,6 +1377,7 @@ fn gap_case(advert_ms: u32, how: How, runs: usize, opts: &Opts, keepalived: bool
     let (mut gaps, mut served, mut vip, mut handback) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut steady = Vec::new();
     let (mut fresh, mut fresh_handback, mut fresh_move) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fresh_takeover = Vec::new();
     let mut lost = 0;
     let mut notes = Vec::new();
     let mut pair = None;
@@ -1394,8 +1402,10 @@ fn gap_case(advert_ms: u32, how: How, runs: usize, opts: &Opts, keepalived: bool
                     println!("  run {i}: {}", r.describe());
                 } else {
                     println!(
-                        "  run {i}: fresh-connect gap {}; handback {} ({} across the VIP move)",
+                        "  run {i}: fresh-connect gap {} ({} across the VIP move); handback {} ({} across the VIP move)",
                         fresh_text(&r.failover),
+                        r.fresh_at_takeover
+                            .map_or("nothing".to_string(), |g| format!("{:.1} ms", ms(g))),
                         fresh_text(&r.handback),
                         r.fresh_at_move
                             .map_or("nothing".to_string(), |g| format!("{:.1} ms", ms(g)))
@@ -1404,6 +1414,7 @@ fn gap_case(advert_ms: u32, how: How, runs: usize, opts: &Opts, keepalived: bool
                 fresh.extend(r.failover.fresh.map(|(gap, _)| gap));
                 fresh_handback.extend(r.handback.fresh.map(|(gap, _)| gap));
                 fresh_move.extend(r.fresh_at_move);
+                fresh_takeover.extend(r.fresh_at_takeover);
                 gaps.push(r.failover.gap);
                 served.push(r.failover.served_again);
                 steady.push(r.failover.steady);
@@ -1446,6 +1457,7 @@ fn gap_case(advert_ms: u32, how: How, runs: usize, opts: &Opts, keepalived: bool
     }
     row("handback gap (restarted primary)", &handback);
     row("fresh-connect gap", &fresh);
+    row("  of it across the VIP move", &fresh_takeover);
     row("fresh-connect handback gap", &fresh_handback);
     row("  of it across the VIP move", &fresh_move);
     let fresh_goal = match how {

@@ -817,6 +817,117 @@ fn a_master_in_fault_keeps_the_vip_until_the_new_master_is_heard() {
     run.join().expect("speaker thread");
 }
 
+/// Issue 12, graceful stop: a node that stops hands the VIP off as a
+/// handback does ([`Speaker::shutdown_after`]). After its priority-0
+/// advert it keeps the VIP until the new master's first advert is heard,
+/// so that a switch's SYN sent meanwhile is reset by its kernel (the
+/// switch tries again at once) instead of lost (one connect stagger,
+/// 50 ms, in failover_bench timelines); with no new master the VIP goes
+/// after one advertisement interval. A plain `shutdown` still leaves at
+/// once (`sigterm_hands_over_within_skew_time`).
+#[test]
+fn a_master_handing_off_as_it_stops_keeps_the_vip_until_the_new_master_is_heard() {
+    if !lab_available("a_master_handing_off_as_it_stops_keeps_the_vip_until_the_new_master_is_heard") {
+        return;
+    }
+    use vrrp::proto::Config;
+    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig, Status};
+
+    let lab = Lab::new(3);
+    // h1 is the peer whose advert is injected; it runs nothing.
+    let (h0, peer, h2) = (lab.hosts[0].clone(), lab.hosts[1].addr, lab.hosts[2].clone());
+    let host = h0.clone();
+    let run = common::in_netns(&h0, move || {
+        common::runtime().block_on(async move {
+            async fn master(vrid: u8) -> (Speaker, tokio::sync::watch::Receiver<Status>) {
+                // Adverts every 1 s: the hold's bound is well apart from
+                // the advert that ends it early.
+                let vrrp = Config::v3(vrid, 100, Ipv4Addr::UNSPECIFIED, vec![VIP]);
+                let speaker = Speaker::start(SpeakerConfig {
+                    interface: "eth0".into(),
+                    vrrp,
+                    prefix_len: 24,
+                    garp: GarpConfig {
+                        count: 0,
+                        ..GarpConfig::default()
+                    },
+                    virtual_mac: false,
+                })
+                .await
+                .expect("speaker");
+                let mut status = speaker.status();
+                until(&mut status, "master", |s| {
+                    s.state.to_string() == "Master" && s.vip_installed
+                })
+                .await;
+                (speaker, status)
+            }
+            async fn until(
+                status: &mut tokio::sync::watch::Receiver<Status>,
+                what: &str,
+                f: impl FnMut(&Status) -> bool,
+            ) {
+                let ok = tokio::time::timeout(START, status.wait_for(f))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                assert!(ok, "{what}: {:?}", *status.borrow());
+            }
+
+            // Priority 0 goes out; the VIP stays while no master is heard,
+            // and goes at once on the new master's advert.
+            let (speaker, mut status) = master(23).await;
+            let counters = speaker
+                .shutdown_after(async {
+                    until(&mut status, "initialize", |s| s.state.to_string() == "Initialize").await;
+                    assert_eq!(status.borrow().counters.priority_zero_sent, 1);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    assert!(
+                        status.borrow().vip_installed && host.has_addr(VIP),
+                        "the VIP went before a new master was heard"
+                    );
+                    let repr = Repr::advertisement(Version::V3, 23, 200, 100, vec![VIP]);
+                    let heard = Instant::now();
+                    inject(
+                        &h2,
+                        wire::MULTICAST_GROUP,
+                        vec![datagram(peer, &repr, 255, |_| {})],
+                    );
+                    until(&mut status, "VIP removed", |s| !s.vip_installed).await;
+                    assert!(
+                        heard.elapsed() < Duration::from_millis(500),
+                        "the VIP stayed {:?} after the new master was heard",
+                        heard.elapsed()
+                    );
+                })
+                .await
+                .expect("shutdown");
+            assert_eq!(counters.priority_zero_sent, 1);
+            assert!(!host.has_addr(VIP), "the VIP stayed after the stop");
+
+            // No one takes over: the VIP goes after one advertisement
+            // interval, and the stop ends then.
+            let (speaker, mut status) = master(24).await;
+            let left = Instant::now();
+            speaker
+                .shutdown_after(async {
+                    until(&mut status, "VIP removed without a new master", |s| {
+                        !s.vip_installed
+                    })
+                    .await;
+                })
+                .await
+                .expect("shutdown");
+            assert!(
+                left.elapsed() >= Duration::from_millis(900),
+                "the VIP went after {:?}, before an advertisement interval",
+                left.elapsed()
+            );
+            assert!(!host.has_addr(VIP), "the VIP stayed after the stop");
+        })
+    });
+    run.join().expect("speaker thread");
+}
+
 /// Issue 12, item 2: a new master makes every host on the segment send to
 /// it at once. Its gratuitous ARP goes as a request and as a reply (some
 /// hosts heed only one form), in a burst at the takeover and again after

@@ -631,9 +631,20 @@ pub async fn run(
     }
     let mut vrrp = speaker.status();
     let leaving = async {
-        let advert_out = vrrp.wait_for(|s| s.state == State::Initialize);
+        // The speaker keeps the VIP after its priority-0 advert until it
+        // hears the new master's first advert, which the new master sends
+        // once it has installed the VIP and announced it (gratuitous ARP):
+        // until then hosts still send here, and our closed client port
+        // resets their connects (they try again at once) rather than
+        // losing them. Leadership goes once the VIP is given up: the new
+        // master takes over as sole voter on it (a snapshot and an fsync,
+        // tens of milliseconds on a busy host, on its single thread), and
+        // handed over sooner that work delayed its VIP and its announcement
+        // behind it (failover_bench timelines: the new master's VIP 50 ms
+        // after its takeover began).
+        let advert_out = vrrp.wait_for(|s| s.state == State::Initialize && !s.vip_installed);
         // The advert went out, or the speaker stopped without one: hand over anyway.
-        let _ = tokio::time::timeout(Duration::from_millis(500), advert_out).await;
+        let _ = tokio::time::timeout(advert + Duration::from_millis(500), advert_out).await;
         // Named only now: the leader hands over as soon as it is named.
         member.set_preferred_leader(Some(peer)).await;
         hand_over(&member, me, peer, config.cluster.request_timeout()).await;

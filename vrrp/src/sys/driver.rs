@@ -168,6 +168,9 @@ pub struct Speaker {
     cancel: CancellationToken,
     /// Lets the stopped driver delete its interface and restore sysctls.
     tidy: CancellationToken,
+    /// Cancelled by [`Speaker::shutdown_after`] before `cancel`: the
+    /// stopping master keeps its addresses until the new master is heard.
+    hand_off: CancellationToken,
     task: JoinHandle<io::Result<Counters>>,
 }
 
@@ -254,6 +257,7 @@ impl Speaker {
         let (claims_tx, claims_rx) = watch::channel(None);
         let cancel = CancellationToken::new();
         let tidy = CancellationToken::new();
+        let hand_off = CancellationToken::new();
         let driver = Driver {
             instance,
             socket,
@@ -268,6 +272,7 @@ impl Speaker {
             vip_installed: false,
             keep_vips_until: None,
             masters_heard: 0,
+            hand_off: hand_off.clone(),
             status: status_tx,
             transitions: transitions.clone(),
             warned: WarnLimit::default(),
@@ -280,6 +285,7 @@ impl Speaker {
             transitions,
             cancel,
             tidy,
+            hand_off,
             task,
         })
     }
@@ -327,19 +333,23 @@ impl Speaker {
         self.task.await.map_err(io::Error::other)?
     }
 
-    /// Stops the instance as [`Speaker::shutdown`] does, but tidies up
-    /// (deletes the virtual-MAC interface, restores the sysctls) only once
-    /// `first` is done; the priority-0 advert and the removal of the
-    /// virtual addresses do not wait (the status says `Initialize` once
-    /// they are done). The kernel deletes a link inside the netlink call
-    /// and waits for RCU grace periods there: tens of milliseconds on a
-    /// busy host during which a single-threaded caller runs nothing else.
-    /// A caller with urgent work right after the advert (handing raft
-    /// leadership to the new master) passes it as `first`.
+    /// Stops the instance as a graceful hand-off: a master sends priority
+    /// 0 but keeps its virtual addresses until it hears the new master's
+    /// first advert, or one advertisement interval at most, as a master
+    /// entering fault does (why: see [`Driver::keep_vips_for_new_master`]);
+    /// and it tidies up (deletes the virtual-MAC interface, restores the
+    /// sysctls) only once `first` is done. The status says `Initialize`
+    /// once the advert is out, with `vip_installed` still set. The kernel
+    /// deletes a link inside the netlink call and waits for RCU grace
+    /// periods there: tens of milliseconds on a busy host during which a
+    /// single-threaded caller runs nothing else. A caller with urgent work
+    /// right after the advert (handing raft leadership to the new master)
+    /// passes it as `first`.
     ///
     /// # Errors
     /// The error that stopped the driver, if any.
     pub async fn shutdown_after(self, first: impl std::future::Future<Output = ()>) -> io::Result<Counters> {
+        self.hand_off.cancel();
         self.cancel.cancel();
         {
             // Dropped half-way, this future still lets the driver tidy up.
@@ -373,11 +383,14 @@ struct Driver {
     vip_installed: bool,
     /// A master that entered fault sent priority 0 and keeps its virtual
     /// addresses until a new master is heard, or until then at the latest
-    /// (see [`Driver::leave_in_fault`]).
+    /// (see [`Driver::keep_vips_for_new_master`]).
     keep_vips_until: Option<Instant>,
     /// Adverts of a priority other than 0 accepted, as counted when the
     /// addresses began to be kept: one more is the new master.
     masters_heard: u64,
+    /// A graceful hand-off ([`Speaker::shutdown_after`]): a master that
+    /// shuts down keeps its addresses as one entering fault does.
+    hand_off: CancellationToken,
     status: watch::Sender<Status>,
     transitions: broadcast::Sender<Transition>,
     /// When a dropped forgery was last logged at warn level.
@@ -443,6 +456,10 @@ impl Driver {
         // were master, VIPs removed, the link and sysctls as we found them.
         self.instance.shutdown(Instant::now());
         let mut left = self.drain().await;
+        if result.is_ok() && left.is_ok() && self.hand_off.is_cancelled() && self.keep_vips_until.is_some() {
+            // A hand-off: the addresses go once the new master is heard.
+            left = self.linger().await;
+        }
         if self.keep_vips_until.is_some() {
             left = left.and(self.remove_vips().await);
         }
@@ -605,7 +622,7 @@ impl Driver {
             // A new master installs its addresses and announces them
             // (gratuitous ARP) before its first advert goes out: a master
             // that left in fault keeps the addresses until it hears that
-            // advert (see `leave_in_fault`), so that hosts on the segment
+            // advert (see `keep_vips_for_new_master`), so that hosts on the segment
             // always reach one of the two.
             if let Some(at) = events.iter().position(|e| matches!(e, Event::BecomeMaster(_))) {
                 let become_master = events.remove(at);
@@ -670,8 +687,9 @@ impl Driver {
                     };
                     self.transition(State::Initialize, Some(reason));
                     self.garp_plan.clear();
-                    if reason == Reason::Fault && self.vip_installed {
-                        self.leave_in_fault();
+                    let hands_off = reason == Reason::Fault || self.hand_off.is_cancelled();
+                    if hands_off && self.vip_installed {
+                        self.keep_vips_for_new_master();
                     } else {
                         self.remove_vips().await?;
                     }
@@ -719,7 +737,8 @@ impl Driver {
     }
 
     /// A master entering fault (its owner hands the VIP back, or a tracker
-    /// is down) has sent priority 0; the peer becomes master at once (with
+    /// is down) or handing off as it stops ([`Speaker::shutdown_after`])
+    /// has sent priority 0; the peer becomes master at once (with
     /// pair handoff) and announces itself. Until hosts on the segment hear
     /// that announcement they still send to this node: with the addresses
     /// gone their packets would be lost (a switch's SYN, costing it a
@@ -730,11 +749,40 @@ impl Driver {
     /// advert is heard here (sent with its gratuitous ARPs), or one
     /// advertisement interval at most. The instance is in Initialize
     /// meanwhile: it sends nothing and contends for nothing.
-    fn leave_in_fault(&mut self) {
+    fn keep_vips_for_new_master(&mut self) {
         let now = Instant::now();
         self.keep_vips_until = Some(now + self.instance.master_adver_interval());
         self.masters_heard = masters_heard(self.instance.counters());
-        debug!("in fault: keeping the virtual addresses until the new master is heard");
+        debug!("priority 0 sent: keeping the virtual addresses until the new master is heard");
+    }
+
+    /// After the stop of a master that hands off: reads adverts (the
+    /// instance is in Initialize: they change nothing, they are only
+    /// counted) until the new master's is heard or the addresses' time is
+    /// up, then removes the addresses.
+    async fn linger(&mut self) -> io::Result<()> {
+        let mut buf = vec![0u8; 4096];
+        while let Some(until) = self.keep_vips_until {
+            tokio::select! {
+                received = self.socket.recv(&mut buf) => {
+                    let len = received?;
+                    let now = Instant::now();
+                    let before = self.instance.counters().clone();
+                    self.instance.handle_datagram(now, &buf[..len]);
+                    self.log_trust(&before, &buf[..len], now);
+                    if masters_heard(self.instance.counters()) > self.masters_heard {
+                        debug!("the new master is heard: giving up the virtual addresses");
+                        self.remove_vips().await?;
+                    }
+                }
+                () = tokio::time::sleep_until(until.into()) => {
+                    debug!("no new master heard within an advertisement interval: giving up the virtual addresses");
+                    self.remove_vips().await?;
+                }
+            }
+        }
+        self.publish_status();
+        Ok(())
     }
 
     async fn remove_vips(&mut self) -> io::Result<()> {
