@@ -849,8 +849,8 @@ impl Glue {
                     deadline = None;
                     self.rules.handle_timeout(Instant::now());
                 }
-                _ = refresh.tick() => {
-                    self.beacons.refresh();
+                due = refresh.tick() => {
+                    self.beacons.refresh(due.into_std());
                     self.beacons.peer_demoted(self.rules.peer_demoted(), BEHIND_PRIORITY);
                 }
                 // The status is fed below, after every wake-up.
@@ -878,6 +878,9 @@ impl Glue {
                     // Lagged: the status watch still carries the state.
                     if let Ok(t) = t {
                         info!(from = %t.from, to = %t.to, reason = ?t.reason, "VRRP state change");
+                        if t.to == State::Master && t.reason == Some(vrrp::proto::Reason::MasterDown) {
+                            self.beacons.log_master_down(&vrrp.borrow().counters);
+                        }
                         self.rules.handle_transition(t.to, t.reason);
                     }
                 }
