@@ -451,7 +451,11 @@ pub async fn run(
     let speaker_config = config.speaker_config();
     let priority = speaker_config.vrrp.priority;
     let advert = Duration::from_millis(u64::from(config.vrrp.advert_interval_ms));
-    let speaker = Speaker::start(speaker_config)
+    // On a thread of its own: a raft log flush that a busy disk stretches
+    // holds up this thread, and must not hold up the adverts (the peer
+    // would take the VIP from a master that never failed) or the
+    // Master_Down_Timer.
+    let speaker = Speaker::start_on_own_thread(speaker_config)
         .await
         .map_err(io(format!("starting VRRP on {}", config.vrrp.interface)))?;
     // Validation insists on an IPv4 peer address for VRRP.
