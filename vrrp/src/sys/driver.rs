@@ -165,6 +165,10 @@ pub struct Speaker {
     claims: PeerClaims,
     status: watch::Receiver<Status>,
     transitions: broadcast::Sender<Transition>,
+    /// Subscribed before the driver ran: the first caller of
+    /// [`Speaker::transitions`] gets it, with every change since the start
+    /// (a driver on its own thread is Backup before its owner looks).
+    first_transitions: std::sync::Mutex<Option<broadcast::Receiver<Transition>>>,
     cancel: CancellationToken,
     /// Lets the stopped driver delete its interface and restore sysctls.
     tidy: CancellationToken,
@@ -335,7 +339,7 @@ impl Speaker {
             counters: Counters::default(),
         };
         let (status_tx, status_rx) = watch::channel(status);
-        let (transitions, _) = broadcast::channel(64);
+        let (transitions, first_transitions) = broadcast::channel(64);
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (claims_tx, claims_rx) = watch::channel(None);
         let cancel = CancellationToken::new();
@@ -364,6 +368,7 @@ impl Speaker {
             claims: PeerClaims { tx: claims_tx },
             status: status_rx,
             transitions,
+            first_transitions,
             cancel,
             tidy,
         };
@@ -397,9 +402,15 @@ impl Speaker {
         self.status.clone()
     }
 
-    /// Every state change from now on.
+    /// Every state change from now on; the first call also gets those
+    /// since the speaker started (up to 64), so that its owner does not
+    /// miss the first state however soon the driver runs.
     pub fn transitions(&self) -> broadcast::Receiver<Transition> {
-        self.transitions.subscribe()
+        self.first_transitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| self.transitions.subscribe())
     }
 
     /// Stops the instance: a master sends priority 0, the virtual addresses
@@ -453,6 +464,7 @@ struct Partial {
     claims: PeerClaims,
     status: watch::Receiver<Status>,
     transitions: broadcast::Sender<Transition>,
+    first_transitions: broadcast::Receiver<Transition>,
     cancel: CancellationToken,
     tidy: CancellationToken,
 }
@@ -464,6 +476,7 @@ impl Partial {
             claims: self.claims,
             status: self.status,
             transitions: self.transitions,
+            first_transitions: std::sync::Mutex::new(Some(self.first_transitions)),
             cancel: self.cancel,
             tidy: self.tidy,
             task,
