@@ -222,13 +222,34 @@ impl Scene {
         );
         f.check(changes == self.vrrp_changes, || {
             format!(
-                "VRRP state changes (primary, backup): {:?} before the attack, {changes:?} after:\n{}\n{}",
+                "VRRP state changes (primary, backup): {:?} before the attack, {changes:?} after:\n{}\n{}\n{}",
                 self.vrrp_changes,
                 self.pair.primary.log_lines("VRRP state change").join("\n"),
-                self.pair.backup.log_lines("VRRP state change").join("\n")
+                self.pair.backup.log_lines("VRRP state change").join("\n"),
+                self.vrrp_evidence()
             )
         });
         probe
+    }
+
+    /// What explains a VRRP state change nobody asked for: each node's
+    /// word on a master-down takeover (adverts of the peer accepted, held,
+    /// released, contradicted; its beacons), any stall of a node's thread,
+    /// slow raft log flushes, and what each node refused.
+    fn vrrp_evidence(&self) -> String {
+        let mut out = String::from("evidence:");
+        for (which, node) in [
+            (Which::Primary, &self.pair.primary),
+            (Which::Backup, &self.pair.backup),
+        ] {
+            let lines: Vec<String> = ["VRRP master down", "held up", "slow log flush"]
+                .iter()
+                .flat_map(|what| node.log_lines(what))
+                .collect();
+            let refused = self.show(which).map(|d| d.status.refused);
+            out.push_str(&format!("\n{which:?}: refused {refused:?}\n{}", lines.join("\n")));
+        }
+        out
     }
 
     /// Control: a SIGTERM of the primary still hands the VIP and the

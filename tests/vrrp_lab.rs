@@ -1161,3 +1161,87 @@ fn a_backup_never_teaches_the_switch_the_virtual_mac() {
     );
     assert_eq!(fdb_port(&lab, vmac).as_deref(), Some(h0.port.as_str()));
 }
+
+/// A node runs everything else on one thread: its raft log flushes (an
+/// fsync, which a busy disk stretches), the cluster link, the glue. When
+/// its VRRP speaker ran there too, a master whose thread was held up for
+/// Master_Down_Interval sent no advert meanwhile, and its backup took over
+/// although nothing had failed (trust_attacks a2 flaked so under CI load).
+/// A speaker started on its own thread keeps advertising while its owner's
+/// thread is held up for twice Master_Down_Interval (modelled by a
+/// blocking sleep on the owner's single-threaded runtime), and its backup
+/// stays backup.
+#[test]
+fn a_master_keeps_advertising_while_its_owners_thread_is_held_up() {
+    let test = "a_master_keeps_advertising_while_its_owners_thread_is_held_up";
+    if !lab_available(test) {
+        return;
+    }
+    use vrrp::proto::{Config, State};
+    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig};
+
+    let mut lab = Lab::new(2);
+    let (h0, h1) = (lab.hosts[0].clone(), lab.hosts[1].clone());
+    let advert = Duration::from_millis(100);
+    let held_up = master_down(100, advert) * 2;
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let (master_tx, master) = std::sync::mpsc::channel::<()>();
+    let run = common::in_netns(&h0, move || {
+        common::runtime().block_on(async move {
+            let mut config = Config::v3(23, 200, Ipv4Addr::UNSPECIFIED, vec![VIP]);
+            config.advert_interval_cs = 10;
+            let speaker = Speaker::start_on_own_thread(SpeakerConfig {
+                interface: "eth0".into(),
+                vrrp: config,
+                prefix_len: 24,
+                garp: GarpConfig {
+                    count: 0,
+                    ..GarpConfig::default()
+                },
+                virtual_mac: false,
+            })
+            .await
+            .expect("speaker");
+            let mut status = speaker.status();
+            let became = tokio::time::timeout(START, status.wait_for(|s| s.state == State::Master)).await;
+            assert!(
+                became.is_ok_and(|r| r.is_ok()),
+                "never master: {:?}",
+                *status.borrow()
+            );
+            master_tx.send(()).expect("the test waits");
+            go.recv().expect("the test says go");
+            // The owner's thread held up, as by a slow flush: nothing on
+            // this runtime runs meanwhile.
+            let sent = status.borrow().counters.adverts_sent;
+            std::thread::sleep(held_up);
+            let during = status.borrow().counters.adverts_sent - sent;
+            let state = status.borrow().state;
+            speaker.shutdown().await.expect("shutdown");
+            (during, state)
+        })
+    });
+    master
+        .recv_timeout(START)
+        .expect("the in-process speaker became master");
+    let b = lab.vipool_vrrp(&h1, &speaker_args("23", "100", "100", &[]));
+    assert!(
+        b.wait_state("Backup", START),
+        "priority 100 is not backup: {:?}",
+        b.states()
+    );
+    go_tx.send(()).expect("the speaker's owner waits");
+    let (during, state) = run.join().expect("the owner's thread");
+    eprintln!("{test}: {during} adverts sent while the owner's thread was held up for {held_up:?}");
+    // One every 100 ms: 2 * 0.36 s holds 7; half of that on a loaded machine.
+    assert!(
+        u128::from(during) >= held_up.as_millis() / advert.as_millis() / 2,
+        "only {during} adverts in {held_up:?}"
+    );
+    assert_eq!(state, State::Master);
+    assert_eq!(
+        b.states(),
+        ["Backup"],
+        "the backup took over while the master's owner was held up"
+    );
+}

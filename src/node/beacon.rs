@@ -28,6 +28,7 @@
 //! forged in its name take nothing from the survivor.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,6 +101,8 @@ pub(crate) struct Beacons {
     acked: watch::Sender<u64>,
     /// When the peer's last beacon arrived.
     heard: Mutex<Option<Instant>>,
+    /// Beacons of the peer taken (for the log of a master-down takeover).
+    received: AtomicU64,
     log: RateLimiter,
 }
 
@@ -123,6 +126,7 @@ impl Beacons {
             ours: Mutex::new(Beacon::default()),
             acked: watch::channel(0).0,
             heard: Mutex::new(None),
+            received: AtomicU64::new(0),
             log: RateLimiter::default(),
         });
         let handler = Arc::clone(&beacons);
@@ -156,6 +160,7 @@ impl Beacons {
         // Set before anything else: an advert handled from now on is judged
         // by this word.
         *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.received.fetch_add(1, Ordering::Relaxed);
         self.claims.set(Some(PeerClaim {
             address: self.peer_address,
             priority: b.priority,
@@ -217,12 +222,39 @@ impl Beacons {
     }
 
     /// Sends our state again (every advert interval: the peer's claim of
-    /// us lasts three).
-    pub(crate) fn refresh(&self) {
+    /// us lasts three). `due` is when this refresh was due: one more than
+    /// an advert interval late means this node's thread was held up (see
+    /// [`late_refresh`]), and says so.
+    pub(crate) fn refresh(&self, due: Instant) {
+        if let Some(late) = late_refresh(due, Instant::now(), self.validity / 3) {
+            cluster::warn_limited!(
+                self.log,
+                "held up",
+                late_ms = late.as_millis(),
+                "this node's thread was held up: its VRRP state reached the peer late"
+            );
+        }
         let ours = *self.ours.lock().unwrap_or_else(|p| p.into_inner());
         if ours.seq > 0 {
             self.transport.send_pair(self.peer, ours.encode());
         }
+    }
+
+    /// Says what the VRRP speaker made of the peer's adverts and beacons
+    /// when it declared the peer down (Master_Down_Interval without an
+    /// advert it acted on): adverts it accepted, held, released and
+    /// dropped as contradicted, and when the peer's word last arrived.
+    pub(crate) fn log_master_down(&self, counters: &vrrp::proto::Counters) {
+        let heard = *self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        tracing::info!(
+            adverts_received = counters.adverts_received,
+            adverts_held = counters.adverts_held,
+            held_released = counters.held_released,
+            contradicted = counters.drops_for(vrrp::proto::DropReason::Contradicted),
+            beacons_received = self.received.load(Ordering::Relaxed),
+            beacon_ms_ago = heard.map(|at| at.elapsed().as_millis()),
+            "VRRP master down: no advert of the peer acted on within Master_Down_Interval"
+        );
     }
 
     /// While the raft log says the peer is a learner (this node took over
@@ -280,9 +312,33 @@ impl Beacons {
     }
 }
 
+/// How late a refresh due at `due` runs at `now`, if by more than one
+/// advert `interval`.
+fn late_refresh(due: Instant, now: Instant, interval: Duration) -> Option<Duration> {
+    Some(now.saturating_duration_since(due)).filter(|late| *late > interval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refresh_more_than_one_interval_late_says_the_thread_was_held_up() {
+        let due = Instant::now();
+        let interval = Duration::from_millis(400);
+        assert_eq!(
+            late_refresh(due, due + Duration::from_millis(399), interval),
+            None
+        );
+        assert_eq!(late_refresh(due, due + interval, interval), None);
+        // What a 516 ms log flush and what followed it did to a lab
+        // primary under disk load.
+        assert_eq!(
+            late_refresh(due, due + Duration::from_millis(801), interval),
+            Some(Duration::from_millis(801))
+        );
+        assert_eq!(late_refresh(due + interval, due, interval), None);
+    }
 
     #[test]
     fn beacons_roundtrip_and_garbage_is_refused() {

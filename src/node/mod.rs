@@ -451,7 +451,11 @@ pub async fn run(
     let speaker_config = config.speaker_config();
     let priority = speaker_config.vrrp.priority;
     let advert = Duration::from_millis(u64::from(config.vrrp.advert_interval_ms));
-    let speaker = Speaker::start(speaker_config)
+    // On a thread of its own: a raft log flush that a busy disk stretches
+    // holds up this thread, and must not hold up the adverts (the peer
+    // would take the VIP from a master that never failed) or the
+    // Master_Down_Timer.
+    let speaker = Speaker::start_on_own_thread(speaker_config)
         .await
         .map_err(io(format!("starting VRRP on {}", config.vrrp.interface)))?;
     // Validation insists on an IPv4 peer address for VRRP.
@@ -651,8 +655,9 @@ pub async fn run(
     };
     // The speaker deletes its virtual-MAC interface only once leadership
     // is handed over: the kernel does that inside the netlink call, tens of
-    // milliseconds on a busy host during which this single thread would
-    // send nothing, not even the transfer the new master waits for.
+    // milliseconds on a busy host. The speaker runs on a thread of its own
+    // now, but that thread and this one share the host's cores, and the
+    // transfer the new master waits for goes first.
     let left = speaker.shutdown_after(leaving).await;
     match left {
         Ok(counters) => info!(?counters, "VRRP left (priority 0 sent, VIP removed)"),
@@ -860,8 +865,8 @@ impl Glue {
                     deadline = None;
                     self.rules.handle_timeout(Instant::now());
                 }
-                _ = refresh.tick() => {
-                    self.beacons.refresh();
+                due = refresh.tick() => {
+                    self.beacons.refresh(due.into_std());
                     self.beacons.peer_demoted(self.rules.peer_demoted(), BEHIND_PRIORITY);
                 }
                 // The status is fed below, after every wake-up.
@@ -889,6 +894,9 @@ impl Glue {
                     // Lagged: the status watch still carries the state.
                     if let Ok(t) = t {
                         info!(from = %t.from, to = %t.to, reason = ?t.reason, "VRRP state change");
+                        if t.to == State::Master && t.reason == Some(vrrp::proto::Reason::MasterDown) {
+                            self.beacons.log_master_down(&vrrp.borrow().counters);
+                        }
                         self.rules.handle_transition(t.to, t.reason);
                     }
                 }

@@ -198,7 +198,13 @@ pub struct LogStore {
     snapshot_wanted: std::cell::Cell<bool>,
     /// How long each durable write took (see [`LogStore::flush_times`]).
     flush_times: std::sync::Arc<FlushTimes>,
+    /// Limits the warnings about very slow flushes.
+    log: crate::ratelog::RateLimiter,
 }
+
+/// A durable write this slow is worth a warning (rate-limited), not only
+/// a debug line: it holds up everything on the member's thread.
+const SLOW_FLUSH_WARNING: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl std::fmt::Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -265,6 +271,7 @@ impl LogStore {
             pending: Vec::new(),
             snapshot_wanted: std::cell::Cell::new(false),
             flush_times: std::sync::Arc::default(),
+            log: crate::ratelog::RateLimiter::default(),
         })
     }
 
@@ -514,7 +521,18 @@ impl LogStore {
         // Every election, vote and append waits for this: a slow disk shows
         // up as slow leadership changes, and here is where to see it.
         let took = started.elapsed();
-        if took >= std::time::Duration::from_millis(5) {
+        if took >= SLOW_FLUSH_WARNING {
+            // The member's thread waited that long for the disk: whatever
+            // else runs on it (in a node: the license server's raft side,
+            // the pair's beacons) waited too.
+            crate::warn_limited!(
+                self.log,
+                "slow flush",
+                ms = took.as_secs_f64() * 1e3,
+                ops = ops.len(),
+                "slow log flush: the disk held the raft member up"
+            );
+        } else if took >= std::time::Duration::from_millis(5) {
             tracing::debug!(ms = took.as_secs_f64() * 1e3, ops = ops.len(), "slow log flush");
         }
         if written.is_ok() {

@@ -14,7 +14,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -165,13 +165,42 @@ pub struct Speaker {
     claims: PeerClaims,
     status: watch::Receiver<Status>,
     transitions: broadcast::Sender<Transition>,
+    /// Subscribed before the driver ran: the first caller of
+    /// [`Speaker::transitions`] gets it, with every change since the start
+    /// (a driver on its own thread is Backup before its owner looks).
+    first_transitions: std::sync::Mutex<Option<broadcast::Receiver<Transition>>>,
     cancel: CancellationToken,
     /// Lets the stopped driver delete its interface and restore sysctls.
     tidy: CancellationToken,
     /// Cancelled by [`Speaker::shutdown_after`] before `cancel`: the
     /// stopping master keeps its addresses until the new master is heard.
     hand_off: CancellationToken,
-    task: JoinHandle<io::Result<Counters>>,
+    task: Task,
+}
+
+/// What the driver ends with.
+type Outcome = io::Result<Counters>;
+
+/// Where the driver runs, and how its end is awaited.
+#[derive(Debug)]
+enum Task {
+    /// A task on the runtime that started the speaker.
+    Spawned(JoinHandle<Outcome>),
+    /// Its own thread (see [`Speaker::start_on_own_thread`]).
+    Thread(oneshot::Receiver<Outcome>),
+}
+
+impl Task {
+    /// The driver's end; like a `JoinHandle`, not to be awaited again once
+    /// it answered.
+    async fn wait(&mut self) -> Outcome {
+        match self {
+            Task::Spawned(task) => task.await.map_err(io::Error::other)?,
+            Task::Thread(done) => done
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("the VRRP thread ended without an outcome"))),
+        }
+    }
 }
 
 impl Speaker {
@@ -181,7 +210,68 @@ impl Speaker {
     /// An unknown interface, an invalid configuration, no usable primary
     /// address, or an OS error (raw sockets and netlink need root or
     /// `CAP_NET_RAW` + `CAP_NET_ADMIN`).
-    pub async fn start(mut config: SpeakerConfig) -> io::Result<Speaker> {
+    pub async fn start(config: SpeakerConfig) -> io::Result<Speaker> {
+        let (speaker, driver) = Speaker::open(config).await?;
+        Ok(speaker.with(Task::Spawned(tokio::spawn(driver))))
+    }
+
+    /// As [`Speaker::start`], but the speaker runs on a thread of its own
+    /// (a single-threaded runtime), not on the caller's runtime. Adverts,
+    /// Master_Down_Interval and the peer's claims are then handled on time
+    /// even while the caller's thread is held up: a caller that writes to
+    /// a disk on its runtime (a raft log flush that a busy disk stretches
+    /// past a second) would otherwise silence a master's adverts long
+    /// enough for its backup to take over, or let a backup's
+    /// Master_Down_Timer fire late. Every handle works from any thread and
+    /// any runtime.
+    ///
+    /// # Errors
+    /// As [`Speaker::start`]; or no thread or runtime could be made.
+    pub async fn start_on_own_thread(config: SpeakerConfig) -> io::Result<Speaker> {
+        let (started_tx, started) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("vrrp-{}", config.vrrp.vrid))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let (speaker, driver) = match Speaker::open(config).await {
+                        Ok(opened) => opened,
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let (cancel, tidy) = (speaker.cancel.clone(), speaker.tidy.clone());
+                    if started_tx.send(Ok(speaker)).is_err() {
+                        // Nobody took the speaker: leave at once, tidily.
+                        cancel.cancel();
+                        tidy.cancel();
+                    }
+                    // Nobody waiting for the outcome is no error.
+                    let _ = done_tx.send(driver.await);
+                });
+            })?;
+        let speaker = started
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the VRRP thread stopped while starting")))?;
+        Ok(speaker.with(Task::Thread(done)))
+    }
+
+    /// Opens everything and makes the driver; the speaker lacks only the
+    /// task that runs it.
+    async fn open(
+        mut config: SpeakerConfig,
+    ) -> io::Result<(
+        Partial,
+        impl std::future::Future<Output = Outcome> + Send + 'static,
+    )> {
         let netlink = Netlink::open()?;
         let parent = netlink.link_index(&config.interface).await?;
         if config.vrrp.primary_address.is_unspecified() {
@@ -252,7 +342,7 @@ impl Speaker {
             counters: Counters::default(),
         };
         let (status_tx, status_rx) = watch::channel(status);
-        let (transitions, _) = broadcast::channel(64);
+        let (transitions, first_transitions) = broadcast::channel(64);
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (claims_tx, claims_rx) = watch::channel(None);
         let cancel = CancellationToken::new();
@@ -277,17 +367,18 @@ impl Speaker {
             transitions: transitions.clone(),
             warned: WarnLimit::default(),
         };
-        let task = tokio::spawn(driver.run(cmd_rx, claims_rx, cancel.clone(), tidy.clone()));
-        Ok(Speaker {
+        let run = driver.run(cmd_rx, claims_rx, cancel.clone(), tidy.clone());
+        let partial = Partial {
             commands: cmd_tx,
             claims: PeerClaims { tx: claims_tx },
             status: status_rx,
             transitions,
+            first_transitions,
             cancel,
             tidy,
             hand_off,
-            task,
-        })
+        };
+        Ok((partial, run))
     }
 
     /// Changes the priority at run time (1..=254; the owner's 255 is fixed).
@@ -317,9 +408,15 @@ impl Speaker {
         self.status.clone()
     }
 
-    /// Every state change from now on.
+    /// Every state change from now on; the first call also gets those
+    /// since the speaker started (up to 64), so that its owner does not
+    /// miss the first state however soon the driver runs.
     pub fn transitions(&self) -> broadcast::Receiver<Transition> {
-        self.transitions.subscribe()
+        self.first_transitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| self.transitions.subscribe())
     }
 
     /// Stops the instance: a master sends priority 0, the virtual addresses
@@ -327,10 +424,10 @@ impl Speaker {
     ///
     /// # Errors
     /// The error that stopped the driver, if any.
-    pub async fn shutdown(self) -> io::Result<Counters> {
+    pub async fn shutdown(mut self) -> io::Result<Counters> {
         self.cancel.cancel();
         self.tidy.cancel();
-        self.task.await.map_err(io::Error::other)?
+        self.task.wait().await
     }
 
     /// Stops the instance as a graceful hand-off: a master sends priority
@@ -348,7 +445,10 @@ impl Speaker {
     ///
     /// # Errors
     /// The error that stopped the driver, if any.
-    pub async fn shutdown_after(self, first: impl std::future::Future<Output = ()>) -> io::Result<Counters> {
+    pub async fn shutdown_after(
+        mut self,
+        first: impl std::future::Future<Output = ()>,
+    ) -> io::Result<Counters> {
         self.hand_off.cancel();
         self.cancel.cancel();
         {
@@ -356,7 +456,7 @@ impl Speaker {
             let _tidy = self.tidy.clone().drop_guard();
             first.await;
         }
-        self.task.await.map_err(io::Error::other)?
+        self.task.wait().await
     }
 
     /// Waits until the driver stops by itself (an I/O error) and returns why.
@@ -364,7 +464,35 @@ impl Speaker {
     /// # Errors
     /// The error that stopped the driver.
     pub async fn stopped(&mut self) -> io::Result<Counters> {
-        (&mut self.task).await.map_err(io::Error::other)?
+        self.task.wait().await
+    }
+}
+
+/// A [`Speaker`] but for its task: given that, it is one.
+struct Partial {
+    commands: mpsc::Sender<Command>,
+    claims: PeerClaims,
+    status: watch::Receiver<Status>,
+    transitions: broadcast::Sender<Transition>,
+    first_transitions: broadcast::Receiver<Transition>,
+    cancel: CancellationToken,
+    tidy: CancellationToken,
+    hand_off: CancellationToken,
+}
+
+impl Partial {
+    fn with(self, task: Task) -> Speaker {
+        Speaker {
+            commands: self.commands,
+            claims: self.claims,
+            status: self.status,
+            transitions: self.transitions,
+            first_transitions: std::sync::Mutex::new(Some(self.first_transitions)),
+            cancel: self.cancel,
+            tidy: self.tidy,
+            hand_off: self.hand_off,
+            task,
+        }
     }
 }
 
