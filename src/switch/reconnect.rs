@@ -7,8 +7,13 @@
 //! - within it (a failover: the VIP's next holder answers once it takes
 //!   over, after the Master_Down_Interval), an attempt starts at most
 //!   `backoff_min` after the previous one started: a connect that timed
-//!   out (its SYN went to the dead holder) is retried at once, one refused
-//!   at once waits the rest of `backoff_min`;
+//!   out (its SYN went to the dead holder) is retried at once, and one that
+//!   failed at once waits the rest of `backoff_min`; except a connect
+//!   refused (a TCP reset), which is retried after [`REFUSED_PAUSE`] plus
+//!   a spread: in a graceful stop or a handback the VIP's holder keeps the
+//!   VIP with its client port closed until the new master is heard (tens
+//!   of milliseconds), so a refusal says the VIP is about to move, and a
+//!   switch that waited all of `backoff_min` would lose most of it;
 //! - past it (the server is down, not failing over), the delay doubles from
 //!   `backoff_min` to `backoff_max`, with a spread so that a herd of
 //!   switches does not retry in step, and the connect timeout doubles with
@@ -28,6 +33,19 @@ pub(crate) const UNREACHABLE_REPEAT: Duration = Duration::from_secs(60);
 /// Failed attempts in a row before the server is called unreachable (and
 /// only once the failures outlast the failover window).
 pub(crate) const UNREACHABLE_TRIES: u32 = 3;
+
+/// Within the failover window, a connect refused (a TCP reset: the host
+/// holding the VIP is up and not listening, as while it hands the VIP
+/// over) is tried again this long after the refusal, plus a spread of up
+/// to as much again, instead of after `backoff_min`.
+///
+/// Why this long. The holder refuses from its priority-0 advert until the
+/// new master's first advert, tens of milliseconds; a retry every 10 to
+/// 20 ms reaches the new holder within that of the move. A refusal costs
+/// the holder's kernel one reset and no listener; within the 1 s window a
+/// switch sends at most 100 of them, and past it the delays double as for
+/// any failure. Never longer than `backoff_min`.
+pub(crate) const REFUSED_PAUSE: Duration = Duration::from_millis(10);
 
 /// The policy's settings (from [`super::SwitchConfig`]).
 #[derive(Debug, Clone, Copy)]
@@ -94,12 +112,30 @@ impl Reconnect {
     /// or no registration).
     #[must_use]
     pub(crate) fn failed(&mut self, now: Instant, started: Instant) -> Retry {
+        self.failed_as(now, started, false)
+    }
+
+    /// An attempt that began at `started` had its connect refused at `now`
+    /// (a TCP reset): within the failover window it is tried again after
+    /// [`REFUSED_PAUSE`] plus a spread; past it, as [`Self::failed`].
+    #[must_use]
+    pub(crate) fn refused(&mut self, now: Instant, started: Instant) -> Retry {
+        self.failed_as(now, started, true)
+    }
+
+    fn failed_as(&mut self, now: Instant, started: Instant, refused: bool) -> Retry {
         let since = *self.failing_since.get_or_insert(started);
         self.tries += 1;
         let failing_for = now.saturating_duration_since(since);
         let min = self.settings.backoff_min;
         let delay = if failing_for < self.settings.failover_window {
-            min.saturating_sub(now.saturating_duration_since(started))
+            if refused {
+                let pause = REFUSED_PAUSE.min(min);
+                let spread = self.spread % (pause.as_millis() as u64 + 1);
+                (pause + Duration::from_millis(spread)).min(min)
+            } else {
+                min.saturating_sub(now.saturating_duration_since(started))
+            }
         } else {
             let jitter = self.spread % (self.backoff.as_millis() as u64 / 4 + 1);
             let delay = self.backoff + Duration::from_millis(jitter);
@@ -205,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_connect_waits_backoff_min_but_does_not_double_within_the_window() {
+    fn a_connect_failed_at_once_waits_backoff_min_but_does_not_double_within_the_window() {
         let mut r = Reconnect::new(settings(), 7);
         let t0 = Instant::now();
         let mut now = t0;
@@ -215,6 +251,66 @@ mod tests {
             now += MS + retry.delay;
         }
         assert!(now - t0 < settings().failover_window);
+    }
+
+    #[test]
+    fn a_refused_connect_is_tried_again_within_a_few_ms_during_a_failover() {
+        // The holder hands the VIP over: it refuses from its priority-0
+        // advert until the new master is heard 25 ms later.
+        for spread in [0, 7, 10, 1234] {
+            let mut r = Reconnect::new(settings(), spread);
+            let t0 = Instant::now();
+            let moved = t0 + 25 * MS;
+            let mut now = t0;
+            let mut tries = 0;
+            while now < moved {
+                let retry = r.refused(now + MS, now);
+                assert!(retry.unreachable.is_none());
+                assert!(
+                    retry.delay >= REFUSED_PAUSE && retry.delay <= 2 * REFUSED_PAUSE,
+                    "spread {spread}: {:?}",
+                    retry.delay
+                );
+                now += MS + retry.delay;
+                tries += 1;
+            }
+            // Connected at most one pause and its spread (21 ms) after the
+            // move, not backoff_min (100 ms) after the first refusal.
+            assert!(now - moved <= 21 * MS, "spread {spread}: {:?}", now - moved);
+            assert!((2..=3).contains(&tries), "spread {spread}: {tries}");
+        }
+    }
+
+    #[test]
+    fn refusals_that_outlast_the_window_back_off_as_any_failure() {
+        let mut r = Reconnect::new(settings(), 0);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut delays = Vec::new();
+        while now - t0 < Duration::from_secs(30) {
+            let retry = r.refused(now + MS, now);
+            delays.push(retry.delay);
+            now += MS + retry.delay;
+        }
+        // About 90 refusals in the first second, 11 ms apart (spread 0)...
+        let within = delays.iter().filter(|d| **d == 10 * MS).count();
+        assert!((80..=100).contains(&within), "{within}: {delays:?}");
+        // ...then doubling from backoff_min, as any failure.
+        let past: Vec<u128> = delays[within..].iter().map(Duration::as_millis).take(5).collect();
+        assert_eq!(past, [100, 200, 400, 800, 1600]);
+    }
+
+    #[test]
+    fn a_refused_pause_is_never_longer_than_backoff_min() {
+        let mut r = Reconnect::new(
+            Settings {
+                backoff_min: 4 * MS,
+                ..settings()
+            },
+            1234,
+        );
+        let t0 = Instant::now();
+        assert_eq!(r.refused(t0 + MS, t0).delay, 4 * MS);
     }
 
     #[test]
