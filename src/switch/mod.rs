@@ -1002,10 +1002,9 @@ mod tests {
         drop(closed);
         let options = ConnectOptions::default();
         assert!(options.connect_stagger.is_some());
-        let e = Connection::connect_with(addr.to_string().as_str(), None, &options)
-            .await
-            .err()
-            .expect("nothing listens");
+        let Err(e) = Connection::connect_with(addr.to_string().as_str(), None, &options).await else {
+            panic!("nothing listens on {addr}, yet it connected");
+        };
         assert!(connect_refused(&e), "{e:?}");
         let timed_out = ClientError::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
