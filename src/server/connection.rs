@@ -52,85 +52,100 @@ pub(super) fn accept<A: Applier>(
         let Some(tls) = shared.config.tls.clone() else {
             return serve(shared, Box::new(tcp), peer, local, None, port).await;
         };
-        let refused = |why: &str| {
+        // Boxed: the task of a connection that waits for its next frame
+        // holds only what waiting needs, not the larger state of the
+        // handshake (10,000 switches stay connected). Nothing of it is
+        // left in this future while serving: `serve`, not boxed, is what
+        // this task is for, and in the task itself it needs no allocation
+        // of its own (a 640-byte task cell beside a boxed `serve` before).
+        let Some((stream, who)) = Box::pin(admit(&shared, tls, tcp, peer, port)).await else {
+            return;
+        };
+        serve(shared, Box::new(stream), peer, local, who, port).await;
+    }
+}
+
+/// Completes the handshake and checks that the certificate names who may
+/// use `port`: the stream and who it names, or `None` once it is refused
+/// (said to the peer when it completed the handshake).
+async fn admit<A: Applier>(
+    shared: &Shared<A>,
+    tls: crate::tls::ServerTls,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: Port,
+) -> Option<(crate::tls::ServerStream, Option<ClientIdentity>)> {
+    let refused = |why: &str| {
+        shared
+            .counters
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        cluster::warn_limited!(shared.log, "client handshake", %peer, ?port, "connection refused: {why}");
+    };
+    let (stream, who) = match tls.accept(tcp, shared.config.handshake_timeout).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            refused(&e.to_string());
+            return None;
+        }
+    };
+    let refusal = match &who {
+        Ok(ClientIdentity::Switch { .. }) if port == Port::Client => None,
+        Ok(ClientIdentity::Operator { .. }) if port == Port::Operator => None,
+        Ok(who) => {
+            refused(&format!("{who} on the {port:?} port"));
+            Some(ServerError::Forbidden(
+                match port {
+                    Port::Client => {
+                        "the client port takes switch certificates only: operators use the operator port"
+                    }
+                    Port::Operator => {
+                        "the operator port takes operator certificates only (`vipool pki operator`)"
+                    }
+                }
+                .into(),
+            ))
+        }
+        Err(IdentityError::Member { member }) => {
+            // A server's or the witness's own certificate used as a
+            // client's: a mistake in a script or a switch's setup, or the
+            // key of a member in the wrong hands. Counted apart.
+            shared.counters.refuse("client_member_certificate");
             shared
                 .counters
                 .refused_connections
                 .fetch_add(1, Ordering::Relaxed);
-            cluster::warn_limited!(shared.log, "client handshake", %peer, ?port, "connection refused: {why}");
-        };
-        // Boxed, as the answer below: the task of a connection that waits for
-        // its next frame holds only what waiting needs, not the largest state
-        // it went through (10,000 switches stay connected).
-        let (stream, who) = match Box::pin(tls.accept(tcp, shared.config.handshake_timeout)).await {
-            Ok(accepted) => accepted,
-            Err(e) => return refused(&e.to_string()),
-        };
-        let refusal = match &who {
-            Ok(ClientIdentity::Switch { .. }) if port == Port::Client => None,
-            Ok(ClientIdentity::Operator { .. }) if port == Port::Operator => None,
-            Ok(who) => {
-                refused(&format!("{who} on the {port:?} port"));
-                Some(ServerError::Forbidden(
-                    match port {
-                        Port::Client => {
-                            "the client port takes switch certificates only: operators use the operator port"
-                        }
-                        Port::Operator => {
-                            "the operator port takes operator certificates only (`vipool pki operator`)"
-                        }
-                    }
-                    .into(),
-                ))
-            }
-            Err(IdentityError::Member { member }) => {
-                // A server's or the witness's own certificate used as a
-                // client's: a mistake in a script or a switch's setup, or the
-                // key of a member in the wrong hands. Counted apart.
-                shared.counters.refuse("client_member_certificate");
-                shared
-                    .counters
-                    .refused_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                cluster::warn_limited!(shared.log, "member certificate", %peer, ?port, member = %member,
+            cluster::warn_limited!(shared.log, "member certificate", %peer, ?port, member = %member,
                 "connection refused: a member certificate of the pair is not a switch certificate");
-                Some(ServerError::MemberCertificate {
-                    member: member.clone(),
-                })
-            }
-            Err(e @ IdentityError::Unusable(_)) => {
-                refused(&format!("client certificate: {e}"));
-                Some(ServerError::Forbidden(format!("client certificate: {e}")))
-            }
+            Some(ServerError::MemberCertificate {
+                member: member.clone(),
+            })
+        }
+        Err(e @ IdentityError::Unusable(_)) => {
+            refused(&format!("client certificate: {e}"));
+            Some(ServerError::Forbidden(format!("client certificate: {e}")))
+        }
+    };
+    let Some(refusal) = refusal else {
+        return Some((stream, who.ok()));
+    };
+    // Say why before closing: a certificate of the wrong kind is an
+    // operator's mistake more often than an attack. (No frame read yet:
+    // in the oldest version served, which every client reads.)
+    {
+        let mut framed = Framed::answering(stream, shared.config.max_frame);
+        let message = ServerMessage::Reply {
+            seq: 0,
+            response: Err(refusal),
         };
-        let Some(refusal) = refusal else {
-            let who = who.ok();
-            // Not boxed: serving is what this task is for, and it is the
-            // largest of its states once the handshake and the refusal below
-            // are boxed. In the task itself it needs no allocation of its own
-            // (10,000 switches: 640 bytes each, a task cell beside a boxed
-            // `serve`).
-            return serve(shared, Box::new(stream), peer, local, who, port).await;
-        };
-        // Say why before closing: a certificate of the wrong kind is an
-        // operator's mistake more often than an attack. (No frame read yet:
-        // in the oldest version served, which every client reads.) Boxed, as
-        // serving is above.
-        Box::pin(async move {
-            let mut framed = Framed::answering(stream, shared.config.max_frame);
-            let message = ServerMessage::Reply {
-                seq: 0,
-                response: Err(refusal),
-            };
-            if write_within(&mut framed, &message, shared.config.frame_timeout)
-                .await
-                .is_ok()
-            {
-                let _ = tokio::time::timeout(shared.config.frame_timeout, framed.shutdown()).await;
-            }
-        })
-        .await;
+        if write_within(&mut framed, &message, shared.config.frame_timeout)
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(shared.config.frame_timeout, framed.shutdown()).await;
+        }
     }
+    None
 }
 
 /// Serves one connection until the peer closes it, sends a bad frame, is
