@@ -36,12 +36,45 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// Runs the handshake of an accepted connection (TLS: the certificate must
 /// be a switch's on the client port, an operator's on the operator port),
 /// then serves it.
-pub(super) async fn accept<A: Applier>(shared: Arc<Shared<A>>, tcp: TcpStream, peer: SocketAddr, port: Port) {
-    let _ = tcp.set_nodelay(true);
-    let local = tcp.local_addr().ok();
-    let Some(tls) = shared.config.tls.clone() else {
-        return Box::pin(serve(shared, Box::new(tcp), peer, local, None, port)).await;
-    };
+///
+/// Not an `async fn`, for the reason [`serve`] gives (the lint would have
+/// one).
+#[allow(clippy::manual_async_fn)]
+pub(super) fn accept<A: Applier>(
+    shared: Arc<Shared<A>>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: Port,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
+        let Some(tls) = shared.config.tls.clone() else {
+            return serve(shared, Box::new(tcp), peer, local, None, port).await;
+        };
+        // Boxed: the task of a connection that waits for its next frame
+        // holds only what waiting needs, not the larger state of the
+        // handshake (10,000 switches stay connected). Nothing of it is
+        // left in this future while serving: `serve`, not boxed, is what
+        // this task is for, and in the task itself it needs no allocation
+        // of its own (a 640-byte task cell beside a boxed `serve` before).
+        let Some((stream, who)) = Box::pin(admit(&shared, tls, tcp, peer, port)).await else {
+            return;
+        };
+        serve(shared, Box::new(stream), peer, local, who, port).await;
+    }
+}
+
+/// Completes the handshake and checks that the certificate names who may
+/// use `port`: the stream and who it names, or `None` once it is refused
+/// (said to the peer when it completed the handshake).
+async fn admit<A: Applier>(
+    shared: &Shared<A>,
+    tls: crate::tls::ServerTls,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: Port,
+) -> Option<(crate::tls::ServerStream, Option<ClientIdentity>)> {
     let refused = |why: &str| {
         shared
             .counters
@@ -49,12 +82,12 @@ pub(super) async fn accept<A: Applier>(shared: Arc<Shared<A>>, tcp: TcpStream, p
             .fetch_add(1, Ordering::Relaxed);
         cluster::warn_limited!(shared.log, "client handshake", %peer, ?port, "connection refused: {why}");
     };
-    // Boxed, as the answer below: the task of a connection that waits for
-    // its next frame holds only what waiting needs, not the largest state
-    // it went through (10,000 switches stay connected).
-    let (stream, who) = match Box::pin(tls.accept(tcp, shared.config.handshake_timeout)).await {
+    let (stream, who) = match tls.accept(tcp, shared.config.handshake_timeout).await {
         Ok(accepted) => accepted,
-        Err(e) => return refused(&e.to_string()),
+        Err(e) => {
+            refused(&e.to_string());
+            return None;
+        }
     };
     let refusal = match &who {
         Ok(ClientIdentity::Switch { .. }) if port == Port::Client => None,
@@ -94,16 +127,12 @@ pub(super) async fn accept<A: Applier>(shared: Arc<Shared<A>>, tcp: TcpStream, p
         }
     };
     let Some(refusal) = refusal else {
-        let who = who.ok();
-        // Boxed: unboxed, this task's future was as large as serving and
-        // the refusal below side by side (3.4 KB per connection, not 1.7).
-        return Box::pin(serve(shared, Box::new(stream), peer, local, who, port)).await;
+        return Some((stream, who.ok()));
     };
     // Say why before closing: a certificate of the wrong kind is an
     // operator's mistake more often than an attack. (No frame read yet:
-    // in the oldest version served, which every client reads.) Boxed, as
-    // serving is above.
-    Box::pin(async move {
+    // in the oldest version served, which every client reads.)
+    {
         let mut framed = Framed::answering(stream, shared.config.max_frame);
         let message = ServerMessage::Reply {
             seq: 0,
@@ -115,68 +144,103 @@ pub(super) async fn accept<A: Applier>(shared: Arc<Shared<A>>, tcp: TcpStream, p
         {
             let _ = tokio::time::timeout(shared.config.frame_timeout, framed.shutdown()).await;
         }
-    })
-    .await;
+    }
+    None
 }
 
 /// Serves one connection until the peer closes it, sends a bad frame, is
 /// too slow, the node stops serving or shuts down.
-async fn serve<A: Applier>(
+///
+/// Not an `async fn`: one would keep its arguments in its future beside
+/// the connection state they are moved into (about 150 bytes more per
+/// connection). The future owns the connection state and nothing else.
+fn serve<A: Applier>(
     shared: Arc<Shared<A>>,
     stream: Box<dyn Stream>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     who: Option<ClientIdentity>,
     port: Port,
-) {
-    shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-    if port == Port::Client {
-        shared.counters.client_connections.fetch_add(1, Ordering::Relaxed);
-    }
+) -> impl std::future::Future<Output = ()> {
+    let mut framed = Framed::answering(stream, shared.config.max_frame);
     let mut conn = Conn {
-        shared: &shared,
+        shared,
         peer,
         local,
         who,
         port,
         last_pool: None,
-        client_id: None,
+        registered: false,
     };
-    let mut framed = Framed::answering(stream, shared.config.max_frame);
-    let reason = conn.run(&mut framed).await;
-    if matches!(reason, "idle" | "frame too slow" | "answer not taken") {
-        shared.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-    }
-    debug!(%peer, reason, "connection closed");
-    shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
-    if port == Port::Client {
-        shared.counters.client_connections.fetch_sub(1, Ordering::Relaxed);
+    // `conn` and `framed` are used in place, never moved: moved, they
+    // would be stored twice.
+    async move {
+        conn.count(true);
+        let reason = conn.run(&mut framed).await;
+        if matches!(reason, "idle" | "frame too slow" | "answer not taken") {
+            conn.shared.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(peer = %conn.peer, reason, "connection closed");
+        conn.count(false);
     }
 }
 
-struct Conn<'a, A> {
-    shared: &'a Shared<A>,
+struct Conn<A> {
+    shared: Arc<Shared<A>>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     /// Who the connection's certificate names (`None`: plain TCP).
     who: Option<ClientIdentity>,
     port: Port,
     // The last pool this client was sent: pushes only carry news.
-    last_pool: Option<Pool>,
+    last_pool: Option<PoolPrint>,
     // Set once the peer registers or heartbeats: only license clients get pushes.
-    client_id: Option<String>,
+    registered: bool,
 }
 
-impl<A: Applier> Conn<'_, A> {
+/// A pool as a client was last told it, to push only news: its exact
+/// encoding (tens of bytes), not a copy of the map (a B-tree node of
+/// about 500 bytes, kept by every connection: 10,000 switches).
+#[derive(Debug, PartialEq, Eq)]
+struct PoolPrint(Box<[u8]>);
+
+impl PoolPrint {
+    /// `None` if the pool does not encode (not seen: then every push goes).
+    fn of(pool: &Pool) -> Option<PoolPrint> {
+        bincode::serde::encode_to_vec(pool, bincode::config::standard())
+            .ok()
+            .map(|bytes| PoolPrint(bytes.into_boxed_slice()))
+    }
+}
+
+impl<A: Applier> Conn<A> {
+    /// Counts the connection in (`open`) or out of those open.
+    fn count(&self, open: bool) {
+        let counters = &self.shared.counters;
+        let change = |n: &std::sync::atomic::AtomicU64| {
+            if open {
+                n.fetch_add(1, Ordering::Relaxed);
+            } else {
+                n.fetch_sub(1, Ordering::Relaxed);
+            }
+        };
+        change(&counters.connections);
+        if self.port == Port::Client {
+            change(&counters.client_connections);
+        }
+    }
+
     async fn run(&mut self, framed: &mut Framed<Box<dyn Stream>>) -> &'static str {
-        let config = &self.shared.config;
+        // Its own handle: the steps below borrow all of `self`.
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config;
         let mut pool_rx = self.shared.applier.pool_changes();
         let mut serving = self.shared.serving.clone();
         // A node that does not serve yet still answers (errors and views);
         // only a change from serving to not serving closes the connection.
         serving.borrow_and_update();
         let mut serving_follows = true;
-        let mut push_at: Option<tokio::time::Instant> = None;
+        let mut push_at: Option<Instant> = None;
         let mut lost_vip = false;
         // The last whole frame, and when the one being read began.
         let mut last_frame = Instant::now();
@@ -188,66 +252,18 @@ impl<A: Applier> Conn<'_, A> {
                     Ok(Some(request)) => {
                         last_frame = Instant::now();
                         frame_began = framed.in_frame().then_some(last_frame);
-                        self.shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-                        // A request not answered at once is said to be
-                        // held (version 3): the client then knows that
-                        // this server, not only its host's TCP, has it.
-                        let (seq, held) = (request.seq, framed.version() >= 3);
-                        let shared = self.shared;
-                        let (message, heartbeat_of) = {
-                            let mut answer = Box::pin(self.answer(request));
-                            tokio::select! {
-                                biased;
-                                done = &mut answer => done,
-                                () = tokio::time::sleep(crate::proto::HELD_AFTER), if held => {
-                                    let held = ServerMessage::Held { seq };
-                                    if let Err(e) = write_within(framed, &held, config.frame_timeout).await {
-                                        shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                                        return write_failed(&e);
-                                    }
-                                    answer.await
-                                }
-                            }
-                        };
-                        let written = write_within(framed, &message, config.frame_timeout).await;
-                        let written = match written {
-                            Err(WriteError::Frame(e)) => {
-                                // Too large to send: say so instead.
-                                let seq = match message {
-                                    ServerMessage::Reply { seq, .. } | ServerMessage::Held { seq } => seq,
-                                    ServerMessage::Push { .. } => 0,
-                                };
-                                let fallback = ServerMessage::Reply {
-                                    seq,
-                                    response: Err(ServerError::from(e)),
-                                };
-                                write_within(framed, &fallback, config.frame_timeout).await
-                            }
-                            other => other,
-                        };
-                        self.shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        if let Err(e) = written {
-                            return write_failed(&e);
-                        }
-                        if let Some(id) = heartbeat_of {
-                            self.shared.counters.heartbeat(&id, |c| c.responses += 1);
+                        // Boxed, as every other step below that writes: this
+                        // future's size is that of its largest await, and
+                        // a connection spends nearly all its life in the wait
+                        // for its next frame (10,000 switches stay
+                        // connected), which then is the largest.
+                        if let Err(why) = Box::pin(self.exchange(framed, request)).await {
+                            return why;
                         }
                     }
                     Ok(None) if lost_vip => return "stopped serving",
                     Ok(None) => break,
-                    Err(e) => {
-                        self.shared.counters.bad_frame(&e);
-                        if let Some(suppressed) = self.shared.log.allow("bad frame") {
-                            info!(suppressed, peer = %self.peer, error = %e, "bad frame; closing the connection");
-                        }
-                        let message = ServerMessage::Reply {
-                            seq: 0,
-                            response: Err(ServerError::from(e)),
-                        };
-                        // Best effort: the connection closes either way.
-                        let _ = write_within(framed, &message, config.frame_timeout).await;
-                        return "bad frame";
-                    }
+                    Err(e) => return Box::pin(self.refuse_frame(framed, e)).await,
                 }
             }
             if framed.in_frame() {
@@ -262,6 +278,8 @@ impl<A: Applier> Conn<'_, A> {
                 Some(began) => (began + config.frame_timeout, "frame too slow"),
                 None => (last_frame + config.idle_timeout, "idle"),
             };
+            // One timer for the deadline and a push, whichever comes first.
+            let wake = push_at.map_or(deadline, |at| at.min(deadline));
             tokio::select! {
                 read = framed.fill() => match read {
                     Ok(0) if framed.in_frame() => return "closed in a frame",
@@ -269,24 +287,21 @@ impl<A: Applier> Conn<'_, A> {
                     Ok(_) => {}
                     Err(_) => return "read failed",
                 },
-                () = tokio::time::sleep_until(deadline) => return why,
-                changed = pool_rx.changed(), if self.client_id.is_some() && push_at.is_none() => {
+                () = tokio::time::sleep_until(wake) => {
+                    if push_at != Some(wake) {
+                        return why;
+                    }
+                    push_at = None;
+                    if let Err(e) = Box::pin(self.push(framed, &mut pool_rx)).await {
+                        return write_failed(&e);
+                    }
+                }
+                changed = pool_rx.changed(), if self.registered && push_at.is_none() => {
                     if changed.is_err() {
                         return "table gone";
                     }
                     // Coalesce a burst of changes into one push per connection.
-                    push_at = Some(tokio::time::Instant::now() + config.push_delay);
-                }
-                () = sleep_until(push_at) => {
-                    push_at = None;
-                    let pool = pool_rx.borrow_and_update().clone();
-                    if self.last_pool.as_ref() != Some(&pool) {
-                        self.last_pool = Some(pool.clone());
-                        let push = ServerMessage::Push { pool };
-                        if let Err(e) = write_within(framed, &push, config.frame_timeout).await {
-                            return write_failed(&e);
-                        }
-                    }
+                    push_at = Some(Instant::now() + config.push_delay);
                 }
                 changed = serving.changed(), if serving_follows && self.port == Port::Client => {
                     if changed.is_err() {
@@ -298,7 +313,7 @@ impl<A: Applier> Conn<'_, A> {
                         // first (refused, naming the VIP) rather than lost
                         // to a reset of the connection.
                         lost_vip = true;
-                        framed.read_pending(std::time::Duration::from_millis(1)).await;
+                        Box::pin(framed.read_pending(Duration::from_millis(1))).await;
                     }
                 }
                 // The node stops (see `Server::stop_accepting`): as when it
@@ -306,11 +321,101 @@ impl<A: Applier> Conn<'_, A> {
                 // ended after serving did (no change of `serving` to see).
                 () = self.shared.stop_accepting.cancelled(), if self.port == Port::Client && !lost_vip => {
                     lost_vip = true;
-                    framed.read_pending(std::time::Duration::from_millis(1)).await;
+                    Box::pin(framed.read_pending(Duration::from_millis(1))).await;
                 }
                 () = self.shared.shutdown.cancelled() => return "shutdown",
             }
         }
+    }
+
+    /// Answers one request and writes the answer (first that it is held,
+    /// if it takes a while); `Err` says why the connection closes.
+    async fn exchange(
+        &mut self,
+        framed: &mut Framed<Box<dyn Stream>>,
+        request: RequestFrame,
+    ) -> Result<(), &'static str> {
+        // Its own handle: `answer` below borrows all of `self`.
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config;
+        shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        // A request not answered at once is said to be held (version 3):
+        // the client then knows that this server, not only its host's TCP,
+        // has it.
+        let (seq, held) = (request.seq, framed.version() >= 3);
+        let (message, heartbeat_of) = {
+            let answer = self.answer(request);
+            tokio::pin!(answer);
+            tokio::select! {
+                biased;
+                done = &mut answer => done,
+                () = tokio::time::sleep(crate::proto::HELD_AFTER), if held => {
+                    let held = ServerMessage::Held { seq };
+                    if let Err(e) = write_within(framed, &held, config.frame_timeout).await {
+                        shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        return Err(write_failed(&e));
+                    }
+                    answer.await
+                }
+            }
+        };
+        let written = match write_within(framed, &message, config.frame_timeout).await {
+            Err(WriteError::Frame(e)) => {
+                // Too large to send: say so instead.
+                let seq = match message {
+                    ServerMessage::Reply { seq, .. } | ServerMessage::Held { seq } => seq,
+                    ServerMessage::Push { .. } => 0,
+                };
+                let fallback = ServerMessage::Reply {
+                    seq,
+                    response: Err(ServerError::from(e)),
+                };
+                write_within(framed, &fallback, config.frame_timeout).await
+            }
+            other => other,
+        };
+        shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        written.map_err(|e| write_failed(&e))?;
+        if let Some(id) = heartbeat_of {
+            shared.counters.heartbeat(&id, |c| c.responses += 1);
+        }
+        Ok(())
+    }
+
+    /// Says why a frame that cannot be read closes the connection, and
+    /// returns that reason.
+    async fn refuse_frame(
+        &self,
+        framed: &mut Framed<Box<dyn Stream>>,
+        e: crate::proto::frame::FrameError,
+    ) -> &'static str {
+        self.shared.counters.bad_frame(&e);
+        if let Some(suppressed) = self.shared.log.allow("bad frame") {
+            info!(suppressed, peer = %self.peer, error = %e, "bad frame; closing the connection");
+        }
+        let message = ServerMessage::Reply {
+            seq: 0,
+            response: Err(ServerError::from(e)),
+        };
+        // Best effort: the connection closes either way.
+        let _ = write_within(framed, &message, self.shared.config.frame_timeout).await;
+        "bad frame"
+    }
+
+    /// Pushes the pool if it changed since this client was last told.
+    async fn push(
+        &mut self,
+        framed: &mut Framed<Box<dyn Stream>>,
+        pool_rx: &mut tokio::sync::watch::Receiver<Pool>,
+    ) -> Result<(), WriteError> {
+        let pool = pool_rx.borrow_and_update().clone();
+        let print = PoolPrint::of(&pool);
+        if print.is_some() && self.last_pool == print {
+            return Ok(());
+        }
+        self.last_pool = print;
+        let push = ServerMessage::Push { pool };
+        write_within(framed, &push, self.shared.config.frame_timeout).await
     }
 
     /// Whether license requests may be answered on this connection.
@@ -387,9 +492,9 @@ impl<A: Applier> Conn<'_, A> {
                 info!(suppressed, peer = %self.peer, error = %e.to_string().escape_debug(), "the table refused a request");
             }
         }
-        if let Ok(Response::Client { client, pool }) = &response {
-            self.client_id = Some(client.id.clone());
-            self.last_pool = Some(pool.clone());
+        if let Ok(Response::Client { pool, .. }) = &response {
+            self.registered = true;
+            self.last_pool = PoolPrint::of(pool);
         }
         (ServerMessage::Reply { seq, response }, heartbeat_of)
     }
@@ -713,9 +818,91 @@ fn reply_kind(reply: &Reply) -> &'static str {
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of_val;
+    use std::sync::Arc;
+
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::server::{LocalApplier, Server, ServerConfig};
+    use crate::table::{LicenseTable, TableConfig};
+
+    /// Issue 10 (server RSS at 10,000 switches, each keeping a connection):
+    /// a connection's task holds what waiting for the next frame needs and
+    /// little else. The task's future (`accept`) holds `serve`'s in place,
+    /// not boxed beside it (a 640-byte task cell beside a 1.4 KB box), and
+    /// no large state of the handshake or the refusal (both boxed);
+    /// `serve`'s holds the connection, its frames and the wait, not its
+    /// arguments a second time; the wait holds no answer being written (its
+    /// own box, for as long as it is written). Bounds relative to the parts,
+    /// so that they hold in every profile (sizes: `--nocapture`).
+    #[tokio::test]
+    async fn a_waiting_connections_task_holds_the_wait_and_little_else() {
+        let server = Server::new(
+            Arc::new(LocalApplier::new(LicenseTable::new(TableConfig::default()))),
+            ServerConfig::default(),
+            watch::channel(true).1,
+            CancellationToken::new(),
+        );
+        let shared = Arc::clone(&server.shared);
+        let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+
+        let serving = serve(
+            Arc::clone(&shared),
+            Box::new(tokio::io::duplex(64).0),
+            peer,
+            None,
+            None,
+            Port::Client,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let accepting = accept(Arc::clone(&shared), tcp, peer, Port::Client);
+        let mut framed = Framed::answering(Box::new(tokio::io::duplex(64).0) as Box<dyn Stream>, 1024);
+        let mut conn = Conn {
+            shared: Arc::clone(&shared),
+            peer,
+            local: None,
+            who: None,
+            port: Port::Client,
+            last_pool: None,
+            registered: false,
+        };
+        let (conn_size, framed_size) = (size_of_val(&conn), size_of_val(&framed));
+        let waiting = conn.run(&mut framed);
+        let run_size = size_of_val(&waiting);
+        drop(waiting);
+        let mut rx = shared.serving.clone();
+        let wait_parts = size_of_val(&framed.fill())
+            + size_of_val(&tokio::time::sleep(Duration::ZERO))
+            + 2 * size_of_val(&rx.changed())
+            + 2 * size_of_val(&shared.shutdown.cancelled());
+        eprintln!(
+            "accept {} B, serve {} B, run {run_size} B (its wait's futures {wait_parts} B), Conn {conn_size} B, \
+             Framed {framed_size} B, a message {} B",
+            size_of_val(&accepting),
+            size_of_val(&serving),
+            std::mem::size_of::<ServerMessage>(),
+        );
+        assert!(
+            size_of_val(&accepting) <= size_of_val(&serving) + 128,
+            "accept {} B holds more than serve {} B",
+            size_of_val(&accepting),
+            size_of_val(&serving)
+        );
+        assert!(
+            size_of_val(&serving) <= conn_size + framed_size + run_size + 64,
+            "serve {} B holds more than its connection, frames and wait",
+            size_of_val(&serving)
+        );
+        assert!(
+            run_size <= 2 * wait_parts,
+            "run {run_size} B: more than twice the futures of its wait ({wait_parts} B)"
+        );
     }
 }
