@@ -620,12 +620,10 @@ pub async fn run(
     while (server.in_flight() > 0 || server.client_connections() > 0) && Instant::now() < drain {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // Leadership goes as soon as the priority-0 advert is out (the peer,
-    // with pair_handoff, is master from then on and prefers itself), not
-    // after the VIP removal and the rest of the speaker's stop: those take
-    // tens of milliseconds that would add to the clients' gap. Handing it
-    // over before the advert would let the peer, still a VRRP backup that
-    // prefers this node, hand it straight back.
+    // Leadership goes once the VIP is given up (below), not before the
+    // priority-0 advert: the peer, still a VRRP backup that prefers this
+    // node, would hand it straight back. Nor with the rest of the
+    // speaker's stop (deleting its interface), which need not delay it.
     // The peer believes our priority-0 advert only once it has our word
     // that we leave (a forged one is dropped): announce it first.
     if !beacons.leave(advert.min(Duration::from_millis(200))).await {
@@ -639,13 +637,13 @@ pub async fn run(
         // hears the new master's first advert, which the new master sends
         // once it has installed the VIP and announced it (gratuitous ARP):
         // until then hosts still send here, and our closed client port
-        // resets their connects (they try again at once) rather than
-        // losing them. Leadership goes once the VIP is given up: the new
-        // master takes over as sole voter on it (a snapshot and an fsync,
-        // tens of milliseconds on a busy host, on its single thread), and
-        // handed over sooner that work delayed its VIP and its announcement
-        // behind it (failover_bench timelines: the new master's VIP 50 ms
-        // after its takeover began).
+        // resets their connects (they try again within milliseconds)
+        // rather than losing them. Leadership goes once the VIP is given
+        // up: the new master takes over as sole voter on it (a snapshot and
+        // an fsync, tens of milliseconds on a busy host), and handed over
+        // sooner that work delayed its VIP and its announcement behind it
+        // (failover_bench timelines: the new master's VIP 50 ms after its
+        // takeover began).
         let advert_out = vrrp.wait_for(|s| s.state == State::Initialize && !s.vip_installed);
         // The advert went out, or the speaker stopped without one: hand over anyway.
         let _ = tokio::time::timeout(advert + Duration::from_millis(500), advert_out).await;

@@ -650,13 +650,7 @@ impl Driver {
                     if claims.has_changed().unwrap_or(false) {
                         self.apply_claim(&mut claims, now);
                     }
-                    let before = self.instance.counters().clone();
-                    self.instance.handle_datagram(now, &buf[..len]);
-                    self.log_trust(&before, &buf[..len], now);
-                    if self.keep_vips_until.is_some() && masters_heard(self.instance.counters()) > self.masters_heard {
-                        debug!("the new master is heard: giving up the virtual addresses");
-                        self.remove_vips().await?;
-                    }
+                    self.take_datagram(now, &buf[..len]).await?;
                 }
                 // Without a datagram, a new claim still applies at once: it
                 // may release or discard a held advert. (`changed` has
@@ -679,10 +673,7 @@ impl Driver {
                 },
                 () = sleep => {
                     let now = Instant::now();
-                    if self.keep_vips_until.is_some_and(|at| at <= now) {
-                        debug!("no new master heard within an advertisement interval: giving up the virtual addresses");
-                        self.remove_vips().await?;
-                    }
+                    self.give_up_kept_vips(now).await?;
                     self.instance.handle_timeout(now);
                     if self.garp_plan.front().is_some_and(|&at| at <= now) {
                         self.send_garp(now);
@@ -765,62 +756,60 @@ impl Driver {
     }
 
     async fn handle_event(&mut self, event: Event) -> io::Result<()> {
-        {
-            match event {
-                Event::Transmit(repr) => {
-                    let checksum = match (repr.version, self.instance.config().v3_checksum) {
-                        (Version::V3, V3Checksum::PseudoHeader) => None,
-                        _ => Some(Checksum::MessageOnly),
-                    };
-                    let peers = &self.instance.config().unicast_peers;
-                    let dsts: Vec<Ipv4Addr> = if peers.is_empty() {
-                        vec![MULTICAST_GROUP]
-                    } else {
-                        peers.clone()
-                    };
-                    for dst in dsts {
-                        let mode = checksum.unwrap_or(Checksum::PseudoHeader {
-                            src: self.socket.source(),
-                            dst,
-                        });
-                        let bytes = repr.to_bytes(mode);
-                        if let Err(e) = self.socket.send(dst, &bytes).await {
-                            // A full queue or a link flap must not stop the
-                            // instance: the next advert retries.
-                            if let Some(suppressed) = self.warned.allow("send", Instant::now()) {
-                                warn!(%dst, error = %e, suppressed, "advertisement not sent");
-                            }
+        match event {
+            Event::Transmit(repr) => {
+                let checksum = match (repr.version, self.instance.config().v3_checksum) {
+                    (Version::V3, V3Checksum::PseudoHeader) => None,
+                    _ => Some(Checksum::MessageOnly),
+                };
+                let peers = &self.instance.config().unicast_peers;
+                let dsts: Vec<Ipv4Addr> = if peers.is_empty() {
+                    vec![MULTICAST_GROUP]
+                } else {
+                    peers.clone()
+                };
+                for dst in dsts {
+                    let mode = checksum.unwrap_or(Checksum::PseudoHeader {
+                        src: self.socket.source(),
+                        dst,
+                    });
+                    let bytes = repr.to_bytes(mode);
+                    if let Err(e) = self.socket.send(dst, &bytes).await {
+                        // A full queue or a link flap must not stop the
+                        // instance: the next advert retries.
+                        if let Some(suppressed) = self.warned.allow("send", Instant::now()) {
+                            warn!(%dst, error = %e, suppressed, "advertisement not sent");
                         }
                     }
                 }
-                Event::BecomeMaster(reason) => {
-                    self.transition(State::Master, Some(reason));
-                    self.install_vips().await?;
-                    let now = Instant::now();
-                    self.garp_plan = self.garp.plan(now).into();
-                    if self.garp_plan.front().is_some_and(|&at| at <= now) {
-                        self.send_garp(now);
-                    }
+            }
+            Event::BecomeMaster(reason) => {
+                self.transition(State::Master, Some(reason));
+                self.install_vips().await?;
+                let now = Instant::now();
+                self.garp_plan = self.garp.plan(now).into();
+                if self.garp_plan.front().is_some_and(|&at| at <= now) {
+                    self.send_garp(now);
                 }
-                Event::BecomeBackup(reason) => {
-                    self.transition(State::Backup, Some(reason));
-                    self.garp_plan.clear();
+            }
+            Event::BecomeBackup(reason) => {
+                self.transition(State::Backup, Some(reason));
+                self.garp_plan.clear();
+                self.remove_vips().await?;
+            }
+            Event::BecomeInitialize => {
+                let reason = if self.instance.in_fault() {
+                    Reason::Fault
+                } else {
+                    Reason::Shutdown
+                };
+                self.transition(State::Initialize, Some(reason));
+                self.garp_plan.clear();
+                let hands_off = reason == Reason::Fault || self.hand_off.is_cancelled();
+                if hands_off && self.vip_installed {
+                    self.keep_vips_for_new_master();
+                } else {
                     self.remove_vips().await?;
-                }
-                Event::BecomeInitialize => {
-                    let reason = if self.instance.in_fault() {
-                        Reason::Fault
-                    } else {
-                        Reason::Shutdown
-                    };
-                    self.transition(State::Initialize, Some(reason));
-                    self.garp_plan.clear();
-                    let hands_off = reason == Reason::Fault || self.hand_off.is_cancelled();
-                    if hands_off && self.vip_installed {
-                        self.keep_vips_for_new_master();
-                    } else {
-                        self.remove_vips().await?;
-                    }
                 }
             }
         }
@@ -884,6 +873,30 @@ impl Driver {
         debug!("priority 0 sent: keeping the virtual addresses until the new master is heard");
     }
 
+    /// A datagram received at `now`: handled by the instance, its trust
+    /// drops logged, and kept addresses given up once it is the new
+    /// master's advert.
+    async fn take_datagram(&mut self, now: Instant, datagram: &[u8]) -> io::Result<()> {
+        let before = self.instance.counters().clone();
+        self.instance.handle_datagram(now, datagram);
+        self.log_trust(&before, datagram, now);
+        if self.keep_vips_until.is_some() && masters_heard(self.instance.counters()) > self.masters_heard {
+            debug!("the new master is heard: giving up the virtual addresses");
+            self.remove_vips().await?;
+        }
+        Ok(())
+    }
+
+    /// Gives up kept addresses whose time is up at `now` (no new master
+    /// heard within an advertisement interval).
+    async fn give_up_kept_vips(&mut self, now: Instant) -> io::Result<()> {
+        if self.keep_vips_until.is_some_and(|at| at <= now) {
+            debug!("no new master heard within an advertisement interval: giving up the virtual addresses");
+            self.remove_vips().await?;
+        }
+        Ok(())
+    }
+
     /// After the stop of a master that hands off: reads adverts (the
     /// instance is in Initialize: they change nothing, they are only
     /// counted) until the new master's is heard or the addresses' time is
@@ -894,19 +907,9 @@ impl Driver {
             tokio::select! {
                 received = self.socket.recv(&mut buf) => {
                     let len = received?;
-                    let now = Instant::now();
-                    let before = self.instance.counters().clone();
-                    self.instance.handle_datagram(now, &buf[..len]);
-                    self.log_trust(&before, &buf[..len], now);
-                    if masters_heard(self.instance.counters()) > self.masters_heard {
-                        debug!("the new master is heard: giving up the virtual addresses");
-                        self.remove_vips().await?;
-                    }
+                    self.take_datagram(Instant::now(), &buf[..len]).await?;
                 }
-                () = tokio::time::sleep_until(until.into()) => {
-                    debug!("no new master heard within an advertisement interval: giving up the virtual addresses");
-                    self.remove_vips().await?;
-                }
+                () = tokio::time::sleep_until(until.into()) => self.give_up_kept_vips(Instant::now()).await?,
             }
         }
         self.publish_status();
