@@ -21,7 +21,10 @@
 //! (one line per failover). With `FAILOVER_BENCH_TRACE` set, the worst
 //! prober's attempts across each disruption are printed (what a gap is made
 //! of); with `FAILOVER_BENCH_KEEP_LOGS` set, the nodes' logs are kept after
-//! every run (`VIPOOL_LAB_LOG` sets their filter). Needs root and `ip`; keepalived for
+//! every run (`VIPOOL_LAB_LOG` sets their filter); with
+//! `FAILOVER_BENCH_CLIENT_LOG=path`, the client library's debug lines of
+//! the fresh-connect prober (each TCP attempt, each TLS handshake and how
+//! long it took) go to that file. Needs root and `ip`; keepalived for
 //! its column. The default run takes about 8 minutes.
 //!
 //! Every case runs in a fresh namespaced lab: the primary (priority 200) and
@@ -724,6 +727,7 @@ fn fresh_prober(
                 ..ConnectOptions::default()
             };
             let deadline = Duration::from_millis(FRESH_DEADLINE_MS.load(Ordering::Relaxed));
+            let trace = tracing_on();
             let mut next = None;
             while !stop.load(Ordering::SeqCst) {
                 // A failed attempt tries again with the same id (it may or
@@ -735,7 +739,6 @@ fn fresh_prober(
                         Err(_) => break,
                     },
                 };
-                let trace = tracing_on();
                 let steps = std::cell::RefCell::new(Vec::new());
                 let step = |began: Instant, what: String| {
                     if trace {
@@ -1221,7 +1224,7 @@ fn round(
     // The old primary comes back and, once caught up, preempts.
     let (vip_back, mut monitor) = watch_vip(&pair.hosts[0]);
     std::thread::sleep(Duration::from_millis(50)); // the monitor subscribed
-    out.handback = probed(pair, &format!("{tag}h"), probers, |pair| {
+    let handback = probed(pair, &format!("{tag}h"), probers, |pair| {
         let t0 = Instant::now();
         pair.restart(how);
         let a = pair.hosts[0].addr;
@@ -1237,10 +1240,12 @@ fn round(
             ));
         }
         Ok((t0, 0))
-    })?;
+    });
     let moved = vip_back.recv_timeout(Duration::from_secs(1)).ok();
+    // Also when the handback failed: no `ip monitor` is left behind.
     let _ = monitor.kill();
     let _ = monitor.wait();
+    out.handback = handback?;
     out.fresh_at_move = moved.and_then(|at| gap_across(&out.handback.fresh_acks, at));
     out.notes.extend(out.failover.notes.iter().cloned());
     out.notes.extend(out.handback.notes.iter().cloned());
