@@ -49,14 +49,13 @@ fn a_takeover_right_after_an_unwritten_append_writes_it_and_leads() {
             "seed {seed}: the appends brought entries ({before} -> {stepped})"
         );
         assert!(node.has_ready(), "seed {seed}: and they are not written yet");
-        node.take_over_as_sole_voter()
-            .unwrap_or_else(|e| panic!("seed {seed}: takeover: {e}"));
+        sim.take_over(follower);
+        let node = &sim.nodes[&follower];
         assert_eq!(node.role(), StateRole::Leader, "seed {seed}");
         assert!(
             node.last_index() > stepped,
             "seed {seed}: the new leader's log holds the stepped entries and its own"
         );
-        sim.pump(follower);
         // What it took over with commits alone, the stepped commands too.
         let cmds = write_some(&mut sim, 3);
         assert!(!cmds.is_empty(), "seed {seed}: it commits alone");
