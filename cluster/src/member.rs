@@ -197,6 +197,58 @@ impl<S: StateMachine> Member<S> {
         initial_voters: &[u64],
         outbox: Arc<dyn Outbox>,
     ) -> Result<Member<S>, NodeError> {
+        let (member, task) = Self::prepare(cfg, store, sm, initial_voters, outbox)?;
+        tokio::spawn(task.drive());
+        Ok(member)
+    }
+
+    /// [`Member::start`] on a thread of its own, with a runtime of its own.
+    ///
+    /// The member writes its log synchronously (`Ready`: append, fsync)
+    /// before it goes on, a few milliseconds each time and longer on a busy
+    /// disk. On a caller's single-threaded runtime that holds up everything
+    /// else the runtime runs while the log is written, and a member kept busy
+    /// (writes coming back to back) keeps it from polling its sockets and
+    /// timers for as long as 60-odd tasks' turns: in a vipool node, the
+    /// license clients' accepts waited 120-500 ms behind a stream of
+    /// registrations (failover_bench, `XX` debug build, graceful stop). Here
+    /// only the member waits for its disk; its callers reach it through its
+    /// queue as before.
+    ///
+    /// The thread ends with the member: on [`Member::shutdown`], on a
+    /// storage failure, or once every handle to it is dropped.
+    ///
+    /// # Errors
+    /// As [`Member::start`], or [`NodeError::Thread`] when no thread or
+    /// runtime can be had.
+    pub fn start_on_own_thread(
+        name: &str,
+        cfg: MemberConfig,
+        store: LogStore,
+        sm: S,
+        initial_voters: &[u64],
+        outbox: Arc<dyn Outbox>,
+    ) -> Result<Member<S>, NodeError> {
+        let (member, task) = Self::prepare(cfg, store, sm, initial_voters, outbox)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(NodeError::Thread)?;
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || runtime.block_on(task.drive()))
+            .map_err(NodeError::Thread)?;
+        Ok(member)
+    }
+
+    /// The member's handle and the task that drives it, not yet running.
+    fn prepare(
+        cfg: MemberConfig,
+        store: LogStore,
+        sm: S,
+        initial_voters: &[u64],
+        outbox: Arc<dyn Outbox>,
+    ) -> Result<(Member<S>, Task<S>), NodeError> {
         let node = Node::new(cfg.node.clone(), store, sm, initial_voters)?;
         let (tx, rx) = mpsc::channel(cfg.queue);
         let stopped = Arc::new(Mutex::new(None));
@@ -215,20 +267,14 @@ impl<S: StateMachine> Member<S> {
             fatal: None,
             stopped: stopped.clone(),
         };
-        tokio::spawn(async move {
-            // The task (and with it the store and its file lock) is gone
-            // before the caller of `shutdown` hears back.
-            if let Some(done) = task.run().await {
-                let _ = done.send(());
-            }
-        });
-        Ok(Member {
+        let member = Member {
             id: cfg.node.id,
             tx,
             timeout: cfg.request_timeout,
             stopped,
             role,
-        })
+        };
+        Ok((member, task))
     }
 
     /// Role, leader, term, in-sync and membership as they change (see
@@ -460,6 +506,14 @@ fn leadership_of<S: StateMachine>(node: &Node<S>) -> Leadership {
 }
 
 impl<S: StateMachine> Task<S> {
+    /// Runs the member until it stops. The task (and with it the store and
+    /// its file lock) is gone before the caller of `shutdown` hears back.
+    async fn drive(self) {
+        if let Some(done) = self.run().await {
+            let _ = done.send(());
+        }
+    }
+
     async fn run(mut self) -> Option<oneshot::Sender<()>> {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -735,6 +789,67 @@ pub(crate) mod tests {
         let m = Member::start(cfg, store, Recorder::default(), &[1, 2, 3], net.clone()).unwrap();
         net.members.lock().unwrap().insert(id, m.clone());
         m
+    }
+
+    /// The worst lateness of a 1 ms timer on a single-threaded runtime
+    /// while a lone member started from it commits three proposals on a
+    /// disk whose every write takes `write`: the member on that runtime
+    /// (`Member::start`) or on a thread of its own.
+    fn callers_worst_lateness(own_thread: bool, write: Duration) -> Duration {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let disk = Disk::memory();
+            let store = LogStore::open(disk.clone()).unwrap();
+            let net = Arc::new(LocalNet::default());
+            let m = if own_thread {
+                Member::start_on_own_thread("test-raft", fast(1), store, Recorder::default(), &[1], net)
+            } else {
+                Member::start(fast(1), store, Recorder::default(), &[1], net)
+            }
+            .unwrap();
+            leader_of(std::slice::from_ref(&m)).await;
+            disk.slow_writes(write);
+            let proposer = tokio::spawn({
+                let m = m.clone();
+                async move {
+                    for c in 0..3 {
+                        m.propose(c).await.expect("a lone member commits");
+                    }
+                }
+            });
+            let mut worst = Duration::ZERO;
+            while !proposer.is_finished() {
+                let began = std::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                worst = worst.max(began.elapsed());
+            }
+            proposer.await.unwrap();
+            m.shutdown().await;
+            worst
+        })
+    }
+
+    /// A member on a thread of its own waits for its disk there: the
+    /// runtime it was started from keeps polling its timers and sockets (in
+    /// a vipool node, the client port's accepts and the pair's beacons).
+    /// Started on that runtime instead, every write holds it up for as
+    /// long as the write takes.
+    #[test]
+    fn a_member_on_its_own_thread_does_not_hold_up_its_callers_runtime() {
+        let write = Duration::from_millis(300);
+        let shared = callers_worst_lateness(false, write);
+        assert!(
+            shared >= write,
+            "on the caller's runtime a write holds it up: the measure must see it ({shared:?})"
+        );
+        let own = callers_worst_lateness(true, write);
+        assert!(
+            own < write / 2,
+            "the member on its own thread held its caller's runtime up {own:?} (writes of {write:?})"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

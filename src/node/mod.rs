@@ -419,9 +419,18 @@ pub async fn run(
     let table = SharedTable::with_usage(LicenseTable::new(TableConfig::default()), usage)
         .with_tickets(Arc::clone(&ticketer));
     // No initial voters: the store was bootstrapped by `vipool init`, or
-    // waits for the leader's snapshot (`--rejoin`, a yield).
-    let member = Member::start(mcfg, store, table.clone(), &[], Arc::new(transport.clone()))
-        .map_err(NodeError::MemberStart)?;
+    // waits for the leader's snapshot (`--rejoin`, a yield). On a thread
+    // of its own: its log writes (fsync) would hold up this thread's
+    // sockets and timers (the client port's accepts, the beacons).
+    let member = Member::start_on_own_thread(
+        "vipool-raft",
+        mcfg,
+        store,
+        table.clone(),
+        &[],
+        Arc::new(transport.clone()),
+    )
+    .map_err(NodeError::MemberStart)?;
     transport.attach(raft_listener, Arc::new(member.clone()));
 
     let client_addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), config.license.client_port);

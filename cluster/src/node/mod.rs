@@ -160,6 +160,10 @@ pub enum NodeError {
         /// The decoder's complaint.
         reason: String,
     },
+    /// No thread could be started for the member
+    /// ([`crate::Member::start_on_own_thread`]).
+    #[error("cannot start the raft member's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// ReadIndex context of the in-sync probe (real reads use 8-byte tokens).

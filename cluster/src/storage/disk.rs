@@ -220,6 +220,8 @@ struct Memory {
     fault: Option<WriteFault>,
     /// What yields kept, by name.
     kept: Vec<(String, DiscardedLog)>,
+    /// Test hook: how long each write blocks its writer (a slow disk).
+    write_time: std::time::Duration,
 }
 
 /// What the next write to an in-memory disk does instead of succeeding
@@ -378,6 +380,16 @@ impl Disk {
         }
     }
 
+    /// Makes every later write to this in-memory disk block its writer for
+    /// `write_time`, as an fsync on a slow disk does (a no-op on a redb
+    /// disk).
+    #[cfg(test)]
+    pub(crate) fn slow_writes(&self, write_time: std::time::Duration) {
+        if let DiskKind::Memory(m) = &self.0 {
+            m.lock().expect("disk image lock").write_time = write_time;
+        }
+    }
+
     /// Makes the next write to this in-memory disk fail as `fault` says
     /// (a no-op on a redb disk). A simulation's hook: the member writing
     /// gets a storage error and stops, as on a real disk.
@@ -415,6 +427,10 @@ impl Disk {
     pub(super) fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
         match &self.0 {
             DiskKind::Memory(m) => {
+                let write_time = m.lock().expect("disk image lock").write_time;
+                if !write_time.is_zero() {
+                    std::thread::sleep(write_time);
+                }
                 let mut m = m.lock().expect("disk image lock");
                 if m.broken {
                     return Err(StoreError::Db(redb::Error::Io(std::io::Error::other(

@@ -293,6 +293,10 @@ struct Inner {
     local: SocketAddr,
     peers: Mutex<BTreeMap<u64, SocketAddr>>,
     writers: Mutex<BTreeMap<u64, mpsc::Sender<Outgoing>>>,
+    /// The runtime the transport was bound on, where its connections run:
+    /// a writer is started from whatever thread sends first, which is the
+    /// member's own when it runs on one ([`crate::Member::start_on_own_thread`]).
+    runtime: tokio::runtime::Handle,
     inbox: OnceLock<Arc<dyn Inbox>>,
     pair_handler: OnceLock<PairHandler>,
     stats: TransportStats,
@@ -364,6 +368,7 @@ impl TcpTransport {
             peers: Mutex::new(cfg.peers.clone()),
             local,
             writers: Mutex::new(BTreeMap::new()),
+            runtime: tokio::runtime::Handle::current(),
             inbox: OnceLock::new(),
             pair_handler: OnceLock::new(),
             stats: TransportStats::default(),
@@ -450,7 +455,9 @@ impl TcpTransport {
         let (tx, rx) = mpsc::channel(self.0.cfg.queue);
         writers.insert(to, tx.clone());
         let me = self.clone();
-        tokio::spawn(async move { me.write_loop(to, addr, rx).await });
+        self.0
+            .runtime
+            .spawn(async move { me.write_loop(to, addr, rx).await });
         Some(tx)
     }
 
