@@ -629,16 +629,16 @@ fn herd(pair: &mut Pair, holder: usize, disrupt: impl FnOnce(&mut Pair) -> Insta
         histogram,
         // A restarted node starts counting from zero; the read of the
         // counts is a full handshake of its own (the operator's).
-        entries: (before.2 > 0).then(|| counted.2.saturating_sub(before.2)),
-        tcp: (
-            tcp_after.0.saturating_sub(tcp_before.0),
-            tcp_after.1.saturating_sub(tcp_before.1),
-        ),
         handshakes: if counted.0 >= before.0 && counted.1 >= before.1 {
             ((counted.0 - before.0).saturating_sub(1), counted.1 - before.1)
         } else {
             (counted.0.saturating_sub(1), counted.1)
         },
+        tcp: (
+            tcp_after.0.saturating_sub(tcp_before.0),
+            tcp_after.1.saturating_sub(tcp_before.1),
+        ),
+        entries: (before.2 > 0).then(|| counted.2.saturating_sub(before.2)),
     })
 }
 
