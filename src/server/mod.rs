@@ -704,17 +704,36 @@ pub fn listen(addr: SocketAddr, backlog: usize) -> std::io::Result<TcpListener> 
     socket.listen(u32::try_from(backlog.max(1)).unwrap_or(u32::MAX))
 }
 
+/// [`listen`] for the client port: its accept queue as long as the
+/// connections served at once (`max_connections`, which the operator sets
+/// as `setting`), with a warning when the kernel caps it below that
+/// ([`accept_queue_note`]).
+///
+/// # Errors
+/// As [`listen`].
+pub fn listen_for_clients(
+    addr: SocketAddr,
+    max_connections: usize,
+    setting: &str,
+) -> std::io::Result<TcpListener> {
+    let listener = listen(addr, max_connections)?;
+    if let Some(note) = accept_queue_note(somaxconn(), max_connections, setting) {
+        warn!("{note}");
+    }
+    Ok(listener)
+}
+
 /// What to tell an operator whose kernel caps the client port's accept
 /// queue (`net.core.somaxconn`, `somaxconn`) below `wanted` connections
-/// (`license.max_connections`): nothing when it holds them all, or when
-/// the cap is unknown.
-pub fn accept_queue_note(somaxconn: Option<u64>, wanted: usize) -> Option<String> {
+/// (set as `setting`, `license.max_connections` on a node): nothing when
+/// it holds them all, or when the cap is unknown.
+pub fn accept_queue_note(somaxconn: Option<u64>, wanted: usize, setting: &str) -> Option<String> {
     let cap = somaxconn?;
     let wanted = u64::try_from(wanted).unwrap_or(u64::MAX);
     (cap < wanted).then(|| {
         format!(
             "net.core.somaxconn is {cap}: the client port's accept queue holds {cap} connections, not the \
-             {wanted} of license.max_connections; when more switches than that reconnect at once (after a \
+             {wanted} of {setting}; when more switches than that reconnect at once (after a \
              failover) the kernel drops their connects until TCP retries them (1 s, 3 s later). Raise it to \
              the number of switches (sysctl -w net.core.somaxconn={wanted})"
         )
@@ -875,9 +894,10 @@ mod listen_tests {
 
     #[test]
     fn a_kernel_cap_below_the_connections_is_told() {
-        assert_eq!(accept_queue_note(Some(30_000), 20_000), None);
-        assert_eq!(accept_queue_note(None, 20_000), None);
-        let note = accept_queue_note(Some(4096), 20_000).unwrap();
+        let setting = "license.max_connections";
+        assert_eq!(accept_queue_note(Some(30_000), 20_000, setting), None);
+        assert_eq!(accept_queue_note(None, 20_000, setting), None);
+        let note = accept_queue_note(Some(4096), 20_000, setting).unwrap();
         assert!(
             note.contains("4096") && note.contains("net.core.somaxconn=20000"),
             "{note}"
