@@ -856,7 +856,7 @@ async fn sweeper<A: Applier>(shared: Arc<Shared<A>>) {
 mod listen_tests {
     use std::time::Duration;
 
-    use super::{accept_queue_note, listen};
+    use super::{accept_queue_note, listen, somaxconn};
 
     /// Connects `n` clients at once to `addr`; how many the kernel
     /// completed. Nothing accepts them: a connect completes only while the
@@ -880,16 +880,50 @@ mod listen_tests {
         streams.len()
     }
 
-    /// The queue is as long as asked: a herd waits in it rather than in
-    /// TCP's retransmission timers. (Linux queues one more than the
-    /// backlog.)
+    /// Without what a test needs of the machine: a failure under
+    /// `CI=true`, else a skip with the reason.
+    fn precondition_failed(test: &str, why: &str) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{test}: CI=true but {why}");
+        }
+        eprintln!("SKIP {test}: {why}");
+    }
+
+    /// The queue is as long as asked, up to the kernel's cap
+    /// (`net.core.somaxconn` of the network namespace the test runs in):
+    /// a herd waits in it rather than in TCP's retransmission timers.
+    /// Linux queues one more than the backlog, and a kernel may let a few
+    /// more connects complete: a queue of 4 takes 4 to 8.
     #[tokio::test]
     async fn the_accept_queue_is_as_long_as_asked() {
-        let short = listen("127.0.0.1:0".parse().unwrap(), 4).unwrap();
-        let n = connected(short.local_addr().unwrap(), 24).await;
-        assert!((4..=8).contains(&n), "{n} of 24 connected to a queue of 4");
-        let long = listen("127.0.0.1:0".parse().unwrap(), 24).unwrap();
-        assert_eq!(connected(long.local_addr().unwrap(), 24).await, 24);
+        const TEST: &str = "the_accept_queue_is_as_long_as_asked";
+        const SHORT: usize = 4;
+        const LONG: usize = 24;
+        let Some(cap) = somaxconn().and_then(|c| usize::try_from(c).ok()) else {
+            return precondition_failed(TEST, "net.core.somaxconn cannot be read");
+        };
+        let queue = |asked: usize| asked.min(cap);
+        // As many clients as the long queue holds; more than the short one
+        // could take, or the two cannot be told apart.
+        let clients = queue(LONG);
+        if clients <= 2 * queue(SHORT) {
+            return precondition_failed(
+                TEST,
+                &format!("net.core.somaxconn is {cap}: a queue of {LONG} holds too few to tell from one of {SHORT}"),
+            );
+        }
+        let short = listen("127.0.0.1:0".parse().unwrap(), SHORT).unwrap();
+        let n = connected(short.local_addr().unwrap(), clients).await;
+        assert!(
+            (queue(SHORT)..=2 * queue(SHORT)).contains(&n),
+            "{n} of {clients} connected to a queue of {SHORT}"
+        );
+        let long = listen("127.0.0.1:0".parse().unwrap(), LONG).unwrap();
+        assert_eq!(
+            connected(long.local_addr().unwrap(), clients).await,
+            clients,
+            "a queue of {LONG} (net.core.somaxconn {cap})"
+        );
     }
 
     #[test]
