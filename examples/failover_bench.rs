@@ -86,14 +86,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::{in_netns, lab_available, tool_available, wait_for, Host, Lab, Speaker};
+use common::{in_netns, lab_available, tool_available, wait_for, Host, Lab, Speaker, VipWatch};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vipool::client::{ClientError, ConnectOptions, Connection};
@@ -1070,29 +1069,6 @@ fn print_trace(trace: &[(Instant, String)], t0: Instant, from: Instant, end: Ins
     flush(&run);
 }
 
-/// Watches `host` for the VIP being added; the receiver gets the instant.
-fn watch_vip(host: &Host) -> (mpsc::Receiver<Instant>, Child) {
-    let mut child = host
-        .command("ip")
-        .args(["-4", "monitor", "address"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ip monitor");
-    let out = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    let needle = format!("inet {VIP}/");
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains(&needle) && !line.starts_with("Deleted") {
-                let _ = tx.send(Instant::now());
-                return;
-            }
-        }
-    });
-    (rx, child)
-}
-
 /// One failover and the handback.
 #[derive(Debug, Default)]
 struct Round {
@@ -1170,8 +1146,7 @@ fn round(
     tag: &str,
 ) -> Result<Round, String> {
     pair.settle()?;
-    let (vip_added, mut monitor) = watch_vip(&pair.hosts[1]);
-    std::thread::sleep(Duration::from_millis(50)); // the monitor subscribed
+    let vip_added = VipWatch::new(&pair.hosts[1], VIP);
     let mut t_fail = Instant::now();
     let failover = probed(pair, &format!("{tag}f"), probers, |pair| {
         // Spread the failure over the advert cycle.
@@ -1187,9 +1162,7 @@ fn round(
         }
         Ok((t0, 1))
     });
-    let added = vip_added.recv_timeout(Duration::from_secs(1)).ok();
-    let _ = monitor.kill();
-    let _ = monitor.wait();
+    let added = vip_added.added(Duration::from_secs(1));
     let mut out = Round {
         vip_added: added.map(|a| a.saturating_duration_since(t_fail)),
         ..Round::default()
@@ -1222,8 +1195,7 @@ fn round(
         }
     }
     // The old primary comes back and, once caught up, preempts.
-    let (vip_back, mut monitor) = watch_vip(&pair.hosts[0]);
-    std::thread::sleep(Duration::from_millis(50)); // the monitor subscribed
+    let vip_back = VipWatch::new(&pair.hosts[0], VIP);
     let handback = probed(pair, &format!("{tag}h"), probers, |pair| {
         let t0 = Instant::now();
         pair.restart(how);
@@ -1241,10 +1213,7 @@ fn round(
         }
         Ok((t0, 0))
     });
-    let moved = vip_back.recv_timeout(Duration::from_secs(1)).ok();
-    // Also when the handback failed: no `ip monitor` is left behind.
-    let _ = monitor.kill();
-    let _ = monitor.wait();
+    let moved = vip_back.added(Duration::from_secs(1));
     out.handback = handback?;
     out.fresh_at_move = moved.and_then(|at| gap_across(&out.handback.fresh_acks, at));
     out.notes.extend(out.failover.notes.iter().cloned());
@@ -1315,9 +1284,7 @@ fn raw_once(which: Raw, advert_ms: u32, how: How, phase: f64) -> Option<Duration
         return None;
     }
     std::thread::sleep(Duration::from_millis(u64::from(advert_ms) * 4));
-    let (added, monitor) = watch_vip(&h1);
-    lab.adopt(monitor);
-    std::thread::sleep(Duration::from_millis(50));
+    let watch = VipWatch::new(&h1, VIP);
     std::thread::sleep(Duration::from_millis(u64::from(advert_ms)).mul_f64(phase));
     let victims: Vec<i32> = if how == How::Crash {
         common::sh(&["ip", "netns", "pids", &h0.ns])
@@ -1341,7 +1308,7 @@ fn raw_once(which: Raw, advert_ms: u32, how: How, phase: f64) -> Option<Duration
     for pid in victims {
         let _ = kill(Pid::from_raw(pid), sig);
     }
-    let at = added.recv_timeout(Duration::from_secs(20)).ok()?;
+    let at = watch.added(Duration::from_secs(20))?;
     Some(at.saturating_duration_since(t0))
 }
 

@@ -60,10 +60,10 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Child, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{lab_available, wait_for, Host, Lab, Speaker};
+use common::{lab_available, wait_for, Host, Lab, Speaker, VipWatch};
 use nix::sys::signal::Signal;
 use vipool::proto::TableDump;
 
@@ -520,29 +520,6 @@ impl Pair {
     }
 }
 
-/// Watches `host` for the VIP being added; the receiver gets the instant.
-fn watch_vip(host: &Host) -> (mpsc::Receiver<Instant>, Child) {
-    let mut child = host
-        .command("ip")
-        .args(["-4", "monitor", "address"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ip monitor");
-    let out = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    let needle = format!("inet {VIP}/");
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains(&needle) && !line.starts_with("Deleted") {
-                let _ = tx.send(Instant::now());
-                return;
-            }
-        }
-    });
-    (rx, child)
-}
-
 // ---------------------------------------------------------------- one herd
 
 /// One herd: every switch back after a VIP move.
@@ -609,16 +586,14 @@ fn handshakes(from: &Host, node: Ipv4Addr) -> (u64, u64, u64) {
 /// waits for every switch to register again; `holder` is the host that
 /// takes the VIP.
 fn herd(pair: &mut Pair, holder: usize, disrupt: impl FnOnce(&mut Pair) -> Instant) -> Result<Herd, String> {
-    let (vip_added, mut monitor) = watch_vip(&pair.hosts[holder]);
-    std::thread::sleep(Duration::from_millis(50)); // the monitor subscribed
+    let watch = VipWatch::new(&pair.hosts[holder], VIP);
     let holder_addr = pair.hosts[holder].addr;
     let before = handshakes(&pair.client, holder_addr);
     let tcp_before = tcp_counters(&pair.hosts[holder]);
     let t0 = disrupt(pair);
-    let taken = vip_added.recv_timeout(WAIT);
-    let _ = monitor.kill();
-    let _ = monitor.wait();
-    let taken = taken.map_err(|_| "the VIP was never taken".to_string())?;
+    let taken = watch
+        .added(WAIT)
+        .ok_or_else(|| "the VIP was never taken".to_string())?;
     let n = pair.n;
     if !wait_for(WAIT, || pair.registered_since(t0) == n) {
         return Err(format!(
@@ -654,16 +629,16 @@ fn herd(pair: &mut Pair, holder: usize, disrupt: impl FnOnce(&mut Pair) -> Insta
         histogram,
         // A restarted node starts counting from zero; the read of the
         // counts is a full handshake of its own (the operator's).
-        entries: (before.2 > 0).then(|| counted.2.saturating_sub(before.2)),
-        tcp: (
-            tcp_after.0.saturating_sub(tcp_before.0),
-            tcp_after.1.saturating_sub(tcp_before.1),
-        ),
         handshakes: if counted.0 >= before.0 && counted.1 >= before.1 {
             ((counted.0 - before.0).saturating_sub(1), counted.1 - before.1)
         } else {
             (counted.0.saturating_sub(1), counted.1)
         },
+        tcp: (
+            tcp_after.0.saturating_sub(tcp_before.0),
+            tcp_after.1.saturating_sub(tcp_before.1),
+        ),
+        entries: (before.2 > 0).then(|| counted.2.saturating_sub(before.2)),
     })
 }
 

@@ -14,13 +14,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{lab_available, tool_available, wait_for, Host, Lab};
+use common::{lab_available, tool_available, wait_for, Host, Lab, VipWatch};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -58,30 +55,6 @@ fn start(lab: &mut Lab, which: Impl, host: &Host, priority: u8, advert_ms: u32, 
     }
 }
 
-/// Watches `host` for the VIP being added; the receiver gets the instant.
-fn watch_vip(lab: &mut Lab, host: &Host) -> mpsc::Receiver<Instant> {
-    let mut child = host
-        .command("ip")
-        .args(["-4", "monitor", "address"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ip monitor");
-    let out = child.stdout.take().expect("piped");
-    lab.adopt(child);
-    let (tx, rx) = mpsc::channel();
-    let needle = format!("inet {VIP}/");
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains(&needle) && !line.starts_with("Deleted") {
-                let _ = tx.send(Instant::now());
-                return;
-            }
-        }
-    });
-    rx
-}
-
 /// One takeover; `None` when it did not happen within 20 s.
 /// `phase` in [0, 1) sets where in the advert cycle the signal lands, so a
 /// crash is measured at spread-out points of the master's cycle rather
@@ -98,8 +71,7 @@ fn run_once(which: Impl, advert_ms: u32, sig: Signal, phase: f64) -> Option<Dura
     }
     // Let the backup hear a few adverts (and learn the interval).
     std::thread::sleep(Duration::from_millis(u64::from(advert_ms) * 4));
-    let added = watch_vip(&mut lab, &h1);
-    std::thread::sleep(Duration::from_millis(50)); // monitor subscribed
+    let watch = VipWatch::new(&h1, VIP);
     std::thread::sleep(Duration::from_millis(u64::from(advert_ms)).mul_f64(phase));
     // A crash takes the whole host's speaker down at once: keepalived's VRRP
     // child would otherwise get SIGTERM from its dying parent and leave
@@ -123,7 +95,7 @@ fn run_once(which: Impl, advert_ms: u32, sig: Signal, phase: f64) -> Option<Dura
     for pid in victims {
         let _ = kill(Pid::from_raw(pid), sig);
     }
-    let at = added.recv_timeout(Duration::from_secs(20)).ok()?;
+    let at = watch.added(Duration::from_secs(20))?;
     Some(at.saturating_duration_since(t0))
 }
 

@@ -356,3 +356,37 @@ fn serve_client_and_show_as_processes() {
         "{log}"
     );
 }
+
+/// `vipool serve` queues as many connects as it serves
+/// (`--max-connections`), and, as `vipool node` does, says so at start
+/// when the kernel caps the client port's accept queue below that.
+#[test]
+fn serve_says_when_the_kernel_caps_its_accept_queue() {
+    let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("net.core.somaxconn")
+        .trim()
+        .parse()
+        .expect("a number");
+    let wanted = (somaxconn + 1).to_string();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let operator = format!("127.0.0.1:{}", free_port());
+    let server = Command::new(BIN)
+        .args(["serve", "--insecure-plaintext", "--listen", &addr])
+        .args(["--operator-listen", &operator, "--max-connections", &wanted])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Running(server);
+    // The operator endpoint is bound after the note is logged.
+    wait_for_listener(&operator);
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let mut log = String::new();
+    server.0.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(
+        log.contains(&format!("net.core.somaxconn is {somaxconn}"))
+            && log.contains(&format!("not the {wanted} of --max-connections")),
+        "{log}"
+    );
+}

@@ -75,6 +75,10 @@ pub struct Args {
     /// The burst of requests one client may send at once.
     #[arg(long, default_value_t = RequestLimits::default().request_burst_per_client)]
     request_burst_per_client: u32,
+    /// Connections served at once; more wait in the client port's accept
+    /// queue, which is as long (capped by net.core.somaxconn).
+    #[arg(long, default_value_t = ServerConfig::default().max_connections)]
+    max_connections: usize,
     /// Connections served at once from one source address.
     #[arg(long, default_value_t = ServerConfig::default().max_connections_per_address)]
     max_connections_per_address: usize,
@@ -208,22 +212,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })?;
         Some(vipool::tls::ServerTls::new(&identity)?)
     };
-    // The accept queue of the server's connection limit (see `server::listen`).
-    let listener = vipool::server::listen(args.listen, ServerConfig::default().max_connections)
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let operator = TcpListener::bind(args.operator_listen)
-        .await
-        .with_context(|| format!("listening on {}", args.operator_listen))?;
-    info!(
-        listen = %listener.local_addr()?, operator = %operator.local_addr()?, node = %args.node,
-        tls = tls.is_some(), "license server up (standalone)"
-    );
-    let (_serving_tx, serving) = watch::channel(true);
-    let shutdown = CancellationToken::new();
     let config = ServerConfig {
         node: args.node,
         vip: args.vip,
         max_frame: args.max_frame,
+        max_connections: args.max_connections.max(1),
         sweep_interval: Duration::from_millis(args.sweep_interval_ms.max(1)),
         expiry_warning: Duration::from_secs(args.expiry_warning_s),
         tls,
@@ -237,6 +230,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         ..ServerConfig::default()
     };
+    let listener =
+        vipool::server::listen_for_clients(args.listen, config.max_connections, "--max-connections")
+            .with_context(|| format!("listening on {}", args.listen))?;
+    let operator = TcpListener::bind(args.operator_listen)
+        .await
+        .with_context(|| format!("listening on {}", args.operator_listen))?;
+    info!(
+        listen = %listener.local_addr()?, operator = %operator.local_addr()?, node = %config.node,
+        tls = config.tls.is_some(), "license server up (standalone)"
+    );
+    let (_serving_tx, serving) = watch::channel(true);
+    let shutdown = CancellationToken::new();
     let server = Server::new(applier, config, serving, shutdown.clone());
     let stop = shutdown.clone();
     let signals = tokio::spawn(async move {

@@ -434,13 +434,12 @@ pub async fn run(
     transport.attach(raft_listener, Arc::new(member.clone()));
 
     let client_addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), config.license.client_port);
-    let client_listener = crate::server::listen(client_addr, config.license.max_connections)
-        .map_err(io(format!("binding client port {client_addr}")))?;
-    if let Some(note) =
-        crate::server::accept_queue_note(crate::server::somaxconn(), config.license.max_connections)
-    {
-        tracing::warn!("{note}");
-    }
+    let client_listener = crate::server::listen_for_clients(
+        client_addr,
+        config.license.max_connections,
+        "license.max_connections",
+    )
+    .map_err(io(format!("binding client port {client_addr}")))?;
     let operator_addr = config.operator_address();
     let operator_listener = TcpListener::bind(operator_addr)
         .await

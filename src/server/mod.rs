@@ -704,17 +704,36 @@ pub fn listen(addr: SocketAddr, backlog: usize) -> std::io::Result<TcpListener> 
     socket.listen(u32::try_from(backlog.max(1)).unwrap_or(u32::MAX))
 }
 
+/// [`listen`] for the client port: its accept queue as long as the
+/// connections served at once (`max_connections`, which the operator sets
+/// as `setting`), with a warning when the kernel caps it below that
+/// ([`accept_queue_note`]).
+///
+/// # Errors
+/// As [`listen`].
+pub fn listen_for_clients(
+    addr: SocketAddr,
+    max_connections: usize,
+    setting: &str,
+) -> std::io::Result<TcpListener> {
+    let listener = listen(addr, max_connections)?;
+    if let Some(note) = accept_queue_note(somaxconn(), max_connections, setting) {
+        warn!("{note}");
+    }
+    Ok(listener)
+}
+
 /// What to tell an operator whose kernel caps the client port's accept
 /// queue (`net.core.somaxconn`, `somaxconn`) below `wanted` connections
-/// (`license.max_connections`): nothing when it holds them all, or when
-/// the cap is unknown.
-pub fn accept_queue_note(somaxconn: Option<u64>, wanted: usize) -> Option<String> {
+/// (set as `setting`, `license.max_connections` on a node): nothing when
+/// it holds them all, or when the cap is unknown.
+pub fn accept_queue_note(somaxconn: Option<u64>, wanted: usize, setting: &str) -> Option<String> {
     let cap = somaxconn?;
     let wanted = u64::try_from(wanted).unwrap_or(u64::MAX);
     (cap < wanted).then(|| {
         format!(
             "net.core.somaxconn is {cap}: the client port's accept queue holds {cap} connections, not the \
-             {wanted} of license.max_connections; when more switches than that reconnect at once (after a \
+             {wanted} of {setting}; when more switches than that reconnect at once (after a \
              failover) the kernel drops their connects until TCP retries them (1 s, 3 s later). Raise it to \
              the number of switches (sysctl -w net.core.somaxconn={wanted})"
         )
@@ -837,7 +856,7 @@ async fn sweeper<A: Applier>(shared: Arc<Shared<A>>) {
 mod listen_tests {
     use std::time::Duration;
 
-    use super::{accept_queue_note, listen};
+    use super::{accept_queue_note, listen, somaxconn};
 
     /// Connects `n` clients at once to `addr`; how many the kernel
     /// completed. Nothing accepts them: a connect completes only while the
@@ -861,23 +880,58 @@ mod listen_tests {
         streams.len()
     }
 
-    /// The queue is as long as asked: a herd waits in it rather than in
-    /// TCP's retransmission timers. (Linux queues one more than the
-    /// backlog.)
+    /// Without what a test needs of the machine: a failure under
+    /// `CI=true`, else a skip with the reason.
+    fn precondition_failed(test: &str, why: &str) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{test}: CI=true but {why}");
+        }
+        eprintln!("SKIP {test}: {why}");
+    }
+
+    /// The queue is as long as asked, up to the kernel's cap
+    /// (`net.core.somaxconn` of the network namespace the test runs in):
+    /// a herd waits in it rather than in TCP's retransmission timers.
+    /// Linux queues one more than the backlog, and a kernel may let a few
+    /// more connects complete: a queue of 4 takes 4 to 8.
     #[tokio::test]
     async fn the_accept_queue_is_as_long_as_asked() {
-        let short = listen("127.0.0.1:0".parse().unwrap(), 4).unwrap();
-        let n = connected(short.local_addr().unwrap(), 24).await;
-        assert!((4..=8).contains(&n), "{n} of 24 connected to a queue of 4");
-        let long = listen("127.0.0.1:0".parse().unwrap(), 24).unwrap();
-        assert_eq!(connected(long.local_addr().unwrap(), 24).await, 24);
+        const TEST: &str = "the_accept_queue_is_as_long_as_asked";
+        const SHORT: usize = 4;
+        const LONG: usize = 24;
+        let Some(cap) = somaxconn().and_then(|c| usize::try_from(c).ok()) else {
+            return precondition_failed(TEST, "net.core.somaxconn cannot be read");
+        };
+        let queue = |asked: usize| asked.min(cap);
+        // As many clients as the long queue holds; more than the short one
+        // could take, or the two cannot be told apart.
+        let clients = queue(LONG);
+        if clients <= 2 * queue(SHORT) {
+            return precondition_failed(
+                TEST,
+                &format!("net.core.somaxconn is {cap}: a queue of {LONG} holds too few to tell from one of {SHORT}"),
+            );
+        }
+        let short = listen("127.0.0.1:0".parse().unwrap(), SHORT).unwrap();
+        let n = connected(short.local_addr().unwrap(), clients).await;
+        assert!(
+            (queue(SHORT)..=2 * queue(SHORT)).contains(&n),
+            "{n} of {clients} connected to a queue of {SHORT}"
+        );
+        let long = listen("127.0.0.1:0".parse().unwrap(), LONG).unwrap();
+        assert_eq!(
+            connected(long.local_addr().unwrap(), clients).await,
+            clients,
+            "a queue of {LONG} (net.core.somaxconn {cap})"
+        );
     }
 
     #[test]
     fn a_kernel_cap_below_the_connections_is_told() {
-        assert_eq!(accept_queue_note(Some(30_000), 20_000), None);
-        assert_eq!(accept_queue_note(None, 20_000), None);
-        let note = accept_queue_note(Some(4096), 20_000).unwrap();
+        let setting = "license.max_connections";
+        assert_eq!(accept_queue_note(Some(30_000), 20_000, setting), None);
+        assert_eq!(accept_queue_note(None, 20_000, setting), None);
+        let note = accept_queue_note(Some(4096), 20_000, setting).unwrap();
         assert!(
             note.contains("4096") && note.contains("net.core.somaxconn=20000"),
             "{note}"

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -120,6 +120,56 @@ impl Host {
         let mut words = out.split_whitespace();
         words.find(|w| *w == "lladdr")?;
         words.next().map(str::to_string)
+    }
+}
+
+/// Watches a host for an address being added (`ip -4 monitor address`),
+/// from the moment it is made: [`VipWatch::added`] gives the instant the
+/// address was seen. Dropping the watch kills and reaps the monitor, so
+/// none is left behind when a bench fails on the way.
+#[derive(Debug)]
+pub struct VipWatch {
+    added: mpsc::Receiver<Instant>,
+    monitor: Child,
+}
+
+impl VipWatch {
+    /// Watches `host` for `addr`.
+    pub fn new(host: &Host, addr: Ipv4Addr) -> VipWatch {
+        let mut monitor = host
+            .command("ip")
+            .args(["-4", "monitor", "address"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ip monitor");
+        let out = monitor.stdout.take().expect("piped");
+        let (tx, added) = mpsc::channel();
+        let needle = format!("inet {addr}/");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line.contains(&needle) && !line.starts_with("Deleted") {
+                    let _ = tx.send(Instant::now());
+                    return;
+                }
+            }
+        });
+        // `ip monitor` says nothing once it has subscribed.
+        std::thread::sleep(Duration::from_millis(50));
+        VipWatch { added, monitor }
+    }
+
+    /// When the address was added, waiting up to `timeout` for it; the
+    /// monitor is stopped either way.
+    pub fn added(self, timeout: Duration) -> Option<Instant> {
+        self.added.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for VipWatch {
+    fn drop(&mut self) {
+        let _ = self.monitor.kill();
+        let _ = self.monitor.wait();
     }
 }
 

@@ -617,17 +617,21 @@ impl PairRules {
         // Leadership follows the VIP: the master prefers itself, a backup
         // the master it hears. Without a master, raft elects freely (two
         // backups each preferring the other would bounce leadership).
-        let preferred = if self.handing_back == Some(HandBack::Resigned) {
-            // The VIP is given up, whether or not the speaker's status
-            // says so yet: the peer is master or about to be, and holds
-            // its clients' requests until it leads.
+        let to_peer = if master {
+            // Once the VIP is given up, whether or not the speaker's
+            // status says so yet: the peer is master or about to be, and
+            // holds its clients' requests until it leads.
+            self.handing_back == Some(HandBack::Resigned)
+        } else {
+            // The master it hears; and in fault, or handing back, this
+            // node cannot serve: leadership goes to the peer, which takes
+            // the VIP.
+            vrrp.peer_is_master() || self.faulted || self.handing_back.is_some()
+        };
+        let preferred = if to_peer {
             Some(self.cfg.peer)
         } else if master {
             Some(me)
-        } else if vrrp.peer_is_master() || self.faulted || self.handing_back.is_some() {
-            // In fault, or handing back, this node cannot serve:
-            // leadership goes to the peer, which takes the VIP.
-            Some(self.cfg.peer)
         } else {
             None
         };

@@ -10,6 +10,13 @@ const OWN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const ET: Duration = Duration::from_millis(1000);
 const PRIORITY: u8 = 100;
+/// A peer caught up and promoted, advertising a priority above ours
+/// (its configured 150): a serving node with preempt hands the VIP back.
+const OUTRANKING: PeerWord = PeerWord {
+    master: false,
+    priority: 150,
+    leaving: false,
+};
 
 /// One node's rules on a virtual clock, with the facts it was last fed.
 struct Script {
@@ -1083,14 +1090,7 @@ fn a_master_hands_the_vip_back_to_a_caught_up_peer_that_outranks_it() {
 #[test]
 fn a_handback_hands_leadership_over_as_the_vip_is_given_up() {
     let mut s = Script::serving();
-    s.rules.handle_peer_word(
-        s.now,
-        Some(PeerWord {
-            master: false,
-            priority: 150,
-            leaving: false,
-        }),
-    );
+    s.rules.handle_peer_word(s.now, Some(OUTRANKING));
     let a = s.actions();
     assert!(a.contains(&Action::HandBack), "{a:?}");
     assert!(
@@ -1158,14 +1158,7 @@ fn no_handback_without_preempt_or_when_the_peer_does_not_outrank() {
 #[test]
 fn a_handback_gives_up_waiting_for_the_peer_after_two_election_timeouts() {
     let mut s = Script::serving();
-    s.rules.handle_peer_word(
-        s.now,
-        Some(PeerWord {
-            master: false,
-            priority: 150,
-            leaving: false,
-        }),
-    );
+    s.rules.handle_peer_word(s.now, Some(OUTRANKING));
     assert!(s.actions().contains(&Action::HandBack));
     s.rules.handback_resigned(s.now);
     s.vrrp.state = State::Initialize;
