@@ -669,16 +669,6 @@ fn driver_judges_each_datagram_by_the_latest_claim() {
             .expect("speaker");
             let claims = speaker.peer_claims();
             let mut status = speaker.status();
-            async fn until(
-                status: &mut tokio::sync::watch::Receiver<Status>,
-                what: &str,
-                f: impl FnMut(&Status) -> bool,
-            ) {
-                let ok = tokio::time::timeout(START, status.wait_for(f))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                assert!(ok, "{what}: {:?}", *status.borrow());
-            }
             let contradicted = |s: &Status| s.counters.drops_for(vrrp::proto::DropReason::Contradicted);
             until(&mut status, "master", |s| s.state.to_string() == "Master").await;
 
@@ -722,6 +712,52 @@ fn driver_judges_each_datagram_by_the_latest_claim() {
     assert_eq!(counters.held_released, 1);
 }
 
+/// Waits up to [`START`] until `f` holds of the speaker's status.
+async fn until(
+    status: &mut tokio::sync::watch::Receiver<vrrp::sys::Status>,
+    what: &str,
+    f: impl FnMut(&vrrp::sys::Status) -> bool,
+) {
+    let ok = tokio::time::timeout(START, status.wait_for(f))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    assert!(ok, "{what}: {:?}", *status.borrow());
+}
+
+/// What the fault and the graceful hand-off share: the master of `vrid`
+/// has just sent priority 0 and entered Initialize; it keeps the VIP while
+/// no master is heard (on `host` too, if given), and gives it up at once
+/// when the new master's advert (from `peer`, injected from `injector`)
+/// arrives.
+async fn vip_kept_until_the_new_master_is_heard(
+    status: &mut tokio::sync::watch::Receiver<vrrp::sys::Status>,
+    vrid: u8,
+    peer: Ipv4Addr,
+    injector: &common::Host,
+    host: Option<&common::Host>,
+) {
+    until(status, "initialize", |s| s.state.to_string() == "Initialize").await;
+    assert_eq!(status.borrow().counters.priority_zero_sent, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        status.borrow().vip_installed && host.is_none_or(|h| h.has_addr(VIP)),
+        "the VIP went before a new master was heard"
+    );
+    let repr = Repr::advertisement(Version::V3, vrid, 200, 100, vec![VIP]);
+    let heard = Instant::now();
+    inject(
+        injector,
+        wire::MULTICAST_GROUP,
+        vec![datagram(peer, &repr, 255, |_| {})],
+    );
+    until(status, "VIP removed", |s| !s.vip_installed).await;
+    assert!(
+        heard.elapsed() < Duration::from_millis(500),
+        "the VIP stayed {:?} after the new master was heard",
+        heard.elapsed()
+    );
+}
+
 /// Issue 12, item 3: a handback (the master enters fault so that the
 /// returning primary takes the VIP) costs switches no more than a graceful
 /// stop. After its priority-0 advert the old master keeps the VIP until
@@ -759,42 +795,13 @@ fn a_master_in_fault_keeps_the_vip_until_the_new_master_is_heard() {
             .await
             .expect("speaker");
             let mut status = speaker.status();
-            async fn until(
-                status: &mut tokio::sync::watch::Receiver<Status>,
-                what: &str,
-                f: impl FnMut(&Status) -> bool,
-            ) {
-                let ok = tokio::time::timeout(START, status.wait_for(f))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                assert!(ok, "{what}: {:?}", *status.borrow());
-            }
             let master = |s: &Status| s.state.to_string() == "Master" && s.vip_installed;
             until(&mut status, "master", master).await;
 
-            // Fault: priority 0 goes out, the VIP stays while no master is heard.
+            // Fault: priority 0 goes out, the VIP stays while no master is
+            // heard and goes at once on the new master's advert.
             speaker.set_fault(true).await;
-            until(&mut status, "initialize", |s| s.state.to_string() == "Initialize").await;
-            assert_eq!(status.borrow().counters.priority_zero_sent, 1);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            assert!(
-                status.borrow().vip_installed,
-                "the VIP went before a new master was heard"
-            );
-            // The new master's advert: the VIP goes at once.
-            let repr = Repr::advertisement(Version::V3, 22, 200, 100, vec![VIP]);
-            let heard = Instant::now();
-            inject(
-                &h2,
-                wire::MULTICAST_GROUP,
-                vec![datagram(peer, &repr, 255, |_| {})],
-            );
-            until(&mut status, "VIP removed", |s| !s.vip_installed).await;
-            assert!(
-                heard.elapsed() < Duration::from_millis(500),
-                "the VIP stayed {:?} after the new master was heard",
-                heard.elapsed()
-            );
+            vip_kept_until_the_new_master_is_heard(&mut status, 22, peer, &h2, None).await;
 
             // Back as master, then fault again with no one to take over:
             // the VIP goes after one advertisement interval.
@@ -862,42 +869,13 @@ fn a_master_handing_off_as_it_stops_keeps_the_vip_until_the_new_master_is_heard(
                 .await;
                 (speaker, status)
             }
-            async fn until(
-                status: &mut tokio::sync::watch::Receiver<Status>,
-                what: &str,
-                f: impl FnMut(&Status) -> bool,
-            ) {
-                let ok = tokio::time::timeout(START, status.wait_for(f))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                assert!(ok, "{what}: {:?}", *status.borrow());
-            }
 
             // Priority 0 goes out; the VIP stays while no master is heard,
             // and goes at once on the new master's advert.
             let (speaker, mut status) = master(23).await;
             let counters = speaker
                 .shutdown_after(async {
-                    until(&mut status, "initialize", |s| s.state.to_string() == "Initialize").await;
-                    assert_eq!(status.borrow().counters.priority_zero_sent, 1);
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    assert!(
-                        status.borrow().vip_installed && host.has_addr(VIP),
-                        "the VIP went before a new master was heard"
-                    );
-                    let repr = Repr::advertisement(Version::V3, 23, 200, 100, vec![VIP]);
-                    let heard = Instant::now();
-                    inject(
-                        &h2,
-                        wire::MULTICAST_GROUP,
-                        vec![datagram(peer, &repr, 255, |_| {})],
-                    );
-                    until(&mut status, "VIP removed", |s| !s.vip_installed).await;
-                    assert!(
-                        heard.elapsed() < Duration::from_millis(500),
-                        "the VIP stayed {:?} after the new master was heard",
-                        heard.elapsed()
-                    );
+                    vip_kept_until_the_new_master_is_heard(&mut status, 23, peer, &h2, Some(&host)).await;
                 })
                 .await
                 .expect("shutdown");
