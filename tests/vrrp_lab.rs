@@ -906,6 +906,176 @@ fn a_master_handing_off_as_it_stops_keeps_the_vip_until_the_new_master_is_heard(
     run.join().expect("speaker thread");
 }
 
+/// The hand-off's hold against a forger, replayed from a third namespace.
+/// A master that stops gracefully keeps the VIP until its successor's
+/// first advert: a forger who could end that hold early would have hosts'
+/// packets lost again. The speaker runs as `vipool node` runs it: it
+/// trusts only its peer and hears the peer's word over the authenticated
+/// link (backup at 100). During the hold the forger sends an advert at 254
+/// in the peer's name (a priority the peer's word contradicts), one at 0
+/// (the peer is not leaving), one at the peer's own 100 (which neither the
+/// source nor the word can tell from the peer's own: held, as the peer's
+/// first advert as master is until its word that it is master arrives),
+/// and one from its own address (untrusted). None ends the hold and each
+/// is counted. The peer's advert ends it once the peer's word confirms
+/// it. Then, with the forger at it and no new master, the hold lasts its
+/// advertisement interval: no less, and not much more.
+#[test]
+fn a_forger_cannot_end_the_hand_off_hold_early() {
+    if !lab_available("a_forger_cannot_end_the_hand_off_hold_early") {
+        return;
+    }
+    use vrrp::proto::{Config, Counters, DropReason, PeerClaim};
+    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig, Status};
+
+    /// Adverts every 2 s: each step of the hold below takes milliseconds.
+    const INTERVAL_CS: u16 = 200;
+    let interval = Duration::from_millis(u64::from(INTERVAL_CS) * 10);
+    let lab = Lab::new(3);
+    // h1 is the peer: it runs nothing, its advert is sent from its own
+    // namespace. h2 is the forger.
+    let (h0, h1, forger) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let peer = h1.addr;
+    let host = h0.clone();
+    let run = common::in_netns(&h0, move || {
+        common::runtime().block_on(async move {
+            let word = |master: bool| PeerClaim {
+                address: peer,
+                priority: 100,
+                master,
+                leaving: false,
+                valid_until: Instant::now() + Duration::from_secs(60),
+            };
+            async fn master(vrid: u8, word: PeerClaim) -> (Speaker, tokio::sync::watch::Receiver<Status>) {
+                let mut vrrp = Config::v3(vrid, 200, Ipv4Addr::UNSPECIFIED, vec![VIP]);
+                vrrp.advert_interval_cs = INTERVAL_CS;
+                vrrp.trusted_sources = vec![word.address];
+                let speaker = Speaker::start(SpeakerConfig {
+                    interface: "eth0".into(),
+                    vrrp,
+                    prefix_len: 24,
+                    garp: GarpConfig {
+                        count: 0,
+                        ..GarpConfig::default()
+                    },
+                    virtual_mac: false,
+                })
+                .await
+                .expect("speaker");
+                speaker.peer_claims().set(Some(word));
+                let mut status = speaker.status();
+                until(&mut status, "master", |s| {
+                    s.state.to_string() == "Master" && s.vip_installed
+                })
+                .await;
+                (speaker, status)
+            }
+            let advert =
+                |vrid, priority| Repr::advertisement(Version::V3, vrid, priority, INTERVAL_CS, vec![VIP]);
+            // The one from the forger's own address last: once it is
+            // counted, the others were handled.
+            let forgeries = |vrid| {
+                vec![
+                    datagram(peer, &advert(vrid, 254), 255, |_| {}),
+                    datagram(peer, &advert(vrid, 0), 255, |_| {}),
+                    datagram(peer, &advert(vrid, 100), 255, |_| {}),
+                    datagram(forger.addr, &advert(vrid, 254), 255, |_| {}),
+                ]
+            };
+            let delta =
+                |now: &Counters, before: &Counters, reason| now.drops_for(reason) - before.drops_for(reason);
+
+            let (speaker, mut status) = master(25, word(false)).await;
+            let claims = speaker.peer_claims();
+            let counters = speaker
+                .shutdown_after(async {
+                    until(&mut status, "initialize", |s| s.state.to_string() == "Initialize").await;
+                    let before = status.borrow().counters.clone();
+                    inject(&forger, wire::MULTICAST_GROUP, forgeries(25));
+                    until(&mut status, "the forgeries handled", |s| {
+                        !s.vip_installed || delta(&s.counters, &before, DropReason::UnknownPeer) == 1
+                    })
+                    .await;
+                    let now = status.borrow().clone();
+                    assert!(
+                        now.vip_installed && host.has_addr(VIP),
+                        "a forgery ended the hold: {now:?}"
+                    );
+                    assert_eq!(
+                        delta(&now.counters, &before, DropReason::Contradicted),
+                        2,
+                        "{now:?}"
+                    );
+                    assert_eq!(now.counters.adverts_held - before.adverts_held, 1, "{now:?}");
+                    assert_eq!(now.counters.adverts_received, before.adverts_received, "{now:?}");
+
+                    // The peer, master now, advertises before its word says
+                    // so: its advert supersedes the forged one and is held.
+                    inject(
+                        &h1,
+                        wire::MULTICAST_GROUP,
+                        vec![datagram(peer, &advert(25, 100), 255, |_| {})],
+                    );
+                    until(&mut status, "the peer's advert held", |s| {
+                        s.counters.adverts_held - before.adverts_held == 2
+                    })
+                    .await;
+                    let now = status.borrow().clone();
+                    assert!(now.vip_installed, "an unconfirmed advert ended the hold: {now:?}");
+                    assert_eq!(
+                        delta(&now.counters, &before, DropReason::Contradicted),
+                        3,
+                        "{now:?}"
+                    );
+                    // Its word arrives: the VIP goes at once.
+                    let confirmed = Instant::now();
+                    claims.set(Some(word(true)));
+                    until(&mut status, "VIP removed", |s| !s.vip_installed).await;
+                    assert!(
+                        confirmed.elapsed() < Duration::from_millis(500),
+                        "the VIP stayed {:?} after the peer's word confirmed its advert",
+                        confirmed.elapsed()
+                    );
+                })
+                .await
+                .expect("shutdown");
+            // Released by the word, not given up at the hold's end.
+            assert_eq!(counters.held_released, 1, "{counters:?}");
+            assert_eq!(counters.priority_zero_received, 0, "{counters:?}");
+            assert!(!host.has_addr(VIP), "the VIP stayed after the stop");
+
+            // The forger alone, at it through the hold: the VIP goes after
+            // the advertisement interval, not before.
+            let (speaker, mut status) = master(26, word(false)).await;
+            let left = Instant::now();
+            let counters = speaker
+                .shutdown_after(async {
+                    until(&mut status, "initialize", |s| s.state.to_string() == "Initialize").await;
+                    loop {
+                        let kept = status.borrow().vip_installed;
+                        if !kept || left.elapsed() > START {
+                            break;
+                        }
+                        inject(&forger, wire::MULTICAST_GROUP, forgeries(26));
+                        tokio::time::sleep(interval / 10).await;
+                    }
+                })
+                .await
+                .expect("shutdown");
+            let held = left.elapsed();
+            assert!(
+                held >= interval * 9 / 10 && held < interval + MARGIN,
+                "the VIP went after {held:?}, the interval is {interval:?}"
+            );
+            assert!(counters.drops_for(DropReason::UnknownPeer) > 0, "{counters:?}");
+            assert!(counters.drops_for(DropReason::Contradicted) > 0, "{counters:?}");
+            assert_eq!(counters.held_released, 0, "{counters:?}");
+            assert!(!host.has_addr(VIP), "the VIP stayed after the stop");
+        })
+    });
+    run.join().expect("speaker thread");
+}
+
 /// Issue 12, item 2: a new master makes every host on the segment send to
 /// it at once. Its gratuitous ARP goes as a request and as a reply (some
 /// hosts heed only one form), in a burst at the takeover and again after
