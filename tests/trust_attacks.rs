@@ -25,7 +25,9 @@
 //! the primary's name. a5e and a5f go one step past the list: the
 //! same forgeries once the peer's authenticated word has stopped (the
 //! backup stopped for maintenance, the primary crashed), when nothing
-//! but VRRP speaks for the peer.
+//! but VRRP speaks for the peer. a5g: adverts in the backup's name while
+//! the primary, stopping gracefully, keeps the VIP until it hears the
+//! backup.
 //!
 //! Hosts: 0 the primary, 1 the backup, 2 the switches and the prober,
 //! 3 the attacker. The tests take a lock so that only one lab runs at a
@@ -1667,6 +1669,112 @@ fn a5e_forged_adverts_in_a_stopped_backups_name_take_no_service() {
             s.show(Which::Backup).map(|d| d.status),
             s.pair.backup.log()
         )
+    });
+    f.finish_with(|| s.pair.log_tails(60));
+}
+
+/// A graceful stop's hold, attacked. The stopping primary keeps the VIP
+/// after its priority-0 advert until it hears the backup's first advert as
+/// master (at most one advert interval), so that hosts still sending to it
+/// are answered rather than lost. An attacker who could end that hold
+/// early need only advertise in the backup's name. Here the backup's own
+/// adverts never reach the primary (a filter in the primary's namespace
+/// drops VRRP from the backup's address unless it comes from the
+/// attacker's MAC), while the attacker floods adverts at priority 254 in
+/// the backup's name through the stop: the backup's word (100) contradicts
+/// each, so none may count as the new master. The primary accepts no
+/// advert at all before it leaves (its exit counters say so) and counts
+/// the forgeries as contradicted; the backup takes over as after any
+/// graceful stop.
+#[test]
+fn a5g_forged_adverts_do_not_end_a_graceful_stops_hold() {
+    let test = "a5g_forged_adverts_do_not_end_a_graceful_stops_hold";
+    if !lab_available(test) {
+        return;
+    }
+    let _one = one_lab();
+    let s = Scene::start(test, PairOptions::default());
+    let mut f = Findings::new(test);
+    let opts = s.pair.opts.clone();
+    let (primary, backup) = (s.pair.primary.host.clone(), s.pair.backup.addr());
+    // Had the backup been master, the primary would have accepted its
+    // adverts already: the count below would say nothing.
+    let backup_was_master = s.pair.backup.log_lines("VRRP state change from=Backup to=Master");
+    assert!(backup_was_master.is_empty(), "{backup_was_master:?}");
+    let attacker_mac = s.attacker.mac();
+    for rule in [
+        vec!["nft", "add", "table", "netdev", "a5g"],
+        "nft add chain netdev a5g in { type filter hook ingress device eth0 priority 0 ; }"
+            .split(' ')
+            .collect(),
+        vec![
+            "nft",
+            "add",
+            "rule",
+            "netdev",
+            "a5g",
+            "in",
+            "ether",
+            "saddr",
+            "!=",
+            &attacker_mac,
+            "ip",
+            "saddr",
+            &backup.to_string(),
+            "ip",
+            "protocol",
+            "112",
+            "drop",
+        ],
+    ] {
+        primary.run(&rule);
+    }
+
+    let forged = advert(&opts, backup, wire::MULTICAST_GROUP, 254);
+    let before = s.refused(Which::Primary, "vrrp_contradicted");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (attacker, stop) = (s.attacker.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                inject(&attacker, wire::MULTICAST_GROUP, vec![forged.clone()]);
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sent
+        })
+    };
+    assert!(
+        s.wait_refused(Which::Primary, "vrrp_contradicted", before + 1, WAIT),
+        "the forgeries do not reach the primary"
+    );
+    let t0 = Instant::now();
+    s.pair.primary.signal(Signal::SIGTERM);
+    let exited = s.pair.primary.process.wait_exit(WAIT);
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood.join().expect("flood");
+    let served = wait_for(WAIT, || s.show(Which::Backup).is_ok_and(|d| d.status.serving));
+    let left = s.pair.primary.log_lines("VRRP left");
+    println!(
+        "{test}: {sent} forged adverts at 254 in the backup's name; primary exited {:?} after SIGTERM; {left:?}",
+        t0.elapsed()
+    );
+    f.check(exited == Some(0), || {
+        format!("the primary exited with {exited:?}")
+    });
+    f.check(served, || {
+        format!(
+            "the backup did not serve after the primary's graceful stop: {:?}",
+            s.show(Which::Backup).map(|d| d.status)
+        )
+    });
+    let line = left.last().cloned().unwrap_or_default();
+    f.check(line.contains("adverts_received: 0,"), || {
+        format!("the leaving primary accepted an advert while the backup's could not reach it: {line}")
+    });
+    f.check(line.contains("Contradicted: "), || {
+        format!("the leaving primary counted no forgery as contradicted: {line}")
     });
     f.finish_with(|| s.pair.log_tails(60));
 }

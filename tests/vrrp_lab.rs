@@ -669,16 +669,6 @@ fn driver_judges_each_datagram_by_the_latest_claim() {
             .expect("speaker");
             let claims = speaker.peer_claims();
             let mut status = speaker.status();
-            async fn until(
-                status: &mut tokio::sync::watch::Receiver<Status>,
-                what: &str,
-                f: impl FnMut(&Status) -> bool,
-            ) {
-                let ok = tokio::time::timeout(START, status.wait_for(f))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                assert!(ok, "{what}: {:?}", *status.borrow());
-            }
             let contradicted = |s: &Status| s.counters.drops_for(vrrp::proto::DropReason::Contradicted);
             until(&mut status, "master", |s| s.state.to_string() == "Master").await;
 
@@ -722,6 +712,52 @@ fn driver_judges_each_datagram_by_the_latest_claim() {
     assert_eq!(counters.held_released, 1);
 }
 
+/// Waits up to [`START`] until `f` holds of the speaker's status.
+async fn until(
+    status: &mut tokio::sync::watch::Receiver<vrrp::sys::Status>,
+    what: &str,
+    f: impl FnMut(&vrrp::sys::Status) -> bool,
+) {
+    let ok = tokio::time::timeout(START, status.wait_for(f))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    assert!(ok, "{what}: {:?}", *status.borrow());
+}
+
+/// What the fault and the graceful hand-off share: the master of `vrid`
+/// has just sent priority 0 and entered Initialize; it keeps the VIP while
+/// no master is heard (on `host` too, if given), and gives it up at once
+/// when the new master's advert (from `peer`, injected from `injector`)
+/// arrives.
+async fn vip_kept_until_the_new_master_is_heard(
+    status: &mut tokio::sync::watch::Receiver<vrrp::sys::Status>,
+    vrid: u8,
+    peer: Ipv4Addr,
+    injector: &common::Host,
+    host: Option<&common::Host>,
+) {
+    until(status, "initialize", |s| s.state.to_string() == "Initialize").await;
+    assert_eq!(status.borrow().counters.priority_zero_sent, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        status.borrow().vip_installed && host.is_none_or(|h| h.has_addr(VIP)),
+        "the VIP went before a new master was heard"
+    );
+    let repr = Repr::advertisement(Version::V3, vrid, 200, 100, vec![VIP]);
+    let heard = Instant::now();
+    inject(
+        injector,
+        wire::MULTICAST_GROUP,
+        vec![datagram(peer, &repr, 255, |_| {})],
+    );
+    until(status, "VIP removed", |s| !s.vip_installed).await;
+    assert!(
+        heard.elapsed() < Duration::from_millis(500),
+        "the VIP stayed {:?} after the new master was heard",
+        heard.elapsed()
+    );
+}
+
 /// Issue 12, item 3: a handback (the master enters fault so that the
 /// returning primary takes the VIP) costs switches no more than a graceful
 /// stop. After its priority-0 advert the old master keeps the VIP until
@@ -759,42 +795,13 @@ fn a_master_in_fault_keeps_the_vip_until_the_new_master_is_heard() {
             .await
             .expect("speaker");
             let mut status = speaker.status();
-            async fn until(
-                status: &mut tokio::sync::watch::Receiver<Status>,
-                what: &str,
-                f: impl FnMut(&Status) -> bool,
-            ) {
-                let ok = tokio::time::timeout(START, status.wait_for(f))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                assert!(ok, "{what}: {:?}", *status.borrow());
-            }
             let master = |s: &Status| s.state.to_string() == "Master" && s.vip_installed;
             until(&mut status, "master", master).await;
 
-            // Fault: priority 0 goes out, the VIP stays while no master is heard.
+            // Fault: priority 0 goes out, the VIP stays while no master is
+            // heard and goes at once on the new master's advert.
             speaker.set_fault(true).await;
-            until(&mut status, "initialize", |s| s.state.to_string() == "Initialize").await;
-            assert_eq!(status.borrow().counters.priority_zero_sent, 1);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            assert!(
-                status.borrow().vip_installed,
-                "the VIP went before a new master was heard"
-            );
-            // The new master's advert: the VIP goes at once.
-            let repr = Repr::advertisement(Version::V3, 22, 200, 100, vec![VIP]);
-            let heard = Instant::now();
-            inject(
-                &h2,
-                wire::MULTICAST_GROUP,
-                vec![datagram(peer, &repr, 255, |_| {})],
-            );
-            until(&mut status, "VIP removed", |s| !s.vip_installed).await;
-            assert!(
-                heard.elapsed() < Duration::from_millis(500),
-                "the VIP stayed {:?} after the new master was heard",
-                heard.elapsed()
-            );
+            vip_kept_until_the_new_master_is_heard(&mut status, 22, peer, &h2, None).await;
 
             // Back as master, then fault again with no one to take over:
             // the VIP goes after one advertisement interval.
@@ -862,42 +869,13 @@ fn a_master_handing_off_as_it_stops_keeps_the_vip_until_the_new_master_is_heard(
                 .await;
                 (speaker, status)
             }
-            async fn until(
-                status: &mut tokio::sync::watch::Receiver<Status>,
-                what: &str,
-                f: impl FnMut(&Status) -> bool,
-            ) {
-                let ok = tokio::time::timeout(START, status.wait_for(f))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                assert!(ok, "{what}: {:?}", *status.borrow());
-            }
 
             // Priority 0 goes out; the VIP stays while no master is heard,
             // and goes at once on the new master's advert.
             let (speaker, mut status) = master(23).await;
             let counters = speaker
                 .shutdown_after(async {
-                    until(&mut status, "initialize", |s| s.state.to_string() == "Initialize").await;
-                    assert_eq!(status.borrow().counters.priority_zero_sent, 1);
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    assert!(
-                        status.borrow().vip_installed && host.has_addr(VIP),
-                        "the VIP went before a new master was heard"
-                    );
-                    let repr = Repr::advertisement(Version::V3, 23, 200, 100, vec![VIP]);
-                    let heard = Instant::now();
-                    inject(
-                        &h2,
-                        wire::MULTICAST_GROUP,
-                        vec![datagram(peer, &repr, 255, |_| {})],
-                    );
-                    until(&mut status, "VIP removed", |s| !s.vip_installed).await;
-                    assert!(
-                        heard.elapsed() < Duration::from_millis(500),
-                        "the VIP stayed {:?} after the new master was heard",
-                        heard.elapsed()
-                    );
+                    vip_kept_until_the_new_master_is_heard(&mut status, 23, peer, &h2, Some(&host)).await;
                 })
                 .await
                 .expect("shutdown");
@@ -922,6 +900,176 @@ fn a_master_handing_off_as_it_stops_keeps_the_vip_until_the_new_master_is_heard(
                 "the VIP went after {:?}, before an advertisement interval",
                 left.elapsed()
             );
+            assert!(!host.has_addr(VIP), "the VIP stayed after the stop");
+        })
+    });
+    run.join().expect("speaker thread");
+}
+
+/// The hand-off's hold against a forger, replayed from a third namespace.
+/// A master that stops gracefully keeps the VIP until its successor's
+/// first advert: a forger who could end that hold early would have hosts'
+/// packets lost again. The speaker runs as `vipool node` runs it: it
+/// trusts only its peer and hears the peer's word over the authenticated
+/// link (backup at 100). During the hold the forger sends an advert at 254
+/// in the peer's name (a priority the peer's word contradicts), one at 0
+/// (the peer is not leaving), one at the peer's own 100 (which neither the
+/// source nor the word can tell from the peer's own: held, as the peer's
+/// first advert as master is until its word that it is master arrives),
+/// and one from its own address (untrusted). None ends the hold and each
+/// is counted. The peer's advert ends it once the peer's word confirms
+/// it. Then, with the forger at it and no new master, the hold lasts its
+/// advertisement interval: no less, and not much more.
+#[test]
+fn a_forger_cannot_end_the_hand_off_hold_early() {
+    if !lab_available("a_forger_cannot_end_the_hand_off_hold_early") {
+        return;
+    }
+    use vrrp::proto::{Config, Counters, DropReason, PeerClaim};
+    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig, Status};
+
+    /// Adverts every 2 s: each step of the hold below takes milliseconds.
+    const INTERVAL_CS: u16 = 200;
+    let interval = Duration::from_millis(u64::from(INTERVAL_CS) * 10);
+    let lab = Lab::new(3);
+    // h1 is the peer: it runs nothing, its advert is sent from its own
+    // namespace. h2 is the forger.
+    let (h0, h1, forger) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let peer = h1.addr;
+    let host = h0.clone();
+    let run = common::in_netns(&h0, move || {
+        common::runtime().block_on(async move {
+            let word = |master: bool| PeerClaim {
+                address: peer,
+                priority: 100,
+                master,
+                leaving: false,
+                valid_until: Instant::now() + Duration::from_secs(60),
+            };
+            async fn master(vrid: u8, word: PeerClaim) -> (Speaker, tokio::sync::watch::Receiver<Status>) {
+                let mut vrrp = Config::v3(vrid, 200, Ipv4Addr::UNSPECIFIED, vec![VIP]);
+                vrrp.advert_interval_cs = INTERVAL_CS;
+                vrrp.trusted_sources = vec![word.address];
+                let speaker = Speaker::start(SpeakerConfig {
+                    interface: "eth0".into(),
+                    vrrp,
+                    prefix_len: 24,
+                    garp: GarpConfig {
+                        count: 0,
+                        ..GarpConfig::default()
+                    },
+                    virtual_mac: false,
+                })
+                .await
+                .expect("speaker");
+                speaker.peer_claims().set(Some(word));
+                let mut status = speaker.status();
+                until(&mut status, "master", |s| {
+                    s.state.to_string() == "Master" && s.vip_installed
+                })
+                .await;
+                (speaker, status)
+            }
+            let advert =
+                |vrid, priority| Repr::advertisement(Version::V3, vrid, priority, INTERVAL_CS, vec![VIP]);
+            // The one from the forger's own address last: once it is
+            // counted, the others were handled.
+            let forgeries = |vrid| {
+                vec![
+                    datagram(peer, &advert(vrid, 254), 255, |_| {}),
+                    datagram(peer, &advert(vrid, 0), 255, |_| {}),
+                    datagram(peer, &advert(vrid, 100), 255, |_| {}),
+                    datagram(forger.addr, &advert(vrid, 254), 255, |_| {}),
+                ]
+            };
+            let delta =
+                |now: &Counters, before: &Counters, reason| now.drops_for(reason) - before.drops_for(reason);
+
+            let (speaker, mut status) = master(25, word(false)).await;
+            let claims = speaker.peer_claims();
+            let counters = speaker
+                .shutdown_after(async {
+                    until(&mut status, "initialize", |s| s.state.to_string() == "Initialize").await;
+                    let before = status.borrow().counters.clone();
+                    inject(&forger, wire::MULTICAST_GROUP, forgeries(25));
+                    until(&mut status, "the forgeries handled", |s| {
+                        !s.vip_installed || delta(&s.counters, &before, DropReason::UnknownPeer) == 1
+                    })
+                    .await;
+                    let now = status.borrow().clone();
+                    assert!(
+                        now.vip_installed && host.has_addr(VIP),
+                        "a forgery ended the hold: {now:?}"
+                    );
+                    assert_eq!(
+                        delta(&now.counters, &before, DropReason::Contradicted),
+                        2,
+                        "{now:?}"
+                    );
+                    assert_eq!(now.counters.adverts_held - before.adverts_held, 1, "{now:?}");
+                    assert_eq!(now.counters.adverts_received, before.adverts_received, "{now:?}");
+
+                    // The peer, master now, advertises before its word says
+                    // so: its advert supersedes the forged one and is held.
+                    inject(
+                        &h1,
+                        wire::MULTICAST_GROUP,
+                        vec![datagram(peer, &advert(25, 100), 255, |_| {})],
+                    );
+                    until(&mut status, "the peer's advert held", |s| {
+                        s.counters.adverts_held - before.adverts_held == 2
+                    })
+                    .await;
+                    let now = status.borrow().clone();
+                    assert!(now.vip_installed, "an unconfirmed advert ended the hold: {now:?}");
+                    assert_eq!(
+                        delta(&now.counters, &before, DropReason::Contradicted),
+                        3,
+                        "{now:?}"
+                    );
+                    // Its word arrives: the VIP goes at once.
+                    let confirmed = Instant::now();
+                    claims.set(Some(word(true)));
+                    until(&mut status, "VIP removed", |s| !s.vip_installed).await;
+                    assert!(
+                        confirmed.elapsed() < Duration::from_millis(500),
+                        "the VIP stayed {:?} after the peer's word confirmed its advert",
+                        confirmed.elapsed()
+                    );
+                })
+                .await
+                .expect("shutdown");
+            // Released by the word, not given up at the hold's end.
+            assert_eq!(counters.held_released, 1, "{counters:?}");
+            assert_eq!(counters.priority_zero_received, 0, "{counters:?}");
+            assert!(!host.has_addr(VIP), "the VIP stayed after the stop");
+
+            // The forger alone, at it through the hold: the VIP goes after
+            // the advertisement interval, not before.
+            let (speaker, mut status) = master(26, word(false)).await;
+            let left = Instant::now();
+            let counters = speaker
+                .shutdown_after(async {
+                    until(&mut status, "initialize", |s| s.state.to_string() == "Initialize").await;
+                    loop {
+                        let kept = status.borrow().vip_installed;
+                        if !kept || left.elapsed() > START {
+                            break;
+                        }
+                        inject(&forger, wire::MULTICAST_GROUP, forgeries(26));
+                        tokio::time::sleep(interval / 10).await;
+                    }
+                })
+                .await
+                .expect("shutdown");
+            let held = left.elapsed();
+            assert!(
+                held >= interval * 9 / 10 && held < interval + MARGIN,
+                "the VIP went after {held:?}, the interval is {interval:?}"
+            );
+            assert!(counters.drops_for(DropReason::UnknownPeer) > 0, "{counters:?}");
+            assert!(counters.drops_for(DropReason::Contradicted) > 0, "{counters:?}");
+            assert_eq!(counters.held_released, 0, "{counters:?}");
             assert!(!host.has_addr(VIP), "the VIP stayed after the stop");
         })
     });

@@ -205,28 +205,29 @@ impl Instance {
                 return;
             }
         };
-        // In Initialize an advert changes nothing whatever the claim says.
-        if self.state != State::Initialize {
-            if self.held.as_ref().is_some_and(|h| h.src == src) {
-                // Superseded by a newer word from the same sender.
-                self.discard_held();
+        // Judged in Initialize too, where an advert changes nothing: what
+        // is accepted there is what a master that just left counts as its
+        // successor (the driver keeps the addresses until it hears one), so
+        // a forgery in the peer's name must not count.
+        if self.held.as_ref().is_some_and(|h| h.src == src) {
+            // Superseded by a newer word from the same sender.
+            self.discard_held();
+        }
+        match claim::verdict(self.peer_claim.as_ref(), now, src, advert.priority) {
+            Verdict::Process => {}
+            Verdict::Contradicted => {
+                self.counters.drop(DropReason::Contradicted);
+                return;
             }
-            match claim::verdict(self.peer_claim.as_ref(), now, src, advert.priority) {
-                Verdict::Process => {}
-                Verdict::Contradicted => {
-                    self.counters.drop(DropReason::Contradicted);
-                    return;
-                }
-                Verdict::Hold => {
-                    self.counters.adverts_held += 1;
-                    self.timers.set(Timer::Hold, now + self.advertisement_interval());
-                    self.held = Some(Held {
-                        src,
-                        advert,
-                        received: now,
-                    });
-                    return;
-                }
+            Verdict::Hold => {
+                self.counters.adverts_held += 1;
+                self.timers.set(Timer::Hold, now + self.advertisement_interval());
+                self.held = Some(Held {
+                    src,
+                    advert,
+                    received: now,
+                });
+                return;
             }
         }
         self.accept(now, src, &advert);
@@ -256,7 +257,10 @@ impl Instance {
     ///
     /// Without a valid claim for the source, nothing changes from plain
     /// VRRP: when the cluster link is down VRRP alone decides. In
-    /// Initialize adverts change nothing anyway and are not judged.
+    /// Initialize an advert changes no state, but it is judged all the
+    /// same: only one that is accepted (at once, or released) is counted in
+    /// [`Counters::adverts_received`], which is how a master that has just
+    /// left tells that its successor is heard.
     pub fn set_peer_claim(&mut self, now: Instant, claim: Option<PeerClaim>) {
         self.peer_claim = claim;
         let Some(held) = self.held.take() else {

@@ -572,11 +572,11 @@ impl Driver {
     async fn run(
         mut self,
         commands: mpsc::Receiver<Command>,
-        claims: watch::Receiver<Option<PeerClaim>>,
+        mut claims: watch::Receiver<Option<PeerClaim>>,
         cancel: CancellationToken,
         tidy: CancellationToken,
     ) -> io::Result<Counters> {
-        let result = self.serve(commands, claims, cancel).await;
+        let result = self.serve(commands, &mut claims, cancel).await;
         if let Err(e) = &result {
             warn!(error = %e, "VRRP driver failed; leaving the virtual router");
         }
@@ -586,7 +586,7 @@ impl Driver {
         let mut left = self.drain().await;
         if result.is_ok() && left.is_ok() && self.hand_off.is_cancelled() && self.keep_vips_until.is_some() {
             // A hand-off: the addresses go once the new master is heard.
-            left = self.linger().await;
+            left = self.linger(&mut claims).await;
         }
         if self.keep_vips_until.is_some() {
             left = left.and(self.remove_vips().await);
@@ -613,7 +613,7 @@ impl Driver {
     async fn serve(
         &mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut claims: watch::Receiver<Option<PeerClaim>>,
+        claims: &mut watch::Receiver<Option<PeerClaim>>,
         cancel: CancellationToken,
     ) -> io::Result<()> {
         // Closed once every sender is gone (the Speaker was dropped without
@@ -644,19 +644,13 @@ impl Driver {
                 () = cancel.cancelled() => return Ok(()),
                 received = self.socket.recv(&mut buf) => {
                     let len = received?;
-                    let now = Instant::now();
-                    // A claim set before this datagram must judge it, also
-                    // when the datagram wins the race with the branch below.
-                    if claims.has_changed().unwrap_or(false) {
-                        self.apply_claim(&mut claims, now);
-                    }
-                    self.take_datagram(now, &buf[..len]).await?;
+                    self.take_datagram(Instant::now(), &buf[..len], claims).await?;
                 }
                 // Without a datagram, a new claim still applies at once: it
                 // may release or discard a held advert. (`changed` has
                 // marked it seen already: apply it unconditionally.)
                 changed = claims.changed(), if claims_open => match changed {
-                    Ok(()) => self.apply_claim(&mut claims, Instant::now()),
+                    Ok(()) => self.take_claim(Instant::now(), claims).await?,
                     Err(_closed) => claims_open = false,
                 },
                 Some(cmd) = commands.recv() => match cmd {
@@ -682,6 +676,17 @@ impl Driver {
             }
             self.drain().await?;
         }
+    }
+
+    /// Hands the latest claim to the instance; kept addresses are given up
+    /// if it releases the new master's held advert.
+    async fn take_claim(
+        &mut self,
+        now: Instant,
+        claims: &mut watch::Receiver<Option<PeerClaim>>,
+    ) -> io::Result<()> {
+        self.apply_claim(claims, now);
+        self.give_up_kept_vips_once_heard().await
     }
 
     /// Hands the latest claim to the instance.
@@ -864,8 +869,10 @@ impl Driver {
     /// the switch tries again at once, reaching the new master once it is
     /// announced). So the addresses stay until the new master's first
     /// advert is heard here (sent with its gratuitous ARPs), or one
-    /// advertisement interval at most. The instance is in Initialize
-    /// meanwhile: it sends nothing and contends for nothing.
+    /// advertisement interval at most. Only an advert the instance accepts
+    /// counts (see [`Driver::give_up_kept_vips_once_heard`]): a forger
+    /// cannot end the hold early, and nothing stretches it. The instance is
+    /// in Initialize meanwhile: it sends nothing and contends for nothing.
     fn keep_vips_for_new_master(&mut self) {
         let now = Instant::now();
         self.keep_vips_until = Some(now + self.instance.master_adver_interval());
@@ -873,13 +880,36 @@ impl Driver {
         debug!("priority 0 sent: keeping the virtual addresses until the new master is heard");
     }
 
-    /// A datagram received at `now`: handled by the instance, its trust
-    /// drops logged, and kept addresses given up once it is the new
-    /// master's advert.
-    async fn take_datagram(&mut self, now: Instant, datagram: &[u8]) -> io::Result<()> {
+    /// A datagram received at `now`: judged by the latest claim, handled by
+    /// the instance, its trust drops logged, and kept addresses given up
+    /// once it is the new master's advert.
+    async fn take_datagram(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        claims: &mut watch::Receiver<Option<PeerClaim>>,
+    ) -> io::Result<()> {
+        // A claim set before this datagram must judge it, also when the
+        // datagram wins the race with the claim's own branch.
+        if claims.has_changed().unwrap_or(false) {
+            self.apply_claim(claims, now);
+        }
         let before = self.instance.counters().clone();
         self.instance.handle_datagram(now, datagram);
         self.log_trust(&before, datagram, now);
+        self.give_up_kept_vips_once_heard().await?;
+        // Checked here too, not only when the timer wakes us: datagrams
+        // that keep coming (a forger's flood) must not stretch the hold.
+        self.give_up_kept_vips(now).await
+    }
+
+    /// Gives up kept addresses once the new master is heard: an advert of
+    /// a priority other than 0 that the instance accepted, so one that
+    /// passed every check it makes (trusted sources, unicast peers, our own
+    /// and the virtual addresses, and, in a pair, the peer's claim: a
+    /// forgery in the peer's name is dropped or held like any other, and a
+    /// held advert counts only once the claim releases it).
+    async fn give_up_kept_vips_once_heard(&mut self) -> io::Result<()> {
         if self.keep_vips_until.is_some() && masters_heard(self.instance.counters()) > self.masters_heard {
             debug!("the new master is heard: giving up the virtual addresses");
             self.remove_vips().await?;
@@ -897,20 +927,35 @@ impl Driver {
         Ok(())
     }
 
-    /// After the stop of a master that hands off: reads adverts (the
-    /// instance is in Initialize: they change nothing, they are only
-    /// counted) until the new master's is heard or the addresses' time is
-    /// up, then removes the addresses.
-    async fn linger(&mut self) -> io::Result<()> {
+    /// After the stop of a master that hands off: reads adverts and the
+    /// peer's claims (the instance is in Initialize: they change nothing,
+    /// they are only judged and counted, as in the run loop) until the new
+    /// master's advert is heard or the addresses' time is up, then removes
+    /// the addresses. The status follows every input, counters included.
+    async fn linger(&mut self, claims: &mut watch::Receiver<Option<PeerClaim>>) -> io::Result<()> {
         let mut buf = vec![0u8; 4096];
+        let mut claims_open = true;
         while let Some(until) = self.keep_vips_until {
+            // A held advert unconfirmed by its deadline (the Hold timer)
+            // is counted as contradicted then, as in the run loop.
+            let wake = self.instance.poll_timeout().map_or(until, |at| at.min(until));
             tokio::select! {
                 received = self.socket.recv(&mut buf) => {
                     let len = received?;
-                    self.take_datagram(Instant::now(), &buf[..len]).await?;
+                    self.take_datagram(Instant::now(), &buf[..len], claims).await?;
                 }
-                () = tokio::time::sleep_until(until.into()) => self.give_up_kept_vips(Instant::now()).await?,
+                // As in the run loop: a claim may release a held advert.
+                changed = claims.changed(), if claims_open => match changed {
+                    Ok(()) => self.take_claim(Instant::now(), claims).await?,
+                    Err(_closed) => claims_open = false,
+                },
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    self.instance.handle_timeout(now);
+                    self.give_up_kept_vips(now).await?;
+                }
             }
+            self.publish_status();
         }
         self.publish_status();
         Ok(())

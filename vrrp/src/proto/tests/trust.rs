@@ -451,6 +451,47 @@ fn hold_survives_a_state_change() {
     assert_eq!(vr.counters().held_released, 1);
 }
 
+/// A master that has just left (priority 0 sent, now in Initialize) keeps
+/// its addresses until its successor's advert is accepted: the driver
+/// watches `adverts_received` (priority 0 aside). So adverts are judged in
+/// Initialize as in every other state: a forgery in the peer's name that
+/// its claim contradicts is dropped and counted, the stranger is untrusted,
+/// and the peer's first advert as master, which races its claim, counts
+/// only once the claim releases it. None of it changes the state. Without
+/// a claim (the control) the forgery is accepted: the source filter alone
+/// cannot tell it from the peer.
+#[test]
+fn a_master_that_left_accepts_no_forgery_as_its_successor() {
+    for with_claim in [true, false] {
+        let (mut vr, now) = master(trusting(v3(100, 2), &[host(1)]));
+        if with_claim {
+            vr.set_peer_claim(now, Some(claim(1, 200, false, now + secs(3))));
+        }
+        vr.shutdown(now);
+        while vr.poll_event().is_some() {}
+        assert_eq!(vr.state(), State::Initialize);
+        if !with_claim {
+            assert_accepted(&mut vr, now, &advert_from(1, 254));
+            continue;
+        }
+        assert_dropped(&mut vr, now, &advert_from(1, 254), DropReason::Contradicted);
+        assert_dropped(&mut vr, now, &advert_from(1, 0), DropReason::Contradicted);
+        assert_dropped(&mut vr, now, &advert_from(3, 200), DropReason::UnknownPeer);
+        assert_eq!(vr.counters().priority_zero_received, 0);
+
+        vr.handle_datagram(now, &advert_from(1, 200));
+        assert!(vr.holds_advert());
+        assert_eq!(vr.counters().adverts_received, 0);
+        let later = now + us(400);
+        vr.set_peer_claim(later, Some(claim(1, 200, true, later + secs(3))));
+        assert_eq!(vr.counters().held_released, 1);
+        assert_eq!(vr.counters().adverts_received, 1);
+        assert_eq!(vr.state(), State::Initialize);
+        assert_eq!(vr.poll_event(), None);
+        assert_eq!(vr.poll_timeout(), None);
+    }
+}
+
 /// Truthful claims change nothing in a pair's life: election, crash,
 /// return with preemption, graceful stop with pair handoff all happen at
 /// the same instants with the same events as without claims, even though
