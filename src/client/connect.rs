@@ -50,9 +50,30 @@ pub(super) async fn connect_tcp(
     };
     tcp.set_nodelay(true)?;
     if let Some(after) = options.ack_timeout {
-        socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(after))?;
+        socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(user_timeout(after)))?;
     }
     Ok(tcp)
+}
+
+/// TCP's minimum retransmission timeout (Linux `TCP_RTO_MIN`): the soonest
+/// a segment lost on a LAN is sent again.
+const RTO_MIN: Duration = Duration::from_millis(200);
+
+/// The `TCP_USER_TIMEOUT` that ends a connection about `ack_timeout` after
+/// bytes it sent went unacknowledged.
+///
+/// Linux counts the user timeout from the first retransmission, which
+/// comes one retransmission timeout (200 ms at least) after the bytes:
+/// given the ack timeout itself, a connection whose host lost power ended
+/// 518 ms after its request for 300 ms (kernel 6.18, a namespace pair with
+/// the server's link cut; 150 ms gave 362 ms and 100 ms gave 311 ms). That
+/// late, a switch missed the new VIP holder's first 150 ms
+/// (failover_bench, power loss: the fresh connect's slow runs of 520-580
+/// ms). Less the retransmission timeout, the kernel gives up on a dead host
+/// at the ack timeout, and still only once a retransmission went
+/// unacknowledged too.
+fn user_timeout(ack_timeout: Duration) -> Duration {
+    ack_timeout.saturating_sub(RTO_MIN).max(Duration::from_millis(1))
 }
 
 /// Each address in turn, each given `timeout`.

@@ -321,7 +321,8 @@ pub struct ConnectOptions {
     /// At most this many attempts pending at once (with a stagger).
     pub connect_in_flight: usize,
     /// The longest time bytes sent may go unacknowledged by the server's
-    /// TCP before the kernel ends the connection (`TCP_USER_TIMEOUT`;
+    /// TCP before the kernel ends the connection (`TCP_USER_TIMEOUT`, less
+    /// TCP's minimum retransmission timeout, from which Linux counts it;
     /// [`DEFAULT_ACK_TIMEOUT`]: why, there). `None`: the kernel's own
     /// retransmission limit (minutes).
     pub ack_timeout: Option<Duration>,
