@@ -141,6 +141,9 @@ pub struct Connection {
     /// How long the server may stay silent while a request waits before
     /// the connection is probed (`None`: never).
     probe_after: Option<Duration>,
+    /// The least time between two probes: the ack timeout the connection
+    /// was made with (see `Probes::spaced`).
+    probe_spacing: Duration,
     /// Set when a request's deadline passed: the connection is dead.
     gave_up: Option<Duration>,
 }
@@ -382,9 +385,7 @@ impl Connection {
         let tcp = connect::connect_tcp(&addrs[..], options).await?;
         let peer = tcp.peer_addr()?;
         let Some(tls) = tls else {
-            return Ok(Self::framed(Box::new(tcp), peer)
-                .with_answer_timeout(options.answer_timeout)
-                .with_probe_after(options.probe_after));
+            return Ok(Self::framed(Box::new(tcp), peer).with_options(options));
         };
         let deadline = options.handshake_timeout;
         let began = tokio::time::Instant::now();
@@ -404,9 +405,15 @@ impl Connection {
         );
         let stream = handshake?;
         let peer = stream.get_ref().0.get_ref().peer_addr()?;
-        Ok(Self::framed(Box::new(stream), peer)
-            .with_answer_timeout(options.answer_timeout)
-            .with_probe_after(options.probe_after))
+        Ok(Self::framed(Box::new(stream), peer).with_options(options))
+    }
+
+    /// The answer deadline and the probes of `options`, the probes spaced
+    /// by its ack timeout.
+    fn with_options(mut self, options: &ConnectOptions) -> Self {
+        self.probe_spacing = options.ack_timeout.unwrap_or_default();
+        self.with_answer_timeout(options.answer_timeout)
+            .with_probe_after(options.probe_after)
     }
 
     /// The handshake on `tcp` (probed past [`ConnectOptions::probe_after`]
@@ -500,6 +507,7 @@ impl Connection {
             last_push: None,
             answer_timeout: None,
             probe_after: None,
+            probe_spacing: Duration::ZERO,
             gave_up: None,
         }
     }
@@ -577,7 +585,9 @@ impl Connection {
             .write(&RequestFrame { seq, request }, u32::MAX)
             .await?;
         let cap = self.answer_timeout.unwrap_or(DEFAULT_ANSWER_TIMEOUT);
-        let mut silence = self.probe_after.map(|first| Probes::new(first, cap));
+        let mut silence = self
+            .probe_after
+            .map(|first| Probes::new(first, cap).spaced(self.probe_spacing));
         loop {
             let message = match &mut silence {
                 None => self.read_message().await?,
