@@ -912,6 +912,11 @@ impl Driver {
         datagram: &[u8],
         claims: &mut watch::Receiver<Option<PeerClaim>>,
     ) -> io::Result<()> {
+        // Waiting for the socket takes none of the task's budget (tokio's
+        // `AsyncFd`), so under a flood this task would never yield: each
+        // datagram takes a unit, and the other tasks of the runtime (those
+        // of a `vipool vrrp` that answer signals) still get their turn.
+        tokio::task::coop::consume_budget().await;
         // A claim set before this datagram must judge it, also when the
         // datagram wins the race with the claim's own branch.
         if claims.has_changed().unwrap_or(false) {
