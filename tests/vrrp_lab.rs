@@ -1583,7 +1583,8 @@ fn a_flood_at_the_backup_does_not_stop_it_taking_over() {
     let before = b.status()["counters"].clone();
     let flood = Flood::start(&h2, h1.addr, flood_datagrams(25, h2.addr, h0.addr, h1.addr));
     // Well inside a Master_Down_Interval: the backup still follows the
-    // master.
+    // master (what a longer flood does before the kill is another matter,
+    // see `a_long_flood_at_the_backup_does_not_move_the_vip`).
     std::thread::sleep(advert);
     assert_eq!(b.states(), ["Backup"], "the backup moved before the kill");
     let killed = Instant::now();
@@ -1609,4 +1610,43 @@ fn a_flood_at_the_backup_does_not_stop_it_taking_over() {
         untrusted >= expected * 10,
         "the flood did not reach the backup: {during}"
     );
+}
+
+/// Known limitation, kept as a reproduction: a flood faster than the
+/// backup can read fills its socket's receive queue, and the kernel then
+/// drops whatever arrives next, the master's adverts too. After a
+/// Master_Down_Interval without one the backup takes over while the master
+/// lives (and falls back at the next advert it does read): loaded
+/// machine, 5 runs of 6 with the driver's timers running under the flood
+/// (before that, the flood starved the timer, so this passed only because
+/// the backup could not take over at all). The speaker cannot tell adverts
+/// it never received from a dead master. A kernel filter that lets only
+/// the trusted sources into a queue of their own would stop a flood from
+/// other sources (not one forged in the master's name, which this test
+/// also sends).
+#[test]
+#[ignore = "known limitation: a flood beyond the reader's pace drops the master's adverts in the kernel"]
+fn a_long_flood_at_the_backup_does_not_move_the_vip() {
+    let test = "a_long_flood_at_the_backup_does_not_move_the_vip";
+    if !lab_available(test) {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let advert = Duration::from_millis(100);
+    let (t0, t1) = (h1.addr.to_string(), h0.addr.to_string());
+    let a = lab.vipool_vrrp(&h0, &speaker_args("26", "200", "100", &["--trusted-source", &t0]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("26", "100", "100", &["--trusted-source", &t1]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+
+    let flood = Flood::start(&h2, h1.addr, flood_datagrams(26, h2.addr, h0.addr, h1.addr));
+    std::thread::sleep(master_down(100, advert) * 8);
+    let sent = flood.stop();
+    eprintln!(
+        "{test} (loaded machine): {sent} datagrams sent; backup states {:?}",
+        b.states()
+    );
+    assert_eq!(b.states(), ["Backup"], "the flood moved the backup");
+    assert!(h0.has_addr(VIP) && !h1.has_addr(VIP), "the flood moved the VIP");
 }
