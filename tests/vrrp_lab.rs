@@ -1650,3 +1650,69 @@ fn a_long_flood_at_the_backup_does_not_move_the_vip() {
     assert_eq!(b.states(), ["Backup"], "the flood moved the backup");
     assert!(h0.has_addr(VIP) && !h1.has_addr(VIP), "the flood moved the VIP");
 }
+
+/// The speaker's owner is heard under a flood: a command (here entering
+/// fault, as a node handing the VIP back does) takes effect at once, not
+/// once the flood stops. The speaker runs in this process, on a thread of
+/// its own, as `vipool node` runs it.
+#[test]
+fn a_flood_does_not_hold_up_the_owners_commands() {
+    let test = "a_flood_does_not_hold_up_the_owners_commands";
+    if !lab_available(test) {
+        return;
+    }
+    use vrrp::proto::{Config, State};
+    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig};
+
+    let lab = Lab::new(3);
+    // h1 is the trusted peer, in whose name garbage comes; it runs nothing.
+    let (h0, peer, h2) = (lab.hosts[0].clone(), lab.hosts[1].addr, lab.hosts[2].clone());
+    let advert = Duration::from_millis(100);
+    let (master_tx, master) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let run = common::in_netns(&h0, move || {
+        common::runtime().block_on(async move {
+            let mut config = Config::v3(27, 200, Ipv4Addr::UNSPECIFIED, vec![VIP]);
+            config.advert_interval_cs = 10;
+            config.trusted_sources = vec![peer];
+            let speaker = Speaker::start_on_own_thread(SpeakerConfig {
+                interface: "eth0".into(),
+                vrrp: config,
+                prefix_len: 24,
+                garp: GarpConfig {
+                    count: 0,
+                    ..GarpConfig::default()
+                },
+                virtual_mac: false,
+            })
+            .await
+            .expect("speaker");
+            let mut status = speaker.status();
+            until(&mut status, "master", |s| s.state == State::Master).await;
+            master_tx.send(()).expect("the test waits");
+            // The speaker runs on its own thread: blocking here holds up nothing.
+            go.recv().expect("the test says go");
+            let asked = Instant::now();
+            speaker.set_fault(true).await;
+            let left = tokio::time::timeout(MARGIN, status.wait_for(|s| s.state == State::Initialize))
+                .await
+                .is_ok();
+            let took = asked.elapsed();
+            let dropped = status.borrow().counters.total_drops();
+            speaker.shutdown().await.expect("shutdown");
+            (left, took, dropped)
+        })
+    });
+    master.recv_timeout(START).expect("the speaker became master");
+    let flood = Flood::start(&h2, h0.addr, flood_datagrams(27, h2.addr, peer, h0.addr));
+    // Flooded for a while before the command.
+    std::thread::sleep(master_down(200, advert));
+    go_tx.send(()).expect("the speaker's owner waits");
+    let (left, took, dropped) = run.join().expect("the owner's thread");
+    let sent = flood.stop();
+    eprintln!(
+        "{test} (loaded machine): {sent} datagrams sent, {dropped} dropped; fault entered {took:?} after the command"
+    );
+    assert!(left, "no fault within {MARGIN:?} of the command under the flood");
+    assert!(dropped > 0, "the flood did not reach the speaker");
+}
