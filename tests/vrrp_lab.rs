@@ -1393,3 +1393,326 @@ fn a_master_keeps_advertising_while_its_owners_thread_is_held_up() {
         "the backup took over while the master's owner was held up"
     );
 }
+
+/// Datagrams sent to `dst` as fast as a thread inside `host`'s namespace
+/// can send them, until stopped (or dropped). It runs at nice -10, so that
+/// whatever else the machine runs does not pause it.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Flood {
+    fn start(host: &common::Host, dst: Ipv4Addr, datagrams: Vec<Vec<u8>>) -> Flood {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = common::in_netns(host, move || {
+            use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+            // SAFETY: setpriority has no memory-safety preconditions; `0`
+            // is the calling thread (Linux keeps a nice value per thread).
+            let niced = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) };
+            assert_eq!(niced, 0, "nice -10: {}", std::io::Error::last_os_error());
+            let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).expect("raw socket");
+            socket.set_header_included_v4(true).expect("IP_HDRINCL");
+            socket.bind_device(Some(b"eth0")).expect("SO_BINDTODEVICE");
+            let addr = SockAddr::from(std::net::SocketAddrV4::new(dst, 0));
+            let mut sent = 0;
+            while !flag.load(Ordering::Relaxed) {
+                for d in &datagrams {
+                    // A full queue (ENOBUFS) only means the flood is as fast
+                    // as the link: carry on.
+                    sent += u64::from(socket.send_to(d, &addr).is_ok());
+                }
+            }
+            sent
+        });
+        Flood {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the flood and returns how many datagrams were sent.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("flood thread")
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What a host flooding `dst` sends, addressed to `dst` itself so that
+/// only it is flooded: adverts of priority 254 in the flooder's own name
+/// (untrusted: dropped as `unknown_peer`), and garbage in the name of
+/// `trusted`, the speaker's peer (a wrong checksum: dropped as `checksum`).
+///
+/// The garbage is as long as an advert can be (255 addresses), so that the
+/// speaker spends longer checking its checksum than the kernel spends
+/// delivering it. With short datagrams only, a speaker with a CPU of its
+/// own reads about as fast as one thread sends, its socket runs dry now
+/// and then, and a loop that waits for that to run its timers gets away
+/// with it on a quiet machine (measured, loaded machine: a master starved
+/// to 0 to 3 adverts in 2.9 s with these datagrams, 6 to 26 of 29 with
+/// short ones). A host on the segment sending at line rate outpaces the
+/// speaker whatever it sends.
+fn flood_datagrams(vrid: u8, flooder: Ipv4Addr, trusted: Ipv4Addr, dst: Ipv4Addr) -> Vec<Vec<u8>> {
+    let untrusted = Repr::advertisement(Version::V3, vrid, 254, 10, vec![VIP]);
+    let longest: Vec<Ipv4Addr> = (0..=254).map(|i| Ipv4Addr::new(198, 51, 100, i)).collect();
+    let garbage = Repr::advertisement(Version::V3, vrid, 254, 10, longest);
+    let build = |src: Ipv4Addr, repr: &Repr, spoil: fn(&mut Vec<u8>)| {
+        let mut msg = repr.to_bytes(Checksum::PseudoHeader { src, dst });
+        spoil(&mut msg);
+        wire::ipv4::build(src, dst, 255, &msg)
+    };
+    vec![
+        build(flooder, &untrusted, |_| {}),
+        build(trusted, &garbage, |m| m[6] ^= 0xff),
+    ]
+}
+
+/// A host on the segment floods the master's VRRP socket with adverts from
+/// an untrusted source and garbage, thousands a second, for several
+/// Master_Down_Intervals. The master must keep advertising on time (its
+/// timers run however many datagrams wait), so its backup stays backup and
+/// the VIP stays put; the flood is dropped and counted, and the warning
+/// about it is logged once, not once per datagram.
+#[test]
+fn a_flood_at_the_master_neither_silences_it_nor_moves_the_vip() {
+    let test = "a_flood_at_the_master_neither_silences_it_nor_moves_the_vip";
+    if !lab_available(test) {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let advert = Duration::from_millis(100);
+    let (t0, t1) = (h1.addr.to_string(), h0.addr.to_string());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("master.log");
+    let mut args = vec!["vrrp", "--json", "--interface", "eth0"];
+    args.extend(speaker_args("24", "200", "100", &["--trusted-source", &t0]));
+    let a = lab.vipool_logged(&h0, &args, &log);
+    let b = lab.vipool_vrrp(&h1, &speaker_args("24", "100", "100", &["--trusted-source", &t1]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+
+    let (states_a, states_b) = (a.states(), b.states());
+    let (before_a, before_b) = (a.status()["counters"].clone(), b.status()["counters"].clone());
+    let flooding = master_down(100, advert) * 8;
+    let flood = Flood::start(&h2, h0.addr, flood_datagrams(24, h2.addr, h1.addr, h0.addr));
+    let began = Instant::now();
+    std::thread::sleep(flooding);
+    // Asked during the flood: the tasks that share the speaker's runtime
+    // (here the one that answers SIGUSR1) still get their turn.
+    let asked = Instant::now();
+    let during_a = a.status()["counters"].clone();
+    let answered = asked.elapsed();
+    let during_b = b.status()["counters"].clone();
+    let flooded = began.elapsed();
+    let sent = flood.stop();
+    // Any state change would show within another few intervals.
+    std::thread::sleep(master_down(100, advert));
+
+    let count = |after: &serde_json::Value, before: &serde_json::Value, field: &str| {
+        after[field].as_u64().unwrap_or(0) - before[field].as_u64().unwrap_or(0)
+    };
+    let delta = |after: &serde_json::Value, before: &serde_json::Value, reason: &str| {
+        drops(after, reason) - drops(before, reason)
+    };
+    let heard = count(&during_b, &before_b, "adverts_received");
+    let advertised = count(&during_a, &before_a, "adverts_sent");
+    let (untrusted, garbage) = (
+        delta(&during_a, &before_a, "unknown_peer"),
+        delta(&during_a, &before_a, "checksum"),
+    );
+    let log_text = std::fs::read_to_string(&log).expect("master log");
+    let warned = log_text
+        .lines()
+        .filter(|l| l.contains("VRRP advert dropped"))
+        .count();
+    eprintln!(
+        "{test} (loaded machine): {sent} datagrams sent in {flooded:?}; the master dropped {untrusted} as \
+         unknown_peer and {garbage} as checksum, sent {advertised} adverts; the backup heard {heard}; \
+         {warned} warning line(s); a status request answered in {answered:?}"
+    );
+    assert_eq!(b.states(), states_b, "the backup changed state under the flood");
+    assert_eq!(a.states(), states_a, "the master changed state under the flood");
+    assert!(h0.has_addr(VIP) && !h1.has_addr(VIP), "the VIP moved");
+    // One advert every 100 ms; half of them on a loaded machine.
+    let expected = flooded.as_millis() as u64 / advert.as_millis() as u64;
+    assert!(
+        heard >= expected / 2,
+        "the backup heard only {heard} adverts in {flooded:?} (expected about {expected})"
+    );
+    // Thousands a second were sent: far more than one per advert interval
+    // reached the speaker and were counted, never accepted.
+    assert!(
+        untrusted >= expected * 10 && garbage >= expected * 10,
+        "the flood was not counted: {during_a}"
+    );
+    assert_eq!(count(&during_a, &before_a, "adverts_received"), 0, "{during_a}");
+    assert_eq!(warned, 1, "warnings not limited:\n{log_text}");
+}
+
+/// The other side: the backup's socket is flooded as the master is
+/// killed. Its Master_Down_Timer must still fire however many datagrams
+/// wait, and it takes the VIP within the usual bound.
+#[test]
+fn a_flood_at_the_backup_does_not_stop_it_taking_over() {
+    let test = "a_flood_at_the_backup_does_not_stop_it_taking_over";
+    if !lab_available(test) {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let advert = Duration::from_millis(100);
+    let (t0, t1) = (h1.addr.to_string(), h0.addr.to_string());
+    let a = lab.vipool_vrrp(&h0, &speaker_args("25", "200", "100", &["--trusted-source", &t0]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("25", "100", "100", &["--trusted-source", &t1]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+
+    let before = b.status()["counters"].clone();
+    let flood = Flood::start(&h2, h1.addr, flood_datagrams(25, h2.addr, h0.addr, h1.addr));
+    // Well inside a Master_Down_Interval: the backup still follows the
+    // master (what a longer flood does before the kill is another matter,
+    // see `a_long_flood_at_the_backup_does_not_move_the_vip`).
+    std::thread::sleep(advert);
+    assert_eq!(b.states(), ["Backup"], "the backup moved before the kill");
+    let killed = Instant::now();
+    a.signal(Signal::SIGKILL);
+    let bound = master_down(100, advert) + MARGIN;
+    let took = wait_for(bound, || h1.has_addr(VIP)).then(|| killed.elapsed());
+    let sent = flood.stop();
+    let during = b.status()["counters"].clone();
+    let untrusted = drops(&during, "unknown_peer") - drops(&before, "unknown_peer");
+    eprintln!(
+        "{test} (loaded machine): {sent} datagrams sent; the backup dropped {untrusted} as unknown_peer; \
+         took the VIP after {took:?} (Master_Down_Interval {:?})",
+        master_down(100, advert)
+    );
+    assert!(
+        took.is_some(),
+        "the flooded backup did not take the VIP within {bound:?}"
+    );
+    assert!(b.wait_state("Master", MARGIN), "{:?}", b.states());
+    // Flooded all along: thousands a second, far more than one per interval.
+    let expected = (bound.as_millis() / advert.as_millis()) as u64;
+    assert!(
+        untrusted >= expected * 10,
+        "the flood did not reach the backup: {during}"
+    );
+}
+
+/// Known limitation, kept as a reproduction: a flood faster than the
+/// backup can read fills its socket's receive queue, and the kernel then
+/// drops whatever arrives next, the master's adverts too. After a
+/// Master_Down_Interval without one the backup takes over while the master
+/// lives (and falls back at the next advert it does read): loaded
+/// machine, 5 runs of 6 with the driver's timers running under the flood
+/// (before that, the flood starved the timer, so this passed only because
+/// the backup could not take over at all). The speaker cannot tell adverts
+/// it never received from a dead master. A kernel filter that lets only
+/// the trusted sources into a queue of their own would stop a flood from
+/// other sources (not one forged in the master's name, which this test
+/// also sends).
+#[test]
+#[ignore = "known limitation: a flood beyond the reader's pace drops the master's adverts in the kernel"]
+fn a_long_flood_at_the_backup_does_not_move_the_vip() {
+    let test = "a_long_flood_at_the_backup_does_not_move_the_vip";
+    if !lab_available(test) {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
+    let advert = Duration::from_millis(100);
+    let (t0, t1) = (h1.addr.to_string(), h0.addr.to_string());
+    let a = lab.vipool_vrrp(&h0, &speaker_args("26", "200", "100", &["--trusted-source", &t0]));
+    let b = lab.vipool_vrrp(&h1, &speaker_args("26", "100", "100", &["--trusted-source", &t1]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+
+    let flood = Flood::start(&h2, h1.addr, flood_datagrams(26, h2.addr, h0.addr, h1.addr));
+    std::thread::sleep(master_down(100, advert) * 8);
+    let sent = flood.stop();
+    eprintln!(
+        "{test} (loaded machine): {sent} datagrams sent; backup states {:?}",
+        b.states()
+    );
+    assert_eq!(b.states(), ["Backup"], "the flood moved the backup");
+    assert!(h0.has_addr(VIP) && !h1.has_addr(VIP), "the flood moved the VIP");
+}
+
+/// The speaker's owner is heard under a flood: a command (here entering
+/// fault, as a node handing the VIP back does) takes effect at once, not
+/// once the flood stops. The speaker runs in this process, on a thread of
+/// its own, as `vipool node` runs it.
+#[test]
+fn a_flood_does_not_hold_up_the_owners_commands() {
+    let test = "a_flood_does_not_hold_up_the_owners_commands";
+    if !lab_available(test) {
+        return;
+    }
+    use vrrp::proto::{Config, State};
+    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig};
+
+    let lab = Lab::new(3);
+    // h1 is the trusted peer, in whose name garbage comes; it runs nothing.
+    let (h0, peer, h2) = (lab.hosts[0].clone(), lab.hosts[1].addr, lab.hosts[2].clone());
+    let advert = Duration::from_millis(100);
+    let (master_tx, master) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let run = common::in_netns(&h0, move || {
+        common::runtime().block_on(async move {
+            let mut config = Config::v3(27, 200, Ipv4Addr::UNSPECIFIED, vec![VIP]);
+            config.advert_interval_cs = 10;
+            config.trusted_sources = vec![peer];
+            let speaker = Speaker::start_on_own_thread(SpeakerConfig {
+                interface: "eth0".into(),
+                vrrp: config,
+                prefix_len: 24,
+                garp: GarpConfig {
+                    count: 0,
+                    ..GarpConfig::default()
+                },
+                virtual_mac: false,
+            })
+            .await
+            .expect("speaker");
+            let mut status = speaker.status();
+            until(&mut status, "master", |s| s.state == State::Master).await;
+            master_tx.send(()).expect("the test waits");
+            // The speaker runs on its own thread: blocking here holds up nothing.
+            go.recv().expect("the test says go");
+            let asked = Instant::now();
+            speaker.set_fault(true).await;
+            let left = tokio::time::timeout(MARGIN, status.wait_for(|s| s.state == State::Initialize))
+                .await
+                .is_ok();
+            let took = asked.elapsed();
+            let dropped = status.borrow().counters.total_drops();
+            speaker.shutdown().await.expect("shutdown");
+            (left, took, dropped)
+        })
+    });
+    master.recv_timeout(START).expect("the speaker became master");
+    let flood = Flood::start(&h2, h0.addr, flood_datagrams(27, h2.addr, peer, h0.addr));
+    // Flooded for a while before the command.
+    std::thread::sleep(master_down(200, advert));
+    go_tx.send(()).expect("the speaker's owner waits");
+    let (left, took, dropped) = run.join().expect("the owner's thread");
+    let sent = flood.stop();
+    eprintln!(
+        "{test} (loaded machine): {sent} datagrams sent, {dropped} dropped; fault entered {took:?} after the command"
+    );
+    assert!(left, "no fault within {MARGIN:?} of the command under the flood");
+    assert!(dropped > 0, "the flood did not reach the speaker");
+}

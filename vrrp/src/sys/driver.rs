@@ -625,27 +625,19 @@ impl Driver {
         self.drain().await?;
         let mut buf = vec![0u8; 4096];
         loop {
-            let deadline = [
-                self.instance.poll_timeout(),
-                self.garp_plan.front().copied(),
-                self.keep_vips_until,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = self.deadline();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
             };
+            // A host flooding the socket keeps `recv` always ready: the
+            // branches before it still run at once, and so do the timers,
+            // after each datagram (see there).
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Ok(()),
-                received = self.socket.recv(&mut buf) => {
-                    let len = received?;
-                    self.take_datagram(Instant::now(), &buf[..len], claims).await?;
-                }
                 // Without a datagram, a new claim still applies at once: it
                 // may release or discard a held advert. (`changed` has
                 // marked it seen already: apply it unconditionally.)
@@ -665,17 +657,48 @@ impl Driver {
                         self.instance.set_fault(Instant::now(), fault);
                     }
                 },
-                () = sleep => {
+                received = self.socket.recv(&mut buf) => {
+                    let len = received?;
+                    self.take_datagram(Instant::now(), &buf[..len], claims).await?;
+                    // With datagrams always waiting (a flood) the sleep
+                    // below never wins: a master would fall silent and a
+                    // backup's Master_Down_Timer never fire. So timers due
+                    // by now run here, after the datagram (an advert that
+                    // arrived before the deadline still counts first).
                     let now = Instant::now();
-                    self.give_up_kept_vips(now).await?;
-                    self.instance.handle_timeout(now);
-                    if self.garp_plan.front().is_some_and(|&at| at <= now) {
-                        self.send_garp(now);
+                    if self.deadline().is_some_and(|at| at <= now) {
+                        // Its events first, in the order they came.
+                        self.drain().await?;
+                        self.take_timeout(now).await?;
                     }
                 }
+                () = sleep => self.take_timeout(Instant::now()).await?,
             }
             self.drain().await?;
         }
+    }
+
+    /// The earliest timer: the instance's, the next gratuitous ARP, or the
+    /// end of the hold on kept addresses.
+    fn deadline(&self) -> Option<Instant> {
+        [
+            self.instance.poll_timeout(),
+            self.garp_plan.front().copied(),
+            self.keep_vips_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs the timers due at `now` (a timer not yet due is left alone).
+    async fn take_timeout(&mut self, now: Instant) -> io::Result<()> {
+        self.give_up_kept_vips(now).await?;
+        self.instance.handle_timeout(now);
+        if self.garp_plan.front().is_some_and(|&at| at <= now) {
+            self.send_garp(now);
+        }
+        Ok(())
     }
 
     /// Hands the latest claim to the instance; kept addresses are given up
@@ -889,6 +912,11 @@ impl Driver {
         datagram: &[u8],
         claims: &mut watch::Receiver<Option<PeerClaim>>,
     ) -> io::Result<()> {
+        // Waiting for the socket takes none of the task's budget (tokio's
+        // `AsyncFd`), so under a flood this task would never yield: each
+        // datagram takes a unit, and the other tasks of the runtime (those
+        // of a `vipool vrrp` that answer signals) still get their turn.
+        tokio::task::coop::consume_budget().await;
         // A claim set before this datagram must judge it, also when the
         // datagram wins the race with the claim's own branch.
         if claims.has_changed().unwrap_or(false) {
@@ -939,6 +967,9 @@ impl Driver {
             // A held advert unconfirmed by its deadline (the Hold timer)
             // is counted as contradicted then, as in the run loop.
             let wake = self.instance.poll_timeout().map_or(until, |at| at.min(until));
+            // Not biased: with datagrams always waiting (a flood) the sleep
+            // still wins its share of turns, and the end of the hold is
+            // checked after every datagram too.
             tokio::select! {
                 received = self.socket.recv(&mut buf) => {
                     let len = received?;
