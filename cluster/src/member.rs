@@ -211,12 +211,13 @@ impl<S: StateMachine> Member<S> {
     /// (writes coming back to back) keeps it from polling its sockets and
     /// timers for as long as 60-odd tasks' turns: in a vipool node, the
     /// license clients' accepts waited 120-500 ms behind a stream of
-    /// registrations (failover_bench, `XX` debug build, graceful stop). Here
-    /// only the member waits for its disk; its callers reach it through its
-    /// queue as before.
+    /// registrations (failover_bench, graceful stop, a build with debug
+    /// lines at accept). Here only the member waits for its disk; its
+    /// callers reach it through its queue as before.
     ///
     /// The thread ends with the member: on [`Member::shutdown`], on a
-    /// storage failure, or once every handle to it is dropped.
+    /// storage failure, or once every handle to it is dropped (a transport
+    /// that delivers to the member holds one: shut it down).
     ///
     /// # Errors
     /// As [`Member::start`], or [`NodeError::Thread`] when no thread or
@@ -230,15 +231,30 @@ impl<S: StateMachine> Member<S> {
         outbox: Arc<dyn Outbox>,
     ) -> Result<Member<S>, NodeError> {
         let (member, task) = Self::prepare(cfg, store, sm, initial_voters, outbox)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(NodeError::Thread)?;
+        // The runtime is made on the thread: one dropped on a caller's
+        // runtime (the thread not started) would panic there.
+        let (started_tx, started) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || runtime.block_on(task.drive()))
+            .spawn(
+                move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => {
+                        let _ = started_tx.send(Ok(()));
+                        runtime.block_on(task.drive());
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                    }
+                },
+            )
             .map_err(NodeError::Thread)?;
-        Ok(member)
+        match started.recv() {
+            Ok(Ok(())) => Ok(member),
+            Ok(Err(e)) => Err(NodeError::Thread(e)),
+            Err(_) => Err(NodeError::Thread(std::io::Error::other(
+                "the member's thread ended before its runtime started",
+            ))),
+        }
     }
 
     /// The member's handle and the task that drives it, not yet running.

@@ -216,6 +216,19 @@ fn resolves_to_nothing() -> io::Error {
 
 #[cfg(test)]
 mod tests {
+    /// The user timeout is the ack timeout less TCP's minimum
+    /// retransmission timeout, never zero (which would be the kernel's own
+    /// limit of minutes).
+    #[test]
+    fn the_user_timeout_leaves_the_first_retransmission_out() {
+        use super::user_timeout;
+        let ms = Duration::from_millis;
+        assert_eq!(user_timeout(ms(300)), ms(100));
+        assert_eq!(user_timeout(ms(1200)), ms(1000));
+        assert_eq!(user_timeout(ms(150)), ms(1));
+        assert_eq!(user_timeout(ms(0)), ms(1));
+    }
+
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 

@@ -326,7 +326,11 @@ pub struct ConnectOptions {
     /// The longest time bytes sent may go unacknowledged by the server's
     /// TCP before the kernel ends the connection (`TCP_USER_TIMEOUT`, less
     /// TCP's minimum retransmission timeout, from which Linux counts it;
-    /// [`DEFAULT_ACK_TIMEOUT`]: why, there). `None`: the kernel's own
+    /// [`DEFAULT_ACK_TIMEOUT`]: why, there). The kernel gives up no sooner
+    /// than its first retransmission goes unacknowledged, so below about
+    /// 250 ms this is 200 ms and a little more; and a retransmission must
+    /// be acknowledged within this less 200 ms: keep that above the path's
+    /// round trip. `None`: the kernel's own
     /// retransmission limit (minutes).
     pub ack_timeout: Option<Duration>,
     /// For the TLS handshake, once TCP is connected.

@@ -73,9 +73,11 @@ pub struct Args {
     #[arg(long, default_value_t = vipool::client::DEFAULT_CONNECT_STAGGER.as_millis() as u64)]
     connect_stagger_ms: u64,
     /// Take the connection for dead when bytes sent go unacknowledged by
-    /// the server's TCP this many milliseconds (TCP_USER_TIMEOUT; 0: the
-    /// kernel's limit): a VIP holder that lost power acknowledges nothing,
-    /// a live one at once, also while it holds a request.
+    /// the server's TCP this many milliseconds (TCP_USER_TIMEOUT, set 200 ms
+    /// lower: Linux counts it from its first retransmission; at least 200
+    /// plus the round trip; 0: the kernel's limit): a VIP holder that lost
+    /// power acknowledges nothing, a live one at once, also while it holds
+    /// a request.
     #[arg(long, default_value_t = vipool::client::DEFAULT_ACK_TIMEOUT.as_millis() as u64)]
     ack_timeout_ms: u64,
     /// Give the TLS handshake up after this many milliseconds.

@@ -416,23 +416,8 @@ pub async fn run(
         what: "client TLS session tickets".into(),
         source: std::io::Error::other(e),
     })?;
-    let table = SharedTable::with_usage(LicenseTable::new(TableConfig::default()), usage)
-        .with_tickets(Arc::clone(&ticketer));
-    // No initial voters: the store was bootstrapped by `vipool init`, or
-    // waits for the leader's snapshot (`--rejoin`, a yield). On a thread
-    // of its own: its log writes (fsync) would hold up this thread's
-    // sockets and timers (the client port's accepts, the beacons).
-    let member = Member::start_on_own_thread(
-        "vipool-raft",
-        mcfg,
-        store,
-        table.clone(),
-        &[],
-        Arc::new(transport.clone()),
-    )
-    .map_err(NodeError::MemberStart)?;
-    transport.attach(raft_listener, Arc::new(member.clone()));
-
+    // What can fail before the member starts does: a started member's
+    // thread must be shut down on the way out.
     let client_addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), config.license.client_port);
     let client_listener = crate::server::listen_for_clients(
         client_addr,
@@ -456,6 +441,37 @@ pub async fn run(
     let tracking = track::Tracking::start(&config.track)
         .await
         .map_err(io("tracking interfaces (a netlink socket)"))?;
+    // Validation insists on an IPv4 peer address for VRRP.
+    let peer_address = config.vrrp_peer_address().ok_or_else(|| NodeError::Io {
+        what: "vrrp.peer_address".into(),
+        source: std::io::Error::other("the pair peer has no IPv4 address for VRRP"),
+    })?;
+    // Switches and operators see the node's member certificate, which names
+    // the license server; they show theirs.
+    let client_tls =
+        crate::tls::ServerTls::with_pair_tickets(&identity, Arc::clone(&ticketer)).map_err(|e| {
+            NodeError::Io {
+                what: "client TLS".into(),
+                source: std::io::Error::other(e),
+            }
+        })?;
+    let table =
+        SharedTable::with_usage(LicenseTable::new(TableConfig::default()), usage).with_tickets(ticketer);
+    // No initial voters: the store was bootstrapped by `vipool init`, or
+    // waits for the leader's snapshot (`--rejoin`, a yield). On a thread
+    // of its own: its log writes (fsync) would hold up this thread's
+    // sockets and timers (the client port's accepts, the beacons).
+    let member = Member::start_on_own_thread(
+        "vipool-raft",
+        mcfg,
+        store,
+        table.clone(),
+        &[],
+        Arc::new(transport.clone()),
+    )
+    .map_err(NodeError::MemberStart)?;
+    transport.attach(raft_listener, Arc::new(member.clone()));
+
     let speaker_config = config.speaker_config();
     let priority = speaker_config.vrrp.priority;
     let advert = Duration::from_millis(u64::from(config.vrrp.advert_interval_ms));
@@ -463,14 +479,13 @@ pub async fn run(
     // holds up this thread, and must not hold up the adverts (the peer
     // would take the VIP from a master that never failed) or the
     // Master_Down_Timer.
-    let speaker = Speaker::start_on_own_thread(speaker_config)
-        .await
-        .map_err(io(format!("starting VRRP on {}", config.vrrp.interface)))?;
-    // Validation insists on an IPv4 peer address for VRRP.
-    let peer_address = config.vrrp_peer_address().ok_or_else(|| NodeError::Io {
-        what: "vrrp.peer_address".into(),
-        source: std::io::Error::other("the pair peer has no IPv4 address for VRRP"),
-    })?;
+    let speaker = match Speaker::start_on_own_thread(speaker_config).await {
+        Ok(speaker) => speaker,
+        Err(e) => {
+            member.shutdown().await;
+            return Err(io(format!("starting VRRP on {}", config.vrrp.interface))(e));
+        }
+    };
     let beacons = beacon::Beacons::install(&transport, peer, peer_address, speaker.peer_claims(), advert);
 
     let applier = Arc::new(ReplicatedApplier::new(
@@ -491,14 +506,7 @@ pub async fn run(
     let hook = track::status_hook(hook, tracking.subscribe());
     let server_shutdown = CancellationToken::new();
     let mut server_config = config.server_config();
-    // Switches and operators see the node's member certificate, which names
-    // the license server; they show theirs.
-    server_config.tls = Some(
-        crate::tls::ServerTls::with_pair_tickets(&identity, ticketer).map_err(|e| NodeError::Io {
-            what: "client TLS".into(),
-            source: std::io::Error::other(e),
-        })?,
-    );
+    server_config.tls = Some(client_tls);
     server_config.trusted = trusted;
     let server = Arc::new(
         Server::with_status_hook(

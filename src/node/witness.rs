@@ -43,7 +43,9 @@ pub async fn run_witness(
     // (the table's settings are replicated state), so its snapshots are
     // the servers'.
     let table = SharedTable::new(LicenseTable::new(TableConfig::default()));
-    // No initial voters: see `run`.
+    // No initial voters: see `run`. On this thread, unlike a server's
+    // member: a witness serves no switches and speaks no VRRP, and what
+    // its log writes hold up (the raft transport) waits for them anyway.
     let member = Member::start(mcfg, store, table.clone(), &[], Arc::new(transport.clone()))
         .map_err(NodeError::MemberStart)?;
     transport.attach(listener, Arc::new(member.clone()));

@@ -95,7 +95,9 @@ pub struct SwitchConfig {
     /// there); `None`: one at a time.
     pub connect_stagger: Option<Duration>,
     /// How long bytes sent may go unacknowledged by the server's TCP
-    /// before the connection is taken for dead (`TCP_USER_TIMEOUT`;
+    /// before the connection is taken for dead (`TCP_USER_TIMEOUT`, less
+    /// TCP's minimum retransmission timeout, see
+    /// [`crate::client::ConnectOptions::ack_timeout`];
     /// default [`crate::client::DEFAULT_ACK_TIMEOUT`], 300 ms: why, there;
     /// `None`: the kernel's limit, minutes). A holder that lost power
     /// acknowledges nothing, a live one at once: the switch reconnects
