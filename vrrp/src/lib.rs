@@ -25,7 +25,10 @@
 //!   advert forged with our own address, or with a virtual address at a
 //!   priority other than the owner's 255, is dropped as
 //!   [`proto::DropReason::OwnAddress`]. This stops every other host of
-//!   the link from taking the VIP by advertising.
+//!   the link from taking the VIP by advertising. A [`sys::Speaker`]
+//!   filters in the kernel too: the peer's adverts get a socket queue of
+//!   their own, so that a flood from other hosts cannot crowd them out
+//!   ([`sys::socket`] says how, and what is then counted).
 //! - **Peer claims**, [`proto::PeerClaim`] given to
 //!   [`proto::Instance::set_peer_claim`] (or, on a running speaker,
 //!   through [`sys::PeerClaims`]): while the peer's latest claim is valid,

@@ -320,11 +320,15 @@ impl Speaker {
         };
         let multicast = config.vrrp.unicast_peers.is_empty();
         let source = config.vrrp.primary_address;
+        // In the kernel too, so that a flood from other sources cannot
+        // crowd the peer's adverts out of the socket's queue.
+        let allowed = allowed_sources(&config.vrrp);
+        let allowed = allowed.as_deref();
         let socket = if config.virtual_mac {
             // Received and joined on the parent: see `socket`'s docs.
-            VrrpSocket::open_virtual_mac(&config.interface, parent, &link_name, source, multicast)?
+            VrrpSocket::open_virtual_mac(&config.interface, parent, &link_name, source, multicast, allowed)?
         } else {
-            VrrpSocket::open(&link_name, link_index, source, multicast)?
+            VrrpSocket::open(&link_name, link_index, source, multicast, allowed)?
         };
         let arp = if config.garp.count > 0 {
             Some(ArpSender::open(&link_name, mac)?)
@@ -532,6 +536,26 @@ const TRUST_DROPS: [DropReason; 3] = [
     DropReason::OwnAddress,
     DropReason::Contradicted,
 ];
+
+/// The sources whose adverts the instance may accept, as it judges them
+/// (`Instance::source_trusted`: listed in every non-empty list of
+/// `trusted_sources` and `unicast_peers`), or `None` without a filter.
+fn allowed_sources(config: &Config) -> Option<Vec<Ipv4Addr>> {
+    let (trusted, peers) = (&config.trusted_sources, &config.unicast_peers);
+    if trusted.is_empty() && peers.is_empty() {
+        return None;
+    }
+    let listed = |list: &[Ipv4Addr], a: &Ipv4Addr| list.is_empty() || list.contains(a);
+    let mut allowed: Vec<Ipv4Addr> = trusted
+        .iter()
+        .chain(peers)
+        .filter(|a| listed(trusted, a) && listed(peers, a))
+        .copied()
+        .collect();
+    allowed.sort_unstable();
+    allowed.dedup();
+    Some(allowed)
+}
 
 /// Adverts of a priority other than 0 accepted: masters heard.
 fn masters_heard(c: &Counters) -> u64 {
@@ -1037,5 +1061,37 @@ impl Driver {
                     .collect();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(192, 0, 2, i)
+    }
+
+    fn config(trusted: &[u8], peers: &[u8]) -> Config {
+        let mut c = Config::v3(1, 100, host(1), vec![host(100)]);
+        c.trusted_sources = trusted.iter().map(|&i| host(i)).collect();
+        c.unicast_peers = peers.iter().map(|&i| host(i)).collect();
+        c
+    }
+
+    /// The kernel's filter lets in what `Instance::source_trusted` accepts:
+    /// every non-empty list must name the source.
+    #[test]
+    fn allowed_sources_are_those_on_every_non_empty_list() {
+        assert_eq!(allowed_sources(&config(&[], &[])), None);
+        assert_eq!(allowed_sources(&config(&[2], &[])), Some(vec![host(2)]));
+        assert_eq!(
+            allowed_sources(&config(&[], &[3, 2, 3])),
+            Some(vec![host(2), host(3)])
+        );
+        assert_eq!(allowed_sources(&config(&[3], &[2, 3])), Some(vec![host(3)]));
+        // No source on both lists: nothing can be accepted, in user space
+        // or in the kernel (`Config::validate` refuses this one).
+        assert_eq!(allowed_sources(&config(&[4], &[2, 3])), Some(vec![]));
     }
 }
