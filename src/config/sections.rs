@@ -117,7 +117,10 @@ pub struct VrrpSection {
     /// adverts (its `vrrp.source`). Adverts from any other source are
     /// dropped and counted (`unknown_peer`), multicast or unicast, so no
     /// other host of the network can take the VIP by advertising a higher
-    /// priority. Default: the IP of the other server's entry in
+    /// priority; they come in on a socket queue of their own, so a flood
+    /// of them cannot crowd the peer's adverts out (what overflows that
+    /// queue the kernel drops uncounted: the count is then a lower bound,
+    /// `/proc/net/raw` has the rest). Default: the IP of the other server's entry in
     /// `cluster.peers`; set it when raft runs over another network or
     /// through NAT. Never this node's own address nor a VIP; with
     /// `unicast_peers`, one of them.

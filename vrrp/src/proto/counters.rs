@@ -29,7 +29,9 @@ pub enum DropReason {
     /// Zero address count or other field that can never be valid.
     Malformed,
     /// The source is not trusted: not one of [`super::Config::trusted_sources`]
-    /// or, in unicast mode, not one of the unicast peers.
+    /// or, in unicast mode, not one of the unicast peers. Under a flood a
+    /// lower bound: what overflows the untrusted sources' own socket queue
+    /// the kernel drops before the speaker sees it (`crate::sys` socket).
     UnknownPeer,
     /// A spoof of ourselves: the source is our own primary address (and the
     /// datagram is not an exact echo of our own advert), or one of the

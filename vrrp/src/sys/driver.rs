@@ -437,7 +437,7 @@ impl Speaker {
     /// Stops the instance as a graceful hand-off: a master sends priority
     /// 0 but keeps its virtual addresses until it hears the new master's
     /// first advert, or one advertisement interval at most, as a master
-    /// entering fault does (why: see [`Driver::keep_vips_for_new_master`]);
+    /// entering fault does (why: see `Driver::keep_vips_for_new_master`);
     /// and it tidies up (deletes the virtual-MAC interface, restores the
     /// sysctls) only once `first` is done. The status says `Initialize`
     /// once the advert is out, with `vip_installed` still set. The kernel
