@@ -583,11 +583,7 @@ fn third_host_cannot_take_the_vip_from_a_pair_that_trusts_only_itself() {
     // the kernel's, is what this test proves.
     h0.run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/accept_local"]);
     let advert = Duration::from_millis(100);
-    let (t0, t1) = (h1.addr.to_string(), h0.addr.to_string());
-    let a = lab.vipool_vrrp(&h0, &speaker_args("20", "200", "100", &["--trusted-source", &t0]));
-    let b = lab.vipool_vrrp(&h1, &speaker_args("20", "100", "100", &["--trusted-source", &t1]));
-    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
-    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+    let (a, b) = trusting_pair(&mut lab, &h0, &h1, "20");
 
     let forged = |src: Ipv4Addr| {
         // The pair's own interval, so that a backup that did accept one
@@ -1450,6 +1446,23 @@ impl Drop for Flood {
     }
 }
 
+/// Two speakers for VRID `vrid` that trust only each other's address:
+/// `h0`'s at priority 200, master and holding the VIP, `h1`'s at 100,
+/// backup; adverts every 100 ms.
+fn trusting_pair(
+    lab: &mut Lab,
+    h0: &common::Host,
+    h1: &common::Host,
+    vrid: &str,
+) -> (common::Speaker, common::Speaker) {
+    let (t0, t1) = (h1.addr.to_string(), h0.addr.to_string());
+    let a = lab.vipool_vrrp(h0, &speaker_args(vrid, "200", "100", &["--trusted-source", &t0]));
+    let b = lab.vipool_vrrp(h1, &speaker_args(vrid, "100", "100", &["--trusted-source", &t1]));
+    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
+    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+    (a, b)
+}
+
 /// What a host flooding `dst` sends, addressed to `dst` itself so that
 /// only it is flooded: adverts of priority 254 in the flooder's own name
 /// (untrusted: dropped as `unknown_peer`), and garbage in the name of
@@ -1597,11 +1610,7 @@ fn a_flood_at_the_backup_does_not_stop_it_taking_over() {
     let mut lab = Lab::new(3);
     let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
     let advert = Duration::from_millis(100);
-    let (t0, t1) = (h1.addr.to_string(), h0.addr.to_string());
-    let a = lab.vipool_vrrp(&h0, &speaker_args("25", "200", "100", &["--trusted-source", &t0]));
-    let b = lab.vipool_vrrp(&h1, &speaker_args("25", "100", "100", &["--trusted-source", &t1]));
-    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
-    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+    let (a, b) = trusting_pair(&mut lab, &h0, &h1, "25");
 
     let before = b.status()["counters"].clone();
     let flood = Flood::start(&h2, h1.addr, flood_datagrams(25, h2.addr, h0.addr, h1.addr));
@@ -1653,11 +1662,7 @@ fn a_long_flood_from_another_source_at_the_backup_does_not_move_the_vip() {
     let mut lab = Lab::new(3);
     let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
     let advert = Duration::from_millis(100);
-    let (t0, t1) = (h1.addr.to_string(), h0.addr.to_string());
-    let a = lab.vipool_vrrp(&h0, &speaker_args("26", "200", "100", &["--trusted-source", &t0]));
-    let b = lab.vipool_vrrp(&h1, &speaker_args("26", "100", "100", &["--trusted-source", &t1]));
-    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
-    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+    let (_master, b) = trusting_pair(&mut lab, &h0, &h1, "26");
 
     let before = b.status()["counters"].clone();
     let overflowed_before = raw_socket_drops(&h1);
@@ -1738,11 +1743,7 @@ fn a_long_flood_in_the_masters_name_at_the_backup_does_not_move_the_vip() {
     let mut lab = Lab::new(3);
     let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
     let advert = Duration::from_millis(100);
-    let (t0, t1) = (h1.addr.to_string(), h0.addr.to_string());
-    let a = lab.vipool_vrrp(&h0, &speaker_args("28", "200", "100", &["--trusted-source", &t0]));
-    let b = lab.vipool_vrrp(&h1, &speaker_args("28", "100", "100", &["--trusted-source", &t1]));
-    assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
-    assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
+    let (_master, b) = trusting_pair(&mut lab, &h0, &h1, "28");
 
     let flood = Flood::start(&h2, h1.addr, vec![garbage_datagram(28, h0.addr, h1.addr)]);
     std::thread::sleep(master_down(100, advert) * 8);
