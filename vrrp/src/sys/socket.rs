@@ -33,8 +33,8 @@
 //! shows, and so does a flood from both kinds of source. What overflows
 //! the others' queue is dropped by the kernel, uncounted by the speaker
 //! (the `drops` column of `/proc/net/raw` counts it); what each filter
-//! keeps out of its queue goes into the other, so no datagram is lost to
-//! the filters themselves.
+//! keeps out of its queue goes into the other, so once both are open no
+//! datagram is lost to the filters themselves.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -287,7 +287,8 @@ fn source_filter(sources: &[Ipv4Addr], keep: Keep) -> io::Result<Vec<Insn>> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "{} trusted sources: the kernel's source filter holds at most {MAX_FILTERED_SOURCES}",
+                "{} allowed advert sources (trusted sources, unicast peers): the kernel's source \
+                 filter holds at most {MAX_FILTERED_SOURCES}; list fewer",
                 sources.len()
             ),
         ));
@@ -315,21 +316,32 @@ fn source_filter(sources: &[Ipv4Addr], keep: Keep) -> io::Result<Vec<Insn>> {
     Ok(program)
 }
 
-/// Attaches `program` and discards what was queued before it was: from
-/// then on, everything in the queue passed the filter. (What passed it
-/// in the meantime goes too: nothing reads the socket before it is open.)
+/// Attaches `program`: from then on only what it keeps is queued.
 fn attach(socket: &Socket, program: &[Insn]) -> io::Result<()> {
     let program: Vec<SockFilter> = program.iter().map(|i| i.to_sock_filter()).collect();
-    socket.attach_filter(&program)?;
+    socket.attach_filter(&program)
+}
+
+/// The most datagrams [`drain`] discards: a queue's worth of adverts, so
+/// that a flood arriving as fast as they are read cannot hold the start up.
+const DRAIN_MAX: usize = 4096;
+
+/// Discards what the socket queued before it was filtered and bound to
+/// its interface (protocol 112 from any source and any interface), so that
+/// everything read from it passed the filter on that interface. What
+/// passed in the meantime goes too: nothing reads the socket before it is
+/// open.
+fn drain(socket: &Socket) -> io::Result<()> {
     let mut byte = [MaybeUninit::<u8>::uninit(); 1];
-    loop {
+    for _ in 0..DRAIN_MAX {
         match socket.recv(&mut byte) {
-            // A datagram that arrived before the filter, now gone whole.
-            Ok(_) => continue,
+            // A datagram that arrived before, now gone whole.
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
 /// What a raw socket is for.
@@ -367,6 +379,7 @@ fn raw(interface: &str, role: Role) -> io::Result<Socket> {
     socket
         .bind_device(Some(interface.as_bytes()))
         .map_err(ctx("SO_BINDTODEVICE"))?;
+    drain(&socket).map_err(ctx("discarding what came before the filter and the bind"))?;
     socket.set_header_included_v4(true).map_err(ctx("IP_HDRINCL"))?;
     // Multicast sent from this socket must not come back to it.
     socket
