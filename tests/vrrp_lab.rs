@@ -450,34 +450,7 @@ fn a_virtual_mac_pair_that_trusts_only_its_peer_hears_it_and_fails_over() {
     assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
     assert!(wait_for(START, || h0.has_addr_anywhere(VIP)), "master has no VIP");
 
-    let before = b.status()["counters"].clone();
-    let overflowed_before = raw_socket_drops(&h1);
-    let flood = Flood::start(&h2, h1.addr, own_flood_datagrams(29, h2.addr, h1.addr));
-    let began = Instant::now();
-    std::thread::sleep(master_down(100, advert) * 8);
-    let after = b.status()["counters"].clone();
-    let flooded = began.elapsed();
-    let sent = flood.stop();
-    let overflowed = raw_socket_drops(&h1) - overflowed_before;
-    let heard =
-        after["adverts_received"].as_u64().unwrap_or(0) - before["adverts_received"].as_u64().unwrap_or(0);
-    let untrusted = drops(&after, "unknown_peer") - drops(&before, "unknown_peer");
-    eprintln!(
-        "{test}: {sent} datagrams from a stranger in {flooded:?}; the backup heard {heard} adverts, dropped \
-         {untrusted}, its kernel {overflowed} on full queues"
-    );
-    // The flood outpaced the backup (its stranger's queue overflowed),
-    // and the master's adverts still came through their own queue.
-    assert!(overflowed > 0, "the flood never filled the backup's queue");
-    let expected = flooded.as_millis() as u64 / advert.as_millis() as u64;
-    assert!(
-        heard >= expected / 2,
-        "the backup heard only {heard} adverts in {flooded:?} (expected about {expected}): {after}"
-    );
-    assert!(
-        untrusted > 0,
-        "the stranger's datagrams were not counted: {after}"
-    );
+    flood_the_backup_from_a_stranger(test, &h1, &h2, &b, 29);
     assert_eq!(b.states(), ["Backup"], "the backup moved while the master lived");
 
     let killed = Instant::now();
@@ -1735,39 +1708,51 @@ fn a_long_flood_from_another_source_at_the_backup_does_not_move_the_vip() {
     }
     let mut lab = Lab::new(3);
     let (h0, h1, h2) = (lab.hosts[0].clone(), lab.hosts[1].clone(), lab.hosts[2].clone());
-    let advert = Duration::from_millis(100);
     let (_master, b) = trusting_pair(&mut lab, &h0, &h1, "26");
 
+    flood_the_backup_from_a_stranger(test, &h1, &h2, &b, 26);
+    assert_eq!(b.states(), ["Backup"], "the flood moved the backup");
+    assert!(h0.has_addr(VIP) && !h1.has_addr(VIP), "the flood moved the VIP");
+}
+
+/// `h2` floods the backup `b` on `h1` (VRID `vrid`, adverts every 100 ms)
+/// from its own address for eight Master_Down_Intervals, faster than the
+/// backup reads. Asserts that the flood outpaced the backup (its kernel
+/// dropped what a full queue could not take: what makes these tests), that
+/// the backup still heard at least half the master's adverts (a loaded
+/// machine), and that the flood reached the speaker and was counted, from
+/// the other queue, whenever the master's was empty.
+fn flood_the_backup_from_a_stranger(
+    test: &str,
+    h1: &common::Host,
+    h2: &common::Host,
+    b: &common::Speaker,
+    vrid: u8,
+) {
+    let advert = Duration::from_millis(100);
     let before = b.status()["counters"].clone();
-    let overflowed_before = raw_socket_drops(&h1);
-    let flood = Flood::start(&h2, h1.addr, own_flood_datagrams(26, h2.addr, h1.addr));
+    let overflowed_before = raw_socket_drops(h1);
+    let flood = Flood::start(h2, h1.addr, own_flood_datagrams(vrid, h2.addr, h1.addr));
     let began = Instant::now();
     std::thread::sleep(master_down(100, advert) * 8);
     let after = b.status()["counters"].clone();
     let flooded = began.elapsed();
     let sent = flood.stop();
-    let overflowed = raw_socket_drops(&h1) - overflowed_before;
+    let overflowed = raw_socket_drops(h1) - overflowed_before;
     let heard =
         after["adverts_received"].as_u64().unwrap_or(0) - before["adverts_received"].as_u64().unwrap_or(0);
     let untrusted = drops(&after, "unknown_peer") - drops(&before, "unknown_peer");
     eprintln!(
-        "{test} (loaded machine): {sent} datagrams sent in {flooded:?}; the backup heard {heard} adverts, \
-         dropped {untrusted} as unknown_peer, its kernel {overflowed} on full queues; states {:?}",
+        "{test}: {sent} datagrams sent in {flooded:?}; the backup heard {heard} adverts, dropped {untrusted} \
+         as unknown_peer, its kernel {overflowed} on full queues; states {:?}",
         b.states()
     );
-    // What makes this a test: the flood outpaced the backup, whose kernel
-    // dropped what its full queue could not take.
     assert!(overflowed > 0, "the flood never filled the backup's queue");
-    assert_eq!(b.states(), ["Backup"], "the flood moved the backup");
-    assert!(h0.has_addr(VIP) && !h1.has_addr(VIP), "the flood moved the VIP");
-    // One advert every 100 ms; half of them on a loaded machine.
     let expected = flooded.as_millis() as u64 / advert.as_millis() as u64;
     assert!(
         heard >= expected / 2,
-        "the backup heard only {heard} adverts in {flooded:?} (expected about {expected})"
+        "the backup heard only {heard} adverts in {flooded:?} (expected about {expected}): {after}"
     );
-    // The flood reached the speaker and was counted, from the other queue,
-    // whenever the master's was empty.
     assert!(untrusted > 0, "the flood was not counted: {after}");
 }
 
