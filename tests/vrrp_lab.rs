@@ -1368,8 +1368,7 @@ fn a_master_keeps_advertising_while_its_owners_thread_is_held_up() {
     if !lab_available(test) {
         return;
     }
-    use vrrp::proto::{Config, State};
-    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig};
+    use vrrp::proto::State;
 
     let mut lab = Lab::new(2);
     let (h0, h1) = (lab.hosts[0].clone(), lab.hosts[1].clone());
@@ -1379,20 +1378,7 @@ fn a_master_keeps_advertising_while_its_owners_thread_is_held_up() {
     let (master_tx, master) = std::sync::mpsc::channel::<()>();
     let run = common::in_netns(&h0, move || {
         common::runtime().block_on(async move {
-            let mut config = Config::v3(23, 200, Ipv4Addr::UNSPECIFIED, vec![VIP]);
-            config.advert_interval_cs = 10;
-            let speaker = Speaker::start_on_own_thread(SpeakerConfig {
-                interface: "eth0".into(),
-                vrrp: config,
-                prefix_len: 24,
-                garp: GarpConfig {
-                    count: 0,
-                    ..GarpConfig::default()
-                },
-                virtual_mac: false,
-            })
-            .await
-            .expect("speaker");
+            let speaker = in_process_speaker(23, &[]).await;
             let mut status = speaker.status();
             let became = tokio::time::timeout(START, status.wait_for(|s| s.state == State::Master)).await;
             assert!(
@@ -1508,6 +1494,28 @@ fn trusting_pair(
     assert!(a.wait_state("Master", START) && b.wait_state("Backup", START));
     assert!(wait_for(START, || h0.has_addr(VIP) && !h1.has_addr(VIP)));
     (a, b)
+}
+
+/// A speaker in this process, on eth0 of the namespace the caller runs in,
+/// on a thread of its own: VRID `vrid`, priority 200, VIP [`VIP`], adverts
+/// every 100 ms, no gratuitous ARP, trusting `trusted` (none: anyone).
+async fn in_process_speaker(vrid: u8, trusted: &[Ipv4Addr]) -> vrrp::sys::Speaker {
+    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig};
+    let mut config = vrrp::proto::Config::v3(vrid, 200, Ipv4Addr::UNSPECIFIED, vec![VIP]);
+    config.advert_interval_cs = 10;
+    config.trusted_sources = trusted.to_vec();
+    Speaker::start_on_own_thread(SpeakerConfig {
+        interface: "eth0".into(),
+        vrrp: config,
+        prefix_len: 24,
+        garp: GarpConfig {
+            count: 0,
+            ..GarpConfig::default()
+        },
+        virtual_mac: false,
+    })
+    .await
+    .expect("speaker")
 }
 
 /// What a host flooding `dst` sends, addressed to `dst` itself so that
@@ -1825,8 +1833,7 @@ fn a_flood_does_not_hold_up_the_owners_commands() {
     if !lab_available(test) {
         return;
     }
-    use vrrp::proto::{Config, State};
-    use vrrp::sys::{GarpConfig, Speaker, SpeakerConfig};
+    use vrrp::proto::State;
 
     let lab = Lab::new(3);
     // h1 is the trusted peer, in whose name garbage comes; it runs nothing.
@@ -1836,21 +1843,7 @@ fn a_flood_does_not_hold_up_the_owners_commands() {
     let (go_tx, go) = std::sync::mpsc::channel::<()>();
     let run = common::in_netns(&h0, move || {
         common::runtime().block_on(async move {
-            let mut config = Config::v3(27, 200, Ipv4Addr::UNSPECIFIED, vec![VIP]);
-            config.advert_interval_cs = 10;
-            config.trusted_sources = vec![peer];
-            let speaker = Speaker::start_on_own_thread(SpeakerConfig {
-                interface: "eth0".into(),
-                vrrp: config,
-                prefix_len: 24,
-                garp: GarpConfig {
-                    count: 0,
-                    ..GarpConfig::default()
-                },
-                virtual_mac: false,
-            })
-            .await
-            .expect("speaker");
+            let speaker = in_process_speaker(27, &[peer]).await;
             let mut status = speaker.status();
             until(&mut status, "master", |s| s.state == State::Master).await;
             master_tx.send(()).expect("the test waits");
